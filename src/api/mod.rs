@@ -1,0 +1,72 @@
+//! The local service interface: HTTP/JSON under `/v1`, server-sent events, Prometheus metrics and
+//! the OpenAPI contract. Every handler is a thin translation to one [`Node`] call.
+
+mod auth;
+mod body;
+pub mod error;
+mod records;
+mod routes;
+
+use std::future::Future;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::get;
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::node::Node;
+
+/// What every handler gets.
+#[derive(Clone)]
+pub struct ApiState {
+    /// The node served.
+    pub node: Node,
+    /// Flips to true when the server begins to shut down, ending event streams.
+    pub closing: watch::Receiver<bool>,
+}
+
+/// The API's router, shared by the binary and the tests.
+pub fn router(node: Node, closing: watch::Receiver<bool>) -> Router {
+    let limit = node.config().max_body_bytes;
+    let ds = "/v1/datasets/{owner}/{name}";
+    Router::new()
+        .route("/v1/node", get(routes::node_info))
+        .route(
+            "/v1/datasets",
+            get(routes::list_datasets).post(routes::create_dataset),
+        )
+        .route(ds, get(routes::get_dataset))
+        .route(
+            &format!("{ds}/records"),
+            get(records::query).post(records::publish),
+        )
+        .route(
+            &format!("{ds}/records/{{id}}"),
+            get(records::get_one).delete(records::delete_one),
+        )
+        .route(&format!("{ds}/events"), get(records::events))
+        .route("/v1/apps", get(routes::list_apps).post(routes::add_app))
+        .route("/v1/openapi.json", get(routes::openapi))
+        .route("/metrics", get(routes::metrics))
+        .fallback(routes::not_found)
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(ApiState { node, closing })
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then ends event streams and waits for
+/// requests in flight.
+pub async fn serve(
+    listener: TcpListener,
+    node: Node,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (tx, rx) = watch::channel(false);
+    let app = router(node, rx);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = tx.send(true);
+        })
+        .await
+}

@@ -1,0 +1,92 @@
+//! Handlers for the node, datasets, apps, metrics and the contract.
+
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::auth::Caller;
+use super::body::JsonBody;
+use super::error::ApiError;
+use super::ApiState;
+use crate::apps::Right;
+use crate::dataset::Spec;
+use crate::naming::DatasetId;
+
+/// The OpenAPI document, kept beside the code it describes.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+type ApiResult<T> = Result<T, ApiError>;
+
+pub async fn node_info(State(s): State<ApiState>, _c: Caller) -> Json<crate::node::Info> {
+    Json(s.node.info())
+}
+
+pub async fn list_datasets(State(s): State<ApiState>, Caller(c): Caller) -> Json<Value> {
+    Json(json!({ "datasets": s.node.datasets(&c) }))
+}
+
+pub async fn create_dataset(
+    State(s): State<ApiState>,
+    Caller(c): Caller,
+    JsonBody(spec): JsonBody<Spec>,
+) -> ApiResult<impl IntoResponse> {
+    let meta = s.node.create_dataset(&c, spec).await?;
+    Ok((StatusCode::CREATED, Json(meta)))
+}
+
+pub async fn get_dataset(
+    State(s): State<ApiState>,
+    Caller(c): Caller,
+    Path((owner, name)): Path<(String, String)>,
+) -> ApiResult<impl IntoResponse> {
+    let id = DatasetId::new(&owner, &name).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    s.node
+        .datasets(&c)
+        .into_iter()
+        .find(|d| d.meta.id == id)
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("dataset {id} not found")))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddApp {
+    name: String,
+    #[serde(default)]
+    rights: Vec<String>,
+}
+
+pub async fn add_app(
+    State(s): State<ApiState>,
+    Caller(c): Caller,
+    JsonBody(req): JsonBody<AddApp>,
+) -> ApiResult<impl IntoResponse> {
+    let rights = req
+        .rights
+        .iter()
+        .map(|r| Right::parse(r))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ApiError::from(crate::Error::from(e)))?;
+    let new = s.node.add_app(&c, &req.name, rights).await?;
+    Ok((StatusCode::CREATED, Json(new)))
+}
+
+pub async fn list_apps(State(s): State<ApiState>, Caller(c): Caller) -> ApiResult<Json<Value>> {
+    Ok(Json(json!({ "apps": s.node.apps(&c)? })))
+}
+
+pub async fn metrics(State(s): State<ApiState>, _c: Caller) -> impl IntoResponse {
+    let ct = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    ([(header::CONTENT_TYPE, ct)], s.node.metrics().render())
+}
+
+pub async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::not_found("no such endpoint; GET /v1/openapi.json lists them")
+}

@@ -1,0 +1,186 @@
+//! Node configuration: what `config.toml` holds, with every field's default.
+//!
+//! Layering (defaults < file < environment < flags) happens in the binary; this module defines the
+//! fields, their defaults and the commented file `fogmesh init` writes.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::naming;
+
+/// Name of the configuration file inside the home directory.
+pub const FILE: &str = "config.toml";
+/// Default address of the HTTP API.
+pub const DEFAULT_API: &str = "127.0.0.1:7070";
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Reading or writing the file failed.
+    #[error("config file {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// The parser's message.
+        message: String,
+    },
+    /// A field holds a bad value.
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+/// Everything a node is configured with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// This node's organization, e.g. `hospital`.
+    pub org: String,
+    /// The mesh it belongs to, e.g. `flu-response`.
+    pub mesh: String,
+    /// Address of the HTTP API (local apps and the CLI).
+    pub api: SocketAddr,
+    /// libp2p listen addresses for peers.
+    pub listen: Vec<String>,
+    /// Envelopes written to one dataset between two snapshots of its document.
+    pub snapshot_every: u64,
+    /// Largest HTTP request body, in bytes.
+    pub max_body_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            org: String::new(),
+            mesh: String::new(),
+            api: DEFAULT_API
+                .parse()
+                .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 7070))),
+            listen: vec![
+                "/ip4/0.0.0.0/tcp/7071".into(),
+                "/ip4/0.0.0.0/udp/7071/quic-v1".into(),
+            ],
+            snapshot_every: 1_000,
+            max_body_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+impl Config {
+    /// Checks every field.
+    pub fn validate(&self) -> Result<(), Error> {
+        naming::validate_ident("org", &self.org).map_err(|e| Error::Invalid(e.to_string()))?;
+        naming::validate_ident("mesh", &self.mesh).map_err(|e| Error::Invalid(e.to_string()))?;
+        if self.snapshot_every == 0 {
+            return Err(Error::Invalid("snapshot_every must be at least 1".into()));
+        }
+        if self.max_body_bytes < 1024 {
+            return Err(Error::Invalid(
+                "max_body_bytes must be at least 1024".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let cfg: Self = toml::from_str(&text).map_err(|e| Error::Parse {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The file `fogmesh init` writes: every field, with its meaning and default.
+    pub fn to_commented_toml(&self) -> String {
+        let d = Self::default();
+        let q = |s: &str| toml::Value::String(s.to_owned()).to_string();
+        let list = |v: &[String]| {
+            format!(
+                "[{}]",
+                v.iter().map(|s| q(s)).collect::<Vec<_>>().join(", ")
+            )
+        };
+        format!(
+            "# fogmesh node configuration. Values given here override the defaults; environment\n\
+             # variables (FOGMESH_API, FOGMESH_LISTEN) and command-line flags override this file.\n\n\
+             # This node's organization (lowercase letters, digits, '-', '_'). Required.\n\
+             org = {org}\n\n\
+             # The mesh (collaboration) this node belongs to. Required.\n\
+             mesh = {mesh}\n\n\
+             # Address of the HTTP API for local apps and the CLI. Default: {dapi}\n\
+             # Keep it on loopback unless a proxy with TLS stands in front of it.\n\
+             api = {api}\n\n\
+             # libp2p listen addresses for peers. Default: {dlisten}\n\
+             listen = {listen}\n\n\
+             # Envelopes written to one dataset between two snapshots of its document; restart\n\
+             # replays at most this many per dataset. Default: {dsnap}\n\
+             snapshot_every = {snap}\n\n\
+             # Largest HTTP request body in bytes; larger requests get 413. Default: {dbody}\n\
+             max_body_bytes = {body}\n",
+            org = q(&self.org),
+            mesh = q(&self.mesh),
+            dapi = d.api,
+            api = q(&self.api.to_string()),
+            dlisten = list(&d.listen),
+            listen = list(&self.listen),
+            dsnap = d.snapshot_every,
+            snap = self.snapshot_every,
+            dbody = d.max_body_bytes,
+            body = self.max_body_bytes,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_commented_file_parses_back_to_the_same_config() {
+        let cfg = Config {
+            org: "hospital".into(),
+            mesh: "flu".into(),
+            ..Config::default()
+        };
+        let text = cfg.to_commented_toml();
+        let back: Config = toml::from_str(&text).expect("parses");
+        assert_eq!(back, cfg);
+        // Every field is documented.
+        for field in [
+            "org",
+            "mesh",
+            "api",
+            "listen",
+            "snapshot_every",
+            "max_body_bytes",
+        ] {
+            assert!(text.contains(&format!("\n{field} = ")), "{field} missing");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_are_refused() {
+        assert!(toml::from_str::<Config>("bogus = 1").is_err());
+        let cfg = Config {
+            org: "Bad Org".into(),
+            mesh: "m".into(),
+            ..Config::default()
+        };
+        assert!(cfg.validate().is_err());
+    }
+}

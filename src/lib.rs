@@ -1,0 +1,52 @@
+//! fogmesh: a peer-to-peer edge collaboration mesh.
+//!
+//! Each organization runs one node. A node keeps its datasets as Automerge documents in a sled
+//! store, signs every write batch into an envelope, and serves apps over a local HTTP API with
+//! per-app rights. Raw data stays with its owner.
+//!
+//! # Layout
+//!
+//! | module | reason to exist |
+//! |---|---|
+//! | [`naming`] | validated names: record paths, organizations, datasets (`owner/name`) |
+//! | [`hlc`] | hybrid logical clock, so skew between organizations cannot reorder causality |
+//! | [`record`] | the `(id, name, time, data)` record and its input checks |
+//! | [`identity`] | the node's ed25519 and X25519 keys, the PeerId derived from them |
+//! | [`envelope`] | the signed, versioned unit of replication and its strict codec |
+//! | [`version`] | version vectors: what a node holds, per author |
+//! | [`dataset`] | dataset metadata: visibility, priority, retention, readers |
+//! | [`apps`] | app tokens (stored hashed) and rights |
+//! | [`view`] | Automerge documents per dataset, and record queries |
+//! | [`store`] | sled trees and group commit |
+//! | [`node`] | the `Node` handle: the one public service interface |
+//! | [`api`] | HTTP/JSON, server-sent events, metrics, OpenAPI: a face of `Node` |
+//! | [`config`] | configuration fields and defaults |
+//! | [`metrics`] | Prometheus counters |
+//!
+//! # The path of a write
+//!
+//! `POST /v1/datasets/{owner}/{name}/records` -> [`api`] authenticates the token ->
+//! [`Node::publish`] checks the write right and validates the batch -> on a blocking thread the
+//! batch becomes one Automerge change ([`view::doc`]), sealed into a signed [`envelope::Envelope`]
+//! and inserted into the store -> [`store::Store::durable`] waits for a group flush -> the app gets
+//! the ids -> subscribers get events.
+#![warn(missing_docs)]
+
+pub mod api;
+pub mod apps;
+pub mod config;
+pub mod dataset;
+pub mod envelope;
+mod error;
+pub mod hlc;
+pub mod identity;
+pub mod metrics;
+pub mod naming;
+pub mod node;
+pub mod record;
+pub mod store;
+pub mod version;
+pub mod view;
+
+pub use error::{Error, Result};
+pub use node::Node;

@@ -1,0 +1,80 @@
+//! Prometheus metrics of one node.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Labels of the API error counter.
+pub type CodeLabels = Vec<(String, String)>;
+
+/// The node's counters and histograms. Cheap to update from any thread.
+pub struct Metrics {
+    registry: Registry,
+    /// Records written locally (upserts and deletes).
+    pub records_written: Counter,
+    /// Envelopes stored (local and, with the mesh, remote).
+    pub envelopes_stored: Counter,
+    /// Write batches acknowledged.
+    pub write_batches: Counter,
+    /// Duration of each group flush.
+    pub flush_seconds: Histogram,
+    /// Snapshots taken.
+    pub snapshots: Counter,
+    /// API errors by status code.
+    pub api_errors: Family<CodeLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every metric registered.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("fogmesh");
+        let m = Self {
+            records_written: Counter::default(),
+            envelopes_stored: Counter::default(),
+            write_batches: Counter::default(),
+            flush_seconds: Histogram::new(exponential_buckets(0.000_25, 2.0, 14)),
+            snapshots: Counter::default(),
+            api_errors: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "records_written",
+            "Records written locally",
+            m.records_written.clone(),
+        );
+        registry.register(
+            "envelopes_stored",
+            "Envelopes stored",
+            m.envelopes_stored.clone(),
+        );
+        registry.register(
+            "write_batches",
+            "Write batches acknowledged",
+            m.write_batches.clone(),
+        );
+        registry.register(
+            "flush_seconds",
+            "Group flush latency",
+            m.flush_seconds.clone(),
+        );
+        registry.register("snapshots", "Dataset snapshots taken", m.snapshots.clone());
+        registry.register("api_errors", "API errors by status", m.api_errors.clone());
+        Self { registry, ..m }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,353 @@
+//! The `Node` handle: the one typed public service interface. The HTTP API, the CLI and (with the
+//! mesh) the peer protocols are faces of it, never separate implementations.
+
+mod dataset;
+pub mod home;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+use crate::apps::{self, Action, App, Right};
+use crate::config::Config;
+use crate::dataset::{Meta, Spec};
+use crate::error::{Error, Result};
+use crate::hlc::{self, Clock};
+use crate::identity::Identity;
+use crate::metrics::Metrics;
+use crate::naming::DatasetId;
+use crate::record::{self, Record};
+use crate::store::{Store, Table};
+use crate::view::query::Query;
+
+use dataset::Dataset;
+pub use dataset::{Batch, Event, EVENTS_CAP};
+
+/// What `GET /v1/node` tells.
+#[derive(Debug, Clone, Serialize)]
+pub struct Info {
+    /// Organization.
+    pub org: String,
+    /// Mesh.
+    pub mesh: String,
+    /// libp2p PeerId (derived from the identity key).
+    pub peer_id: String,
+    /// Hex ed25519 public key: the author id on envelopes.
+    pub author: String,
+    /// Hex X25519 public key for key wrapping.
+    pub agreement_key: String,
+    /// HTTP API address.
+    pub api: String,
+    /// Configured libp2p listen addresses.
+    pub listen: Vec<String>,
+    /// fogmesh version.
+    pub version: &'static str,
+}
+
+/// A dataset as listed: metadata plus counts.
+#[derive(Debug, Clone, Serialize)]
+pub struct DatasetInfo {
+    /// Metadata.
+    #[serde(flatten)]
+    pub meta: Meta,
+    /// Records currently present.
+    pub records: usize,
+    /// Envelopes (write batches, all authors) held.
+    pub envelopes: u64,
+}
+
+/// A newly registered app and its token, shown once.
+#[derive(Debug, Clone, Serialize)]
+pub struct NewApp {
+    /// The app.
+    #[serde(flatten)]
+    pub app: App,
+    /// The bearer token; only its hash is kept.
+    pub token: String,
+}
+
+struct Inner {
+    config: Config,
+    identity: Identity,
+    peer_id: String,
+    store: Store,
+    clock: Clock,
+    datasets: RwLock<HashMap<DatasetId, Arc<Dataset>>>,
+    metrics: Metrics,
+}
+
+/// Handle to a running node. Clone it freely; every clone is the same node.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+impl Node {
+    /// Opens the node whose home directory is `home` (created by [`home::init`]).
+    pub fn open_home(home: &Path, config: Config) -> Result<Self> {
+        let identity = Identity::load(home)?;
+        Self::open(identity, config, &home.join(home::DATA_DIR))
+    }
+
+    /// Opens a node with explicit parts: restores every dataset from `data_dir`.
+    pub fn open(identity: Identity, config: Config, data_dir: &Path) -> Result<Self> {
+        config.validate()?;
+        let store = Store::open(data_dir)?;
+        let clock = Clock::new();
+        let author = identity.author();
+        let mut datasets = HashMap::new();
+        for meta in store.list_json::<Meta>(Table::Datasets)? {
+            let id = meta.id.clone();
+            let (ds, max_hlc) = Dataset::restore(meta, &store, &author)?;
+            clock.observe(hlc::Timestamp(max_hlc));
+            datasets.insert(id, Arc::new(ds));
+        }
+        tracing::info!(datasets = datasets.len(), "store opened");
+        let peer_id = identity.peer_id()?.to_string();
+        let inner = Inner {
+            config,
+            identity,
+            peer_id,
+            store,
+            clock,
+            datasets: RwLock::new(datasets),
+            metrics: Metrics::new(),
+        };
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// Identity and addresses.
+    pub fn info(&self) -> Info {
+        let i = &self.inner;
+        Info {
+            org: i.config.org.clone(),
+            mesh: i.config.mesh.clone(),
+            peer_id: i.peer_id.clone(),
+            author: i.identity.author().to_string(),
+            agreement_key: hex::encode(i.identity.agreement_public()),
+            api: i.config.api.to_string(),
+            listen: i.config.listen.clone(),
+            version: env!("CARGO_PKG_VERSION"),
+        }
+    }
+
+    /// The configuration the node runs with.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// The node's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// Looks up the app a bearer token belongs to.
+    pub fn authenticate(&self, token: &str) -> Result<App> {
+        self.inner
+            .store
+            .get_json::<App>(Table::Apps, &apps::token_hash(token))?
+            .ok_or(Error::Unauthorized)
+    }
+
+    fn require_admin(caller: &App, what: &str) -> Result<()> {
+        if caller.admin {
+            Ok(())
+        } else {
+            Err(Error::Forbidden(format!(
+                "{what} needs the admin token; app {} is not admin",
+                caller.name
+            )))
+        }
+    }
+
+    /// Registers an app (admin only) and returns its token, which is not stored.
+    pub async fn add_app(&self, caller: &App, name: &str, rights: Vec<Right>) -> Result<NewApp> {
+        Self::require_admin(caller, "registering an app")?;
+        let app = App::new(name, rights, hlc::wall_millis())?;
+        self.register(app).await
+    }
+
+    /// Stores an app under a fresh token, refusing a name already taken.
+    pub(crate) async fn register(&self, app: App) -> Result<NewApp> {
+        let store = &self.inner.store;
+        let name_key = format!("app-name/{}", app.name);
+        if !store.insert_new_json(Table::Meta, name_key.as_bytes(), &app.name)? {
+            return Err(Error::Conflict(format!(
+                "an app named {} already exists",
+                app.name
+            )));
+        }
+        let token = apps::new_token();
+        store.put_json(Table::Apps, &apps::token_hash(&token), &app)?;
+        store.durable().await?;
+        tracing::info!(app = %app.name, admin = app.admin, "app registered");
+        Ok(NewApp { app, token })
+    }
+
+    /// Every registered app (admin only).
+    pub fn apps(&self, caller: &App) -> Result<Vec<App>> {
+        Self::require_admin(caller, "listing apps")?;
+        let mut apps = self.inner.store.list_json::<App>(Table::Apps)?;
+        apps.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(apps)
+    }
+
+    /// Creates a dataset owned by this node's organization (admin only).
+    pub async fn create_dataset(&self, caller: &App, spec: Spec) -> Result<Meta> {
+        Self::require_admin(caller, "creating a dataset")?;
+        let meta = spec.into_meta(&self.inner.config.org, hlc::wall_millis())?;
+        let key = meta.id.to_string();
+        if !self
+            .inner
+            .store
+            .insert_new_json(Table::Datasets, key.as_bytes(), &meta)?
+        {
+            return Err(Error::Conflict(format!("dataset {key} already exists")));
+        }
+        self.inner.store.durable().await?;
+        let ds = Arc::new(Dataset::create(meta.clone(), &self.inner.identity.author()));
+        self.write_datasets().insert(meta.id.clone(), ds);
+        tracing::info!(dataset = %key, "dataset created");
+        Ok(meta)
+    }
+
+    fn write_datasets(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<DatasetId, Arc<Dataset>>> {
+        self.inner
+            .datasets
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn all_datasets(&self) -> Vec<Arc<Dataset>> {
+        let map = self
+            .inner
+            .datasets
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        map.values().cloned().collect()
+    }
+
+    /// Datasets the caller holds any right on, with counts.
+    pub fn datasets(&self, caller: &App) -> Vec<DatasetInfo> {
+        let mut out: Vec<DatasetInfo> = self
+            .all_datasets()
+            .into_iter()
+            .filter(|d| {
+                [Action::Read, Action::Write, Action::Query]
+                    .iter()
+                    .any(|a| caller.may(*a, &d.meta.id))
+            })
+            .map(|d| {
+                let (records, envelopes) = d.stats();
+                DatasetInfo {
+                    meta: d.meta.clone(),
+                    records,
+                    envelopes,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.meta.id.cmp(&b.meta.id));
+        out
+    }
+
+    fn dataset_for(&self, caller: &App, action: Action, id: &DatasetId) -> Result<Arc<Dataset>> {
+        let ds = {
+            let map = self
+                .inner
+                .datasets
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
+            map.get(id).cloned()
+        };
+        let ds = ds.ok_or_else(|| Error::NotFound(format!("dataset {id} not found")))?;
+        if caller.may(action, id) {
+            Ok(ds)
+        } else {
+            let verb = format!("{action:?}").to_lowercase();
+            Err(Error::Forbidden(format!(
+                "app {} has no {verb} right on {id}",
+                caller.name
+            )))
+        }
+    }
+
+    /// Writes a batch (upserts and deletes) as one signed, durable change; returns the ids written.
+    pub async fn publish(&self, caller: &App, id: &DatasetId, batch: Batch) -> Result<Vec<String>> {
+        let ds = self.dataset_for(caller, Action::Write, id)?;
+        record::validate_batch(&batch.records, &batch.delete)?;
+        let count = (batch.records.len() + batch.delete.len()) as u64;
+        let hlc = self.inner.clock.tick().0;
+        let (node, ds2) = (self.clone(), ds.clone());
+        let written = tokio::task::spawn_blocking(move || {
+            let i = &node.inner;
+            ds2.write_local(&i.identity, &i.store, hlc, batch, i.config.snapshot_every)
+        })
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))??;
+        let took = self.inner.store.durable().await?;
+        let m = &self.inner.metrics;
+        m.flush_seconds.observe(took.as_secs_f64());
+        m.records_written.inc_by(count);
+        m.envelopes_stored.inc();
+        m.write_batches.inc();
+        ds.publish_events(written.events);
+        if written.snapshot_due {
+            self.snapshot_in_background(ds);
+        }
+        Ok(written.ids)
+    }
+
+    fn snapshot_in_background(&self, ds: Arc<Dataset>) {
+        let node = self.clone();
+        tokio::task::spawn_blocking(move || match ds.snapshot(&node.inner.store) {
+            Ok(true) => {
+                node.inner.metrics.snapshots.inc();
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(dataset = %ds.meta.id, error = %e, "snapshot failed"),
+        });
+    }
+
+    /// Records of one dataset that match `query`.
+    pub fn query(&self, caller: &App, id: &DatasetId, query: &Query) -> Result<Vec<Record>> {
+        query.validate()?;
+        let ds = self.dataset_for(caller, Action::Read, id)?;
+        Ok(ds.with_records(|r| query.run(r.values())))
+    }
+
+    /// One record by id.
+    pub fn get(&self, caller: &App, id: &DatasetId, record: &str) -> Result<Record> {
+        let ds = self.dataset_for(caller, Action::Read, id)?;
+        ds.with_records(|r| r.get(record).cloned())
+            .ok_or_else(|| Error::NotFound(format!("record {record} not found in {id}")))
+    }
+
+    /// Live events of one dataset, from now on.
+    pub fn subscribe(
+        &self,
+        caller: &App,
+        id: &DatasetId,
+    ) -> Result<broadcast::Receiver<Arc<Event>>> {
+        Ok(self.dataset_for(caller, Action::Read, id)?.subscribe())
+    }
+
+    /// Snapshots every dataset and flushes: call before exit so the next start replays nothing.
+    pub async fn shutdown(&self) -> Result<()> {
+        let node = self.clone();
+        tokio::task::spawn_blocking(move || {
+            for ds in node.all_datasets() {
+                ds.snapshot(&node.inner.store)?;
+            }
+            node.inner.store.flush_blocking().map_err(Error::from)
+        })
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))??;
+        tracing::info!("node state flushed");
+        Ok(())
+    }
+}

@@ -1,0 +1,265 @@
+//! Durable storage on sled, behind one type so that an engine swap stays a local change.
+//!
+//! Trees: `datasets` (id -> metadata JSON), `envelopes` (dataset, author, big-endian sequence ->
+//! envelope bytes), `snapshots` (dataset -> version vector + saved Automerge document), `apps`
+//! (token hash -> app JSON), `meta` (node-level values). Writes land in sled's memory first;
+//! [`Store::durable`] returns once a flush that covers them has reached the disk. Flushes are grouped
+//! by [`commit`], so many writers share one fsync.
+
+mod commit;
+mod keys;
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::envelope::{self, Envelope};
+use crate::identity::AuthorId;
+use crate::naming::DatasetId;
+use crate::version::{self, VersionVector};
+
+pub use commit::FLUSH_QUEUE_CAP;
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// sled reported an error.
+    #[error("store: {0}")]
+    Sled(#[from] sled::Error),
+    /// A stored value did not decode: the store is damaged or from another version.
+    #[error("store holds a corrupt {what} under {key}: {detail}")]
+    Corrupt {
+        /// What kind of value.
+        what: &'static str,
+        /// Its key, printable.
+        key: String,
+        /// The decoder's complaint.
+        detail: String,
+    },
+    /// A flush failed; the writes it covered are not acknowledged.
+    #[error("flush failed: {0}")]
+    Flush(String),
+    /// The flusher thread is gone (the node is shutting down).
+    #[error("store is shutting down")]
+    Closed,
+}
+
+/// The tree an application-level JSON value lives in.
+#[derive(Debug, Clone, Copy)]
+pub enum Table {
+    /// Dataset metadata.
+    Datasets,
+    /// Registered apps, keyed by token hash.
+    Apps,
+    /// Node-level values.
+    Meta,
+}
+
+/// A saved document and the version vector it covers.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// Envelopes included in `doc`.
+    pub vv: VersionVector,
+    /// `Automerge::save` output.
+    pub doc: Vec<u8>,
+}
+
+/// The node's database. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    datasets: sled::Tree,
+    envelopes: sled::Tree,
+    snapshots: sled::Tree,
+    apps: sled::Tree,
+    meta: sled::Tree,
+    flusher: commit::Flusher,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `path`.
+    pub fn open(path: &Path) -> Result<Self, Error> {
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(256 * 1024 * 1024)
+            .flush_every_ms(Some(1_000))
+            .open()?;
+        Ok(Self {
+            datasets: db.open_tree("datasets")?,
+            envelopes: db.open_tree("envelopes")?,
+            snapshots: db.open_tree("snapshots")?,
+            apps: db.open_tree("apps")?,
+            meta: db.open_tree("meta")?,
+            flusher: commit::Flusher::spawn(db.clone()),
+            db,
+        })
+    }
+
+    fn table(&self, t: Table) -> &sled::Tree {
+        match t {
+            Table::Datasets => &self.datasets,
+            Table::Apps => &self.apps,
+            Table::Meta => &self.meta,
+        }
+    }
+
+    /// Stores `value` as JSON under `key`.
+    pub fn put_json<T: Serialize>(&self, t: Table, key: &[u8], value: &T) -> Result<(), Error> {
+        let bytes = serde_json::to_vec(value).map_err(|e| corrupt("json", key, e))?;
+        self.table(t).insert(key, bytes)?;
+        Ok(())
+    }
+
+    /// Reads the JSON value under `key`.
+    pub fn get_json<T: DeserializeOwned>(&self, t: Table, key: &[u8]) -> Result<Option<T>, Error> {
+        match self.table(t).get(key)? {
+            None => Ok(None),
+            Some(v) => serde_json::from_slice(&v)
+                .map(Some)
+                .map_err(|e| corrupt("json", key, e)),
+        }
+    }
+
+    /// Every JSON value of a table, in key order.
+    pub fn list_json<T: DeserializeOwned>(&self, t: Table) -> Result<Vec<T>, Error> {
+        self.table(t)
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                serde_json::from_slice(&v).map_err(|e| corrupt("json", &k, e))
+            })
+            .collect()
+    }
+
+    /// Inserts `value` under `key` only if the key is free; false if it was taken.
+    pub fn insert_new_json<T: Serialize>(
+        &self,
+        t: Table,
+        key: &[u8],
+        value: &T,
+    ) -> Result<bool, Error> {
+        let bytes = serde_json::to_vec(value).map_err(|e| corrupt("json", key, e))?;
+        let swapped = self
+            .table(t)
+            .compare_and_swap(key, None as Option<&[u8]>, Some(bytes))?;
+        Ok(swapped.is_ok())
+    }
+
+    /// Stores an envelope (idempotent: the same key holds the same signed bytes).
+    pub fn put_envelope(&self, env: &Envelope) -> Result<(), Error> {
+        let key = keys::envelope(&env.dataset, &env.author, env.seq);
+        self.envelopes.insert(key, env.encode())?;
+        Ok(())
+    }
+
+    /// The highest sequence stored for `author` in `dataset` (0 if none).
+    pub fn last_seq(&self, dataset: &DatasetId, author: &AuthorId) -> Result<u64, Error> {
+        let (lo, hi) = keys::author_range(dataset, author);
+        Ok(match self.envelopes.range(lo..=hi).next_back() {
+            Some(kv) => keys::seq_of(&kv?.0).unwrap_or(0),
+            None => 0,
+        })
+    }
+
+    /// Calls `f` with every stored envelope of `dataset` that `vv` does not cover, per author in
+    /// sequence order. Seeks past covered history instead of scanning it.
+    pub fn for_each_envelope_after(
+        &self,
+        dataset: &DatasetId,
+        vv: &VersionVector,
+        mut f: impl FnMut(Envelope) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        let mut cursor = keys::dataset_prefix(dataset);
+        while let Some(author) = self.next_author(dataset, &cursor)? {
+            let (_, hi) = keys::author_range(dataset, &author);
+            let from = keys::envelope(dataset, &author, vv.get(&author) + 1);
+            for kv in self.envelopes.range(from..=hi.clone()) {
+                let (k, v) = kv?;
+                f(Envelope::decode(&v)
+                    .map_err(|e: envelope::Error| corrupt("envelope", &k, e))?)?;
+            }
+            cursor = hi;
+            cursor.push(0);
+        }
+        Ok(())
+    }
+
+    fn next_author(&self, dataset: &DatasetId, from: &[u8]) -> Result<Option<AuthorId>, Error> {
+        let prefix = keys::dataset_prefix(dataset);
+        match self.envelopes.range(from.to_vec()..).next() {
+            Some(kv) => {
+                let (k, _) = kv?;
+                Ok(k.strip_prefix(prefix.as_slice()).and_then(keys::author_of))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Number of envelopes stored for `dataset`.
+    pub fn envelope_count(&self, dataset: &DatasetId) -> usize {
+        self.envelopes
+            .scan_prefix(keys::dataset_prefix(dataset))
+            .count()
+    }
+
+    /// Saves a snapshot of `dataset`.
+    pub fn put_snapshot(&self, dataset: &DatasetId, snap: &Snapshot) -> Result<(), Error> {
+        let vv = snap.vv.encode();
+        let mut bytes = Vec::with_capacity(4 + vv.len() + snap.doc.len());
+        bytes.extend_from_slice(&(vv.len() as u32).to_be_bytes());
+        bytes.extend_from_slice(&vv);
+        bytes.extend_from_slice(&snap.doc);
+        self.snapshots
+            .insert(dataset.to_string().as_bytes(), bytes)?;
+        Ok(())
+    }
+
+    /// The latest snapshot of `dataset`, if one was taken.
+    pub fn snapshot(&self, dataset: &DatasetId) -> Result<Option<Snapshot>, Error> {
+        let key = dataset.to_string();
+        let Some(bytes) = self.snapshots.get(key.as_bytes())? else {
+            return Ok(None);
+        };
+        let bad = |d: &str| corrupt("snapshot", key.as_bytes(), d);
+        let (len, rest) = bytes.split_first_chunk::<4>().ok_or_else(|| bad("short"))?;
+        let len = u32::from_be_bytes(*len) as usize;
+        if rest.len() < len {
+            return Err(bad("short"));
+        }
+        let (vv, doc) = rest.split_at(len);
+        let vv =
+            VersionVector::decode(vv).map_err(|e: version::DecodeError| bad(&e.to_string()))?;
+        Ok(Some(Snapshot {
+            vv,
+            doc: doc.to_vec(),
+        }))
+    }
+
+    /// Waits until everything written before the call is on disk. Concurrent callers share flushes.
+    pub async fn durable(&self) -> Result<Duration, Error> {
+        self.flusher.durable().await
+    }
+
+    /// Flushes now, blocking the calling thread (shutdown, tests).
+    pub fn flush_blocking(&self) -> Result<(), Error> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Bytes the database occupies on disk.
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+}
+
+fn corrupt(what: &'static str, key: &[u8], e: impl std::fmt::Display) -> Error {
+    Error::Corrupt {
+        what,
+        key: String::from_utf8_lossy(key).chars().take(120).collect(),
+        detail: e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

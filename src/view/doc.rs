@@ -1,0 +1,264 @@
+//! A dataset as an Automerge document, and the JSON <-> Automerge mapping.
+//!
+//! Layout: the root map holds `records`, a map from record id to a map `{name, time, data}` where
+//! `data` is a nested map. Objects become maps and arrays lists, so two nodes that update different
+//! fields of one record concurrently both keep their field. No I/O happens here.
+
+use automerge::transaction::Transactable;
+use automerge::{hydrate, ActorId, Automerge, ObjId, ObjType, ReadDoc, ScalarValue, Value, ROOT};
+use serde_json::{Map, Number, Value as Json};
+
+use crate::record::Record;
+
+const RECORDS: &str = "records";
+
+/// An Automerge failure on a document.
+#[derive(Debug, thiserror::Error)]
+#[error("automerge: {0}")]
+pub struct Error(#[from] pub automerge::AutomergeError);
+
+/// One record, validated and with id and time assigned, ready to write.
+#[derive(Debug, Clone)]
+pub struct Upsert {
+    /// Record id.
+    pub id: String,
+    /// Record name.
+    pub name: String,
+    /// Record time (ms).
+    pub time: u64,
+    /// Fields to set.
+    pub data: Map<String, Json>,
+}
+
+/// A new empty document whose changes are authored by `actor`.
+pub fn new_doc(actor: &[u8]) -> Automerge {
+    Automerge::new().with_actor(ActorId::from(actor))
+}
+
+fn records_obj(doc: &Automerge) -> Option<ObjId> {
+    match doc.get(ROOT, RECORDS) {
+        Ok(Some((Value::Object(ObjType::Map), id))) => Some(id),
+        _ => None,
+    }
+}
+
+/// True when a record with `id` exists.
+pub fn contains(doc: &Automerge, id: &str) -> bool {
+    records_obj(doc).is_some_and(|r| matches!(doc.get(&r, id), Ok(Some(_))))
+}
+
+/// Applies upserts and deletes as one change; returns its bytes, or `None` if nothing changed.
+pub fn write(
+    doc: &mut Automerge,
+    ups: &[Upsert],
+    deletes: &[String],
+) -> Result<Option<Vec<u8>>, Error> {
+    let mut tx = doc.transaction();
+    let records = match tx.get(ROOT, RECORDS)? {
+        Some((Value::Object(ObjType::Map), id)) => id,
+        _ => tx.put_object(ROOT, RECORDS, ObjType::Map)?,
+    };
+    for u in ups {
+        let rec = match tx.get(&records, u.id.as_str())? {
+            Some((Value::Object(ObjType::Map), id)) => id,
+            _ => tx.put_object(&records, u.id.as_str(), ObjType::Map)?,
+        };
+        tx.put(&rec, "name", u.name.as_str())?;
+        tx.put(&rec, "time", u.time)?;
+        let data = match tx.get(&rec, "data")? {
+            Some((Value::Object(ObjType::Map), id)) => id,
+            _ => tx.put_object(&rec, "data", ObjType::Map)?,
+        };
+        for (k, v) in &u.data {
+            put_json(&mut tx, &data, k.as_str().into(), v)?;
+        }
+    }
+    for id in deletes {
+        tx.delete(&records, id.as_str())?;
+    }
+    let (hash, _) = tx.commit();
+    Ok(hash
+        .and_then(|h| doc.get_change_by_hash(&h))
+        .map(|c| c.raw_bytes().to_vec()))
+}
+
+fn put_json<T: Transactable>(
+    tx: &mut T,
+    obj: &ObjId,
+    prop: automerge::Prop,
+    v: &Json,
+) -> Result<(), Error> {
+    let insert = matches!(prop, automerge::Prop::Seq(_));
+    let place_obj = |tx: &mut T, t: ObjType| -> Result<ObjId, Error> {
+        Ok(match &prop {
+            automerge::Prop::Seq(i) if insert => tx.insert_object(obj, *i, t)?,
+            p => tx.put_object(obj, p.clone(), t)?,
+        })
+    };
+    match v {
+        Json::Object(m) => {
+            let child = place_obj(tx, ObjType::Map)?;
+            for (k, v) in m {
+                put_json(tx, &child, k.as_str().into(), v)?;
+            }
+        }
+        Json::Array(a) => {
+            let child = place_obj(tx, ObjType::List)?;
+            for (i, v) in a.iter().enumerate() {
+                put_json(tx, &child, i.into(), v)?;
+            }
+        }
+        scalar => {
+            let s = to_scalar(scalar);
+            match &prop {
+                automerge::Prop::Seq(i) => tx.insert(obj, *i, s)?,
+                p => tx.put(obj, p.clone(), s)?,
+            }
+        }
+    }
+    Ok(())
+}
+
+fn to_scalar(v: &Json) -> ScalarValue {
+    match v {
+        Json::Bool(b) => ScalarValue::Boolean(*b),
+        Json::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => ScalarValue::Int(i),
+            (None, Some(u)) => ScalarValue::Uint(u),
+            _ => ScalarValue::F64(n.as_f64().unwrap_or(0.0)),
+        },
+        Json::String(s) => ScalarValue::Str(s.as_str().into()),
+        _ => ScalarValue::Null,
+    }
+}
+
+fn from_hydrated(v: &hydrate::Value) -> Json {
+    match v {
+        hydrate::Value::Map(m) => Json::Object(
+            m.iter()
+                .map(|(k, mv)| (k.clone(), from_hydrated(&mv.value)))
+                .collect(),
+        ),
+        hydrate::Value::List(l) => {
+            Json::Array(l.iter().map(|lv| from_hydrated(&lv.value)).collect())
+        }
+        hydrate::Value::Text(t) => Json::String(t.to_string()),
+        hydrate::Value::Scalar(s) => from_scalar(s),
+    }
+}
+
+fn from_scalar(s: &ScalarValue) -> Json {
+    match s {
+        ScalarValue::Str(s) => Json::String(s.to_string()),
+        ScalarValue::Int(i) => Json::from(*i),
+        ScalarValue::Uint(u) => Json::from(*u),
+        ScalarValue::F64(f) => Number::from_f64(*f).map_or(Json::Null, Json::Number),
+        ScalarValue::Counter(c) => Json::from(i64::from(c)),
+        ScalarValue::Timestamp(t) => Json::from(*t),
+        ScalarValue::Boolean(b) => Json::Bool(*b),
+        ScalarValue::Bytes(b) => Json::String(hex::encode(b)),
+        _ => Json::Null,
+    }
+}
+
+/// Reads one record.
+pub fn read(doc: &Automerge, id: &str) -> Option<Record> {
+    let records = records_obj(doc)?;
+    let Ok(Some((Value::Object(ObjType::Map), obj))) = doc.get(&records, id) else {
+        return None;
+    };
+    let Ok(hydrate::Value::Map(m)) = ReadDoc::hydrate(doc, &obj, None) else {
+        return None;
+    };
+    let name = match m.get("name") {
+        Some(hydrate::Value::Scalar(ScalarValue::Str(s))) => s.to_string(),
+        _ => return None,
+    };
+    let time = match m.get("time") {
+        Some(hydrate::Value::Scalar(ScalarValue::Uint(t))) => *t,
+        Some(hydrate::Value::Scalar(ScalarValue::Int(t))) => u64::try_from(*t).unwrap_or(0),
+        _ => 0,
+    };
+    let data = match m.get("data").map(from_hydrated) {
+        Some(Json::Object(o)) => o,
+        _ => Map::new(),
+    };
+    Some(Record {
+        id: id.to_owned(),
+        name,
+        time,
+        data,
+    })
+}
+
+/// Every record id in the document.
+pub fn ids(doc: &Automerge) -> Vec<String> {
+    records_obj(doc).map_or_else(Vec::new, |r| doc.keys(&r).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn up(id: &str, data: Json) -> Upsert {
+        let Json::Object(data) = data else {
+            panic!("object")
+        };
+        Upsert {
+            id: id.into(),
+            name: "d7/ward-3".into(),
+            time: 5,
+            data,
+        }
+    }
+
+    #[test]
+    fn json_round_trips_through_the_document() {
+        let mut doc = new_doc(&[1; 32]);
+        let data = json!({"s": "x", "i": -3, "u": u64::MAX, "f": 1.5, "b": true, "n": null,
+                          "nested": {"a": [1, {"b": "c"}]}});
+        write(&mut doc, &[up("r1", data.clone())], &[]).expect("write");
+        let r = read(&doc, "r1").expect("present");
+        assert_eq!(Json::Object(r.data), data);
+        assert_eq!((r.name.as_str(), r.time), ("d7/ward-3", 5));
+    }
+
+    #[test]
+    fn updates_patch_fields_and_deletes_remove() {
+        let mut doc = new_doc(&[1; 32]);
+        write(&mut doc, &[up("r1", json!({"a": 1, "b": 2}))], &[]).expect("write");
+        write(&mut doc, &[up("r1", json!({"b": 3}))], &[]).expect("write");
+        assert_eq!(
+            Json::Object(read(&doc, "r1").expect("r").data),
+            json!({"a": 1, "b": 3})
+        );
+        write(&mut doc, &[], &["r1".into()]).expect("delete");
+        assert!(read(&doc, "r1").is_none());
+        assert!(ids(&doc).is_empty());
+    }
+
+    #[test]
+    fn concurrent_updates_of_different_fields_merge() {
+        let mut a = new_doc(&[1; 32]);
+        let base = write(&mut a, &[up("r1", json!({"x": 0, "y": 0}))], &[])
+            .expect("w")
+            .expect("change");
+        let mut b = new_doc(&[2; 32]);
+        b.apply_changes([automerge::Change::from_bytes(base).expect("change")])
+            .expect("apply");
+        let ca = write(&mut a, &[up("r1", json!({"x": 1}))], &[])
+            .expect("w")
+            .expect("c");
+        let cb = write(&mut b, &[up("r1", json!({"y": 2}))], &[])
+            .expect("w")
+            .expect("c");
+        a.apply_changes([automerge::Change::from_bytes(cb).expect("c")])
+            .expect("apply");
+        b.apply_changes([automerge::Change::from_bytes(ca).expect("c")])
+            .expect("apply");
+        let (ra, rb) = (read(&a, "r1").expect("a"), read(&b, "r1").expect("b"));
+        assert_eq!(ra, rb);
+        assert_eq!(Json::Object(ra.data), json!({"x": 1, "y": 2}));
+    }
+}

@@ -1,0 +1,5 @@
+//! fogmesh integration tests: one binary, shared helpers in `common`.
+
+mod common;
+mod http;
+mod openapi;
