@@ -171,6 +171,14 @@ impl App {
     pub fn may(&self, action: Action, dataset: &DatasetId) -> bool {
         self.admin || self.rights.iter().any(|r| r.allows(action, dataset))
     }
+
+    /// Whether the app holds any right on `dataset`; an app that does not may not learn that it
+    /// exists.
+    pub fn sees(&self, dataset: &DatasetId) -> bool {
+        [Action::Read, Action::Write, Action::Query]
+            .iter()
+            .any(|a| self.may(*a, dataset))
+    }
 }
 
 /// A new random bearer token.

@@ -35,6 +35,7 @@ pub enum Priority {
 
 /// How long records are kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 pub struct Retention {
     /// Keep records newer than this many days (`None`: forever).
     #[serde(default)]

@@ -9,7 +9,9 @@ mod routes;
 
 use std::future::Future;
 
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
 use tokio::net::TcpListener;
@@ -50,8 +52,21 @@ pub fn router(node: Node, closing: watch::Receiver<bool>) -> Router {
         .route("/v1/openapi.json", get(routes::openapi))
         .route("/metrics", get(routes::metrics))
         .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(node.clone(), count_errors))
         .with_state(ApiState { node, closing })
+}
+
+/// Counts every 4xx and 5xx answer in `fogmesh_api_errors_total{status=...}`.
+async fn count_errors(State(node): State<Node>, req: Request, next: Next) -> Response {
+    let res = next.run(req).await;
+    let status = res.status();
+    if status.is_client_error() || status.is_server_error() {
+        let labels = vec![("status".to_owned(), status.as_u16().to_string())];
+        node.metrics().api_errors.get_or_create(&labels).inc();
+    }
+    res
 }
 
 /// Serves the API on `listener` until `shutdown` resolves, then ends event streams and waits for

@@ -90,3 +90,12 @@ pub async fn openapi() -> impl IntoResponse {
 pub async fn not_found() -> ApiError {
     ApiError::not_found("no such endpoint; GET /v1/openapi.json lists them")
 }
+
+/// A known path asked with a method it does not serve.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError {
+        status: axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        code: "method_not_allowed",
+        message: "this path does not serve that method; GET /v1/openapi.json lists them".into(),
+    }
+}

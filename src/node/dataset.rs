@@ -158,7 +158,17 @@ impl Dataset {
             )));
         }
         let ms = crate::hlc::Timestamp(hlc).millis();
-        let ups: Vec<Upsert> = batch.records.into_iter().map(|i| upsert(i, ms)).collect();
+        let ups: Vec<Upsert> = batch
+            .records
+            .into_iter()
+            .map(|i| {
+                let kept =
+                    i.id.as_ref()
+                        .and_then(|id| st.records.get(id))
+                        .map(|r| r.time);
+                upsert(i, kept.unwrap_or(ms))
+            })
+            .collect();
         let Some(change) = doc::write(&mut st.doc, &ups, &batch.delete)? else {
             return Ok(Written {
                 ids: vec![],
@@ -178,8 +188,9 @@ impl Dataset {
         st.next_seq += 1;
         st.since_snapshot += 1;
         let events = st.refresh(&ups, &batch.delete);
+        let ids = ups.into_iter().map(|u| u.id).chain(batch.delete).collect();
         Ok(Written {
-            ids: ups.into_iter().map(|u| u.id).collect(),
+            ids,
             events,
             snapshot_due: st.since_snapshot >= snapshot_every,
         })
@@ -213,8 +224,10 @@ impl Dataset {
     }
 }
 
-fn upsert(i: record::Input, ms: u64) -> Upsert {
-    let time = i.time.unwrap_or(ms);
+/// Turns an input into an upsert; `default_time` is the record's current time when it exists (an
+/// update that names no time keeps it), else the write's clock.
+fn upsert(i: record::Input, default_time: u64) -> Upsert {
+    let time = i.time.unwrap_or(default_time);
     let data = match i.data {
         serde_json::Value::Object(m) => m,
         _ => serde_json::Map::new(),

@@ -3,6 +3,7 @@
 
 mod dataset;
 pub mod home;
+mod retention;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -25,6 +26,7 @@ use crate::view::query::Query;
 
 use dataset::Dataset;
 pub use dataset::{Batch, Event, EVENTS_CAP};
+pub use retention::SWEEP_EVERY as RETENTION_SWEEP;
 
 /// What `GET /v1/node` tells.
 #[derive(Debug, Clone, Serialize)]
@@ -237,11 +239,7 @@ impl Node {
         let mut out: Vec<DatasetInfo> = self
             .all_datasets()
             .into_iter()
-            .filter(|d| {
-                [Action::Read, Action::Write, Action::Query]
-                    .iter()
-                    .any(|a| caller.may(*a, &d.meta.id))
-            })
+            .filter(|d| caller.sees(&d.meta.id))
             .map(|d| {
                 let (records, envelopes) = d.stats();
                 DatasetInfo {
@@ -264,7 +262,9 @@ impl Node {
                 .unwrap_or_else(|e| e.into_inner());
             map.get(id).cloned()
         };
-        let ds = ds.ok_or_else(|| Error::NotFound(format!("dataset {id} not found")))?;
+        let ds = ds
+            .filter(|_| caller.sees(id))
+            .ok_or_else(|| Error::NotFound(format!("dataset {id} not found")))?;
         if caller.may(action, id) {
             Ok(ds)
         } else {
@@ -276,10 +276,20 @@ impl Node {
         }
     }
 
-    /// Writes a batch (upserts and deletes) as one signed, durable change; returns the ids written.
+    /// Writes a batch (upserts and deletes) as one signed, durable change; returns the ids written:
+    /// upserted ids in batch order, then the deleted ids.
     pub async fn publish(&self, caller: &App, id: &DatasetId, batch: Batch) -> Result<Vec<String>> {
         let ds = self.dataset_for(caller, Action::Write, id)?;
         record::validate_batch(&batch.records, &batch.delete)?;
+        let ids = self.write(ds.clone(), batch).await?;
+        if retention::over_count(&ds) {
+            self.trim(ds).await?;
+        }
+        Ok(ids)
+    }
+
+    /// Writes a validated batch to `ds` as this node's author and waits until it is durable.
+    async fn write(&self, ds: Arc<Dataset>, batch: Batch) -> Result<Vec<String>> {
         let count = (batch.records.len() + batch.delete.len()) as u64;
         let hlc = self.inner.clock.tick().0;
         let (node, ds2) = (self.clone(), ds.clone());

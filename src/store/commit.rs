@@ -4,7 +4,8 @@
 //! flushes once for all of them; those who arrive during that flush ride the next one. The group size
 //! grows with the load by itself, with no fixed window to add latency when the node is idle.
 
-use std::thread;
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
@@ -16,10 +17,31 @@ pub const FLUSH_QUEUE_CAP: usize = 4096;
 
 type Waiter = oneshot::Sender<Result<Duration, String>>;
 
-/// Handle to the flusher thread. The thread ends when every handle is dropped.
+/// Handle to the flusher thread. When the last handle is dropped the thread is told to stop and
+/// joined, so that its database handle is released before the drop returns (a store reopened right
+/// after must not find the directory still locked).
 #[derive(Clone)]
 pub struct Flusher {
-    tx: mpsc::Sender<Waiter>,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    tx: Mutex<Option<mpsc::Sender<Waiter>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Ok(mut tx) = self.tx.lock() {
+            tx.take();
+        }
+        let handle = self.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(handle) = handle {
+            if handle.join().is_err() {
+                tracing::error!("the flusher thread panicked");
+            }
+        }
+    }
 }
 
 impl Flusher {
@@ -29,17 +51,29 @@ impl Flusher {
         let spawned = thread::Builder::new()
             .name("fogmesh-flush".into())
             .spawn(move || run(db, rx));
-        if let Err(e) = spawned {
-            // Without the thread every durable() reports Closed: loud, not silent.
-            tracing::error!(error = %e, "could not start the flusher thread");
+        let thread = match spawned {
+            Ok(handle) => Some(handle),
+            Err(e) => {
+                // Without the thread every durable() reports Closed: loud, not silent.
+                tracing::error!(error = %e, "could not start the flusher thread");
+                None
+            }
+        };
+        let inner = Inner {
+            tx: Mutex::new(Some(tx)),
+            thread: Mutex::new(thread),
+        };
+        Self {
+            inner: Arc::new(inner),
         }
-        Self { tx }
     }
 
     /// Resolves once a flush that began after this call has completed; returns its duration.
     pub async fn durable(&self) -> Result<Duration, Error> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(tx).await.map_err(|_| Error::Closed)?;
+        let queue = self.inner.tx.lock().ok().and_then(|q| q.clone());
+        let queue = queue.ok_or(Error::Closed)?;
+        queue.send(tx).await.map_err(|_| Error::Closed)?;
         match rx.await {
             Ok(Ok(took)) => Ok(took),
             Ok(Err(msg)) => Err(Error::Flush(msg)),

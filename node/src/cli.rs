@@ -1,0 +1,196 @@
+//! Command-line arguments.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// fogmesh: one node per organization, sharing a CRDT data view with per-app encrypted access.
+#[derive(Parser, Debug)]
+#[command(version, about, propagate_version = true)]
+pub struct Cli {
+    /// The node's home directory.
+    #[arg(long, global = true, env = "FOGMESH_HOME", default_value = ".fogmesh")]
+    pub home: PathBuf,
+    /// Print exactly one JSON document on stdout (NDJSON for streams).
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// HTTP API address of the node (client commands); default: the home's config.
+    #[arg(long, global = true, env = "FOGMESH_API")]
+    pub api: Option<SocketAddr>,
+    /// Bearer token to use instead of the home's admin token (client commands).
+    #[arg(long, global = true, env = "FOGMESH_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create a node home: keys (0600), documented config.toml, admin token.
+    Init(InitArgs),
+    /// Run the node until SIGTERM or ctrl-c.
+    Run(RunArgs),
+    /// Print this node's identity and addresses (reads the home; no running node needed).
+    Id,
+    /// Show the running node, its datasets and counts.
+    Status,
+    /// Manage apps.
+    #[command(subcommand)]
+    App(AppCmd),
+    /// Manage datasets.
+    #[command(subcommand)]
+    Dataset(DatasetCmd),
+    /// Publish records: one from flags, or NDJSON lines `{name, data, time?, id?}` on stdin.
+    Publish(PublishArgs),
+    /// Query a dataset's records.
+    Query(QueryArgs),
+    /// Stream a dataset's live changes.
+    Watch(WatchArgs),
+    /// Run the walkthrough demo on loopback in a temporary directory.
+    Demo(DemoArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// Organization name, e.g. hospital.
+    #[arg(long)]
+    pub org: String,
+    /// Mesh name, e.g. flu-response.
+    #[arg(long)]
+    pub mesh: String,
+    /// libp2p listen multiaddr (repeatable).
+    #[arg(long)]
+    pub listen: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// libp2p listen multiaddr (repeatable); overrides the config file and FOGMESH_LISTEN.
+    #[arg(long)]
+    pub listen: Vec<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AppCmd {
+    /// Register an app; its token is shown once.
+    Add {
+        /// App name, e.g. restock-planner.
+        name: String,
+        /// Rights, comma-separated ACTION:DATASET (read, write, query; owner/name, owner/*, *).
+        #[arg(long, value_delimiter = ',')]
+        rights: Vec<String>,
+    },
+    /// List registered apps.
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DatasetCmd {
+    /// Create a dataset owned by this node's organization.
+    Create(CreateArgs),
+    /// List the datasets the caller may see.
+    List,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum PriorityArg {
+    Low,
+    Normal,
+    High,
+}
+
+#[derive(Args, Debug)]
+pub struct CreateArgs {
+    /// Dataset name, e.g. flu-cases.
+    pub name: String,
+    /// Share it (default: private, never leaves this node).
+    #[arg(long)]
+    pub shared: bool,
+    /// Reader organizations (shared datasets), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub readers: Vec<String>,
+    /// Service priority.
+    #[arg(long, value_enum, default_value = "normal")]
+    pub priority: PriorityArg,
+    /// Keep records newer than this many days.
+    #[arg(long)]
+    pub retention_days: Option<u32>,
+    /// Keep at most this many newest records.
+    #[arg(long)]
+    pub max_records: Option<u64>,
+    /// JSON schema description of the data fields.
+    #[arg(long)]
+    pub schema: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct PublishArgs {
+    /// Dataset, OWNER/NAME.
+    pub dataset: String,
+    /// Record name (location/activity path); without it, NDJSON is read from stdin.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Record data, a JSON object.
+    #[arg(long, requires = "name")]
+    pub data: Option<String>,
+    /// Record time, ms since the epoch (default: the node's clock).
+    #[arg(long, requires = "name")]
+    pub time: Option<u64>,
+    /// Record id to create or update (default: a new ULID).
+    #[arg(long, requires = "name")]
+    pub id: Option<String>,
+    /// Records per request when reading stdin.
+    #[arg(long, default_value_t = 500)]
+    pub batch: usize,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    Json,
+    Ndjson,
+}
+
+#[derive(Args, Debug)]
+pub struct QueryArgs {
+    /// Dataset, OWNER/NAME.
+    pub dataset: String,
+    /// Only names at or below this path.
+    #[arg(long)]
+    pub name_prefix: Option<String>,
+    /// Only times >= this (ms).
+    #[arg(long)]
+    pub since: Option<u64>,
+    /// Only times < this (ms).
+    #[arg(long)]
+    pub until: Option<u64>,
+    /// Field predicate FIELD OP VALUE (repeatable), e.g. 'cases>=5'.
+    #[arg(long = "where")]
+    pub predicates: Vec<String>,
+    /// Most records to return (1..=10000).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// asc or desc by time.
+    #[arg(long)]
+    pub order: Option<String>,
+    /// Output format (--json implies json).
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+}
+
+#[derive(Args, Debug)]
+pub struct WatchArgs {
+    /// Dataset, OWNER/NAME.
+    pub dataset: String,
+    /// Stop after this many events.
+    #[arg(long)]
+    pub count: Option<usize>,
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Keep the demo's node directory instead of deleting it.
+    #[arg(long)]
+    pub keep: bool,
+}

@@ -1,0 +1,359 @@
+//! Client and local commands. Each prints a human answer, or with `--json` exactly one JSON
+//! document (NDJSON for streams).
+
+use std::io::{BufRead, Write};
+
+use anyhow::{bail, Context, Result};
+use fogmesh::config::Config;
+use serde_json::{json, Value};
+
+use crate::cli::{
+    AppCmd, Cli, Command, CreateArgs, DatasetCmd, Format, PriorityArg, PublishArgs, QueryArgs,
+    WatchArgs,
+};
+use crate::client::Client;
+use crate::output;
+
+/// Runs the parsed command.
+pub fn run(cli: Cli) -> Result<()> {
+    match &cli.command {
+        Command::Init(a) => init(&cli, a),
+        Command::Run(a) => crate::daemon::run(&cli, a),
+        Command::Id => id(&cli),
+        Command::Status => status(&cli),
+        Command::App(AppCmd::Add { name, rights }) => app_add(&cli, name, rights),
+        Command::App(AppCmd::List) => app_list(&cli),
+        Command::Dataset(DatasetCmd::Create(a)) => dataset_create(&cli, a),
+        Command::Dataset(DatasetCmd::List) => dataset_list(&cli),
+        Command::Publish(a) => publish(&cli, a),
+        Command::Query(a) => query(&cli, a),
+        Command::Watch(a) => watch(&cli, a),
+        Command::Demo(a) => crate::demo::run(&cli, a),
+    }
+}
+
+fn init(cli: &Cli, a: &crate::cli::InitArgs) -> Result<()> {
+    let mut cfg = Config {
+        org: a.org.clone(),
+        mesh: a.mesh.clone(),
+        ..Config::default()
+    };
+    if !a.listen.is_empty() {
+        cfg.listen = a.listen.clone();
+    }
+    if let Some(api) = cli.api {
+        cfg.api = api;
+    }
+    let rt = tokio::runtime::Runtime::new()?;
+    let created = rt.block_on(fogmesh::node::home::init(&cli.home, cfg))?;
+    if cli.json {
+        output::json(
+            &json!({ "home": cli.home, "peer_id": created.peer_id, "admin_token_file": created.admin_token_file }),
+        );
+    } else {
+        println!("initialized node home {}", cli.home.display());
+        println!("peer id: {}", created.peer_id);
+        println!("admin token: {} (mode 0600)", created.admin_token_file);
+        println!("next: fogmesh run --home {}", cli.home.display());
+    }
+    Ok(())
+}
+
+fn id(cli: &Cli) -> Result<()> {
+    let cfg = Config::load(&cli.home.join(fogmesh::config::FILE))
+        .with_context(|| format!("no usable node home at {}", cli.home.display()))?;
+    let ident = fogmesh::identity::Identity::load(&cli.home)?;
+    let v = json!({
+        "org": cfg.org, "mesh": cfg.mesh, "peer_id": ident.peer_id()?.to_string(),
+        "author": ident.author().to_string(), "agreement_key": hex::encode(ident.agreement_public()),
+        "api": cfg.api.to_string(), "listen": cfg.listen,
+    });
+    if cli.json {
+        output::json(&v);
+    } else {
+        for k in [
+            "org",
+            "mesh",
+            "peer_id",
+            "author",
+            "agreement_key",
+            "api",
+            "listen",
+        ] {
+            println!("{k:<14} {}", output_value(&v[k]));
+        }
+    }
+    Ok(())
+}
+
+fn output_value(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Array(a) => a.iter().map(output_value).collect::<Vec<_>>().join(" "),
+        other => other.to_string(),
+    }
+}
+
+fn status(cli: &Cli) -> Result<()> {
+    let c = Client::from_cli(cli)?;
+    let node = c.get("/v1/node")?;
+    let datasets = c.get("/v1/datasets")?;
+    if cli.json {
+        output::json(&json!({ "node": node, "datasets": datasets["datasets"] }));
+        return Ok(());
+    }
+    println!(
+        "node   {} in mesh {} (fogmesh {})",
+        node["org"].as_str().unwrap_or("?"),
+        node["mesh"].as_str().unwrap_or("?"),
+        node["version"].as_str().unwrap_or("?")
+    );
+    println!("peer   {}", node["peer_id"].as_str().unwrap_or("?"));
+    println!("api    http://{}", node["api"].as_str().unwrap_or("?"));
+    println!();
+    let rows = datasets["datasets"].as_array().cloned().unwrap_or_default();
+    output::table(
+        &["id", "visibility", "priority", "records", "envelopes"],
+        &rows,
+    );
+    Ok(())
+}
+
+fn app_add(cli: &Cli, name: &str, rights: &[String]) -> Result<()> {
+    let v = Client::from_cli(cli)?.post("/v1/apps", &json!({ "name": name, "rights": rights }))?;
+    if cli.json {
+        output::json(&v);
+    } else {
+        println!(
+            "app {name} registered with rights: {}",
+            output_value(&v["rights"])
+        );
+        println!(
+            "token (shown once, keep it secret): {}",
+            v["token"].as_str().unwrap_or("?")
+        );
+    }
+    Ok(())
+}
+
+fn app_list(cli: &Cli) -> Result<()> {
+    let v = Client::from_cli(cli)?.get("/v1/apps")?;
+    if cli.json {
+        output::json(&v);
+    } else {
+        output::table(
+            &["name", "admin", "rights"],
+            v["apps"].as_array().map_or(&[][..], |a| a),
+        );
+    }
+    Ok(())
+}
+
+fn dataset_create(cli: &Cli, a: &CreateArgs) -> Result<()> {
+    let schema: Option<Value> = match &a.schema {
+        Some(s) => Some(serde_json::from_str(s).context("--schema must be JSON")?),
+        None => None,
+    };
+    let priority = match a.priority {
+        PriorityArg::Low => "low",
+        PriorityArg::Normal => "normal",
+        PriorityArg::High => "high",
+    };
+    let spec = json!({
+        "name": a.name, "visibility": if a.shared { "shared" } else { "private" },
+        "priority": priority, "readers": a.readers, "schema": schema,
+        "retention": { "max_age_days": a.retention_days, "max_records": a.max_records },
+    });
+    let v = Client::from_cli(cli)?.post("/v1/datasets", &spec)?;
+    if cli.json {
+        output::json(&v);
+    } else {
+        println!(
+            "dataset {} created ({})",
+            v["id"].as_str().unwrap_or("?"),
+            v["visibility"].as_str().unwrap_or("?")
+        );
+    }
+    Ok(())
+}
+
+fn dataset_list(cli: &Cli) -> Result<()> {
+    let v = Client::from_cli(cli)?.get("/v1/datasets")?;
+    if cli.json {
+        output::json(&v);
+    } else {
+        let rows = v["datasets"].as_array().map_or(&[][..], |a| a);
+        output::table(
+            &["id", "visibility", "priority", "readers", "records"],
+            rows,
+        );
+    }
+    Ok(())
+}
+
+fn records_path(dataset: &str) -> Result<String> {
+    let id = fogmesh::naming::DatasetId::parse(dataset)?;
+    Ok(format!("/v1/datasets/{}/{}", id.owner(), id.name()))
+}
+
+fn publish(cli: &Cli, a: &PublishArgs) -> Result<()> {
+    let c = Client::from_cli(cli)?;
+    let path = format!("{}/records", records_path(&a.dataset)?);
+    if let Some(name) = &a.name {
+        let data: Value = serde_json::from_str(a.data.as_deref().unwrap_or("{}"))
+            .context("--data must be a JSON object")?;
+        let rec = json!({ "name": name, "data": data, "time": a.time, "id": a.id });
+        let v = c.post(&path, &json!({ "records": [rec] }))?;
+        return print_ids(cli, &v, 1);
+    }
+    publish_stdin(
+        cli,
+        &c,
+        &path,
+        a.batch.clamp(1, fogmesh::record::BATCH_MAX_RECORDS),
+    )
+}
+
+fn print_ids(cli: &Cli, v: &Value, n: usize) -> Result<()> {
+    if cli.json {
+        output::json(v);
+    } else if n == 1 {
+        println!("{}", v["ids"][0].as_str().unwrap_or("?"));
+    }
+    Ok(())
+}
+
+fn publish_stdin(cli: &Cli, c: &Client, path: &str, batch: usize) -> Result<()> {
+    let (mut ids, mut pending) = (Vec::new(), Vec::new());
+    let stdin = std::io::stdin();
+    for (n, line) in stdin.lock().lines().enumerate() {
+        let line = line.context("reading stdin")?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let rec: Value = serde_json::from_str(&line)
+            .with_context(|| format!("stdin line {}: not JSON", n + 1))?;
+        pending.push(rec);
+        if pending.len() == batch {
+            send_batch(c, path, &mut pending, &mut ids)?;
+        }
+    }
+    if !pending.is_empty() {
+        send_batch(c, path, &mut pending, &mut ids)?;
+    }
+    if cli.json {
+        output::json(&json!({ "ids": ids }));
+    } else {
+        eprintln!("published {} records", ids.len());
+    }
+    Ok(())
+}
+
+fn send_batch(
+    c: &Client,
+    path: &str,
+    pending: &mut Vec<Value>,
+    ids: &mut Vec<Value>,
+) -> Result<()> {
+    let recs = std::mem::take(pending);
+    let v = c
+        .post(path, &json!({ "records": recs }))
+        .with_context(|| format!("after {} records were acknowledged", ids.len()))?;
+    ids.extend(v["ids"].as_array().cloned().unwrap_or_default());
+    if ids.len() >= 5_000 {
+        eprint!("\rpublished {} records", ids.len());
+        let _ = std::io::stderr().flush();
+    }
+    Ok(())
+}
+
+fn query(cli: &Cli, a: &QueryArgs) -> Result<()> {
+    let mut q = form_query(a);
+    if q.is_empty() {
+        q.push_str("limit=1000");
+    }
+    let v = Client::from_cli(cli)?.get(&format!("{}/records?{q}", records_path(&a.dataset)?))?;
+    let rows = v["records"].as_array().cloned().unwrap_or_default();
+    let format = if cli.json { Format::Json } else { a.format };
+    match format {
+        Format::Json => output::json(&v),
+        Format::Ndjson => rows.iter().for_each(output::ndjson),
+        Format::Table => {
+            let rows: Vec<Value> = rows
+                .into_iter()
+                .map(|mut r| {
+                    r["data"] = Value::String(r["data"].to_string());
+                    r
+                })
+                .collect();
+            output::table(&["id", "time", "name", "data"], &rows);
+            eprintln!("{} records", rows.len());
+        }
+    }
+    Ok(())
+}
+
+fn form_query(a: &QueryArgs) -> String {
+    let mut s = form_urlencoded::Serializer::new(String::new());
+    if let Some(p) = &a.name_prefix {
+        s.append_pair("name_prefix", p);
+    }
+    for (k, v) in [("since", a.since), ("until", a.until)] {
+        if let Some(v) = v {
+            s.append_pair(k, &v.to_string());
+        }
+    }
+    for w in &a.predicates {
+        s.append_pair("where", w);
+    }
+    if let Some(l) = a.limit {
+        s.append_pair("limit", &l.to_string());
+    }
+    if let Some(o) = &a.order {
+        s.append_pair("order", o);
+    }
+    s.finish()
+}
+
+fn watch(cli: &Cli, a: &WatchArgs) -> Result<()> {
+    let c = Client::from_cli(cli)?;
+    let reader = c.stream(&format!("{}/events", records_path(&a.dataset)?))?;
+    // On stderr in every mode: it tells a script the subscription is live.
+    eprintln!("watching {} (ctrl-c to stop)", a.dataset);
+    let (mut event, mut seen) = (String::new(), 0usize);
+    for line in reader.lines() {
+        let line = line.context("reading the event stream")?;
+        if let Some(e) = line.strip_prefix("event:") {
+            event = e.trim().to_owned();
+        } else if let Some(d) = line.strip_prefix("data:") {
+            print_event(cli, &event, d.trim());
+            seen += 1;
+            if a.count.is_some_and(|n| seen >= n) {
+                return Ok(());
+            }
+        }
+    }
+    bail!("the node closed the event stream")
+}
+
+fn print_event(cli: &Cli, event: &str, data: &str) {
+    let v: Value = serde_json::from_str(data).unwrap_or(Value::Null);
+    if cli.json {
+        output::ndjson(&v);
+        return;
+    }
+    match event {
+        "upsert" => {
+            let r = &v["record"];
+            println!(
+                "upsert {} {} {} {}",
+                r["id"].as_str().unwrap_or("?"),
+                r["time"],
+                r["name"].as_str().unwrap_or("?"),
+                r["data"]
+            );
+        }
+        "delete" => println!("delete {}", v["id"].as_str().unwrap_or("?")),
+        other => println!("{other} {data}"),
+    }
+}

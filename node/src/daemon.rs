@@ -1,0 +1,114 @@
+//! `fogmesh run`: config layering, tracing, the HTTP API, graceful shutdown with a final flush.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use fogmesh::config::{self, Config};
+use fogmesh::Node;
+use tokio::net::TcpListener;
+
+use crate::cli::{Cli, RunArgs};
+
+/// File in the home where a running node writes the API address it actually bound.
+pub const API_ADDR_FILE: &str = "api.addr";
+
+/// Loads the configuration: defaults < file < environment < flags.
+pub fn layered_config(cli: &Cli, args: &RunArgs) -> Result<Config> {
+    let path = cli.home.join(config::FILE);
+    let mut cfg = Config::load(&path).with_context(|| {
+        format!(
+            "no usable node home at {} (run `fogmesh init` first, or pass --home)",
+            cli.home.display()
+        )
+    })?;
+    if let Ok(v) = std::env::var("FOGMESH_LISTEN") {
+        cfg.listen = v
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect();
+    }
+    if let Some(api) = cli.api {
+        cfg.api = api;
+    }
+    if !args.listen.is_empty() {
+        cfg.listen = args.listen.clone();
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// Logs to stderr, filtered by RUST_LOG (default `info`).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Runs the node until SIGTERM or ctrl-c.
+pub fn run(cli: &Cli, args: &RunArgs) -> Result<()> {
+    init_tracing();
+    let cfg = layered_config(cli, args)?;
+    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    rt.block_on(serve(&cli.home, cfg))
+}
+
+async fn serve(home: &Path, cfg: Config) -> Result<()> {
+    let api = cfg.api;
+    let home2 = home.to_owned();
+    let node = tokio::task::spawn_blocking(move || Node::open_home(&home2, cfg))
+        .await
+        .context("opening the node")??;
+    let listener = TcpListener::bind(api)
+        .await
+        .with_context(|| format!("binding the HTTP API to {api} (is another node using it?)"))?;
+    let bound = listener.local_addr()?;
+    std::fs::write(home.join(API_ADDR_FILE), bound.to_string()).context("writing api.addr")?;
+    let info = node.info();
+    tracing::info!(org = %info.org, mesh = %info.mesh, peer_id = %info.peer_id, api = %bound, "fogmesh node running");
+    let sweeper = tokio::spawn(sweep_retention(node.clone()));
+    fogmesh::api::serve(listener, node.clone(), shutdown_signal()).await?;
+    sweeper.abort();
+    tracing::info!("shutting down: snapshotting datasets and flushing");
+    node.shutdown().await?;
+    let _ = std::fs::remove_file(home.join(API_ADDR_FILE));
+    Ok(())
+}
+
+/// Applies every owned dataset's age limit every `RETENTION_SWEEP`, for as long as the node runs.
+async fn sweep_retention(node: Node) {
+    let mut every = tokio::time::interval(fogmesh::node::RETENTION_SWEEP);
+    loop {
+        every.tick().await;
+        match node.enforce_retention().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(records = n, "retention deleted expired records"),
+            Err(e) => tracing::warn!(error = %e, "retention sweep failed"),
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("ctrl-c received"),
+        _ = term => tracing::info!("SIGTERM received"),
+    }
+}

@@ -1,0 +1,342 @@
+//! Process-level tests of the `fogmesh` binary: `init`, `id`, the client commands against a real
+//! `fogmesh run` child on loopback, exit codes, `--json` output and graceful shutdown.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+
+use common::{run_cli, s, ChildGuard, TestNode};
+use serde_json::{json, Value};
+
+/// Parses stdout as exactly one JSON document (fails on trailing text).
+#[track_caller]
+fn one_json(out: &common::Out) -> Value {
+    serde_json::from_str(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "`{}` printed no single JSON document ({e}):\n{}",
+            out.cmdline, out.stdout
+        )
+    })
+}
+
+#[cfg(unix)]
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .expect("metadata")
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+#[test]
+fn init_creates_secret_files_and_a_documented_config_and_refuses_to_overwrite() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("h");
+    let out = run_cli(&common::init_args(s(&home), "hospital"), None).ok();
+    assert!(out.stdout.contains("peer id: 12D3KooW"), "{}", out.stdout);
+    #[cfg(unix)]
+    for f in ["identity.key", "x25519.key", "admin.token"] {
+        assert_eq!(mode(&home.join(f)), 0o600, "{f}");
+    }
+    let config = std::fs::read_to_string(home.join("config.toml")).unwrap();
+    for field in [
+        "org",
+        "mesh",
+        "listen",
+        "api",
+        "snapshot_every",
+        "max_body_bytes",
+    ] {
+        let line = config
+            .lines()
+            .position(|l| l.starts_with(&format!("{field} =")))
+            .unwrap_or_else(|| panic!("config.toml lacks {field}:\n{config}"));
+        let above = config.lines().nth(line.saturating_sub(1)).unwrap_or("");
+        assert!(
+            above.starts_with('#'),
+            "{field} is not documented:\n{config}"
+        );
+    }
+    let again = run_cli(&common::init_args(s(&home), "pharmacy"), None).code(1);
+    assert!(
+        again.stderr.contains("refusing to overwrite"),
+        "{}",
+        again.stderr
+    );
+    let config_after = std::fs::read_to_string(home.join("config.toml")).unwrap();
+    assert_eq!(config, config_after, "a refused init changed the home");
+}
+
+#[test]
+fn id_prints_the_identity_in_text_and_as_one_json_document() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("h");
+    let init = run_cli(&common::init_args(s(&home), "clinic"), None).ok();
+    let v = one_json(&run_cli(&["id", "--home", s(&home), "--json"], None).ok());
+    assert_eq!(v["org"], "clinic");
+    let peer = v["peer_id"].as_str().unwrap();
+    assert!(
+        init.stdout.contains(peer),
+        "init and id disagree: {}",
+        init.stdout
+    );
+    assert_eq!(v["listen"], json!(["/ip4/127.0.0.1/tcp/0"]));
+    assert_eq!(v["agreement_key"].as_str().unwrap().len(), 64);
+    let text = run_cli(&["id", "--home", s(&home)], None).ok();
+    assert!(text.stdout.contains(peer), "{}", text.stdout);
+}
+
+#[test]
+fn usage_errors_exit_2_and_runtime_errors_exit_1() {
+    let out = run_cli(&["publish"], None).code(2);
+    assert!(out.stderr.contains("Usage"), "{}", out.stderr);
+    let out = run_cli(&["no-such-command"], None).code(2);
+    assert!(!out.stderr.is_empty());
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("none");
+    let out = run_cli(&["id", "--home", s(&missing)], None).code(1);
+    assert!(out.stderr.contains("no usable node home"), "{}", out.stderr);
+}
+
+#[test]
+fn client_commands_say_clearly_when_the_node_is_not_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("h");
+    run_cli(&common::init_args(s(&home), "hospital"), None).ok();
+    // A port nothing listens on: bind one, then free it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let api = port.to_string();
+    for args in [
+        vec!["status"],
+        vec!["dataset", "list"],
+        vec!["query", "hospital/flu"],
+        vec!["publish", "hospital/flu", "--name", "d7"],
+    ] {
+        let mut all = args.clone();
+        all.extend(["--home", s(&home), "--api", &api, "--json"]);
+        let out = run_cli(&all, None).code(1);
+        assert!(
+            out.stderr.contains("cannot reach the fogmesh node"),
+            "{}",
+            out.stderr
+        );
+        assert!(
+            out.stdout.is_empty(),
+            "stdout must stay empty on error: {}",
+            out.stdout
+        );
+    }
+}
+
+#[test]
+fn the_client_commands_drive_a_running_node_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = TestNode::init(&dir.path().join("h"), "hospital").unwrap();
+
+    let ds = one_json(
+        &node
+            .cli(&[
+                "dataset",
+                "create",
+                "flu",
+                "--shared",
+                "--readers",
+                "agency",
+                "--json",
+            ])
+            .ok(),
+    );
+    assert_eq!(
+        (ds["id"].as_str(), ds["visibility"].as_str()),
+        (Some("hospital/flu"), Some("shared"))
+    );
+    let app = one_json(
+        &node
+            .cli(&[
+                "app",
+                "add",
+                "planner",
+                "--rights",
+                "read:hospital/flu",
+                "--json",
+            ])
+            .ok(),
+    );
+    let token = app["token"].as_str().expect("token shown once").to_owned();
+    assert!(token.starts_with("fm_"), "{app}");
+
+    let one = node
+        .cli(&[
+            "publish",
+            "hospital/flu",
+            "--name",
+            "d7/ward-3",
+            "--data",
+            r#"{"cases":3}"#,
+            "--time",
+            "1000",
+            "--json",
+        ])
+        .ok();
+    assert_eq!(one_json(&one)["ids"].as_array().map(Vec::len), Some(1));
+    let ndjson: String = (0..1200)
+        .map(|i| format!("{{\"id\":\"r{i}\",\"name\":\"d8/ward-{}\",\"time\":{},\"data\":{{\"cases\":{i}}}}}\n", i % 4, 2000 + i))
+        .collect();
+    let many = node
+        .cli_stdin(
+            &["publish", "hospital/flu", "--batch", "500", "--json"],
+            ndjson.as_bytes(),
+        )
+        .ok();
+    assert_eq!(one_json(&many)["ids"].as_array().map(Vec::len), Some(1200));
+
+    let q = one_json(
+        &node
+            .cli(&[
+                "query",
+                "hospital/flu",
+                "--name-prefix",
+                "d8/ward-1",
+                "--where",
+                "cases>=1000",
+                "--json",
+            ])
+            .ok(),
+    );
+    let ids: Vec<&str> = q["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    let want: Vec<String> = (1001..1200).step_by(4).map(|i| format!("r{i}")).collect();
+    assert_eq!(ids, want);
+    let nd = node
+        .cli(&[
+            "query",
+            "hospital/flu",
+            "--format",
+            "ndjson",
+            "--limit",
+            "3",
+            "--order",
+            "desc",
+        ])
+        .ok();
+    let lines: Vec<Value> = nd
+        .lines()
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        lines.iter().map(|r| r["id"].clone()).collect::<Vec<_>>(),
+        [json!("r1199"), json!("r1198"), json!("r1197")]
+    );
+    let table = node
+        .cli(&["query", "hospital/flu", "--name-prefix", "d7"])
+        .ok();
+    assert!(
+        table.stdout.contains("d7/ward-3") && table.stdout.contains(r#"{"cases":3}"#),
+        "{}",
+        table.stdout
+    );
+
+    let st = one_json(&node.cli(&["status", "--json"]).ok());
+    assert_eq!(st["node"]["org"], "hospital");
+    assert_eq!(st["datasets"][0]["records"], 1201, "{st}");
+
+    // The app's token reaches what its rights name and nothing more.
+    let read = node
+        .cli(&[
+            "query",
+            "hospital/flu",
+            "--limit",
+            "1",
+            "--json",
+            "--token",
+            &token,
+        ])
+        .ok();
+    assert_eq!(one_json(&read)["records"].as_array().map(Vec::len), Some(1));
+    let denied = node
+        .cli(&["publish", "hospital/flu", "--name", "x", "--token", &token])
+        .code(1);
+    assert!(denied.stderr.contains("403"), "{}", denied.stderr);
+
+    // SIGTERM shuts down gracefully (exit 0) and nothing acknowledged is lost.
+    let status = node.stop().unwrap();
+    assert!(
+        status.success(),
+        "exit after SIGTERM: {status}\n{}",
+        node.log_tail()
+    );
+    node.restart().unwrap();
+    let st = one_json(&node.cli(&["status", "--json"]).ok());
+    assert_eq!(st["datasets"][0]["records"], 1201, "{st}");
+}
+
+#[test]
+fn watch_streams_one_ndjson_line_per_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::init(&dir.path().join("h"), "hospital").unwrap();
+    node.cli(&["dataset", "create", "flu"]).ok();
+    let mut watch = ChildGuard(
+        common::fogmesh()
+            .args([
+                "watch",
+                "hospital/flu",
+                "--count",
+                "2",
+                "--json",
+                "--home",
+                s(&node.home),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stderr = BufReader::new(watch.0.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    assert!(line.starts_with("watching hospital/flu"), "{line}");
+    let stdout = common::reader(watch.0.stdout.take().unwrap());
+    node.cli(&[
+        "publish",
+        "hospital/flu",
+        "--name",
+        "d7",
+        "--id",
+        "w1",
+        "--data",
+        r#"{"cases":1}"#,
+    ])
+    .ok();
+    node.cli(&[
+        "publish",
+        "hospital/flu",
+        "--name",
+        "d7",
+        "--id",
+        "w1",
+        "--data",
+        r#"{"cases":2}"#,
+    ])
+    .ok();
+    let status = common::wait_deadline(&mut watch.0, common::CLI_DEADLINE)
+        .expect("watch ends after --count");
+    assert!(status.success());
+    let text = stdout.join().unwrap();
+    let events: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events.len(), 2, "{text}");
+    assert_eq!(events[1]["kind"], "upsert");
+    assert_eq!(events[1]["record"]["data"]["cases"], 2);
+}
