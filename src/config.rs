@@ -39,6 +39,10 @@ pub enum Error {
     Invalid(String),
 }
 
+/// Largest `max_body_bytes` accepted: a batch's Automerge change stays well under
+/// [`crate::envelope::MAX_PAYLOAD`].
+pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+
 /// Everything a node is configured with.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -51,6 +55,11 @@ pub struct Config {
     pub api: SocketAddr,
     /// libp2p listen addresses for peers.
     pub listen: Vec<String>,
+    /// Members to reach across networks (multiaddrs ending in `/p2p/<peer id>`), for Kademlia
+    /// and the first dials; on a LAN, mDNS finds members without them.
+    pub bootstrap: Vec<String>,
+    /// Discover members on the local network with mDNS.
+    pub mdns: bool,
     /// Envelopes written to one dataset between two snapshots of its document.
     pub snapshot_every: u64,
     /// Largest HTTP request body, in bytes.
@@ -69,8 +78,10 @@ impl Default for Config {
                 "/ip4/0.0.0.0/tcp/7071".into(),
                 "/ip4/0.0.0.0/udp/7071/quic-v1".into(),
             ],
+            bootstrap: Vec::new(),
+            mdns: true,
             snapshot_every: 1_000,
-            max_body_bytes: 16 * 1024 * 1024,
+            max_body_bytes: 8 * 1024 * 1024,
         }
     }
 }
@@ -80,13 +91,18 @@ impl Config {
     pub fn validate(&self) -> Result<(), Error> {
         naming::validate_ident("org", &self.org).map_err(|e| Error::Invalid(e.to_string()))?;
         naming::validate_ident("mesh", &self.mesh).map_err(|e| Error::Invalid(e.to_string()))?;
+        for a in self.listen.iter().chain(&self.bootstrap) {
+            a.parse::<libp2p::Multiaddr>()
+                .map_err(|e| Error::Invalid(format!("{a:?} is not a multiaddr: {e}")))?;
+        }
         if self.snapshot_every == 0 {
             return Err(Error::Invalid("snapshot_every must be at least 1".into()));
         }
-        if self.max_body_bytes < 1024 {
-            return Err(Error::Invalid(
-                "max_body_bytes must be at least 1024".into(),
-            ));
+        if !(1024..=MAX_BODY_BYTES).contains(&self.max_body_bytes) {
+            return Err(Error::Invalid(format!(
+                "max_body_bytes must be 1024 to {MAX_BODY_BYTES}: one request becomes one envelope, \
+                 and envelopes must stay under the replication caps"
+            )));
         }
         Ok(())
     }
@@ -127,6 +143,11 @@ impl Config {
              api = {api}\n\n\
              # libp2p listen addresses for peers. Default: {dlisten}\n\
              listen = {listen}\n\n\
+             # Members to reach across networks: multiaddrs ending in /p2p/<peer id>. On one LAN\n\
+             # mDNS finds members without them. Default: []\n\
+             bootstrap = {bootstrap}\n\n\
+             # Find members on the local network by mDNS (multicast DNS). Default: {dmdns}\n\
+             mdns = {mdns}\n\n\
              # Envelopes written to one dataset between two snapshots of its document; restart\n\
              # replays at most this many per dataset. Default: {dsnap}\n\
              snapshot_every = {snap}\n\n\
@@ -138,6 +159,9 @@ impl Config {
             api = q(&self.api.to_string()),
             dlisten = list(&d.listen),
             listen = list(&self.listen),
+            bootstrap = list(&self.bootstrap),
+            dmdns = d.mdns,
+            mdns = self.mdns,
             dsnap = d.snapshot_every,
             snap = self.snapshot_every,
             dbody = d.max_body_bytes,
@@ -166,6 +190,8 @@ mod tests {
             "mesh",
             "api",
             "listen",
+            "bootstrap",
+            "mdns",
             "snapshot_every",
             "max_body_bytes",
         ] {

@@ -53,6 +53,11 @@ impl AuthorId {
         b.try_into().ok().map(Self)
     }
 
+    /// Parses the hex form that `Display` prints.
+    pub fn from_hex(s: &str) -> Option<Self> {
+        hex::decode(s).ok().and_then(|b| Self::from_slice(&b))
+    }
+
     /// The raw key bytes.
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0

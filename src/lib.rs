@@ -17,9 +17,11 @@
 //! | [`dataset`] | dataset metadata: visibility, priority, retention, readers |
 //! | [`apps`] | app tokens (stored hashed) and rights |
 //! | [`view`] | Automerge documents per dataset, and record queries |
+//! | [`net`] | the libp2p networking actor: one task owns the swarm and moves byte frames between members |
 //! | [`store`] | sled trees and group commit |
 //! | [`node`] | the `Node` handle: the one public service interface |
 //! | [`api`] | HTTP/JSON, server-sent events, metrics, OpenAPI: a face of `Node` |
+//! | [`mesh`] | membership (roster, invitations), dataset catalog, push and catch-up between members |
 //! | [`config`] | configuration fields and defaults |
 //! | [`metrics`] | Prometheus counters |
 //!
@@ -29,7 +31,8 @@
 //! [`Node::publish`] checks the write right and validates the batch -> on a blocking thread the
 //! batch becomes one Automerge change ([`view::doc`]), sealed into a signed [`envelope::Envelope`]
 //! and inserted into the store -> [`store::Store::durable`] waits for a group flush -> the app gets
-//! the ids -> subscribers get events.
+//! the ids -> subscribers get events -> [`mesh`] pushes the envelope to the connected members
+//! entitled to the dataset.
 #![warn(missing_docs)]
 
 pub mod api;
@@ -40,8 +43,10 @@ pub mod envelope;
 mod error;
 pub mod hlc;
 pub mod identity;
+pub mod mesh;
 pub mod metrics;
 pub mod naming;
+pub mod net;
 pub mod node;
 pub mod record;
 pub mod store;

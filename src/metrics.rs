@@ -24,6 +24,8 @@ pub struct Metrics {
     pub snapshots: Counter,
     /// API errors by status code.
     pub api_errors: Family<CodeLabels, Counter>,
+    /// Malformed or refused input from peers, by peer id.
+    pub peer_bad_inputs: Family<CodeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -43,6 +45,7 @@ impl Metrics {
             flush_seconds: Histogram::new(exponential_buckets(0.000_25, 2.0, 14)),
             snapshots: Counter::default(),
             api_errors: Family::default(),
+            peer_bad_inputs: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -67,6 +70,11 @@ impl Metrics {
         );
         registry.register("snapshots", "Dataset snapshots taken", m.snapshots.clone());
         registry.register("api_errors", "API errors by status", m.api_errors.clone());
+        registry.register(
+            "peer_bad_inputs",
+            "Malformed or refused input from peers",
+            m.peer_bad_inputs.clone(),
+        );
         Self { registry, ..m }
     }
 

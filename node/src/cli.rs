@@ -33,8 +33,17 @@ pub enum Command {
     Run(RunArgs),
     /// Print this node's identity and addresses (reads the home; no running node needed).
     Id,
-    /// Show the running node, its datasets and counts.
+    /// Show the running node, its mesh, peers, datasets and counts, and catch-up progress.
     Status,
+    /// Issue an invitation token for a new member (shown once).
+    Invite(InviteArgs),
+    /// Join the mesh of an invitation token.
+    Join {
+        /// The token from `fogmesh invite` on a member.
+        token: String,
+    },
+    /// Members and connected peers: up or down, last seen, round-trip time, addresses.
+    Peers,
     /// Manage apps.
     #[command(subcommand)]
     App(AppCmd),
@@ -47,7 +56,7 @@ pub enum Command {
     Query(QueryArgs),
     /// Stream a dataset's live changes.
     Watch(WatchArgs),
-    /// Run the walkthrough demo on loopback in a temporary directory.
+    /// Run the five-organization flu demo on loopback (`--single`: one node).
     Demo(DemoArgs),
 }
 
@@ -62,6 +71,19 @@ pub struct InitArgs {
     /// libp2p listen multiaddr (repeatable).
     #[arg(long)]
     pub listen: Vec<String>,
+    /// Member multiaddr ending in /p2p/<peer id> to reach across networks (repeatable).
+    #[arg(long)]
+    pub bootstrap: Vec<String>,
+    /// Do not discover members by mDNS on the local network.
+    #[arg(long)]
+    pub no_mdns: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct InviteArgs {
+    /// How long the token stays valid, in seconds.
+    #[arg(long, default_value_t = 86_400)]
+    pub ttl: u64,
 }
 
 #[derive(Args, Debug)]
@@ -193,4 +215,7 @@ pub struct DemoArgs {
     /// Keep the demo's node directory instead of deleting it.
     #[arg(long)]
     pub keep: bool,
+    /// Run the single-node walkthrough instead of the five-organization mesh.
+    #[arg(long)]
+    pub single: bool,
 }

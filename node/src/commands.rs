@@ -21,6 +21,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Run(a) => crate::daemon::run(&cli, a),
         Command::Id => id(&cli),
         Command::Status => status(&cli),
+        Command::Invite(a) => invite(&cli, a.ttl),
+        Command::Join { token } => join(&cli, token),
+        Command::Peers => peers(&cli),
         Command::App(AppCmd::Add { name, rights }) => app_add(&cli, name, rights),
         Command::App(AppCmd::List) => app_list(&cli),
         Command::Dataset(DatasetCmd::Create(a)) => dataset_create(&cli, a),
@@ -41,6 +44,8 @@ fn init(cli: &Cli, a: &crate::cli::InitArgs) -> Result<()> {
     if !a.listen.is_empty() {
         cfg.listen = a.listen.clone();
     }
+    cfg.bootstrap = a.bootstrap.clone();
+    cfg.mdns = !a.no_mdns;
     if let Some(api) = cli.api {
         cfg.api = api;
     }
@@ -98,8 +103,12 @@ fn status(cli: &Cli) -> Result<()> {
     let c = Client::from_cli(cli)?;
     let node = c.get("/v1/node")?;
     let datasets = c.get("/v1/datasets")?;
+    let mesh = c.get("/v1/mesh")?;
+    let peers = c.get("/v1/peers")?;
     if cli.json {
-        output::json(&json!({ "node": node, "datasets": datasets["datasets"] }));
+        output::json(&json!({
+            "node": node, "mesh": mesh, "peers": peers["peers"], "datasets": datasets["datasets"],
+        }));
         return Ok(());
     }
     println!(
@@ -110,12 +119,84 @@ fn status(cli: &Cli) -> Result<()> {
     );
     println!("peer   {}", node["peer_id"].as_str().unwrap_or("?"));
     println!("api    http://{}", node["api"].as_str().unwrap_or("?"));
+    println!("mesh   members: {}", output_value(&mesh["members"]));
+    println!();
+    print_peers(&peers);
+    for p in mesh["catching_up"].as_array().into_iter().flatten() {
+        println!(
+            "catching up {} from {}: {} of {} envelopes",
+            p["dataset"].as_str().unwrap_or("?"),
+            p["from"].as_str().unwrap_or("?"),
+            p["fetched"],
+            p["missing"]
+        );
+    }
     println!();
     let rows = datasets["datasets"].as_array().cloned().unwrap_or_default();
     output::table(
         &["id", "visibility", "priority", "records", "envelopes"],
         &rows,
     );
+    Ok(())
+}
+
+fn print_peers(v: &Value) {
+    let rows: Vec<Value> = v["peers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            json!({
+                "org": p["org"], "state": if p["up"] == true { "up" } else { "down" },
+                "last seen": p["last_seen_ms"].as_u64().map(ago).unwrap_or_default(),
+                "rtt ms": p["rtt_ms"].as_f64().map(|r| format!("{r:.2}")).unwrap_or_default(),
+                "peer": p["peer"], "addresses": output_value(&p["addrs"]),
+            })
+        })
+        .collect();
+    output::table(
+        &["org", "state", "last seen", "rtt ms", "peer", "addresses"],
+        &rows,
+    );
+}
+
+fn ago(ms: u64) -> String {
+    let now = fogmesh::hlc::wall_millis();
+    format!("{:.1}s ago", now.saturating_sub(ms) as f64 / 1000.0)
+}
+
+fn peers(cli: &Cli) -> Result<()> {
+    let v = Client::from_cli(cli)?.get("/v1/peers")?;
+    if cli.json {
+        output::json(&v);
+    } else {
+        print_peers(&v);
+    }
+    Ok(())
+}
+
+fn invite(cli: &Cli, ttl: u64) -> Result<()> {
+    let v = Client::from_cli(cli)?.post("/v1/invites", &json!({ "ttl_secs": ttl }))?;
+    if cli.json {
+        output::json(&v);
+    } else {
+        println!("{}", v["token"].as_str().unwrap_or("?"));
+        eprintln!("one-time invitation; on the new node run: fogmesh join TOKEN");
+    }
+    Ok(())
+}
+
+fn join(cli: &Cli, token: &str) -> Result<()> {
+    let v = Client::from_cli(cli)?.post("/v1/join", &json!({ "token": token }))?;
+    if cli.json {
+        output::json(&v);
+    } else {
+        println!(
+            "joined mesh {} (members: {})",
+            v["mesh"].as_str().unwrap_or("?"),
+            output_value(&v["members"])
+        );
+    }
     Ok(())
 }
 

@@ -4,6 +4,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use fogmesh::config::{self, Config};
+use fogmesh::mesh::Mesh;
 use fogmesh::Node;
 use tokio::net::TcpListener;
 
@@ -68,11 +69,22 @@ async fn serve(home: &Path, cfg: Config) -> Result<()> {
         .with_context(|| format!("binding the HTTP API to {api} (is another node using it?)"))?;
     let bound = listener.local_addr()?;
     std::fs::write(home.join(API_ADDR_FILE), bound.to_string()).context("writing api.addr")?;
+    let net = fogmesh::mesh::net_config(node.config())?;
+    let mesh = Mesh::start(node.clone(), net)
+        .await
+        .context("starting the mesh (are the listen addresses free?)")?;
     let info = node.info();
     tracing::info!(org = %info.org, mesh = %info.mesh, peer_id = %info.peer_id, api = %bound, "fogmesh node running");
     let sweeper = tokio::spawn(sweep_retention(node.clone()));
-    fogmesh::api::serve(listener, node.clone(), shutdown_signal()).await?;
+    fogmesh::api::serve(
+        listener,
+        node.clone(),
+        Some(mesh.clone()),
+        shutdown_signal(),
+    )
+    .await?;
     sweeper.abort();
+    mesh.shutdown().await;
     tracing::info!("shutting down: snapshotting datasets and flushing");
     node.shutdown().await?;
     let _ = std::fs::remove_file(home.join(API_ADDR_FILE));

@@ -4,6 +4,7 @@
 mod auth;
 mod body;
 pub mod error;
+mod mesh;
 mod records;
 mod routes;
 
@@ -12,7 +13,7 @@ use std::future::Future;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -24,12 +25,23 @@ use crate::node::Node;
 pub struct ApiState {
     /// The node served.
     pub node: Node,
+    /// Its mesh service, when it runs one.
+    pub mesh: Option<crate::mesh::Mesh>,
     /// Flips to true when the server begins to shut down, ending event streams.
     pub closing: watch::Receiver<bool>,
 }
 
-/// The API's router, shared by the binary and the tests.
+/// The API's router for a node without the mesh (its mesh endpoints answer 503).
 pub fn router(node: Node, closing: watch::Receiver<bool>) -> Router {
+    router_with(node, None, closing)
+}
+
+/// The API's router, shared by the binary and the tests.
+pub fn router_with(
+    node: Node,
+    mesh: Option<crate::mesh::Mesh>,
+    closing: watch::Receiver<bool>,
+) -> Router {
     let limit = node.config().max_body_bytes;
     let ds = "/v1/datasets/{owner}/{name}";
     Router::new()
@@ -49,13 +61,21 @@ pub fn router(node: Node, closing: watch::Receiver<bool>) -> Router {
         )
         .route(&format!("{ds}/events"), get(records::events))
         .route("/v1/apps", get(routes::list_apps).post(routes::add_app))
+        .route("/v1/peers", get(mesh::peers))
+        .route("/v1/mesh", get(mesh::status))
+        .route("/v1/invites", post(mesh::invite))
+        .route("/v1/join", post(mesh::join))
         .route("/v1/openapi.json", get(routes::openapi))
         .route("/metrics", get(routes::metrics))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn_with_state(node.clone(), count_errors))
-        .with_state(ApiState { node, closing })
+        .with_state(ApiState {
+            node,
+            mesh,
+            closing,
+        })
 }
 
 /// Counts every 4xx and 5xx answer in `fogmesh_api_errors_total{status=...}`.
@@ -74,10 +94,11 @@ async fn count_errors(State(node): State<Node>, req: Request, next: Next) -> Res
 pub async fn serve(
     listener: TcpListener,
     node: Node,
+    mesh: Option<crate::mesh::Mesh>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (tx, rx) = watch::channel(false);
-    let app = router(node, rx);
+    let app = router_with(node, mesh, rx);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown.await;

@@ -38,7 +38,10 @@ impl Invite {
     /// The token string.
     pub fn encode(&self) -> String {
         let json = serde_json::to_vec(self).unwrap_or_default();
-        format!("{PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json))
+        format!(
+            "{PREFIX}{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
+        )
     }
 
     /// Parses a token string.
@@ -47,7 +50,9 @@ impl Invite {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(Error("too long"));
         }
-        let body = token.strip_prefix(PREFIX).ok_or(Error("it must start with fm-invite-"))?;
+        let body = token
+            .strip_prefix(PREFIX)
+            .ok_or(Error("it must start with fm-invite-"))?;
         let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(body)
             .map_err(|_| Error("not base64url"))?;
@@ -82,7 +87,10 @@ mod tests {
         assert_eq!(Invite::decode(&i.encode()), Ok(i));
         assert!(Invite::decode("hello").is_err());
         assert!(Invite::decode("fm-invite-!!!").is_err());
-        assert!(Invite::decode("fm-invite-e30").is_err(), "{{}} lacks fields");
+        assert!(
+            Invite::decode("fm-invite-e30").is_err(),
+            "{{}} lacks fields"
+        );
         assert_ne!(Invite::secret_hash("a"), Invite::secret_hash("b"));
     }
 }

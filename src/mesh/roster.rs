@@ -89,13 +89,22 @@ fn signed_bytes(m: &Member) -> Vec<u8> {
 }
 
 fn parse_author(hex_key: &str) -> Option<AuthorId> {
-    hex::decode(hex_key).ok().and_then(|b| AuthorId::from_slice(&b))
+    AuthorId::from_hex(hex_key)
 }
 
 impl Member {
     /// This node's entry.
-    pub fn of(id: &Identity, mesh: &str, org: &str, addresses: Vec<String>, now_ms: u64) -> Result<Self, Error> {
-        let peer_id = id.peer_id().map_err(|e| Error::Invalid(e.to_string()))?.to_string();
+    pub fn of(
+        id: &Identity,
+        mesh: &str,
+        org: &str,
+        addresses: Vec<String>,
+        now_ms: u64,
+    ) -> Result<Self, Error> {
+        let peer_id = id
+            .peer_id()
+            .map_err(|e| Error::Invalid(e.to_string()))?
+            .to_string();
         Ok(Self {
             mesh: mesh.to_owned(),
             org: org.to_owned(),
@@ -118,10 +127,14 @@ impl Member {
         if self.addresses.len() > MAX_ADDRESSES || self.addresses.iter().any(|a| a.len() > 256) {
             return bad(format!("{}: too many or too long addresses", self.org));
         }
-        let Some(author) = self.author_id() else { return bad(format!("{}: bad author key", self.org)) };
+        let Some(author) = self.author_id() else {
+            return bad(format!("{}: bad author key", self.org));
+        };
         let key = libp2p::identity::ed25519::PublicKey::try_from_bytes(author.as_bytes())
             .map_err(|_| Error::Invalid(format!("{}: bad author key", self.org)))?;
-        let derived = libp2p::identity::PublicKey::from(key).to_peer_id().to_string();
+        let derived = libp2p::identity::PublicKey::from(key)
+            .to_peer_id()
+            .to_string();
         if derived != self.peer_id {
             return Err(Error::PeerId(self.org.clone()));
         }
@@ -136,14 +149,21 @@ impl Cert {
     /// Signs `member` with `signer`.
     pub fn sign(member: Member, signer: &Identity) -> Self {
         let signature = hex::encode(signer.sign(&signed_bytes(&member)));
-        Self { member, signer: signer.author().to_string(), signature }
+        Self {
+            member,
+            signer: signer.author().to_string(),
+            signature,
+        }
     }
 
     fn signature_ok(&self) -> bool {
-        let (Some(signer), Ok(sig)) = (parse_author(&self.signer), hex::decode(&self.signature)) else {
+        let (Some(signer), Ok(sig)) = (parse_author(&self.signer), hex::decode(&self.signature))
+        else {
             return false;
         };
-        let Ok(sig): Result<[u8; 64], _> = sig.try_into() else { return false };
+        let Ok(sig): Result<[u8; 64], _> = sig.try_into() else {
+            return false;
+        };
         signer.verify(&signed_bytes(&self.member), &sig)
     }
 }
@@ -162,7 +182,11 @@ pub struct Roster {
 impl Roster {
     /// A new mesh founded by `cert`'s member, which must be self-signed.
     pub fn found(cert: Cert) -> Result<Self, Error> {
-        let mut r = Self { mesh: cert.member.mesh.clone(), founder: cert.member.author.clone(), members: BTreeMap::new() };
+        let mut r = Self {
+            mesh: cert.member.mesh.clone(),
+            founder: cert.member.author.clone(),
+            members: BTreeMap::new(),
+        };
         r.admit(cert)?;
         Ok(r)
     }
@@ -175,14 +199,19 @@ impl Roster {
     pub fn admit(&mut self, cert: Cert) -> Result<bool, Error> {
         let m = &cert.member;
         if m.mesh != self.mesh {
-            return Err(Error::OtherMesh { org: m.org.clone(), mesh: m.mesh.clone() });
+            return Err(Error::OtherMesh {
+                org: m.org.clone(),
+                mesh: m.mesh.clone(),
+            });
         }
         m.check_fields()?;
         if !cert.signature_ok() {
             return Err(Error::Signature(m.org.clone()));
         }
         match self.members.get(&m.org) {
-            Some(old) if old.member.author != m.author => return Err(Error::OrgTaken(m.org.clone())),
+            Some(old) if old.member.author != m.author => {
+                return Err(Error::OrgTaken(m.org.clone()))
+            }
             Some(old) if old.member.updated >= m.updated => return Ok(false),
             Some(_) if cert.signer == m.author || self.is_member_key(&cert.signer) => {}
             None if self.is_member_key(&cert.signer) => {}
@@ -191,8 +220,15 @@ impl Roster {
         if self.members.len() >= MAX_MEMBERS && !self.members.contains_key(&m.org) {
             return Err(Error::Full);
         }
-        if self.members.values().any(|c| c.member.author == m.author && c.member.org != m.org) {
-            return Err(Error::Invalid(format!("key of {} already belongs to another org", m.org)));
+        if self
+            .members
+            .values()
+            .any(|c| c.member.author == m.author && c.member.org != m.org)
+        {
+            return Err(Error::Invalid(format!(
+                "key of {} already belongs to another org",
+                m.org
+            )));
         }
         self.members.insert(m.org.clone(), cert);
         Ok(true)
@@ -202,7 +238,13 @@ impl Roster {
     /// lets chains resolve. Returns how many entries changed and the refusals.
     pub fn merge(&mut self, other: &Roster) -> (usize, Vec<Error>) {
         if other.mesh != self.mesh || other.founder != self.founder {
-            return (0, vec![Error::OtherMesh { org: String::new(), mesh: other.mesh.clone() }]);
+            return (
+                0,
+                vec![Error::OtherMesh {
+                    org: String::new(),
+                    mesh: other.mesh.clone(),
+                }],
+            );
         }
         let mut pending: Vec<&Cert> = other.members.values().collect();
         let mut changed = 0;
@@ -222,15 +264,41 @@ impl Roster {
                 }
             });
             if pending.is_empty() || pending.len() == before {
-                errors.extend(pending.iter().map(|c| Error::UnknownSigner(c.member.org.clone())));
+                errors.extend(
+                    pending
+                        .iter()
+                        .map(|c| Error::UnknownSigner(c.member.org.clone())),
+                );
                 return (changed, errors);
             }
         }
     }
 
+    /// A copy of `other` that keeps only what verifies from its founder down: what a joining node
+    /// adopts from the member that admitted it.
+    pub fn verified(other: &Roster) -> Result<Self, Error> {
+        let founder = other
+            .members
+            .values()
+            .find(|c| c.member.author == other.founder)
+            .ok_or_else(|| Error::Invalid("the roster lacks its founder".into()))?;
+        let mut r = Self::found(founder.clone())?;
+        r.merge(other);
+        Ok(r)
+    }
+
+    /// SHA-256 of the canonical JSON: equal digests mean equal rosters.
+    pub fn digest(&self) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        Sha256::digest(serde_json::to_vec(self).unwrap_or_default()).into()
+    }
+
     /// The member with this PeerId.
     pub fn by_peer(&self, peer_id: &str) -> Option<&Member> {
-        self.members.values().map(|c| &c.member).find(|m| m.peer_id == peer_id)
+        self.members
+            .values()
+            .map(|c| &c.member)
+            .find(|m| m.peer_id == peer_id)
     }
 
     /// The member of this organization.
@@ -250,7 +318,8 @@ mod tests {
 
     fn member(seed: u8, org: &str) -> (Identity, Member) {
         let id = Identity::from_seed([seed; 32]);
-        let m = Member::of(&id, "flu", org, vec!["/ip4/127.0.0.1/tcp/1".into()], 10).expect("member");
+        let m =
+            Member::of(&id, "flu", org, vec!["/ip4/127.0.0.1/tcp/1".into()], 10).expect("member");
         (id, m)
     }
 
@@ -268,14 +337,20 @@ mod tests {
         let (_, mc) = member(3, "insurer");
         assert_eq!(r.admit(Cert::sign(mc, &b)), Ok(true), "a member may admit");
         assert_eq!(r.iter().count(), 3);
-        assert_eq!(r.by_org("pharmacy").map(|m| m.peer_id.clone()), Some(b.peer_id().expect("p").to_string()));
+        assert_eq!(
+            r.by_org("pharmacy").map(|m| m.peer_id.clone()),
+            Some(b.peer_id().expect("p").to_string())
+        );
     }
 
     #[test]
     fn strangers_and_forgeries_are_refused() {
         let (a, mut r) = founded();
         let (x, mx) = member(9, "mallory");
-        assert!(matches!(r.admit(Cert::sign(mx.clone(), &x)), Err(Error::UnknownSigner(_))));
+        assert!(matches!(
+            r.admit(Cert::sign(mx.clone(), &x)),
+            Err(Error::UnknownSigner(_))
+        ));
         let mut cert = Cert::sign(mx, &a);
         cert.member.org = "mallory2".into();
         assert!(matches!(r.admit(cert), Err(Error::Signature(_))));
@@ -291,12 +366,19 @@ mod tests {
         r.admit(Cert::sign(mb.clone(), &a)).expect("admit");
         let (_, mut evil) = member(5, "pharmacy");
         evil.updated = 99;
-        assert!(matches!(r.admit(Cert::sign(evil, &a)), Err(Error::OrgTaken(_))));
+        assert!(matches!(
+            r.admit(Cert::sign(evil, &a)),
+            Err(Error::OrgTaken(_))
+        ));
         mb.addresses = vec!["/ip4/10.0.0.2/tcp/7071".into()];
         mb.updated = 20;
         assert_eq!(r.admit(Cert::sign(mb.clone(), &b)), Ok(true), "self-update");
         mb.updated = 15;
-        assert_eq!(r.admit(Cert::sign(mb, &b)), Ok(false), "older version ignored");
+        assert_eq!(
+            r.admit(Cert::sign(mb, &b)),
+            Ok(false),
+            "older version ignored"
+        );
     }
 
     #[test]

@@ -57,8 +57,8 @@ pub(crate) struct State {
     pub(crate) records: BTreeMap<String, Record>,
     pub(crate) vv: VersionVector,
     next_seq: u64,
-    since_snapshot: u64,
-    failed: bool,
+    pub(super) since_snapshot: u64,
+    pub(super) failed: bool,
 }
 
 /// A dataset held by this node.
@@ -72,6 +72,8 @@ pub struct Dataset {
 /// What a local write produced, before it is acknowledged.
 pub(crate) struct Written {
     pub(crate) ids: Vec<String>,
+    /// The stored envelope, for the mesh to push once it is durable.
+    pub(crate) envelope: Option<Envelope>,
     pub(crate) events: Vec<Event>,
     pub(crate) snapshot_due: bool,
 }
@@ -116,7 +118,7 @@ impl Dataset {
         Ok((Self::with_state(meta, state), max_hlc))
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -172,6 +174,7 @@ impl Dataset {
         let Some(change) = doc::write(&mut st.doc, &ups, &batch.delete)? else {
             return Ok(Written {
                 ids: vec![],
+                envelope: None,
                 events: vec![],
                 snapshot_due: false,
             });
@@ -191,6 +194,7 @@ impl Dataset {
         let ids = ups.into_iter().map(|u| u.id).chain(batch.delete).collect();
         Ok(Written {
             ids,
+            envelope: Some(env),
             events,
             snapshot_due: st.since_snapshot >= snapshot_every,
         })
@@ -281,8 +285,9 @@ impl State {
                 ))
             })?;
             changes.push(change);
-            let at = self.vv.get(&env.author).max(env.seq);
-            self.vv.set(env.author, at);
+            // Only a contiguous run advances the vector: after a gap, later envelopes wait in
+            // the document until the gap is filled by catch-up.
+            self.vv.advance(env.author, env.seq);
         }
         self.doc
             .apply_changes(changes)
@@ -296,10 +301,43 @@ impl State {
             .collect();
     }
 
+    /// Re-reads the given records from the document after remote changes: upserts for those
+    /// present, deletes for those that were held and are gone.
+    pub(super) fn reread(&mut self, ids: &[String]) -> Vec<Event> {
+        let mut events = Vec::with_capacity(ids.len());
+        for id in ids {
+            match doc::read(&self.doc, id) {
+                Some(r) => {
+                    self.records.insert(id.clone(), r.clone());
+                    events.push(Event::Upsert { record: r });
+                }
+                None => {
+                    if self.records.remove(id).is_some() {
+                        events.push(Event::Delete { id: id.clone() });
+                    }
+                }
+            }
+        }
+        events
+    }
+
     /// Re-reads touched records from the document (which may hold merged concurrent edits).
-    fn refresh(&mut self, ups: &[Upsert], deletes: &[String]) -> Vec<Event> {
+    pub(super) fn refresh(&mut self, ups: &[Upsert], deletes: &[String]) -> Vec<Event> {
         let mut events = Vec::with_capacity(ups.len() + deletes.len());
         for u in ups {
+            // A record this change created holds exactly what was written: no need to read it
+            // back (the ids of one batch are distinct, and `records` mirrors the document).
+            if !self.records.contains_key(&u.id) {
+                let r = Record {
+                    id: u.id.clone(),
+                    name: u.name.clone(),
+                    time: u.time,
+                    data: u.data.clone(),
+                };
+                self.records.insert(u.id.clone(), r.clone());
+                events.push(Event::Upsert { record: r });
+                continue;
+            }
             if let Some(r) = doc::read(&self.doc, &u.id) {
                 self.records.insert(u.id.clone(), r.clone());
                 events.push(Event::Upsert { record: r });

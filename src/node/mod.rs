@@ -3,6 +3,7 @@
 
 mod dataset;
 pub mod home;
+mod replica;
 mod retention;
 
 use std::collections::HashMap;
@@ -15,6 +16,7 @@ use tokio::sync::broadcast;
 use crate::apps::{self, Action, App, Right};
 use crate::config::Config;
 use crate::dataset::{Meta, Spec};
+use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::hlc::{self, Clock};
 use crate::identity::Identity;
@@ -27,6 +29,9 @@ use crate::view::query::Query;
 use dataset::Dataset;
 pub use dataset::{Batch, Event, EVENTS_CAP};
 pub use retention::SWEEP_EVERY as RETENTION_SWEEP;
+
+/// Local envelopes buffered for the mesh before it is told it lagged.
+pub const OUTBOX_CAP: usize = 1024;
 
 /// What `GET /v1/node` tells.
 #[derive(Debug, Clone, Serialize)]
@@ -79,6 +84,8 @@ struct Inner {
     clock: Clock,
     datasets: RwLock<HashMap<DatasetId, Arc<Dataset>>>,
     metrics: Metrics,
+    /// Envelopes written here, once durable, for the mesh to push.
+    outbox: broadcast::Sender<Arc<Envelope>>,
 }
 
 /// Handle to a running node. Clone it freely; every clone is the same node.
@@ -117,6 +124,7 @@ impl Node {
             clock,
             datasets: RwLock::new(datasets),
             metrics: Metrics::new(),
+            outbox: broadcast::channel(OUTBOX_CAP).0,
         };
         Ok(Self {
             inner: Arc::new(inner),
@@ -253,16 +261,19 @@ impl Node {
         out
     }
 
+    /// The dataset `id`, if this node holds it.
+    fn held(&self, id: &DatasetId) -> Option<Arc<Dataset>> {
+        let map = self
+            .inner
+            .datasets
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        map.get(id).cloned()
+    }
+
     fn dataset_for(&self, caller: &App, action: Action, id: &DatasetId) -> Result<Arc<Dataset>> {
-        let ds = {
-            let map = self
-                .inner
-                .datasets
-                .read()
-                .unwrap_or_else(|e| e.into_inner());
-            map.get(id).cloned()
-        };
-        let ds = ds
+        let ds = self
+            .held(id)
             .filter(|_| caller.sees(id))
             .ok_or_else(|| Error::NotFound(format!("dataset {id} not found")))?;
         if caller.may(action, id) {
@@ -306,6 +317,10 @@ impl Node {
         m.envelopes_stored.inc();
         m.write_batches.inc();
         ds.publish_events(written.events);
+        if let Some(env) = written.envelope {
+            // No mesh listening is not an error; a lagging one catches up by pulling.
+            let _ = self.inner.outbox.send(Arc::new(env));
+        }
         if written.snapshot_due {
             self.snapshot_in_background(ds);
         }

@@ -162,6 +162,41 @@ impl Store {
         })
     }
 
+    /// True when envelope `seq` of `author` in `dataset` is stored.
+    pub fn has_envelope(
+        &self,
+        dataset: &DatasetId,
+        author: &AuthorId,
+        seq: u64,
+    ) -> Result<bool, Error> {
+        Ok(self
+            .envelopes
+            .contains_key(keys::envelope(dataset, author, seq))?)
+    }
+
+    /// Encoded envelopes of `author` in `dataset` with sequence `after + 1 ..= upto`, in order, up
+    /// to `max_bytes` in total (at least one if any exists). The flag is true when more remain.
+    pub fn envelopes_between(
+        &self,
+        dataset: &DatasetId,
+        author: &AuthorId,
+        (after, upto): (u64, u64),
+        max_bytes: usize,
+    ) -> Result<(Vec<Vec<u8>>, bool), Error> {
+        let from = keys::envelope(dataset, author, after.saturating_add(1));
+        let to = keys::envelope(dataset, author, upto);
+        let (mut out, mut bytes) = (Vec::new(), 0usize);
+        for kv in self.envelopes.range(from..=to) {
+            let (_, v) = kv?;
+            if !out.is_empty() && bytes + v.len() > max_bytes {
+                return Ok((out, true));
+            }
+            bytes += v.len();
+            out.push(v.to_vec());
+        }
+        Ok((out, false))
+    }
+
     /// Calls `f` with every stored envelope of `dataset` that `vv` does not cover, per author in
     /// sequence order. Seeks past covered history instead of scanning it.
     pub fn for_each_envelope_after(

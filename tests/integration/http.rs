@@ -447,7 +447,8 @@ async fn missing_rights_are_403() {
     let api = Api::new().await;
     api.publish(sample()).await;
     let reader = api.app("flu-reader", &["read:hospital/flu"]).await;
-    let nobody = api.app("nobody", &[]).await;
+    // An app with a right on the dataset but not this one gets 403; one with none gets 404.
+    let writer = api.app("flu-writer", &["write:hospital/flu"]).await;
     let forbidden = 403;
 
     let body = json!({"records": [{"name": "a", "data": {}}]});
@@ -464,7 +465,7 @@ async fn missing_rights_are_403() {
         format!("{FLU}/events"),
     ];
     for path in paths {
-        let got = api.get(&path, &nobody).await;
+        let got = api.get(&path, &writer).await;
         assert_error(got, forbidden, "no read right on hospital/flu");
     }
     let got = api

@@ -24,6 +24,10 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/datasets/{owner}/{name}/events"),
     ("GET", "/v1/apps"),
     ("POST", "/v1/apps"),
+    ("GET", "/v1/peers"),
+    ("GET", "/v1/mesh"),
+    ("POST", "/v1/invites"),
+    ("POST", "/v1/join"),
     ("GET", "/v1/openapi.json"),
     ("GET", "/metrics"),
 ];

@@ -175,6 +175,7 @@ pub fn init_args<'a>(home: &'a str, org: &'a str) -> Vec<&'a str> {
         "127.0.0.1:0",
         "--listen",
         "/ip4/127.0.0.1/tcp/0",
+        "--no-mdns",
     ]
 }
 

@@ -1,92 +1,24 @@
-//! `fogmesh demo`: a walkthrough on a real node process on loopback, printing a timeline.
+//! `fogmesh demo --single`: one organization's node as a real process on loopback.
 //!
 //! The hospital's node runs as a separate `fogmesh run` process. Its ward app publishes flu
 //! admissions, a dashboard app reads and watches them, an outside app without rights is refused,
 //! and the node is stopped and restarted to show that every acknowledged record survives.
 
 use std::io::BufRead;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
+use super::procs::{demo_dir, init, start, stop, Timeline};
 use crate::cli::{Cli, DemoArgs};
 use crate::client::Client;
 use crate::daemon::API_ADDR_FILE;
 
-struct Timeline(Instant);
-
-impl Timeline {
-    fn say(&self, who: &str, what: impl AsRef<str>) {
-        println!(
-            "[{:>6.2}s] {who:<16} {}",
-            self.0.elapsed().as_secs_f64(),
-            what.as_ref()
-        );
-    }
-}
-
-/// A `fogmesh run` child process; killed if still running when dropped.
-struct NodeProcess(Child);
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn exe() -> Result<PathBuf> {
-    std::env::current_exe().context("locating the fogmesh binary")
-}
-
-fn start(home: &Path) -> Result<(NodeProcess, Client)> {
-    let _ = std::fs::remove_file(home.join(API_ADDR_FILE));
-    let child = Command::new(exe()?)
-        .args(["run", "--home"])
-        .arg(home)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .spawn()
-        .context("starting `fogmesh run`")?;
-    let proc = NodeProcess(child);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let addr = loop {
-        if let Ok(s) = std::fs::read_to_string(home.join(API_ADDR_FILE)) {
-            if let Ok(a) = s.trim().parse() {
-                break a;
-            }
-        }
-        if Instant::now() > deadline {
-            bail!("the node did not start within 30 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let token = fogmesh::node::home::admin_token(home)?;
-    Ok((proc, Client::new(addr, token, home)))
-}
-
-fn stop(mut p: NodeProcess) -> Result<()> {
-    let pid = p.0.id().to_string();
-    let status = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .context("sending SIGTERM")?;
-    if !status.success() {
-        bail!("kill -TERM {pid} failed");
-    }
-    let code = p.0.wait()?;
-    if !code.success() {
-        bail!("the node exited with {code}");
-    }
-    Ok(())
-}
-
-/// Runs the demo.
+/// Runs the single-node walkthrough.
 pub fn run(_cli: &Cli, a: &DemoArgs) -> Result<()> {
-    let dir = tempfile_dir()?;
+    let dir = demo_dir()?;
     let home = dir.join("hospital");
     let t = Timeline(Instant::now());
     println!(
@@ -102,35 +34,8 @@ pub fn run(_cli: &Cli, a: &DemoArgs) -> Result<()> {
     result
 }
 
-fn tempfile_dir() -> Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("fogmesh-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
-}
-
-fn init(home: &Path) -> Result<()> {
-    let status = Command::new(exe()?)
-        .args([
-            "init",
-            "--org",
-            "hospital",
-            "--mesh",
-            "flu-response",
-            "--api",
-            "127.0.0.1:0",
-            "--home",
-        ])
-        .arg(home)
-        .stdout(Stdio::null())
-        .status()?;
-    if !status.success() {
-        bail!("fogmesh init failed");
-    }
-    Ok(())
-}
-
 fn walkthrough(t: &Timeline, home: &Path) -> Result<()> {
-    init(home)?;
+    init(home, "hospital")?;
     let (proc, admin) = start(home)?;
     let node = admin.get("/v1/node")?;
     t.say(

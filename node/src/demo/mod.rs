@@ -1,0 +1,21 @@
+//! `fogmesh demo`: walkthroughs on real node processes on loopback, printing a timeline.
+//!
+//! By default the flu outbreak across five organizations ([`flu`]); `--single` runs one
+//! organization's node alone ([`single`]).
+
+mod flu;
+mod procs;
+mod single;
+
+use anyhow::Result;
+
+use crate::cli::{Cli, DemoArgs};
+
+/// Runs the chosen demo.
+pub fn run(cli: &Cli, a: &DemoArgs) -> Result<()> {
+    if a.single {
+        single::run(cli, a)
+    } else {
+        flu::run(a)
+    }
+}

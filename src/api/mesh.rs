@@ -1,0 +1,92 @@
+//! Handlers for the mesh: peers, mesh status, invitations and joining. They answer 503 when the
+//! node runs without the mesh (library users that serve only the local API).
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::auth::Caller;
+use super::body::JsonBody;
+use super::error::ApiError;
+use super::ApiState;
+use crate::apps::App;
+use crate::error::Error;
+use crate::mesh::Mesh;
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// Longest invitation lifetime accepted: 30 days.
+const MAX_TTL_SECS: u64 = 30 * 24 * 3600;
+
+fn mesh(s: &ApiState) -> ApiResult<&Mesh> {
+    s.mesh
+        .as_ref()
+        .ok_or_else(|| Error::Unavailable("the mesh is not running on this node".into()).into())
+}
+
+fn admin(c: &App, what: &str) -> ApiResult<()> {
+    if c.admin {
+        Ok(())
+    } else {
+        Err(Error::Forbidden(format!("{what} needs the admin token")).into())
+    }
+}
+
+pub async fn peers(State(s): State<ApiState>, _c: Caller) -> ApiResult<impl IntoResponse> {
+    Ok(Json(json!({ "peers": mesh(&s)?.peers().await? })))
+}
+
+pub async fn status(State(s): State<ApiState>, _c: Caller) -> ApiResult<impl IntoResponse> {
+    Ok(Json(mesh(&s)?.status().await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InviteSpec {
+    /// Lifetime in seconds (default 24 h).
+    #[serde(default)]
+    ttl_secs: Option<u64>,
+}
+
+pub async fn invite(
+    State(s): State<ApiState>,
+    Caller(c): Caller,
+    JsonBody(spec): JsonBody<InviteSpec>,
+) -> ApiResult<impl IntoResponse> {
+    admin(&c, "issuing an invitation")?;
+    let ttl = spec
+        .ttl_secs
+        .map_or(crate::mesh::INVITE_TTL, Duration::from_secs);
+    if ttl.is_zero() || ttl.as_secs() > MAX_TTL_SECS {
+        return Err(ApiError::bad_request(format!(
+            "ttl_secs must be 1 to {MAX_TTL_SECS}"
+        )));
+    }
+    let (token, expires) = mesh(&s)?.invite(ttl).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "token": token, "expires": expires })),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinSpec {
+    token: String,
+}
+
+pub async fn join(
+    State(s): State<ApiState>,
+    Caller(c): Caller,
+    JsonBody(spec): JsonBody<JoinSpec>,
+) -> ApiResult<impl IntoResponse> {
+    admin(&c, "joining a mesh")?;
+    let roster = mesh(&s)?.join(&spec.token).await?;
+    let members: Vec<&String> = roster.members.keys().collect();
+    Ok(Json(json!({ "mesh": roster.mesh, "members": members })))
+}

@@ -1,0 +1,79 @@
+//! The mesh catalog: dataset descriptions signed by their owner, so any member may relay them, and
+//! the entitlement rule that decides who receives and who may write a dataset's envelopes.
+//!
+//! Until grants land (the access milestone), a shared dataset is entitled to its owner and the
+//! reader organizations named at creation; a private one to its owner alone, so it never leaves.
+
+use serde::{Deserialize, Serialize};
+
+use crate::dataset::{Meta, Visibility};
+use crate::identity::Identity;
+
+use super::roster::Roster;
+
+/// Domain-separation tag of dataset descriptions.
+pub const META_DOMAIN: &[u8] = b"fogmesh/dataset/v1\0";
+
+/// A dataset description signed by its owner's node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SignedMeta {
+    /// The description.
+    pub meta: Meta,
+    /// Hex ed25519 signature by the owner over [`META_DOMAIN`] and the JSON of `meta`.
+    pub signature: String,
+}
+
+/// Why a description was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The owner is not on the roster.
+    #[error("dataset {0}: its owner is not a member")]
+    UnknownOwner(String),
+    /// The signature does not verify against the owner's key.
+    #[error("dataset {0}: bad owner signature")]
+    Signature(String),
+    /// Private datasets never travel.
+    #[error("dataset {0} is private")]
+    Private(String),
+}
+
+fn signed_bytes(meta: &Meta) -> Vec<u8> {
+    let mut b = META_DOMAIN.to_vec();
+    b.extend_from_slice(&serde_json::to_vec(meta).unwrap_or_default());
+    b
+}
+
+impl SignedMeta {
+    /// Signs `meta` as its owner.
+    pub fn sign(meta: Meta, owner: &Identity) -> Self {
+        let signature = hex::encode(owner.sign(&signed_bytes(&meta)));
+        Self { meta, signature }
+    }
+
+    /// Checks the owner's signature against the roster.
+    pub fn verify(&self, roster: &Roster) -> Result<(), Error> {
+        let id = self.meta.id.to_string();
+        if self.meta.visibility != Visibility::Shared {
+            return Err(Error::Private(id));
+        }
+        let owner = roster
+            .by_org(self.meta.id.owner())
+            .and_then(|m| m.author_id())
+            .ok_or_else(|| Error::UnknownOwner(id.clone()))?;
+        let sig: Option<[u8; 64]> = hex::decode(&self.signature)
+            .ok()
+            .and_then(|s| s.try_into().ok());
+        match sig {
+            Some(sig) if owner.verify(&signed_bytes(&self.meta), &sig) => Ok(()),
+            _ => Err(Error::Signature(id)),
+        }
+    }
+}
+
+/// Whether organization `org` receives the envelopes of `meta` and may write to it.
+pub fn entitled(meta: &Meta, org: &str) -> bool {
+    match meta.visibility {
+        Visibility::Private => meta.id.owner() == org,
+        Visibility::Shared => meta.id.owner() == org || meta.readers.iter().any(|r| r == org),
+    }
+}

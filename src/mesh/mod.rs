@@ -1,0 +1,286 @@
+//! The mesh: membership, the dataset catalog and replication between member nodes.
+//!
+//! [`Mesh`] runs beside a [`Node`](crate::Node) and talks to peers through the networking actor
+//! ([`crate::net`]). It owns the roster (who is a member), answers joins by invitation, pushes every
+//! envelope this node writes to the connected members entitled to its dataset, and catches up with
+//! each member on connect and every [`SYNC_EVERY`]: Hello (digests) -> vectors that differ ->
+//! missing envelopes, fetched in byte-capped pages. Cost is proportional to what is missing.
+//!
+//! | module | reason to exist |
+//! |---|---|
+//! | [`roster`] | signed member certificates chained to the founder; merge |
+//! | [`invite`] | invitation tokens |
+//! | `join` | issuing and redeeming invitations; this node's own certificate |
+//! | [`catalog`] | owner-signed dataset descriptions; who is entitled to a dataset |
+//! | [`proto`] | the messages on the wire (CBOR), with caps |
+//! | `state` | the mesh's mutable state and its persistence |
+//! | `serve` | answers to peers' requests |
+//! | `sync` | outbound catch-up and push |
+
+pub mod catalog;
+pub mod invite;
+mod join;
+pub mod proto;
+pub mod roster;
+mod serve;
+mod state;
+mod sync;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use libp2p::PeerId;
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::error::{Error, Result};
+use crate::net;
+use crate::node::Node;
+
+pub use state::Progress;
+use state::State;
+
+/// How often each member is caught up with, besides on every connect.
+pub const SYNC_EVERY: Duration = Duration::from_secs(30);
+/// Pushes in flight at once; more wait (catch-up covers anything a slow peer misses).
+pub const PUSH_INFLIGHT_CAP: usize = 256;
+/// Default lifetime of an invitation.
+pub const INVITE_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// A member as `GET /v1/peers` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerView {
+    /// Organization (empty for a connected non-member).
+    pub org: String,
+    /// Connection state and statistics from the network layer.
+    #[serde(flatten)]
+    pub net: net::PeerInfo,
+}
+
+/// What `fogmesh status` shows of the mesh.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    /// Mesh name.
+    pub mesh: String,
+    /// Organizations on the roster.
+    pub members: Vec<String>,
+    /// Addresses this node listens on.
+    pub listen: Vec<String>,
+    /// Catch-ups under way.
+    pub catching_up: Vec<Progress>,
+}
+
+/// Handle to the running mesh service. Clone it freely.
+#[derive(Clone)]
+pub struct Mesh {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) node: Node,
+    pub(crate) net: net::Client,
+    pub(crate) state: State,
+    pub(crate) pushes: Arc<tokio::sync::Semaphore>,
+    /// The service's long-running tasks, ended by [`Mesh::shutdown`].
+    tasks: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
+}
+
+impl Mesh {
+    /// Starts the networking actor and the mesh service for `node`.
+    pub async fn start(node: Node, config: net::Config) -> Result<Self> {
+        let keypair = node.identity().libp2p_keypair()?;
+        let (net, events) = net::spawn(keypair, config).map_err(net_err)?;
+        let state = State::load_or_found(&node).await?;
+        let mesh = Self {
+            inner: Arc::new(Inner {
+                node,
+                net,
+                state,
+                pushes: Arc::new(tokio::sync::Semaphore::new(PUSH_INFLIGHT_CAP)),
+                tasks: std::sync::Mutex::new(Vec::new()),
+            }),
+        };
+        mesh.refresh_members().await?;
+        let tasks = vec![
+            tokio::spawn(mesh.clone().run_events(events)).abort_handle(),
+            tokio::spawn(mesh.clone().run_outbox()).abort_handle(),
+            tokio::spawn(mesh.clone().run_periodic()).abort_handle(),
+        ];
+        *mesh.inner.tasks.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
+        Ok(mesh)
+    }
+
+    /// The node this mesh serves.
+    pub fn node(&self) -> &Node {
+        &self.inner.node
+    }
+
+    /// Tells the network layer who the members are and where they were last seen.
+    pub(crate) async fn refresh_members(&self) -> Result<()> {
+        let roster = self.inner.state.roster();
+        let mut members = std::collections::HashSet::new();
+        for m in roster.iter() {
+            let Ok(peer) = m.peer_id.parse::<PeerId>() else {
+                continue;
+            };
+            members.insert(peer);
+            for a in m.addresses.iter().filter_map(|a| a.parse().ok()) {
+                self.inner.net.add_address(peer, a).await.map_err(net_err)?;
+            }
+        }
+        self.inner.net.set_members(members).await.map_err(net_err)
+    }
+
+    async fn run_events(self, mut events: mpsc::Receiver<net::Event>) {
+        while let Some(ev) = events.recv().await {
+            self.on_event(ev).await;
+        }
+        tracing::info!("network events ended");
+    }
+
+    async fn on_event(&self, ev: net::Event) {
+        match ev {
+            net::Event::PeerUp { peer, .. } if self.is_member(&peer) => {
+                tokio::spawn(self.clone().sync_with(peer));
+            }
+            net::Event::Request {
+                peer,
+                protocol,
+                frame,
+                reply,
+            } => {
+                let mesh = self.clone();
+                tokio::spawn(async move {
+                    if let Some(answer) = mesh.answer(peer, protocol, frame).await {
+                        let _ = reply.send(answer);
+                    }
+                });
+            }
+            net::Event::Discovered { peer, addrs } if self.is_member(&peer) => {
+                for a in addrs {
+                    let _ = self.inner.net.add_address(peer, a).await;
+                }
+            }
+            net::Event::BadInput {
+                peer,
+                protocol,
+                detail,
+            } => self.count_bad(&peer, &format!("{protocol:?}: {detail}")),
+            net::Event::Listening { addr } => {
+                tracing::info!(%addr, "mesh listening");
+                if let Err(e) = self.publish_addresses().await {
+                    tracing::warn!(error = %e, "could not update this node's roster entry");
+                }
+            }
+            _ => {}
+        }
+    }
+
+    async fn run_periodic(self) {
+        let mut every = tokio::time::interval(SYNC_EVERY);
+        every.tick().await;
+        loop {
+            every.tick().await;
+            self.sync_all().await;
+        }
+    }
+
+    /// Catches up with every connected member now.
+    pub async fn sync_all(&self) {
+        let Ok(peers) = self.inner.net.peers().await else {
+            return;
+        };
+        for p in peers.into_iter().filter(|p| p.up && p.member) {
+            if let Ok(peer) = p.peer.parse() {
+                tokio::spawn(self.clone().sync_with(peer));
+            }
+        }
+    }
+
+    pub(crate) fn is_member(&self, peer: &PeerId) -> bool {
+        self.inner
+            .state
+            .roster()
+            .by_peer(&peer.to_string())
+            .is_some()
+    }
+
+    pub(crate) fn org_of(&self, peer: &PeerId) -> Option<String> {
+        let roster = self.inner.state.roster();
+        roster.by_peer(&peer.to_string()).map(|m| m.org.clone())
+    }
+
+    pub(crate) fn count_bad(&self, peer: &PeerId, detail: &str) {
+        tracing::warn!(%peer, detail, "bad input from peer");
+        let labels = vec![("peer".to_owned(), peer.to_string())];
+        self.inner
+            .node
+            .metrics()
+            .peer_bad_inputs
+            .get_or_create(&labels)
+            .inc();
+    }
+
+    /// Members and connected peers with their state.
+    pub async fn peers(&self) -> Result<Vec<PeerView>> {
+        let infos = self.inner.net.peers().await.map_err(net_err)?;
+        let roster = self.inner.state.roster();
+        let me = self.inner.net.local_peer_id().to_string();
+        Ok(infos
+            .into_iter()
+            .filter(|p| p.peer != me)
+            .map(|net| PeerView {
+                org: roster
+                    .by_peer(&net.peer)
+                    .map(|m| m.org.clone())
+                    .unwrap_or_default(),
+                net,
+            })
+            .collect())
+    }
+
+    /// The mesh's state for `fogmesh status`.
+    pub async fn status(&self) -> Result<Status> {
+        let roster = self.inner.state.roster();
+        let listen = self.inner.net.listen_addrs().await.map_err(net_err)?;
+        Ok(Status {
+            mesh: roster.mesh.clone(),
+            members: roster.members.keys().cloned().collect(),
+            listen: listen.iter().map(ToString::to_string).collect(),
+            catching_up: self.inner.state.progress(),
+        })
+    }
+
+    /// Stops the service's tasks and the networking actor. Catch-ups and pushes in flight end
+    /// with errors as the network goes away.
+    pub async fn shutdown(&self) {
+        let tasks =
+            std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in tasks {
+            t.abort();
+        }
+        self.inner.net.shutdown().await;
+    }
+}
+
+pub(crate) fn net_err(e: net::Error) -> Error {
+    Error::Unavailable(format!("network: {e}"))
+}
+
+/// The networking settings of a node's configuration.
+pub fn net_config(cfg: &crate::config::Config) -> Result<net::Config> {
+    let parse = |list: &[String]| -> Result<Vec<libp2p::Multiaddr>> {
+        list.iter()
+            .map(|a| {
+                a.parse()
+                    .map_err(|e| Error::Invalid(format!("{a:?} is not a multiaddr: {e}")))
+            })
+            .collect()
+    };
+    Ok(net::Config {
+        listen: parse(&cfg.listen)?,
+        bootstrap: parse(&cfg.bootstrap)?,
+        mdns: cfg.mdns,
+        ..net::Config::default()
+    })
+}

@@ -1,0 +1,182 @@
+//! The mesh's messages, as they travel inside `net::Frame`s: CBOR, one enum per protocol. Pure:
+//! encoding and decoding only, with every collection capped before it is trusted.
+//!
+//! ```text
+//! /fogmesh/join/1   JoinRequest  -> JoinResponse   a new node redeems its invitation
+//! /fogmesh/sync/1   SyncRequest  -> SyncResponse   Hello (roster digest, per-dataset vector
+//!                                                  digests) -> roster if it differs, catalog, the
+//!                                                  vectors that differ; Roster (push a newer roster);
+//!                                                  Fetch (one author's envelopes, a byte-capped page)
+//! /fogmesh/push/1   Push         -> PushAck        new envelopes, eagerly, to entitled members
+//! ```
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::catalog::SignedMeta;
+use super::roster::{Member, Roster};
+
+/// Most datasets one Hello may list.
+pub const MAX_DATASETS: usize = 4096;
+/// Most envelopes one Push or one Fetch page may carry.
+pub const MAX_ENVELOPES: usize = 4096;
+/// Bytes of envelopes one Fetch page aims at.
+pub const PAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// A message that does not decode or breaks a cap.
+#[derive(Debug, thiserror::Error)]
+#[error("malformed {what}: {detail}")]
+pub struct Error {
+    /// Which message.
+    pub what: &'static str,
+    /// Why.
+    pub detail: String,
+}
+
+/// A new node asks the member that invited it to admit it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinRequest {
+    /// The invitation's one-time secret (hex).
+    pub secret: String,
+    /// What the new node says about itself; its `peer_id` must be the connection's.
+    pub member: Member,
+}
+
+/// The inviter's answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum JoinResponse {
+    /// Admitted: the roster with the new member's certificate, signed by the inviter.
+    Admitted {
+        /// The roster.
+        roster: Roster,
+    },
+    /// Refused, and why.
+    Refused {
+        /// The reason.
+        reason: String,
+    },
+}
+
+/// Catch-up requests.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum SyncRequest {
+    /// What the requester holds, as digests.
+    Hello {
+        /// Its roster digest.
+        roster: [u8; 32],
+        /// Per dataset held: id and version-vector digest.
+        datasets: Vec<(String, [u8; 32])>,
+    },
+    /// A roster the requester found newer than the responder's.
+    Roster(Roster),
+    /// One author's envelopes of one dataset with sequence in `(after, upto]`.
+    Fetch {
+        /// Dataset id.
+        dataset: String,
+        /// Author key (hex).
+        author: String,
+        /// Exclusive start.
+        after: u64,
+        /// Inclusive end.
+        upto: u64,
+    },
+}
+
+/// Catch-up answers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum SyncResponse {
+    /// Answer to Hello.
+    Hello {
+        /// The responder's roster, when its digest differs from the requester's.
+        roster: Option<Roster>,
+        /// Datasets the requester may hold and did not list.
+        catalog: Vec<SignedMeta>,
+        /// Encoded version vectors of listed datasets whose digest differs.
+        vectors: Vec<(String, serde_bytes::ByteBuf)>,
+    },
+    /// Answer to Roster: how many entries changed.
+    Merged(u32),
+    /// Answer to Fetch: encoded envelopes in order; `more` when the range continues.
+    Envelopes {
+        /// The envelopes.
+        envelopes: Vec<serde_bytes::ByteBuf>,
+        /// More remain.
+        more: bool,
+    },
+    /// The request was understood and refused.
+    Refused(String),
+}
+
+/// New envelopes, pushed by their author's node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Push {
+    /// Descriptions of datasets the receiver may not know yet.
+    pub catalog: Vec<SignedMeta>,
+    /// Encoded envelopes.
+    pub envelopes: Vec<serde_bytes::ByteBuf>,
+}
+
+/// The receiver's answer to a push.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PushAck {
+    /// Envelopes that were new to it.
+    pub accepted: u32,
+}
+
+/// CBOR bytes of a message.
+pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
+    cbor4ii::serde::to_vec(Vec::new(), msg).unwrap_or_default()
+}
+
+/// Decodes a message; `what` names it in the error.
+pub fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, Error> {
+    cbor4ii::serde::from_slice(bytes).map_err(|e| Error {
+        what,
+        detail: e.to_string(),
+    })
+}
+
+/// Fails unless `n <= cap`.
+pub fn cap(what: &'static str, n: usize, cap: usize) -> Result<(), Error> {
+    if n > cap {
+        return Err(Error {
+            what,
+            detail: format!("{n} items, at most {cap} allowed"),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip_and_garbage_is_an_error() {
+        let req = SyncRequest::Fetch {
+            dataset: "hospital/flu".into(),
+            author: "ab".into(),
+            after: 3,
+            upto: 9,
+        };
+        let back: SyncRequest = decode("sync", &encode(&req)).expect("decodes");
+        assert!(matches!(
+            back,
+            SyncRequest::Fetch {
+                after: 3,
+                upto: 9,
+                ..
+            }
+        ));
+        let push = Push {
+            catalog: vec![],
+            envelopes: vec![serde_bytes::ByteBuf::from(vec![1, 2, 3])],
+        };
+        let back: Push = decode("push", &encode(&push)).expect("decodes");
+        assert_eq!(back.envelopes[0].as_ref(), &[1, 2, 3]);
+        for garbage in [&b""[..], b"\xff\xff", b"\x9f\x01"] {
+            assert!(decode::<SyncRequest>("sync", garbage).is_err());
+        }
+        assert!(cap("push", 5, 4).is_err() && cap("push", 4, 4).is_ok());
+    }
+}

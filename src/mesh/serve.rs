@@ -1,0 +1,238 @@
+//! Answers to peers: joins, catch-up requests and pushes. Every frame is decoded and capped before
+//! it is used; what does not decode or verify is counted against the peer and refused.
+
+use libp2p::PeerId;
+use serde_bytes::ByteBuf;
+
+use crate::envelope::Envelope;
+use crate::identity::AuthorId;
+use crate::naming::DatasetId;
+use crate::net::{Frame, Protocol};
+use crate::version::VersionVector;
+
+use super::catalog::{self, SignedMeta};
+use super::proto::{self, JoinRequest, JoinResponse, Push, PushAck, SyncRequest, SyncResponse};
+use super::Mesh;
+
+impl Mesh {
+    /// The answer to one inbound request; `None` closes the stream without one.
+    pub(crate) async fn answer(
+        &self,
+        peer: PeerId,
+        protocol: Protocol,
+        frame: Frame,
+    ) -> Option<Frame> {
+        let result = match protocol {
+            Protocol::Join => self
+                .on_join(peer, &frame.0)
+                .await
+                .map(|r| proto::encode(&r)),
+            Protocol::Sync => self
+                .on_sync(peer, &frame.0)
+                .await
+                .map(|r| proto::encode(&r)),
+            Protocol::Push => self
+                .on_push(peer, &frame.0)
+                .await
+                .map(|r| proto::encode(&r)),
+        };
+        match result {
+            Ok(bytes) => Some(Frame(bytes)),
+            Err(detail) => {
+                self.count_bad(&peer, &detail);
+                let _ = self.inner.net.report_bad(peer, detail).await;
+                None
+            }
+        }
+    }
+
+    async fn on_join(&self, peer: PeerId, bytes: &[u8]) -> Result<JoinResponse, String> {
+        let req: JoinRequest = proto::decode("join", bytes).map_err(|e| e.to_string())?;
+        Ok(match self.admit(peer, req).await {
+            Ok(roster) => JoinResponse::Admitted { roster },
+            Err(reason) => {
+                tracing::warn!(%peer, %reason, "join refused");
+                JoinResponse::Refused { reason }
+            }
+        })
+    }
+
+    async fn on_sync(&self, peer: PeerId, bytes: &[u8]) -> Result<SyncResponse, String> {
+        let org = self.org_of(&peer).ok_or("sync from a non-member")?;
+        let req: SyncRequest = proto::decode("sync", bytes).map_err(|e| e.to_string())?;
+        match req {
+            SyncRequest::Hello { roster, datasets } => {
+                proto::cap("hello", datasets.len(), proto::MAX_DATASETS)
+                    .map_err(|e| e.to_string())?;
+                Ok(self.hello(&org, roster, &datasets))
+            }
+            SyncRequest::Roster(r) => {
+                let n = self.inner.state.merge_roster(&self.inner.node, &r).await;
+                let n = n.map_err(|e| e.to_string())?;
+                if n > 0 {
+                    let _ = self.refresh_members().await;
+                }
+                Ok(SyncResponse::Merged(n as u32))
+            }
+            SyncRequest::Fetch {
+                dataset,
+                author,
+                after,
+                upto,
+            } => self.fetch_page(&org, &dataset, &author, (after, upto)),
+        }
+    }
+
+    /// Hello: the roster if it differs, the catalog the requester lacks, the vectors that differ.
+    fn hello(&self, org: &str, roster: [u8; 32], listed: &[(String, [u8; 32])]) -> SyncResponse {
+        let mine = self.inner.state.roster();
+        let roster = (mine.digest() != roster).then_some(mine);
+        let (mut catalog, mut vectors) = (Vec::new(), Vec::new());
+        for (meta, vv) in self.inner.node.replicas() {
+            if !catalog::entitled(&meta, org) {
+                continue;
+            }
+            let id = meta.id.to_string();
+            match listed.iter().find(|(d, _)| *d == id) {
+                None if meta.id.owner() != org => catalog.extend(self.signed(&meta)),
+                Some((_, digest)) if *digest != vv.digest() => {
+                    vectors.push((id, ByteBuf::from(vv.encode())));
+                }
+                _ => {}
+            }
+        }
+        SyncResponse::Hello {
+            roster,
+            catalog,
+            vectors,
+        }
+    }
+
+    /// The signed description of a dataset this node holds: signed now if it owns it.
+    pub(crate) fn signed(&self, meta: &crate::dataset::Meta) -> Option<SignedMeta> {
+        if meta.id.owner() == self.inner.node.config().org {
+            return Some(SignedMeta::sign(meta.clone(), self.inner.node.identity()));
+        }
+        self.inner.state.signed_meta(&meta.id)
+    }
+
+    fn fetch_page(
+        &self,
+        org: &str,
+        dataset: &str,
+        author: &str,
+        range: (u64, u64),
+    ) -> Result<SyncResponse, String> {
+        let id = DatasetId::parse(dataset).map_err(|e| e.to_string())?;
+        let author = AuthorId::from_hex(author).ok_or("fetch: bad author key")?;
+        let meta = self
+            .inner
+            .node
+            .replicas()
+            .into_iter()
+            .find(|(m, _)| m.id == id);
+        let Some((meta, _)) = meta.filter(|(m, _)| catalog::entitled(m, org)) else {
+            return Ok(SyncResponse::Refused(format!(
+                "dataset {id} is not shared with {org}"
+            )));
+        };
+        let got = self
+            .inner
+            .node
+            .envelopes_between(&meta.id, &author, range, proto::PAGE_BYTES);
+        let (envs, more) = got.map_err(|e| e.to_string())?;
+        Ok(SyncResponse::Envelopes {
+            envelopes: envs.into_iter().map(ByteBuf::from).collect(),
+            more,
+        })
+    }
+
+    async fn on_push(&self, peer: PeerId, bytes: &[u8]) -> Result<PushAck, String> {
+        self.org_of(&peer).ok_or("push from a non-member")?;
+        let push: Push = proto::decode("push", bytes).map_err(|e| e.to_string())?;
+        proto::cap("push", push.envelopes.len(), proto::MAX_ENVELOPES)
+            .map_err(|e| e.to_string())?;
+        proto::cap("push catalog", push.catalog.len(), proto::MAX_DATASETS)
+            .map_err(|e| e.to_string())?;
+        for sm in push.catalog {
+            self.adopt(sm).await?;
+        }
+        let accepted = self.apply_encoded(&push.envelopes).await?;
+        Ok(PushAck {
+            accepted: accepted as u32,
+        })
+    }
+
+    /// Adopts a remote dataset's description if it verifies and this node is entitled to it.
+    pub(crate) async fn adopt(&self, sm: SignedMeta) -> Result<bool, String> {
+        let me = self.inner.node.config().org.clone();
+        if sm.meta.id.owner() == me || !catalog::entitled(&sm.meta, &me) {
+            return Ok(false);
+        }
+        sm.verify(&self.inner.state.roster())
+            .map_err(|e| e.to_string())?;
+        let node = &self.inner.node;
+        let fresh = node.adopt_dataset(sm.meta.clone()).await;
+        let fresh = fresh.map_err(|e| e.to_string())?;
+        self.inner
+            .state
+            .remember(node, sm)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(fresh)
+    }
+
+    /// Decodes, verifies and applies envelopes; returns how many were new. Envelopes of datasets
+    /// this node does not hold are skipped (catch-up brings them once the description arrives).
+    pub(crate) async fn apply_encoded(&self, encoded: &[ByteBuf]) -> Result<usize, String> {
+        let mut by_ds: std::collections::BTreeMap<DatasetId, Vec<Envelope>> = Default::default();
+        for bytes in encoded {
+            let env = Envelope::decode_verified(bytes).map_err(|e| e.to_string())?;
+            by_ds.entry(env.dataset.clone()).or_default().push(env);
+        }
+        let mut new = 0;
+        for (id, envs) in by_ds {
+            let Some(meta) = self.held_meta(&id) else {
+                continue;
+            };
+            for env in &envs {
+                self.check_writer(&meta, &env.author)?;
+            }
+            new += self
+                .inner
+                .node
+                .apply_envelopes(&id, envs)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(new)
+    }
+
+    pub(crate) fn held_meta(&self, id: &DatasetId) -> Option<crate::dataset::Meta> {
+        let replicas = self.inner.node.replicas();
+        replicas
+            .into_iter()
+            .find(|(m, _)| m.id == *id)
+            .map(|(m, _)| m)
+    }
+
+    /// Fails unless `author` is a member entitled to write `meta`'s dataset.
+    fn check_writer(&self, meta: &crate::dataset::Meta, author: &AuthorId) -> Result<(), String> {
+        let roster = self.inner.state.roster();
+        let hex = author.to_string();
+        let org = roster
+            .iter()
+            .find(|m| m.author == hex)
+            .map(|m| m.org.clone());
+        match org {
+            Some(org) if catalog::entitled(meta, &org) => Ok(()),
+            Some(org) => Err(format!("{org} may not write {}", meta.id)),
+            None => Err(format!("envelope of {} by a non-member", meta.id)),
+        }
+    }
+}
+
+/// Decodes a peer's version vector.
+pub(crate) fn vector(bytes: &[u8]) -> Result<VersionVector, String> {
+    VersionVector::decode(bytes).map_err(|e| e.to_string())
+}

@@ -1,0 +1,167 @@
+//! The mesh's mutable state: the roster, the signed descriptions of remote datasets, which
+//! descriptions each peer has been sent, and catch-up progress. Roster and catalog are persisted
+//! in the node's store.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Mutex, MutexGuard};
+
+use libp2p::PeerId;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::naming::DatasetId;
+use crate::node::Node;
+
+use super::catalog::SignedMeta;
+use super::roster::{Cert, Member, Roster};
+
+const ROSTER_KEY: &str = "mesh/roster";
+const CATALOG_KEY: &str = "mesh/catalog";
+
+/// One catch-up under way, as `fogmesh status` shows it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Progress {
+    /// Dataset.
+    pub dataset: String,
+    /// The member it is fetched from.
+    pub from: String,
+    /// Envelopes fetched so far.
+    pub fetched: u64,
+    /// Envelopes known to be missing when the catch-up began.
+    pub missing: u64,
+}
+
+#[derive(Default)]
+struct Inner {
+    roster: Option<Roster>,
+    catalog: BTreeMap<DatasetId, SignedMeta>,
+    announced: HashMap<PeerId, HashSet<DatasetId>>,
+    progress: BTreeMap<(String, String), Progress>,
+    syncing: HashSet<PeerId>,
+}
+
+/// Shared mesh state behind one lock, never held across an await.
+pub(crate) struct State(Mutex<Inner>);
+
+impl State {
+    /// Loads the roster and catalog, or founds a one-member mesh for a fresh node.
+    pub(crate) async fn load_or_found(node: &Node) -> Result<Self> {
+        let roster = match node.load_state::<Roster>(ROSTER_KEY)? {
+            Some(r) => r,
+            None => {
+                let r = founding_roster(node)?;
+                node.save_state(ROSTER_KEY, &r).await?;
+                r
+            }
+        };
+        let catalog: Vec<SignedMeta> = node.load_state(CATALOG_KEY)?.unwrap_or_default();
+        let inner = Inner {
+            roster: Some(roster),
+            catalog: catalog
+                .into_iter()
+                .map(|s| (s.meta.id.clone(), s))
+                .collect(),
+            ..Inner::default()
+        };
+        Ok(Self(Mutex::new(inner)))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A copy of the roster.
+    pub(crate) fn roster(&self) -> Roster {
+        self.lock().roster.clone().unwrap_or_else(|| Roster {
+            mesh: String::new(),
+            founder: String::new(),
+            members: BTreeMap::new(),
+        })
+    }
+
+    /// Replaces the roster and persists it.
+    pub(crate) async fn set_roster(&self, node: &Node, roster: Roster) -> Result<()> {
+        node.save_state(ROSTER_KEY, &roster).await?;
+        self.lock().roster = Some(roster);
+        Ok(())
+    }
+
+    /// Merges `other` into the roster; persists and returns the count if anything changed.
+    pub(crate) async fn merge_roster(&self, node: &Node, other: &Roster) -> Result<usize> {
+        let mut roster = self.roster();
+        let (changed, refused) = roster.merge(other);
+        for e in refused {
+            tracing::warn!(error = %e, "roster entry refused");
+        }
+        if changed > 0 {
+            self.set_roster(node, roster).await?;
+        }
+        Ok(changed)
+    }
+
+    /// The signed description of a remote dataset, if known.
+    pub(crate) fn signed_meta(&self, id: &DatasetId) -> Option<SignedMeta> {
+        self.lock().catalog.get(id).cloned()
+    }
+
+    /// Remembers a verified description of a remote dataset.
+    pub(crate) async fn remember(&self, node: &Node, meta: SignedMeta) -> Result<()> {
+        let all: Vec<SignedMeta> = {
+            let mut st = self.lock();
+            st.catalog.insert(meta.meta.id.clone(), meta);
+            st.catalog.values().cloned().collect()
+        };
+        node.save_state(CATALOG_KEY, &all).await
+    }
+
+    /// True the first time it is asked for (`peer`, `id`): the description must go along.
+    pub(crate) fn first_push(&self, peer: PeerId, id: &DatasetId) -> bool {
+        self.lock()
+            .announced
+            .entry(peer)
+            .or_default()
+            .insert(id.clone())
+    }
+
+    /// Forgets what `peer` was sent (it may have restarted without it).
+    pub(crate) fn forget_peer(&self, peer: &PeerId) {
+        self.lock().announced.remove(peer);
+    }
+
+    /// Marks a catch-up with `peer` as running; false if one already is.
+    pub(crate) fn begin_sync(&self, peer: PeerId) -> bool {
+        self.lock().syncing.insert(peer)
+    }
+
+    /// Marks it finished.
+    pub(crate) fn end_sync(&self, peer: &PeerId) {
+        let mut st = self.lock();
+        st.syncing.remove(peer);
+        let from = peer.to_string();
+        st.progress.retain(|(_, f), _| *f != from);
+    }
+
+    /// Records catch-up progress.
+    pub(crate) fn set_progress(&self, p: Progress) {
+        let key = (p.dataset.clone(), p.from.clone());
+        self.lock().progress.insert(key, p);
+    }
+
+    /// Catch-ups under way.
+    pub(crate) fn progress(&self) -> Vec<Progress> {
+        self.lock().progress.values().cloned().collect()
+    }
+}
+
+fn founding_roster(node: &Node) -> Result<Roster> {
+    let cfg = node.config();
+    let me = Member::of(
+        node.identity(),
+        &cfg.mesh,
+        &cfg.org,
+        vec![],
+        crate::hlc::wall_millis(),
+    )
+    .map_err(|e| Error::Internal(e.to_string()))?;
+    Roster::found(Cert::sign(me, node.identity())).map_err(|e| Error::Internal(e.to_string()))
+}

@@ -1,0 +1,230 @@
+//! Outbound replication: eager push of this node's envelopes to entitled members, and catch-up
+//! with one member (Hello, then the missing ranges fetched page by page).
+
+use std::sync::Arc;
+
+use libp2p::PeerId;
+use serde_bytes::ByteBuf;
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::envelope::Envelope;
+use crate::net::{Frame, Protocol};
+use crate::version::VersionVector;
+
+use super::catalog;
+use super::proto::{self, Push, PushAck, SyncRequest, SyncResponse};
+use super::serve::vector;
+use super::Mesh;
+
+/// Rounds of Hello in one catch-up: a round that adopts new datasets asks again for their vectors.
+const HELLO_ROUNDS: usize = 3;
+
+impl Mesh {
+    /// Pushes every envelope this node writes, as it becomes durable.
+    pub(crate) async fn run_outbox(self) {
+        let mut rx = self.inner.node.subscribe_envelopes();
+        loop {
+            match rx.recv().await {
+                Ok(env) => self.push_out(env).await,
+                Err(RecvError::Lagged(n)) => {
+                    tracing::warn!(
+                        missed = n,
+                        "push queue lagged; catching up with every member"
+                    );
+                    self.sync_all().await;
+                }
+                Err(RecvError::Closed) => return,
+            }
+        }
+    }
+
+    async fn push_out(&self, env: Arc<Envelope>) {
+        let Some(meta) = self.held_meta(&env.dataset) else {
+            return;
+        };
+        let Ok(peers) = self.inner.net.peers().await else {
+            return;
+        };
+        let encoded = ByteBuf::from(env.encode());
+        for p in peers.into_iter().filter(|p| p.up && p.member) {
+            let Ok(peer) = p.peer.parse::<PeerId>() else {
+                continue;
+            };
+            match self.org_of(&peer) {
+                Some(org) if catalog::entitled(&meta, &org) => {}
+                _ => continue,
+            }
+            let catalog = if self.inner.state.first_push(peer, &meta.id) {
+                self.signed(&meta).into_iter().collect()
+            } else {
+                Vec::new()
+            };
+            let push = Push {
+                catalog,
+                envelopes: vec![encoded.clone()],
+            };
+            self.spawn_push(peer, push).await;
+        }
+    }
+
+    async fn spawn_push(&self, peer: PeerId, push: Push) {
+        let Ok(permit) = self.inner.pushes.clone().acquire_owned().await else {
+            return;
+        };
+        let net = self.inner.net.clone();
+        let state_mesh = self.clone();
+        tokio::spawn(async move {
+            let answer = net
+                .request(peer, Protocol::Push, Frame(proto::encode(&push)))
+                .await;
+            match answer.map(|f| proto::decode::<PushAck>("push ack", &f.0)) {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "bad push ack"),
+                Err(e) => {
+                    // It may have restarted without the description; send it again next time.
+                    state_mesh.inner.state.forget_peer(&peer);
+                    tracing::debug!(%peer, error = %e, "push failed; catch-up will cover it");
+                }
+            }
+            drop(permit);
+        });
+    }
+
+    /// Catches up with `peer` (one catch-up per peer at a time).
+    pub(crate) async fn sync_with(self, peer: PeerId) {
+        if !self.inner.state.begin_sync(peer) {
+            return;
+        }
+        if let Err(e) = self.catch_up(peer).await {
+            tracing::info!(%peer, error = %e, "catch-up stopped; it resumes on the next round");
+        }
+        self.inner.state.end_sync(&peer);
+    }
+
+    async fn catch_up(&self, peer: PeerId) -> Result<(), String> {
+        for _ in 0..HELLO_ROUNDS {
+            let adopted = self.hello_round(peer).await?;
+            if adopted == 0 {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// One Hello: merges the roster, adopts the catalog, fetches what the vectors say is missing.
+    /// Returns how many datasets were newly adopted.
+    async fn hello_round(&self, peer: PeerId) -> Result<usize, String> {
+        let replicas = self.inner.node.replicas();
+        let datasets = replicas
+            .iter()
+            .filter(|(m, _)| m.visibility == crate::dataset::Visibility::Shared)
+            .map(|(m, vv)| (m.id.to_string(), vv.digest()))
+            .collect();
+        let hello = SyncRequest::Hello {
+            roster: self.inner.state.roster().digest(),
+            datasets,
+        };
+        let SyncResponse::Hello {
+            roster,
+            catalog,
+            vectors,
+        } = self.sync_request(peer, &hello).await?
+        else {
+            return Err("unexpected answer to hello".into());
+        };
+        if let Some(r) = roster {
+            self.reconcile_roster(peer, &r).await?;
+        }
+        let mut adopted = 0;
+        for sm in catalog {
+            adopted += usize::from(self.adopt(sm).await?);
+        }
+        for (id, bytes) in vectors {
+            self.fetch_missing(peer, &id, &vector(&bytes)?).await?;
+        }
+        Ok(adopted)
+    }
+
+    /// Merges a peer's roster; if ours still differs, sends ours back.
+    async fn reconcile_roster(
+        &self,
+        peer: PeerId,
+        theirs: &super::roster::Roster,
+    ) -> Result<(), String> {
+        let state = &self.inner.state;
+        let changed = state.merge_roster(&self.inner.node, theirs).await;
+        if changed.map_err(|e| e.to_string())? > 0 {
+            self.refresh_members().await.map_err(|e| e.to_string())?;
+        }
+        let mine = state.roster();
+        if mine.digest() != theirs.digest() {
+            self.sync_request(peer, &SyncRequest::Roster(mine)).await?;
+        }
+        Ok(())
+    }
+
+    /// Fetches every envelope `remote` holds of dataset `id` that this node lacks.
+    async fn fetch_missing(
+        &self,
+        peer: PeerId,
+        id: &str,
+        remote: &VersionVector,
+    ) -> Result<(), String> {
+        let ds = crate::naming::DatasetId::parse(id).map_err(|e| e.to_string())?;
+        let Some((_, local)) = self
+            .inner
+            .node
+            .replicas()
+            .into_iter()
+            .find(|(m, _)| m.id == ds)
+        else {
+            return Ok(());
+        };
+        let ranges = local.missing_from(remote);
+        let missing: u64 = ranges.iter().map(|(_, a, u)| u - a).sum();
+        let mut progress = super::Progress {
+            dataset: id.to_owned(),
+            from: peer.to_string(),
+            fetched: 0,
+            missing,
+        };
+        for (author, mut after, upto) in ranges {
+            while after < upto {
+                let req = SyncRequest::Fetch {
+                    dataset: id.to_owned(),
+                    author: author.to_string(),
+                    after,
+                    upto,
+                };
+                let SyncResponse::Envelopes { envelopes, more } =
+                    self.sync_request(peer, &req).await?
+                else {
+                    return Err(format!("fetch of {id} refused"));
+                };
+                proto::cap("fetch page", envelopes.len(), proto::MAX_ENVELOPES)
+                    .map_err(|e| e.to_string())?;
+                let Some(last) = envelopes.last().and_then(|b| Envelope::decode(b).ok()) else {
+                    break;
+                };
+                self.apply_encoded(&envelopes).await?;
+                progress.fetched += envelopes.len() as u64;
+                self.inner.state.set_progress(progress.clone());
+                if !more || last.seq <= after {
+                    break;
+                }
+                after = last.seq;
+            }
+        }
+        Ok(())
+    }
+
+    async fn sync_request(&self, peer: PeerId, req: &SyncRequest) -> Result<SyncResponse, String> {
+        let frame = Frame(proto::encode(req));
+        let answer = self.inner.net.request(peer, Protocol::Sync, frame).await;
+        let answer = answer.map_err(|e| e.to_string())?;
+        proto::decode("sync answer", &answer.0).map_err(|e| {
+            self.count_bad(&peer, &e.to_string());
+            e.to_string()
+        })
+    }
+}

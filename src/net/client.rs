@@ -1,0 +1,168 @@
+//! The cloneable handle to the event loop: each call is a command with a oneshot for its answer.
+
+use std::collections::HashSet;
+
+use libp2p::{Multiaddr, PeerId};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Error, Frame, PeerInfo, Protocol};
+
+/// What a [`Client`] asks of the event loop.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Request {
+        peer: PeerId,
+        protocol: Protocol,
+        frame: Frame,
+        reply: oneshot::Sender<Result<Frame, Error>>,
+    },
+    Dial {
+        addr: Multiaddr,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
+    AddAddress {
+        peer: PeerId,
+        addr: Multiaddr,
+        reply: oneshot::Sender<()>,
+    },
+    SetMembers {
+        members: HashSet<PeerId>,
+        reply: oneshot::Sender<()>,
+    },
+    Disconnect {
+        peer: PeerId,
+        reply: oneshot::Sender<()>,
+    },
+    ListenAddrs {
+        reply: oneshot::Sender<Vec<Multiaddr>>,
+    },
+    Peers {
+        reply: oneshot::Sender<Vec<PeerInfo>>,
+    },
+    ReportBad {
+        peer: PeerId,
+        detail: String,
+        reply: oneshot::Sender<()>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// A handle to the networking actor. Cheap to clone; the loop stops on [`Client::shutdown`] or
+/// when the last clone is dropped.
+#[derive(Clone, Debug)]
+pub struct Client {
+    local: PeerId,
+    commands: mpsc::Sender<Command>,
+}
+
+impl Client {
+    pub(crate) fn new(local: PeerId, commands: mpsc::Sender<Command>) -> Self {
+        Self { local, commands }
+    }
+
+    /// This node's PeerId.
+    pub fn local_peer_id(&self) -> PeerId {
+        self.local
+    }
+
+    /// Sends `frame` to `peer` on `protocol` and waits for the response, dialing if needed.
+    /// Fails with [`Error::TooLarge`] before sending if the frame exceeds the protocol's cap.
+    pub async fn request(
+        &self,
+        peer: PeerId,
+        protocol: Protocol,
+        frame: Frame,
+    ) -> Result<Frame, Error> {
+        let max = protocol.max_request_bytes();
+        if frame.0.len() > max {
+            return Err(Error::TooLarge {
+                protocol,
+                len: frame.0.len(),
+                max,
+            });
+        }
+        self.request_unchecked(peer, protocol, frame).await
+    }
+
+    /// [`Client::request`] without the local size check, so tests can play a misbehaving peer.
+    pub(crate) async fn request_unchecked(
+        &self,
+        peer: PeerId,
+        protocol: Protocol,
+        frame: Frame,
+    ) -> Result<Frame, Error> {
+        self.call(|reply| Command::Request {
+            peer,
+            protocol,
+            frame,
+            reply,
+        })
+        .await?
+    }
+
+    /// Starts a dial; resolves once it is issued, not once connected (watch for
+    /// [`super::Event::PeerUp`]). An address ending in `/p2p/<peer id>` is remembered for that peer.
+    pub async fn dial(&self, addr: Multiaddr) -> Result<(), Error> {
+        self.call(|reply| Command::Dial { addr, reply }).await?
+    }
+
+    /// Remembers `addr` for `peer`, for requests, redials and Kademlia.
+    pub async fn add_address(&self, peer: PeerId, addr: Multiaddr) -> Result<(), Error> {
+        self.call(|reply| Command::AddAddress { peer, addr, reply })
+            .await
+    }
+
+    /// Replaces the roster. Non-members may only send `Join` requests and are disconnected
+    /// [`super::Config::join_window`] after connecting; members that are down are redialed.
+    pub async fn set_members(&self, members: HashSet<PeerId>) -> Result<(), Error> {
+        self.call(|reply| Command::SetMembers { members, reply })
+            .await
+    }
+
+    /// Closes every connection to `peer` (a member will be redialed after its backoff).
+    pub async fn disconnect(&self, peer: PeerId) -> Result<(), Error> {
+        self.call(|reply| Command::Disconnect { peer, reply }).await
+    }
+
+    /// The bound listen addresses, each ending in `/p2p/<local id>`. Waits until every listener
+    /// configured at spawn has reported its address.
+    pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, Error> {
+        self.call(|reply| Command::ListenAddrs { reply }).await
+    }
+
+    /// Every member and every connected peer.
+    pub async fn peers(&self) -> Result<Vec<PeerInfo>, Error> {
+        self.call(|reply| Command::Peers { reply }).await
+    }
+
+    /// Counts a frame the mesh layer could not use against `peer`, like
+    /// [`super::Event::BadInput`]; past [`super::BAD_INPUT_LIMIT`] the peer is disconnected.
+    pub async fn report_bad(&self, peer: PeerId, detail: String) -> Result<(), Error> {
+        self.call(|reply| Command::ReportBad {
+            peer,
+            detail,
+            reply,
+        })
+        .await
+    }
+
+    /// Stops the event loop and drops the swarm (closing listeners and connections); returns once
+    /// that is done, or at once if the loop has already stopped.
+    pub async fn shutdown(&self) {
+        let _ = self.call(|reply| Command::Shutdown { reply }).await;
+    }
+
+    async fn call<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(command(tx))
+            .await
+            .map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)
+    }
+}

@@ -1,0 +1,380 @@
+//! The one task that owns the swarm: a `biased` select over commands, replies to inbound requests,
+//! swarm events and a housekeeping tick. Swarm events are handled in `swarm_events.rs`.
+
+use std::collections::{HashMap, HashSet};
+use std::ops::ControlFlow;
+use std::time::{Duration, Instant, SystemTime};
+
+use futures::future::BoxFuture;
+use futures::stream::{FuturesUnordered, StreamExt};
+use libp2p::core::transport::ListenerId;
+use libp2p::request_response::{OutboundRequestId, ResponseChannel};
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::DialError;
+use libp2p::{Multiaddr, PeerId, Swarm};
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::MissedTickBehavior;
+
+use super::behaviour::Behaviour;
+use super::client::Command;
+use super::codec::Wire;
+use super::peers::{split_p2p, PeerTable, BAD_INPUT_LIMIT};
+use super::{Config, Error, Event, Frame, Protocol, REQUEST_TIMEOUT};
+
+/// How often due redials and expired join windows are checked.
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(250);
+/// Most inbound requests waiting for the mesh layer's reply; more are refused unanswered.
+const PENDING_REPLIES_CAP: usize = 4096;
+/// Most outbound requests waiting for a response; more fail with [`Error::Busy`].
+const PENDING_REQUESTS_CAP: usize = 4096;
+/// Most `listen_addrs` calls parked until the listeners report; more are answered at once.
+const LISTEN_WAITERS_CAP: usize = 64;
+
+/// Resolves with the local id of an inbound request and the reply, if one was sent in time.
+type ReplyFuture = BoxFuture<'static, (u64, Option<Frame>)>;
+
+/// An inbound request waiting for the mesh layer's reply.
+pub(super) struct Inbound {
+    pub(super) protocol: Protocol,
+    pub(super) channel: ResponseChannel<Wire>,
+}
+
+/// The state owned by the swarm task.
+pub(crate) struct EventLoop {
+    pub(super) swarm: Swarm<Behaviour>,
+    commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<Event>,
+    pub(super) table: PeerTable,
+    join_window: Duration,
+    /// Outbound requests by protocol and libp2p id (ids are per behaviour).
+    pub(super) outbound:
+        HashMap<(Protocol, OutboundRequestId), oneshot::Sender<Result<Frame, Error>>>,
+    /// Inbound requests by local id, until their reply future resolves.
+    inbound: HashMap<u64, Inbound>,
+    replies: FuturesUnordered<ReplyFuture>,
+    next_inbound: u64,
+    /// Listeners from spawn that have not reported an address yet.
+    pub(super) pending_listeners: HashSet<ListenerId>,
+    listen_waiters: Vec<oneshot::Sender<Vec<Multiaddr>>>,
+    dropped_events: u64,
+}
+
+impl EventLoop {
+    pub(crate) fn new(
+        swarm: Swarm<Behaviour>,
+        commands: mpsc::Receiver<Command>,
+        events: mpsc::Sender<Event>,
+        config: &Config,
+    ) -> Self {
+        let table = PeerTable::new(*swarm.local_peer_id());
+        Self {
+            swarm,
+            commands,
+            events,
+            table,
+            join_window: config.join_window,
+            outbound: HashMap::new(),
+            inbound: HashMap::new(),
+            replies: FuturesUnordered::new(),
+            next_inbound: 0,
+            pending_listeners: HashSet::new(),
+            listen_waiters: Vec::new(),
+            dropped_events: 0,
+        }
+    }
+
+    /// Notes the listeners to wait for, and adds and dials the bootstrap members.
+    pub(crate) fn start(
+        &mut self,
+        listeners: Vec<ListenerId>,
+        bootstrap: Vec<(PeerId, Multiaddr)>,
+    ) {
+        self.pending_listeners = listeners.into_iter().collect();
+        for (peer, addr) in &bootstrap {
+            self.remember(*peer, addr.clone());
+            self.dial_peer(*peer, vec![addr.clone()]);
+        }
+        if !bootstrap.is_empty() {
+            if let Err(e) = self.swarm.behaviour_mut().kad.bootstrap() {
+                tracing::debug!(error = %e, "kademlia bootstrap not started");
+            }
+        }
+    }
+
+    /// Runs until shutdown or until every [`super::Client`] is dropped; then drops the swarm.
+    pub(crate) async fn run(mut self) {
+        let mut tick = tokio::time::interval(HOUSEKEEPING_INTERVAL);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let ack = loop {
+            tokio::select! {
+                biased;
+                command = self.commands.recv() => match command {
+                    Some(command) => {
+                        if let ControlFlow::Break(ack) = self.on_command(command) {
+                            break Some(ack);
+                        }
+                    }
+                    None => break None,
+                },
+                Some((id, frame)) = self.replies.next(), if !self.replies.is_empty() => {
+                    self.on_reply(id, frame);
+                }
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                _ = tick.tick() => self.on_tick(),
+            }
+        };
+        tracing::info!(
+            dropped_events = self.dropped_events,
+            "network event loop stopped"
+        );
+        drop(self);
+        if let Some(ack) = ack {
+            let _ = ack.send(());
+        }
+    }
+
+    fn on_command(&mut self, command: Command) -> ControlFlow<oneshot::Sender<()>> {
+        match command {
+            Command::Request {
+                peer,
+                protocol,
+                frame,
+                reply,
+            } => self.on_request(peer, protocol, frame, reply),
+            Command::Dial { addr, reply } => {
+                let _ = reply.send(self.on_dial(addr));
+            }
+            Command::AddAddress { peer, addr, reply } => {
+                self.remember(peer, addr);
+                let _ = reply.send(());
+            }
+            Command::SetMembers { members, reply } => {
+                self.on_set_members(members);
+                let _ = reply.send(());
+            }
+            Command::Disconnect { peer, reply } => {
+                let _ = self.swarm.disconnect_peer_id(peer);
+                let _ = reply.send(());
+            }
+            Command::ListenAddrs { reply } => self.on_listen_addrs(reply),
+            Command::Peers { reply } => {
+                let _ = reply.send(self.table.infos(Instant::now(), SystemTime::now()));
+            }
+            Command::ReportBad {
+                peer,
+                detail,
+                reply,
+            } => {
+                self.bad_input(peer, None, detail);
+                let _ = reply.send(());
+            }
+            Command::Shutdown { reply } => return ControlFlow::Break(reply),
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn on_request(
+        &mut self,
+        peer: PeerId,
+        protocol: Protocol,
+        frame: Frame,
+        reply: oneshot::Sender<Result<Frame, Error>>,
+    ) {
+        if self.outbound.len() >= PENDING_REQUESTS_CAP {
+            let _ = reply.send(Err(Error::Busy));
+            return;
+        }
+        let addrs = self.table.addrs(&peer);
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .frames_mut(protocol)
+            .send_request_with_addresses(&peer, Wire::Frame(frame), addrs);
+        self.outbound.insert((protocol, id), reply);
+    }
+
+    fn on_dial(&mut self, addr: Multiaddr) -> Result<(), Error> {
+        let opts = match split_p2p(&addr) {
+            (Some(peer), bare) => {
+                self.remember(peer, bare.clone());
+                DialOpts::peer_id(peer).addresses(vec![bare]).build()
+            }
+            (None, _) => DialOpts::unknown_peer_id().address(addr.clone()).build(),
+        };
+        match self.swarm.dial(opts) {
+            Ok(()) | Err(DialError::DialPeerConditionFalse(_)) => Ok(()),
+            Err(e) => Err(Error::Dial {
+                addr,
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// Records an address the mesh layer vouches for: peer table, swarm and Kademlia.
+    pub(super) fn remember(&mut self, peer: PeerId, addr: Multiaddr) {
+        let addr = split_p2p(&addr).1;
+        self.table.add_addrs(peer, [addr.clone()], Instant::now());
+        self.swarm.add_peer_address(peer, addr.clone());
+        self.swarm.behaviour_mut().kad.add_address(&peer, addr);
+    }
+
+    fn on_set_members(&mut self, members: HashSet<PeerId>) {
+        let (added, removed) = self.table.set_members(members, Instant::now());
+        for peer in removed.iter().filter(|p| self.table.is_up(p)) {
+            tracing::warn!(%peer, "left the roster while connected; it will be disconnected");
+        }
+        tracing::info!(
+            added = added.len(),
+            removed = removed.len(),
+            "roster updated"
+        );
+    }
+
+    fn on_listen_addrs(&mut self, reply: oneshot::Sender<Vec<Multiaddr>>) {
+        if self.pending_listeners.is_empty() || self.listen_waiters.len() >= LISTEN_WAITERS_CAP {
+            let _ = reply.send(self.listen_addrs());
+        } else {
+            self.listen_waiters.push(reply);
+        }
+    }
+
+    /// Answers parked `listen_addrs` calls once every listener has reported.
+    pub(super) fn flush_listen_waiters(&mut self) {
+        if self.pending_listeners.is_empty() {
+            let addrs = self.listen_addrs();
+            for waiter in self.listen_waiters.drain(..) {
+                let _ = waiter.send(addrs.clone());
+            }
+        }
+    }
+
+    /// The bound addresses, each ending in `/p2p/<local id>`.
+    pub(super) fn listen_addrs(&self) -> Vec<Multiaddr> {
+        let local = *self.swarm.local_peer_id();
+        self.swarm
+            .listeners()
+            .map(|a| a.clone().with_p2p(local).unwrap_or_else(|a| a))
+            .collect()
+    }
+
+    /// Parks an inbound request's response channel and hands the request to the mesh layer.
+    pub(super) fn deliver(
+        &mut self,
+        peer: PeerId,
+        protocol: Protocol,
+        frame: Frame,
+        channel: ResponseChannel<Wire>,
+    ) {
+        if self.inbound.len() >= PENDING_REPLIES_CAP {
+            tracing::warn!(%peer, %protocol, "too many requests awaiting replies; refusing");
+            return;
+        }
+        let id = self.next_inbound;
+        self.next_inbound = self.next_inbound.wrapping_add(1);
+        let (tx, rx) = oneshot::channel();
+        self.inbound.insert(id, Inbound { protocol, channel });
+        self.replies.push(Box::pin(async move {
+            let reply = tokio::time::timeout(REQUEST_TIMEOUT, rx).await;
+            (id, reply.ok().and_then(Result::ok))
+        }));
+        self.emit(Event::Request {
+            peer,
+            protocol,
+            frame,
+            reply: tx,
+        });
+    }
+
+    /// Sends the mesh layer's reply, or drops the channel (closing the stream) if there is none.
+    fn on_reply(&mut self, id: u64, frame: Option<Frame>) {
+        let Some(Inbound { protocol, channel }) = self.inbound.remove(&id) else {
+            return;
+        };
+        let Some(frame) = frame else {
+            return;
+        };
+        let max = protocol.max_response_bytes();
+        if frame.0.len() > max {
+            tracing::error!(%protocol, len = frame.0.len(), max, "reply over the cap not sent");
+            return;
+        }
+        let behaviour = self.swarm.behaviour_mut().frames_mut(protocol);
+        if behaviour
+            .send_response(channel, Wire::Frame(frame))
+            .is_err()
+        {
+            tracing::debug!(%protocol, "reply too late: the stream is gone");
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        for peer in self.table.expired_non_members(now, self.join_window) {
+            if self.swarm.disconnect_peer_id(peer).is_ok() {
+                tracing::warn!(%peer, reason = "not on the roster after the join window", "disconnecting");
+            }
+        }
+        for (peer, addrs) in self.table.due_redials(now) {
+            tracing::debug!(%peer, addrs = addrs.len(), "redialing member");
+            self.dial_peer(peer, addrs);
+        }
+    }
+
+    fn dial_peer(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        let opts = DialOpts::peer_id(peer)
+            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .addresses(addrs)
+            .extend_addresses_through_behaviour()
+            .build();
+        if let Err(e) = self.swarm.dial(opts) {
+            tracing::debug!(%peer, error = %e, "dial not started");
+        }
+    }
+
+    /// Counts a bad input against `peer`, reports it, and disconnects past the limit.
+    pub(super) fn bad_input(&mut self, peer: PeerId, protocol: Option<Protocol>, detail: String) {
+        let count = self.table.bad_input(peer);
+        tracing::warn!(%peer, count, %detail, "bad input from peer");
+        if let Some(protocol) = protocol {
+            self.emit(Event::BadInput {
+                peer,
+                protocol,
+                detail,
+            });
+        }
+        if count >= BAD_INPUT_LIMIT && self.swarm.disconnect_peer_id(peer).is_ok() {
+            tracing::warn!(%peer, count, reason = "too many bad inputs", "disconnecting");
+        }
+    }
+
+    /// Hands `event` to the mesh layer without waiting; a full or closed channel drops it.
+    pub(super) fn emit(&mut self, event: Event) {
+        match self.events.try_send(event) {
+            Ok(()) => {}
+            Err(TrySendError::Full(event)) => {
+                self.dropped_events += 1;
+                let dropped = self.dropped_events;
+                tracing::warn!(
+                    kind = kind(&event),
+                    dropped,
+                    "event channel full; event dropped"
+                );
+            }
+            // Nobody listens any more: nothing worth a warning.
+            Err(TrySendError::Closed(_)) => self.dropped_events += 1,
+        }
+    }
+}
+
+/// The name of an event's variant, for logs that must not dump frames.
+fn kind(event: &Event) -> &'static str {
+    match event {
+        Event::Listening { .. } => "listening",
+        Event::PeerUp { .. } => "peer-up",
+        Event::PeerDown { .. } => "peer-down",
+        Event::Discovered { .. } => "discovered",
+        Event::Request { .. } => "request",
+        Event::BadInput { .. } => "bad-input",
+    }
+}

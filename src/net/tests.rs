@@ -1,0 +1,318 @@
+//! In-process multi-node tests on 127.0.0.1, with seeded keys and mDNS off.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use libp2p::identity::Keypair;
+use libp2p::multiaddr::Protocol as AddrPart;
+use libp2p::{Multiaddr, PeerId};
+use tokio::sync::mpsc;
+
+use super::*;
+
+/// Longest wait for any one expected event.
+const WAIT: Duration = Duration::from_secs(10);
+
+struct TestNode {
+    client: Client,
+    events: mpsc::Receiver<Event>,
+}
+
+impl TestNode {
+    fn id(&self) -> PeerId {
+        self.client.local_peer_id()
+    }
+
+    /// Waits for the first event `pick` accepts, skipping the others.
+    async fn next<T>(&mut self, mut pick: impl FnMut(Event) -> Option<T>) -> T {
+        let wait = async {
+            while let Some(event) = self.events.recv().await {
+                if let Some(found) = pick(event) {
+                    return found;
+                }
+            }
+            panic!("event channel closed");
+        };
+        tokio::time::timeout(WAIT, wait)
+            .await
+            .expect("timed out waiting for an event")
+    }
+
+    async fn tcp_addr(&self) -> Multiaddr {
+        let addrs = self.client.listen_addrs().await.unwrap();
+        assert!(addrs
+            .iter()
+            .all(|a| a.iter().last() == Some(AddrPart::P2p(self.id()))));
+        addrs
+            .into_iter()
+            .find(|a| a.iter().any(|p| matches!(p, AddrPart::Tcp(_))))
+            .expect("a tcp listen address")
+    }
+
+    async fn set_members(&self, members: &[PeerId]) {
+        let members: HashSet<PeerId> = members.iter().copied().collect();
+        self.client.set_members(members).await.unwrap();
+    }
+
+    async fn up(&mut self, peer: PeerId) -> Instant {
+        self.next(|e| matches!(e, Event::PeerUp { peer: p, .. } if p == peer).then(Instant::now))
+            .await
+    }
+
+    async fn down(&mut self, peer: PeerId) -> Instant {
+        self.next(|e| matches!(e, Event::PeerDown { peer: p } if p == peer).then(Instant::now))
+            .await
+    }
+
+    /// Answers the next request from `peer` on `protocol` with `answer`; returns its frame.
+    async fn answer(&mut self, peer: PeerId, protocol: Protocol, answer: &[u8]) -> Frame {
+        let (frame, reply) = self
+            .next(|e| match e {
+                Event::Request {
+                    peer: p,
+                    protocol: q,
+                    frame,
+                    reply,
+                } if p == peer && q == protocol => Some((frame, reply)),
+                _ => None,
+            })
+            .await;
+        reply.send(Frame(answer.to_vec())).unwrap();
+        frame
+    }
+
+    async fn bad_input(&mut self, peer: PeerId, protocol: Protocol) -> String {
+        self.next(|e| match e {
+            Event::BadInput {
+                peer: p,
+                protocol: q,
+                detail,
+            } if p == peer && q == protocol => Some(detail),
+            _ => None,
+        })
+        .await
+    }
+
+    async fn info(&self, peer: PeerId) -> Option<PeerInfo> {
+        let peers = self.client.peers().await.unwrap();
+        peers.into_iter().find(|i| i.peer == peer.to_base58())
+    }
+}
+
+fn test_config() -> Config {
+    Config {
+        listen: vec![
+            "/ip4/127.0.0.1/tcp/0".parse().unwrap(),
+            "/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap(),
+        ],
+        mdns: false,
+        ..Config::default()
+    }
+}
+
+fn start(n: u8, config: Config) -> TestNode {
+    let key = Keypair::ed25519_from_bytes([n; 32]).unwrap();
+    let (client, events) = spawn(key, config).unwrap();
+    TestNode { client, events }
+}
+
+/// `a` dials `b`; waits until both see the other up.
+async fn connect(a: &mut TestNode, b: &mut TestNode) {
+    a.client.dial(b.tcp_addr().await).await.unwrap();
+    a.up(b.id()).await;
+    b.up(a.id()).await;
+}
+
+/// Two nodes on each other's roster, connected.
+async fn member_pair(na: u8, nb: u8) -> (TestNode, TestNode) {
+    let (mut a, mut b) = (start(na, test_config()), start(nb, test_config()));
+    a.set_members(&[b.id()]).await;
+    b.set_members(&[a.id()]).await;
+    connect(&mut a, &mut b).await;
+    (a, b)
+}
+
+#[tokio::test]
+async fn members_exchange_a_sync_request_and_its_answer() {
+    let (a, mut b) = member_pair(1, 2).await;
+    let a_id = a.id();
+    let hinted = b
+        .next(|e| match e {
+            Event::Discovered { peer, addrs } if peer == a_id => Some(addrs),
+            _ => None,
+        })
+        .await;
+    assert!(!hinted.is_empty(), "identify yields A's listen addresses");
+    let (client, b_id) = (a.client.clone(), b.id());
+    let asking = tokio::spawn(async move {
+        client
+            .request(b_id, Protocol::Sync, Frame(b"digest".to_vec()))
+            .await
+    });
+    let got = b.answer(a.id(), Protocol::Sync, b"vectors").await;
+    assert_eq!(got, Frame(b"digest".to_vec()));
+    let answer = tokio::time::timeout(WAIT, asking).await.unwrap().unwrap();
+    assert_eq!(answer.unwrap(), Frame(b"vectors".to_vec()));
+    a.client.shutdown().await;
+    b.client.shutdown().await;
+}
+
+#[tokio::test]
+async fn non_member_may_only_join_and_is_dropped_after_the_join_window() {
+    let window = Duration::from_millis(500);
+    let a = start(3, test_config());
+    let mut b = start(
+        4,
+        Config {
+            join_window: window,
+            ..test_config()
+        },
+    );
+    a.client.dial(b.tcp_addr().await).await.unwrap();
+    let connected = b.up(a.id()).await;
+
+    let (client, b_id) = (a.client.clone(), b.id());
+    let joining = tokio::spawn(async move {
+        client
+            .request(b_id, Protocol::Join, Frame(b"hi".to_vec()))
+            .await
+    });
+    assert_eq!(
+        b.answer(a.id(), Protocol::Join, b"welcome").await,
+        Frame(b"hi".to_vec())
+    );
+    let joined = tokio::time::timeout(WAIT, joining).await.unwrap().unwrap();
+    assert_eq!(joined.unwrap(), Frame(b"welcome".to_vec()));
+
+    let (client, b_id) = (a.client.clone(), b.id());
+    let syncing = tokio::spawn(async move {
+        client
+            .request(b_id, Protocol::Sync, Frame(b"x".to_vec()))
+            .await
+    });
+    let detail = b.bad_input(a.id(), Protocol::Sync).await;
+    assert!(detail.contains("non-member"), "{detail}");
+    let refused = tokio::time::timeout(WAIT, syncing).await.unwrap().unwrap();
+    assert!(refused.is_err(), "a non-member's sync must not be answered");
+
+    let dropped = b.down(a.id()).await;
+    assert!(
+        dropped.duration_since(connected) >= window,
+        "dropped before the window"
+    );
+    a.client.shutdown().await;
+    b.client.shutdown().await;
+}
+
+#[tokio::test]
+async fn oversize_push_is_bad_input_and_repeat_offender_is_dropped() {
+    let (a, mut b) = member_pair(5, 6).await;
+    let oversize = Frame(vec![0; MAX_PUSH_BYTES + 1]);
+    let refused = a
+        .client
+        .request(b.id(), Protocol::Push, oversize.clone())
+        .await;
+    assert!(
+        matches!(refused, Err(Error::TooLarge { .. })),
+        "{refused:?}"
+    );
+
+    let push_oversize = |client: Client, to: PeerId, frame: Frame| {
+        tokio::spawn(async move { client.request_unchecked(to, Protocol::Push, frame).await })
+    };
+    let first = push_oversize(a.client.clone(), b.id(), oversize.clone());
+    let detail = b.bad_input(a.id(), Protocol::Push).await;
+    assert!(detail.contains("cap"), "{detail}");
+    let sent = tokio::time::timeout(WAIT, first).await.unwrap().unwrap();
+    assert!(sent.is_err(), "an oversize push must not be answered");
+
+    // Still up and answering after one bad frame.
+    let (client, b_id) = (a.client.clone(), b.id());
+    let asking = tokio::spawn(async move {
+        client
+            .request(b_id, Protocol::Sync, Frame(b"ok?".to_vec()))
+            .await
+    });
+    b.answer(a.id(), Protocol::Sync, b"ok").await;
+    let answer = tokio::time::timeout(WAIT, asking).await.unwrap().unwrap();
+    assert_eq!(answer.unwrap(), Frame(b"ok".to_vec()));
+
+    for _ in 1..BAD_INPUT_LIMIT {
+        push_oversize(a.client.clone(), b.id(), oversize.clone());
+        b.bad_input(a.id(), Protocol::Push).await;
+    }
+    b.down(a.id()).await;
+    let info = b.info(a.id()).await.expect("a member is listed");
+    assert_eq!(info.bad_inputs, BAD_INPUT_LIMIT);
+    a.client.shutdown().await;
+    b.client.shutdown().await;
+}
+
+#[tokio::test]
+async fn peers_shows_up_with_rtt_then_down_after_shutdown() {
+    let (mut a, b) = member_pair(7, 8).await;
+    let b_id = b.id();
+    let wait = async {
+        loop {
+            match a.info(b_id).await {
+                Some(info) if info.up && info.rtt_ms.is_some() => return info,
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    };
+    let info = tokio::time::timeout(WAIT, wait).await.expect("no ping rtt");
+    assert!(info.member);
+    assert!(!info.addrs.is_empty(), "the dialed address is remembered");
+    assert!(info.last_seen_ms.is_some());
+
+    b.client.shutdown().await;
+    assert!(
+        b.client.peers().await.is_err(),
+        "the loop is gone after shutdown"
+    );
+    a.down(b_id).await;
+    let info = a.info(b_id).await.expect("a member stays listed");
+    assert!(info.member && !info.up);
+    a.client.shutdown().await;
+}
+
+#[tokio::test]
+async fn member_is_reconnected_after_each_disconnect() {
+    let (mut a, mut b) = member_pair(9, 10).await;
+    // The first reconnect may come from Kademlia's bootstrap; the second is the redial backoff.
+    for _ in 0..2 {
+        b.client.disconnect(a.id()).await.unwrap();
+        let down = a.down(b.id()).await;
+        let up = a.up(b.id()).await;
+        assert!(up > down);
+        b.up(a.id()).await;
+    }
+    let info = a.info(b.id()).await.expect("a member is listed");
+    assert!(info.up);
+    a.client.shutdown().await;
+    b.client.shutdown().await;
+}
+
+#[tokio::test]
+async fn member_is_redialed_when_it_comes_back() {
+    let (mut a, b) = member_pair(11, 12).await;
+    let b_id = b.id();
+    let tcp = b.tcp_addr().await;
+    // Let Kademlia's automatic bootstrap (500 ms after its first routing entry) run first, so
+    // that it cannot be what dials B again.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    b.client.shutdown().await;
+    a.down(b_id).await;
+    // Same key, same port, no roster: only A's redial can bring the connection back.
+    let bare = peers::split_p2p(&tcp).1;
+    let b = start(
+        12,
+        Config {
+            listen: vec![bare],
+            ..test_config()
+        },
+    );
+    a.up(b_id).await;
+    a.client.shutdown().await;
+    b.client.shutdown().await;
+}

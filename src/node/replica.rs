@@ -1,0 +1,218 @@
+//! The replica side of a dataset: applying envelopes written by other nodes, and serving stored
+//! envelopes to peers that lack them. Signatures and entitlement are checked by the caller (the
+//! mesh); this module stores, applies and keeps the version vector contiguous.
+
+use automerge::Change;
+
+use crate::envelope::Envelope;
+use crate::error::{Error, Result};
+use crate::identity::AuthorId;
+use crate::store::Store;
+use crate::view::doc;
+
+use super::dataset::{Dataset, Event};
+
+/// What applying a group of remote envelopes did.
+#[derive(Debug, Default)]
+pub(crate) struct Applied {
+    /// Envelopes that were new to this node.
+    pub(crate) new: usize,
+    /// Record events for subscribers.
+    pub(crate) events: Vec<Event>,
+    /// A snapshot is due.
+    pub(crate) snapshot_due: bool,
+}
+
+impl Dataset {
+    /// Stores and applies envelopes of this dataset from other authors (not yet flushed).
+    /// Envelopes already held are skipped, so duplicates and replays are harmless.
+    pub(crate) fn apply_remote(
+        &self,
+        store: &Store,
+        envs: Vec<Envelope>,
+        snapshot_every: u64,
+    ) -> Result<Applied> {
+        let mut st = self.lock();
+        if st.failed {
+            return Err(Error::Unavailable(self.meta.id.to_string()));
+        }
+        let mut changes = Vec::with_capacity(envs.len());
+        let mut authors: Vec<AuthorId> = Vec::new();
+        for env in envs {
+            if env.dataset != self.meta.id
+                || env.seq <= st.vv.get(&env.author)
+                || store.has_envelope(&env.dataset, &env.author, env.seq)?
+            {
+                continue;
+            }
+            let change = Change::from_bytes(env.payload.clone()).map_err(|e| {
+                Error::Invalid(format!(
+                    "envelope {} #{}: not a change: {e}",
+                    env.author, env.seq
+                ))
+            })?;
+            store.put_envelope(&env)?;
+            changes.push(change);
+            if !authors.contains(&env.author) {
+                authors.push(env.author);
+            }
+        }
+        let new = changes.len();
+        if new == 0 {
+            return Ok(Applied::default());
+        }
+        let touched = match doc::apply(&mut st.doc, changes) {
+            Ok(t) => t,
+            Err(e) => {
+                // Stored but not applied: a restart rebuilds the document from the store.
+                st.failed = true;
+                return Err(e.into());
+            }
+        };
+        for author in authors {
+            advance_contiguous(store, &self.meta.id, &mut st.vv, author)?;
+        }
+        st.since_snapshot += new as u64;
+        let events = st.reread(&touched);
+        Ok(Applied {
+            new,
+            events,
+            snapshot_due: st.since_snapshot >= snapshot_every,
+        })
+    }
+
+    /// This dataset's version vector.
+    pub(crate) fn version_vector(&self) -> crate::version::VersionVector {
+        self.lock().vv.clone()
+    }
+}
+
+/// Moves `author`'s entry past every envelope now stored without a gap.
+fn advance_contiguous(
+    store: &Store,
+    dataset: &crate::naming::DatasetId,
+    vv: &mut crate::version::VersionVector,
+    author: AuthorId,
+) -> Result<()> {
+    let mut next = vv.get(&author) + 1;
+    while store.has_envelope(dataset, &author, next)? {
+        vv.advance(author, next);
+        next += 1;
+    }
+    Ok(())
+}
+
+impl super::Node {
+    /// Subscribes to the envelopes this node writes, each sent once it is durable.
+    pub fn subscribe_envelopes(
+        &self,
+    ) -> tokio::sync::broadcast::Receiver<std::sync::Arc<Envelope>> {
+        self.inner.outbox.subscribe()
+    }
+
+    /// This node's identity.
+    pub fn identity(&self) -> &crate::identity::Identity {
+        &self.inner.identity
+    }
+
+    /// Metadata and version vector of every dataset held, private ones included.
+    pub fn replicas(&self) -> Vec<(crate::dataset::Meta, crate::version::VersionVector)> {
+        self.all_datasets()
+            .into_iter()
+            .map(|d| (d.meta.clone(), d.version_vector()))
+            .collect()
+    }
+
+    /// Starts holding a dataset owned elsewhere (known from the mesh catalog). Returns false if
+    /// it is already held.
+    pub async fn adopt_dataset(&self, meta: crate::dataset::Meta) -> Result<bool> {
+        let key = meta.id.to_string();
+        let store = &self.inner.store;
+        if !store.insert_new_json(crate::store::Table::Datasets, key.as_bytes(), &meta)? {
+            return Ok(false);
+        }
+        store.durable().await?;
+        let ds = Dataset::create(meta.clone(), &self.inner.identity.author());
+        self.write_datasets()
+            .insert(meta.id, std::sync::Arc::new(ds));
+        tracing::info!(dataset = %key, "replica of a remote dataset created");
+        Ok(true)
+    }
+
+    /// Stores and applies verified envelopes of dataset `id` written elsewhere; returns how many
+    /// were new. Durable when it returns.
+    pub async fn apply_envelopes(
+        &self,
+        id: &crate::naming::DatasetId,
+        envs: Vec<Envelope>,
+    ) -> Result<usize> {
+        let ds = self
+            .held(id)
+            .ok_or_else(|| Error::NotFound(format!("dataset {id} not held here")))?;
+        let (node, ds2) = (self.clone(), ds.clone());
+        let applied = tokio::task::spawn_blocking(move || {
+            let i = &node.inner;
+            ds2.apply_remote(&i.store, envs, i.config.snapshot_every)
+        })
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))??;
+        if applied.new == 0 {
+            return Ok(0);
+        }
+        self.inner.store.durable().await?;
+        self.inner
+            .metrics
+            .envelopes_stored
+            .inc_by(applied.new as u64);
+        ds.publish_events(applied.events);
+        if applied.snapshot_due {
+            self.snapshot_in_background(ds);
+        }
+        Ok(applied.new)
+    }
+
+    /// Encoded envelopes of `author` in dataset `id` with sequence in `(after, upto]`, at most
+    /// `max_bytes` (but at least one); the flag says more remain.
+    pub fn envelopes_between(
+        &self,
+        id: &crate::naming::DatasetId,
+        author: &AuthorId,
+        range: (u64, u64),
+        max_bytes: usize,
+    ) -> Result<(Vec<Vec<u8>>, bool)> {
+        Ok(self
+            .inner
+            .store
+            .envelopes_between(id, author, range, max_bytes)?)
+    }
+}
+
+impl super::Node {
+    /// Reads a JSON value this node's services keep in the store (the mesh keeps its roster and
+    /// invitations here).
+    pub fn load_state<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        Ok(self
+            .inner
+            .store
+            .get_json(crate::store::Table::Meta, key.as_bytes())?)
+    }
+
+    /// Stores a JSON value durably under `key`.
+    pub async fn save_state<T: serde::Serialize>(&self, key: &str, value: &T) -> Result<()> {
+        self.inner
+            .store
+            .put_json(crate::store::Table::Meta, key.as_bytes(), value)?;
+        self.inner.store.durable().await?;
+        Ok(())
+    }
+
+    /// Stores `value` under `key` only if nothing is there yet; false if something was.
+    pub async fn save_state_new<T: serde::Serialize>(&self, key: &str, value: &T) -> Result<bool> {
+        let fresh =
+            self.inner
+                .store
+                .insert_new_json(crate::store::Table::Meta, key.as_bytes(), value)?;
+        self.inner.store.durable().await?;
+        Ok(fresh)
+    }
+}

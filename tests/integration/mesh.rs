@@ -1,0 +1,294 @@
+//! In-process meshes on loopback: join by invitation, live replication, convergence of concurrent
+//! writers, catch-up after an outage, refusal of non-members.
+
+use std::time::{Duration, Instant};
+
+use fogmesh::config::Config;
+use fogmesh::dataset::{Priority, Retention, Spec, Visibility};
+use fogmesh::identity::Identity;
+use fogmesh::mesh::{self, Mesh};
+use fogmesh::naming::DatasetId;
+use fogmesh::node::{home, Batch};
+use fogmesh::record::Input;
+use fogmesh::view::query::Query;
+use fogmesh::Node;
+use serde_json::json;
+
+const ORGS: [&str; 5] = ["hospital", "pharmacy", "drugmaker", "agency", "insurer"];
+const CONVERGE: Duration = Duration::from_secs(30);
+
+struct Member {
+    org: &'static str,
+    dir: tempfile::TempDir,
+    node: Node,
+    mesh: Mesh,
+    admin: fogmesh::apps::App,
+}
+
+fn config(org: &str) -> Config {
+    Config {
+        org: org.into(),
+        mesh: "flu-response".into(),
+        listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
+        mdns: false,
+        ..Config::default()
+    }
+}
+
+/// Opens the node in `dir` with its mesh and waits until it listens.
+async fn open(dir: tempfile::TempDir, org: &'static str) -> Member {
+    let node = Node::open_home(dir.path(), config(org)).expect("open");
+    let admin = node
+        .authenticate(&home::admin_token(dir.path()).expect("token"))
+        .expect("admin");
+    let mesh = Mesh::start(node.clone(), mesh::net_config(&config(org)).expect("net"))
+        .await
+        .expect("mesh");
+    let m = &mesh;
+    wait_for("listening", || async move {
+        !m.status().await.expect("status").listen.is_empty()
+    })
+    .await;
+    Member {
+        org,
+        dir,
+        node,
+        mesh,
+        admin,
+    }
+}
+
+async fn member(org: &'static str, seed: u8) -> Member {
+    let dir = tempfile::tempdir().expect("tempdir");
+    home::init_with(dir.path(), config(org), Identity::from_seed([seed; 32]))
+        .await
+        .expect("init");
+    open(dir, org).await
+}
+
+/// `n` members of one mesh: the first founds it, each other one joins by invitation.
+async fn spawn_mesh(n: usize) -> Vec<Member> {
+    let mut all = vec![member(ORGS[0], 1).await];
+    for (i, org) in ORGS.iter().enumerate().take(n).skip(1) {
+        let m = member(org, i as u8 + 1).await;
+        let (token, _) = all[0]
+            .mesh
+            .invite(Duration::from_secs(60))
+            .await
+            .expect("invite");
+        m.mesh.join(&token).await.expect("join");
+        all.push(m);
+    }
+    for m in &all {
+        wait_for("full roster", || async move {
+            m.mesh.status().await.expect("status").members.len() == n
+        })
+        .await;
+    }
+    all
+}
+
+/// Polls `cond` until it holds; fails after `CONVERGE`.
+async fn wait_for<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + CONVERGE;
+    while !cond().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Creates a shared dataset owned by `m`.
+async fn shared(m: &Member, name: &str, readers: &[&str]) -> DatasetId {
+    let spec = shared_spec(name, readers);
+    m.node
+        .create_dataset(&m.admin, spec)
+        .await
+        .expect("create")
+        .id
+}
+
+async fn publish(m: &Member, ds: &DatasetId, b: Batch) {
+    m.node.publish(&m.admin, ds, b).await.expect("publish");
+}
+
+fn shared_spec(name: &str, readers: &[&str]) -> Spec {
+    Spec {
+        name: name.into(),
+        visibility: Visibility::Shared,
+        priority: Priority::Normal,
+        retention: Retention::default(),
+        schema: None,
+        readers: readers.iter().map(|r| (*r).to_owned()).collect(),
+    }
+}
+
+fn batch(prefix: &str, from: usize, n: usize) -> Batch {
+    Batch {
+        records: (from..from + n)
+            .map(|i| Input {
+                id: Some(format!("{prefix}-{i}")),
+                name: format!("district-{}/{prefix}", i % 7),
+                data: json!({ "cases": i, "by": prefix }),
+                time: None,
+            })
+            .collect(),
+        delete: vec![],
+    }
+}
+
+fn view(m: &Member, ds: &DatasetId) -> Vec<(String, serde_json::Value)> {
+    let q = Query {
+        limit: 10_000,
+        ..Query::default()
+    };
+    match m.node.query(&m.admin, ds, &q) {
+        Ok(rs) => rs
+            .into_iter()
+            .map(|r| (r.id, serde_json::Value::Object(r.data)))
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writers_on_three_of_five_nodes_converge() {
+    let nodes = spawn_mesh(5).await;
+    let ds = shared(&nodes[0], "flu-cases", &ORGS[1..]).await;
+    let ds = &ds;
+    // Everyone learns of the dataset through catch-up.
+    for m in &nodes {
+        wait_for("the dataset reaches every member", || async move {
+            m.node.datasets(&m.admin).iter().any(|d| d.meta.id == *ds)
+        })
+        .await;
+    }
+    let writers: Vec<_> = [0usize, 1, 3]
+        .into_iter()
+        .map(|w| {
+            let (node, admin, ds, org) = (
+                nodes[w].node.clone(),
+                nodes[w].admin.clone(),
+                ds.clone(),
+                nodes[w].org,
+            );
+            tokio::spawn(async move {
+                for b in 0..20 {
+                    node.publish(&admin, &ds, batch(org, b * 10, 10))
+                        .await
+                        .expect("publish");
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.expect("writer");
+    }
+    // A concurrent update of one record from two nodes merges field by field.
+    let (a, b) = (&nodes[1], &nodes[3]);
+    let pa = a
+        .node
+        .publish(&a.admin, ds, upd("hospital-0", json!({"beds": 4})));
+    let pb = b
+        .node
+        .publish(&b.admin, ds, upd("hospital-0", json!({"icu": 1})));
+    let (ra, rb) = tokio::join!(pa, pb);
+    ra.expect("a");
+    rb.expect("b");
+    let first = &nodes[0];
+    for m in &nodes {
+        wait_for(&format!("{} converges", m.org), || async move {
+            let v = view(m, ds);
+            v.len() == 600 && v == view(first, ds) && merged(&v)
+        })
+        .await;
+    }
+}
+
+fn upd(id: &str, data: serde_json::Value) -> Batch {
+    Batch {
+        records: vec![Input {
+            id: Some(id.into()),
+            name: "district-0/hospital".into(),
+            data,
+            time: None,
+        }],
+        delete: vec![],
+    }
+}
+
+fn merged(v: &[(String, serde_json::Value)]) -> bool {
+    v.iter()
+        .find(|(id, _)| id == "hospital-0")
+        .is_some_and(|(_, d)| d["beds"] == 4 && d["icu"] == 1 && d["cases"] == 0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_stopped_during_writes_catches_up_after_restart() {
+    let mut nodes = spawn_mesh(3).await;
+    let ds = shared(&nodes[0], "beds", &["pharmacy", "drugmaker"]).await;
+    let ds = &ds;
+    let h = &nodes[0];
+    publish(h, ds, batch("early", 0, 50)).await;
+    let pharmacy = &nodes[1];
+    wait_for("pharmacy has the early records", || async move {
+        view(pharmacy, ds).len() == 50
+    })
+    .await;
+
+    // Stop the pharmacy, keep writing, restart it.
+    let down = nodes.remove(1);
+    let (org, dir) = (down.org, down.dir);
+    down.mesh.shutdown().await;
+    down.node.shutdown().await.expect("shutdown");
+    drop((down.node, down.mesh, down.admin));
+    let h = &nodes[0];
+    for b in 0..30 {
+        publish(h, ds, batch("while-down", b * 100, 100)).await;
+    }
+    let back = &open(dir, org).await;
+    wait_for("the restarted pharmacy catches up", || async move {
+        view(back, ds).len() == 3_050
+    })
+    .await;
+    assert_eq!(view(back, ds), view(&nodes[0], ds));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invitation_works_once_and_non_members_get_nothing() {
+    let nodes = spawn_mesh(2).await;
+    let ds = shared(&nodes[0], "flu", &["pharmacy", "agency"]).await;
+    let ds = &ds;
+    let h = &nodes[0];
+    publish(h, ds, batch("secret", 0, 5)).await;
+    let (token, _) = h
+        .mesh
+        .invite(Duration::from_secs(60))
+        .await
+        .expect("invite");
+    let first = member("agency", 9).await;
+    first.mesh.join(&token).await.expect("first use admits");
+    let second = member("insurer", 10).await;
+    let err = second
+        .mesh
+        .join(&token)
+        .await
+        .expect_err("second use is refused");
+    assert!(err.to_string().contains("already used"), "{err}");
+    // The agency, now a member and a reader, receives the dataset; the insurer never does.
+    let agency = &first;
+    wait_for("the agency gets the records", || async move {
+        view(agency, ds).len() == 5
+    })
+    .await;
+    let peers = h.mesh.peers().await.expect("peers");
+    assert!(
+        peers.iter().any(|p| p.org == "agency" && p.net.up),
+        "{peers:?}"
+    );
+    assert!(second.node.datasets(&second.admin).is_empty());
+    assert!(view(&second, ds).is_empty());
+}
