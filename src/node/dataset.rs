@@ -295,9 +295,9 @@ impl State {
     }
 
     fn materialize(&mut self) {
-        self.records = doc::ids(&self.doc)
+        self.records = doc::read_all(&self.doc)
             .into_iter()
-            .filter_map(|id| doc::read(&self.doc, &id).map(|r| (id, r)))
+            .map(|r| (r.id.clone(), r))
             .collect();
     }
 

@@ -28,18 +28,28 @@ pub struct Flusher {
 struct Inner {
     tx: Mutex<Option<mpsc::Sender<Waiter>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// Receives once the thread has released its database handle.
+    done: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
 }
+
+/// How long dropping the last handle waits for the thread to release the database. sled 0.34 has
+/// been seen to hang in the flush it does when its last handle drops (two stores closing at once in
+/// one process); the node flushes explicitly before it closes, so giving up here loses nothing.
+const CLOSE_WAIT: Duration = Duration::from_secs(10);
 
 impl Drop for Inner {
     fn drop(&mut self) {
         if let Ok(mut tx) = self.tx.lock() {
             tx.take();
         }
+        let done = self.done.lock().ok().and_then(|mut d| d.take());
+        let released = done.is_some_and(|d| d.recv_timeout(CLOSE_WAIT).is_ok());
         let handle = self.thread.lock().ok().and_then(|mut t| t.take());
-        if let Some(handle) = handle {
-            if handle.join().is_err() {
-                tracing::error!("the flusher thread panicked");
-            }
+        let Some(h) = handle else { return };
+        if !released {
+            tracing::warn!("the store did not close within {CLOSE_WAIT:?}; leaving it");
+        } else if h.join().is_err() {
+            tracing::error!("the flusher thread panicked");
         }
     }
 }
@@ -48,9 +58,13 @@ impl Flusher {
     /// Starts the flusher thread for `db`.
     pub fn spawn(db: sled::Db) -> Self {
         let (tx, rx) = mpsc::channel(FLUSH_QUEUE_CAP);
+        let (done_tx, done_rx) = std::sync::mpsc::sync_channel(1);
         let spawned = thread::Builder::new()
             .name("fogmesh-flush".into())
-            .spawn(move || run(db, rx));
+            .spawn(move || {
+                run(db, rx);
+                let _ = done_tx.send(());
+            });
         let thread = match spawned {
             Ok(handle) => Some(handle),
             Err(e) => {
@@ -62,6 +76,7 @@ impl Flusher {
         let inner = Inner {
             tx: Mutex::new(Some(tx)),
             thread: Mutex::new(thread),
+            done: Mutex::new(Some(done_rx)),
         };
         Self {
             inner: Arc::new(inner),

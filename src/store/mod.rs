@@ -74,6 +74,8 @@ pub struct Store {
     snapshots: sled::Tree,
     apps: sled::Tree,
     meta: sled::Tree,
+    // Last, so it is dropped last: its thread then holds the final database handle, and sled's
+    // closing flush runs there, where a hang cannot block the process (see `commit::CLOSE_WAIT`).
     flusher: commit::Flusher,
 }
 

@@ -222,9 +222,26 @@ pub fn read(doc: &Automerge, id: &str) -> Option<Record> {
     let Ok(Some((Value::Object(ObjType::Map), obj))) = doc.get(ROOT, id) else {
         return None;
     };
-    let Ok(hydrate::Value::Map(m)) = ReadDoc::hydrate(doc, &obj, None) else {
-        return None;
+    match ReadDoc::hydrate(doc, &obj, None) {
+        Ok(hydrate::Value::Map(m)) => from_record_map(id, &m),
+        _ => None,
+    }
+}
+
+/// Every record, read in one pass over the document (restoring a dataset).
+pub fn read_all(doc: &Automerge) -> Vec<Record> {
+    let Ok(hydrate::Value::Map(root)) = ReadDoc::hydrate(doc, &ROOT, None) else {
+        return Vec::new();
     };
+    root.iter()
+        .filter_map(|(id, v)| match &v.value {
+            hydrate::Value::Map(m) => from_record_map(id, m),
+            _ => None,
+        })
+        .collect()
+}
+
+fn from_record_map(id: &str, m: &hydrate::Map) -> Option<Record> {
     let name = match m.get("name") {
         Some(hydrate::Value::Scalar(ScalarValue::Str(s))) => s.to_string(),
         _ => return None,
@@ -331,6 +348,10 @@ mod tests {
         let loaded = Automerge::load(&a.save()).expect("load");
         for doc in [&a, &b, &loaded] {
             assert_eq!(ids(doc), ["r1", "r2"]);
+            let all: Vec<Record> = ["r1", "r2"].iter().filter_map(|id| read(doc, id)).collect();
+            let mut one_pass = read_all(doc);
+            one_pass.sort_by(|x, y| x.id.cmp(&y.id));
+            assert_eq!(one_pass, all, "one pass reads what record-by-record does");
             let r = read(doc, "r1").expect("r1");
             assert_eq!((Json::Object(r.data), r.time), (data.clone(), 5));
         }
@@ -365,5 +386,69 @@ mod tests {
         assert_eq!(got, ["ra", "rb"]);
         assert!(apply(&mut b, vec![change]).expect("dup").is_empty());
         assert_eq!(read(&b, "rb").expect("rb").data["y"], 3);
+    }
+
+    mod convergence {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Three writers each make a few batches on their own replica, seeing only their own
+        /// changes; every replica then receives all changes shuffled and partly duplicated.
+        fn changes(plan: &[Vec<(u8, u8)>]) -> Vec<Vec<u8>> {
+            let mut out = Vec::new();
+            for (w, batches) in plan.iter().enumerate() {
+                let mut doc = new_doc(&[w as u8 + 1; 32]);
+                for (i, (rec, val)) in batches.iter().enumerate() {
+                    let u = Upsert {
+                        id: format!("r{}", rec % 4),
+                        name: "a".into(),
+                        time: i as u64,
+                        data: json!({ format!("f{w}"): val, "shared": val })
+                            .as_object()
+                            .cloned()
+                            .unwrap_or_default(),
+                    };
+                    let id = u.id.clone();
+                    if let Ok(Some(c)) = write(&mut doc, &[u], &[]) {
+                        out.push(c);
+                    }
+                    if val % 5 == 0 {
+                        if let Ok(Some(c)) = write(&mut doc, &[], &[id]) {
+                            out.push(c);
+                        }
+                    }
+                }
+            }
+            out
+        }
+
+        proptest! {
+            #[test]
+            fn replicas_converge_whatever_the_order_and_duplicates(
+                plan in proptest::collection::vec(proptest::collection::vec((0u8..8, 0u8..50), 1..5), 3),
+                order in proptest::collection::vec(any::<proptest::sample::Index>(), 0..40),
+            ) {
+                let all = changes(&plan);
+                let mut reference = new_doc(&[9; 32]);
+                let parsed: Vec<automerge::Change> = all
+                    .iter()
+                    .map(|c| automerge::Change::from_bytes(c.clone()).expect("change"))
+                    .collect();
+                apply(&mut reference, parsed.clone()).expect("apply");
+                // Another replica: a shuffled sequence with duplicates, then everything once more.
+                let mut other = new_doc(&[8; 32]);
+                for ix in &order {
+                    let c = parsed[ix.index(parsed.len())].clone();
+                    apply(&mut other, vec![c]).expect("apply");
+                }
+                let mut rev = parsed.clone();
+                rev.reverse();
+                apply(&mut other, rev).expect("apply");
+                prop_assert_eq!(ids(&reference), ids(&other));
+                for id in ids(&reference) {
+                    prop_assert_eq!(read(&reference, &id), read(&other, &id));
+                }
+            }
+        }
     }
 }
