@@ -51,6 +51,10 @@ pub enum Error {
     /// A dataset stopped accepting writes after a storage failure; restart the node.
     #[error("dataset {0} is unavailable after a storage failure; restart the node")]
     Unavailable(String),
+    /// The mesh or the network could not do what was asked (a peer unreachable, the mesh not
+    /// running).
+    #[error("mesh: {0}")]
+    Network(String),
     /// A background task failed.
     #[error("internal error: {0}")]
     Internal(String),

@@ -39,8 +39,10 @@ pub enum Command {
     Invite(InviteArgs),
     /// Join the mesh of an invitation token.
     Join {
-        /// The token from `fogmesh invite` on a member.
-        token: String,
+        /// The token from `fogmesh invite` on a member. (Its own id: the global `--token` is
+        /// the bearer token for the API.)
+        #[arg(id = "invitation", value_name = "INVITATION")]
+        invitation: String,
     },
     /// Members and connected peers: up or down, last seen, round-trip time, addresses.
     Peers,

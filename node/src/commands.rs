@@ -22,7 +22,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Id => id(&cli),
         Command::Status => status(&cli),
         Command::Invite(a) => invite(&cli, a.ttl),
-        Command::Join { token } => join(&cli, token),
+        Command::Join { invitation } => join(&cli, invitation),
         Command::Peers => peers(&cli),
         Command::App(AppCmd::Add { name, rights }) => app_add(&cli, name, rights),
         Command::App(AppCmd::List) => app_list(&cli),

@@ -340,3 +340,38 @@ fn watch_streams_one_ndjson_line_per_change() {
     assert_eq!(events[1]["kind"], "upsert");
     assert_eq!(events[1]["record"]["data"]["cases"], 2);
 }
+
+#[test]
+fn invite_and_join_on_the_command_line_make_two_members_that_see_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let hospital = TestNode::init(&dir.path().join("h"), "hospital").unwrap();
+    let pharmacy = TestNode::init(&dir.path().join("p"), "pharmacy").unwrap();
+    let token = hospital.cli(&["invite", "--ttl", "60"]).ok().stdout;
+    let token = token.trim();
+    assert!(token.starts_with("fm-invite-"), "{token}");
+    let joined = one_json(&pharmacy.cli(&["join", token, "--json"]).ok());
+    assert_eq!(joined["members"], json!(["hospital", "pharmacy"]));
+    // A member of a mesh cannot join again.
+    let again = pharmacy.cli(&["join", token]).code(1);
+    assert!(
+        again.stderr.contains("already a member"),
+        "{}",
+        again.stderr
+    );
+    let deadline = std::time::Instant::now() + common::CLI_DEADLINE;
+    loop {
+        let peers = one_json(&hospital.cli(&["peers", "--json"]).ok());
+        let up = peers["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["org"] == "pharmacy" && p["up"] == true);
+        if up {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{peers}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let status = one_json(&pharmacy.cli(&["status", "--json"]).ok());
+    assert_eq!(status["mesh"]["members"], json!(["hospital", "pharmacy"]));
+}

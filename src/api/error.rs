@@ -50,7 +50,7 @@ impl From<Error> for ApiError {
             Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Conflict(_) => (StatusCode::CONFLICT, "conflict"),
-            Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Unavailable(_) | Network(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Store(_) | Doc(_) | Identity(_) | Config(_) | Internal(_) => {
                 tracing::error!(error = %e, "request failed");
                 return Self {

@@ -26,7 +26,7 @@ const MAX_TTL_SECS: u64 = 30 * 24 * 3600;
 fn mesh(s: &ApiState) -> ApiResult<&Mesh> {
     s.mesh
         .as_ref()
-        .ok_or_else(|| Error::Unavailable("the mesh is not running on this node".into()).into())
+        .ok_or_else(|| Error::Network("the mesh is not running on this node".into()).into())
 }
 
 fn admin(c: &App, what: &str) -> ApiResult<()> {

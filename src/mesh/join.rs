@@ -22,6 +22,9 @@ struct Issued {
     expires: u64,
 }
 
+/// The latest expiry of the invitations issued: until then, non-members may connect to join.
+const OPEN_UNTIL_KEY: &str = "mesh/invites-open-until";
+
 fn issued_key(hash: &str) -> String {
     format!("mesh/invite/{hash}")
 }
@@ -39,6 +42,9 @@ impl Mesh {
         let node = &self.inner.node;
         node.save_state(&issued_key(&hash), &Issued { expires })
             .await?;
+        let open: u64 = node.load_state(OPEN_UNTIL_KEY)?.unwrap_or(0);
+        node.save_state(OPEN_UNTIL_KEY, &open.max(expires)).await?;
+        self.accept_strangers_until(expires).await?;
         let addrs = self.inner.net.listen_addrs().await.map_err(net_err)?;
         let cfg = node.config();
         let invite = Invite {
@@ -51,6 +57,26 @@ impl Mesh {
         };
         tracing::info!(expires, "invitation issued");
         Ok((invite.encode(), expires))
+    }
+
+    /// Lets non-members connect until `expires` (unix ms), the life of an invitation.
+    pub(crate) async fn accept_strangers_until(&self, expires: u64) -> Result<()> {
+        let left = Duration::from_millis(expires.saturating_sub(wall_millis()));
+        let until = std::time::Instant::now() + left;
+        self.inner
+            .net
+            .accept_strangers(until)
+            .await
+            .map_err(net_err)
+    }
+
+    /// Re-opens the door for invitations issued before a restart.
+    pub(crate) async fn restore_invitations(&self) -> Result<()> {
+        let open: Option<u64> = self.inner.node.load_state(OPEN_UNTIL_KEY)?;
+        match open {
+            Some(t) if t > wall_millis() => self.accept_strangers_until(t).await,
+            _ => Ok(()),
+        }
     }
 
     /// The inviter's side: checks the secret and the newcomer, signs and admits it.
@@ -86,8 +112,10 @@ impl Mesh {
             .map_err(|e| e.to_string())?;
         self.refresh_members().await.map_err(|e| e.to_string())?;
         tracing::info!(%org, %peer, "member admitted");
+        // Tell the other members now; the newcomer starts its own catch-up once it holds the
+        // roster (a Hello sent before that would reach a node that cannot yet know us).
         let mesh = self.clone();
-        tokio::spawn(async move { mesh.sync_all().await });
+        tokio::spawn(async move { mesh.sync_all_but(Some(peer)).await });
         Ok(roster)
     }
 
@@ -182,6 +210,7 @@ impl Mesh {
             .iter()
             .map(ToString::to_string)
             .collect();
+        let addrs = reachable(addrs);
         let node = &self.inner.node;
         let mut roster = self.inner.state.roster();
         let Some(me) = roster.by_org(&node.config().org).cloned() else {
@@ -202,5 +231,33 @@ impl Mesh {
             .admit(Cert::sign(updated, node.identity()))
             .map_err(|e| Error::Internal(e.to_string()))?;
         self.inner.state.set_roster(node, roster).await
+    }
+}
+
+/// The addresses worth publishing: loopback ones only when there is nothing else (a mesh on one
+/// host), since a member elsewhere that dials 127.0.0.1 reaches itself.
+fn reachable(addrs: Vec<String>) -> Vec<String> {
+    let outside: Vec<String> = addrs
+        .iter()
+        .filter(|a| !a.starts_with("/ip4/127.") && !a.starts_with("/ip6/::1/"))
+        .cloned()
+        .collect();
+    if outside.is_empty() {
+        addrs
+    } else {
+        outside
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reachable;
+
+    #[test]
+    fn loopback_addresses_are_published_only_when_alone() {
+        let lo = "/ip4/127.0.0.1/tcp/7071".to_owned();
+        let lan = "/ip4/10.0.0.5/tcp/7071".to_owned();
+        assert_eq!(reachable(vec![lo.clone(), lan.clone()]), [lan]);
+        assert_eq!(reachable(vec![lo.clone()]), [lo]);
     }
 }

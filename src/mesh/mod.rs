@@ -42,8 +42,14 @@ use state::State;
 
 /// How often each member is caught up with, besides on every connect.
 pub const SYNC_EVERY: Duration = Duration::from_secs(30);
+/// How often a member that may lack something (a push to it failed, a catch-up stopped) is tried
+/// again while it is connected.
+pub const RETRY_EVERY: Duration = Duration::from_secs(1);
 /// Pushes in flight at once; more wait (catch-up covers anything a slow peer misses).
 pub const PUSH_INFLIGHT_CAP: usize = 256;
+/// Pushes in flight to one peer: well under the 100 streams libp2p accepts per connection, so
+/// a burst is never dropped by the receiver.
+pub const PEER_PUSH_CAP: usize = 32;
 /// Default lifetime of an invitation.
 pub const INVITE_TTL: Duration = Duration::from_secs(24 * 3600);
 
@@ -81,6 +87,8 @@ pub(crate) struct Inner {
     pub(crate) net: net::Client,
     pub(crate) state: State,
     pub(crate) pushes: Arc<tokio::sync::Semaphore>,
+    pub(crate) peer_pushes:
+        std::sync::Mutex<std::collections::HashMap<PeerId, Arc<tokio::sync::Semaphore>>>,
     /// The service's long-running tasks, ended by [`Mesh::shutdown`].
     tasks: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
 }
@@ -97,10 +105,12 @@ impl Mesh {
                 net,
                 state,
                 pushes: Arc::new(tokio::sync::Semaphore::new(PUSH_INFLIGHT_CAP)),
+                peer_pushes: std::sync::Mutex::default(),
                 tasks: std::sync::Mutex::new(Vec::new()),
             }),
         };
         mesh.refresh_members().await?;
+        mesh.restore_invitations().await?;
         let tasks = vec![
             tokio::spawn(mesh.clone().run_events(events)).abort_handle(),
             tokio::spawn(mesh.clone().run_outbox()).abort_handle(),
@@ -177,22 +187,50 @@ impl Mesh {
     }
 
     async fn run_periodic(self) {
-        let mut every = tokio::time::interval(SYNC_EVERY);
-        every.tick().await;
+        let mut full = tokio::time::interval(SYNC_EVERY);
+        let mut retry = tokio::time::interval(RETRY_EVERY);
+        full.tick().await;
         loop {
-            every.tick().await;
-            self.sync_all().await;
+            tokio::select! {
+                _ = full.tick() => self.sync_all().await,
+                _ = retry.tick() => self.retry_dirty().await,
+            }
+        }
+    }
+
+    /// Catches up with the connected members marked dirty.
+    async fn retry_dirty(&self) {
+        let dirty = self.inner.state.dirty();
+        if dirty.is_empty() {
+            return;
+        }
+        let Ok(peers) = self.inner.net.peers().await else {
+            return;
+        };
+        for peer in dirty {
+            let up = peers.iter().any(|p| p.up && p.peer == peer.to_string());
+            if up {
+                tokio::spawn(self.clone().sync_with(peer));
+            }
         }
     }
 
     /// Catches up with every connected member now.
     pub async fn sync_all(&self) {
+        self.sync_all_but(None).await;
+    }
+
+    /// Catches up with every connected member except `skip`.
+    pub(crate) async fn sync_all_but(&self, skip: Option<PeerId>) {
         let Ok(peers) = self.inner.net.peers().await else {
             return;
         };
         for p in peers.into_iter().filter(|p| p.up && p.member) {
-            if let Ok(peer) = p.peer.parse() {
-                tokio::spawn(self.clone().sync_with(peer));
+            match p.peer.parse::<PeerId>() {
+                Ok(peer) if Some(peer) != skip => {
+                    tokio::spawn(self.clone().sync_with(peer));
+                }
+                _ => {}
             }
         }
     }
@@ -264,7 +302,7 @@ impl Mesh {
 }
 
 pub(crate) fn net_err(e: net::Error) -> Error {
-    Error::Unavailable(format!("network: {e}"))
+    Error::Network(e.to_string())
 }
 
 /// The networking settings of a node's configuration.

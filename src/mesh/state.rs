@@ -38,6 +38,8 @@ struct Inner {
     announced: HashMap<PeerId, HashSet<DatasetId>>,
     progress: BTreeMap<(String, String), Progress>,
     syncing: HashSet<PeerId>,
+    /// Members that may lack something: a push to them failed, or a catch-up stopped.
+    dirty: HashSet<PeerId>,
 }
 
 /// Shared mesh state behind one lock, never held across an await.
@@ -131,6 +133,21 @@ impl State {
     /// Marks a catch-up with `peer` as running; false if one already is.
     pub(crate) fn begin_sync(&self, peer: PeerId) -> bool {
         self.lock().syncing.insert(peer)
+    }
+
+    /// Notes that `peer` may lack envelopes (retried every `RETRY_EVERY`).
+    pub(crate) fn mark_dirty(&self, peer: PeerId) {
+        self.lock().dirty.insert(peer);
+    }
+
+    /// Notes that a catch-up with `peer` completed.
+    pub(crate) fn mark_clean(&self, peer: &PeerId) {
+        self.lock().dirty.remove(peer);
+    }
+
+    /// The members marked dirty.
+    pub(crate) fn dirty(&self) -> Vec<PeerId> {
+        self.lock().dirty.iter().copied().collect()
     }
 
     /// Marks it finished.

@@ -67,8 +67,24 @@ impl Mesh {
         }
     }
 
+    /// The semaphore bounding pushes in flight to `peer`.
+    fn peer_slots(&self, peer: PeerId) -> Arc<tokio::sync::Semaphore> {
+        let mut map = self
+            .inner
+            .peer_pushes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        map.entry(peer)
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(super::PEER_PUSH_CAP)))
+            .clone()
+    }
+
     async fn spawn_push(&self, peer: PeerId, push: Push) {
-        let Ok(permit) = self.inner.pushes.clone().acquire_owned().await else {
+        let slots = self.peer_slots(peer);
+        let (Ok(permit), Ok(slot)) = (
+            self.inner.pushes.clone().acquire_owned().await,
+            slots.acquire_owned().await,
+        ) else {
             return;
         };
         let net = self.inner.net.clone();
@@ -81,12 +97,14 @@ impl Mesh {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "bad push ack"),
                 Err(e) => {
-                    // It may have restarted without the description; send it again next time.
+                    // It may have restarted without the description; send it again next time,
+                    // and catch it up as soon as it answers again.
                     state_mesh.inner.state.forget_peer(&peer);
+                    state_mesh.inner.state.mark_dirty(peer);
                     tracing::debug!(%peer, error = %e, "push failed; catch-up will cover it");
                 }
             }
-            drop(permit);
+            drop((permit, slot));
         });
     }
 
@@ -95,8 +113,12 @@ impl Mesh {
         if !self.inner.state.begin_sync(peer) {
             return;
         }
-        if let Err(e) = self.catch_up(peer).await {
-            tracing::info!(%peer, error = %e, "catch-up stopped; it resumes on the next round");
+        match self.catch_up(peer).await {
+            Ok(()) => self.inner.state.mark_clean(&peer),
+            Err(e) => {
+                self.inner.state.mark_dirty(peer);
+                tracing::info!(%peer, error = %e, "catch-up stopped; it will be retried");
+            }
         }
         self.inner.state.end_sync(&peer);
     }

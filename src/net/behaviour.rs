@@ -1,5 +1,7 @@
 //! The composed libp2p behaviour and the swarm built around it.
 
+use libp2p::core::upgrade;
+use libp2p::core::Transport;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{
@@ -8,6 +10,7 @@ use libp2p::{
 };
 
 use super::codec::FrameCodec;
+use super::traffic::Meter;
 use super::{Config, Error, Protocol, REQUEST_TIMEOUT};
 
 /// Identify's protocol version: peers of other applications are told apart by it.
@@ -33,7 +36,7 @@ pub(crate) struct Behaviour {
 }
 
 impl Behaviour {
-    fn new(key: &Keypair, config: &Config) -> Result<Self, Error> {
+    fn new(key: &Keypair, config: &Config, meter: &Meter) -> Result<Self, Error> {
         let local = key.public().to_peer_id();
         let mdns = match config.mdns {
             true => Some(
@@ -51,9 +54,9 @@ impl Behaviour {
             ping: ping::Behaviour::new(ping::Config::new()),
             mdns: mdns.into(),
             kad: kademlia(local),
-            join: frames(Protocol::Join),
-            sync: frames(Protocol::Sync),
-            push: frames(Protocol::Push),
+            join: frames(Protocol::Join, meter),
+            sync: frames(Protocol::Sync, meter),
+            push: frames(Protocol::Push, meter),
         })
     }
 
@@ -86,9 +89,13 @@ fn kademlia(local: libp2p::PeerId) -> kad::Behaviour<kad::store::MemoryStore> {
     kad
 }
 
-fn frames(protocol: Protocol) -> FrameBehaviour {
+fn frames(protocol: Protocol, meter: &Meter) -> FrameBehaviour {
     request_response::Behaviour::with_codec(
-        FrameCodec::new(protocol.max_request_bytes(), protocol.max_response_bytes()),
+        FrameCodec::new(
+            protocol.max_request_bytes(),
+            protocol.max_response_bytes(),
+            meter.frames(protocol),
+        ),
         [(
             protocol.stream_protocol(),
             request_response::ProtocolSupport::Full,
@@ -97,19 +104,28 @@ fn frames(protocol: Protocol) -> FrameBehaviour {
     )
 }
 
-/// Builds the swarm: TCP and QUIC, Noise, yamux, DNS, and [`Behaviour`].
-pub(crate) fn build_swarm(keypair: Keypair, config: &Config) -> Result<Swarm<Behaviour>, Error> {
+/// Builds the swarm: TCP and QUIC, Noise, yamux, DNS, and [`Behaviour`]. Every TCP socket is
+/// wrapped so that its bytes count into `meter` (what `SwarmBuilder::with_tcp` builds, plus that
+/// wrapper); QUIC comes first so that it is tried for QUIC addresses, TCP for the others.
+pub(crate) fn build_swarm(
+    keypair: Keypair,
+    config: &Config,
+    meter: &Meter,
+) -> Result<Swarm<Behaviour>, Error> {
     let idle_timeout = config.idle_timeout;
-    let behaviour = Behaviour::new(&keypair, config)?;
+    let behaviour = Behaviour::new(&keypair, config, meter)?;
+    let noise = noise::Config::new(&keypair).map_err(|e| Error::Build(format!("noise: {e}")))?;
+    let meter = meter.clone();
+    let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+        .map(move |socket, endpoint| meter.wrap(socket, endpoint.is_dialer()))
+        .upgrade(upgrade::Version::V1Lazy)
+        .authenticate(noise)
+        .multiplex(yamux::Config::default());
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .map_err(|e| Error::Build(format!("tcp: {e}")))?
         .with_quic()
+        .with_other_transport(|_| tcp)
+        .map_err(|never| match never {})?
         .with_dns()
         .map_err(|e| Error::Build(format!("dns: {e}")))?
         .with_behaviour(|_| behaviour)

@@ -1,11 +1,12 @@
 //! The cloneable handle to the event loop: each call is a command with a oneshot for its answer.
 
 use std::collections::HashSet;
+use std::time::Instant;
 
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Error, Frame, PeerInfo, Protocol};
+use super::{Error, Frame, Meter, PeerInfo, Protocol, Traffic};
 
 /// What a [`Client`] asks of the event loop.
 #[derive(Debug)]
@@ -33,6 +34,10 @@ pub(crate) enum Command {
         peer: PeerId,
         reply: oneshot::Sender<()>,
     },
+    AcceptStrangers {
+        until: Instant,
+        reply: oneshot::Sender<()>,
+    },
     ListenAddrs {
         reply: oneshot::Sender<Vec<Multiaddr>>,
     },
@@ -55,16 +60,29 @@ pub(crate) enum Command {
 pub struct Client {
     local: PeerId,
     commands: mpsc::Sender<Command>,
+    meter: Meter,
 }
 
 impl Client {
-    pub(crate) fn new(local: PeerId, commands: mpsc::Sender<Command>) -> Self {
-        Self { local, commands }
+    pub(crate) fn new(local: PeerId, commands: mpsc::Sender<Command>, meter: Meter) -> Self {
+        Self {
+            local,
+            commands,
+            meter,
+        }
     }
 
     /// This node's PeerId.
     pub fn local_peer_id(&self) -> PeerId {
         self.local
+    }
+
+    /// Bytes on this actor's TCP connections, and the fogmesh frames among them, since it was
+    /// spawned (or since its [`super::Config::meter`] was created). Read from shared counters: it
+    /// answers at once, also after shutdown. Take two readings and use [`Traffic::since`] for the
+    /// traffic of an interval.
+    pub fn traffic(&self) -> Traffic {
+        self.meter.traffic()
     }
 
     /// Sends `frame` to `peer` on `protocol` and waits for the response, dialing if needed.
@@ -118,6 +136,14 @@ impl Client {
     /// [`super::Config::join_window`] after connecting; members that are down are redialed.
     pub async fn set_members(&self, members: HashSet<PeerId>) -> Result<(), Error> {
         self.call(|reply| Command::SetMembers { members, reply })
+            .await
+    }
+
+    /// Accepts inbound connections from non-members until `until` (while an invitation is
+    /// outstanding); at other times they are closed as soon as they are established, before they
+    /// can make this node read anything. Outbound connections (this node joining) are not affected.
+    pub async fn accept_strangers(&self, until: Instant) -> Result<(), Error> {
+        self.call(|reply| Command::AcceptStrangers { until, reply })
             .await
     }
 

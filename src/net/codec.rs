@@ -6,10 +6,12 @@
 //! loop, so that it can be reported and counted against the peer.
 
 use std::io;
+use std::sync::Arc;
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::{request_response, StreamProtocol};
 
+use super::traffic::FrameCounters;
 use super::Frame;
 
 /// Bytes the CBOR byte-string header adds to a payload (at most 9), rounded up.
@@ -24,19 +26,26 @@ pub(crate) enum Wire {
     Invalid(String),
 }
 
-/// Reads and writes [`Wire`] messages with per-direction payload caps.
-#[derive(Clone, Copy, Debug)]
+/// Reads and writes [`Wire`] messages with per-direction payload caps, counting the frame bytes
+/// and messages of its protocol (see `traffic`).
+#[derive(Clone, Debug)]
 pub(crate) struct FrameCodec {
     max_request: usize,
     max_response: usize,
+    counters: Arc<FrameCounters>,
 }
 
 impl FrameCodec {
     /// A codec accepting request and response payloads up to the given sizes.
-    pub(crate) fn new(max_request: usize, max_response: usize) -> Self {
+    pub(crate) fn new(
+        max_request: usize,
+        max_response: usize,
+        counters: Arc<FrameCounters>,
+    ) -> Self {
         Self {
             max_request,
             max_response,
+            counters,
         }
     }
 }
@@ -75,12 +84,17 @@ where
     Ok(buf)
 }
 
-async fn write_wire<T>(io: &mut T, wire: Wire) -> io::Result<()>
+/// Writes `wire`; returns the bytes written.
+async fn write_wire<T>(io: &mut T, wire: Wire) -> io::Result<usize>
 where
     T: AsyncWrite + Unpin + Send,
 {
     match wire {
-        Wire::Frame(frame) => io.write_all(&encode(&frame)?).await,
+        Wire::Frame(frame) => {
+            let bytes = encode(&frame)?;
+            io.write_all(&bytes).await?;
+            Ok(bytes.len())
+        }
         Wire::Invalid(reason) => Err(io::Error::new(io::ErrorKind::InvalidInput, reason)),
     }
 }
@@ -95,6 +109,16 @@ impl request_response::Codec for FrameCodec {
         T: AsyncRead + Unpin + Send,
     {
         let bytes = read_capped(io, self.max_request).await?;
+        if bytes.is_empty() {
+            // A stream closed before it carried anything (e.g. the sender's request timed out
+            // while the link was down): nothing was said, so nothing is held against the peer.
+            // libp2p drops a request whose read fails, without an event.
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "stream closed without a request",
+            ));
+        }
+        self.counters.request_in(bytes.len());
         Ok(decode(&bytes, self.max_request))
     }
 
@@ -110,6 +134,7 @@ impl request_response::Codec for FrameCodec {
                 "stream closed without a response",
             ));
         }
+        self.counters.response_in(bytes.len());
         Ok(decode(&bytes, self.max_response))
     }
 
@@ -122,7 +147,9 @@ impl request_response::Codec for FrameCodec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_wire(io, req).await
+        let n = write_wire(io, req).await?;
+        self.counters.request_out(n);
+        Ok(())
     }
 
     async fn write_response<T>(
@@ -134,7 +161,9 @@ impl request_response::Codec for FrameCodec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_wire(io, res).await
+        let n = write_wire(io, res).await?;
+        self.counters.response_out(n);
+        Ok(())
     }
 }
 

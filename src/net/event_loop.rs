@@ -47,6 +47,8 @@ pub(crate) struct EventLoop {
     events: mpsc::Sender<Event>,
     pub(super) table: PeerTable,
     join_window: Duration,
+    /// Inbound connections from non-members are accepted until then (an invitation is out).
+    pub(super) strangers_until: Option<Instant>,
     /// Outbound requests by protocol and libp2p id (ids are per behaviour).
     pub(super) outbound:
         HashMap<(Protocol, OutboundRequestId), oneshot::Sender<Result<Frame, Error>>>,
@@ -74,6 +76,7 @@ impl EventLoop {
             events,
             table,
             join_window: config.join_window,
+            strangers_until: None,
             outbound: HashMap::new(),
             inbound: HashMap::new(),
             replies: FuturesUnordered::new(),
@@ -145,16 +148,25 @@ impl EventLoop {
             Command::Dial { addr, reply } => {
                 let _ = reply.send(self.on_dial(addr));
             }
+            // A new member, or a new address of a member that is down, is due for a dial at
+            // once: dial now rather than at the next tick, up to HOUSEKEEPING_INTERVAL later (a
+            // restarted node would otherwise wait that long for its first catch-up).
             Command::AddAddress { peer, addr, reply } => {
                 self.remember(peer, addr);
+                self.redial_due(Instant::now());
                 let _ = reply.send(());
             }
             Command::SetMembers { members, reply } => {
                 self.on_set_members(members);
+                self.redial_due(Instant::now());
                 let _ = reply.send(());
             }
             Command::Disconnect { peer, reply } => {
                 let _ = self.swarm.disconnect_peer_id(peer);
+                let _ = reply.send(());
+            }
+            Command::AcceptStrangers { until, reply } => {
+                self.strangers_until = self.strangers_until.max(Some(until));
                 let _ = reply.send(());
             }
             Command::ListenAddrs { reply } => self.on_listen_addrs(reply),
@@ -185,7 +197,7 @@ impl EventLoop {
             let _ = reply.send(Err(Error::Busy));
             return;
         }
-        let addrs = self.table.addrs(&peer);
+        let addrs = qualified(peer, self.table.addrs(&peer));
         let id = self
             .swarm
             .behaviour_mut()
@@ -198,7 +210,9 @@ impl EventLoop {
         let opts = match split_p2p(&addr) {
             (Some(peer), bare) => {
                 self.remember(peer, bare.clone());
-                DialOpts::peer_id(peer).addresses(vec![bare]).build()
+                DialOpts::peer_id(peer)
+                    .addresses(qualified(peer, vec![bare]))
+                    .build()
             }
             (None, _) => DialOpts::unknown_peer_id().address(addr.clone()).build(),
         };
@@ -315,6 +329,11 @@ impl EventLoop {
                 tracing::warn!(%peer, reason = "not on the roster after the join window", "disconnecting");
             }
         }
+        self.redial_due(now);
+    }
+
+    /// Dials every member that is down and due for an attempt.
+    fn redial_due(&mut self, now: Instant) {
         for (peer, addrs) in self.table.due_redials(now) {
             tracing::debug!(%peer, addrs = addrs.len(), "redialing member");
             self.dial_peer(peer, addrs);
@@ -324,7 +343,7 @@ impl EventLoop {
     fn dial_peer(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
         let opts = DialOpts::peer_id(peer)
             .condition(PeerCondition::DisconnectedAndNotDialing)
-            .addresses(addrs)
+            .addresses(qualified(peer, addrs))
             .extend_addresses_through_behaviour()
             .build();
         if let Err(e) = self.swarm.dial(opts) {
@@ -365,6 +384,18 @@ impl EventLoop {
             Err(TrySendError::Closed(_)) => self.dropped_events += 1,
         }
     }
+}
+
+/// `addrs` ending in `/p2p/<peer>`, the form in which Kademlia, identify and request-response hand
+/// the swarm their addresses. The swarm drops duplicate dial addresses only when they are equal, and
+/// `/ip4/1.2.3.4/tcp/1` differs from `/ip4/1.2.3.4/tcp/1/p2p/<peer>`: the peer table's bare
+/// addresses made every dial of a known peer open two TCP connections (two Noise handshakes, one
+/// connection thrown away).
+fn qualified(peer: PeerId, addrs: Vec<Multiaddr>) -> Vec<Multiaddr> {
+    addrs
+        .into_iter()
+        .map(|a| a.with_p2p(peer).unwrap_or_else(|a| a))
+        .collect()
 }
 
 /// The name of an event's variant, for logs that must not dump frames.

@@ -27,6 +27,11 @@
 //! Kademlia (`/fogmesh/kad/1`) provide address hints and liveness; connection limits cap
 //! connections overall and per peer. Transports: TCP and QUIC, Noise, yamux, DNS.
 //!
+//! # Traffic
+//!
+//! Every TCP socket's bytes, and the frame bytes and messages of each fogmesh protocol, are counted
+//! into a [`Meter`]; [`Client::traffic`] reads the totals (see [`Traffic`]).
+//!
 //! # Trust
 //!
 //! Discovery only yields address hints; a peer is trusted because its PeerId, proven by Noise, is
@@ -60,6 +65,7 @@ mod peers;
 mod swarm_events;
 #[cfg(test)]
 mod tests;
+mod traffic;
 
 use std::time::Duration;
 
@@ -71,6 +77,7 @@ use tokio::sync::{mpsc, oneshot};
 pub use client::Client;
 pub use error::Error;
 pub use peers::{PeerInfo, BAD_INPUT_LIMIT};
+pub use traffic::{FrameTraffic, Meter, Traffic};
 
 /// Capacity of the channel of [`Event`]s from the loop to the mesh layer.
 pub const EVENTS_CAP: usize = 1024;
@@ -87,7 +94,7 @@ pub const MAX_PUSH_BYTES: usize = crate::envelope::MAX_ENCODED + 64 * 1024;
 /// Cap on a `Push` response (an acknowledgement), in payload bytes.
 pub const MAX_PUSH_RESPONSE_BYTES: usize = 4 * 1024;
 /// How long an outbound request may wait for its response, and an inbound one for its reply.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// How the networking actor is set up.
 #[derive(Debug, Clone)]
@@ -106,6 +113,10 @@ pub struct Config {
     pub max_per_peer: u32,
     /// How long a non-member may stay connected, time enough to send a `Join` request.
     pub join_window: Duration,
+    /// Where the actor counts its traffic (see [`Traffic`]). `None`: a meter of its own, read with
+    /// [`Client::traffic`]. Give one and keep a clone to read the traffic of an actor that
+    /// someone else spawns, such as the mesh's.
+    pub meter: Option<Meter>,
 }
 
 impl Default for Config {
@@ -118,6 +129,7 @@ impl Default for Config {
             max_connections: 256,
             max_per_peer: 2,
             join_window: Duration::from_secs(30),
+            meter: None,
         }
     }
 }
@@ -243,7 +255,8 @@ pub enum Event {
 pub fn spawn(keypair: Keypair, config: Config) -> Result<(Client, mpsc::Receiver<Event>), Error> {
     let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
     let bootstrap = bootstrap_peers(&config.bootstrap)?;
-    let mut swarm = behaviour::build_swarm(keypair, &config)?;
+    let meter = config.meter.clone().unwrap_or_default();
+    let mut swarm = behaviour::build_swarm(keypair, &config, &meter)?;
     let mut listeners = Vec::with_capacity(config.listen.len());
     for addr in &config.listen {
         let id = swarm.listen_on(addr.clone()).map_err(|e| Error::Listen {
@@ -258,7 +271,7 @@ pub fn spawn(keypair: Keypair, config: Config) -> Result<(Client, mpsc::Receiver
     let mut event_loop = event_loop::EventLoop::new(swarm, command_rx, event_tx, &config);
     event_loop.start(listeners, bootstrap);
     runtime.spawn(event_loop.run());
-    Ok((Client::new(local, command_tx), event_rx))
+    Ok((Client::new(local, command_tx, meter), event_rx))
 }
 
 /// Splits each bootstrap address into its peer and the address without `/p2p`.

@@ -63,6 +63,12 @@ impl EventLoop {
             self.table.seen(&peer, Instant::now());
             return;
         }
+        let open = self.strangers_until.is_some_and(|t| Instant::now() < t);
+        if !self.table.is_member(&peer) && endpoint.is_listener() && !open {
+            tracing::warn!(%peer, "refused a non-member: no invitation is outstanding");
+            let _ = self.swarm.disconnect_peer_id(peer);
+            return;
+        }
         let remote = endpoint.get_remote_address().clone();
         // Only an address we dialed is known to be dialable; a listener sees an ephemeral port.
         let dialed = endpoint.is_dialer().then(|| split_p2p(&remote).1);
@@ -74,7 +80,7 @@ impl EventLoop {
     }
 
     fn on_connection_closed(&mut self, peer: PeerId, left: u32, cause: Option<ConnectionError>) {
-        if left > 0 {
+        if left > 0 || !self.table.is_up(&peer) {
             return;
         }
         tracing::debug!(%peer, cause = ?cause, "peer down");

@@ -168,6 +168,9 @@ async fn non_member_may_only_join_and_is_dropped_after_the_join_window() {
             ..test_config()
         },
     );
+    // An invitation is outstanding at b: strangers may connect to redeem it.
+    let open = std::time::Instant::now() + Duration::from_secs(60);
+    b.client.accept_strangers(open).await.unwrap();
     a.client.dial(b.tcp_addr().await).await.unwrap();
     let connected = b.up(a.id()).await;
 
@@ -315,4 +318,110 @@ async fn member_is_redialed_when_it_comes_back() {
     a.up(b_id).await;
     a.client.shutdown().await;
     b.client.shutdown().await;
+}
+
+#[tokio::test]
+async fn traffic_counts_transport_bytes_and_frames_per_protocol() {
+    let meter = Meter::new();
+    let mut a = start(
+        13,
+        Config {
+            meter: Some(meter.clone()),
+            ..test_config()
+        },
+    );
+    let mut b = start(14, test_config());
+    a.set_members(&[b.id()]).await;
+    b.set_members(&[a.id()]).await;
+    connect(&mut a, &mut b).await;
+    let before = a.client.traffic();
+    assert!(before.dialed == 1 && before.inbound > 0 && before.outbound > 0);
+    let (client, b_id) = (a.client.clone(), b.id());
+    let asking = tokio::spawn(async move {
+        client
+            .request(b_id, Protocol::Sync, Frame(vec![7; 1000]))
+            .await
+    });
+    b.answer(a.id(), Protocol::Sync, &[9; 3000]).await;
+    tokio::time::timeout(WAIT, asking)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let t = a.client.traffic().since(&before);
+    // The meter given in the config is the one the client reads.
+    assert_eq!(meter.traffic().sync, a.client.traffic().sync);
+    assert_eq!((t.sync.requests_out, t.sync.responses_in), (1, 1));
+    assert_eq!((t.sync.requests_in, t.sync.responses_out), (0, 0));
+    // CBOR adds a few header bytes to each frame.
+    assert!((1000..1010).contains(&t.sync.bytes_out), "{t:?}");
+    assert!((3000..3010).contains(&t.sync.bytes_in), "{t:?}");
+    assert_eq!(t.push, FrameTraffic::default());
+    // The transport carries the frames plus Noise, yamux and multistream-select.
+    assert!(
+        t.outbound > t.sync.bytes_out && t.inbound > t.sync.bytes_in,
+        "{t:?}"
+    );
+    let tb = b.client.traffic();
+    assert_eq!((tb.sync.requests_in, tb.sync.responses_out), (1, 1));
+    a.client.shutdown().await;
+    b.client.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_member_is_dialed_over_one_connection_not_one_per_address_form() {
+    // Kademlia and identify hand the swarm addresses ending in /p2p; the peer table's addresses
+    // must be given in the same form, or the swarm dials the same socket twice at once.
+    let mut a = start(15, test_config());
+    let meter = Meter::new();
+    let mut b = start(
+        16,
+        Config {
+            meter: Some(meter.clone()),
+            ..test_config()
+        },
+    );
+    a.set_members(&[b.id()]).await;
+    let tcp = a.tcp_addr().await;
+    b.client.add_address(a.id(), tcp).await.unwrap();
+    b.set_members(&[a.id()]).await;
+    b.up(a.id()).await;
+    a.up(b.id()).await;
+    // Time for a second, concurrent dial to complete its TCP connect if one was started.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let t = meter.traffic();
+    assert_eq!((t.dialed, t.accepted), (1, 0), "{t:?}");
+    assert_eq!(a.client.traffic().accepted, 1);
+    a.client.shutdown().await;
+    b.client.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_stranger_is_refused_at_once_when_no_invitation_is_outstanding() {
+    let a = start(5, test_config());
+    let mut b = start(6, test_config());
+    a.client.dial(b.tcp_addr().await).await.unwrap();
+    let answer = a
+        .client
+        .request(b.id(), Protocol::Join, Frame(b"hi".to_vec()))
+        .await;
+    assert!(answer.is_err(), "{answer:?}");
+    let peers = b.client.peers().await.unwrap();
+    assert!(
+        !peers.iter().any(|p| p.peer == a.id().to_string() && p.up),
+        "{peers:?}"
+    );
+    let delivered = tokio::time::timeout(Duration::from_millis(300), async {
+        while let Some(e) = b.events.recv().await {
+            if matches!(e, Event::Request { .. }) {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert!(
+        !matches!(delivered, Ok(true)),
+        "a stranger's request was delivered"
+    );
 }

@@ -56,7 +56,7 @@ pub(crate) struct State {
     pub(crate) doc: Automerge,
     pub(crate) records: BTreeMap<String, Record>,
     pub(crate) vv: VersionVector,
-    next_seq: u64,
+    pub(super) next_seq: u64,
     pub(super) since_snapshot: u64,
     pub(super) failed: bool,
 }

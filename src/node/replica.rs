@@ -37,38 +37,47 @@ impl Dataset {
             return Err(Error::Unavailable(self.meta.id.to_string()));
         }
         let mut changes = Vec::with_capacity(envs.len());
+        let mut fresh: Vec<Envelope> = Vec::with_capacity(envs.len());
         let mut authors: Vec<AuthorId> = Vec::new();
         for env in envs {
             if env.dataset != self.meta.id
                 || env.seq <= st.vv.get(&env.author)
                 || store.has_envelope(&env.dataset, &env.author, env.seq)?
+                || fresh
+                    .iter()
+                    .any(|f| f.author == env.author && f.seq == env.seq)
             {
                 continue;
             }
-            let change = Change::from_bytes(env.payload.clone()).map_err(|e| {
-                Error::Invalid(format!(
-                    "envelope {} #{}: not a change: {e}",
-                    env.author, env.seq
-                ))
-            })?;
-            store.put_envelope(&env)?;
-            changes.push(change);
+            changes.push(change_of(&env)?);
             if !authors.contains(&env.author) {
                 authors.push(env.author);
             }
+            fresh.push(env);
         }
         let new = changes.len();
         if new == 0 {
             return Ok(Applied::default());
         }
-        let touched = match doc::apply(&mut st.doc, changes) {
-            Ok(t) => t,
-            Err(e) => {
-                // Stored but not applied: a restart rebuilds the document from the store.
+        // Apply first: a change Automerge refuses is never stored, so it cannot break a restart.
+        let touched = doc::apply(&mut st.doc, changes).map_err(|e| {
+            Error::Invalid(format!(
+                "{}: a remote change does not apply: {e}",
+                self.meta.id
+            ))
+        })?;
+        let me = st.doc.get_actor().to_bytes().to_vec();
+        for env in &fresh {
+            if let Err(e) = store.put_envelope(env) {
+                // Applied but not stored: a restart rebuilds the document from the store.
                 st.failed = true;
                 return Err(e.into());
             }
-        };
+            if env.author.as_bytes().as_slice() == me.as_slice() {
+                // This node's own history coming back (its store was lost): never reuse a number.
+                st.next_seq = st.next_seq.max(env.seq + 1);
+            }
+        }
         for author in authors {
             advance_contiguous(store, &self.meta.id, &mut st.vv, author)?;
         }
@@ -85,6 +94,21 @@ impl Dataset {
     pub(crate) fn version_vector(&self) -> crate::version::VersionVector {
         self.lock().vv.clone()
     }
+}
+
+/// The Automerge change an envelope carries, which must be the author's own change number `seq`:
+/// a change that claims another actor or sequence could rewrite someone else's history.
+fn change_of(env: &Envelope) -> Result<Change> {
+    let bad = |why: String| Error::Invalid(format!("envelope {} #{}: {why}", env.author, env.seq));
+    let change =
+        Change::from_bytes(env.payload.clone()).map_err(|e| bad(format!("not a change: {e}")))?;
+    if change.actor_id().to_bytes() != env.author.as_bytes() {
+        return Err(bad("the change's actor is not the envelope's author".into()));
+    }
+    if change.seq() != env.seq {
+        return Err(bad(format!("the change's sequence is {}", change.seq())));
+    }
+    Ok(change)
 }
 
 /// Moves `author`'s entry past every envelope now stored without a gap.

@@ -393,3 +393,92 @@ impl Drop for ChildGuard {
         let _ = self.0.wait();
     }
 }
+
+/// Runs a prepared command with optional stdin, killing it if it outlives `CLI_DEADLINE`.
+/// `cmdline` names it in messages.
+pub fn run_command(mut cmd: Command, cmdline: String, stdin: Option<&[u8]>) -> Out {
+    let mut child = cmd
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning `{cmdline}`: {e}"));
+    let writer = stdin.map(|data| {
+        let mut pipe = child.stdin.take().expect("stdin is piped");
+        let data = data.to_vec();
+        std::thread::spawn(move || {
+            let _ = pipe.write_all(&data);
+        })
+    });
+    let out = reader(child.stdout.take().expect("stdout is piped"));
+    let err = reader(child.stderr.take().expect("stderr is piped"));
+    let Some(status) = wait_deadline(&mut child, CLI_DEADLINE) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("`{cmdline}` did not finish within {CLI_DEADLINE:?}");
+    };
+    if let Some(w) = writer {
+        let _ = w.join();
+    }
+    Out {
+        code: status.code(),
+        stdout: out.join().expect("stdout reader"),
+        stderr: err.join().expect("stderr reader"),
+        cmdline,
+    }
+}
+
+/// `ip netns exec NS fogmesh ARGS...` with the same environment clean-up as [`fogmesh`]. The
+/// binary is exec'd by `ip`, so a spawned child's pid is the `fogmesh` process itself.
+pub fn fogmesh_in_netns(ns: &str) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns, bin()]);
+    for var in [
+        "FOGMESH_HOME",
+        "FOGMESH_API",
+        "FOGMESH_TOKEN",
+        "FOGMESH_LISTEN",
+        "RUST_LOG",
+    ] {
+        c.env_remove(var);
+    }
+    c
+}
+
+/// Runs `fogmesh ARGS` inside network namespace `ns`, with a deadline.
+pub fn run_cli_in_netns(ns: &str, args: &[&str], stdin: Option<&[u8]>) -> Out {
+    let mut cmd = fogmesh_in_netns(ns);
+    cmd.args(args);
+    let cmdline = format!("ip netns exec {ns} fogmesh {}", args.join(" "));
+    run_command(cmd, cmdline, stdin)
+}
+
+/// A `kB` field of `/proc/PID/status` (`VmRSS`, `VmHWM`...), in KiB.
+pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))?;
+    line[field.len() + 1..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+impl TestNode {
+    /// GET with the admin token, the body as text (e.g. `/metrics`).
+    pub fn get_text(&self, path: &str) -> Result<String> {
+        let resp = self
+            .agent
+            .get(&self.url(path))
+            .set("Authorization", &format!("Bearer {}", self.token))
+            .call()
+            .with_context(|| format!("GET {path}"))?;
+        Ok(resp.into_string()?)
+    }
+}

@@ -1,0 +1,1415 @@
+//! Mesh benchmark: prints figures, asserts nothing about time.
+//!
+//! ```text
+//! cargo bench --bench mesh                          # full run (about 3-5 minutes on 2 cores)
+//! FOGMESH_BENCH_QUICK=1 cargo bench --bench mesh    # every size shrunk 10x
+//! FOGMESH_BENCH_ONLY=latency cargo bench --bench mesh   # one figure: latency, reconnect, catchup
+//! ```
+//!
+//! Every node runs in this process, on 127.0.0.1 over TCP, mDNS off, each in a temporary home.
+//! Transport bytes are counted at the TCP sockets of each node's networking actor
+//! (`net::Config::meter`, `net::Traffic`): Noise, yamux, multistream-select, identify, ping,
+//! Kademlia and the fogmesh protocols; the fogmesh frames among them are counted by the codec.
+//!
+//! 1. Write-to-visible latency in a 5-node mesh: node 0 publishes single-record batches
+//!    (`Node::publish`, durable) one after the other; each of the other 4 timestamps the record's
+//!    `upsert` event on its `Node::subscribe` receiver. Baseline: a raw libp2p request-response
+//!    round trip (tiny frame, echoed) between two `net` actors.
+//! 2. Catch-up: node B's mesh is stopped while node A writes records of 100 B..1 KiB data in
+//!    batches of 100; then B's mesh starts and the time until B holds them all is measured, with
+//!    the transport bytes between A and B over the envelope payload (Automerge change) bytes.
+//!    Baseline: Automerge's own sync protocol bringing an empty document up to A's state.
+//! 3. Reconnect when in sync: B's mesh is restarted; transport bytes from connect until the first
+//!    catch-up round (both sides' Hello) is complete, at a short and at a long history.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use automerge::sync::{self as am_sync, SyncDoc};
+use automerge::{Automerge, Change};
+use libp2p::PeerId;
+use serde_json::{json, Map, Value};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::mpsc;
+
+use fogmesh::apps::App;
+use fogmesh::config::Config;
+use fogmesh::dataset::{Priority, Retention, Spec, Visibility};
+use fogmesh::envelope::Envelope;
+use fogmesh::identity::Identity;
+use fogmesh::mesh::{self, Mesh};
+use fogmesh::naming::DatasetId;
+use fogmesh::net::{self, Frame, Meter, Protocol, Traffic};
+use fogmesh::node::{home, Batch, Event};
+use fogmesh::record::Input;
+use fogmesh::view::doc;
+use fogmesh::Node;
+
+/// Latency targets.
+const TARGET_P50: Duration = Duration::from_millis(2);
+const TARGET_P99: Duration = Duration::from_millis(10);
+/// Catch-up targets.
+const TARGET_CATCHUP: Duration = Duration::from_secs(2);
+const TARGET_WIRE_RATIO: f64 = 1.10;
+/// Reconnect target, bytes both ways.
+const TARGET_RECONNECT: u64 = 4 * 1024;
+
+const ORGS: [&str; 5] = ["hospital", "pharmacy", "drugmaker", "agency", "insurer"];
+/// Longest wait for setup steps (roster, connections, datasets).
+const SETUP: Duration = Duration::from_secs(60);
+/// Longest wait for one record to become visible everywhere.
+const VISIBLE: Duration = Duration::from_secs(10);
+/// A catch-up that makes no progress for this long is reported as stalled.
+const STALL: Duration = Duration::from_secs(60);
+
+/// How many of everything.
+#[derive(Debug, Clone)]
+struct Sizes {
+    quick: bool,
+    warmup: usize,
+    latency: usize,
+    rtt: usize,
+    catchup: usize,
+    short_history: usize,
+    /// Single-record publishes timed on the pair that holds the catch-up's records.
+    late_latency: usize,
+    /// `FOGMESH_BENCH_ONLY`: run one figure (`latency`, `reconnect` or `catchup`), e.g. to profile.
+    only: Option<String>,
+}
+
+impl Sizes {
+    fn from_env() -> Self {
+        let quick = std::env::var("FOGMESH_BENCH_QUICK").is_ok_and(|v| v != "0" && !v.is_empty());
+        let div = if quick { 10 } else { 1 };
+        Self {
+            quick,
+            warmup: 50,
+            latency: 1_000 / div,
+            rtt: 2_000 / div,
+            catchup: 100_000 / div,
+            short_history: 1_000 / div,
+            late_latency: 50,
+            only: std::env::var("FOGMESH_BENCH_ONLY").ok(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Records
+
+/// Deterministic xorshift, so runs are comparable.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+}
+
+const WORDS: [&str; 12] = [
+    "patient",
+    "fever",
+    "cough",
+    "stable",
+    "observed",
+    "ward",
+    "oxygen",
+    "swab",
+    "negative",
+    "positive",
+    "discharged",
+    "review",
+];
+
+/// Record `i`'s data: a few fields plus free text, `size` bytes of JSON (100 ..= 1024).
+fn record_data(i: u64, size: usize, rng: &mut Rng) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("n".into(), json!(i));
+    m.insert("age".into(), json!(i * 7 % 90));
+    m.insert(
+        "triage".into(),
+        json!(["urgent", "standard", "low"][(i % 3) as usize]),
+    );
+    m.insert("notes".into(), json!(""));
+    let base = serde_json::to_vec(&m).map_or(0, |b| b.len());
+    let want = size.saturating_sub(base);
+    let mut notes = String::with_capacity(want + 12);
+    while notes.len() < want {
+        if !notes.is_empty() {
+            notes.push(' ');
+        }
+        notes.push_str(WORDS[(rng.next() % WORDS.len() as u64) as usize]);
+    }
+    notes.truncate(want);
+    m.insert("notes".into(), Value::String(notes));
+    m
+}
+
+/// Record `i`, with a data size drawn uniformly from 100 ..= 1024 bytes.
+fn record(i: u64, id: Option<String>, rng: &mut Rng) -> Input {
+    let size = 100 + (rng.next() % 925) as usize;
+    Input {
+        id,
+        name: format!("district-{}/ward-{}/admission", i % 64, (i / 64) % 16),
+        data: Value::Object(record_data(i, size, rng)),
+        time: None,
+    }
+}
+
+fn batch(records: Vec<Input>) -> Batch {
+    Batch {
+        records,
+        delete: vec![],
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Nodes
+
+fn node_config(org: &str, port: u16) -> Config {
+    Config {
+        org: org.into(),
+        mesh: "bench-mesh".into(),
+        listen: vec![format!("/ip4/127.0.0.1/tcp/{port}")],
+        mdns: false,
+        ..Config::default()
+    }
+}
+
+/// A port that was free a moment ago, so that a restarted mesh listens where its peers knew it.
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// One node in a temporary home, with its mesh (when running) and the mesh's traffic meter.
+struct Member {
+    org: &'static str,
+    port: u16,
+    node: Node,
+    admin: App,
+    mesh: Option<Mesh>,
+    meter: Meter,
+    peer: PeerId,
+    _dir: tempfile::TempDir,
+}
+
+impl Member {
+    async fn new(org: &'static str, seed: u8) -> Result<Self> {
+        let dir = tempfile::tempdir().context("tempdir")?;
+        let port = free_port()?;
+        let id = Identity::from_seed([seed; 32]);
+        let peer = id.peer_id()?;
+        home::init_with(dir.path(), node_config(org, port), id)
+            .await
+            .context("init")?;
+        let node = Node::open_home(dir.path(), node_config(org, port)).context("open")?;
+        let admin = node.authenticate(&home::admin_token(dir.path())?)?;
+        let mut m = Self {
+            org,
+            port,
+            node,
+            admin,
+            mesh: None,
+            meter: Meter::new(),
+            peer,
+            _dir: dir,
+        };
+        m.start().await?;
+        Ok(m)
+    }
+
+    fn mesh(&self) -> &Mesh {
+        self.mesh.as_ref().expect("mesh running")
+    }
+
+    /// Starts the mesh with a fresh traffic meter; returns once it listens.
+    async fn start(&mut self) -> Result<()> {
+        let meter = Meter::new();
+        let cfg = net::Config {
+            meter: Some(meter.clone()),
+            ..mesh::net_config(&node_config(self.org, self.port))?
+        };
+        let mesh = Mesh::start(self.node.clone(), cfg).await?;
+        let listen = mesh.status().await?.listen;
+        ensure!(!listen.is_empty(), "{} does not listen", self.org);
+        self.mesh = Some(mesh);
+        self.meter = meter;
+        Ok(())
+    }
+
+    /// Stops the mesh; the node stays open.
+    async fn stop(&mut self) {
+        if let Some(mesh) = self.mesh.take() {
+            mesh.shutdown().await;
+        }
+    }
+
+    fn records(&self, ds: &DatasetId) -> usize {
+        self.node
+            .datasets(&self.admin)
+            .iter()
+            .find(|d| d.meta.id == *ds)
+            .map_or(0, |d| d.records)
+    }
+
+    fn holds(&self, ds: &DatasetId) -> bool {
+        self.node
+            .datasets(&self.admin)
+            .iter()
+            .any(|d| d.meta.id == *ds)
+    }
+
+    /// Whether `other` is connected, as this node's network layer sees it.
+    async fn sees_up(&self, other: &PeerId) -> bool {
+        let other = other.to_string();
+        match &self.mesh {
+            Some(m) => m
+                .peers()
+                .await
+                .is_ok_and(|ps| ps.iter().any(|p| p.net.peer == other && p.net.up)),
+            None => false,
+        }
+    }
+
+    async fn shutdown(mut self) {
+        self.stop().await;
+    }
+}
+
+/// Polls `cond` every 10 ms until it holds; fails after `limit`.
+async fn wait_for<F, Fut>(what: &str, limit: Duration, mut cond: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while !cond().await {
+        if Instant::now() > deadline {
+            bail!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+fn shared_spec(name: &str, readers: &[&str]) -> Spec {
+    Spec {
+        name: name.into(),
+        visibility: Visibility::Shared,
+        priority: Priority::Normal,
+        retention: Retention::default(),
+        schema: None,
+        readers: readers.iter().map(|r| (*r).to_owned()).collect(),
+    }
+}
+
+/// `orgs.len()` members of one mesh. The first founds it and creates a dataset shared with all the
+/// others (before they join, so each receives it in the catch-up that follows its join); each
+/// other one joins by invitation. Returns once every member holds the dataset and is connected to
+/// every other.
+async fn spawn_mesh(
+    orgs: &[&'static str],
+    seed: u8,
+    dataset: &str,
+) -> Result<(Vec<Member>, DatasetId)> {
+    let first = Member::new(orgs[0], seed).await?;
+    let ds = first
+        .node
+        .create_dataset(&first.admin, shared_spec(dataset, &orgs[1..]))
+        .await?
+        .id;
+    let mut all = vec![first];
+    for (i, org) in orgs.iter().enumerate().skip(1) {
+        let m = Member::new(org, seed + i as u8).await?;
+        let (token, _) = all[0].mesh().invite(Duration::from_secs(600)).await?;
+        m.mesh().join(&token).await?;
+        all.push(m);
+    }
+    let n = all.len();
+    for m in &all {
+        wait_for("the full roster", SETUP, || async move {
+            m.mesh().status().await.is_ok_and(|s| s.members.len() == n)
+        })
+        .await?;
+        let ds = &ds;
+        wait_for("the dataset at every member", SETUP, || async move {
+            m.holds(ds)
+        })
+        .await?;
+    }
+    for m in &all {
+        for other in all.iter().filter(|o| o.peer != m.peer) {
+            let peer = &other.peer;
+            wait_for("a full mesh of connections", SETUP, || async move {
+                m.sees_up(peer).await
+            })
+            .await?;
+        }
+    }
+    Ok((all, ds))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Statistics and printing
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+struct Dist(Vec<Duration>);
+
+impl Dist {
+    fn new(mut v: Vec<Duration>) -> Self {
+        v.sort();
+        Self(v)
+    }
+
+    fn p50(&self) -> Duration {
+        pct(&self.0, 0.50)
+    }
+
+    fn p99(&self) -> Duration {
+        pct(&self.0, 0.99)
+    }
+
+    fn line(&self) -> String {
+        format!(
+            "p50 {:>8}  p90 {:>8}  p99 {:>8}  max {:>8}  (n={})",
+            ms(self.p50()),
+            ms(pct(&self.0, 0.90)),
+            ms(self.p99()),
+            ms(self.0.last().copied().unwrap_or_default()),
+            self.0.len()
+        )
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.2} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "meets target"
+    } else {
+        "MISSES target"
+    }
+}
+
+fn traffic_line(t: &Traffic) -> String {
+    let f = t.frames();
+    format!(
+        "transport {} B (in {} / out {}; TCP connections dialed {}, accepted {}); fogmesh frames {} B \
+         (sync {} B: {} req out/{} resp in, {} req in/{} resp out; push {} B; join {} B); \
+         other (Noise, yamux, multistream, identify, ping, kad) {} B",
+        thousands(t.total()),
+        thousands(t.inbound),
+        thousands(t.outbound),
+        t.dialed,
+        t.accepted,
+        thousands(f.bytes()),
+        thousands(t.sync.bytes()),
+        t.sync.requests_out,
+        t.sync.responses_in,
+        t.sync.requests_in,
+        t.sync.responses_out,
+        thousands(t.push.bytes()),
+        thousands(t.join.bytes()),
+        thousands(t.total().saturating_sub(f.bytes())),
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1a. Raw libp2p round trip
+
+async fn raw_rtt(samples: usize, warmup: usize) -> Result<(Dist, Traffic)> {
+    let cfg = || net::Config {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr")],
+        mdns: false,
+        ..net::Config::default()
+    };
+    let ka = libp2p::identity::Keypair::ed25519_from_bytes([101; 32])?;
+    let kb = libp2p::identity::Keypair::ed25519_from_bytes([102; 32])?;
+    let (a, mut a_events) = net::spawn(ka, cfg())?;
+    let (b, mut b_events) = net::spawn(kb, cfg())?;
+    a.set_members(HashSet::from([b.local_peer_id()])).await?;
+    b.set_members(HashSet::from([a.local_peer_id()])).await?;
+    // A drains its events; B echoes every request.
+    tokio::spawn(async move { while a_events.recv().await.is_some() {} });
+    let (up_tx, mut up_rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(ev) = b_events.recv().await {
+            match ev {
+                net::Event::Request { frame, reply, .. } => {
+                    let _ = reply.send(Frame(frame.0));
+                }
+                net::Event::PeerUp { peer, .. } => {
+                    let _ = up_tx.send(peer);
+                }
+                _ => {}
+            }
+        }
+    });
+    let addr = b
+        .listen_addrs()
+        .await?
+        .into_iter()
+        .next()
+        .context("b listens")?;
+    a.dial(addr).await?;
+    tokio::time::timeout(SETUP, up_rx.recv())
+        .await
+        .context("no connection")?;
+    let peer = b.local_peer_id();
+    let frame = Frame(b"hello, fogmesh!".to_vec());
+    for _ in 0..warmup {
+        a.request(peer, Protocol::Sync, frame.clone()).await?;
+    }
+    let before = a.traffic();
+    let mut lat = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let t = Instant::now();
+        let echo = a.request(peer, Protocol::Sync, frame.clone()).await?;
+        lat.push(t.elapsed());
+        ensure!(echo == frame, "echo differs");
+    }
+    let traffic = a.traffic().since(&before);
+    a.shutdown().await;
+    b.shutdown().await;
+    Ok((Dist::new(lat), traffic))
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1b. Write-to-visible latency
+
+struct Latency {
+    /// Visible at every receiver, p50 over the first and the last tenth of the records.
+    drift: (Duration, Duration),
+    per_receiver: Dist,
+    everywhere: Dist,
+    publish: Dist,
+    after_publish: Dist,
+    lost: usize,
+    push_bytes_per_record: f64,
+    /// Receiver-side cost alone: `Node::apply_envelopes` (durable) of each single-record envelope
+    /// on a node without a mesh, p50 over the first and the last tenth, and overall.
+    apply: Option<((Duration, Duration), Dist)>,
+}
+
+/// p50 of the first and of the last tenth of `v`, in order of measurement.
+fn drift(v: &[Duration]) -> (Duration, Duration) {
+    let tenth = (v.len() / 10).max(1);
+    let first = Dist::new(v.iter().take(tenth).copied().collect()).p50();
+    let last = Dist::new(v.iter().rev().take(tenth).copied().collect()).p50();
+    (first, last)
+}
+
+/// Publishes `count` single-record batches on `src` one after the other (the first `warmup`
+/// untimed), each once the previous one is visible at every receiver, and timestamps each record's
+/// `upsert` event on every receiver's subscription.
+async fn publish_and_watch(
+    src: &Member,
+    receivers: &[&Member],
+    ds: &DatasetId,
+    warmup: usize,
+    count: usize,
+    tag: &str,
+) -> Result<Latency> {
+    let n = receivers.len();
+    let (tx, mut rx) = mpsc::unbounded_channel::<(usize, String, Instant)>();
+    let mut subs = Vec::new();
+    for (i, m) in receivers.iter().enumerate() {
+        let mut sub = m.node.subscribe(&m.admin, ds)?;
+        let tx = tx.clone();
+        subs.push(tokio::spawn(async move {
+            loop {
+                match sub.recv().await {
+                    Ok(ev) => {
+                        let at = Instant::now();
+                        if let Event::Upsert { record } = &*ev {
+                            let _ = tx.send((i, record.id.clone(), at));
+                        }
+                    }
+                    Err(RecvError::Lagged(_)) => continue,
+                    Err(RecvError::Closed) => break,
+                }
+            }
+        }));
+    }
+    drop(tx);
+    let mut rng = Rng(0x5EED_1234_ABCD_0001);
+    let (mut per_receiver, mut everywhere, mut publish, mut after_publish) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut lost = 0;
+    let mut push_before = None;
+    for k in 0..warmup + count {
+        if k == warmup {
+            push_before = Some(src.meter.traffic());
+        }
+        let id = format!("{tag}-{k}");
+        let rec = record(k as u64, Some(id.clone()), &mut rng);
+        let t0 = Instant::now();
+        src.node.publish(&src.admin, ds, batch(vec![rec])).await?;
+        let published = t0.elapsed();
+        let mut seen: Vec<Option<Duration>> = vec![None; n];
+        let deadline = tokio::time::Instant::now() + VISIBLE;
+        while seen.iter().any(Option::is_none) {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some((i, rid, at))) if rid == id => seen[i] = Some(at - t0),
+                Ok(Some(_)) => {} // a late event of an earlier record
+                Ok(None) => bail!("subscriptions ended"),
+                Err(_) => break,
+            }
+        }
+        if k < warmup {
+            continue;
+        }
+        let got: Vec<Duration> = seen.iter().flatten().copied().collect();
+        lost += n - got.len();
+        publish.push(published);
+        if got.len() == n {
+            let all = got.iter().max().copied().unwrap_or_default();
+            everywhere.push(all);
+            after_publish.push(all.saturating_sub(published));
+        }
+        per_receiver.extend(got);
+    }
+    let pushed = push_before.map_or(0, |b| src.meter.traffic().since(&b).push.bytes());
+    for t in subs {
+        t.abort();
+    }
+    Ok(Latency {
+        drift: drift(&everywhere),
+        per_receiver: Dist::new(per_receiver),
+        everywhere: Dist::new(everywhere),
+        publish: Dist::new(publish),
+        after_publish: Dist::new(after_publish),
+        lost,
+        push_bytes_per_record: pushed as f64 / count.max(1) as f64,
+        apply: None,
+    })
+}
+
+/// Node 0 of a mesh of `orgs.len()` nodes publishes; every other node watches its events. Then,
+/// if `probe`, the same envelopes are applied one by one on a node without a mesh.
+async fn latency(s: &Sizes, orgs: &[&'static str], seed: u8, probe: bool) -> Result<Latency> {
+    let (nodes, ds) = spawn_mesh(orgs, seed, "flu-latency").await?;
+    let receivers: Vec<&Member> = nodes.iter().skip(1).collect();
+    let mut l = publish_and_watch(&nodes[0], &receivers, &ds, s.warmup, s.latency, "lat").await?;
+    if probe {
+        l.apply = Some(apply_probe(&nodes[0], &ds, seed + 50).await?);
+    }
+    for m in nodes {
+        m.shutdown().await;
+    }
+    Ok(l)
+}
+
+/// Applies `src`'s envelopes of `ds`, one per call, on a fresh node without a mesh that holds the
+/// dataset: the receiver's share of the write-to-visible latency, without network or peers.
+async fn apply_probe(
+    src: &Member,
+    ds: &DatasetId,
+    seed: u8,
+) -> Result<((Duration, Duration), Dist)> {
+    let envs = own_envelopes(src, ds)?;
+    let pages = envs.into_iter().map(|e| vec![e]).collect();
+    let (lat, _) = apply_pages(src, ds, seed, pages).await?;
+    Ok((drift(&lat), Dist::new(lat)))
+}
+
+/// Applies `pages` of `src`'s envelopes of `ds`, one `Node::apply_envelopes` call (durable) per
+/// page, on a fresh node without a mesh that holds the dataset. Returns each call's time and the
+/// total.
+async fn apply_pages(
+    src: &Member,
+    ds: &DatasetId,
+    seed: u8,
+    pages: Vec<Vec<Envelope>>,
+) -> Result<(Vec<Duration>, Duration)> {
+    let meta = src
+        .node
+        .replicas()
+        .into_iter()
+        .find(|(m, _)| m.id == *ds)
+        .map(|(m, _)| m)
+        .context("dataset")?;
+    let dir = tempfile::tempdir()?;
+    let cfg = node_config("probe", 0);
+    home::init_with(dir.path(), cfg.clone(), Identity::from_seed([seed; 32])).await?;
+    let node = Node::open_home(dir.path(), cfg)?;
+    node.adopt_dataset(meta).await?;
+    let mut lat = Vec::with_capacity(pages.len());
+    let start = Instant::now();
+    for page in pages {
+        let n = page.len();
+        let t = Instant::now();
+        let new = node.apply_envelopes(ds, page).await?;
+        lat.push(t.elapsed());
+        ensure!(new == n, "probe: {new} of {n} envelopes applied");
+    }
+    let total = start.elapsed();
+    drop(node);
+    settle().await;
+    Ok((lat, total))
+}
+
+/// Lets background work (snapshots, flusher threads) of a dropped node finish.
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2-3. Catch-up and reconnect
+
+/// Writes `count` records on `m` in batches of 100; returns the time it took.
+async fn write_records(m: &Member, ds: &DatasetId, first: u64, count: usize) -> Result<Duration> {
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ first.wrapping_mul(0x2545_F491_4F6C_DD1D) | 1);
+    let t = Instant::now();
+    let mut i = first;
+    let end = first + count as u64;
+    while i < end {
+        let n = (end - i).min(100);
+        let recs = (i..i + n).map(|j| record(j, None, &mut rng)).collect();
+        m.node.publish(&m.admin, ds, batch(recs)).await?;
+        i += n;
+    }
+    Ok(t.elapsed())
+}
+
+/// Every envelope `m` holds of `ds`, written by `m`, in sequence order.
+fn own_envelopes(m: &Member, ds: &DatasetId) -> Result<Vec<Envelope>> {
+    let author = m.node.identity().author();
+    let upto = m
+        .node
+        .replicas()
+        .into_iter()
+        .find(|(meta, _)| meta.id == *ds)
+        .map(|(_, vv)| vv.get(&author))
+        .context("dataset not held")?;
+    let mut out = Vec::new();
+    let mut after = 0;
+    while after < upto {
+        let (page, _) = m
+            .node
+            .envelopes_between(ds, &author, (after, upto), 16 << 20)?;
+        ensure!(!page.is_empty(), "no envelopes after #{after}");
+        for bytes in page {
+            let env = Envelope::decode(&bytes)?;
+            after = env.seq;
+            out.push(env);
+        }
+    }
+    Ok(out)
+}
+
+struct CatchUp {
+    /// The same envelopes applied in Fetch-sized pages by `Node::apply_envelopes` on a node
+    /// without a mesh: total time and pages.
+    offline: Option<(Duration, usize, Vec<Duration>)>,
+    records: usize,
+    envelopes: usize,
+    write: Duration,
+    elapsed: Option<Duration>,
+    held: usize,
+    connected: Option<Duration>,
+    first_hello: Option<Duration>,
+    marks: Vec<(usize, Duration)>,
+    payload: u64,
+    encoded: u64,
+    b: Traffic,
+    a: Traffic,
+    stall: Option<String>,
+}
+
+/// Starts `b`'s mesh and waits until it holds `want` records of `ds` (watching its events, with a
+/// slower poll of the record count as a cross-check).
+async fn time_catch_up(
+    a: &Member,
+    b: &mut Member,
+    ds: &DatasetId,
+    want: usize,
+) -> Result<CatchUpRun> {
+    let mut events = b.node.subscribe(&b.admin, ds)?;
+    let a_before = a.meter.traffic();
+    let t0 = Instant::now();
+    b.start().await?;
+    let watch = tokio::spawn(watch_connect(b.meter.clone(), t0));
+    let (mut seen, mut polled) = (0usize, b.records(ds));
+    let mut marks = Vec::new();
+    let mut next_mark = 1;
+    let (mut last_progress, mut last_count) = (Instant::now(), polled);
+    let mut poll = tokio::time::interval(Duration::from_millis(100));
+    let mut stall = None;
+    loop {
+        tokio::select! {
+            ev = events.recv() => match ev {
+                Ok(e) => seen += usize::from(matches!(&*e, Event::Upsert { .. })),
+                Err(RecvError::Lagged(n)) => seen += n as usize,
+                Err(RecvError::Closed) => bail!("B's events ended"),
+            },
+            _ = poll.tick() => polled = b.records(ds),
+        }
+        let have = seen.max(polled);
+        while next_mark < 4 && have >= want * next_mark / 4 {
+            marks.push((want * next_mark / 4, t0.elapsed()));
+            next_mark += 1;
+        }
+        if have > last_count {
+            (last_progress, last_count) = (Instant::now(), have);
+        }
+        if have >= want && b.records(ds) >= want {
+            break;
+        }
+        if last_progress.elapsed() > STALL {
+            let status = b.mesh().status().await?;
+            stall = Some(format!(
+                "no progress for {} s at {} of {} records; B's catch-ups under way: {:?}",
+                STALL.as_secs(),
+                b.records(ds),
+                want,
+                status.catching_up
+            ));
+            break;
+        }
+    }
+    let elapsed = stall.is_none().then(|| t0.elapsed());
+    let b_traffic = b.meter.traffic();
+    let (connected, first_hello) = watch.await?;
+    Ok(CatchUpRun {
+        elapsed,
+        connected,
+        first_hello,
+        marks,
+        b: b_traffic,
+        a: a.meter.traffic().since(&a_before),
+        stall,
+    })
+}
+
+/// Polls `meter` every millisecond for the first TCP connection and the first Hello sent after
+/// `t0`; gives up after `SETUP`.
+async fn watch_connect(meter: Meter, t0: Instant) -> (Option<Duration>, Option<Duration>) {
+    let mut connected = None;
+    while t0.elapsed() < SETUP {
+        let t = meter.traffic();
+        if connected.is_none() && t.connections() > 0 {
+            connected = Some(t0.elapsed());
+        }
+        if t.sync.requests_out > 0 {
+            return (connected, Some(t0.elapsed()));
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    (connected, None)
+}
+
+struct CatchUpRun {
+    elapsed: Option<Duration>,
+    connected: Option<Duration>,
+    first_hello: Option<Duration>,
+    marks: Vec<(usize, Duration)>,
+    b: Traffic,
+    a: Traffic,
+    stall: Option<String>,
+}
+
+struct Reconnect {
+    history: usize,
+    envelopes: u64,
+    round: Duration,
+    connected: Option<Duration>,
+    at_round: Traffic,
+    settled: Traffic,
+    a_at_round: Traffic,
+}
+
+/// Restarts `b`'s mesh (same port, node kept open) and counts B's transport bytes from connect
+/// until the first catch-up round is complete: B's Hello answered and A's Hello answered, with no
+/// further sync frame for 300 ms. Also reads the meter 3 s after the start (identify, ping, ...).
+async fn reconnect(a: &Member, b: &mut Member, ds: &DatasetId) -> Result<Reconnect> {
+    b.stop().await;
+    let b_peer = b.peer;
+    wait_for("A to see B down", SETUP, || async move {
+        !a.sees_up(&b_peer).await
+    })
+    .await?;
+    // Let A's first redial (1 s after the loss) fail, so B's own dial is the one that connects.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let history = b.records(ds);
+    let envelopes = b
+        .node
+        .datasets(&b.admin)
+        .iter()
+        .find(|d| d.meta.id == *ds)
+        .map_or(0, |d| d.envelopes);
+    let a_before = a.meter.traffic();
+    let t0 = Instant::now();
+    b.start().await?;
+    let deadline = t0 + SETUP;
+    let watch = tokio::spawn(watch_connect(b.meter.clone(), t0));
+    let mut last = b.meter.traffic();
+    let mut last_change = (Instant::now(), last, a.meter.traffic().since(&a_before));
+    loop {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let now = b.meter.traffic();
+        if now.sync != last.sync {
+            last_change = (Instant::now(), now, a.meter.traffic().since(&a_before));
+        }
+        last = now;
+        let s = last_change.1.sync;
+        let balanced = s.requests_out == s.responses_in && s.requests_in == s.responses_out;
+        if s.responses_in >= 1
+            && s.responses_out >= 1
+            && balanced
+            && last_change.0.elapsed() >= Duration::from_millis(300)
+        {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "no complete catch-up round after reconnect: {}",
+                traffic_line(&now)
+            );
+        }
+    }
+    tokio::time::sleep_until((t0 + Duration::from_secs(3)).into()).await;
+    let (connected, _) = watch.await?;
+    Ok(Reconnect {
+        history,
+        envelopes,
+        round: last_change.0 - t0,
+        connected,
+        at_round: last_change.1,
+        settled: b.meter.traffic(),
+        a_at_round: last_change.2,
+    })
+}
+
+fn print_reconnect(r: &Reconnect) {
+    let mesh_part = r.at_round.frames().bytes();
+    println!(
+        "  history {} records ({} envelopes): TCP connection {} after start, first round complete at {}",
+        thousands(r.history as u64),
+        r.envelopes,
+        r.connected.map_or_else(|| "-".into(), ms),
+        ms(r.round),
+    );
+    println!("    at round end, B: {}", traffic_line(&r.at_round));
+    println!(
+        "    at round end, A (cross-check, same link): transport {} B",
+        thousands(r.a_at_round.total())
+    );
+    println!("    3 s after start, B: {}", traffic_line(&r.settled));
+    println!(
+        "    reconnect bytes {} B vs target <= {} B: {}   (fogmesh frames alone: {} B)",
+        thousands(r.at_round.total()),
+        thousands(TARGET_RECONNECT),
+        verdict(r.at_round.total() <= TARGET_RECONNECT),
+        thousands(mesh_part),
+    );
+}
+
+/// Encoded size of a Hello with no dataset, and the bytes each listed dataset adds (mean of 10).
+fn hello_sizes() -> (usize, f64) {
+    use fogmesh::mesh::proto::{self, SyncRequest};
+    let mut rng = Rng(7);
+    let mut digest = || -> [u8; 32] { std::array::from_fn(|_| rng.next() as u8) };
+    let hello = |datasets: Vec<(String, [u8; 32])>, roster: [u8; 32]| {
+        proto::encode(&SyncRequest::Hello { roster, datasets }).len()
+    };
+    let roster = digest();
+    let base = hello(Vec::new(), roster);
+    let ten = (0..10)
+        .map(|i| (format!("hospital/flu-catchup-{i}"), digest()))
+        .collect();
+    let with = hello(ten, roster);
+    (base, (with - base) as f64 / 10.0)
+}
+
+/// Two members of a fresh mesh, A owning a dataset shared with B.
+async fn pair(seed: u8, dataset: &str) -> Result<(Member, Member, DatasetId)> {
+    let (mut v, ds) = spawn_mesh(&ORGS[..2], seed, dataset).await?;
+    let b = v.pop().context("b")?;
+    let a = v.pop().context("a")?;
+    Ok((a, b, ds))
+}
+
+/// Figure 3 at a short history: B receives the records live, then reconnects.
+async fn reconnect_short(s: &Sizes) -> Result<Reconnect> {
+    let (a, mut b, ds) = pair(20, "flu-short").await?;
+    write_records(&a, &ds, 0, s.short_history).await?;
+    let (bb, dsr, want) = (&b, &ds, s.short_history);
+    wait_for("B to receive the short history", SETUP, || async move {
+        bb.records(dsr) == want
+    })
+    .await?;
+    let r = reconnect(&a, &mut b, &ds).await?;
+    a.shutdown().await;
+    b.shutdown().await;
+    Ok(r)
+}
+
+/// Figure 2, then figure 3 at the long history, on the same pair.
+async fn catch_up(s: &Sizes) -> Result<(CatchUp, Vec<Change>, Option<(Latency, Reconnect)>)> {
+    let (a, mut b, ds) = pair(30, "flu-catchup").await?;
+    b.stop().await;
+    let write = write_records(&a, &ds, 0, s.catchup).await?;
+    ensure!(
+        a.records(&ds) == s.catchup,
+        "A holds {} records",
+        a.records(&ds)
+    );
+    let envs = own_envelopes(&a, &ds)?;
+    let payload: u64 = envs.iter().map(|e| e.payload.len() as u64).sum();
+    let encoded: u64 = envs.iter().map(|e| e.encode().len() as u64).sum();
+    let changes = envs
+        .iter()
+        .map(|e| Change::from_bytes(e.payload.clone()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let n_envs = envs.len();
+    // A's redial backoff toward B is whatever it is by now: B dials A on start anyway.
+    let run = time_catch_up(&a, &mut b, &ds, s.catchup).await?;
+    let held = b.records(&ds);
+    let mut c = CatchUp {
+        offline: None,
+        records: s.catchup,
+        envelopes: n_envs,
+        write,
+        elapsed: run.elapsed,
+        held,
+        connected: run.connected,
+        first_hello: run.first_hello,
+        marks: run.marks,
+        payload,
+        encoded,
+        b: run.b,
+        a: run.a,
+        stall: run.stall,
+    };
+    let mut offline = None;
+    let r = if c.stall.is_none() {
+        // Let B's snapshot and both sides' rounds finish before reconnecting.
+        let bb = &b;
+        wait_for("B's catch-up to end", SETUP, || async move {
+            bb.mesh()
+                .status()
+                .await
+                .is_ok_and(|st| st.catching_up.is_empty())
+        })
+        .await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let pages = pages_of(envs, fogmesh::mesh::proto::PAGE_BYTES);
+        let n_pages = pages.len();
+        let (per_page, total) = apply_pages(&a, &ds, 90, pages).await?;
+        offline = Some((total, n_pages, per_page));
+        let late = publish_and_watch(&a, &[&b], &ds, 5, s.late_latency, "late").await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        Some((late, reconnect(&a, &mut b, &ds).await?))
+    } else {
+        None
+    };
+    a.shutdown().await;
+    b.shutdown().await;
+    c.offline = offline;
+    Ok((c, changes, r))
+}
+
+/// `envs` cut into pages of at most `max` encoded bytes (at least one envelope each), as a Fetch
+/// answer cuts them.
+fn pages_of(envs: Vec<Envelope>, max: usize) -> Vec<Vec<Envelope>> {
+    let mut pages: Vec<Vec<Envelope>> = Vec::new();
+    let mut bytes = 0;
+    for env in envs {
+        let len = env.encode().len();
+        match pages.last_mut() {
+            Some(page) if bytes + len <= max => page.push(env),
+            _ => {
+                pages.push(vec![env]);
+                bytes = 0;
+            }
+        }
+        bytes += len;
+    }
+    pages
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2b. Automerge's sync protocol
+
+struct AmSync {
+    /// One single-record change applied to A's full document: `apply_changes` alone, and
+    /// `view::doc::apply` (`apply_changes` plus the diff that finds the touched records), p50 of 5.
+    one_change: (Duration, Duration),
+    build: Duration,
+    elapsed: Duration,
+    messages: usize,
+    bytes_to_joiner: u64,
+    bytes_from_joiner: u64,
+    records: usize,
+}
+
+/// Builds A's document from its change bytes (untimed), then times Automerge's sync protocol
+/// bringing an empty document up to it: messages are encoded and decoded as on a wire.
+fn automerge_sync(changes: Vec<Change>) -> Result<AmSync> {
+    let actor = changes.first().context("no changes")?.actor_id().clone();
+    let t = Instant::now();
+    let mut full = Automerge::new();
+    full.apply_changes(changes)?;
+    let build = t.elapsed();
+    let mut joiner = Automerge::new();
+    let (mut s_full, mut s_join) = (am_sync::State::new(), am_sync::State::new());
+    let (mut to_joiner, mut from_joiner, mut messages) = (0u64, 0u64, 0usize);
+    let t = Instant::now();
+    loop {
+        let mut quiet = true;
+        if let Some(m) = joiner.generate_sync_message(&mut s_join) {
+            let bytes = m.encode();
+            from_joiner += bytes.len() as u64;
+            messages += 1;
+            quiet = false;
+            full.receive_sync_message(&mut s_full, am_sync::Message::decode(&bytes)?)?;
+        }
+        if let Some(m) = full.generate_sync_message(&mut s_full) {
+            let bytes = m.encode();
+            to_joiner += bytes.len() as u64;
+            messages += 1;
+            quiet = false;
+            joiner.receive_sync_message(&mut s_join, am_sync::Message::decode(&bytes)?)?;
+        }
+        if quiet {
+            break;
+        }
+        ensure!(messages < 10_000, "automerge sync does not converge");
+    }
+    let elapsed = t.elapsed();
+    ensure!(
+        joiner.get_heads() == full.get_heads(),
+        "automerge sync ended with different heads"
+    );
+    let records = doc::ids(&joiner).len();
+    let one_change = one_change(&full, actor)?;
+    Ok(AmSync {
+        one_change,
+        build,
+        elapsed,
+        messages,
+        bytes_to_joiner: to_joiner,
+        bytes_from_joiner: from_joiner,
+        records,
+    })
+}
+
+/// Applies one single-record change (written by `actor`, A, on a fork of `full`) to copies of `full`, timing
+/// Automerge's `apply_changes` alone and fogmesh's `view::doc::apply` (which adds a diff of the
+/// heads before and after to find the touched records). p50 of 5.
+fn one_change(full: &Automerge, actor: automerge::ActorId) -> Result<(Duration, Duration)> {
+    let mut other = full.fork().with_actor(actor);
+    let mut rng = Rng(42);
+    let data = match record(7, None, &mut rng).data {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    };
+    let up = doc::Upsert {
+        id: "one-change-probe".into(),
+        name: "district-1/ward-1/admission".into(),
+        time: 1,
+        data,
+    };
+    let bytes = doc::write(&mut other, &[up], &[])?.context("no change")?;
+    let (mut alone, mut with_diff) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        let mut d = full.clone();
+        let c = Change::from_bytes(bytes.clone())?;
+        let t = Instant::now();
+        d.apply_changes(vec![c])?;
+        alone.push(t.elapsed());
+        let mut d = full.clone();
+        let c = Change::from_bytes(bytes.clone())?;
+        let t = Instant::now();
+        let touched = doc::apply(&mut d, vec![c])?;
+        with_diff.push(t.elapsed());
+        ensure!(
+            touched.len() == 1,
+            "one change touched {} records",
+            touched.len()
+        );
+    }
+    Ok((Dist::new(alone).p50(), Dist::new(with_diff).p50()))
+}
+
+// ---------------------------------------------------------------------------------------------
+
+fn main() -> Result<()> {
+    let sizes = Sizes::from_env();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(run(sizes))
+}
+
+async fn run(s: Sizes) -> Result<()> {
+    let started = Instant::now();
+    let only = s.only.as_deref();
+    println!("fogmesh mesh benchmark");
+    println!(
+        "  cores: {}   quick: {}   loopback TCP, mDNS off; record data 100..1024 B JSON (uniform)",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        s.quick,
+    );
+    println!(
+        "  sizes: latency {} records after {} warm-up, raw round trips {}, catch-up {} records, \
+         short history {} records",
+        thousands(s.latency as u64),
+        s.warmup,
+        thousands(s.rtt as u64),
+        thousands(s.catchup as u64),
+        thousands(s.short_history as u64),
+    );
+    println!();
+
+    if only.is_none_or(|o| o == "latency") {
+        println!("1. write-to-visible latency, 5 nodes, single-record batches from node 0");
+        let (rtt, rtt_traffic) = raw_rtt(s.rtt, s.warmup).await?;
+        println!("  raw libp2p request-response round trip (net actors, Sync, 15 B frame echoed):");
+        println!("    {}", rtt.line());
+        println!(
+            "    bytes per round trip: {:.0} B on the transport ({:.0} B of frames)",
+            rtt_traffic.total() as f64 / s.rtt as f64,
+            rtt_traffic.frames().bytes() as f64 / s.rtt as f64
+        );
+        let l = latency(&s, &ORGS, 1, false).await?;
+        println!(
+            "  Node::publish returned (local, durable):      {}",
+            l.publish.line()
+        );
+        println!(
+            "  visible at a receiver (4 samples per record): {}",
+            l.per_receiver.line()
+        );
+        println!(
+            "  visible at all 4 receivers:                   {}",
+            l.everywhere.line()
+        );
+        println!(
+            "  all 4 minus publish (push + remote apply):    {}",
+            l.after_publish.line()
+        );
+        println!(
+            "  lost (not visible within {} s): {}   push bytes per record (4 receivers, frames): {:.0} B",
+            VISIBLE.as_secs(),
+            l.lost,
+            l.push_bytes_per_record
+        );
+        println!(
+            "  visible at all 4, p50 of the first tenth of the records {} -> of the last tenth {}",
+            ms(l.drift.0),
+            ms(l.drift.1)
+        );
+        let (p50, p99) = (l.per_receiver.p50(), l.per_receiver.p99());
+        println!(
+            "  target p50 <= {}: {} ({})   target p99 <= {}: {} ({})   raw baseline p50 {} p99 {}",
+            ms(TARGET_P50),
+            ms(p50),
+            verdict(p50 <= TARGET_P50),
+            ms(TARGET_P99),
+            ms(p99),
+            verdict(p99 <= TARGET_P99),
+            ms(rtt.p50()),
+            ms(rtt.p99()),
+        );
+        let two = latency(&s, &ORGS[..2], 6, true).await?;
+        println!("  for comparison, 2 nodes (1 receiver):");
+        println!(
+            "    Node::publish returned:                     {}",
+            two.publish.line()
+        );
+        println!(
+            "    visible at the receiver:                    {}",
+            two.per_receiver.line()
+        );
+        println!(
+            "    visible, p50 of the first tenth {} -> of the last tenth {}",
+            ms(two.drift.0),
+            ms(two.drift.1)
+        );
+        if let Some(((first, last), d)) = &two.apply {
+            println!(
+                "  receiver's share alone: Node::apply_envelopes of the same {} single-record envelopes, one call each,",
+                d.0.len()
+            );
+            println!(
+                "    durable, on a node without a mesh: {}; p50 first tenth {} -> last tenth {}",
+                d.line(),
+                ms(*first),
+                ms(*last)
+            );
+        }
+        println!();
+    }
+    if only.is_none_or(|o| o == "reconnect") {
+        println!("3a. reconnect when in sync, short history");
+        let (base, per) = hello_sizes();
+        println!(
+            "  Hello request frame (mesh::proto, CBOR): {base} B with no dataset, +{per:.0} B per dataset listed \
+             (ids like \"hospital/flu-catchup\", random digests)"
+        );
+        let short = reconnect_short(&s).await?;
+        print_reconnect(&short);
+        println!();
+    }
+    if only.is_none_or(|o| o == "catchup") {
+        println!(
+            "2. catch-up of {} records missed by B (batches of 100 written on A while B's mesh was stopped)",
+            thousands(s.catchup as u64)
+        );
+        let (c, changes, long) = catch_up(&s).await?;
+        println!(
+            "  A wrote {} records in {} envelopes in {:.2} s; payload (Automerge change bytes) {} ({} B/record), \
+             encoded envelopes {}",
+            thousands(c.records as u64),
+            c.envelopes,
+            c.write.as_secs_f64(),
+            mib(c.payload),
+            c.payload / c.records.max(1) as u64,
+            mib(c.encoded),
+        );
+        if let Some(stall) = &c.stall {
+            println!("  STALLED: {stall}");
+        }
+        match c.elapsed {
+            Some(e) => println!(
+                "  B holds {} records {:.2} s after its mesh started ({} rec/s); first TCP connection at {}, \
+                 first Hello sent at {}",
+                thousands(c.held as u64),
+                e.as_secs_f64(),
+                thousands((c.records as f64 / e.as_secs_f64()) as u64),
+                c.connected.map_or_else(|| "-".into(), ms),
+                c.first_hello.map_or_else(|| "-".into(), ms),
+            ),
+            None => println!("  B holds {} records (incomplete)", thousands(c.held as u64)),
+        }
+        if let Some((t, pages, per_page)) = &c.offline {
+            let each: Vec<String> = per_page
+                .iter()
+                .map(|d| format!("{:.0}", d.as_secs_f64() * 1e3))
+                .collect();
+            println!(
+                "  the same envelopes applied with no network (Node::apply_envelopes, {pages} pages of \
+                 <= 4 MiB, fresh node): {:.2} s; ms per page in order: {}",
+                t.as_secs_f64(),
+                each.join(" ")
+            );
+        }
+        for (n, t) in &c.marks {
+            println!(
+                "    {:>7} records at {:.2} s",
+                thousands(*n as u64),
+                t.as_secs_f64()
+            );
+        }
+        println!("  B: {}", traffic_line(&c.b));
+        println!(
+            "  A (cross-check, same link): transport {} B",
+            thousands(c.a.total())
+        );
+        let ratio = c.b.total() as f64 / c.payload as f64;
+        let frame_ratio = c.b.frames().bytes() as f64 / c.payload as f64;
+        println!(
+            "  wire / payload: {ratio:.3}x (fogmesh frames alone {frame_ratio:.3}x; encoded envelopes {:.3}x)",
+            c.encoded as f64 / c.payload as f64
+        );
+        let n = c.records;
+        let am = tokio::task::spawn_blocking(move || automerge_sync(changes)).await??;
+        println!(
+            "  automerge sync (cold join of A's document, {} messages): {:.2} s; {} to the joiner + {} from it \
+             = {:.3}x payload; joiner holds {} records (building A's doc from the changes took {:.2} s, untimed)",
+            am.messages,
+            am.elapsed.as_secs_f64(),
+            mib(am.bytes_to_joiner),
+            mib(am.bytes_from_joiner),
+            (am.bytes_to_joiner + am.bytes_from_joiner) as f64 / c.payload as f64,
+            thousands(am.records as u64),
+            am.build.as_secs_f64(),
+        );
+        ensure!(
+            am.records == n,
+            "automerge joiner holds {} records",
+            am.records
+        );
+        println!(
+            "  one single-record change applied to a {}-record document: apply_changes {}, \
+             view::doc::apply (apply_changes + diff for touched ids) {}",
+            thousands(n as u64),
+            ms(am.one_change.0),
+            ms(am.one_change.1),
+        );
+        if let Some(e) = c.elapsed {
+            println!(
+                "  target <= {:.0} s: {:.2} s ({})   target <= {TARGET_WIRE_RATIO:.2}x payload: {ratio:.3}x ({})",
+                TARGET_CATCHUP.as_secs_f64(),
+                e.as_secs_f64(),
+                verdict(e <= TARGET_CATCHUP),
+                verdict(ratio <= TARGET_WIRE_RATIO),
+            );
+        }
+        println!();
+
+        match &long {
+            Some((late, _)) => {
+                println!(
+                    "1c. write-to-visible latency at a long history: A publishes single records, B receives \
+                     ({} records held)",
+                    thousands(s.catchup as u64)
+                );
+                println!("  Node::publish returned (A):  {}", late.publish.line());
+                println!(
+                    "  visible at B:                {}",
+                    late.per_receiver.line()
+                );
+                println!(
+                    "  lost (not visible within {} s): {}",
+                    VISIBLE.as_secs(),
+                    late.lost
+                );
+            }
+            None => println!("1c. skipped: the catch-up did not complete"),
+        }
+        println!();
+        println!("3b. reconnect when in sync, long history");
+        match &long {
+            Some((_, r)) => print_reconnect(r),
+            None => println!("  skipped: the catch-up did not complete"),
+        }
+        println!();
+    }
+    println!("total bench time {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
