@@ -1,9 +1,9 @@
 //! Mesh benchmark: prints figures, asserts nothing about time.
 //!
 //! ```text
-//! cargo bench --bench mesh                          # full run (about 3-5 minutes on 2 cores)
-//! FOGMESH_BENCH_QUICK=1 cargo bench --bench mesh    # every size shrunk 10x
-//! FOGMESH_BENCH_ONLY=latency cargo bench --bench mesh   # one figure: latency, reconnect, catchup
+//! cargo bench --bench mesh                              # full run: ~1.5 min on 2 cores + build
+//! FOGMESH_BENCH_QUICK=1 cargo bench --bench mesh        # every size shrunk 10x
+//! FOGMESH_BENCH_ONLY=latency cargo bench --bench mesh   # one part: latency, reconnect or catchup
 //! ```
 //!
 //! Every node runs in this process, on 127.0.0.1 over TCP, mDNS off, each in a temporary home.
@@ -14,13 +14,19 @@
 //! 1. Write-to-visible latency in a 5-node mesh: node 0 publishes single-record batches
 //!    (`Node::publish`, durable) one after the other; each of the other 4 timestamps the record's
 //!    `upsert` event on its `Node::subscribe` receiver. Baseline: a raw libp2p request-response
-//!    round trip (tiny frame, echoed) between two `net` actors.
+//!    round trip (tiny frame, echoed) between two `net` actors. For diagnosis: the same with 2
+//!    nodes, and the receiver's share alone (`Node::apply_envelopes` of the same envelopes on a
+//!    node without a mesh).
 //! 2. Catch-up: node B's mesh is stopped while node A writes records of 100 B..1 KiB data in
 //!    batches of 100; then B's mesh starts and the time until B holds them all is measured, with
 //!    the transport bytes between A and B over the envelope payload (Automerge change) bytes.
-//!    Baseline: Automerge's own sync protocol bringing an empty document up to A's state.
-//! 3. Reconnect when in sync: B's mesh is restarted; transport bytes from connect until the first
-//!    catch-up round (both sides' Hello) is complete, at a short and at a long history.
+//!    Baseline: Automerge's own sync protocol bringing an empty document up to A's state. For
+//!    diagnosis: the same envelopes applied in Fetch-sized pages with no network, and one
+//!    single-record change applied to the full document with and without fogmesh's diff.
+//!    Then (1c) single-record write-to-visible latency on that pair, at the long history.
+//! 3. Reconnect when in sync: B's mesh is restarted (same port, node kept open); transport bytes
+//!    from connect until the first catch-up round (both sides' Hello) is complete, at a short
+//!    history (3a) and at the catch-up's long one (3b).
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};

@@ -635,20 +635,24 @@ fn a_stranger_gets_no_answers_and_is_dropped_after_the_join_window() -> Result<(
     Ok(())
 }
 
-#[test]
-fn a_member_sending_garbage_is_counted_disconnected_and_the_node_stays_bounded() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let node = TestNode::init(&dir.path().join("hospital"), "hospital")?;
-    node.cli(&[
+/// Creates `hospital/flu`, shared with mallory.
+fn share_flu_with_mallory(node: &TestNode) {
+    let args = [
         "dataset",
         "create",
         "flu",
         "--shared",
         "--readers",
         "mallory",
-        "--json",
-    ])
-    .ok();
+    ];
+    node.cli(&args).ok();
+}
+
+#[test]
+fn a_member_sending_garbage_is_counted_disconnected_and_the_node_stays_bounded() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let node = TestNode::init(&dir.path().join("hospital"), "hospital")?;
+    share_flu_with_mallory(&node);
 
     // Mallory joins for real, then its node stops and the raw client takes over its key.
     let mut mallory = TestNode::init(&dir.path().join("mallory"), "mallory")?;
@@ -841,16 +845,7 @@ fn a_change_claiming_the_owners_actor_is_refused_and_breaks_nothing() -> Result<
     use automerge::ReadDoc;
     let dir = tempfile::tempdir()?;
     let mut node = TestNode::init(&dir.path().join("hospital"), "hospital")?;
-    node.cli(&[
-        "dataset",
-        "create",
-        "flu",
-        "--shared",
-        "--readers",
-        "mallory",
-        "--json",
-    ])
-    .ok();
+    share_flu_with_mallory(&node);
     let data = r#"{"cases":1}"#;
     node.cli(&["publish", "hospital/flu", "--name", "d1", "--data", data])
         .ok();

@@ -386,11 +386,11 @@ impl EventLoop {
     }
 }
 
-/// `addrs` ending in `/p2p/<peer>`, the form in which Kademlia, identify and request-response hand
-/// the swarm their addresses. The swarm drops duplicate dial addresses only when they are equal, and
-/// `/ip4/1.2.3.4/tcp/1` differs from `/ip4/1.2.3.4/tcp/1/p2p/<peer>`: the peer table's bare
-/// addresses made every dial of a known peer open two TCP connections (two Noise handshakes, one
-/// connection thrown away).
+/// `addrs` ending in `/p2p/<peer>`, the form in which Kademlia, identify and request-response
+/// hand the swarm their addresses. The swarm drops duplicate dial addresses only when they are
+/// equal, and `/ip4/1.2.3.4/tcp/1` differs from `/ip4/1.2.3.4/tcp/1/p2p/<peer>`: the peer table's
+/// bare addresses made every dial of a known peer open two TCP connections at once (one thrown
+/// away after its handshake started).
 fn qualified(peer: PeerId, addrs: Vec<Multiaddr>) -> Vec<Multiaddr> {
     addrs
         .into_iter()

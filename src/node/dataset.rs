@@ -59,6 +59,8 @@ pub(crate) struct State {
     pub(super) next_seq: u64,
     pub(super) since_snapshot: u64,
     pub(super) failed: bool,
+    /// Remote changes wait in the document for missing dependencies.
+    pub(super) waiting: bool,
 }
 
 /// A dataset held by this node.
@@ -261,6 +263,7 @@ impl State {
             next_seq: 1,
             since_snapshot: 0,
             failed: false,
+            waiting: false,
         }
     }
 
@@ -299,6 +302,27 @@ impl State {
             .into_iter()
             .map(|r| (r.id.clone(), r))
             .collect();
+    }
+
+    /// Re-reads every record and reports what differs from the materialized map.
+    pub(super) fn rematerialize(&mut self) -> Vec<Event> {
+        let fresh: BTreeMap<String, Record> = doc::read_all(&self.doc)
+            .into_iter()
+            .map(|r| (r.id.clone(), r))
+            .collect();
+        let mut events: Vec<Event> = fresh
+            .values()
+            .filter(|r| self.records.get(&r.id) != Some(*r))
+            .map(|r| Event::Upsert { record: r.clone() })
+            .collect();
+        events.extend(
+            self.records
+                .keys()
+                .filter(|id| !fresh.contains_key(*id))
+                .map(|id| Event::Delete { id: id.clone() }),
+        );
+        self.records = fresh;
+        events
     }
 
     /// Re-reads the given records from the document after remote changes: upserts for those

@@ -60,7 +60,7 @@ impl Dataset {
             return Ok(Applied::default());
         }
         // Apply first: a change Automerge refuses is never stored, so it cannot break a restart.
-        let touched = doc::apply(&mut st.doc, changes).map_err(|e| {
+        let applied = doc::apply(&mut st.doc, changes).map_err(|e| {
             Error::Invalid(format!(
                 "{}: a remote change does not apply: {e}",
                 self.meta.id
@@ -82,7 +82,16 @@ impl Dataset {
             advance_contiguous(store, &self.meta.id, &mut st.vv, author)?;
         }
         st.since_snapshot += new as u64;
-        let events = st.reread(&touched);
+        let events = if applied.waiting {
+            st.waiting = true;
+            st.reread(&applied.touched)
+        } else if std::mem::take(&mut st.waiting) {
+            // Changes that waited for a dependency have now applied too: their records are not
+            // among `touched`, so compare everything once.
+            st.rematerialize()
+        } else {
+            st.reread(&applied.touched)
+        };
         Ok(Applied {
             new,
             events,

@@ -77,36 +77,68 @@ pub fn write(
         .map(|c| c.raw_bytes().to_vec()))
 }
 
-/// Applies changes from other authors; returns the ids of the records they touched (created,
-/// updated or deleted). Changes whose dependencies are missing wait inside the document and count
-/// once they apply.
-pub fn apply(doc: &mut Automerge, changes: Vec<automerge::Change>) -> Result<Vec<String>, Error> {
-    let before = doc.get_heads();
-    doc.apply_changes(changes)?;
-    let after = doc.get_heads();
-    if before == after {
-        return Ok(Vec::new());
-    }
-    let mut ids: Vec<String> = doc
-        .diff(&before, &after)
-        .into_iter()
-        .filter_map(touched_id)
-        .collect();
-    ids.sort_unstable();
-    ids.dedup();
-    Ok(ids)
+/// What applying remote changes did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Ids of the records the given changes touch (created, updated or deleted).
+    pub touched: Vec<String>,
+    /// Some changes wait inside the document for dependencies that have not arrived; when they
+    /// arrive, records touched by the waiting changes change too (see [`Applied::touched`] of
+    /// that later call: it does not name them, so the caller re-reads everything then).
+    pub waiting: bool,
 }
 
-fn touched_id(p: automerge::Patch) -> Option<String> {
-    use automerge::{PatchAction, Prop};
-    if p.obj == ROOT {
-        return match p.action {
-            PatchAction::PutMap { key, .. } | PatchAction::DeleteMap { key } => Some(key),
-            _ => None,
-        };
+/// Applies changes from other authors. The records they touch are found from the changes' own
+/// operations (a root key, or the root key above the object an operation edits), not by diffing
+/// the document, so the cost follows the size of the changes, not of the document.
+pub fn apply(doc: &mut Automerge, changes: Vec<automerge::Change>) -> Result<Applied, Error> {
+    let decoded: Vec<automerge::ExpandedChange> = changes.iter().map(|c| c.decode()).collect();
+    doc.apply_changes(changes)?;
+    let mut ids = std::collections::BTreeSet::new();
+    for c in &decoded {
+        touched_by(doc, c, &mut ids);
     }
-    match p.path.first() {
-        Some((obj, Prop::Map(id))) if *obj == ROOT => Some(id.clone()),
+    Ok(Applied {
+        touched: ids.into_iter().collect(),
+        waiting: !doc.get_missing_deps(&[]).is_empty(),
+    })
+}
+
+/// Adds to `ids` the root key of every record one change touches.
+fn touched_by(
+    doc: &Automerge,
+    c: &automerge::ExpandedChange,
+    ids: &mut std::collections::BTreeSet<String>,
+) {
+    use automerge::legacy::{Key, ObjectId, OpId};
+    // Objects this change creates, by id, with the record they belong to.
+    let mut created: HashMap<String, String> = HashMap::new();
+    for (i, op) in c.operations.iter().enumerate() {
+        let record = match &op.obj {
+            ObjectId::Root => match &op.key {
+                Key::Map(k) => Some(k.to_string()),
+                Key::Seq(_) => None,
+            },
+            ObjectId::Id(id) => {
+                let id = id.to_string();
+                created.get(&id).cloned().or_else(|| record_above(doc, &id))
+            }
+        };
+        let Some(record) = record else { continue };
+        if matches!(op.action, automerge::legacy::OpType::Make(_)) {
+            let own = OpId(c.start_op.get() + i as u64, c.actor_id.clone());
+            created.insert(own.to_string(), record.clone());
+        }
+        ids.insert(record);
+    }
+}
+
+/// The root key above object `obj` ("counter@actor"), if the object is in the document.
+fn record_above(doc: &Automerge, obj: &str) -> Option<String> {
+    let exid = doc.import_obj(obj).ok()?;
+    let top = doc.parents(&exid).ok()?.last()?;
+    match top.prop {
+        automerge::Prop::Map(k) if top.obj == ROOT => Some(k),
         _ => None,
     }
 }
@@ -369,11 +401,13 @@ mod tests {
         let cb = write(&mut b, &[up("rb", json!({"y": 2}))], &[])
             .expect("w")
             .expect("c");
-        let got =
-            apply(&mut a, vec![automerge::Change::from_bytes(cb).expect("c")]).expect("apply");
+        let got = apply(&mut a, vec![automerge::Change::from_bytes(cb).expect("c")])
+            .expect("apply")
+            .touched;
         assert_eq!(got, ["rb"]);
-        let got =
-            apply(&mut b, vec![automerge::Change::from_bytes(ca).expect("c")]).expect("apply");
+        let got = apply(&mut b, vec![automerge::Change::from_bytes(ca).expect("c")])
+            .expect("apply")
+            .touched;
         assert_eq!(got, ["ra"]);
         assert_eq!(ids(&a), ["ra", "rb"]);
         assert_eq!(ids(&b), ids(&a));
@@ -382,10 +416,39 @@ mod tests {
             .expect("w")
             .expect("c");
         let change = automerge::Change::from_bytes(cu).expect("c");
-        let got = apply(&mut b, vec![change.clone()]).expect("apply");
+        let got = apply(&mut b, vec![change.clone()]).expect("apply").touched;
         assert_eq!(got, ["ra", "rb"]);
-        assert!(apply(&mut b, vec![change]).expect("dup").is_empty());
+        // A duplicate changes nothing (it may name its records again: re-reading is harmless).
+        assert!(!apply(&mut b, vec![change]).expect("dup").waiting);
         assert_eq!(read(&b, "rb").expect("rb").data["y"], 3);
+    }
+
+    #[test]
+    fn a_change_that_arrives_before_its_dependency_waits_and_says_so() {
+        let mut a = new_doc(&[1; 32]);
+        let c1 = write(&mut a, &[up("r1", json!({"x": 1}))], &[])
+            .expect("w")
+            .expect("c");
+        let c2 = write(
+            &mut a,
+            &[up("r1", json!({"x": 2})), up("r2", json!({}))],
+            &[],
+        )
+        .expect("w")
+        .expect("c");
+        let mut b = new_doc(&[2; 32]);
+        let early = apply(&mut b, vec![automerge::Change::from_bytes(c2).expect("c")]).expect("a");
+        assert!(early.waiting);
+        assert!(ids(&b).is_empty());
+        let late = apply(&mut b, vec![automerge::Change::from_bytes(c1).expect("c")]).expect("a");
+        assert!(!late.waiting);
+        assert_eq!(late.touched, ["r1"]);
+        assert_eq!(
+            ids(&b),
+            ["r1", "r2"],
+            "the waiting change applied with its dependency"
+        );
+        assert_eq!(read(&b, "r1").expect("r1").data["x"], 2);
     }
 
     mod convergence {

@@ -20,6 +20,21 @@ pub const STOP_DEADLINE: Duration = Duration::from_secs(60);
 /// How long one CLI command may run.
 pub const CLI_DEADLINE: Duration = Duration::from_secs(60);
 
+/// Variables that would redirect a `fogmesh` command away from what a test says.
+const REDIRECTING_VARS: [&str; 5] = [
+    "FOGMESH_HOME",
+    "FOGMESH_API",
+    "FOGMESH_TOKEN",
+    "FOGMESH_LISTEN",
+    "RUST_LOG",
+];
+
+fn clean_env(c: &mut Command) {
+    for var in REDIRECTING_VARS {
+        c.env_remove(var);
+    }
+}
+
 /// The binary under test.
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_fogmesh")
@@ -28,15 +43,7 @@ pub fn bin() -> &'static str {
 /// A `fogmesh` command with the environment cleared of variables that would redirect it.
 pub fn fogmesh() -> Command {
     let mut c = Command::new(bin());
-    for var in [
-        "FOGMESH_HOME",
-        "FOGMESH_API",
-        "FOGMESH_TOKEN",
-        "FOGMESH_LISTEN",
-        "RUST_LOG",
-    ] {
-        c.env_remove(var);
-    }
+    clean_env(&mut c);
     c
 }
 
@@ -102,42 +109,9 @@ impl Out {
 
 /// Runs `fogmesh ARGS` with optional stdin, killing it if it outlives `CLI_DEADLINE`.
 pub fn run_cli(args: &[&str], stdin: Option<&[u8]>) -> Out {
-    let cmdline = format!("fogmesh {}", args.join(" "));
-    let mut child = fogmesh()
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawning `{cmdline}`: {e}"));
-    let writer = stdin.map(|data| {
-        let mut pipe = child.stdin.take().expect("stdin is piped");
-        let data = data.to_vec();
-        std::thread::spawn(move || {
-            let _ = pipe.write_all(&data);
-        })
-    });
-    let out = reader(child.stdout.take().expect("stdout is piped"));
-    let err = reader(child.stderr.take().expect("stderr is piped"));
-    let status = wait_deadline(&mut child, CLI_DEADLINE);
-    let Some(status) = status else {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("`{cmdline}` did not finish within {CLI_DEADLINE:?}");
-    };
-    if let Some(w) = writer {
-        let _ = w.join();
-    }
-    Out {
-        code: status.code(),
-        stdout: out.join().expect("stdout reader"),
-        stderr: err.join().expect("stderr reader"),
-        cmdline,
-    }
+    let mut cmd = fogmesh();
+    cmd.args(args);
+    run_command(cmd, format!("fogmesh {}", args.join(" ")), stdin)
 }
 
 /// Reads a pipe to its end on a thread.
@@ -341,13 +315,15 @@ impl TestNode {
 
     /// GET with the admin token.
     pub fn get(&self, path: &str) -> Result<Value> {
-        let resp = self
-            .agent
+        Ok(self.get_raw(path)?.into_json()?)
+    }
+
+    fn get_raw(&self, path: &str) -> Result<ureq::Response> {
+        self.agent
             .get(&self.url(path))
             .set("Authorization", &format!("Bearer {}", self.token))
             .call()
-            .with_context(|| format!("GET {path}"))?;
-        Ok(resp.into_json()?)
+            .with_context(|| format!("GET {path}"))
     }
 
     /// POST JSON with the admin token.
@@ -437,15 +413,7 @@ pub fn run_command(mut cmd: Command, cmdline: String, stdin: Option<&[u8]>) -> O
 pub fn fogmesh_in_netns(ns: &str) -> Command {
     let mut c = Command::new("ip");
     c.args(["netns", "exec", ns, bin()]);
-    for var in [
-        "FOGMESH_HOME",
-        "FOGMESH_API",
-        "FOGMESH_TOKEN",
-        "FOGMESH_LISTEN",
-        "RUST_LOG",
-    ] {
-        c.env_remove(var);
-    }
+    clean_env(&mut c);
     c
 }
 
@@ -473,12 +441,6 @@ pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
 impl TestNode {
     /// GET with the admin token, the body as text (e.g. `/metrics`).
     pub fn get_text(&self, path: &str) -> Result<String> {
-        let resp = self
-            .agent
-            .get(&self.url(path))
-            .set("Authorization", &format!("Bearer {}", self.token))
-            .call()
-            .with_context(|| format!("GET {path}"))?;
-        Ok(resp.into_string()?)
+        Ok(self.get_raw(path)?.into_string()?)
     }
 }
