@@ -22,7 +22,7 @@
 //!    the transport bytes between A and B over the envelope payload (Automerge change) bytes.
 //!    Baseline: Automerge's own sync protocol bringing an empty document up to A's state. For
 //!    diagnosis: the same envelopes applied in Fetch-sized pages with no network, and one
-//!    single-record change applied to the full document with and without fogmesh's diff.
+//!    single-record change applied to the full document alone and through fogmesh's `view::doc::apply` (which also finds the touched records).
 //!    Then (1c) single-record write-to-visible latency on that pair, at the long history.
 //! 3. Reconnect when in sync: B's mesh is restarted (same port, node kept open); transport bytes
 //!    from connect until the first catch-up round (both sides' Hello) is complete, at a short
@@ -1072,7 +1072,7 @@ fn pages_of(envs: Vec<Envelope>, max: usize) -> Vec<Vec<Envelope>> {
 
 struct AmSync {
     /// One single-record change applied to A's full document: `apply_changes` alone, and
-    /// `view::doc::apply` (`apply_changes` plus the diff that finds the touched records), p50 of 5.
+    /// `view::doc::apply` (`apply_changes` plus finding the touched records), p50 of 5.
     one_change: (Duration, Duration),
     build: Duration,
     elapsed: Duration,
@@ -1134,8 +1134,8 @@ fn automerge_sync(changes: Vec<Change>) -> Result<AmSync> {
 }
 
 /// Applies one single-record change (written by `actor`, A, on a fork of `full`) to copies of `full`, timing
-/// Automerge's `apply_changes` alone and fogmesh's `view::doc::apply` (which adds a diff of the
-/// heads before and after to find the touched records). p50 of 5.
+/// Automerge's `apply_changes` alone and fogmesh's `view::doc::apply` (which also finds the
+/// records the change touched, from its operations). p50 of 5.
 fn one_change(full: &Automerge, actor: automerge::ActorId) -> Result<(Duration, Duration)> {
     let mut other = full.fork().with_actor(actor);
     let mut rng = Rng(42);
