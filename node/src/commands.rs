@@ -325,7 +325,7 @@ fn publish_stdin(cli: &Cli, c: &Client, path: &str, batch: usize) -> Result<()> 
     if cli.json {
         output::json(&json!({ "ids": ids }));
     } else {
-        eprintln!("published {} records", ids.len());
+        eprintln!("published {}", records(ids.len()));
     }
     Ok(())
 }
@@ -342,7 +342,7 @@ fn send_batch(
         .with_context(|| format!("after {} records were acknowledged", ids.len()))?;
     ids.extend(v["ids"].as_array().cloned().unwrap_or_default());
     if ids.len() >= 5_000 {
-        eprint!("\rpublished {} records", ids.len());
+        eprint!("\rpublished {}", records(ids.len()));
         let _ = std::io::stderr().flush();
     }
     Ok(())
@@ -368,7 +368,7 @@ fn query(cli: &Cli, a: &QueryArgs) -> Result<()> {
                 })
                 .collect();
             output::table(&["id", "time", "name", "data"], &rows);
-            eprintln!("{} records", rows.len());
+            eprintln!("{}", records(rows.len()));
         }
     }
     Ok(())
@@ -436,5 +436,14 @@ fn print_event(cli: &Cli, event: &str, data: &str) {
         }
         "delete" => println!("delete {}", v["id"].as_str().unwrap_or("?")),
         other => println!("{other} {data}"),
+    }
+}
+
+/// "1 record", "2 records".
+fn records(n: usize) -> String {
+    if n == 1 {
+        "1 record".into()
+    } else {
+        format!("{n} records")
     }
 }
