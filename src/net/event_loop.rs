@@ -353,7 +353,7 @@ impl EventLoop {
 
     /// Counts a bad input against `peer`, reports it, and disconnects past the limit.
     pub(super) fn bad_input(&mut self, peer: PeerId, protocol: Option<Protocol>, detail: String) {
-        let count = self.table.bad_input(peer);
+        let count = self.table.bad_input(peer, Instant::now());
         tracing::warn!(%peer, count, %detail, "bad input from peer");
         if let Some(protocol) = protocol {
             self.emit(Event::BadInput {

@@ -76,7 +76,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use client::Client;
 pub use error::Error;
-pub use peers::{PeerInfo, BAD_INPUT_LIMIT};
+pub use peers::{PeerInfo, BAD_INPUT_FORGET, BAD_INPUT_LIMIT};
 pub use traffic::{FrameTraffic, Meter, Traffic};
 
 /// Capacity of the channel of [`Event`]s from the loop to the mesh layer.

@@ -8,7 +8,9 @@ use libp2p::multiaddr::Protocol as AddrPart;
 use libp2p::{Multiaddr, PeerId};
 use serde::Serialize;
 
-/// Bad inputs after which a peer is disconnected (the count is kept).
+/// How long a peer must send nothing bad for its count to start again from zero.
+pub const BAD_INPUT_FORGET: Duration = Duration::from_secs(600);
+/// Bad inputs after which a peer is disconnected (see [`BAD_INPUT_FORGET`]).
 pub const BAD_INPUT_LIMIT: u64 = 3;
 /// First redial delay after a member goes down.
 pub(crate) const BACKOFF_MIN: Duration = Duration::from_secs(1);
@@ -100,6 +102,7 @@ struct Entry {
     rtt: Option<Duration>,
     addrs: VecDeque<Multiaddr>,
     bad_inputs: u64,
+    last_bad: Option<Instant>,
     backoff: Backoff,
 }
 
@@ -236,9 +239,18 @@ impl PeerTable {
             .unwrap_or_default()
     }
 
-    /// Counts a bad input against `peer`; returns its total.
-    pub(crate) fn bad_input(&mut self, peer: PeerId) -> u64 {
+    /// Counts a bad input against `peer`; returns its count. A peer quiet for
+    /// [`BAD_INPUT_FORGET`] starts again from zero, so a member is not disconnected for three
+    /// stray inputs spread over days.
+    pub(crate) fn bad_input(&mut self, peer: PeerId, now: Instant) -> u64 {
         let entry = self.entry(peer);
+        if entry
+            .last_bad
+            .is_some_and(|t| now.saturating_duration_since(t) >= BAD_INPUT_FORGET)
+        {
+            entry.bad_inputs = 0;
+        }
+        entry.last_bad = Some(now);
         entry.bad_inputs = entry.bad_inputs.saturating_add(1);
         entry.bad_inputs
     }

@@ -81,7 +81,7 @@ fn bad_member_is_redialed_only_after_the_longest_delay() {
     table.set_members([peer(1)].into(), t0);
     table.connected(peer(1), None, t0);
     for n in 1..=BAD_INPUT_LIMIT {
-        assert_eq!(table.bad_input(peer(1)), n);
+        assert_eq!(table.bad_input(peer(1), t0), n);
     }
     table.disconnected(peer(1), t0);
     assert!(table.due_redials(t0 + BACKOFF_MAX / 2).is_empty());
@@ -151,7 +151,7 @@ fn strangers_are_evicted_so_the_table_stays_bounded() {
     for _ in 0..MAX_PEERS + 10 {
         let stranger = PeerId::random();
         table.connected(stranger, None, t0);
-        table.bad_input(stranger);
+        table.bad_input(stranger, t0);
         table.disconnected(stranger, t0);
     }
     assert_eq!(table.entries.len(), MAX_PEERS);
@@ -164,4 +164,19 @@ fn split_p2p_separates_peer_from_address() {
     let full = addr(7).with(AddrPart::P2p(peer(3)));
     assert_eq!(split_p2p(&full), (Some(peer(3)), addr(7)));
     assert_eq!(split_p2p(&addr(7)), (None, addr(7)));
+}
+
+#[test]
+fn a_peer_quiet_long_enough_starts_again_from_zero() {
+    let t0 = Instant::now();
+    let mut table = PeerTable::new(peer(0));
+    table.set_members([peer(1)].into(), t0);
+    assert_eq!(table.bad_input(peer(1), t0), 1);
+    assert_eq!(table.bad_input(peer(1), t0 + BAD_INPUT_FORGET / 2), 2);
+    let later = t0 + BAD_INPUT_FORGET / 2 + BAD_INPUT_FORGET;
+    assert_eq!(
+        table.bad_input(peer(1), later),
+        1,
+        "forgiven after a quiet spell"
+    );
 }
