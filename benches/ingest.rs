@@ -11,6 +11,9 @@
 //! baselines; where the time of one library batch goes; and the time to reopen a node holding
 //! `FOGMESH_BENCH_RECORDS` records, with and without a final snapshot.
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,6 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use automerge::transaction::Transactable;
 use automerge::{ActorId, Automerge, ObjType, ReadDoc, ScalarValue, ROOT};
+use common::{pad_with_notes, Rng};
 use serde_json::{json, Map, Value};
 
 use fogmesh::apps::App;
@@ -77,35 +81,7 @@ impl Sizes {
 // ---------------------------------------------------------------------------------------------
 // Records
 
-/// Deterministic xorshift, so runs are comparable.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-}
-
 const TRIAGE: [&str; 3] = ["urgent", "standard", "low"];
-const WORDS: [&str; 12] = [
-    "patient",
-    "fever",
-    "cough",
-    "stable",
-    "observed",
-    "ward",
-    "oxygen",
-    "swab",
-    "negative",
-    "positive",
-    "discharged",
-    "review",
-];
 
 /// The `data` of record `i`: eight fields, ~1 KiB as JSON (one long free-text field).
 fn record_data(i: u64, rng: &mut Rng) -> Map<String, Value> {
@@ -120,18 +96,7 @@ fn record_data(i: u64, rng: &mut Rng) -> Map<String, Value> {
     m.insert("triage".into(), json!(TRIAGE[(i % 3) as usize]));
     m.insert("facility".into(), json!("st-marys-general"));
     m.insert("lab_code".into(), json!("FLU-A-H3N2"));
-    m.insert("notes".into(), json!(""));
-    let base = serde_json::to_vec(&m).map_or(0, |b| b.len());
-    let want = RECORD_BYTES.saturating_sub(base);
-    let mut notes = String::with_capacity(want + 12);
-    while notes.len() < want {
-        if !notes.is_empty() {
-            notes.push(' ');
-        }
-        notes.push_str(WORDS[(rng.next() % WORDS.len() as u64) as usize]);
-    }
-    notes.truncate(want);
-    m.insert("notes".into(), Value::String(notes));
+    pad_with_notes(&mut m, RECORD_BYTES, rng);
     m
 }
 

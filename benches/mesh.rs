@@ -28,12 +28,16 @@
 //!    from connect until the first catch-up round (both sides' Hello) is complete, at a short
 //!    history (3a) and at the catch-up's long one (3b).
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use automerge::sync::{self as am_sync, SyncDoc};
 use automerge::{Automerge, Change};
+use common::{pad_with_notes, Rng};
 use libp2p::PeerId;
 use serde_json::{json, Map, Value};
 use tokio::sync::broadcast::error::RecvError;
@@ -104,35 +108,6 @@ impl Sizes {
 // ---------------------------------------------------------------------------------------------
 // Records
 
-/// Deterministic xorshift, so runs are comparable.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-}
-
-const WORDS: [&str; 12] = [
-    "patient",
-    "fever",
-    "cough",
-    "stable",
-    "observed",
-    "ward",
-    "oxygen",
-    "swab",
-    "negative",
-    "positive",
-    "discharged",
-    "review",
-];
-
 /// Record `i`'s data: a few fields plus free text, `size` bytes of JSON (100 ..= 1024).
 fn record_data(i: u64, size: usize, rng: &mut Rng) -> Map<String, Value> {
     let mut m = Map::new();
@@ -142,18 +117,7 @@ fn record_data(i: u64, size: usize, rng: &mut Rng) -> Map<String, Value> {
         "triage".into(),
         json!(["urgent", "standard", "low"][(i % 3) as usize]),
     );
-    m.insert("notes".into(), json!(""));
-    let base = serde_json::to_vec(&m).map_or(0, |b| b.len());
-    let want = size.saturating_sub(base);
-    let mut notes = String::with_capacity(want + 12);
-    while notes.len() < want {
-        if !notes.is_empty() {
-            notes.push(' ');
-        }
-        notes.push_str(WORDS[(rng.next() % WORDS.len() as u64) as usize]);
-    }
-    notes.truncate(want);
-    m.insert("notes".into(), Value::String(notes));
+    pad_with_notes(&mut m, size, rng);
     m
 }
 

@@ -306,28 +306,19 @@ fn watch_streams_one_ndjson_line_per_change() {
     stderr.read_line(&mut line).unwrap();
     assert!(line.starts_with("watching hospital/flu"), "{line}");
     let stdout = common::reader(watch.0.stdout.take().unwrap());
-    node.cli(&[
-        "publish",
-        "hospital/flu",
-        "--name",
-        "d7",
-        "--id",
-        "w1",
-        "--data",
-        r#"{"cases":1}"#,
-    ])
-    .ok();
-    node.cli(&[
-        "publish",
-        "hospital/flu",
-        "--name",
-        "d7",
-        "--id",
-        "w1",
-        "--data",
-        r#"{"cases":2}"#,
-    ])
-    .ok();
+    for data in [r#"{"cases":1}"#, r#"{"cases":2}"#] {
+        let args = [
+            "publish",
+            "hospital/flu",
+            "--name",
+            "d7",
+            "--id",
+            "w1",
+            "--data",
+            data,
+        ];
+        node.cli(&args).ok();
+    }
     let status = common::wait_deadline(&mut watch.0, common::CLI_DEADLINE)
         .expect("watch ends after --count");
     assert!(status.success());

@@ -236,16 +236,11 @@ impl Mesh {
     }
 
     pub(crate) fn is_member(&self, peer: &PeerId) -> bool {
-        self.inner
-            .state
-            .roster()
-            .by_peer(&peer.to_string())
-            .is_some()
+        self.org_of(peer).is_some()
     }
 
     pub(crate) fn org_of(&self, peer: &PeerId) -> Option<String> {
-        let roster = self.inner.state.roster();
-        roster.by_peer(&peer.to_string()).map(|m| m.org.clone())
+        self.inner.state.org_of(&peer.to_string())
     }
 
     pub(crate) fn count_bad(&self, peer: &PeerId, detail: &str) {

@@ -125,13 +125,8 @@ impl Mesh {
     ) -> Result<SyncResponse, String> {
         let id = DatasetId::parse(dataset).map_err(|e| e.to_string())?;
         let author = AuthorId::from_hex(author).ok_or("fetch: bad author key")?;
-        let meta = self
-            .inner
-            .node
-            .replicas()
-            .into_iter()
-            .find(|(m, _)| m.id == id);
-        let Some((meta, _)) = meta.filter(|(m, _)| catalog::entitled(m, org)) else {
+        let meta = self.held_meta(&id);
+        let Some(meta) = meta.filter(|m| catalog::entitled(m, org)) else {
             return Ok(SyncResponse::Refused(format!(
                 "dataset {id} is not shared with {org}"
             )));
@@ -190,13 +185,14 @@ impl Mesh {
             let env = Envelope::decode_verified(bytes).map_err(|e| e.to_string())?;
             by_ds.entry(env.dataset.clone()).or_default().push(env);
         }
+        let roster = self.inner.state.roster();
         let mut new = 0;
         for (id, envs) in by_ds {
             let Some(meta) = self.held_meta(&id) else {
                 continue;
             };
             for env in &envs {
-                self.check_writer(&meta, &env.author)?;
+                check_writer(&roster, &meta, &env.author)?;
             }
             new += self
                 .inner
@@ -209,26 +205,25 @@ impl Mesh {
     }
 
     pub(crate) fn held_meta(&self, id: &DatasetId) -> Option<crate::dataset::Meta> {
-        let replicas = self.inner.node.replicas();
-        replicas
-            .into_iter()
-            .find(|(m, _)| m.id == *id)
-            .map(|(m, _)| m)
+        self.inner.node.replica(id).map(|(m, _)| m)
     }
+}
 
-    /// Fails unless `author` is a member entitled to write `meta`'s dataset.
-    fn check_writer(&self, meta: &crate::dataset::Meta, author: &AuthorId) -> Result<(), String> {
-        let roster = self.inner.state.roster();
-        let hex = author.to_string();
-        let org = roster
-            .iter()
-            .find(|m| m.author == hex)
-            .map(|m| m.org.clone());
-        match org {
-            Some(org) if catalog::entitled(meta, &org) => Ok(()),
-            Some(org) => Err(format!("{org} may not write {}", meta.id)),
-            None => Err(format!("envelope of {} by a non-member", meta.id)),
-        }
+/// Fails unless `author` is a member entitled to write `meta`'s dataset.
+fn check_writer(
+    roster: &super::roster::Roster,
+    meta: &crate::dataset::Meta,
+    author: &AuthorId,
+) -> Result<(), String> {
+    let hex = author.to_string();
+    match roster
+        .iter()
+        .find(|m| m.author == hex)
+        .map(|m| m.org.as_str())
+    {
+        Some(org) if catalog::entitled(meta, org) => Ok(()),
+        Some(org) => Err(format!("{org} may not write {}", meta.id)),
+        None => Err(format!("envelope of {} by a non-member", meta.id)),
     }
 }
 

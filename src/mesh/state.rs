@@ -72,6 +72,13 @@ impl State {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The organization of the member with this peer id, without copying the roster.
+    pub(crate) fn org_of(&self, peer: &str) -> Option<String> {
+        let st = self.lock();
+        let roster = st.roster.as_ref()?;
+        roster.by_peer(peer).map(|m| m.org.clone())
+    }
+
     /// A copy of the roster.
     pub(crate) fn roster(&self) -> Roster {
         self.lock().roster.clone().unwrap_or_else(|| Roster {

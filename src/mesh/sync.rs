@@ -193,13 +193,7 @@ impl Mesh {
         remote: &VersionVector,
     ) -> Result<(), String> {
         let ds = crate::naming::DatasetId::parse(id).map_err(|e| e.to_string())?;
-        let Some((_, local)) = self
-            .inner
-            .node
-            .replicas()
-            .into_iter()
-            .find(|(m, _)| m.id == ds)
-        else {
+        let Some((_, local)) = self.inner.node.replica(&ds) else {
             return Ok(());
         };
         let ranges = local.missing_from(remote);

@@ -39,13 +39,12 @@ impl Dataset {
         let mut changes = Vec::with_capacity(envs.len());
         let mut fresh: Vec<Envelope> = Vec::with_capacity(envs.len());
         let mut authors: Vec<AuthorId> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for env in envs {
             if env.dataset != self.meta.id
                 || env.seq <= st.vv.get(&env.author)
+                || !seen.insert((env.author, env.seq))
                 || store.has_envelope(&env.dataset, &env.author, env.seq)?
-                || fresh
-                    .iter()
-                    .any(|f| f.author == env.author && f.seq == env.seq)
             {
                 continue;
             }
@@ -146,6 +145,14 @@ impl super::Node {
     /// This node's identity.
     pub fn identity(&self) -> &crate::identity::Identity {
         &self.inner.identity
+    }
+
+    /// Metadata and version vector of dataset `id`, if held (one lookup, no listing).
+    pub fn replica(
+        &self,
+        id: &crate::naming::DatasetId,
+    ) -> Option<(crate::dataset::Meta, crate::version::VersionVector)> {
+        self.held(id).map(|d| (d.meta.clone(), d.version_vector()))
     }
 
     /// Metadata and version vector of every dataset held, private ones included.

@@ -2,7 +2,7 @@
 //! status, with the JSON error body `{"error":{"code","message"}}` checked for a message that names
 //! the problem.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 use tower::ServiceExt;
 
-use crate::common::TestNode;
+use crate::common::{self, TestNode};
 use fogmesh::config::Config;
 use fogmesh::identity::Identity;
 use fogmesh::Node;
@@ -33,34 +33,9 @@ fn config(max_body_bytes: usize) -> Config {
     }
 }
 
-/// A fresh node for org `hospital`, like `common::test_node` but with `max_body_bytes`, and
-/// waiting out the store lock the node dropped inside `init_with` may still hold (see
-/// `a_home_reopens_as_soon_as_its_node_is_dropped`): without the wait, most tests fail with
-/// "could not acquire lock" when they run in parallel.
+/// A fresh node for org `hospital` with `max_body_bytes`.
 async fn test_node(max_body_bytes: usize) -> TestNode {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = config(max_body_bytes);
-    let id = Identity::from_seed([SEED; 32]);
-    let init = fogmesh::node::home::init_with(dir.path(), config.clone(), id).await;
-    init.expect("init");
-    let admin_token = fogmesh::node::home::admin_token(dir.path()).expect("token");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let node = loop {
-        match Node::open_home(dir.path(), config.clone()) {
-            Ok(node) => break node,
-            Err(e) if e.to_string().contains("lock") && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            Err(e) => panic!("open: {e}"),
-        }
-    };
-    let admin = node.authenticate(&admin_token).expect("admin");
-    TestNode {
-        node,
-        admin,
-        admin_token,
-        dir,
-    }
+    common::test_node_with(config(max_body_bytes), SEED).await
 }
 
 /// A node holding the dataset `hospital/flu`, its router, and the sender that keeps event

@@ -16,18 +16,21 @@ pub struct TestNode {
 
 /// Opens a node for org `org` in a fresh temporary directory.
 pub async fn test_node(org: &str, seed: u8) -> TestNode {
-    let dir = tempfile::tempdir().expect("tempdir");
     let config = Config {
         org: org.into(),
         mesh: "test-mesh".into(),
         ..Config::default()
     };
-    fogmesh::node::home::init_with(dir.path(), config, Identity::from_seed([seed; 32]))
+    test_node_with(config, seed).await
+}
+
+/// Opens a node with `config` and a seeded identity in a fresh temporary directory.
+pub async fn test_node_with(config: Config, seed: u8) -> TestNode {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fogmesh::node::home::init_with(dir.path(), config.clone(), Identity::from_seed([seed; 32]))
         .await
         .expect("init");
     let admin_token = fogmesh::node::home::admin_token(dir.path()).expect("token");
-    let config =
-        fogmesh::config::Config::load(&dir.path().join(fogmesh::config::FILE)).expect("config");
     let node = Node::open_home(dir.path(), config).expect("open");
     let admin = node.authenticate(&admin_token).expect("admin");
     TestNode {
