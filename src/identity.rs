@@ -144,6 +144,11 @@ impl Identity {
         x25519_dalek::PublicKey::from(&self.agreement).to_bytes()
     }
 
+    /// The X25519 secret, for opening keys wrapped for this node.
+    pub(crate) fn agreement_secret(&self) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(self.agreement.to_bytes())
+    }
+
     /// Signs `msg` with the identity key.
     pub fn sign(&self, msg: &[u8]) -> [u8; 64] {
         self.signing.sign(msg).to_bytes()

@@ -16,6 +16,7 @@
 //! | [`version`] | version vectors: what a node holds, per author |
 //! | [`dataset`] | dataset metadata: visibility, priority, retention, readers |
 //! | [`apps`] | app tokens (stored hashed) and rights |
+//! | [`access`] | grants, epoch keys, sealing, HPKE key wrapping |
 //! | [`view`] | Automerge documents per dataset, and record queries |
 //! | [`net`] | the libp2p networking actor: one task owns the swarm and moves byte frames between members |
 //! | [`store`] | sled trees and group commit |
@@ -35,8 +36,10 @@
 //! entitled to the dataset.
 #![warn(missing_docs)]
 
+pub mod access;
 pub mod api;
 pub mod apps;
+mod codec;
 pub mod config;
 pub mod dataset;
 pub mod envelope;
