@@ -63,9 +63,14 @@ pub struct Spec {
     /// Free-form JSON describing the records' data fields, for humans and apps.
     #[serde(default)]
     pub schema: Option<serde_json::Value>,
-    /// Organizations the dataset is shared with (shared datasets only).
+    /// Organizations the dataset is shared with (shared datasets only): each gets a grant for
+    /// all its apps to read and query.
     #[serde(default)]
     pub readers: Vec<String>,
+    /// Seal envelopes under epoch keys; default: yes for shared datasets, no for private ones
+    /// (which never leave the node). A shared dataset made with `false` travels in clear.
+    #[serde(default)]
+    pub encrypted: Option<bool>,
 }
 
 /// A dataset as stored.
@@ -81,8 +86,11 @@ pub struct Meta {
     pub retention: Retention,
     /// Schema description, if given.
     pub schema: Option<serde_json::Value>,
-    /// Reader organizations.
+    /// Reader organizations named at creation (each was granted read and query).
     pub readers: Vec<String>,
+    /// Whether envelope payloads are sealed under epoch keys.
+    #[serde(default)]
+    pub encrypted: bool,
     /// Creation time (ms).
     pub created: u64,
 }
@@ -131,6 +139,9 @@ impl Spec {
             retention: self.retention,
             schema: self.schema,
             readers,
+            encrypted: self
+                .encrypted
+                .unwrap_or(self.visibility == Visibility::Shared),
             created: now_ms,
         })
     }
@@ -148,6 +159,7 @@ mod tests {
             retention: Retention::default(),
             schema: None,
             readers: vec!["pharmacy".into(), "agency".into(), "pharmacy".into()],
+            encrypted: None,
         }
     }
 
@@ -156,6 +168,7 @@ mod tests {
         let m = spec("flu-cases").into_meta("hospital", 7).expect("valid");
         assert_eq!(m.id.to_string(), "hospital/flu-cases");
         assert_eq!(m.readers, ["agency", "pharmacy"]);
+        assert!(m.encrypted, "shared datasets are sealed by default");
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub struct Metrics {
     pub api_errors: Family<CodeLabels, Counter>,
     /// Malformed or refused input from peers, by peer id.
     pub peer_bad_inputs: Family<CodeLabels, Counter>,
+    /// Envelopes refused for want of write authority, by dataset.
+    pub envelopes_rejected: Family<CodeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -46,6 +48,7 @@ impl Metrics {
             snapshots: Counter::default(),
             api_errors: Family::default(),
             peer_bad_inputs: Family::default(),
+            envelopes_rejected: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -74,6 +77,11 @@ impl Metrics {
             "peer_bad_inputs",
             "Malformed or refused input from peers",
             m.peer_bad_inputs.clone(),
+        );
+        registry.register(
+            "envelopes_rejected",
+            "Envelopes refused: the author holds no write grant for them",
+            m.envelopes_rejected.clone(),
         );
         Self { registry, ..m }
     }

@@ -99,12 +99,21 @@ pub async fn events(
     Caller(c): Caller,
     Path((owner, name)): Path<(String, String)>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
-    let rx = s.node.subscribe(&c, &dataset(&owner, &name)?)?;
+    let (rx, prefix) = s.node.subscribe(&c, &dataset(&owner, &name)?)?.into_parts();
     let mut closing = s.closing.clone();
     let stop = async move {
         let _ = closing.wait_for(|c| *c).await;
     };
-    let stream = BroadcastStream::new(rx).map(to_sse).take_until(stop);
+    let stream = BroadcastStream::new(rx)
+        .filter(move |item| {
+            let keep = match item {
+                Ok(ev) => crate::node::visible(ev, prefix.as_deref()),
+                Err(_) => true,
+            };
+            std::future::ready(keep)
+        })
+        .map(to_sse)
+        .take_until(stop);
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 

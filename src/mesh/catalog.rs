@@ -1,8 +1,9 @@
 //! The mesh catalog: dataset descriptions signed by their owner, so any member may relay them, and
 //! the entitlement rule that decides who receives and who may write a dataset's envelopes.
 //!
-//! Until grants land (the access milestone), a shared dataset is entitled to its owner and the
-//! reader organizations named at creation; a private one to its owner alone, so it never leaves.
+//! A shared dataset's envelopes travel to every member: those without a key store and forward
+//! ciphertext only (blind relays), so data stays available while its owner is away. Who can read
+//! follows the grants ([`crate::access`]). A private dataset stays with its owner.
 
 use serde::{Deserialize, Serialize};
 
@@ -70,10 +71,10 @@ impl SignedMeta {
     }
 }
 
-/// Whether organization `org` receives the envelopes of `meta` and may write to it.
+/// Whether organization `org` receives (and relays) the envelopes of `meta`.
 pub fn entitled(meta: &Meta, org: &str) -> bool {
     match meta.visibility {
         Visibility::Private => meta.id.owner() == org,
-        Visibility::Shared => meta.id.owner() == org || meta.readers.iter().any(|r| r == org),
+        Visibility::Shared => true,
     }
 }

@@ -114,6 +114,7 @@ impl Mesh {
         let tasks = vec![
             tokio::spawn(mesh.clone().run_events(events)).abort_handle(),
             tokio::spawn(mesh.clone().run_outbox()).abort_handle(),
+            tokio::spawn(mesh.clone().run_access()).abort_handle(),
             tokio::spawn(mesh.clone().run_periodic()).abort_handle(),
         ];
         *mesh.inner.tasks.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
@@ -128,6 +129,8 @@ impl Mesh {
     /// Tells the network layer who the members are and where they were last seen.
     pub(crate) async fn refresh_members(&self) -> Result<()> {
         let roster = self.inner.state.roster();
+        let keys = roster.iter().filter_map(member_keys).collect();
+        self.inner.node.set_members(keys).await?;
         let mut members = std::collections::HashSet::new();
         for m in roster.iter() {
             let Ok(peer) = m.peer_id.parse::<PeerId>() else {
@@ -294,6 +297,16 @@ impl Mesh {
         }
         self.inner.net.shutdown().await;
     }
+}
+
+/// A roster entry's keys, if they parse.
+fn member_keys(m: &roster::Member) -> Option<crate::node::MemberKeys> {
+    let agreement = hex::decode(&m.agreement_key).ok()?.try_into().ok()?;
+    Some(crate::node::MemberKeys {
+        org: m.org.clone(),
+        author: m.author_id()?,
+        agreement,
+    })
 }
 
 pub(crate) fn net_err(e: net::Error) -> Error {

@@ -7,13 +7,15 @@
 //!                                                  digests) -> roster if it differs, catalog, the
 //!                                                  vectors that differ; Roster (push a newer roster);
 //!                                                  Fetch (one author's envelopes, a byte-capped page)
-//! /fogmesh/push/1   Push         -> PushAck        new envelopes, eagerly, to entitled members
+//!                                                  access state (grants, wrapped keys) that differs
+//! /fogmesh/push/1   Push         -> PushAck        new envelopes and changed access state, eagerly
 //! ```
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::catalog::SignedMeta;
+use crate::access::Bundle;
 use super::roster::{Member, Roster};
 
 /// Most datasets one Hello may list.
@@ -66,6 +68,9 @@ pub enum SyncRequest {
         roster: [u8; 32],
         /// Per dataset held: id and version-vector digest.
         datasets: Vec<(String, [u8; 32])>,
+        /// Per dataset held: id and access-state digest.
+        #[serde(default)]
+        access: Vec<(String, [u8; 32])>,
     },
     /// A roster the requester found newer than the responder's.
     Roster(Roster),
@@ -93,6 +98,9 @@ pub enum SyncResponse {
         catalog: Vec<SignedMeta>,
         /// Encoded version vectors of listed datasets whose digest differs.
         vectors: Vec<(String, serde_bytes::ByteBuf)>,
+        /// Access state (grants, wrapped keys) of datasets whose access digest differs.
+        #[serde(default)]
+        access: Vec<(String, Bundle)>,
     },
     /// Answer to Roster: how many entries changed.
     Merged(u32),
@@ -112,6 +120,9 @@ pub enum SyncResponse {
 pub struct Push {
     /// Descriptions of datasets the receiver may not know yet.
     pub catalog: Vec<SignedMeta>,
+    /// Access state (grants, wrapped keys) that changed.
+    #[serde(default)]
+    pub access: Vec<(String, Bundle)>,
     /// Encoded envelopes.
     pub envelopes: Vec<serde_bytes::ByteBuf>,
 }
@@ -170,6 +181,7 @@ mod tests {
         ));
         let push = Push {
             catalog: vec![],
+            access: vec![],
             envelopes: vec![serde_bytes::ByteBuf::from(vec![1, 2, 3])],
         };
         let back: Push = decode("push", &encode(&push)).expect("decodes");

@@ -61,10 +61,16 @@ impl Mesh {
         let org = self.org_of(&peer).ok_or("sync from a non-member")?;
         let req: SyncRequest = proto::decode("sync", bytes).map_err(|e| e.to_string())?;
         match req {
-            SyncRequest::Hello { roster, datasets } => {
+            SyncRequest::Hello {
+                roster,
+                datasets,
+                access,
+            } => {
                 proto::cap("hello", datasets.len(), proto::MAX_DATASETS)
                     .map_err(|e| e.to_string())?;
-                Ok(self.hello(&org, roster, &datasets))
+                proto::cap("hello access", access.len(), proto::MAX_DATASETS)
+                    .map_err(|e| e.to_string())?;
+                Ok(self.hello(&org, roster, &datasets, &access))
             }
             SyncRequest::Roster(r) => {
                 let n = self.inner.state.merge_roster(&self.inner.node, &r).await;
@@ -83,16 +89,28 @@ impl Mesh {
         }
     }
 
-    /// Hello: the roster if it differs, the catalog the requester lacks, the vectors that differ.
-    fn hello(&self, org: &str, roster: [u8; 32], listed: &[(String, [u8; 32])]) -> SyncResponse {
+    /// Hello: the roster if it differs, the catalog the requester lacks, the vectors and access
+    /// states that differ.
+    fn hello(
+        &self,
+        org: &str,
+        roster: [u8; 32],
+        listed: &[(String, [u8; 32])],
+        access: &[(String, [u8; 32])],
+    ) -> SyncResponse {
         let mine = self.inner.state.roster();
         let roster = (mine.digest() != roster).then_some(mine);
-        let (mut catalog, mut vectors) = (Vec::new(), Vec::new());
-        for (meta, vv) in self.inner.node.replicas() {
+        let (mut catalog, mut vectors, mut bundles) = (Vec::new(), Vec::new(), Vec::new());
+        let node = &self.inner.node;
+        for (meta, vv) in node.replicas() {
             if !catalog::entitled(&meta, org) {
                 continue;
             }
             let id = meta.id.to_string();
+            let theirs = access.iter().find(|(d, _)| *d == id).map(|(_, h)| *h);
+            if node.access_digest(&meta.id) != theirs {
+                bundles.extend(node.access_bundle(&meta.id).map(|b| (id.clone(), b)));
+            }
             match listed.iter().find(|(d, _)| *d == id) {
                 None if meta.id.owner() != org => catalog.extend(self.signed(&meta)),
                 Some((_, digest)) if *digest != vv.digest() => {
@@ -105,6 +123,7 @@ impl Mesh {
             roster,
             catalog,
             vectors,
+            access: bundles,
         }
     }
 
@@ -149,9 +168,12 @@ impl Mesh {
             .map_err(|e| e.to_string())?;
         proto::cap("push catalog", push.catalog.len(), proto::MAX_DATASETS)
             .map_err(|e| e.to_string())?;
+        proto::cap("push access", push.access.len(), proto::MAX_DATASETS)
+            .map_err(|e| e.to_string())?;
         for sm in push.catalog {
             self.adopt(sm).await?;
         }
+        self.merge_access(&push.access).await?;
         let accepted = self.apply_encoded(&push.envelopes).await?;
         Ok(PushAck {
             accepted: accepted as u32,
@@ -164,10 +186,14 @@ impl Mesh {
         if sm.meta.id.owner() == me || !catalog::entitled(&sm.meta, &me) {
             return Ok(false);
         }
-        sm.verify(&self.inner.state.roster())
-            .map_err(|e| e.to_string())?;
+        let roster = self.inner.state.roster();
+        sm.verify(&roster).map_err(|e| e.to_string())?;
+        let owner_key = roster
+            .by_org(sm.meta.id.owner())
+            .and_then(|m| m.author_id())
+            .ok_or("dataset owner left the roster")?;
         let node = &self.inner.node;
-        let fresh = node.adopt_dataset(sm.meta.clone()).await;
+        let fresh = node.adopt_dataset(sm.meta.clone(), owner_key).await;
         let fresh = fresh.map_err(|e| e.to_string())?;
         self.inner
             .state
@@ -185,14 +211,10 @@ impl Mesh {
             let env = Envelope::decode_verified(bytes).map_err(|e| e.to_string())?;
             by_ds.entry(env.dataset.clone()).or_default().push(env);
         }
-        let roster = self.inner.state.roster();
         let mut new = 0;
         for (id, envs) in by_ds {
-            let Some(meta) = self.held_meta(&id) else {
+            if self.held_meta(&id).is_none() {
                 continue;
-            };
-            for env in &envs {
-                check_writer(&roster, &meta, &env.author)?;
             }
             new += self
                 .inner
@@ -204,26 +226,24 @@ impl Mesh {
         Ok(new)
     }
 
+    /// Merges access states (grants, wrapped keys) of datasets held here.
+    pub(crate) async fn merge_access(
+        &self,
+        bundles: &[(String, crate::access::Bundle)],
+    ) -> Result<(), String> {
+        for (id, bundle) in bundles {
+            let id = DatasetId::parse(id).map_err(|e| e.to_string())?;
+            if self.held_meta(&id).is_none() {
+                continue;
+            }
+            let merged = self.inner.node.merge_access(&id, bundle).await;
+            merged.map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
     pub(crate) fn held_meta(&self, id: &DatasetId) -> Option<crate::dataset::Meta> {
         self.inner.node.replica(id).map(|(m, _)| m)
-    }
-}
-
-/// Fails unless `author` is a member entitled to write `meta`'s dataset.
-fn check_writer(
-    roster: &super::roster::Roster,
-    meta: &crate::dataset::Meta,
-    author: &AuthorId,
-) -> Result<(), String> {
-    let hex = author.to_string();
-    match roster
-        .iter()
-        .find(|m| m.author == hex)
-        .map(|m| m.org.as_str())
-    {
-        Some(org) if catalog::entitled(meta, org) => Ok(()),
-        Some(org) => Err(format!("{org} may not write {}", meta.id)),
-        None => Err(format!("envelope of {} by a non-member", meta.id)),
     }
 }
 

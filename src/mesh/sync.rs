@@ -61,7 +61,45 @@ impl Mesh {
             };
             let push = Push {
                 catalog,
+                access: vec![],
                 envelopes: vec![encoded.clone()],
+            };
+            self.spawn_push(peer, push).await;
+        }
+    }
+
+    /// Pushes every change of a held dataset's access state (grants, wrapped keys) to the
+    /// connected members.
+    pub(crate) async fn run_access(self) {
+        let mut rx = self.inner.node.subscribe_access();
+        loop {
+            match rx.recv().await {
+                Ok(id) => self.push_access(&id).await,
+                Err(RecvError::Lagged(_)) => self.sync_all().await,
+                Err(RecvError::Closed) => return,
+            }
+        }
+    }
+
+    async fn push_access(&self, id: &crate::naming::DatasetId) {
+        let (Some(meta), Some(bundle)) = (self.held_meta(id), self.inner.node.access_bundle(id))
+        else {
+            return;
+        };
+        let Ok(peers) = self.inner.net.peers().await else {
+            return;
+        };
+        for p in peers.into_iter().filter(|p| p.up && p.member) {
+            let Ok(peer) = p.peer.parse::<PeerId>() else {
+                continue;
+            };
+            if !self.org_of(&peer).is_some_and(|org| catalog::entitled(&meta, &org)) {
+                continue;
+            }
+            let push = Push {
+                catalog: self.signed(&meta).into_iter().collect(),
+                access: vec![(id.to_string(), bundle.clone())],
+                envelopes: vec![],
             };
             self.spawn_push(peer, push).await;
         }
@@ -137,19 +175,29 @@ impl Mesh {
     /// Returns how many datasets were newly adopted.
     async fn hello_round(&self, peer: PeerId) -> Result<usize, String> {
         let replicas = self.inner.node.replicas();
-        let datasets = replicas
+        let shared: Vec<_> = replicas
             .iter()
             .filter(|(m, _)| m.visibility == crate::dataset::Visibility::Shared)
+            .collect();
+        let datasets = shared
+            .iter()
             .map(|(m, vv)| (m.id.to_string(), vv.digest()))
+            .collect();
+        let node = &self.inner.node;
+        let access = shared
+            .iter()
+            .filter_map(|(m, _)| Some((m.id.to_string(), node.access_digest(&m.id)?)))
             .collect();
         let hello = SyncRequest::Hello {
             roster: self.inner.state.roster().digest(),
             datasets,
+            access,
         };
         let SyncResponse::Hello {
             roster,
             catalog,
             vectors,
+            access,
         } = self.sync_request(peer, &hello).await?
         else {
             return Err("unexpected answer to hello".into());
@@ -161,6 +209,7 @@ impl Mesh {
         for sm in catalog {
             adopted += usize::from(self.adopt(sm).await?);
         }
+        self.merge_access(&access).await?;
         for (id, bytes) in vectors {
             self.fetch_missing(peer, &id, &vector(&bytes)?).await?;
         }

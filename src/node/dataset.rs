@@ -1,7 +1,7 @@
 //! One dataset at run time: its Automerge document, the records materialized from it, its version
 //! vector, and its live event channel. All CRDT work happens here, on blocking threads.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -9,6 +9,7 @@ use automerge::{ActorId, Automerge, Change};
 use serde::Serialize;
 use tokio::sync::broadcast;
 
+use crate::access::{seal, AccessSet, EpochKey};
 use crate::dataset::Meta;
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
@@ -61,11 +62,19 @@ pub(crate) struct State {
     pub(super) failed: bool,
     /// Remote changes wait in the document for missing dependencies.
     pub(super) waiting: bool,
+    /// Epoch keys this node holds.
+    pub(crate) keys: BTreeMap<u64, EpochKey>,
+    /// Epochs of stored envelopes that could not be opened for want of their key.
+    pub(super) missing: BTreeSet<u64>,
 }
 
 /// A dataset held by this node.
 pub struct Dataset {
     pub(crate) meta: Meta,
+    /// The owner node's identity key, which signs grants and wrapped keys.
+    pub(crate) owner_key: AuthorId,
+    /// Grants and wrapped keys (its own lock: never taken while waiting for the state lock).
+    pub(crate) access: Mutex<AccessSet>,
     state: Mutex<State>,
     events: broadcast::Sender<Arc<Event>>,
     snapshotting: AtomicBool,
@@ -81,43 +90,54 @@ pub(crate) struct Written {
 }
 
 impl Dataset {
-    /// A new, empty dataset.
-    pub(crate) fn create(meta: Meta, author: &AuthorId) -> Self {
-        Self::with_state(meta, State::empty(author))
+    /// A new, empty dataset whose owner node has identity key `owner_key`.
+    pub(crate) fn create(meta: Meta, author: &AuthorId, owner_key: AuthorId) -> Self {
+        let access = AccessSet::new(meta.id.clone());
+        Self::with_state(meta, owner_key, access, State::empty(author))
     }
 
-    fn with_state(meta: Meta, state: State) -> Self {
+    fn with_state(meta: Meta, owner_key: AuthorId, access: AccessSet, state: State) -> Self {
         Self {
             meta,
+            owner_key,
+            access: Mutex::new(access),
             state: Mutex::new(state),
             events: broadcast::channel(EVENTS_CAP).0,
             snapshotting: AtomicBool::new(false),
         }
     }
 
-    /// Rebuilds a dataset from its latest snapshot plus the envelopes stored after it.
-    /// Returns it with the highest HLC seen, so the node clock can move past it.
-    pub(crate) fn restore(meta: Meta, store: &Store, author: &AuthorId) -> Result<(Self, u64)> {
+    /// Rebuilds a dataset from its access state, its latest snapshot and the envelopes stored
+    /// after it. Returns it with the highest HLC seen, so the node clock can move past it.
+    pub(crate) fn restore(
+        meta: Meta,
+        store: &Store,
+        me: &Identity,
+        stored: super::access::Stored,
+    ) -> Result<(Self, u64)> {
+        let author = &me.author();
         let (mut state, mut max_hlc) = match store.snapshot(&meta.id)? {
             Some(snap) => (State::from_snapshot(snap, author)?, 0),
             None => (State::empty(author), 0),
         };
+        let (owner_key, access) = stored.open(&meta.id)?;
+        state.keys = super::access::my_keys(&access, me);
         let mut pending: Vec<Envelope> = Vec::with_capacity(RESTORE_CHUNK);
         store.for_each_envelope_after(&meta.id, &state.vv.clone(), |env| {
             max_hlc = max_hlc.max(env.hlc);
             pending.push(env);
             if pending.len() == RESTORE_CHUNK {
                 state
-                    .apply_stored(std::mem::take(&mut pending))
+                    .apply_stored(&meta, std::mem::take(&mut pending))
                     .map_err(to_store_err)?;
             }
             Ok(())
         })?;
-        state.apply_stored(pending)?;
+        state.apply_stored(&meta, pending)?;
         let last = store.last_seq(&meta.id, author)?;
         state.next_seq = state.vv.get(author).max(last) + 1;
         state.materialize();
-        Ok((Self::with_state(meta, state), max_hlc))
+        Ok((Self::with_state(meta, owner_key, access, state), max_hlc))
     }
 
     pub(super) fn lock(&self) -> MutexGuard<'_, State> {
@@ -161,6 +181,7 @@ impl Dataset {
                 self.meta.id
             )));
         }
+        let key = st.sealing_key(&self.meta)?;
         let ms = crate::hlc::Timestamp(hlc).millis();
         let ups: Vec<Upsert> = batch
             .records
@@ -182,7 +203,20 @@ impl Dataset {
             });
         };
         let seq = st.next_seq;
-        let env = Envelope::seal(id, self.meta.id.clone(), seq, 0, hlc, change);
+        let (epoch, payload) = match key {
+            Some((epoch, key)) => {
+                let author = id.author();
+                let slot = seal::Slot {
+                    dataset: &self.meta.id,
+                    author: &author,
+                    seq,
+                    epoch,
+                };
+                (epoch, seal::seal(&key, slot, &change))
+            }
+            None => (0, change),
+        };
+        let env = Envelope::seal(id, self.meta.id.clone(), seq, epoch, hlc, payload);
         if let Err(e) = store.put_envelope(&env) {
             // The document now holds a change the store lacks: stop writing until a restart
             // rebuilds the document from the store.
@@ -209,6 +243,12 @@ impl Dataset {
         }
         let (doc, vv) = {
             let mut st = self.lock();
+            if st.waiting || !st.missing.is_empty() {
+                // The version vector covers changes the document does not hold yet; a snapshot
+                // now would lose them on restore.
+                self.snapshotting.store(false, Ordering::Release);
+                return Ok(false);
+            }
             st.since_snapshot = 0;
             (st.doc.clone(), st.vv.clone())
         };
@@ -264,6 +304,8 @@ impl State {
             since_snapshot: 0,
             failed: false,
             waiting: false,
+            keys: BTreeMap::new(),
+            missing: BTreeSet::new(),
         }
     }
 
@@ -278,23 +320,70 @@ impl State {
         })
     }
 
-    fn apply_stored(&mut self, envs: Vec<Envelope>) -> Result<()> {
+    fn apply_stored(&mut self, meta: &Meta, envs: Vec<Envelope>) -> Result<()> {
         let mut changes = Vec::with_capacity(envs.len());
         for env in envs {
-            let change = Change::from_bytes(env.payload).map_err(|e| {
+            let plain = self.open_payload(meta, &env).map_err(|e| {
+                Error::Internal(format!("stored envelope {} #{}: {e}", env.author, env.seq))
+            })?;
+            // Only a contiguous run advances the vector: after a gap, later envelopes wait in
+            // the document until the gap is filled by catch-up.
+            self.vv.advance(env.author, env.seq);
+            let Some(plain) = plain else { continue };
+            let change = Change::from_bytes(plain).map_err(|e| {
                 Error::Internal(format!(
                     "stored change {} #{} does not decode: {e}",
                     env.author, env.seq
                 ))
             })?;
             changes.push(change);
-            // Only a contiguous run advances the vector: after a gap, later envelopes wait in
-            // the document until the gap is filled by catch-up.
-            self.vv.advance(env.author, env.seq);
         }
         self.doc
             .apply_changes(changes)
             .map_err(|e| Error::Doc(doc::Error(e)))
+    }
+
+    /// The key new local writes are sealed with (the newest epoch held), `None` for a dataset
+    /// in clear. Fails when the dataset is sealed and this node holds no key for it.
+    fn sealing_key(&self, meta: &Meta) -> Result<Option<(u64, EpochKey)>> {
+        if !meta.encrypted {
+            return Ok(None);
+        }
+        match self.keys.last_key_value() {
+            Some((e, k)) => Ok(Some((*e, k.clone()))),
+            None => Err(Error::Forbidden(format!(
+                "{}: this node holds no key for it (no read or write grant has reached it)",
+                meta.id
+            ))),
+        }
+    }
+
+    /// The plaintext change bytes of `env`: `None` (and the epoch noted as missing) when its
+    /// key is not held. A sealed dataset refuses clear envelopes and the other way round.
+    pub(super) fn open_payload(
+        &mut self,
+        meta: &Meta,
+        env: &Envelope,
+    ) -> std::result::Result<Option<Vec<u8>>, String> {
+        match (meta.encrypted, env.epoch) {
+            (false, 0) => return Ok(Some(env.payload.clone())),
+            (false, _) => return Err("sealed envelope in a dataset kept in clear".into()),
+            (true, 0) => return Err("clear envelope in a sealed dataset".into()),
+            _ => {}
+        }
+        let Some(key) = self.keys.get(&env.epoch) else {
+            self.missing.insert(env.epoch);
+            return Ok(None);
+        };
+        let slot = seal::Slot {
+            dataset: &meta.id,
+            author: &env.author,
+            seq: env.seq,
+            epoch: env.epoch,
+        };
+        seal::open(key, slot, &env.payload)
+            .map(Some)
+            .map_err(|e| e.to_string())
     }
 
     fn materialize(&mut self) {

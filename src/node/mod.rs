@@ -1,6 +1,7 @@
 //! The `Node` handle: the one typed public service interface. The HTTP API, the CLI and (with the
 //! mesh) the peer protocols are faces of it, never separate implementations.
 
+mod access;
 mod dataset;
 pub mod home;
 mod replica;
@@ -27,6 +28,7 @@ use crate::store::{Store, Table};
 use crate::view::query::Query;
 
 use dataset::Dataset;
+pub use access::{parse_ttl, GrantRequest, GrantView, MemberKeys, MAX_GRANT_TTL_MS};
 pub use dataset::{Batch, Event, EVENTS_CAP};
 pub use retention::SWEEP_EVERY as RETENTION_SWEEP;
 
@@ -86,6 +88,41 @@ struct Inner {
     metrics: Metrics,
     /// Envelopes written here, once durable, for the mesh to push.
     outbox: broadcast::Sender<Arc<Envelope>>,
+    /// Member nodes' keys, kept by the mesh.
+    directory: RwLock<access::Directory>,
+    /// Datasets whose access state changed, for the mesh to push.
+    access_changes: broadcast::Sender<DatasetId>,
+}
+
+/// A live event stream of one dataset, limited to the caller's name prefix if its grant has one.
+pub struct Subscription {
+    rx: broadcast::Receiver<Arc<Event>>,
+    prefix: Option<String>,
+}
+
+impl Subscription {
+    /// The next event the caller may see.
+    pub async fn recv(&mut self) -> std::result::Result<Arc<Event>, broadcast::error::RecvError> {
+        loop {
+            let ev = self.rx.recv().await?;
+            if visible(&ev, self.prefix.as_deref()) {
+                return Ok(ev);
+            }
+        }
+    }
+
+    /// The raw receiver and the prefix its events must be filtered by.
+    pub fn into_parts(self) -> (broadcast::Receiver<Arc<Event>>, Option<String>) {
+        (self.rx, self.prefix)
+    }
+}
+
+/// Whether an event lies under `prefix` (deletes name only an id and always pass).
+pub fn visible(ev: &Event, prefix: Option<&str>) -> bool {
+    match (ev, prefix) {
+        (Event::Upsert { record }, Some(p)) => crate::naming::is_under(&record.name, p),
+        _ => true,
+    }
 }
 
 /// Handle to a running node. Clone it freely; every clone is the same node.
@@ -106,11 +143,13 @@ impl Node {
         config.validate()?;
         let store = Store::open(data_dir)?;
         let clock = Clock::new();
-        let author = identity.author();
         let mut datasets = HashMap::new();
         for meta in store.list_json::<Meta>(Table::Datasets)? {
             let id = meta.id.clone();
-            let (ds, max_hlc) = Dataset::restore(meta, &store, &author)?;
+            let stored = store
+                .get_json::<access::Stored>(Table::Access, id.to_string().as_bytes())?
+                .ok_or_else(|| Error::Internal(format!("{id}: no access state stored")))?;
+            let (ds, max_hlc) = Dataset::restore(meta, &store, &identity, stored)?;
             clock.observe(hlc::Timestamp(max_hlc));
             datasets.insert(id, Arc::new(ds));
         }
@@ -125,6 +164,8 @@ impl Node {
             datasets: RwLock::new(datasets),
             metrics: Metrics::new(),
             outbox: broadcast::channel(OUTBOX_CAP).0,
+            directory: RwLock::default(),
+            access_changes: broadcast::channel(OUTBOX_CAP).0,
         };
         Ok(Self {
             inner: Arc::new(inner),
@@ -219,8 +260,9 @@ impl Node {
         {
             return Err(Error::Conflict(format!("dataset {key} already exists")));
         }
-        self.inner.store.durable().await?;
-        let ds = Arc::new(Dataset::create(meta.clone(), &self.inner.identity.author()));
+        let me = self.inner.identity.author();
+        let ds = Arc::new(Dataset::create(meta.clone(), &me, me));
+        self.init_access(&ds).await?;
         self.write_datasets().insert(meta.id.clone(), ds);
         tracing::info!(dataset = %key, "dataset created");
         Ok(meta)
@@ -247,7 +289,11 @@ impl Node {
         let mut out: Vec<DatasetInfo> = self
             .all_datasets()
             .into_iter()
-            .filter(|d| caller.sees(&d.meta.id))
+            .filter(|d| {
+                [Action::Read, Action::Write, Action::Query]
+                    .iter()
+                    .any(|a| self.authorize(caller, *a, d).is_ok())
+            })
             .map(|d| {
                 let (records, envelopes) = d.stats();
                 DatasetInfo {
@@ -271,27 +317,37 @@ impl Node {
         map.get(id).cloned()
     }
 
-    fn dataset_for(&self, caller: &App, action: Action, id: &DatasetId) -> Result<Arc<Dataset>> {
-        let ds = self
-            .held(id)
-            .filter(|_| caller.sees(id))
-            .ok_or_else(|| Error::NotFound(format!("dataset {id} not found")))?;
-        if caller.may(action, id) {
-            Ok(ds)
-        } else {
-            let verb = format!("{action:?}").to_lowercase();
-            Err(Error::Forbidden(format!(
-                "app {} has no {verb} right on {id}",
-                caller.name
-            )))
+    /// The dataset `id` if `caller` may do `action` on it, with the name prefix it is limited
+    /// to.
+    fn dataset_for(
+        &self,
+        caller: &App,
+        action: Action,
+        id: &DatasetId,
+    ) -> Result<(Arc<Dataset>, Option<String>)> {
+        let not_found = || Error::NotFound(format!("dataset {id} not found"));
+        let ds = self.held(id).ok_or_else(not_found)?;
+        match self.authorize(caller, action, &ds) {
+            Ok(prefix) => Ok((ds, prefix)),
+            Err(false) => Err(not_found()),
+            Err(true) => {
+                let verb = format!("{action:?}").to_lowercase();
+                Err(Error::Forbidden(format!(
+                    "app {} has no {verb} right on {id}",
+                    caller.name
+                )))
+            }
         }
     }
 
     /// Writes a batch (upserts and deletes) as one signed, durable change; returns the ids written:
     /// upserted ids in batch order, then the deleted ids.
     pub async fn publish(&self, caller: &App, id: &DatasetId, batch: Batch) -> Result<Vec<String>> {
-        let ds = self.dataset_for(caller, Action::Write, id)?;
+        let (ds, prefix) = self.dataset_for(caller, Action::Write, id)?;
         record::validate_batch(&batch.records, &batch.delete)?;
+        if let Some(p) = &prefix {
+            within_prefix(&ds, &batch, p)?;
+        }
         let ids = self.write(ds.clone(), batch).await?;
         if retention::over_count(&ds) {
             self.trim(ds).await?;
@@ -341,14 +397,22 @@ impl Node {
     /// Records of one dataset that match `query`.
     pub fn query(&self, caller: &App, id: &DatasetId, query: &Query) -> Result<Vec<Record>> {
         query.validate()?;
-        let ds = self.dataset_for(caller, Action::Read, id)?;
-        Ok(ds.with_records(|r| query.run(r.values())))
+        let (ds, prefix) = self.dataset_for(caller, Action::Read, id)?;
+        let p = prefix.as_deref();
+        Ok(ds.with_records(|r| {
+            query.run(
+                r.values()
+                    .filter(|r| p.is_none_or(|p| crate::naming::is_under(&r.name, p))),
+            )
+        }))
     }
 
     /// One record by id.
     pub fn get(&self, caller: &App, id: &DatasetId, record: &str) -> Result<Record> {
-        let ds = self.dataset_for(caller, Action::Read, id)?;
+        let (ds, prefix) = self.dataset_for(caller, Action::Read, id)?;
+        let p = prefix.as_deref();
         ds.with_records(|r| r.get(record).cloned())
+            .filter(|r| p.is_none_or(|p| crate::naming::is_under(&r.name, p)))
             .ok_or_else(|| Error::NotFound(format!("record {record} not found in {id}")))
     }
 
@@ -357,8 +421,12 @@ impl Node {
         &self,
         caller: &App,
         id: &DatasetId,
-    ) -> Result<broadcast::Receiver<Arc<Event>>> {
-        Ok(self.dataset_for(caller, Action::Read, id)?.subscribe())
+    ) -> Result<Subscription> {
+        let (ds, prefix) = self.dataset_for(caller, Action::Read, id)?;
+        Ok(Subscription {
+            rx: ds.subscribe(),
+            prefix,
+        })
     }
 
     /// Snapshots every dataset and flushes: call before exit so the next start replays nothing.
@@ -374,5 +442,29 @@ impl Node {
         .map_err(|e| Error::Internal(e.to_string()))??;
         tracing::info!("node state flushed");
         Ok(())
+    }
+}
+
+/// Fails unless every record a batch touches lies under `prefix`.
+fn within_prefix(ds: &Dataset, batch: &Batch, prefix: &str) -> Result<()> {
+    let outside = |name: &str| !crate::naming::is_under(name, prefix);
+    if let Some(r) = batch.records.iter().find(|r| outside(&r.name)) {
+        return Err(Error::Forbidden(format!(
+            "record name {} is outside the prefix {prefix} this app's grant allows",
+            r.name
+        )));
+    }
+    let deleted_outside = ds.with_records(|recs| {
+        batch
+            .delete
+            .iter()
+            .find(|id| recs.get(*id).is_some_and(|r| outside(&r.name)))
+            .cloned()
+    });
+    match deleted_outside {
+        Some(id) => Err(Error::Forbidden(format!(
+            "record {id} is outside the prefix {prefix} this app's grant allows"
+        ))),
+        None => Ok(()),
     }
 }

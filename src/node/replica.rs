@@ -7,7 +7,9 @@ use automerge::Change;
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::identity::AuthorId;
+use crate::access::EpochKey;
 use crate::store::Store;
+use crate::version::VersionVector;
 use crate::view::doc;
 
 use super::dataset::{Dataset, Event};
@@ -48,23 +50,32 @@ impl Dataset {
             {
                 continue;
             }
-            changes.push(change_of(&env)?);
+            let plain = st.open_payload(&self.meta, &env).map_err(|e| {
+                Error::Invalid(format!("envelope {} #{}: {e}", env.author, env.seq))
+            })?;
+            if let Some(plain) = plain {
+                changes.push(change_of(&env, plain)?);
+            }
             if !authors.contains(&env.author) {
                 authors.push(env.author);
             }
             fresh.push(env);
         }
-        let new = changes.len();
+        let new = fresh.len();
         if new == 0 {
             return Ok(Applied::default());
         }
         // Apply first: a change Automerge refuses is never stored, so it cannot break a restart.
-        let applied = doc::apply(&mut st.doc, changes).map_err(|e| {
-            Error::Invalid(format!(
-                "{}: a remote change does not apply: {e}",
-                self.meta.id
-            ))
-        })?;
+        let applied = if changes.is_empty() {
+            doc::Applied::default()
+        } else {
+            doc::apply(&mut st.doc, changes).map_err(|e| {
+                Error::Invalid(format!(
+                    "{}: a remote change does not apply: {e}",
+                    self.meta.id
+                ))
+            })?
+        };
         let me = st.doc.get_actor().to_bytes().to_vec();
         for env in &fresh {
             if let Err(e) = store.put_envelope(env) {
@@ -98,18 +109,53 @@ impl Dataset {
         })
     }
 
+    /// Takes epoch keys newly unwrapped for this node and applies the stored envelopes that
+    /// waited for them (a rare, whole-dataset scan). Returns record events. Blocking.
+    pub(crate) fn add_keys(&self, store: &Store, keys: Vec<(u64, EpochKey)>) -> Result<Vec<Event>> {
+        let mut st = self.lock();
+        let mut unlocked = std::collections::BTreeSet::new();
+        for (epoch, key) in keys {
+            if st.keys.insert(epoch, key).is_none() && st.missing.remove(&epoch) {
+                unlocked.insert(epoch);
+            }
+        }
+        if unlocked.is_empty() {
+            return Ok(vec![]);
+        }
+        let mut changes = Vec::new();
+        let mut bad = None;
+        store.for_each_envelope_after(&self.meta.id, &VersionVector::new(), |env| {
+            if unlocked.contains(&env.epoch) {
+                match st.open_payload(&self.meta, &env).map(|p| p.map(|p| change_of(&env, p))) {
+                    Ok(Some(Ok(c))) => changes.push(c),
+                    Ok(None) => {}
+                    Ok(Some(Err(e))) => bad = Some(e.to_string()),
+                    Err(e) => bad = Some(e),
+                }
+            }
+            Ok(())
+        })?;
+        if let Some(e) = bad {
+            tracing::warn!(dataset = %self.meta.id, error = %e, "a stored envelope does not open");
+        }
+        st.doc
+            .apply_changes(changes)
+            .map_err(|e| Error::Doc(doc::Error(e)))?;
+        Ok(st.rematerialize())
+    }
+
     /// This dataset's version vector.
     pub(crate) fn version_vector(&self) -> crate::version::VersionVector {
         self.lock().vv.clone()
     }
 }
 
-/// The Automerge change an envelope carries, which must be the author's own change number `seq`:
-/// a change that claims another actor or sequence could rewrite someone else's history.
-fn change_of(env: &Envelope) -> Result<Change> {
+/// The Automerge change an envelope carries (`plain`, opened), which must be the author's own
+/// change number `seq`: a change that claims another actor or sequence could rewrite someone
+/// else's history.
+fn change_of(env: &Envelope, plain: Vec<u8>) -> Result<Change> {
     let bad = |why: String| Error::Invalid(format!("envelope {} #{}: {why}", env.author, env.seq));
-    let change =
-        Change::from_bytes(env.payload.clone()).map_err(|e| bad(format!("not a change: {e}")))?;
+    let change = Change::from_bytes(plain).map_err(|e| bad(format!("not a change: {e}")))?;
     if change.actor_id().to_bytes() != env.author.as_bytes() {
         return Err(bad("the change's actor is not the envelope's author".into()));
     }
@@ -163,16 +209,21 @@ impl super::Node {
             .collect()
     }
 
-    /// Starts holding a dataset owned elsewhere (known from the mesh catalog). Returns false if
-    /// it is already held.
-    pub async fn adopt_dataset(&self, meta: crate::dataset::Meta) -> Result<bool> {
+    /// Starts holding a dataset owned elsewhere (known from the mesh catalog), whose owner node
+    /// has identity key `owner_key`. Returns false if it is already held.
+    pub async fn adopt_dataset(&self, meta: crate::dataset::Meta, owner_key: AuthorId) -> Result<bool> {
         let key = meta.id.to_string();
         let store = &self.inner.store;
+        if self.held(&meta.id).is_some() {
+            return Ok(false);
+        }
+        let stored = super::access::Stored::empty(owner_key);
+        store.put_json(crate::store::Table::Access, key.as_bytes(), &stored)?;
         if !store.insert_new_json(crate::store::Table::Datasets, key.as_bytes(), &meta)? {
             return Ok(false);
         }
         store.durable().await?;
-        let ds = Dataset::create(meta.clone(), &self.inner.identity.author());
+        let ds = Dataset::create(meta.clone(), &self.inner.identity.author(), owner_key);
         self.write_datasets()
             .insert(meta.id, std::sync::Arc::new(ds));
         tracing::info!(dataset = %key, "replica of a remote dataset created");
@@ -189,6 +240,10 @@ impl super::Node {
         let ds = self
             .held(id)
             .ok_or_else(|| Error::NotFound(format!("dataset {id} not held here")))?;
+        let envs = self.authorized(&ds, envs);
+        if envs.is_empty() {
+            return Ok(0);
+        }
         let (node, ds2) = (self.clone(), ds.clone());
         let applied = tokio::task::spawn_blocking(move || {
             let i = &node.inner;

@@ -54,6 +54,8 @@ pub enum Table {
     Apps,
     /// Node-level values.
     Meta,
+    /// Per-dataset grants and wrapped keys.
+    Access,
 }
 
 /// A saved document and the version vector it covers.
@@ -74,6 +76,7 @@ pub struct Store {
     snapshots: sled::Tree,
     apps: sled::Tree,
     meta: sled::Tree,
+    access: sled::Tree,
     // Last, so it is dropped last: its thread then holds the final database handle, and sled's
     // closing flush runs there, where a hang cannot block the process (see `commit::CLOSE_WAIT`).
     flusher: commit::Flusher,
@@ -93,6 +96,7 @@ impl Store {
             snapshots: db.open_tree("snapshots")?,
             apps: db.open_tree("apps")?,
             meta: db.open_tree("meta")?,
+            access: db.open_tree("access")?,
             flusher: commit::Flusher::spawn(db.clone()),
             db,
         })
@@ -103,6 +107,7 @@ impl Store {
             Table::Datasets => &self.datasets,
             Table::Apps => &self.apps,
             Table::Meta => &self.meta,
+            Table::Access => &self.access,
         }
     }
 

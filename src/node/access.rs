@@ -1,0 +1,472 @@
+//! The node's side of access control: who the member nodes are (their keys), issuing and
+//! revoking grants on datasets this node owns, keeping every entitled member's wrapped epoch keys
+//! in place, merging access state received from peers, write authority of incoming envelopes,
+//! and per-app authorization of local requests.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::access::{AccessSet, Bundle, EpochKey, Grant, Grantee, Rights, WrappedKey};
+use crate::apps::{Action, App};
+use crate::error::{Error, Result};
+use crate::envelope::Envelope;
+use crate::hlc;
+use crate::identity::{AuthorId, Identity};
+use crate::naming::DatasetId;
+use crate::store::Table;
+
+use super::dataset::Dataset;
+use super::Node;
+
+/// Longest grant lifetime accepted (ten years).
+pub const MAX_GRANT_TTL_MS: u64 = 10 * 365 * 24 * 3600 * 1000;
+
+/// A member node as access control needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberKeys {
+    /// Organization.
+    pub org: String,
+    /// Identity key (authors envelopes, signs grants of the datasets it owns).
+    pub author: AuthorId,
+    /// X25519 key epoch keys are wrapped for.
+    pub agreement: [u8; 32],
+}
+
+/// Member nodes by organization.
+#[derive(Debug, Default)]
+pub(crate) struct Directory(HashMap<String, MemberKeys>);
+
+impl Directory {
+    fn org_of(&self, author: &AuthorId) -> Option<&str> {
+        self.0
+            .values()
+            .find(|m| m.author == *author)
+            .map(|m| m.org.as_str())
+    }
+}
+
+/// What an admin asks for when granting.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantRequest {
+    /// `owner/name` of a dataset this node owns.
+    pub dataset: String,
+    /// `org/app` or `org/*`.
+    pub to: String,
+    /// Any of `read`, `write`, `query`.
+    pub rights: Vec<Action>,
+    /// Only records whose name lies under this prefix.
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// Lifetime such as `30d`, `12h`, `90m`, `3600s`; none: until revoked.
+    #[serde(default)]
+    pub expires: Option<String>,
+}
+
+/// A grant as listed, with its state.
+#[derive(Debug, Clone, Serialize)]
+pub struct GrantView {
+    /// The grant.
+    #[serde(flatten)]
+    pub grant: Grant,
+    /// `active`, `expired` or `revoked`.
+    pub state: &'static str,
+}
+
+/// What is stored per dataset: the owner's key (checked against the roster when first learnt)
+/// and the encoded access set.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Stored {
+    owner: String,
+    bundle: Bundle,
+}
+
+impl Stored {
+    /// No grants or keys yet, for a dataset owned by the node with key `owner`.
+    pub(crate) fn empty(owner: AuthorId) -> Self {
+        Self {
+            owner: owner.to_string(),
+            bundle: Bundle::default(),
+        }
+    }
+
+    /// Decodes the stored set (already verified when merged; checked again all the same).
+    pub(crate) fn open(self, id: &DatasetId) -> Result<(AuthorId, AccessSet)> {
+        let owner = AuthorId::from_hex(&self.owner)
+            .ok_or_else(|| Error::Internal(format!("{id}: stored owner key is malformed")))?;
+        let mut set = AccessSet::new(id.clone());
+        set.merge_bundle(&self.bundle, &owner)
+            .map_err(|e| Error::Internal(format!("{id}: stored access state: {e}")))?;
+        Ok((owner, set))
+    }
+}
+
+/// Parses `30d`, `12h`, `90m`, `45s` into milliseconds.
+pub fn parse_ttl(s: &str) -> Result<u64> {
+    let bad = || Error::Invalid(format!("expiry {s:?}: expected a number and d, h, m or s, e.g. 30d"));
+    let (num, unit) = s.trim().split_at(s.trim().len().saturating_sub(1));
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let per = match unit {
+        "d" => 86_400_000,
+        "h" => 3_600_000,
+        "m" => 60_000,
+        "s" => 1_000,
+        _ => return Err(bad()),
+    };
+    let ms = n.checked_mul(per).filter(|ms| (1..=MAX_GRANT_TTL_MS).contains(ms));
+    ms.ok_or_else(|| Error::Invalid(format!("expiry {s:?}: between 1s and 3650d")))
+}
+
+/// The epoch keys wrapped for `me` in `set` that open.
+pub(crate) fn my_keys(set: &AccessSet, me: &Identity) -> std::collections::BTreeMap<u64, EpochKey> {
+    let author = me.author();
+    set.wraps_for(&author)
+        .filter_map(|w| match w.unwrap_key(me) {
+            Ok(k) => Some((w.epoch, k)),
+            Err(e) => {
+                tracing::warn!(dataset = %w.dataset, epoch = w.epoch, error = %e, "a key wrapped for this node does not open");
+                None
+            }
+        })
+        .collect()
+}
+
+impl Node {
+    /// Tells the node who the member nodes are (the mesh calls this whenever its roster
+    /// changes), then wraps missing epoch keys for entitled members of datasets it owns.
+    pub async fn set_members(&self, members: Vec<MemberKeys>) -> Result<()> {
+        {
+            let mut dir = self.inner.directory.write().unwrap_or_else(|e| e.into_inner());
+            dir.0 = members.into_iter().map(|m| (m.org.clone(), m)).collect();
+        }
+        for ds in self.owned_datasets() {
+            self.reconcile_keys(&ds).await?;
+        }
+        Ok(())
+    }
+
+    fn owned_datasets(&self) -> Vec<Arc<Dataset>> {
+        let org = &self.inner.config.org;
+        self.all_datasets()
+            .into_iter()
+            .filter(|d| d.meta.id.owner() == org)
+            .collect()
+    }
+
+    /// The identity key of `org`'s node, if it is a known member.
+    pub(crate) fn member_key(&self, org: &str) -> Option<AuthorId> {
+        if org == self.inner.config.org {
+            return Some(self.inner.identity.author());
+        }
+        let dir = self.inner.directory.read().unwrap_or_else(|e| e.into_inner());
+        dir.0.get(org).map(|m| m.author)
+    }
+
+    fn org_of_author(&self, author: &AuthorId) -> Option<String> {
+        if *author == self.inner.identity.author() {
+            return Some(self.inner.config.org.clone());
+        }
+        let dir = self.inner.directory.read().unwrap_or_else(|e| e.into_inner());
+        dir.org_of(author).map(str::to_owned)
+    }
+
+    /// Subscribes to changes of datasets' access state (for the mesh to push).
+    pub fn subscribe_access(&self) -> tokio::sync::broadcast::Receiver<DatasetId> {
+        self.inner.access_changes.subscribe()
+    }
+
+    /// The digest of dataset `id`'s access state.
+    pub fn access_digest(&self, id: &DatasetId) -> Option<[u8; 32]> {
+        self.held(id).map(|d| lock(&d.access).digest())
+    }
+
+    /// The encoded access state of dataset `id`.
+    pub fn access_bundle(&self, id: &DatasetId) -> Option<Bundle> {
+        self.held(id).map(|d| lock(&d.access).bundle())
+    }
+
+    /// Merges access state received from a peer; applies envelopes that waited for keys now
+    /// unwrapped. Returns how many items were new.
+    pub async fn merge_access(&self, id: &DatasetId, bundle: &Bundle) -> Result<usize> {
+        let ds = self
+            .held(id)
+            .ok_or_else(|| Error::NotFound(format!("dataset {id} not held here")))?;
+        let new = {
+            let mut set = lock(&ds.access);
+            set.merge_bundle(bundle, &ds.owner_key)
+                .map_err(|e| Error::Invalid(e.to_string()))?
+        };
+        if new > 0 {
+            self.access_changed(&ds).await?;
+        }
+        Ok(new)
+    }
+
+    /// Persists `ds`'s access state, takes up keys newly wrapped for this node and tells the
+    /// mesh.
+    async fn access_changed(&self, ds: &Arc<Dataset>) -> Result<()> {
+        let (stored, keys) = {
+            let set = lock(&ds.access);
+            let stored = Stored {
+                owner: ds.owner_key.to_string(),
+                bundle: set.bundle(),
+            };
+            (stored, my_keys(&set, &self.inner.identity))
+        };
+        let key = ds.meta.id.to_string();
+        self.inner
+            .store
+            .put_json(Table::Access, key.as_bytes(), &stored)?;
+        self.inner.store.durable().await?;
+        let (node, ds2) = (self.clone(), ds.clone());
+        let events = tokio::task::spawn_blocking(move || {
+            ds2.add_keys(&node.inner.store, keys.into_iter().collect())
+        })
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))??;
+        ds.publish_events(events);
+        let _ = self.inner.access_changes.send(ds.meta.id.clone());
+        Ok(())
+    }
+
+    /// Sets up the access state of a dataset this node just created: the first epoch key when
+    /// it is sealed, and a read-and-query grant to every reader organization.
+    pub(crate) async fn init_access(&self, ds: &Arc<Dataset>) -> Result<()> {
+        if ds.meta.encrypted {
+            let key = EpochKey::generate();
+            self.wrap_for_self(ds, 1, &key)?;
+        }
+        for reader in &ds.meta.readers {
+            let grantee = Grantee::parse(&format!("{reader}/*"))
+                .map_err(|e| Error::Invalid(e.to_string()))?;
+            self.sign_grant(ds, grantee, Rights::of(&[Action::Read, Action::Query]), None, None, false)?;
+        }
+        self.reconcile_keys(ds).await?;
+        self.access_changed(ds).await
+    }
+
+    fn wrap_for_self(&self, ds: &Dataset, epoch: u64, key: &EpochKey) -> Result<()> {
+        let me = &self.inner.identity;
+        let w = WrappedKey::wrap(me, &ds.meta.id, epoch, key, me.author(), &me.agreement_public())
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        lock(&ds.access)
+            .merge_wrap(w, &me.author())
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Signs and adds a grant on `ds` (owned here); `rotate` starts a new epoch with it.
+    fn sign_grant(
+        &self,
+        ds: &Dataset,
+        grantee: Grantee,
+        rights: Rights,
+        prefix: Option<String>,
+        not_after: Option<u64>,
+        rotate: bool,
+    ) -> Result<Grant> {
+        let cut = self
+            .member_key(&grantee.org)
+            .map_or(0, |a| ds.version_vector().get(&a));
+        let me = &self.inner.identity;
+        let mut set = lock(&ds.access);
+        let epoch = set.epoch() + u64::from(rotate);
+        let now = hlc::wall_millis();
+        let grant = Grant {
+            id: ulid::Ulid::new().to_string(),
+            dataset: ds.meta.id.clone(),
+            grantee,
+            rights,
+            prefix,
+            not_after,
+            seq: set.next_seq(),
+            epoch,
+            cut,
+            issued: now,
+        };
+        grant.validate().map_err(|e| Error::Invalid(e.to_string()))?;
+        set.merge_grant(grant.clone().sign(me), &me.author())
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        Ok(grant)
+    }
+
+    /// Wraps every epoch key this node holds for `ds` (owned here) for each member whose
+    /// organization holds a live read or write grant and lacks it.
+    async fn reconcile_keys(&self, ds: &Arc<Dataset>) -> Result<()> {
+        if !ds.meta.encrypted || ds.meta.id.owner() != self.inner.config.org {
+            return Ok(());
+        }
+        let keys = ds.lock().keys.clone();
+        let holders = lock(&ds.access).key_holders(hlc::wall_millis());
+        let members: Vec<MemberKeys> = {
+            let dir = self.inner.directory.read().unwrap_or_else(|e| e.into_inner());
+            holders.iter().filter_map(|o| dir.0.get(o).cloned()).collect()
+        };
+        let me = &self.inner.identity;
+        let mut added = 0;
+        for m in members.iter().filter(|m| m.org != self.inner.config.org) {
+            for (epoch, key) in &keys {
+                if lock(&ds.access).has_wrap(*epoch, &m.author) {
+                    continue;
+                }
+                let w = WrappedKey::wrap(me, &ds.meta.id, *epoch, key, m.author, &m.agreement)
+                    .map_err(|e| Error::Invalid(format!("{}: {e}", m.org)))?;
+                let fresh = lock(&ds.access).merge_wrap(w, &me.author());
+                added += usize::from(fresh.map_err(|e| Error::Internal(e.to_string()))?);
+            }
+        }
+        if added > 0 {
+            self.access_changed(ds).await?;
+        }
+        Ok(())
+    }
+
+    fn owned_for_admin(&self, caller: &App, id: &DatasetId, what: &str) -> Result<Arc<Dataset>> {
+        Self::require_admin(caller, what)?;
+        if id.owner() != self.inner.config.org {
+            return Err(Error::Forbidden(format!(
+                "{what}: dataset {id} is owned by {}; only its owner grants",
+                id.owner()
+            )));
+        }
+        self.held(id)
+            .ok_or_else(|| Error::NotFound(format!("dataset {id} not found")))
+    }
+
+    /// Issues a grant on a dataset this node owns (admin only) and delivers keys.
+    pub async fn grant(&self, caller: &App, req: GrantRequest) -> Result<Grant> {
+        let id = DatasetId::parse(&req.dataset)?;
+        let ds = self.owned_for_admin(caller, &id, "granting")?;
+        let grantee = Grantee::parse(&req.to).map_err(|e| Error::Invalid(e.to_string()))?;
+        let rights = Rights::of(&req.rights);
+        if rights.is_empty() {
+            return Err(Error::Invalid(
+                "a grant needs at least one right: read, write or query (revoke to remove)".into(),
+            ));
+        }
+        if rights.needs_keys() && ds.meta.visibility == crate::dataset::Visibility::Private {
+            return Err(Error::Invalid(format!(
+                "{id} is private: its rows never leave this node, so only query can be granted"
+            )));
+        }
+        let not_after = match &req.expires {
+            Some(t) => Some(hlc::wall_millis() + parse_ttl(t)?),
+            None => None,
+        };
+        let grant = self.sign_grant(&ds, grantee, rights, req.prefix, not_after, false)?;
+        self.reconcile_keys(&ds).await?;
+        self.access_changed(&ds).await?;
+        tracing::info!(dataset = %id, grantee = %grant.grantee, rights = ?rights.actions(), "grant issued");
+        Ok(grant)
+    }
+
+    /// Revokes the grant `grant_id` (admin only): its grantee's standing grant becomes a
+    /// revocation, and when the grantee held keys a new epoch starts whose key is wrapped only
+    /// for the remaining key holders.
+    pub async fn revoke(&self, caller: &App, grant_id: &str) -> Result<Grant> {
+        Self::require_admin(caller, "revoking")?;
+        let (ds, old) = self
+            .owned_datasets()
+            .into_iter()
+            .find_map(|d| {
+                let g = lock(&d.access).find(grant_id).cloned();
+                g.map(|g| (d, g))
+            })
+            .ok_or_else(|| Error::NotFound(format!("grant {grant_id} not found")))?;
+        if old.rights.is_empty() {
+            return Err(Error::Conflict(format!("grant {grant_id} is already revoked")));
+        }
+        let rotate = ds.meta.encrypted && old.rights.needs_keys();
+        let tomb = self.sign_grant(&ds, old.grantee.clone(), Rights::NONE, None, None, rotate)?;
+        if rotate {
+            let key = EpochKey::generate();
+            self.wrap_for_self(&ds, tomb.epoch, &key)?;
+            ds.lock().keys.insert(tomb.epoch, key);
+        }
+        self.reconcile_keys(&ds).await?;
+        self.access_changed(&ds).await?;
+        tracing::info!(dataset = %ds.meta.id, grantee = %old.grantee, epoch = tomb.epoch, "grant revoked");
+        Ok(tomb)
+    }
+
+    /// Standing grants of every dataset held (admin only), revocations included.
+    pub fn grants(&self, caller: &App) -> Result<Vec<GrantView>> {
+        Self::require_admin(caller, "listing grants")?;
+        let now = hlc::wall_millis();
+        let mut out = Vec::new();
+        for ds in self.all_datasets() {
+            for g in lock(&ds.access).grants() {
+                let state = match &g.grant {
+                    g if g.rights.is_empty() => "revoked",
+                    g if !g.live(now) => "expired",
+                    _ => "active",
+                };
+                out.push(GrantView {
+                    grant: g.grant.clone(),
+                    state,
+                });
+            }
+        }
+        out.sort_by(|a, b| (&a.grant.dataset, a.grant.seq).cmp(&(&b.grant.dataset, b.grant.seq)));
+        Ok(out)
+    }
+
+    /// Keeps the envelopes whose author may write them (the owner, or a member organization
+    /// with write authority for that epoch); counts and logs the others.
+    pub(crate) fn authorized(&self, ds: &Dataset, envs: Vec<Envelope>) -> Vec<Envelope> {
+        let set = lock(&ds.access);
+        let (ok, refused): (Vec<_>, Vec<_>) = envs.into_iter().partition(|env| {
+            env.author == ds.owner_key
+                || self.org_of_author(&env.author).is_some_and(|org| {
+                    let millis = hlc::Timestamp(env.hlc).millis();
+                    set.may_write(&org, env.epoch, env.seq, millis)
+                })
+        });
+        for env in &refused {
+            tracing::warn!(dataset = %ds.meta.id, author = %env.author, seq = env.seq, "envelope refused: no write authority");
+            let labels = vec![("dataset".to_owned(), ds.meta.id.to_string())];
+            self.inner
+                .metrics
+                .envelopes_rejected
+                .get_or_create(&labels)
+                .inc();
+        }
+        ok
+    }
+
+    /// Whether `caller` may do `action` on `ds`, and the name prefix it is limited to. Datasets
+    /// of this node's organization follow the app's local rights or a grant naming it; other
+    /// organizations' datasets need their owner's grant (the admin may read and query what
+    /// this node can open).
+    pub(crate) fn authorize(
+        &self,
+        caller: &App,
+        action: Action,
+        ds: &Dataset,
+    ) -> std::result::Result<Option<String>, bool> {
+        let org = &self.inner.config.org;
+        let now = hlc::wall_millis();
+        let set = lock(&ds.access);
+        if let Some(g) = set.allowing(org, &caller.name, action, now) {
+            return Ok(g.prefix.clone());
+        }
+        let id = &ds.meta.id;
+        let own = id.owner() == org;
+        let allowed = if own {
+            caller.may(action, id)
+        } else {
+            caller.admin && action != Action::Write
+        };
+        if allowed {
+            return Ok(None);
+        }
+        // Err(true): the caller may know the dataset exists (403); Err(false): hide it (404).
+        Err(!own || caller.sees(id) || set.names_org(org, now))
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
