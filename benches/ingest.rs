@@ -182,6 +182,7 @@ impl BenchNode {
                     retention: Retention::default(),
                     schema: None,
                     readers: vec![],
+                    encrypted: None,
                 },
             )
             .await

@@ -277,6 +277,7 @@ fn shared_spec(name: &str, readers: &[&str]) -> Spec {
         retention: Retention::default(),
         schema: None,
         readers: readers.iter().map(|r| (*r).to_owned()).collect(),
+        encrypted: None,
     }
 }
 
@@ -635,7 +636,17 @@ async fn apply_pages(
     let cfg = node_config("probe", 0);
     home::init_with(dir.path(), cfg.clone(), Identity::from_seed([seed; 32])).await?;
     let node = Node::open_home(dir.path(), cfg)?;
-    node.adopt_dataset(meta).await?;
+    let src_id = src.node.identity();
+    node.set_members(vec![fogmesh::node::MemberKeys {
+        org: src.node.config().org.clone(),
+        author: src_id.author(),
+        agreement: src_id.agreement_public(),
+    }])
+    .await?;
+    node.adopt_dataset(meta, src_id.author()).await?;
+    if let Some(bundle) = src.node.access_bundle(ds) {
+        node.merge_access(ds, &bundle).await?;
+    }
     let mut lat = Vec::with_capacity(pages.len());
     let start = Instant::now();
     for page in pages {
@@ -913,7 +924,13 @@ fn hello_sizes() -> (usize, f64) {
     let mut rng = Rng(7);
     let mut digest = || -> [u8; 32] { std::array::from_fn(|_| rng.next() as u8) };
     let hello = |datasets: Vec<(String, [u8; 32])>, roster: [u8; 32]| {
-        proto::encode(&SyncRequest::Hello { roster, datasets }).len()
+        let access = Vec::new();
+        proto::encode(&SyncRequest::Hello {
+            roster,
+            datasets,
+            access,
+        })
+        .len()
     };
     let roster = digest();
     let base = hello(Vec::new(), roster);

@@ -53,6 +53,7 @@ async fn main() -> Result<()> {
         retention: Retention::default(),
         schema: Some(json!({ "cases": "integer", "symptom": "string" })),
         readers: vec!["agency".into()],
+        encrypted: None,
     };
     let ds = node.create_dataset(&admin, spec).await?.id;
     let app = node

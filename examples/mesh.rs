@@ -79,6 +79,7 @@ async fn main() -> Result<()> {
         retention: Retention::default(),
         schema: None,
         readers: vec!["pharmacy".into(), "agency".into()],
+        encrypted: None,
     };
     let ds = hospital
         .node

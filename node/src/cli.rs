@@ -52,6 +52,15 @@ pub enum Command {
     /// Manage datasets.
     #[command(subcommand)]
     Dataset(DatasetCmd),
+    /// Grant an organization's app (or all its apps) rights on a dataset this node owns.
+    Grant(GrantArgs),
+    /// Revoke a grant by id; a grant that carried keys starts a new key epoch.
+    Revoke {
+        /// The grant id (from `fogmesh grant` or `fogmesh grants`).
+        id: String,
+    },
+    /// List the grants of the datasets this node holds.
+    Grants,
     /// Publish records: one from flags, or NDJSON lines `{name, data, time?, id?}` on stdin.
     Publish(PublishArgs),
     /// Query a dataset's records.
@@ -131,9 +140,13 @@ pub struct CreateArgs {
     /// Share it (default: private, never leaves this node).
     #[arg(long)]
     pub shared: bool,
-    /// Reader organizations (shared datasets), comma-separated.
+    /// Reader organizations (shared datasets), comma-separated: each gets read and query for
+    /// all its apps.
     #[arg(long, value_delimiter = ',')]
     pub readers: Vec<String>,
+    /// Keep a shared dataset's envelopes in clear (for public data; default: sealed).
+    #[arg(long, requires = "shared")]
+    pub clear: bool,
     /// Service priority.
     #[arg(long, value_enum, default_value = "normal")]
     pub priority: PriorityArg,
@@ -146,6 +159,24 @@ pub struct CreateArgs {
     /// JSON schema description of the data fields.
     #[arg(long)]
     pub schema: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct GrantArgs {
+    /// Dataset, OWNER/NAME (owned by this node).
+    pub dataset: String,
+    /// Grantee, ORG/APP or ORG/* for every app of the organization.
+    #[arg(long)]
+    pub to: String,
+    /// Rights, comma-separated: read, write, query.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub rights: Vec<String>,
+    /// Lifetime, e.g. 30d, 12h, 90m (default: until revoked).
+    #[arg(long)]
+    pub expires: Option<String>,
+    /// Only records whose name lies under this prefix.
+    #[arg(long)]
+    pub prefix: Option<String>,
 }
 
 #[derive(Args, Debug)]

@@ -88,6 +88,11 @@ impl Client {
         self.finish(self.req("POST", path).send_json(body))
     }
 
+    /// DELETE, returning the JSON answer.
+    pub fn delete(&self, path: &str) -> Result<Value> {
+        self.finish(self.req("DELETE", path).call())
+    }
+
     /// Opens a server-sent event stream.
     pub fn stream(&self, path: &str) -> Result<impl BufRead> {
         let resp = self

@@ -8,7 +8,7 @@ use fogmesh::config::Config;
 use serde_json::{json, Value};
 
 use crate::cli::{
-    AppCmd, Cli, Command, CreateArgs, DatasetCmd, Format, PriorityArg, PublishArgs, QueryArgs,
+    AppCmd, Cli, Command, CreateArgs, DatasetCmd, Format, GrantArgs, PriorityArg, PublishArgs, QueryArgs,
     WatchArgs,
 };
 use crate::client::Client;
@@ -28,6 +28,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::App(AppCmd::List) => app_list(&cli),
         Command::Dataset(DatasetCmd::Create(a)) => dataset_create(&cli, a),
         Command::Dataset(DatasetCmd::List) => dataset_list(&cli),
+        Command::Grant(a) => grant(&cli, a),
+        Command::Revoke { id } => revoke(&cli, id),
+        Command::Grants => grants(&cli),
         Command::Publish(a) => publish(&cli, a),
         Command::Query(a) => query(&cli, a),
         Command::Watch(a) => watch(&cli, a),
@@ -245,6 +248,10 @@ fn dataset_create(cli: &Cli, a: &CreateArgs) -> Result<()> {
         "priority": priority, "readers": a.readers, "schema": schema,
         "retention": { "max_age_days": a.retention_days, "max_records": a.max_records },
     });
+    let mut spec = spec;
+    if a.clear {
+        spec["encrypted"] = json!(false);
+    }
     let v = Client::from_cli(cli)?.post("/v1/datasets", &spec)?;
     if cli.json {
         output::json(&v);
@@ -256,6 +263,64 @@ fn dataset_create(cli: &Cli, a: &CreateArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+fn grant(cli: &Cli, a: &GrantArgs) -> Result<()> {
+    let body = json!({
+        "dataset": a.dataset, "to": a.to, "rights": a.rights,
+        "expires": a.expires, "prefix": a.prefix,
+    });
+    let v = Client::from_cli(cli)?.post("/v1/grants", &body)?;
+    if cli.json {
+        output::json(&v);
+    } else {
+        println!(
+            "grant {} issued: {} may {} on {}{} (key epoch {})",
+            v["id"].as_str().unwrap_or("?"),
+            v["grantee"].as_str().unwrap_or("?"),
+            output_value(&v["rights"]),
+            v["dataset"].as_str().unwrap_or("?"),
+            v["not_after"]
+                .as_u64()
+                .map(|t| format!(", until {t} ms"))
+                .unwrap_or_default(),
+            v["epoch"]
+        );
+    }
+    Ok(())
+}
+
+fn revoke(cli: &Cli, id: &str) -> Result<()> {
+    let path = format!("/v1/grants/{}", urlencode(id));
+    let v = Client::from_cli(cli)?.delete(&path)?;
+    if cli.json {
+        output::json(&v);
+    } else {
+        let r = &v["revocation"];
+        println!(
+            "grant {id} revoked: {} gets nothing written from key epoch {} on",
+            r["grantee"].as_str().unwrap_or("?"),
+            r["epoch"]
+        );
+    }
+    Ok(())
+}
+
+fn grants(cli: &Cli) -> Result<()> {
+    let v = Client::from_cli(cli)?.get("/v1/grants")?;
+    if cli.json {
+        output::json(&v);
+    } else {
+        output::table(
+            &["id", "dataset", "grantee", "rights", "state", "epoch"],
+            v["grants"].as_array().map_or(&[][..], |a| a),
+        );
+    }
+    Ok(())
+}
+
+fn urlencode(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
 fn dataset_list(cli: &Cli) -> Result<()> {

@@ -3,6 +3,7 @@
 
 mod auth;
 mod body;
+mod grants;
 pub mod error;
 mod mesh;
 mod records;
@@ -13,7 +14,7 @@ use std::future::Future;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -61,6 +62,8 @@ pub fn router_with(
         )
         .route(&format!("{ds}/events"), get(records::events))
         .route("/v1/apps", get(routes::list_apps).post(routes::add_app))
+        .route("/v1/grants", get(grants::list).post(grants::grant))
+        .route("/v1/grants/{id}", delete(grants::revoke))
         .route("/v1/peers", get(mesh::peers))
         .route("/v1/mesh", get(mesh::status))
         .route("/v1/invites", post(mesh::invite))

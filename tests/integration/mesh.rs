@@ -123,6 +123,7 @@ fn shared_spec(name: &str, readers: &[&str]) -> Spec {
         retention: Retention::default(),
         schema: None,
         readers: readers.iter().map(|r| (*r).to_owned()).collect(),
+        encrypted: None,
     }
 }
 

@@ -96,6 +96,7 @@ fn a_stranger_gets_no_answers_and_is_dropped_after_the_join_window() -> Result<(
     let hello = SyncRequest::Hello {
         roster: [0; 32],
         datasets: vec![],
+        access: vec![],
     };
     bad(
         &node,
@@ -151,17 +152,28 @@ fn a_stranger_gets_no_answers_and_is_dropped_after_the_join_window() -> Result<(
     Ok(())
 }
 
-/// Creates `hospital/flu`, shared with mallory.
+/// Creates `hospital/flu`, shared with mallory, who may also write it. Kept in clear, so a raw
+/// client holding only mallory's identity can forge well-formed changes for it.
 fn share_flu_with_mallory(node: &TestNode) {
     let args = [
         "dataset",
         "create",
         "flu",
         "--shared",
+        "--clear",
         "--readers",
         "mallory",
     ];
     node.cli(&args).ok();
+    let grant = [
+        "grant",
+        "hospital/flu",
+        "--to",
+        "mallory/*",
+        "--rights",
+        "read,write",
+    ];
+    node.cli(&grant).ok();
 }
 
 #[test]
@@ -193,6 +205,7 @@ fn a_member_sending_garbage_is_counted_disconnected_and_the_node_stays_bounded()
     let hello = SyncRequest::Hello {
         roster: [0; 32],
         datasets: vec![],
+        access: vec![],
     };
     let answer = c.request(Proto::Sync, frame(&proto::encode(&hello)));
     match answer.message::<SyncResponse>()? {
@@ -206,6 +219,7 @@ fn a_member_sending_garbage_is_counted_disconnected_and_the_node_stays_bounded()
     let env = Envelope::seal(&identity, stray.clone(), 1, 0, hlc, b"x".to_vec());
     let push = Push {
         catalog: vec![],
+        access: vec![],
         envelopes: vec![serde_bytes::ByteBuf::from(env.encode())],
     };
     let ack: PushAck = c
@@ -266,6 +280,7 @@ fn a_member_sending_garbage_is_counted_disconnected_and_the_node_stays_bounded()
     env.signature[7] ^= 0x20;
     let push = Push {
         catalog: vec![],
+        access: vec![],
         envelopes: vec![serde_bytes::ByteBuf::from(env.encode())],
     };
     bad(
@@ -288,6 +303,7 @@ fn a_member_sending_garbage_is_counted_disconnected_and_the_node_stays_bounded()
     );
     let push = Push {
         catalog: vec![],
+        access: vec![],
         envelopes: vec![serde_bytes::ByteBuf::from(env.encode())],
     };
     bad(
@@ -398,6 +414,7 @@ fn a_change_claiming_the_owners_actor_is_refused_and_breaks_nothing() -> Result<
     );
     let push = Push {
         catalog: vec![],
+        access: vec![],
         envelopes: vec![serde_bytes::ByteBuf::from(env.encode())],
     };
     let answer = c.request(Proto::Push, frame(&proto::encode(&push)));
