@@ -54,14 +54,16 @@ impl Mesh {
                 Some(org) if catalog::entitled(&meta, &org) => {}
                 _ => continue,
             }
-            let catalog = if self.inner.state.first_push(peer, &meta.id) {
-                self.signed(&meta).into_iter().collect()
+            let (catalog, access) = if self.inner.state.first_push(peer, &meta.id) {
+                let bundle = self.inner.node.access_bundle(&meta.id);
+                let access = bundle.map(|b| (meta.id.to_string(), b));
+                (self.signed(&meta).into_iter().collect(), access.into_iter().collect())
             } else {
-                Vec::new()
+                (Vec::new(), Vec::new())
             };
             let push = Push {
                 catalog,
-                access: vec![],
+                access,
                 envelopes: vec![encoded.clone()],
             };
             self.spawn_push(peer, push).await;

@@ -172,6 +172,19 @@ impl Node {
         dir.org_of(author).map(str::to_owned)
     }
 
+    /// The epoch keys of dataset `id` that this node's stored access state lets it open: read
+    /// from the store and unwrapped with this node's key, not taken from memory (so tests and
+    /// audits see exactly what a copy of the node's disk would give).
+    pub fn stored_keys(&self, id: &DatasetId) -> Result<std::collections::BTreeMap<u64, EpochKey>> {
+        let stored = self
+            .inner
+            .store
+            .get_json::<Stored>(Table::Access, id.to_string().as_bytes())?
+            .ok_or_else(|| Error::NotFound(format!("no access state stored for {id}")))?;
+        let (_, set) = stored.open(id)?;
+        Ok(my_keys(&set, &self.inner.identity))
+    }
+
     /// Subscribes to changes of datasets' access state (for the mesh to push).
     pub fn subscribe_access(&self) -> tokio::sync::broadcast::Receiver<DatasetId> {
         self.inner.access_changes.subscribe()
@@ -237,6 +250,7 @@ impl Node {
         if ds.meta.encrypted {
             let key = EpochKey::generate();
             self.wrap_for_self(ds, 1, &key)?;
+            ds.lock().keys.insert(1, key);
         }
         for reader in &ds.meta.readers {
             let grantee = Grantee::parse(&format!("{reader}/*"))

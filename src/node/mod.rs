@@ -262,8 +262,8 @@ impl Node {
         }
         let me = self.inner.identity.author();
         let ds = Arc::new(Dataset::create(meta.clone(), &me, me));
+        self.write_datasets().insert(meta.id.clone(), ds.clone());
         self.init_access(&ds).await?;
-        self.write_datasets().insert(meta.id.clone(), ds);
         tracing::info!(dataset = %key, "dataset created");
         Ok(meta)
     }

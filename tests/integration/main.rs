@@ -1,5 +1,6 @@
 //! fogmesh integration tests: one binary, shared helpers in `common`.
 
+mod access;
 mod common;
 mod http;
 mod mesh;

@@ -3,12 +3,13 @@
 
 use std::time::{Duration, Instant};
 
+use fogmesh::apps::Action;
 use fogmesh::config::Config;
 use fogmesh::dataset::{Priority, Retention, Spec, Visibility};
 use fogmesh::identity::Identity;
 use fogmesh::mesh::{self, Mesh};
 use fogmesh::naming::DatasetId;
-use fogmesh::node::{home, Batch};
+use fogmesh::node::{home, Batch, GrantRequest};
 use fogmesh::record::Input;
 use fogmesh::view::query::Query;
 use fogmesh::Node;
@@ -17,15 +18,15 @@ use serde_json::json;
 const ORGS: [&str; 5] = ["hospital", "pharmacy", "drugmaker", "agency", "insurer"];
 const CONVERGE: Duration = Duration::from_secs(30);
 
-struct Member {
-    org: &'static str,
-    dir: tempfile::TempDir,
-    node: Node,
-    mesh: Mesh,
-    admin: fogmesh::apps::App,
+pub(crate) struct Member {
+    pub(crate) org: &'static str,
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) node: Node,
+    pub(crate) mesh: Mesh,
+    pub(crate) admin: fogmesh::apps::App,
 }
 
-fn config(org: &str) -> Config {
+pub(crate) fn config(org: &str) -> Config {
     Config {
         org: org.into(),
         mesh: "flu-response".into(),
@@ -36,7 +37,7 @@ fn config(org: &str) -> Config {
 }
 
 /// Opens the node in `dir` with its mesh and waits until it listens.
-async fn open(dir: tempfile::TempDir, org: &'static str) -> Member {
+pub(crate) async fn open(dir: tempfile::TempDir, org: &'static str) -> Member {
     let node = Node::open_home(dir.path(), config(org)).expect("open");
     let admin = node
         .authenticate(&home::admin_token(dir.path()).expect("token"))
@@ -58,7 +59,7 @@ async fn open(dir: tempfile::TempDir, org: &'static str) -> Member {
     }
 }
 
-async fn member(org: &'static str, seed: u8) -> Member {
+pub(crate) async fn member(org: &'static str, seed: u8) -> Member {
     let dir = tempfile::tempdir().expect("tempdir");
     home::init_with(dir.path(), config(org), Identity::from_seed([seed; 32]))
         .await
@@ -67,7 +68,7 @@ async fn member(org: &'static str, seed: u8) -> Member {
 }
 
 /// `n` members of one mesh: the first founds it, each other one joins by invitation.
-async fn spawn_mesh(n: usize) -> Vec<Member> {
+pub(crate) async fn spawn_mesh(n: usize) -> Vec<Member> {
     let mut all = vec![member(ORGS[0], 1).await];
     for (i, org) in ORGS.iter().enumerate().take(n).skip(1) {
         let m = member(org, i as u8 + 1).await;
@@ -89,7 +90,7 @@ async fn spawn_mesh(n: usize) -> Vec<Member> {
 }
 
 /// Polls `cond` until it holds; fails after `CONVERGE`.
-async fn wait_for<F, Fut>(what: &str, mut cond: F)
+pub(crate) async fn wait_for<F, Fut>(what: &str, mut cond: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -102,7 +103,7 @@ where
 }
 
 /// Creates a shared dataset owned by `m`.
-async fn shared(m: &Member, name: &str, readers: &[&str]) -> DatasetId {
+pub(crate) async fn shared(m: &Member, name: &str, readers: &[&str]) -> DatasetId {
     let spec = shared_spec(name, readers);
     m.node
         .create_dataset(&m.admin, spec)
@@ -111,11 +112,11 @@ async fn shared(m: &Member, name: &str, readers: &[&str]) -> DatasetId {
         .id
 }
 
-async fn publish(m: &Member, ds: &DatasetId, b: Batch) {
+pub(crate) async fn publish(m: &Member, ds: &DatasetId, b: Batch) {
     m.node.publish(&m.admin, ds, b).await.expect("publish");
 }
 
-fn shared_spec(name: &str, readers: &[&str]) -> Spec {
+pub(crate) fn shared_spec(name: &str, readers: &[&str]) -> Spec {
     Spec {
         name: name.into(),
         visibility: Visibility::Shared,
@@ -127,7 +128,7 @@ fn shared_spec(name: &str, readers: &[&str]) -> Spec {
     }
 }
 
-fn batch(prefix: &str, from: usize, n: usize) -> Batch {
+pub(crate) fn batch(prefix: &str, from: usize, n: usize) -> Batch {
     Batch {
         records: (from..from + n)
             .map(|i| Input {
@@ -141,7 +142,7 @@ fn batch(prefix: &str, from: usize, n: usize) -> Batch {
     }
 }
 
-fn view(m: &Member, ds: &DatasetId) -> Vec<(String, serde_json::Value)> {
+pub(crate) fn view(m: &Member, ds: &DatasetId) -> Vec<(String, serde_json::Value)> {
     let q = Query {
         limit: 10_000,
         ..Query::default()
@@ -160,10 +161,22 @@ async fn concurrent_writers_on_three_of_five_nodes_converge() {
     let nodes = spawn_mesh(5).await;
     let ds = shared(&nodes[0], "flu-cases", &ORGS[1..]).await;
     let ds = &ds;
-    // Everyone learns of the dataset through catch-up.
+    let (h, write) = (&nodes[0], vec![Action::Read, Action::Query, Action::Write]);
+    for org in ["pharmacy", "agency"] {
+        let req = GrantRequest {
+            dataset: ds.to_string(),
+            to: format!("{org}/*"),
+            rights: write.clone(),
+            prefix: None,
+            expires: None,
+        };
+        h.node.grant(&h.admin, req).await.expect("grant write");
+    }
+    // Everyone learns of the dataset and its key through catch-up and pushes.
     for m in &nodes {
-        wait_for("the dataset reaches every member", || async move {
+        wait_for("the dataset and its key reach every member", || async move {
             m.node.datasets(&m.admin).iter().any(|d| d.meta.id == *ds)
+                && m.node.stored_keys(ds).is_ok_and(|k| !k.is_empty())
         })
         .await;
     }
