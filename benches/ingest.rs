@@ -8,8 +8,10 @@
 //!
 //! Measures, in one run: library ingest (`Node::publish`, durable) with batches of 1 and 100, one
 //! and four writers; the same through the HTTP API on loopback; raw sled and raw Automerge
-//! baselines; where the time of one library batch goes; and the time to reopen a node holding
-//! `FOGMESH_BENCH_RECORDS` records, with and without a final snapshot.
+//! baselines; where the time of one library batch goes; the time to reopen a node holding
+//! `FOGMESH_BENCH_RECORDS` records, with and without a final snapshot; and (section 6) the library
+//! batch-100 ingest of a shared dataset sealed under an epoch key (XChaCha20-Poly1305) against the
+//! same dataset kept in clear. Figures 1-5 use a private dataset, which is kept in clear.
 
 #[path = "common/mod.rs"]
 mod common;
@@ -24,6 +26,7 @@ use automerge::{ActorId, Automerge, ObjType, ReadDoc, ScalarValue, ROOT};
 use common::{pad_with_notes, Rng};
 use serde_json::{json, Map, Value};
 
+use fogmesh::access::{seal, EpochKey};
 use fogmesh::apps::App;
 use fogmesh::config::Config;
 use fogmesh::dataset::{Priority, Retention, Spec, Visibility};
@@ -44,6 +47,10 @@ const TARGET_RATE: f64 = 20_000.0;
 const TARGET_AM_RATIO: f64 = 0.40;
 /// Concurrent writers for the concurrent figures.
 const WRITERS: usize = 4;
+/// Sealed / clear library batch-100 rate target.
+const TARGET_SEALED_RATIO: f64 = 0.90;
+/// Rounds of the sealed-vs-clear comparison (each round runs both, order alternating).
+const SEALING_ROUNDS: usize = 2;
 
 /// How many records each figure uses.
 #[derive(Debug, Clone, Copy)]
@@ -141,6 +148,48 @@ fn records_in(batches: &[Vec<Vec<Input>>]) -> usize {
 // ---------------------------------------------------------------------------------------------
 // Nodes
 
+/// The dataset a bench node writes to, and whether its envelopes are sealed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Setting {
+    /// Private, default encryption (`None`): kept in clear. Figures 1-5.
+    PrivateClear,
+    /// Shared (no readers), `encrypted: Some(true)`: payloads sealed with XChaCha20-Poly1305.
+    SharedSealed,
+    /// Shared (no readers), `encrypted: Some(false)`: the same dataset in clear.
+    SharedClear,
+}
+
+impl Setting {
+    fn label(self) -> &'static str {
+        match self {
+            Self::PrivateClear => "private dataset, clear (encryption off)",
+            Self::SharedSealed => "shared dataset, sealed (encryption on)",
+            Self::SharedClear => "shared dataset, clear (encrypted: false)",
+        }
+    }
+
+    fn sealed(self) -> bool {
+        self == Self::SharedSealed
+    }
+
+    fn spec(self) -> Spec {
+        let (visibility, encrypted) = match self {
+            Self::PrivateClear => (Visibility::Private, None),
+            Self::SharedSealed => (Visibility::Shared, Some(true)),
+            Self::SharedClear => (Visibility::Shared, Some(false)),
+        };
+        Spec {
+            name: "flu-admissions".into(),
+            visibility,
+            priority: Priority::Normal,
+            retention: Retention::default(),
+            schema: None,
+            readers: vec![],
+            encrypted,
+        }
+    }
+}
+
 /// A node in a temporary home, with its admin app and one dataset.
 struct BenchNode {
     node: Node,
@@ -164,7 +213,7 @@ fn bench_config(snapshot_every: Option<u64>) -> Config {
 }
 
 impl BenchNode {
-    async fn new(config: Config) -> Result<Self> {
+    async fn new(config: Config, setting: Setting) -> Result<Self> {
         let dir = tempfile::tempdir().context("tempdir")?;
         home::init_with(dir.path(), config.clone(), Identity::from_seed([7; 32]))
             .await
@@ -173,20 +222,15 @@ impl BenchNode {
         let node = Node::open_home(dir.path(), config.clone()).context("open")?;
         let admin = node.authenticate(&token).context("authenticate")?;
         let meta = node
-            .create_dataset(
-                &admin,
-                Spec {
-                    name: "flu-admissions".into(),
-                    visibility: Visibility::Private,
-                    priority: Priority::Normal,
-                    retention: Retention::default(),
-                    schema: None,
-                    readers: vec![],
-                    encrypted: None,
-                },
-            )
+            .create_dataset(&admin, setting.spec())
             .await
             .context("create dataset")?;
+        ensure!(
+            meta.encrypted == setting.sealed(),
+            "{}: dataset created with encrypted = {}",
+            setting.label(),
+            meta.encrypted
+        );
         Ok(Self {
             node,
             admin,
@@ -216,6 +260,22 @@ struct Figure {
 impl Figure {
     fn rate(&self) -> f64 {
         self.records as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// Median per-call latency.
+    fn p50(&self) -> Duration {
+        let mut lat = self.lat.clone();
+        lat.sort();
+        lat.get(lat.len() / 2).copied().unwrap_or_default()
+    }
+
+    /// Several runs of one figure as one: records and time summed, latencies pooled.
+    fn pooled(runs: &[Figure]) -> Figure {
+        Figure {
+            records: runs.iter().map(|f| f.records).sum(),
+            elapsed: runs.iter().map(|f| f.elapsed).sum(),
+            lat: runs.iter().flat_map(|f| f.lat.iter().copied()).collect(),
+        }
     }
 
     fn line(&self, label: &str) -> String {
@@ -262,8 +322,13 @@ async fn settle() {
 // ---------------------------------------------------------------------------------------------
 // 1. Library
 
-async fn lib_figure(count: usize, batch: usize, writers: usize) -> Result<Figure> {
-    let b = BenchNode::new(bench_config(None)).await?;
+async fn lib_figure(
+    count: usize,
+    batch: usize,
+    writers: usize,
+    setting: Setting,
+) -> Result<Figure> {
+    let b = BenchNode::new(bench_config(None), setting).await?;
     // Warm-up (untimed): creates the records map and touches every path once.
     for w in make_batches(10_000_000, batch, batch) {
         b.node
@@ -356,7 +421,7 @@ fn post(agent: &ureq::Agent, url: &str, auth: &str, body: &[u8]) -> Result<()> {
 }
 
 async fn http_figure(count: usize, batch: usize, writers: usize) -> Result<Figure> {
-    let b = BenchNode::new(bench_config(None)).await?;
+    let b = BenchNode::new(bench_config(None), Setting::PrivateClear).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -695,7 +760,7 @@ async fn restart(count: usize, final_snapshot: bool) -> Result<Restart> {
     } else {
         Some(batches as u64 + 1_000)
     };
-    let b = BenchNode::new(bench_config(snapshot_every)).await?;
+    let b = BenchNode::new(bench_config(snapshot_every), Setting::PrivateClear).await?;
     let start = Instant::now();
     for chunk in (0..batches).collect::<Vec<_>>().chunks(100) {
         // Generate 100 batches at a time to keep memory flat.
@@ -804,6 +869,110 @@ async fn restart(count: usize, final_snapshot: bool) -> Result<Restart> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// 6. Encryption on and off
+
+/// XChaCha20-Poly1305 alone on the payloads of library batches, mean per batch.
+struct SealCost {
+    seal: Duration,
+    open: Duration,
+    batches: usize,
+    change_bytes: usize,
+}
+
+/// Seals and opens (`fogmesh::access::seal`, as `write_local` and a receiver do) the change bytes
+/// of `count` records written in batches of `batch` to a fresh document (the writes untimed).
+fn seal_cost(count: usize, batch: usize) -> Result<SealCost> {
+    let id = Identity::from_seed([7; 32]);
+    let author = id.author();
+    let ds = DatasetId::new("hospital", "flu-admissions")?;
+    let mut d = doc::new_doc(author.as_bytes());
+    let mut changes = Vec::new();
+    for b in make_batches(0, count, batch) {
+        let ms = now_ms();
+        let ups: Vec<doc::Upsert> = b
+            .into_iter()
+            .map(|i| doc::Upsert {
+                id: record::new_id(ms),
+                name: i.name,
+                time: ms,
+                data: match i.data {
+                    Value::Object(m) => m,
+                    _ => Map::new(),
+                },
+            })
+            .collect();
+        changes.push(doc::write(&mut d, &ups, &[])?.context("no change")?);
+    }
+    let key = EpochKey::generate();
+    let slot = |seq: usize| seal::Slot {
+        dataset: &ds,
+        author: &author,
+        seq: seq as u64 + 1,
+        epoch: 1,
+    };
+    let t = Instant::now();
+    let sealed: Vec<Vec<u8>> = changes
+        .iter()
+        .enumerate()
+        .map(|(i, c)| seal::seal(&key, slot(i), c))
+        .collect();
+    let seal_time = t.elapsed();
+    let t = Instant::now();
+    for (i, c) in sealed.iter().enumerate() {
+        let plain = seal::open(&key, slot(i), c)?;
+        ensure!(plain.len() == changes[i].len(), "opened payload differs");
+    }
+    let open_time = t.elapsed();
+    let n = changes.len().max(1) as u32;
+    Ok(SealCost {
+        seal: seal_time / n,
+        open: open_time / n,
+        batches: changes.len(),
+        change_bytes: changes.iter().map(Vec::len).sum::<usize>() / changes.len().max(1),
+    })
+}
+
+/// The library batch-100 figure for `writers` writers on a sealed and a clear shared dataset,
+/// `SEALING_ROUNDS` rounds with the order alternating; prints each run and the pooled comparison.
+/// Returns the pooled (clear, sealed) figures.
+async fn sealed_vs_clear(s: &Sizes, writers: usize) -> Result<(Figure, Figure)> {
+    let (mut clear, mut sealed) = (Vec::new(), Vec::new());
+    for round in 1..=SEALING_ROUNDS {
+        let order = if round % 2 == 1 {
+            [Setting::SharedClear, Setting::SharedSealed]
+        } else {
+            [Setting::SharedSealed, Setting::SharedClear]
+        };
+        for setting in order {
+            let f = lib_figure(s.batch100, 100, writers, setting).await?;
+            let what = if setting.sealed() { "sealed" } else { "clear" };
+            println!(
+                "{}",
+                f.line(&format!("  {what} batch=100 writers={writers} round {round}:"))
+            );
+            if setting.sealed() {
+                sealed.push(f);
+            } else {
+                clear.push(f);
+            }
+        }
+    }
+    let (c, e) = (Figure::pooled(&clear), Figure::pooled(&sealed));
+    let ratio = e.rate() / c.rate();
+    println!(
+        "  => writers={writers}: clear {} rec/s, sealed {} rec/s (pooled over {SEALING_ROUNDS} rounds); \
+         sealed/clear {ratio:.3} (target >= {TARGET_SEALED_RATIO:.2}: {}); per call p50 {} -> {} ({:+.2} ms)",
+        thousands(c.rate()),
+        thousands(e.rate()),
+        verdict(ratio >= TARGET_SEALED_RATIO),
+        ms(c.p50()),
+        ms(e.p50()),
+        (e.p50().as_secs_f64() - c.p50().as_secs_f64()) * 1e3,
+    );
+    Ok((c, e))
+}
+
+// ---------------------------------------------------------------------------------------------
 
 fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
@@ -847,20 +1016,24 @@ async fn run(s: Sizes) -> Result<()> {
         thousands(s.restart as f64),
     );
     println!("  every figure starts on a fresh node/store after one untimed warm-up batch");
+    let clear = Setting::PrivateClear.label();
+    println!("  figures 1-5: {clear}; figure 6: encryption on and off");
     println!();
 
     println!("1. library: Node::publish, durable (group-committed sled flush) before it returns");
-    let lib_1_1 = lib_figure(s.batch1, 1, 1).await?;
+    println!("   dataset: {clear}");
+    let lib_1_1 = lib_figure(s.batch1, 1, 1, Setting::PrivateClear).await?;
     println!("{}", lib_1_1.line("ingest lib batch=1 writers=1:"));
-    let lib_1_4 = lib_figure(s.batch1, 1, WRITERS).await?;
+    let lib_1_4 = lib_figure(s.batch1, 1, WRITERS, Setting::PrivateClear).await?;
     println!("{}", lib_1_4.line("ingest lib batch=1 writers=4:"));
-    let lib_100_1 = lib_figure(s.batch100, 100, 1).await?;
+    let lib_100_1 = lib_figure(s.batch100, 100, 1, Setting::PrivateClear).await?;
     println!("{}", lib_100_1.line("ingest lib batch=100 writers=1:"));
-    let lib_100_4 = lib_figure(s.batch100, 100, WRITERS).await?;
+    let lib_100_4 = lib_figure(s.batch100, 100, WRITERS, Setting::PrivateClear).await?;
     println!("{}", lib_100_4.line("ingest lib batch=100 writers=4:"));
     println!();
 
     println!("2. HTTP: POST /v1/datasets/{{owner}}/{{name}}/records on 127.0.0.1, ureq keep-alive clients");
+    println!("   dataset: {clear}");
     let http_1_1 = http_figure(s.batch1, 1, 1).await?;
     println!("{}", http_1_1.line("ingest http batch=1 clients=1:"));
     let http_1_4 = http_figure(s.batch1, 1, WRITERS).await?;
@@ -935,6 +1108,7 @@ async fn run(s: Sizes) -> Result<()> {
     println!();
 
     println!("where one library batch of 100 goes (publish's steps run one by one, fresh doc, mean per batch):");
+    println!("   dataset: {clear} (no encryption step; see 6 for XChaCha20-Poly1305 alone)");
     let p = pieces(s.batch100, 100).await?;
     let per = |d: Duration| d / p.batches.max(1) as u32;
     let total =
@@ -969,7 +1143,7 @@ async fn run(s: Sizes) -> Result<()> {
     println!();
 
     println!(
-        "5. restart with {} records (batches of 100, one writer)",
+        "5. restart with {} records (batches of 100, one writer; {clear})",
         thousands(s.restart as f64)
     );
     let a = restart(s.restart, true).await?;
@@ -1019,5 +1193,28 @@ async fn run(s: Sizes) -> Result<()> {
             );
         }
     }
+    println!();
+
+    println!(
+        "6. encryption on and off: library ingest (Node::publish, batch=100, durable) of a shared \
+         dataset (no readers)"
+    );
+    println!(
+        "   sealed: {}; clear: {}; fresh node per run, {} records per run",
+        Setting::SharedSealed.label(),
+        Setting::SharedClear.label(),
+        thousands(s.batch100 as f64),
+    );
+    sealed_vs_clear(&s, 1).await?;
+    sealed_vs_clear(&s, WRITERS).await?;
+    let n = s.batch100.min(20_000);
+    let c = tokio::task::spawn_blocking(move || seal_cost(n, 100)).await??;
+    println!(
+        "  XChaCha20-Poly1305 alone, mean per batch of 100 ({} B change, {} batches): seal {}, open {}",
+        thousands(c.change_bytes as f64),
+        c.batches,
+        ms(c.seal),
+        ms(c.open),
+    );
     Ok(())
 }

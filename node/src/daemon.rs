@@ -91,7 +91,8 @@ async fn serve(home: &Path, cfg: Config) -> Result<()> {
     Ok(())
 }
 
-/// Applies every owned dataset's age limit every `RETENTION_SWEEP`, for as long as the node runs.
+/// Applies every owned dataset's age limit, and revokes expired grants (so the expired grantee
+/// gets no new key), every `RETENTION_SWEEP`, for as long as the node runs.
 async fn sweep_retention(node: Node) {
     let mut every = tokio::time::interval(fogmesh::node::RETENTION_SWEEP);
     loop {
@@ -100,6 +101,11 @@ async fn sweep_retention(node: Node) {
             Ok(0) => {}
             Ok(n) => tracing::info!(records = n, "retention deleted expired records"),
             Err(e) => tracing::warn!(error = %e, "retention sweep failed"),
+        }
+        match node.expire_grants().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(grants = n, "expired grants revoked; keys rotated"),
+            Err(e) => tracing::warn!(error = %e, "grant expiry sweep failed"),
         }
     }
 }

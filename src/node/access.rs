@@ -392,6 +392,31 @@ impl Node {
         if old.rights.is_empty() {
             return Err(Error::Conflict(format!("grant {grant_id} is already revoked")));
         }
+        self.revoke_in(&ds, &old).await
+    }
+
+    /// Revokes every expired grant that carried keys on the datasets this node owns, so the
+    /// expired grantee gets no key for what is written next. The daemon runs it with the
+    /// retention sweep. Returns how many it revoked.
+    pub async fn expire_grants(&self) -> Result<usize> {
+        let now = hlc::wall_millis();
+        let mut n = 0;
+        for ds in self.owned_datasets() {
+            let expired: Vec<Grant> = lock(&ds.access)
+                .grants()
+                .map(|g| g.grant.clone())
+                .filter(|g| !g.rights.is_empty() && !g.live(now))
+                .collect();
+            for g in expired {
+                self.revoke_in(&ds, &g).await?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    async fn revoke_in(&self, ds: &Arc<Dataset>, old: &Grant) -> Result<Grant> {
+        let ds = ds.clone();
         let rotate = ds.meta.encrypted && old.rights.needs_keys();
         let tomb = self.sign_grant(&ds, old.grantee.clone(), Rights::NONE, None, None, rotate)?;
         if rotate {

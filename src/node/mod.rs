@@ -66,6 +66,9 @@ pub struct DatasetInfo {
     pub records: usize,
     /// Envelopes (write batches, all authors) held.
     pub envelopes: u64,
+    /// Whether this node can open it: in clear, or sealed and a key reached it. A sealed
+    /// dataset without a key is held as ciphertext only, to relay it.
+    pub readable: bool,
 }
 
 /// A newly registered app and its token, shown once.
@@ -300,6 +303,7 @@ impl Node {
                     meta: d.meta.clone(),
                     records,
                     envelopes,
+                    readable: !d.meta.encrypted || !d.lock().keys.is_empty(),
                 }
             })
             .collect();

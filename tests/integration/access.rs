@@ -284,3 +284,26 @@ async fn a_node_without_a_grant_holds_ciphertext_it_cannot_read() {
         "the sealed marker appears in the relay's store files"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_grant_is_revoked_by_the_owner_and_the_key_rotates() {
+    let nodes = spawn_mesh(2).await;
+    let hospital = &nodes[0];
+    let ds = shared(hospital, "flu-daily", &[]).await;
+    let mut g = grant_req(&ds, "pharmacy/*", &[Action::Read]);
+    g.expires = Some("1s".into());
+    let granted = hospital.node.grant(&hospital.admin, g).await.expect("grant");
+    assert_eq!(hospital.node.expire_grants().await.expect("sweep"), 0);
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    assert_eq!(hospital.node.expire_grants().await.expect("sweep"), 1);
+    let listed = hospital.node.grants(&hospital.admin).expect("list");
+    let now = listed
+        .iter()
+        .find(|v| v.grant.grantee == granted.grantee)
+        .expect("listed");
+    assert_eq!((now.state, now.grant.epoch), ("revoked", 2));
+    assert_eq!(hospital.node.expire_grants().await.expect("sweep"), 0);
+    for m in &nodes {
+        m.mesh.shutdown().await;
+    }
+}

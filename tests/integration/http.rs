@@ -688,3 +688,225 @@ async fn max_records_retention_keeps_only_the_newest() {
         .collect();
     assert_eq!(ids, ["c", "d"], "{b}");
 }
+
+// ---- grants ----
+
+const GRANTS: &str = "/v1/grants";
+const THIRTY_DAYS_MS: u64 = 30 * 86_400_000;
+
+impl Api {
+    /// Creates the shared (so sealed) dataset `hospital/beds`, without readers.
+    async fn shared_beds(&self) {
+        let spec = json!({"name": "beds", "visibility": "shared"});
+        let (s, b) = self.post("/v1/datasets", self.admin(), spec).await;
+        assert_eq!(s, StatusCode::CREATED, "{b}");
+    }
+
+    /// Every grant `GET /v1/grants` lists to the admin.
+    async fn grants(&self) -> Vec<Value> {
+        let (s, b) = self.get(GRANTS, self.admin()).await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        b["grants"].as_array().expect("grants is an array").clone()
+    }
+}
+
+fn now_ms() -> u64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    u64::try_from(since.expect("clock after 1970").as_millis()).expect("fits u64")
+}
+
+#[tokio::test]
+async fn a_grant_is_issued_listed_and_revoked_into_a_new_epoch() {
+    let api = Api::new().await;
+    api.shared_beds().await;
+    assert!(api.grants().await.is_empty(), "no readers, no grants yet");
+
+    let before = now_ms();
+    let req = json!({"dataset": "hospital/beds", "to": "pharmacy/restock",
+        "rights": ["query", "read", "query"], "prefix": "d7", "expires": "30d"});
+    let (s, created) = api.post(GRANTS, api.admin(), req).await;
+    assert_eq!(s, StatusCode::CREATED, "{created}");
+    let id = created["id"].as_str().expect("id").to_owned();
+    assert!(!id.is_empty(), "{created}");
+    assert_eq!(created["dataset"], "hospital/beds");
+    assert_eq!(created["grantee"], "pharmacy/restock");
+    assert_eq!(
+        created["rights"],
+        json!(["read", "query"]),
+        "deduplicated, in order"
+    );
+    assert_eq!(created["prefix"], "d7");
+    assert_eq!((&created["seq"], &created["epoch"]), (&json!(1), &json!(1)));
+    assert_eq!(
+        created["cut"], 0,
+        "pharmacy is not a member: nothing accepted from it"
+    );
+    let issued = created["issued"].as_u64().expect("issued");
+    let not_after = created["not_after"].as_u64().expect("not_after");
+    assert!((before..=now_ms()).contains(&issued), "issued {issued}");
+    let lifetime = not_after - issued;
+    assert!(
+        (THIRTY_DAYS_MS - 5_000..=THIRTY_DAYS_MS).contains(&lifetime),
+        "expires 30d after issue, got {lifetime} ms"
+    );
+
+    // Listed as issued, active.
+    let mut expected = created.clone();
+    expected["state"] = json!("active");
+    assert_eq!(api.grants().await, [expected]);
+
+    let path = format!("{GRANTS}/{id}");
+    let (s, b) = api.delete(&path, api.admin()).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["revoked"], id.as_str());
+    let tomb = &b["revocation"];
+    let tomb_id = tomb["id"].as_str().expect("revocation id").to_owned();
+    assert_ne!(tomb_id, id, "a revocation is a grant of its own");
+    assert_eq!(tomb["grantee"], "pharmacy/restock");
+    assert_eq!(tomb["dataset"], "hospital/beds");
+    assert_eq!(tomb["rights"], json!([]));
+    assert_eq!(
+        (&tomb["prefix"], &tomb["not_after"]),
+        (&Value::Null, &Value::Null)
+    );
+    assert_eq!(
+        (&tomb["seq"], &tomb["epoch"]),
+        (&json!(2), &json!(2)),
+        "{b}"
+    );
+
+    // The revocation replaces the grant in the listing.
+    let listed = api.grants().await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let g = &listed[0];
+    assert_eq!(
+        (&g["id"], &g["state"]),
+        (&json!(tomb_id), &json!("revoked"))
+    );
+    assert_eq!((&g["epoch"], &g["rights"]), (&json!(2), &json!([])));
+    assert_eq!(g["grantee"], "pharmacy/restock");
+
+    // Revoking again: the revocation's id is a conflict; the replaced grant's id is no longer
+    // a standing grant, so it is not found.
+    let got = api
+        .delete(&format!("{GRANTS}/{tomb_id}"), api.admin())
+        .await;
+    assert_error(got, 409, &format!("grant {tomb_id} is already revoked"));
+    let got = api.delete(&path, api.admin()).await;
+    assert_error(got, 404, &format!("grant {id} not found"));
+    let got = api.delete(&format!("{GRANTS}/nope"), api.admin()).await;
+    assert_error(got, 404, "grant nope not found");
+    let after = api.grants().await;
+    assert_eq!(after, listed, "failed revocations change nothing");
+}
+
+#[tokio::test]
+async fn revoking_a_query_only_grant_keeps_the_epoch() {
+    let api = Api::new().await;
+    api.shared_beds().await;
+    let req = json!({"dataset": "hospital/beds", "to": "agency/*", "rights": ["query"]});
+    let (s, g) = api.post(GRANTS, api.admin(), req).await;
+    assert_eq!(s, StatusCode::CREATED, "{g}");
+    assert_eq!((&g["epoch"], &g["not_after"]), (&json!(1), &Value::Null));
+    let (s, b) = api
+        .delete(
+            &format!("{GRANTS}/{}", g["id"].as_str().expect("id")),
+            api.admin(),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(
+        b["revocation"]["epoch"], 1,
+        "no keys were held: no new epoch: {b}"
+    );
+}
+
+#[tokio::test]
+async fn grants_need_the_admin_token() {
+    let api = Api::new().await;
+    api.shared_beds().await;
+    let req = json!({"dataset": "hospital/beds", "to": "pharmacy/*", "rights": ["read"]});
+    let (s, g) = api.post(GRANTS, api.admin(), req.clone()).await;
+    assert_eq!(s, StatusCode::CREATED, "{g}");
+    let id = g["id"].as_str().expect("id");
+    let reader = api.app("bed-board", &["read:hospital/beds"]).await;
+
+    let got = api.get(GRANTS, &reader).await;
+    assert_error(got, 403, "listing grants needs the admin token");
+    let got = api.post(GRANTS, &reader, req).await;
+    assert_error(got, 403, "granting needs the admin token");
+    let got = api.delete(&format!("{GRANTS}/{id}"), &reader).await;
+    assert_error(got, 403, "revoking needs the admin token");
+
+    let listed = api.grants().await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(
+        (&listed[0]["id"], &listed[0]["state"]),
+        (&json!(id), &json!("active"))
+    );
+}
+
+#[tokio::test]
+async fn bad_grant_requests_are_400_and_say_why() {
+    let api = Api::new().await;
+    api.shared_beds().await;
+    let req =
+        |to: &str, rights: Value| json!({"dataset": "hospital/beds", "to": to, "rights": rights});
+    let with = |key: &str, v: &str| {
+        let mut r = req("pharmacy/*", json!(["read"]));
+        r[key] = json!(v);
+        r
+    };
+    #[rustfmt::skip]
+    let cases = [
+        (req("pharmacy", json!(["read"])), "grantee \"pharmacy\" must be ORG/APP or ORG/*"),
+        (req("Pharmacy/x", json!(["read"])), "grantee \"Pharmacy/x\""),
+        (req("pharmacy/*", json!(["delete"])), "unknown variant `delete`"),
+        (req("pharmacy/*", json!([])), "a grant needs at least one right"),
+        (req("pharmacy/*", json!("read")), "rights"),
+        (with("expires", "30x"), "expiry \"30x\": expected a number and d, h, m or s"),
+        (with("expires", "0d"), "expiry \"0d\": between 1s and 3650d"),
+        (with("expires", "3651d"), "expiry \"3651d\": between 1s and 3650d"),
+        (with("prefix", "a//b"), "name prefix \"a//b\""),
+        (with("bogus", "1"), "unknown field `bogus`"),
+        (with("dataset", "Hospital/beds"), "Hospital"),
+        (json!({"dataset": "hospital/flu", "to": "pharmacy/*", "rights": ["read"]}),
+            "hospital/flu is private"),
+        (json!({"dataset": "hospital/flu", "to": "pharmacy/*", "rights": ["query", "write"]}),
+            "only query can be granted"),
+    ];
+    for (body, needle) in cases {
+        let got = api.post(GRANTS, api.admin(), body.clone()).await;
+        assert_error(got, 400, needle);
+    }
+    assert!(api.grants().await.is_empty(), "nothing was granted");
+
+    // Control: the private dataset takes a query-only grant, and the bounds of expiry pass.
+    let query = json!({"dataset": "hospital/flu", "to": "pharmacy/*", "rights": ["query"]});
+    let (s, b) = api.post(GRANTS, api.admin(), query).await;
+    assert_eq!(
+        (s, &b["rights"]),
+        (StatusCode::CREATED, &json!(["query"])),
+        "{b}"
+    );
+    for ttl in ["1s", "3650d"] {
+        let (s, b) = api.post(GRANTS, api.admin(), with("expires", ttl)).await;
+        assert_eq!(s, StatusCode::CREATED, "{ttl}: {b}");
+    }
+}
+
+#[tokio::test]
+async fn grants_on_datasets_this_node_does_not_own_or_hold_are_refused() {
+    let api = Api::new().await;
+    let body = |ds: &str| json!({"dataset": ds, "to": "agency/*", "rights": ["query"]});
+    let got = api.post(GRANTS, api.admin(), body("pharmacy/x")).await;
+    assert!(!got.0.is_success(), "{got:?}");
+    assert_error(
+        got,
+        403,
+        "dataset pharmacy/x is owned by pharmacy; only its owner grants",
+    );
+    let got = api.post(GRANTS, api.admin(), body("hospital/nope")).await;
+    assert_error(got, 404, "dataset hospital/nope not found");
+    assert!(api.grants().await.is_empty());
+}

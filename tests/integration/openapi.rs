@@ -24,6 +24,9 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/datasets/{owner}/{name}/events"),
     ("GET", "/v1/apps"),
     ("POST", "/v1/apps"),
+    ("GET", "/v1/grants"),
+    ("POST", "/v1/grants"),
+    ("DELETE", "/v1/grants/{id}"),
     ("GET", "/v1/peers"),
     ("GET", "/v1/mesh"),
     ("POST", "/v1/invites"),
@@ -480,6 +483,70 @@ async fn answers_fit_the_documented_statuses_and_schemas() {
     let (s, b) = send(r, "GET", "/v1/datasets", planner, None).await;
     assert_eq!(s, StatusCode::OK, "{b}");
     conforms(&doc, "GET", "/v1/datasets", s, &b);
+
+    // Grants: issue, list, revoke, and their errors.
+    let grants = "/v1/grants";
+    let grant = "/v1/grants/{id}";
+    let req = json!({"dataset": "hospital/flu", "to": "pharmacy/restock", "rights": ["read", "query"],
+        "prefix": "d7", "expires": "30d"});
+    let (s, b) = send(r, "POST", grants, admin, Some(&req)).await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    conforms(&doc, "POST", grants, s, &b);
+    let id = b["id"].as_str().expect("grant id").to_owned();
+    let (s, b) = send(r, "GET", grants, admin, None).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    conforms(&doc, "GET", grants, s, &b);
+    assert_eq!(b["grants"].as_array().map(Vec::len), Some(2), "{b}");
+    for bad in [
+        json!({"dataset": "hospital/flu", "to": "pharmacy", "rights": ["read"]}),
+        json!({"dataset": "hospital/flu", "to": "pharmacy/*", "rights": []}),
+        json!({"dataset": "hospital/flu", "to": "pharmacy/*", "rights": ["delete"]}),
+        json!({"dataset": "hospital/flu", "to": "pharmacy/*", "rights": ["read"], "x": 1}),
+    ] {
+        let (s, b) = send(r, "POST", grants, admin, Some(&bad)).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {b}");
+        conforms(&doc, "POST", grants, s, &b);
+    }
+    let missing = json!({"dataset": "hospital/none", "to": "pharmacy/*", "rights": ["read"]});
+    let (s, b) = send(r, "POST", grants, admin, Some(&missing)).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{b}");
+    conforms(&doc, "POST", grants, s, &b);
+    let (s, b) = send(r, "POST", grants, admin, None).await;
+    assert_eq!(s, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{b}");
+    conforms(&doc, "POST", grants, s, &b);
+    let (s, b) = send(r, "POST", grants, planner, Some(&req)).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{b}");
+    conforms(&doc, "POST", grants, s, &b);
+    let (s, b) = send(r, "GET", grants, planner, None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{b}");
+    conforms(&doc, "GET", grants, s, &b);
+    let revoke = format!("/v1/grants/{id}");
+    let (s, b) = send(r, "DELETE", &revoke, planner, None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{b}");
+    conforms(&doc, "DELETE", grant, s, &b);
+    let (s, b) = send(r, "DELETE", &revoke, admin, None).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    conforms(&doc, "DELETE", grant, s, &b);
+    let tomb = b["revocation"]["id"]
+        .as_str()
+        .expect("revocation id")
+        .to_owned();
+    let (s, b) = send(r, "DELETE", &format!("/v1/grants/{tomb}"), admin, None).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{b}");
+    conforms(&doc, "DELETE", grant, s, &b);
+    let (s, b) = send(r, "DELETE", "/v1/grants/nope", admin, None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{b}");
+    conforms(&doc, "DELETE", grant, s, &b);
+    let (s, b) = send(r, "GET", grants, admin, None).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    conforms(&doc, "GET", grants, s, &b);
+    let states: Vec<&Value> = b["grants"]
+        .as_array()
+        .expect("grants")
+        .iter()
+        .map(|g| &g["state"])
+        .collect();
+    assert!(states.contains(&&json!("revoked")), "{b}");
 
     let (s, b) = send(r, "DELETE", one, admin, None).await;
     assert_eq!(s, StatusCode::OK, "{b}");

@@ -329,12 +329,18 @@ fn show_views(t: &Timeline, orgs: &[Org]) -> Result<()> {
             .as_array()
             .into_iter()
             .flatten()
-            .map(|d| format!("{} ({})", d["id"].as_str().unwrap_or("?"), d["records"]))
+            .map(|d| {
+                let id = d["id"].as_str().unwrap_or("?");
+                match d["readable"].as_bool() {
+                    Some(false) => format!("{id} (relays {} sealed envelopes)", d["envelopes"]),
+                    _ => format!("{id} ({})", d["records"]),
+                }
+            })
             .collect();
-        t.say(o.name, format!("sees {}", list.join(", ")));
+        t.say(o.name, format!("holds {}", list.join(", ")));
     }
     println!();
-    t.say("all", "raw patient rows and claims never left their owners; each shared dataset reached only its readers");
+    t.say("all", "raw patient rows and claims never left their owners; every member relays the shared datasets, sealed; only their readers hold the keys");
     Ok(())
 }
 

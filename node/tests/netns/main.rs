@@ -125,6 +125,23 @@ fn wait_for(limit: Duration, mut cond: impl FnMut() -> Result<bool>) -> Result<O
     }
 }
 
+/// Whether `n`'s node holds a grant letting its organization write the shared dataset (the
+/// founder owns it).
+fn may_write(n: &NsNode) -> Result<bool> {
+    if n.org == ORGS[FOUNDER] {
+        return Ok(true);
+    }
+    let grants = n.json(&["grants"])?;
+    let mine = format!("{}/*", n.org);
+    Ok(grants["grants"].as_array().is_some_and(|gs| {
+        gs.iter().any(|g| {
+            g["grantee"] == mine.as_str()
+                && g["state"] == "active"
+                && g["rights"].as_array().is_some_and(|r| r.iter().any(|x| x == "write"))
+        })
+    }))
+}
+
 /// One side of the partition: publishes through its nodes in turn until `until`; the acknowledged
 /// ids.
 fn write_side(nodes: &[&NsNode], side: &str, until: Instant) -> Result<Vec<String>> {
@@ -353,11 +370,17 @@ fn scenario(t0: Instant, dir: &std::path::Path) -> Result<()> {
         "--readers",
         "pharmacy,agency,insurer",
     ])?;
+    for org in ["pharmacy", "agency", "insurer"] {
+        let to = format!("{org}/*");
+        let grant = ["grant", DATASET, "--to", &to, "--rights", "read,write"];
+        nodes[FOUNDER].json(&grant)?;
+    }
     nodes[FOUNDER].publish("seed", "seed", &json!({ "origin": "hospital" }))?;
     let took = wait_for(Duration::from_secs(60), || {
         for n in &nodes {
             if n.cli(&["query", DATASET, "--json"]).code != Some(0)
                 || !n.view()?.contains_key("seed")
+                || !may_write(n)?
             {
                 return Ok(false);
             }
