@@ -948,7 +948,9 @@ async fn sealed_vs_clear(s: &Sizes, writers: usize) -> Result<(Figure, Figure)> 
             let what = if setting.sealed() { "sealed" } else { "clear" };
             println!(
                 "{}",
-                f.line(&format!("  {what} batch=100 writers={writers} round {round}:"))
+                f.line(&format!(
+                    "  {what} batch=100 writers={writers} round {round}:"
+                ))
             );
             if setting.sealed() {
                 sealed.push(f);

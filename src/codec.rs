@@ -22,9 +22,7 @@ impl<'a> Reader<'a> {
 
     /// The next `N` bytes as an array.
     pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N], Malformed> {
-        self.take(N)?
-            .try_into()
-            .map_err(|_| Malformed("truncated"))
+        self.take(N)?.try_into().map_err(|_| Malformed("truncated"))
     }
 
     /// A big-endian u64.
@@ -95,7 +93,11 @@ impl Writer {
     }
 
     /// A presence byte and the value when present.
-    pub(crate) fn option<T>(&mut self, v: Option<T>, write: impl FnOnce(&mut Self, T)) -> &mut Self {
+    pub(crate) fn option<T>(
+        &mut self,
+        v: Option<T>,
+        write: impl FnOnce(&mut Self, T),
+    ) -> &mut Self {
         match v {
             None => self.u8(0),
             Some(v) => {

@@ -8,8 +8,8 @@ use fogmesh::config::Config;
 use serde_json::{json, Value};
 
 use crate::cli::{
-    AppCmd, Cli, Command, CreateArgs, DatasetCmd, Format, GrantArgs, PriorityArg, PublishArgs, QueryArgs,
-    WatchArgs,
+    AppCmd, Cli, Command, CreateArgs, DatasetCmd, Format, GrantArgs, PriorityArg, PublishArgs,
+    QueryArgs, WatchArgs,
 };
 use crate::client::Client;
 use crate::output;

@@ -264,7 +264,10 @@ impl Grant {
         w.option(self.not_after, |w, t| {
             w.u64(t);
         });
-        w.u64(self.seq).u64(self.epoch).u64(self.cut).u64(self.issued);
+        w.u64(self.seq)
+            .u64(self.epoch)
+            .u64(self.cut)
+            .u64(self.issued);
         w
     }
 

@@ -131,10 +131,7 @@ impl AccessSet {
 
     /// The standing grant with id `id`.
     pub fn find(&self, id: &str) -> Option<&Grant> {
-        self.grants
-            .values()
-            .map(|g| &g.grant)
-            .find(|g| g.id == id)
+        self.grants.values().map(|g| &g.grant).find(|g| g.id == id)
     }
 
     /// A live grant letting app `app` of `org` do `action` at `now_ms` (the app's own grant
@@ -195,7 +192,10 @@ impl AccessSet {
     }
 
     /// The keys wrapped for `recipient`.
-    pub fn wraps_for<'a>(&'a self, recipient: &'a AuthorId) -> impl Iterator<Item = &'a WrappedKey> {
+    pub fn wraps_for<'a>(
+        &'a self,
+        recipient: &'a AuthorId,
+    ) -> impl Iterator<Item = &'a WrappedKey> {
         self.wraps
             .iter()
             .filter(move |((_, r), _)| r == recipient)
@@ -293,7 +293,11 @@ mod tests {
         assert!(s.merge_grant(revoked.clone(), &me).expect("newer"));
         assert!(matches!(
             s.merge_grant(old, &me),
-            Err(grant::Error::Superseded { got: 1, have: 2, .. })
+            Err(grant::Error::Superseded {
+                got: 1,
+                have: 2,
+                ..
+            })
         ));
         assert!(!s.merge_grant(revoked, &me).expect("duplicate is harmless"));
         let forked = grant(2, "pharmacy/restock", "read", 2, 0).sign(&owner);
@@ -328,14 +332,20 @@ mod tests {
         s.merge_grant(grant(1, "pharmacy/*", "read,write", 2, 0).sign(&owner), &me)
             .expect("grant");
         assert!(s.may_write("pharmacy", 2, 1, 500));
-        assert!(!s.may_write("pharmacy", 1, 1, 500), "before the grant's epoch");
+        assert!(
+            !s.may_write("pharmacy", 1, 1, 500),
+            "before the grant's epoch"
+        );
         assert!(!s.may_write("pharmacy", 2, 1, 1_001), "after expiry");
         assert!(!s.may_write("insurer", 2, 1, 500), "no grant");
         // Revoked at epoch 3, after the owner had accepted 40 of its envelopes.
         s.merge_grant(grant(2, "pharmacy/*", "", 3, 40).sign(&owner), &me)
             .expect("revoke");
         assert!(s.may_write("pharmacy", 2, 40, 500), "vouched for");
-        assert!(!s.may_write("pharmacy", 2, 41, 500), "written after the revocation");
+        assert!(
+            !s.may_write("pharmacy", 2, 41, 500),
+            "written after the revocation"
+        );
         assert!(!s.may_write("pharmacy", 3, 41, 500));
         assert!(s.key_holders(500).is_empty());
     }

@@ -201,7 +201,10 @@ mod tests {
         let back = WrappedKey::decode(&w.encode()).expect("decode");
         back.verify(&owner.author()).expect("owner signed");
         assert!(back.verify(&outsider.author()).is_err());
-        assert_eq!(back.unwrap_key(&reader).expect("opens").bytes(), key.bytes());
+        assert_eq!(
+            back.unwrap_key(&reader).expect("opens").bytes(),
+            key.bytes()
+        );
         assert!(back.unwrap_key(&outsider).is_err());
         assert!(back.unwrap_key(&owner).is_err());
     }
@@ -212,9 +215,16 @@ mod tests {
         let reader = Identity::from_seed([2; 32]);
         let ds = DatasetId::parse("a/b").expect("valid");
         let key = EpochKey::generate();
-        let w = WrappedKey::wrap(&owner, &ds, 1, &key, reader.author(), &reader.agreement_public())
-            .expect("wrap")
-            .encode();
+        let w = WrappedKey::wrap(
+            &owner,
+            &ds,
+            1,
+            &key,
+            reader.author(),
+            &reader.agreement_public(),
+        )
+        .expect("wrap")
+        .encode();
         for i in 0..w.len() {
             let mut bad = w.clone();
             bad[i] ^= 0x01;

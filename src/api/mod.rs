@@ -3,8 +3,8 @@
 
 mod auth;
 mod body;
-mod grants;
 pub mod error;
+mod grants;
 mod mesh;
 mod records;
 mod routes;

@@ -15,8 +15,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::catalog::SignedMeta;
-use crate::access::Bundle;
 use super::roster::{Member, Roster};
+use crate::access::Bundle;
 
 /// Most datasets one Hello may list.
 pub const MAX_DATASETS: usize = 4096;

@@ -57,7 +57,10 @@ impl Mesh {
             let (catalog, access) = if self.inner.state.first_push(peer, &meta.id) {
                 let bundle = self.inner.node.access_bundle(&meta.id);
                 let access = bundle.map(|b| (meta.id.to_string(), b));
-                (self.signed(&meta).into_iter().collect(), access.into_iter().collect())
+                (
+                    self.signed(&meta).into_iter().collect(),
+                    access.into_iter().collect(),
+                )
             } else {
                 (Vec::new(), Vec::new())
             };
@@ -95,7 +98,10 @@ impl Mesh {
             let Ok(peer) = p.peer.parse::<PeerId>() else {
                 continue;
             };
-            if !self.org_of(&peer).is_some_and(|org| catalog::entitled(&meta, &org)) {
+            if !self
+                .org_of(&peer)
+                .is_some_and(|org| catalog::entitled(&meta, &org))
+            {
                 continue;
             }
             let push = Push {

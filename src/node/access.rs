@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::access::{AccessSet, Bundle, EpochKey, Grant, Grantee, Rights, WrappedKey};
 use crate::apps::{Action, App};
-use crate::error::{Error, Result};
 use crate::envelope::Envelope;
+use crate::error::{Error, Result};
 use crate::hlc;
 use crate::identity::{AuthorId, Identity};
 use crate::naming::DatasetId;
@@ -105,17 +105,25 @@ impl Stored {
 
 /// Parses `30d`, `12h`, `90m`, `45s` into milliseconds.
 pub fn parse_ttl(s: &str) -> Result<u64> {
-    let bad = || Error::Invalid(format!("expiry {s:?}: expected a number and d, h, m or s, e.g. 30d"));
-    let (num, unit) = s.trim().split_at(s.trim().len().saturating_sub(1));
-    let n: u64 = num.parse().map_err(|_| bad())?;
-    let per = match unit {
-        "d" => 86_400_000,
-        "h" => 3_600_000,
-        "m" => 60_000,
-        "s" => 1_000,
-        _ => return Err(bad()),
+    let bad = || {
+        Error::Invalid(format!(
+            "expiry {s:?}: expected a number and d, h, m or s, e.g. 30d"
+        ))
     };
-    let ms = n.checked_mul(per).filter(|ms| (1..=MAX_GRANT_TTL_MS).contains(ms));
+    let t = s.trim();
+    let (num, per) = [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+    ]
+    .into_iter()
+    .find_map(|(unit, per)| t.strip_suffix(unit).map(|n| (n, per)))
+    .ok_or_else(bad)?;
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let ms = n
+        .checked_mul(per)
+        .filter(|ms| (1..=MAX_GRANT_TTL_MS).contains(ms));
     ms.ok_or_else(|| Error::Invalid(format!("expiry {s:?}: between 1s and 3650d")))
 }
 
@@ -138,7 +146,11 @@ impl Node {
     /// changes), then wraps missing epoch keys for entitled members of datasets it owns.
     pub async fn set_members(&self, members: Vec<MemberKeys>) -> Result<()> {
         {
-            let mut dir = self.inner.directory.write().unwrap_or_else(|e| e.into_inner());
+            let mut dir = self
+                .inner
+                .directory
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
             dir.0 = members.into_iter().map(|m| (m.org.clone(), m)).collect();
         }
         for ds in self.owned_datasets() {
@@ -160,7 +172,11 @@ impl Node {
         if org == self.inner.config.org {
             return Some(self.inner.identity.author());
         }
-        let dir = self.inner.directory.read().unwrap_or_else(|e| e.into_inner());
+        let dir = self
+            .inner
+            .directory
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
         dir.0.get(org).map(|m| m.author)
     }
 
@@ -168,7 +184,11 @@ impl Node {
         if *author == self.inner.identity.author() {
             return Some(self.inner.config.org.clone());
         }
-        let dir = self.inner.directory.read().unwrap_or_else(|e| e.into_inner());
+        let dir = self
+            .inner
+            .directory
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
         dir.org_of(author).map(str::to_owned)
     }
 
@@ -255,7 +275,14 @@ impl Node {
         for reader in &ds.meta.readers {
             let grantee = Grantee::parse(&format!("{reader}/*"))
                 .map_err(|e| Error::Invalid(e.to_string()))?;
-            self.sign_grant(ds, grantee, Rights::of(&[Action::Read, Action::Query]), None, None, false)?;
+            self.sign_grant(
+                ds,
+                grantee,
+                Rights::of(&[Action::Read, Action::Query]),
+                None,
+                None,
+                false,
+            )?;
         }
         self.reconcile_keys(ds).await?;
         self.access_changed(ds).await
@@ -263,8 +290,15 @@ impl Node {
 
     fn wrap_for_self(&self, ds: &Dataset, epoch: u64, key: &EpochKey) -> Result<()> {
         let me = &self.inner.identity;
-        let w = WrappedKey::wrap(me, &ds.meta.id, epoch, key, me.author(), &me.agreement_public())
-            .map_err(|e| Error::Internal(e.to_string()))?;
+        let w = WrappedKey::wrap(
+            me,
+            &ds.meta.id,
+            epoch,
+            key,
+            me.author(),
+            &me.agreement_public(),
+        )
+        .map_err(|e| Error::Internal(e.to_string()))?;
         lock(&ds.access)
             .merge_wrap(w, &me.author())
             .map_err(|e| Error::Internal(e.to_string()))?;
@@ -300,7 +334,9 @@ impl Node {
             cut,
             issued: now,
         };
-        grant.validate().map_err(|e| Error::Invalid(e.to_string()))?;
+        grant
+            .validate()
+            .map_err(|e| Error::Invalid(e.to_string()))?;
         set.merge_grant(grant.clone().sign(me), &me.author())
             .map_err(|e| Error::Internal(e.to_string()))?;
         Ok(grant)
@@ -315,8 +351,15 @@ impl Node {
         let keys = ds.lock().keys.clone();
         let holders = lock(&ds.access).key_holders(hlc::wall_millis());
         let members: Vec<MemberKeys> = {
-            let dir = self.inner.directory.read().unwrap_or_else(|e| e.into_inner());
-            holders.iter().filter_map(|o| dir.0.get(o).cloned()).collect()
+            let dir = self
+                .inner
+                .directory
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
+            holders
+                .iter()
+                .filter_map(|o| dir.0.get(o).cloned())
+                .collect()
         };
         let me = &self.inner.identity;
         let mut added = 0;
@@ -388,11 +431,32 @@ impl Node {
                 let g = lock(&d.access).find(grant_id).cloned();
                 g.map(|g| (d, g))
             })
-            .ok_or_else(|| Error::NotFound(format!("grant {grant_id} not found")))?;
+            .ok_or_else(|| self.unknown_grant(grant_id))?;
         if old.rights.is_empty() {
-            return Err(Error::Conflict(format!("grant {grant_id} is already revoked")));
+            return Err(Error::Conflict(format!(
+                "grant {grant_id} is already revoked"
+            )));
         }
-        self.revoke_in(&ds, &old).await
+        let tomb = self.revoke_in(&ds, &old).await?;
+        let key = format!("revoked-grant/{grant_id}");
+        self.inner
+            .store
+            .put_json(Table::Meta, key.as_bytes(), &tomb.id)?;
+        self.inner.store.durable().await?;
+        Ok(tomb)
+    }
+
+    /// 409 for a grant this node revoked earlier (its revocation replaced it), else 404.
+    fn unknown_grant(&self, id: &str) -> Error {
+        let key = format!("revoked-grant/{id}");
+        match self
+            .inner
+            .store
+            .get_json::<String>(Table::Meta, key.as_bytes())
+        {
+            Ok(Some(by)) => Error::Conflict(format!("grant {id} is already revoked (by {by})")),
+            _ => Error::NotFound(format!("grant {id} not found")),
+        }
     }
 
     /// Revokes every expired grant that carried keys on the datasets this node owns, so the
@@ -508,4 +572,31 @@ impl Node {
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifetimes_parse_and_bad_ones_are_errors_not_panics() {
+        assert_eq!(parse_ttl("30d").expect("ok"), 30 * 86_400_000);
+        assert_eq!(parse_ttl(" 90m ").expect("ok"), 5_400_000);
+        assert_eq!(parse_ttl("1s").expect("ok"), 1_000);
+        for bad in [
+            "",
+            "d",
+            "30",
+            "30x",
+            "0d",
+            "3651d",
+            "30é",
+            "é",
+            "-1d",
+            "1.5h",
+            "99999999999999999999d",
+        ] {
+            assert!(parse_ttl(bad).is_err(), "{bad:?} accepted");
+        }
+    }
 }

@@ -27,8 +27,8 @@ use crate::record::{self, Record};
 use crate::store::{Store, Table};
 use crate::view::query::Query;
 
-use dataset::Dataset;
 pub use access::{parse_ttl, GrantRequest, GrantView, MemberKeys, MAX_GRANT_TTL_MS};
+use dataset::Dataset;
 pub use dataset::{Batch, Event, EVENTS_CAP};
 pub use retention::SWEEP_EVERY as RETENTION_SWEEP;
 
@@ -421,11 +421,7 @@ impl Node {
     }
 
     /// Live events of one dataset, from now on.
-    pub fn subscribe(
-        &self,
-        caller: &App,
-        id: &DatasetId,
-    ) -> Result<Subscription> {
+    pub fn subscribe(&self, caller: &App, id: &DatasetId) -> Result<Subscription> {
         let (ds, prefix) = self.dataset_for(caller, Action::Read, id)?;
         Ok(Subscription {
             rx: ds.subscribe(),

@@ -4,10 +4,10 @@
 
 use automerge::Change;
 
+use crate::access::EpochKey;
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::identity::AuthorId;
-use crate::access::EpochKey;
 use crate::store::Store;
 use crate::version::VersionVector;
 use crate::view::doc;
@@ -126,7 +126,10 @@ impl Dataset {
         let mut bad = None;
         store.for_each_envelope_after(&self.meta.id, &VersionVector::new(), |env| {
             if unlocked.contains(&env.epoch) {
-                match st.open_payload(&self.meta, &env).map(|p| p.map(|p| change_of(&env, p))) {
+                match st
+                    .open_payload(&self.meta, &env)
+                    .map(|p| p.map(|p| change_of(&env, p)))
+                {
                     Ok(Some(Ok(c))) => changes.push(c),
                     Ok(None) => {}
                     Ok(Some(Err(e))) => bad = Some(e.to_string()),
@@ -211,7 +214,11 @@ impl super::Node {
 
     /// Starts holding a dataset owned elsewhere (known from the mesh catalog), whose owner node
     /// has identity key `owner_key`. Returns false if it is already held.
-    pub async fn adopt_dataset(&self, meta: crate::dataset::Meta, owner_key: AuthorId) -> Result<bool> {
+    pub async fn adopt_dataset(
+        &self,
+        meta: crate::dataset::Meta,
+        owner_key: AuthorId,
+    ) -> Result<bool> {
         let key = meta.id.to_string();
         let store = &self.inner.store;
         if self.held(&meta.id).is_some() {

@@ -19,10 +19,10 @@ use crate::mesh::{batch, publish, shared, shared_spec, spawn_mesh, view, wait_fo
 fn stored(m: &Member, ds: &DatasetId) -> Vec<Envelope> {
     let (_, vv) = m.node.replica(ds).expect("held");
     let mut out = Vec::new();
-    for (author, &upto) in vv.iter() {
+    for (author, upto) in vv.iter() {
         let (pages, _) = m
             .node
-            .envelopes_between(ds, &author, (0, upto), usize::MAX)
+            .envelopes_between(ds, author, (0, *upto), usize::MAX)
             .expect("stored envelopes");
         out.extend(pages.iter().map(|b| Envelope::decode(b).expect("decodes")));
     }
@@ -57,16 +57,18 @@ fn grant_req(ds: &DatasetId, to: &str, rights: &[Action]) -> GrantRequest {
 }
 
 async fn wait_envelopes(m: &Member, ds: &DatasetId, n: u64) {
-    wait_for(&format!("{} holds {n} envelopes of {ds}", m.org), || async move {
-        m.node.replica(ds).is_some_and(|(_, vv)| vv.total() >= n)
-    })
+    wait_for(
+        &format!("{} holds {n} envelopes of {ds}", m.org),
+        || async move { m.node.replica(ds).is_some_and(|(_, vv)| vv.total() >= n) },
+    )
     .await;
 }
 
 async fn wait_records(m: &Member, ds: &DatasetId, n: usize) {
-    wait_for(&format!("{} reads {n} records of {ds}", m.org), || async move {
-        view(m, ds).len() == n
-    })
+    wait_for(
+        &format!("{} reads {n} records of {ds}", m.org),
+        || async move { view(m, ds).len() == n },
+    )
     .await;
 }
 
@@ -96,17 +98,33 @@ async fn a_revoked_organization_reads_nothing_written_after_its_revocation() {
     wait_records(agency, &ds, 1100).await;
     // The pharmacy still relays: it holds all 11 envelopes, as ciphertext for the last ten.
     wait_envelopes(pharmacy, &ds, 11).await;
-    assert_eq!(view(pharmacy, &ds).len(), 100, "API: nothing new is readable");
+    assert_eq!(
+        view(pharmacy, &ds).len(),
+        100,
+        "API: nothing new is readable"
+    );
 
     // From the pharmacy's own stored grants and keys: not one envelope after the revocation opens.
     let keys = pharmacy.node.stored_keys(&ds).expect("stored keys");
     assert_eq!(keys.keys().copied().collect::<Vec<_>>(), vec![1]);
     let envs = stored(pharmacy, &ds);
     let (after, before): (Vec<_>, Vec<_>) = envs.into_iter().partition(|e| e.epoch >= 2);
-    assert_eq!(after.len(), 10, "ten envelopes written after the revocation are held");
+    assert_eq!(
+        after.len(),
+        10,
+        "ten envelopes written after the revocation are held"
+    );
     let records_after: usize = 1000;
-    assert_eq!(opened(&after, &keys), 0, "of {records_after} records' envelopes");
-    assert_eq!(opened(&before, &keys), 1, "control: the earlier envelope opens");
+    assert_eq!(
+        opened(&after, &keys),
+        0,
+        "of {records_after} records' envelopes"
+    );
+    assert_eq!(
+        opened(&before, &keys),
+        1,
+        "control: the earlier envelope opens"
+    );
     // The agency, still granted, opens all of them with its stored keys.
     let agency_keys = agency.node.stored_keys(&ds).expect("agency keys");
     assert_eq!(opened(&after, &agency_keys), 10);
@@ -121,7 +139,11 @@ async fn of_two_apps_only_the_granted_one_reads_queries_and_subscribes() {
     let (hospital, pharmacy) = (&nodes[0], &nodes[1]);
     let ds = shared(hospital, "flu-daily", &[]).await;
     let g = grant_req(&ds, "pharmacy/restock", &[Action::Read, Action::Query]);
-    hospital.node.grant(&hospital.admin, g).await.expect("grant");
+    hospital
+        .node
+        .grant(&hospital.admin, g)
+        .await
+        .expect("grant");
     let restock = pharmacy
         .node
         .add_app(&pharmacy.admin, "restock", vec![])
@@ -142,10 +164,15 @@ async fn of_two_apps_only_the_granted_one_reads_queries_and_subscribes() {
     publish(hospital, &ds, batch("x", 0, 50)).await;
     let q = Query::default();
     wait_for("restock reads 50", || async {
-        pharmacy.node.query(&restock, &ds, &q).is_ok_and(|r| r.len() == 50)
+        pharmacy
+            .node
+            .query(&restock, &ds, &q)
+            .is_ok_and(|r| r.len() == 50)
     })
     .await;
-    live.recv().await.expect("restock's stream carries the records");
+    live.recv()
+        .await
+        .expect("restock's stream carries the records");
 
     let forbidden = |r: Result<(), Error>| matches!(r, Err(Error::Forbidden(_)));
     assert!(forbidden(pharmacy.node.query(&other, &ds, &q).map(drop)));
@@ -173,11 +200,16 @@ async fn of_two_apps_only_the_granted_one_reads_queries_and_subscribes() {
 fn forged(pharmacy: &Member, ds: &DatasetId, seed: u8) -> Envelope {
     let id = Identity::from_seed([seed; 32]);
     assert_eq!(id.author(), pharmacy.node.identity().author());
-    let mut doc = automerge::AutoCommit::new()
-        .with_actor(automerge::ActorId::from(id.author().as_bytes()));
+    let mut doc =
+        automerge::AutoCommit::new().with_actor(automerge::ActorId::from(id.author().as_bytes()));
     use automerge::transaction::Transactable;
-    doc.put(automerge::ROOT, "forged", "by a reader").expect("put");
-    let change = doc.get_last_local_change().expect("change").raw_bytes().to_vec();
+    doc.put(automerge::ROOT, "forged", "by a reader")
+        .expect("put");
+    let change = doc
+        .get_last_local_change()
+        .expect("change")
+        .raw_bytes()
+        .to_vec();
     let keys = pharmacy.node.stored_keys(ds).expect("keys");
     let (epoch, key) = keys.last_key_value().expect("a key");
     let author = id.author();
@@ -188,7 +220,14 @@ fn forged(pharmacy: &Member, ds: &DatasetId, seed: u8) -> Envelope {
         epoch: *epoch,
     };
     let hlc = fogmesh::hlc::wall_millis() << 16;
-    Envelope::seal(&id, ds.clone(), 1, *epoch, hlc, seal::seal(key, slot, &change))
+    Envelope::seal(
+        &id,
+        ds.clone(),
+        1,
+        *epoch,
+        hlc,
+        seal::seal(key, slot, &change),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -203,7 +242,12 @@ async fn an_envelope_forged_by_a_non_writer_is_rejected_by_every_node() {
     let env = forged(pharmacy, &ds, 2);
     for m in &nodes {
         let new = m.node.apply_envelopes(&ds, vec![env.clone()]).await;
-        assert_eq!(new.expect("refusal is not an error"), 0, "{} took it", m.org);
+        assert_eq!(
+            new.expect("refusal is not an error"),
+            0,
+            "{} took it",
+            m.org
+        );
         let metrics = m.node.metrics().render();
         assert!(
             metrics.contains("fogmesh_envelopes_rejected_total{dataset=\"hospital/flu-daily\"} 1"),
@@ -214,7 +258,11 @@ async fn an_envelope_forged_by_a_non_writer_is_rejected_by_every_node() {
     }
     // Control: once the owner grants write, the same envelope is accepted.
     let g = grant_req(&ds, "pharmacy/*", &[Action::Read, Action::Write]);
-    hospital.node.grant(&hospital.admin, g).await.expect("grant");
+    hospital
+        .node
+        .grant(&hospital.admin, g)
+        .await
+        .expect("grant");
     let new = hospital.node.apply_envelopes(&ds, vec![env]).await;
     assert_eq!(new.expect("accepted"), 1);
     for m in &nodes {
@@ -227,7 +275,11 @@ fn files_contain(dir: &std::path::Path, needle: &[u8]) -> bool {
     let mut stack = vec![dir.to_path_buf()];
     while let Some(p) = stack.pop() {
         if p.is_dir() {
-            stack.extend(std::fs::read_dir(&p).expect("dir").map(|e| e.expect("entry").path()));
+            stack.extend(
+                std::fs::read_dir(&p)
+                    .expect("dir")
+                    .map(|e| e.expect("entry").path()),
+            );
         } else if std::fs::read(&p)
             .expect("file")
             .windows(needle.len())
@@ -292,7 +344,11 @@ async fn an_expired_grant_is_revoked_by_the_owner_and_the_key_rotates() {
     let ds = shared(hospital, "flu-daily", &[]).await;
     let mut g = grant_req(&ds, "pharmacy/*", &[Action::Read]);
     g.expires = Some("1s".into());
-    let granted = hospital.node.grant(&hospital.admin, g).await.expect("grant");
+    let granted = hospital
+        .node
+        .grant(&hospital.admin, g)
+        .await
+        .expect("grant");
     assert_eq!(hospital.node.expire_grants().await.expect("sweep"), 0);
     tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
     assert_eq!(hospital.node.expire_grants().await.expect("sweep"), 1);

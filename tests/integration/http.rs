@@ -786,14 +786,17 @@ async fn a_grant_is_issued_listed_and_revoked_into_a_new_epoch() {
     assert_eq!((&g["epoch"], &g["rights"]), (&json!(2), &json!([])));
     assert_eq!(g["grantee"], "pharmacy/restock");
 
-    // Revoking again: the revocation's id is a conflict; the replaced grant's id is no longer
-    // a standing grant, so it is not found.
+    // Revoking again, by the revocation's id or the revoked grant's: a conflict either way.
     let got = api
         .delete(&format!("{GRANTS}/{tomb_id}"), api.admin())
         .await;
     assert_error(got, 409, &format!("grant {tomb_id} is already revoked"));
     let got = api.delete(&path, api.admin()).await;
-    assert_error(got, 404, &format!("grant {id} not found"));
+    assert_error(
+        got,
+        409,
+        &format!("grant {id} is already revoked (by {tomb_id})"),
+    );
     let got = api.delete(&format!("{GRANTS}/nope"), api.admin()).await;
     assert_error(got, 404, "grant nope not found");
     let after = api.grants().await;

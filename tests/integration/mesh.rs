@@ -174,10 +174,13 @@ async fn concurrent_writers_on_three_of_five_nodes_converge() {
     }
     // Everyone learns of the dataset and its key through catch-up and pushes.
     for m in &nodes {
-        wait_for("the dataset and its key reach every member", || async move {
-            m.node.datasets(&m.admin).iter().any(|d| d.meta.id == *ds)
-                && m.node.stored_keys(ds).is_ok_and(|k| !k.is_empty())
-        })
+        wait_for(
+            "the dataset and its key reach every member",
+            || async move {
+                m.node.datasets(&m.admin).iter().any(|d| d.meta.id == *ds)
+                    && m.node.stored_keys(ds).is_ok_and(|k| !k.is_empty())
+            },
+        )
         .await;
     }
     let writers: Vec<_> = [0usize, 1, 3]

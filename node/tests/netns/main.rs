@@ -137,7 +137,9 @@ fn may_write(n: &NsNode) -> Result<bool> {
         gs.iter().any(|g| {
             g["grantee"] == mine.as_str()
                 && g["state"] == "active"
-                && g["rights"].as_array().is_some_and(|r| r.iter().any(|x| x == "write"))
+                && g["rights"]
+                    .as_array()
+                    .is_some_and(|r| r.iter().any(|x| x == "write"))
         })
     }))
 }
