@@ -16,7 +16,10 @@
 //!    `upsert` event on its `Node::subscribe` receiver. Baseline: a raw libp2p request-response
 //!    round trip (tiny frame, echoed) between two `net` actors. For diagnosis: the same with 2
 //!    nodes, and the receiver's share alone (`Node::apply_envelopes` of the same envelopes on a
-//!    node without a mesh).
+//!    node without a mesh that has a receiver's identity, so it unwraps the epoch key and opens
+//!    the sealed payloads as that receiver does). Then (1e) encryption on and off: the 5-node
+//!    figure again on a dataset kept in clear (`encrypted: Some(false)`) and on a sealed one,
+//!    order alternating, compared with the sealed run above.
 //! 2. Catch-up: node B's mesh is stopped while node A writes records of 100 B..1 KiB data in
 //!    batches of 100; then B's mesh starts and the time until B holds them all is measured, with
 //!    the transport bytes between A and B over the envelope payload (Automerge change) bytes.
@@ -27,6 +30,9 @@
 //! 3. Reconnect when in sync: B's mesh is restarted (same port, node kept open); transport bytes
 //!    from connect until the first catch-up round (both sides' Hello) is complete, at a short
 //!    history (3a) and at the catch-up's long one (3b).
+//!
+//! Unless said otherwise the dataset is shared with the other nodes and sealed (the default for a
+//! shared dataset: XChaCha20-Poly1305 under an epoch key wrapped for each reader's node).
 
 #[path = "common/mod.rs"]
 mod common;
@@ -43,6 +49,7 @@ use serde_json::{json, Map, Value};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 
+use fogmesh::access::seal;
 use fogmesh::apps::App;
 use fogmesh::config::Config;
 use fogmesh::dataset::{Priority, Retention, Spec, Visibility};
@@ -59,6 +66,8 @@ use fogmesh::Node;
 /// Latency targets.
 const TARGET_P50: Duration = Duration::from_millis(2);
 const TARGET_P99: Duration = Duration::from_millis(10);
+/// Most that sealing may add to the write-to-visible p50.
+const TARGET_SEAL_P50: Duration = Duration::from_micros(500);
 /// Catch-up targets.
 const TARGET_CATCHUP: Duration = Duration::from_secs(2);
 const TARGET_WIRE_RATIO: f64 = 1.10;
@@ -161,6 +170,8 @@ fn free_port() -> Result<u16> {
 /// One node in a temporary home, with its mesh (when running) and the mesh's traffic meter.
 struct Member {
     org: &'static str,
+    /// Identity seed (`Identity::from_seed([seed; 32])`).
+    seed: u8,
     port: u16,
     node: Node,
     admin: App,
@@ -183,6 +194,7 @@ impl Member {
         let admin = node.authenticate(&home::admin_token(dir.path())?)?;
         let mut m = Self {
             org,
+            seed,
             port,
             node,
             admin,
@@ -269,7 +281,8 @@ where
     Ok(())
 }
 
-fn shared_spec(name: &str, readers: &[&str]) -> Spec {
+/// A dataset shared with `readers`; `encrypted: None` is the default (sealed for a shared one).
+fn shared_spec(name: &str, readers: &[&str], encrypted: Option<bool>) -> Spec {
     Spec {
         name: name.into(),
         visibility: Visibility::Shared,
@@ -277,25 +290,31 @@ fn shared_spec(name: &str, readers: &[&str]) -> Spec {
         retention: Retention::default(),
         schema: None,
         readers: readers.iter().map(|r| (*r).to_owned()).collect(),
-        encrypted: None,
+        encrypted,
     }
 }
 
 /// `orgs.len()` members of one mesh. The first founds it and creates a dataset shared with all the
 /// others (before they join, so each receives it in the catch-up that follows its join); each
-/// other one joins by invitation. Returns once every member holds the dataset and is connected to
-/// every other.
+/// other one joins by invitation. Returns once every member holds the dataset (and, when it is
+/// sealed, its epoch key) and is connected to every other.
 async fn spawn_mesh(
     orgs: &[&'static str],
     seed: u8,
     dataset: &str,
+    encrypted: Option<bool>,
 ) -> Result<(Vec<Member>, DatasetId)> {
     let first = Member::new(orgs[0], seed).await?;
-    let ds = first
+    let meta = first
         .node
-        .create_dataset(&first.admin, shared_spec(dataset, &orgs[1..]))
-        .await?
-        .id;
+        .create_dataset(&first.admin, shared_spec(dataset, &orgs[1..], encrypted))
+        .await?;
+    ensure!(
+        meta.encrypted == encrypted.unwrap_or(true),
+        "{dataset}: created with encrypted = {}",
+        meta.encrypted
+    );
+    let (ds, sealed) = (meta.id, meta.encrypted);
     let mut all = vec![first];
     for (i, org) in orgs.iter().enumerate().skip(1) {
         let m = Member::new(org, seed + i as u8).await?;
@@ -314,6 +333,12 @@ async fn spawn_mesh(
             m.holds(ds)
         })
         .await?;
+        if sealed {
+            wait_for("the epoch key at every member", SETUP, || async move {
+                m.node.stored_keys(ds).is_ok_and(|k| !k.is_empty())
+            })
+            .await?;
+        }
     }
     for m in &all {
         for other in all.iter().filter(|o| o.peer != m.peer) {
@@ -588,14 +613,22 @@ async fn publish_and_watch(
     })
 }
 
-/// Node 0 of a mesh of `orgs.len()` nodes publishes; every other node watches its events. Then,
-/// if `probe`, the same envelopes are applied one by one on a node without a mesh.
-async fn latency(s: &Sizes, orgs: &[&'static str], seed: u8, probe: bool) -> Result<Latency> {
-    let (nodes, ds) = spawn_mesh(orgs, seed, "flu-latency").await?;
+/// Node 0 of a mesh of `orgs.len()` nodes publishes on a dataset shared with the others
+/// (`encrypted`: `None` for the default, sealed); every other node watches its events. Then, if
+/// `probe`, the same envelopes are applied one by one on a node without a mesh that has node 1's
+/// identity.
+async fn latency(
+    s: &Sizes,
+    orgs: &[&'static str],
+    seed: u8,
+    probe: bool,
+    encrypted: Option<bool>,
+) -> Result<Latency> {
+    let (nodes, ds) = spawn_mesh(orgs, seed, "flu-latency", encrypted).await?;
     let receivers: Vec<&Member> = nodes.iter().skip(1).collect();
     let mut l = publish_and_watch(&nodes[0], &receivers, &ds, s.warmup, s.latency, "lat").await?;
     if probe {
-        l.apply = Some(apply_probe(&nodes[0], &ds, seed + 50).await?);
+        l.apply = Some(apply_probe(&nodes[0], &nodes[1], &ds).await?);
     }
     for m in nodes {
         m.shutdown().await;
@@ -604,25 +637,31 @@ async fn latency(s: &Sizes, orgs: &[&'static str], seed: u8, probe: bool) -> Res
 }
 
 /// Applies `src`'s envelopes of `ds`, one per call, on a fresh node without a mesh that holds the
-/// dataset: the receiver's share of the write-to-visible latency, without network or peers.
+/// dataset as `receiver` does: the receiver's share of the write-to-visible latency (opening the
+/// sealed payloads included), without network or peers.
 async fn apply_probe(
     src: &Member,
+    receiver: &Member,
     ds: &DatasetId,
-    seed: u8,
 ) -> Result<((Duration, Duration), Dist)> {
     let envs = own_envelopes(src, ds)?;
     let pages = envs.into_iter().map(|e| vec![e]).collect();
-    let (lat, _) = apply_pages(src, ds, seed, pages).await?;
+    let (lat, _) = apply_pages(src, receiver, ds, pages).await?;
     Ok((drift(&lat), Dist::new(lat)))
 }
 
 /// Applies `pages` of `src`'s envelopes of `ds`, one `Node::apply_envelopes` call (durable) per
 /// page, on a fresh node without a mesh that holds the dataset. Returns each call's time and the
 /// total.
+///
+/// The probe node takes `receiver`'s organization and identity (in a home of its own, never on
+/// the network): a sealed dataset's epoch key is wrapped only for the members its owner granted
+/// read, so a node with an identity of its own would store the envelopes without being able to
+/// open or apply them. It checks that it holds the key and, at the end, every record.
 async fn apply_pages(
     src: &Member,
+    receiver: &Member,
     ds: &DatasetId,
-    seed: u8,
     pages: Vec<Vec<Envelope>>,
 ) -> Result<(Vec<Duration>, Duration)> {
     let meta = src
@@ -632,10 +671,20 @@ async fn apply_pages(
         .find(|(m, _)| m.id == *ds)
         .map(|(m, _)| m)
         .context("dataset")?;
+    let sealed = meta.encrypted;
+    let want = src.records(ds);
     let dir = tempfile::tempdir()?;
-    let cfg = node_config("probe", 0);
-    home::init_with(dir.path(), cfg.clone(), Identity::from_seed([seed; 32])).await?;
+    let cfg = node_config(receiver.org, 0);
+    let id = Identity::from_seed([receiver.seed; 32]);
+    ensure!(
+        id.author() == receiver.node.identity().author(),
+        "probe: seed {} is not {}'s identity",
+        receiver.seed,
+        receiver.org
+    );
+    home::init_with(dir.path(), cfg.clone(), id).await?;
     let node = Node::open_home(dir.path(), cfg)?;
+    let admin = node.authenticate(&home::admin_token(dir.path())?)?;
     let src_id = src.node.identity();
     node.set_members(vec![fogmesh::node::MemberKeys {
         org: src.node.config().org.clone(),
@@ -647,6 +696,14 @@ async fn apply_pages(
     if let Some(bundle) = src.node.access_bundle(ds) {
         node.merge_access(ds, &bundle).await?;
     }
+    if sealed {
+        let keys = node.stored_keys(ds)?;
+        ensure!(
+            !keys.is_empty(),
+            "probe: no epoch key of {ds} unwraps for {}",
+            receiver.org
+        );
+    }
     let mut lat = Vec::with_capacity(pages.len());
     let start = Instant::now();
     for page in pages {
@@ -657,7 +714,16 @@ async fn apply_pages(
         ensure!(new == n, "probe: {new} of {n} envelopes applied");
     }
     let total = start.elapsed();
-    drop(node);
+    let held = node
+        .datasets(&admin)
+        .iter()
+        .find(|d| d.meta.id == *ds)
+        .map_or(0, |d| d.records);
+    ensure!(
+        held == want,
+        "probe: {held} of {want} records visible after applying (payloads not opened?)"
+    );
+    drop((node, admin));
     settle().await;
     Ok((lat, total))
 }
@@ -665,6 +731,57 @@ async fn apply_pages(
 /// Lets background work (snapshots, flusher threads) of a dropped node finish.
 async fn settle() {
     tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
+/// 1e. The 5-node figure on a clear dataset and again on a sealed one (order alternating with
+/// `sealed`, the run printed above), pooled per setting and compared.
+async fn encryption_on_off(s: &Sizes, sealed: Latency) -> Result<()> {
+    println!(
+        "1e. encryption on and off: the same 5-node write-to-visible figure, dataset sealed (default) \
+         and in clear (encrypted: false), 2 runs each, alternating"
+    );
+    let clear_1 = latency(s, &ORGS, 40, false, Some(false)).await?;
+    let clear_2 = latency(s, &ORGS, 45, false, Some(false)).await?;
+    let sealed_2 = latency(s, &ORGS, 10, false, None).await?;
+    let runs = [
+        ("sealed, run 1 (the figure above)", &sealed),
+        ("clear,  run 1", &clear_1),
+        ("clear,  run 2", &clear_2),
+        ("sealed, run 2", &sealed_2),
+    ];
+    for (label, l) in runs {
+        println!(
+            "  {label:<34} at a receiver {}   publish p50 {}   lost {}   push {:.0} B/record",
+            l.per_receiver.line(),
+            ms(l.publish.p50()),
+            l.lost,
+            l.push_bytes_per_record,
+        );
+    }
+    let pool = |a: &Dist, b: &Dist| Dist::new(a.0.iter().chain(&b.0).copied().collect());
+    let on = pool(&sealed.per_receiver, &sealed_2.per_receiver);
+    let off = pool(&clear_1.per_receiver, &clear_2.per_receiver);
+    let pub_on = pool(&sealed.publish, &sealed_2.publish);
+    let pub_off = pool(&clear_1.publish, &clear_2.publish);
+    println!("  visible at a receiver, both runs pooled:");
+    println!("    sealed: {}", on.line());
+    println!("    clear:  {}", off.line());
+    let signed = |a: Duration, b: Duration| (a.as_secs_f64() - b.as_secs_f64()) * 1e3;
+    let added = signed(on.p50(), off.p50());
+    println!(
+        "  sealing adds at p50 {added:+.3} ms (target <= {:.1} ms: {}), at p99 {:+.3} ms; \
+         Node::publish p50 {:+.3} ms (sealed {} vs clear {})",
+        TARGET_SEAL_P50.as_secs_f64() * 1e3,
+        verdict(added <= TARGET_SEAL_P50.as_secs_f64() * 1e3),
+        signed(on.p99(), off.p99()),
+        signed(pub_on.p50(), pub_off.p50()),
+        ms(pub_on.p50()),
+        ms(pub_off.p50()),
+    );
+    let run1 = signed(sealed.per_receiver.p50(), clear_1.per_receiver.p50());
+    let run2 = signed(sealed_2.per_receiver.p50(), clear_2.per_receiver.p50());
+    println!("  per run, sealed p50 - clear p50: run 1 {run1:+.3} ms, run 2 {run2:+.3} ms");
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -683,6 +800,29 @@ async fn write_records(m: &Member, ds: &DatasetId, first: u64, count: usize) -> 
         i += n;
     }
     Ok(t.elapsed())
+}
+
+/// The Automerge change bytes of `envs` (of `ds`): sealed payloads opened with the epoch keys `m`
+/// holds.
+fn plain_payloads(m: &Member, ds: &DatasetId, envs: &[Envelope]) -> Result<Vec<Vec<u8>>> {
+    let keys = m.node.stored_keys(ds)?;
+    envs.iter()
+        .map(|e| {
+            if e.epoch == 0 {
+                return Ok(e.payload.clone());
+            }
+            let key = keys
+                .get(&e.epoch)
+                .with_context(|| format!("no key for epoch {} of {ds}", e.epoch))?;
+            let slot = seal::Slot {
+                dataset: ds,
+                author: &e.author,
+                seq: e.seq,
+                epoch: e.epoch,
+            };
+            Ok(seal::open(key, slot, &e.payload)?)
+        })
+        .collect()
 }
 
 /// Every envelope `m` holds of `ds`, written by `m`, in sequence order.
@@ -723,7 +863,10 @@ struct CatchUp {
     connected: Option<Duration>,
     first_hello: Option<Duration>,
     marks: Vec<(usize, Duration)>,
+    /// Automerge change bytes (opened when sealed).
     payload: u64,
+    /// The envelopes' payload bytes as they travel (sealed: + nonce and tag).
+    sealed_payload: u64,
     encoded: u64,
     b: Traffic,
     a: Traffic,
@@ -941,9 +1084,9 @@ fn hello_sizes() -> (usize, f64) {
     (base, (with - base) as f64 / 10.0)
 }
 
-/// Two members of a fresh mesh, A owning a dataset shared with B.
+/// Two members of a fresh mesh, A owning a dataset shared with B (sealed, the default).
 async fn pair(seed: u8, dataset: &str) -> Result<(Member, Member, DatasetId)> {
-    let (mut v, ds) = spawn_mesh(&ORGS[..2], seed, dataset).await?;
+    let (mut v, ds) = spawn_mesh(&ORGS[..2], seed, dataset, None).await?;
     let b = v.pop().context("b")?;
     let a = v.pop().context("a")?;
     Ok((a, b, ds))
@@ -975,11 +1118,13 @@ async fn catch_up(s: &Sizes) -> Result<(CatchUp, Vec<Change>, Option<(Latency, R
         a.records(&ds)
     );
     let envs = own_envelopes(&a, &ds)?;
-    let payload: u64 = envs.iter().map(|e| e.payload.len() as u64).sum();
+    let plain = plain_payloads(&a, &ds, &envs)?;
+    let payload: u64 = plain.iter().map(|p| p.len() as u64).sum();
+    let sealed_payload: u64 = envs.iter().map(|e| e.payload.len() as u64).sum();
     let encoded: u64 = envs.iter().map(|e| e.encode().len() as u64).sum();
-    let changes = envs
-        .iter()
-        .map(|e| Change::from_bytes(e.payload.clone()))
+    let changes = plain
+        .into_iter()
+        .map(Change::from_bytes)
         .collect::<Result<Vec<_>, _>>()?;
     let n_envs = envs.len();
     // A's redial backoff toward B is whatever it is by now: B dials A on start anyway.
@@ -996,6 +1141,7 @@ async fn catch_up(s: &Sizes) -> Result<(CatchUp, Vec<Change>, Option<(Latency, R
         first_hello: run.first_hello,
         marks: run.marks,
         payload,
+        sealed_payload,
         encoded,
         b: run.b,
         a: run.a,
@@ -1015,7 +1161,7 @@ async fn catch_up(s: &Sizes) -> Result<(CatchUp, Vec<Change>, Option<(Latency, R
         tokio::time::sleep(Duration::from_secs(2)).await;
         let pages = pages_of(envs, fogmesh::mesh::proto::PAGE_BYTES);
         let n_pages = pages.len();
-        let (per_page, total) = apply_pages(&a, &ds, 90, pages).await?;
+        let (per_page, total) = apply_pages(&a, &b, &ds, pages).await?;
         offline = Some((total, n_pages, per_page));
         let late = publish_and_watch(&a, &[&b], &ds, 5, s.late_latency, "late").await?;
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -1192,7 +1338,8 @@ async fn run(s: Sizes) -> Result<()> {
             rtt_traffic.total() as f64 / s.rtt as f64,
             rtt_traffic.frames().bytes() as f64 / s.rtt as f64
         );
-        let l = latency(&s, &ORGS, 1, false).await?;
+        println!("  dataset shared with the 4 receivers, sealed (the default; 1e below: clear)");
+        let l = latency(&s, &ORGS, 1, false, None).await?;
         println!(
             "  Node::publish returned (local, durable):      {}",
             l.publish.line()
@@ -1232,8 +1379,8 @@ async fn run(s: Sizes) -> Result<()> {
             ms(rtt.p50()),
             ms(rtt.p99()),
         );
-        let two = latency(&s, &ORGS[..2], 6, true).await?;
-        println!("  for comparison, 2 nodes (1 receiver):");
+        let two = latency(&s, &ORGS[..2], 6, true, None).await?;
+        println!("  for comparison, 2 nodes (1 receiver), sealed:");
         println!(
             "    Node::publish returned:                     {}",
             two.publish.line()
@@ -1253,12 +1400,15 @@ async fn run(s: Sizes) -> Result<()> {
                 d.0.len()
             );
             println!(
-                "    durable, on a node without a mesh: {}; p50 first tenth {} -> last tenth {}",
+                "    durable, opened with the receiver's unwrapped key, on a node without a mesh: {}; \
+                 p50 first tenth {} -> last tenth {}",
                 d.line(),
                 ms(*first),
                 ms(*last)
             );
         }
+        println!();
+        encryption_on_off(&s, l).await?;
         println!();
     }
     if only.is_none_or(|o| o == "reconnect") {
@@ -1279,13 +1429,14 @@ async fn run(s: Sizes) -> Result<()> {
         );
         let (c, changes, long) = catch_up(&s).await?;
         println!(
-            "  A wrote {} records in {} envelopes in {:.2} s; payload (Automerge change bytes) {} ({} B/record), \
-             encoded envelopes {}",
+            "  A wrote {} records in {} envelopes in {:.2} s; payload (Automerge change bytes) {} ({} B/record; \
+             sealed {}), encoded envelopes {}",
             thousands(c.records as u64),
             c.envelopes,
             c.write.as_secs_f64(),
             mib(c.payload),
             c.payload / c.records.max(1) as u64,
+            mib(c.sealed_payload),
             mib(c.encoded),
         );
         if let Some(stall) = &c.stall {

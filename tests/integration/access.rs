@@ -340,17 +340,38 @@ async fn a_node_without_a_grant_holds_ciphertext_it_cannot_read() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_grant_is_revoked_by_the_owner_and_the_key_rotates() {
     let nodes = spawn_mesh(2).await;
-    let hospital = &nodes[0];
+    let (hospital, pharmacy) = (&nodes[0], &nodes[1]);
     let ds = shared(hospital, "flu-daily", &[]).await;
-    let mut g = grant_req(&ds, "pharmacy/*", &[Action::Read]);
-    g.expires = Some("1s".into());
+    publish(hospital, &ds, batch("x", 0, 3)).await;
+    let restock = pharmacy
+        .node
+        .add_app(&pharmacy.admin, "restock", vec![])
+        .await
+        .expect("app")
+        .app;
+    let mut g = grant_req(&ds, "pharmacy/restock", &[Action::Read]);
+    g.expires = Some("3s".into());
     let granted = hospital
         .node
         .grant(&hospital.admin, g)
         .await
         .expect("grant");
+    let expiry = std::time::Instant::now() + std::time::Duration::from_millis(3_100);
+    let q = Query::default();
+    wait_for("restock reads the records", || async {
+        pharmacy
+            .node
+            .query(&restock, &ds, &q)
+            .is_ok_and(|r| r.len() == 3)
+    })
+    .await;
     assert_eq!(hospital.node.expire_grants().await.expect("sweep"), 0);
-    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    tokio::time::sleep_until(expiry.into()).await;
+    // Refused at once by its own node, before the owner's sweep.
+    assert!(matches!(
+        pharmacy.node.query(&restock, &ds, &q),
+        Err(Error::Forbidden(_))
+    ));
     assert_eq!(hospital.node.expire_grants().await.expect("sweep"), 1);
     let listed = hospital.node.grants(&hospital.admin).expect("list");
     let now = listed
