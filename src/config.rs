@@ -64,6 +64,9 @@ pub struct Config {
     pub snapshot_every: u64,
     /// Largest HTTP request body, in bytes.
     pub max_body_bytes: usize,
+    /// Federated aggregates and search: groups with fewer rows than this are never sent to
+    /// another organization.
+    pub min_group_size: u64,
 }
 
 impl Default for Config {
@@ -82,6 +85,7 @@ impl Default for Config {
             mdns: true,
             snapshot_every: 1_000,
             max_body_bytes: 8 * 1024 * 1024,
+            min_group_size: 5,
         }
     }
 }
@@ -97,6 +101,9 @@ impl Config {
         }
         if self.snapshot_every == 0 {
             return Err(Error::Invalid("snapshot_every must be at least 1".into()));
+        }
+        if self.min_group_size == 0 {
+            return Err(Error::Invalid("min_group_size must be at least 1".into()));
         }
         if !(1024..=MAX_BODY_BYTES).contains(&self.max_body_bytes) {
             return Err(Error::Invalid(format!(
@@ -152,7 +159,10 @@ impl Config {
              # replays at most this many per dataset. Default: {dsnap}\n\
              snapshot_every = {snap}\n\n\
              # Largest HTTP request body in bytes; larger requests get 413. Default: {dbody}\n\
-             max_body_bytes = {body}\n",
+             max_body_bytes = {body}\n\n\
+             # Federated aggregates: groups of fewer rows than this are suppressed in answers to\n\
+             # other organizations, so small groups cannot single anyone out. Default: {dgroup}\n\
+             min_group_size = {group}\n",
             org = q(&self.org),
             mesh = q(&self.mesh),
             dapi = d.api,
@@ -166,6 +176,8 @@ impl Config {
             snap = self.snapshot_every,
             dbody = d.max_body_bytes,
             body = self.max_body_bytes,
+            dgroup = d.min_group_size,
+            group = self.min_group_size,
         )
     }
 }
@@ -194,6 +206,7 @@ mod tests {
             "mdns",
             "snapshot_every",
             "max_body_bytes",
+            "min_group_size",
         ] {
             assert!(text.contains(&format!("\n{field} = ")), "{field} missing");
         }

@@ -63,10 +63,14 @@ pub enum Command {
     Grants,
     /// Publish records: one from flags, or NDJSON lines `{name, data, time?, id?}` on stdin.
     Publish(PublishArgs),
-    /// Query a dataset's records.
+    /// Query the shared view: records of one or several datasets, or aggregates (--agg), computed
+    /// by the datasets' owners with --federated.
     Query(QueryArgs),
     /// Stream a dataset's live changes.
     Watch(WatchArgs),
+    /// Push a search to other organizations' nodes: only where and when of each match comes
+    /// back, as each node answers.
+    Search(SearchArgs),
     /// Run the five-organization flu demo on loopback (`--single`: one node).
     Demo(DemoArgs),
 }
@@ -209,11 +213,15 @@ pub enum Format {
 
 #[derive(Args, Debug)]
 pub struct QueryArgs {
-    /// Dataset, OWNER/NAME.
-    pub dataset: String,
+    /// Datasets, OWNER/NAME (one or more: the shared view).
+    #[arg(required = true, num_args = 1..)]
+    pub datasets: Vec<String>,
     /// Only names at or below this path.
     #[arg(long)]
     pub name_prefix: Option<String>,
+    /// Name segment filter N=VALUE (repeatable), e.g. '0=district-3'.
+    #[arg(long = "segment")]
+    pub segments: Vec<String>,
     /// Only times >= this (ms).
     #[arg(long)]
     pub since: Option<u64>,
@@ -223,15 +231,66 @@ pub struct QueryArgs {
     /// Field predicate FIELD OP VALUE (repeatable), e.g. 'cases>=5'.
     #[arg(long = "where")]
     pub predicates: Vec<String>,
-    /// Most records to return (1..=10000).
-    #[arg(long)]
-    pub limit: Option<usize>,
-    /// asc or desc by time.
+    /// Fields to return (comma-separated): dataset, id, name, time or data fields.
+    #[arg(long, value_delimiter = ',')]
+    pub select: Vec<String>,
+    /// Order rows by time (default), name, id or a data field; '-' in front for descending.
+    #[arg(long, allow_hyphen_values = true)]
+    pub order_by: Option<String>,
+    /// asc or desc by time (single-dataset form; same as --order-by time / -time).
     #[arg(long)]
     pub order: Option<String>,
+    /// Group by (comma-separated): field:PATH, segment:N, bucket:DURATION (e.g. bucket:1d).
+    #[arg(long, value_delimiter = ',')]
+    pub group_by: Vec<String>,
+    /// Aggregates (comma-separated): count, sum:F, avg:F, min:F, max:F.
+    #[arg(long = "agg", value_delimiter = ',')]
+    pub aggregates: Vec<String>,
+    /// Ask each dataset's owner to compute the aggregates over its own data.
+    #[arg(long)]
+    pub federated: bool,
+    /// Wait at most this long for owners (federated), ms.
+    #[arg(long)]
+    pub timeout_ms: Option<u64>,
+    /// Most rows (or groups) to return.
+    #[arg(long)]
+    pub limit: Option<usize>,
     /// Output format (--json implies json).
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,
+}
+
+#[derive(Args, Debug)]
+pub struct SearchArgs {
+    /// Dataset name searched in each target organization, e.g. sightings.
+    pub dataset: String,
+    /// Organizations to ask (comma-separated; default: every other member).
+    #[arg(long, value_delimiter = ',')]
+    pub targets: Vec<String>,
+    /// Only names at or below this path.
+    #[arg(long)]
+    pub name_prefix: Option<String>,
+    /// Name segment filter N=VALUE (repeatable).
+    #[arg(long = "segment")]
+    pub segments: Vec<String>,
+    /// Only times >= this (ms).
+    #[arg(long)]
+    pub since: Option<u64>,
+    /// Only times < this (ms).
+    #[arg(long)]
+    pub until: Option<u64>,
+    /// Field predicate FIELD OP VALUE (repeatable), e.g. 'coat=red'.
+    #[arg(long = "where")]
+    pub predicates: Vec<String>,
+    /// The name segment reported as the location (0 = first).
+    #[arg(long, default_value_t = 0)]
+    pub location_segment: u32,
+    /// Most matches per target.
+    #[arg(long)]
+    pub limit: Option<u32>,
+    /// Wait at most this long for answers, ms.
+    #[arg(long)]
+    pub timeout_ms: Option<u64>,
 }
 
 #[derive(Args, Debug)]

@@ -93,6 +93,16 @@ impl Client {
         self.finish(self.req("DELETE", path).call())
     }
 
+    /// POSTs a JSON body and reads the answer as it streams (NDJSON).
+    pub fn post_stream(&self, path: &str, body: &Value) -> Result<impl BufRead> {
+        let resp = self
+            .req("POST", path)
+            .set("Accept", "application/x-ndjson")
+            .send_json(body)
+            .map_err(|e| self.explain(e))?;
+        Ok(BufReader::new(resp.into_reader()))
+    }
+
     /// Opens a server-sent event stream.
     pub fn stream(&self, path: &str) -> Result<impl BufRead> {
         let resp = self

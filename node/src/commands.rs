@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use crate::cli::{
     AppCmd, Cli, Command, CreateArgs, DatasetCmd, Format, GrantArgs, PriorityArg, PublishArgs,
-    QueryArgs, WatchArgs,
+    QueryArgs, SearchArgs, WatchArgs,
 };
 use crate::client::Client;
 use crate::output;
@@ -34,6 +34,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Publish(a) => publish(&cli, a),
         Command::Query(a) => query(&cli, a),
         Command::Watch(a) => watch(&cli, a),
+        Command::Search(a) => search(&cli, a),
         Command::Demo(a) => crate::demo::run(&cli, a),
     }
 }
@@ -414,11 +415,89 @@ fn send_batch(
 }
 
 fn query(cli: &Cli, a: &QueryArgs) -> Result<()> {
+    let simple = a.datasets.len() == 1
+        && a.segments.is_empty()
+        && a.select.is_empty()
+        && a.order_by.is_none()
+        && a.group_by.is_empty()
+        && a.aggregates.is_empty()
+        && !a.federated;
+    if simple {
+        return query_records(cli, a);
+    }
+    if a.order.is_some() {
+        bail!("--order goes with one dataset; use --order-by time or --order-by -time");
+    }
+    let body = json!({
+        "datasets": a.datasets, "name_prefix": a.name_prefix, "segments": a.segments,
+        "since": a.since, "until": a.until, "where": a.predicates, "select": a.select,
+        "order_by": a.order_by, "limit": a.limit, "group_by": a.group_by,
+        "aggregates": a.aggregates, "federated": a.federated, "timeout_ms": a.timeout_ms,
+    });
+    let v = Client::from_cli(cli)?.post("/v1/query", &body)?;
+    let format = if cli.json { Format::Json } else { a.format };
+    let rows = v["groups"]
+        .as_array()
+        .or(v["rows"].as_array())
+        .cloned()
+        .unwrap_or_default();
+    match format {
+        Format::Json => output::json(&v),
+        Format::Ndjson => rows.iter().for_each(output::ndjson),
+        Format::Table => print_view(&v, &rows),
+    }
+    Ok(())
+}
+
+/// Rows or groups as a table, then who answered (aggregates).
+fn print_view(v: &Value, rows: &[Value]) {
+    let flat: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            if r.get("data").is_some() {
+                r["data"] = Value::String(r["data"].to_string());
+            }
+            r
+        })
+        .collect();
+    let columns: Vec<String> = flat
+        .first()
+        .and_then(Value::as_object)
+        .map(|o| o.keys().cloned().collect())
+        .unwrap_or_default();
+    let columns: Vec<&str> = columns.iter().map(String::as_str).collect();
+    output::table(&columns, &flat);
+    match v["sources"].as_array() {
+        Some(sources) => {
+            for s in sources {
+                eprintln!(
+                    "{}: {}{}{}",
+                    s["dataset"].as_str().unwrap_or("?"),
+                    s["status"].as_str().unwrap_or("?"),
+                    s["reason"]
+                        .as_str()
+                        .map(|r| format!(" ({r})"))
+                        .unwrap_or_default(),
+                    match s["suppressed_groups"].as_u64() {
+                        Some(n) if n > 0 => format!(", {n} small groups suppressed"),
+                        _ => String::new(),
+                    }
+                );
+            }
+            eprintln!("{} groups", flat.len());
+        }
+        None => eprintln!("{}", records(flat.len())),
+    }
+}
+
+fn query_records(cli: &Cli, a: &QueryArgs) -> Result<()> {
     let mut q = form_query(a);
     if q.is_empty() {
         q.push_str("limit=1000");
     }
-    let v = Client::from_cli(cli)?.get(&format!("{}/records?{q}", records_path(&a.dataset)?))?;
+    let v =
+        Client::from_cli(cli)?.get(&format!("{}/records?{q}", records_path(&a.datasets[0])?))?;
     let rows = v["records"].as_array().cloned().unwrap_or_default();
     let format = if cli.json { Format::Json } else { a.format };
     match format {
@@ -459,6 +538,60 @@ fn form_query(a: &QueryArgs) -> String {
         s.append_pair("order", o);
     }
     s.finish()
+}
+
+fn search(cli: &Cli, a: &SearchArgs) -> Result<()> {
+    let body = json!({
+        "dataset": a.dataset, "targets": a.targets,
+        "filter": {"name_prefix": a.name_prefix, "segments": a.segments, "since": a.since,
+                   "until": a.until, "where": a.predicates},
+        "location_segment": a.location_segment, "limit": a.limit, "timeout_ms": a.timeout_ms,
+    });
+    let reader = Client::from_cli(cli)?.post_stream("/v1/search", &body)?;
+    let t0 = std::time::Instant::now();
+    for line in reader.lines() {
+        let line = line.context("reading the search answers")?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let ev: Value = serde_json::from_str(&line).context("a search answer is not JSON")?;
+        if cli.json {
+            output::ndjson(&ev);
+            continue;
+        }
+        print_search_event(&ev, t0.elapsed());
+    }
+    Ok(())
+}
+
+fn print_search_event(ev: &Value, at: std::time::Duration) {
+    let from = ev["from"].as_str().unwrap_or("?");
+    let at = format!("[{:>6.0} ms]", at.as_secs_f64() * 1e3);
+    match ev["event"].as_str() {
+        Some("answered") => {
+            let m = ev["matches"].as_array().map_or(&[][..], |a| a);
+            println!("{at} {from}: {} match(es)", m.len());
+            for x in m {
+                println!(
+                    "           {}  {}  at {}  ({})",
+                    x["time"],
+                    x["name"].as_str().unwrap_or("?"),
+                    x["location"].as_str().unwrap_or("?"),
+                    x["id"].as_str().unwrap_or("?")
+                );
+            }
+        }
+        Some("refused") => println!(
+            "{at} {from}: refused: {}",
+            ev["reason"].as_str().unwrap_or("?")
+        ),
+        Some("timed_out") => println!("{at} {from}: no answer in time"),
+        Some("summary") => println!(
+            "{at} done: {} match(es); answered {}, refused {}, timed out {}",
+            ev["matches"], ev["answered"], ev["refused"], ev["timed_out"]
+        ),
+        _ => println!("{at} {ev}"),
+    }
 }
 
 fn watch(cli: &Cli, a: &WatchArgs) -> Result<()> {

@@ -23,7 +23,7 @@ type ApiResult<T> = Result<T, ApiError>;
 /// Longest invitation lifetime accepted: 30 days.
 const MAX_TTL_SECS: u64 = 30 * 24 * 3600;
 
-fn mesh(s: &ApiState) -> ApiResult<&Mesh> {
+pub(super) fn mesh(s: &ApiState) -> ApiResult<&Mesh> {
     s.mesh
         .as_ref()
         .ok_or_else(|| Error::Network("the mesh is not running on this node".into()).into())

@@ -8,6 +8,7 @@ mod grants;
 mod mesh;
 mod records;
 mod routes;
+mod view;
 
 use std::future::Future;
 
@@ -63,6 +64,8 @@ pub fn router_with(
         .route(&format!("{ds}/events"), get(records::events))
         .route("/v1/apps", get(routes::list_apps).post(routes::add_app))
         .route("/v1/grants", get(grants::list).post(grants::grant))
+        .route("/v1/query", post(view::query))
+        .route("/v1/search", post(view::search))
         .route("/v1/grants/{id}", delete(grants::revoke))
         .route("/v1/peers", get(mesh::peers))
         .route("/v1/mesh", get(mesh::status))

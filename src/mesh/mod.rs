@@ -16,11 +16,13 @@
 //! | `state` | the mesh's mutable state and its persistence |
 //! | `serve` | answers to peers' requests |
 //! | `sync` | outbound catch-up and push |
+//! | [`query`] | federated aggregates and pushed-down searches: asking owners, answering as owner |
 
 pub mod catalog;
 pub mod invite;
 mod join;
 pub mod proto;
+pub mod query;
 pub mod roster;
 mod serve;
 mod state;

@@ -9,6 +9,8 @@
 //!                                                  Fetch (one author's envelopes, a byte-capped page)
 //!                                                  access state (grants, wrapped keys) that differs
 //! /fogmesh/push/1   Push         -> PushAck        new envelopes and changed access state, eagerly
+//! /fogmesh/query/1  QueryRequest -> QueryResponse  an aggregate or a search, answered by the owner
+//!                                                  over its own data, signed
 //! ```
 
 use serde::de::DeserializeOwned;
@@ -132,6 +134,78 @@ pub struct Push {
 pub struct PushAck {
     /// Envelopes that were new to it.
     pub accepted: u32,
+}
+
+/// A question to a dataset's owner, on behalf of one of the requester's apps.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum QueryRequest {
+    /// Aggregates over one dataset the responder owns.
+    Aggregate {
+        /// The requesting app (of the requester's organization).
+        app: String,
+        /// `owner/name`.
+        dataset: String,
+        /// Which rows.
+        filter: crate::view::plan::FilterSpec,
+        /// Group-by dimensions.
+        group_by: Vec<String>,
+        /// Measures.
+        aggregates: Vec<String>,
+    },
+    /// Where and when of the records of the responder's dataset `dataset` that match.
+    Search {
+        /// The requesting app.
+        app: String,
+        /// Dataset name within the responder's organization.
+        dataset: String,
+        /// Which rows.
+        filter: crate::view::plan::FilterSpec,
+        /// The name segment reported as the location.
+        location_segment: u32,
+        /// Most matches wanted.
+        limit: u32,
+    },
+}
+
+/// The owner's answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum QueryResponse {
+    /// A signed [`Answer`].
+    Answer {
+        /// CBOR of the [`Answer`].
+        body: serde_bytes::ByteBuf,
+        /// ed25519 signature by the owner over [`ANSWER_DOMAIN`] and `body`.
+        signature: serde_bytes::ByteBuf,
+    },
+    /// Refused, and why (no `query` grant, no such dataset, a malformed question).
+    Refused(String),
+}
+
+/// Domain-separation tag of signed answers.
+pub const ANSWER_DOMAIN: &[u8] = b"fogmesh/query-answer/v1\0";
+
+/// What an owner answers, bound to the question by its digest.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub enum Answer {
+    /// Partial aggregates per group (small groups already suppressed).
+    Groups {
+        /// SHA-256 of the request's CBOR.
+        request: [u8; 32],
+        /// Groups and their partial states.
+        groups: Vec<(
+            crate::view::aggregate::GroupKey,
+            crate::view::aggregate::Partial,
+        )>,
+        /// Groups left out for being under the owner's minimum size.
+        suppressed: u64,
+    },
+    /// Search matches: id, name, time, location; never data fields.
+    Matches {
+        /// SHA-256 of the request's CBOR.
+        request: [u8; 32],
+        /// The matches.
+        matches: Vec<crate::node::Match>,
+    },
 }
 
 /// CBOR bytes of a message.

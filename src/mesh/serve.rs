@@ -35,6 +35,10 @@ impl Mesh {
                 .on_push(peer, &frame.0)
                 .await
                 .map(|r| proto::encode(&r)),
+            Protocol::Query => self
+                .on_query(peer, &frame.0)
+                .await
+                .map(|r| proto::encode(&r)),
         };
         match result {
             Ok(bytes) => Some(Frame(bytes)),

@@ -33,6 +33,7 @@ pub(crate) struct Behaviour {
     pub(crate) join: FrameBehaviour,
     pub(crate) sync: FrameBehaviour,
     pub(crate) push: FrameBehaviour,
+    pub(crate) query: FrameBehaviour,
 }
 
 impl Behaviour {
@@ -57,6 +58,7 @@ impl Behaviour {
             join: frames(Protocol::Join, meter),
             sync: frames(Protocol::Sync, meter),
             push: frames(Protocol::Push, meter),
+            query: frames(Protocol::Query, meter),
         })
     }
 
@@ -66,6 +68,7 @@ impl Behaviour {
             Protocol::Join => &mut self.join,
             Protocol::Sync => &mut self.sync,
             Protocol::Push => &mut self.push,
+            Protocol::Query => &mut self.query,
         }
     }
 }

@@ -93,6 +93,10 @@ pub const MAX_SYNC_RESPONSE_BYTES: usize = crate::envelope::MAX_ENCODED + 8 * 10
 pub const MAX_PUSH_BYTES: usize = crate::envelope::MAX_ENCODED + 64 * 1024;
 /// Cap on a `Push` response (an acknowledgement), in payload bytes.
 pub const MAX_PUSH_RESPONSE_BYTES: usize = 4 * 1024;
+/// Cap on a `Query` request (a federated aggregate or a search), in payload bytes.
+pub const MAX_QUERY_REQUEST_BYTES: usize = 64 * 1024;
+/// Cap on a `Query` response (signed groups or matches), in payload bytes.
+pub const MAX_QUERY_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 /// How long an outbound request may wait for its response, and an inbound one for its reply.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -150,11 +154,18 @@ pub enum Protocol {
     Sync,
     /// `/fogmesh/push/1`: eager delivery of new envelopes.
     Push,
+    /// `/fogmesh/query/1`: federated aggregates and pushed-down searches, answered by owners.
+    Query,
 }
 
 impl Protocol {
     /// Every protocol, in a fixed order.
-    pub const ALL: [Protocol; 3] = [Protocol::Join, Protocol::Sync, Protocol::Push];
+    pub const ALL: [Protocol; 4] = [
+        Protocol::Join,
+        Protocol::Sync,
+        Protocol::Push,
+        Protocol::Query,
+    ];
 
     /// The versioned protocol name negotiated on the stream.
     pub fn name(self) -> &'static str {
@@ -162,6 +173,7 @@ impl Protocol {
             Protocol::Join => "/fogmesh/join/1",
             Protocol::Sync => "/fogmesh/sync/1",
             Protocol::Push => "/fogmesh/push/1",
+            Protocol::Query => "/fogmesh/query/1",
         }
     }
 
@@ -171,6 +183,7 @@ impl Protocol {
             Protocol::Join => MAX_JOIN_BYTES,
             Protocol::Sync => MAX_SYNC_REQUEST_BYTES,
             Protocol::Push => MAX_PUSH_BYTES,
+            Protocol::Query => MAX_QUERY_REQUEST_BYTES,
         }
     }
 
@@ -180,6 +193,7 @@ impl Protocol {
             Protocol::Join => MAX_JOIN_BYTES,
             Protocol::Sync => MAX_SYNC_RESPONSE_BYTES,
             Protocol::Push => MAX_PUSH_RESPONSE_BYTES,
+            Protocol::Query => MAX_QUERY_RESPONSE_BYTES,
         }
     }
 

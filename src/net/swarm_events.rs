@@ -107,6 +107,7 @@ impl EventLoop {
             BehaviourEvent::Join(event) => self.on_frames(Protocol::Join, event),
             BehaviourEvent::Sync(event) => self.on_frames(Protocol::Sync, event),
             BehaviourEvent::Push(event) => self.on_frames(Protocol::Push, event),
+            BehaviourEvent::Query(event) => self.on_frames(Protocol::Query, event),
         }
     }
 

@@ -11,7 +11,7 @@
 //!   their frames still are (below).
 //! - the frame codec counts, per [`Protocol`], the CBOR frame bytes it reads and writes on
 //!   request-response substreams and how many requests and responses went each way
-//!   ([`Traffic::join`], [`Traffic::sync`], [`Traffic::push`]). The difference between the socket
+//!   ([`Traffic::join`], [`Traffic::sync`], [`Traffic::push`], [`Traffic::query`]). The difference between the socket
 //!   totals and the frame totals is protocol overhead plus identify, ping and Kademlia.
 //!
 //! Counting costs two relaxed atomic additions per socket read or write, so it is always on.
@@ -92,6 +92,8 @@ pub struct Traffic {
     pub sync: FrameTraffic,
     /// `/fogmesh/push/1` frames.
     pub push: FrameTraffic,
+    /// `/fogmesh/query/1` frames.
+    pub query: FrameTraffic,
 }
 
 impl Traffic {
@@ -105,9 +107,9 @@ impl Traffic {
         self.dialed + self.accepted
     }
 
-    /// The frames of all three fogmesh protocols together.
+    /// The frames of all four fogmesh protocols together.
     pub fn frames(&self) -> FrameTraffic {
-        self.join.add(&self.sync).add(&self.push)
+        self.join.add(&self.sync).add(&self.push).add(&self.query)
     }
 
     /// The frames of one protocol.
@@ -116,6 +118,7 @@ impl Traffic {
             Protocol::Join => self.join,
             Protocol::Sync => self.sync,
             Protocol::Push => self.push,
+            Protocol::Query => self.query,
         }
     }
 
@@ -129,6 +132,7 @@ impl Traffic {
             join: self.join.since(&earlier.join),
             sync: self.sync.since(&earlier.sync),
             push: self.push.since(&earlier.push),
+            query: self.query.since(&earlier.query),
         }
     }
 }
@@ -190,6 +194,7 @@ struct Counters {
     join: Arc<FrameCounters>,
     sync: Arc<FrameCounters>,
     push: Arc<FrameCounters>,
+    query: Arc<FrameCounters>,
 }
 
 /// A shared set of traffic counters. Cheap to clone; clones count into the same totals.
@@ -216,6 +221,7 @@ impl Meter {
             join: c.join.read(),
             sync: c.sync.read(),
             push: c.push.read(),
+            query: c.query.read(),
         }
     }
 
@@ -225,6 +231,7 @@ impl Meter {
             Protocol::Join => self.0.join.clone(),
             Protocol::Sync => self.0.sync.clone(),
             Protocol::Push => self.0.push.clone(),
+            Protocol::Query => self.0.query.clone(),
         }
     }
 

@@ -6,6 +6,7 @@ mod dataset;
 pub mod home;
 mod replica;
 mod retention;
+mod view;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -31,6 +32,9 @@ pub use access::{parse_ttl, GrantRequest, GrantView, MemberKeys, MAX_GRANT_TTL_M
 use dataset::Dataset;
 pub use dataset::{Batch, Event, EVENTS_CAP};
 pub use retention::SWEEP_EVERY as RETENTION_SWEEP;
+pub use view::{
+    answer as aggregate_answer, AggregateAnswer, Match, Refusal, Source, MAX_SEARCH_MATCHES,
+};
 
 /// Local envelopes buffered for the mesh before it is told it lagged.
 pub const OUTBOX_CAP: usize = 1024;

@@ -1,4 +1,6 @@
 //! The data view: datasets as Automerge documents, and queries over their records.
 
+pub mod aggregate;
 pub mod doc;
+pub mod plan;
 pub mod query;

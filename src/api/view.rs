@@ -1,0 +1,125 @@
+//! Handlers for the shared view: `POST /v1/query` (rows or aggregates over several datasets,
+//! federated to owners on request) and `POST /v1/search` (a pushed-down search whose answers
+//! stream as they arrive).
+
+use std::convert::Infallible;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures::StreamExt;
+use serde_json::{json, Value};
+
+use super::auth::Caller;
+use super::body::JsonBody;
+use super::error::ApiError;
+use super::ApiState;
+use crate::mesh::query::SearchSpec;
+use crate::node::{aggregate_answer, Source};
+use crate::view::aggregate;
+use crate::view::plan::{Plan, Shape, ViewQuery, MAX_JSON_ROWS};
+
+const NDJSON: &str = "application/x-ndjson";
+/// Rows per chunk of a streamed answer.
+const CHUNK_ROWS: usize = 1_000;
+
+fn wants_ndjson(h: &HeaderMap) -> bool {
+    h.get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains(NDJSON))
+}
+
+/// NDJSON lines, sent in chunks as they are serialized.
+fn ndjson(lines: impl Iterator<Item = Value> + Send + 'static) -> Response {
+    let chunks = futures::stream::iter(ChunkIter(lines)).map(Ok::<_, Infallible>);
+    ([(header::CONTENT_TYPE, NDJSON)], Body::from_stream(chunks)).into_response()
+}
+
+struct ChunkIter<I>(I);
+
+impl<I: Iterator<Item = Value>> Iterator for ChunkIter<I> {
+    type Item = Bytes;
+    fn next(&mut self) -> Option<Bytes> {
+        let mut buf = Vec::new();
+        for v in self.0.by_ref().take(CHUNK_ROWS) {
+            // Serializing a JSON value into memory cannot fail.
+            let _ = serde_json::to_writer(&mut buf, &v);
+            buf.push(b'\n');
+        }
+        (!buf.is_empty()).then(|| Bytes::from(buf))
+    }
+}
+
+pub async fn query(
+    State(s): State<ApiState>,
+    Caller(c): Caller,
+    headers: HeaderMap,
+    JsonBody(q): JsonBody<ViewQuery>,
+) -> Result<Response, ApiError> {
+    let plan = q.plan().map_err(|e| ApiError::bad_request(e.to_string()))?;
+    match &plan.shape {
+        Shape::Aggregate { .. } if plan.federated => {
+            let mesh = super::mesh::mesh(&s)?;
+            Ok(Json(mesh.federated(&c, &plan).await?).into_response())
+        }
+        Shape::Aggregate { .. } => local_aggregate(&s, &c, &plan).await,
+        Shape::Rows { limit, .. } => {
+            let ndjson_out = wants_ndjson(&headers);
+            if !ndjson_out && *limit > MAX_JSON_ROWS {
+                return Err(ApiError::bad_request(format!(
+                    "limit: more than {MAX_JSON_ROWS} rows stream as NDJSON; send Accept: {NDJSON}"
+                )));
+            }
+            let (node, app, plan2) = (s.node.clone(), c.clone(), plan.clone());
+            let rows = tokio::task::spawn_blocking(move || node.view_rows(&app, &plan2))
+                .await
+                .map_err(|e| crate::Error::Internal(e.to_string()))??;
+            if ndjson_out {
+                return Ok(ndjson(rows.into_iter()));
+            }
+            Ok(Json(json!({ "count": rows.len(), "rows": rows })).into_response())
+        }
+    }
+}
+
+async fn local_aggregate(
+    s: &ApiState,
+    c: &crate::apps::App,
+    plan: &Plan,
+) -> Result<Response, ApiError> {
+    let Shape::Aggregate { aggregation, limit } = &plan.shape else {
+        return Err(ApiError::bad_request("not an aggregate"));
+    };
+    let mut parts = Vec::new();
+    let mut sources = Vec::new();
+    for id in &plan.datasets {
+        let (groups, dropped) = s.node.aggregate_held(c, id, &plan.filter, aggregation)?;
+        parts.push(groups);
+        sources.push(Source {
+            dataset: id.to_string(),
+            owner: id.owner().to_owned(),
+            status: "local".into(),
+            reason: None,
+            suppressed_groups: dropped,
+        });
+    }
+    let merged = aggregate::merge_all(parts.iter());
+    Ok(Json(aggregate_answer(aggregation, &merged, sources, *limit)).into_response())
+}
+
+pub async fn search(
+    State(s): State<ApiState>,
+    Caller(c): Caller,
+    JsonBody(spec): JsonBody<SearchSpec>,
+) -> Result<Response, ApiError> {
+    let mesh = super::mesh::mesh(&s)?;
+    let rx = mesh.search(&c, spec)?;
+    let lines = tokio_stream::wrappers::ReceiverStream::new(rx).map(|ev| {
+        let mut line = serde_json::to_vec(&ev).unwrap_or_default();
+        line.push(b'\n');
+        Ok::<_, Infallible>(Bytes::from(line))
+    });
+    Ok(([(header::CONTENT_TYPE, NDJSON)], Body::from_stream(lines)).into_response())
+}

@@ -1,0 +1,503 @@
+//! Aggregates over records: count, sum, avg, min, max, grouped by data field, name segment or time
+//! bucket. Groups carry mergeable partial states (row count, and per measure the count of numeric
+//! values, their sum, min and max), so partial results computed by several owners merge into the
+//! same answer as one computation over all rows: an average is the merged sum over the merged
+//! count, never an average of averages. Pure: no I/O.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value as Json};
+
+use crate::naming;
+use crate::record::Record;
+
+use super::query::lookup;
+
+/// Most group-by dimensions in one query.
+pub const MAX_DIMENSIONS: usize = 4;
+/// Most measures in one query.
+pub const MAX_MEASURES: usize = 16;
+/// Most groups one aggregate may produce (more is an error, not a silent cut).
+pub const MAX_GROUPS: usize = 100_000;
+/// Shortest time bucket.
+pub const MIN_BUCKET_MS: u64 = 1_000;
+
+/// A malformed dimension or measure.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{text:?}: {why}")]
+pub struct Error {
+    /// As given.
+    pub text: String,
+    /// What is wrong.
+    pub why: String,
+}
+
+fn err(text: &str, why: impl Into<String>) -> Error {
+    Error {
+        text: text.to_owned(),
+        why: why.into(),
+    }
+}
+
+/// What records are grouped by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dimension {
+    /// `field:PATH`: a data field (dotted path).
+    Field(Vec<String>),
+    /// `segment:N`: the N-th segment of the record name (0 = first).
+    Segment(usize),
+    /// `bucket:DURATION`: the record time rounded down to a multiple of the duration (ms).
+    Bucket(u64),
+}
+
+impl Dimension {
+    /// Parses `field:PATH`, `segment:N` or `bucket:N(s|m|h|d)`.
+    pub fn parse(text: &str) -> Result<Self, Error> {
+        let (kind, arg) = text
+            .split_once(':')
+            .ok_or_else(|| err(text, "expected field:PATH, segment:N or bucket:DURATION"))?;
+        match kind {
+            "field" => {
+                let path: Vec<String> = arg.split('.').map(str::to_owned).collect();
+                if path.iter().any(String::is_empty) {
+                    return Err(err(text, "empty field name"));
+                }
+                Ok(Self::Field(path))
+            }
+            "segment" => {
+                let n: usize = arg
+                    .parse()
+                    .map_err(|_| err(text, "segment takes an index: 0, 1, 2..."))?;
+                if n >= naming::NAME_MAX_SEGMENTS {
+                    return Err(err(
+                        text,
+                        format!("names have at most {} segments", naming::NAME_MAX_SEGMENTS),
+                    ));
+                }
+                Ok(Self::Segment(n))
+            }
+            "bucket" => Ok(Self::Bucket(parse_duration(arg).map_err(|w| err(text, w))?)),
+            _ => Err(err(
+                text,
+                "expected field:PATH, segment:N or bucket:DURATION",
+            )),
+        }
+    }
+
+    /// The record's value for this dimension (`null` when it has none).
+    pub fn value(&self, r: &Record) -> Json {
+        match self {
+            Self::Field(path) => lookup(&r.data, path).cloned().unwrap_or(Json::Null),
+            Self::Segment(i) => naming::segment(&r.name, *i).map_or(Json::Null, Json::from),
+            Self::Bucket(ms) => Json::from(r.time - r.time % ms),
+        }
+    }
+}
+
+impl fmt::Display for Dimension {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Field(p) => write!(f, "field:{}", p.join(".")),
+            Self::Segment(i) => write!(f, "segment:{i}"),
+            Self::Bucket(ms) => write!(f, "bucket:{}", format_duration(*ms)),
+        }
+    }
+}
+
+/// Parses `90s`, `15m`, `1h`, `1d`, `7d` into milliseconds (at least one second).
+pub fn parse_duration(s: &str) -> Result<u64, String> {
+    let units = [
+        ("s", 1_000u64),
+        ("m", 60_000),
+        ("h", 3_600_000),
+        ("d", 86_400_000),
+    ];
+    let (n, per) = units
+        .iter()
+        .find_map(|(u, per)| s.strip_suffix(u).map(|n| (n, *per)))
+        .ok_or("a duration is a number and s, m, h or d, e.g. 1d")?;
+    let n: u64 = n
+        .parse()
+        .map_err(|_| "a duration is a whole number and a unit")?;
+    match n.checked_mul(per) {
+        Some(ms) if (MIN_BUCKET_MS..=366 * 86_400_000).contains(&ms) => Ok(ms),
+        _ => Err("a bucket is between 1s and 366d".into()),
+    }
+}
+
+fn format_duration(ms: u64) -> String {
+    match ms {
+        ms if ms % 86_400_000 == 0 => format!("{}d", ms / 86_400_000),
+        ms if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        ms if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
+        ms => format!("{}s", ms / 1_000),
+    }
+}
+
+/// An aggregate function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Func {
+    /// Rows in the group.
+    Count,
+    /// Sum of a numeric field.
+    Sum,
+    /// Mean of a numeric field (from sums and counts).
+    Avg,
+    /// Smallest value of a numeric field.
+    Min,
+    /// Largest value of a numeric field.
+    Max,
+}
+
+/// One measure: `count`, or `sum:F`, `avg:F`, `min:F`, `max:F` over data field `F`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Measure {
+    /// The function.
+    pub func: Func,
+    /// The data field (dotted path); none for `count`.
+    pub field: Option<Vec<String>>,
+}
+
+impl Measure {
+    /// Parses `count` or `FUNC:FIELD`.
+    pub fn parse(text: &str) -> Result<Self, Error> {
+        if text == "count" {
+            return Ok(Self {
+                func: Func::Count,
+                field: None,
+            });
+        }
+        let (f, field) = text
+            .split_once(':')
+            .ok_or_else(|| err(text, "expected count, sum:F, avg:F, min:F or max:F"))?;
+        let func = match f {
+            "sum" => Func::Sum,
+            "avg" => Func::Avg,
+            "min" => Func::Min,
+            "max" => Func::Max,
+            _ => return Err(err(text, "functions are count, sum, avg, min, max")),
+        };
+        let path: Vec<String> = field.split('.').map(str::to_owned).collect();
+        if path.iter().any(String::is_empty) {
+            return Err(err(text, "empty field name"));
+        }
+        Ok(Self {
+            func,
+            field: Some(path),
+        })
+    }
+}
+
+impl fmt::Display for Measure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = match self.func {
+            Func::Count => return f.write_str("count"),
+            Func::Sum => "sum",
+            Func::Avg => "avg",
+            Func::Min => "min",
+            Func::Max => "max",
+        };
+        write!(
+            f,
+            "{name}:{}",
+            self.field.as_deref().unwrap_or(&[]).join(".")
+        )
+    }
+}
+
+/// The mergeable state of one measure over some rows: numeric values seen, their sum, min, max.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Acc {
+    /// Numeric values seen.
+    pub n: u64,
+    /// Their sum.
+    pub sum: f64,
+    /// Smallest.
+    pub min: Option<f64>,
+    /// Largest.
+    pub max: Option<f64>,
+}
+
+impl Acc {
+    fn add(&mut self, x: f64) {
+        self.n += 1;
+        self.sum += x;
+        self.min = Some(self.min.map_or(x, |m| m.min(x)));
+        self.max = Some(self.max.map_or(x, |m| m.max(x)));
+    }
+
+    fn merge(&mut self, o: &Acc) {
+        self.n += o.n;
+        self.sum += o.sum;
+        self.min = match (self.min, o.min) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.max = match (self.max, o.max) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+    }
+}
+
+/// One group's partial state: its rows and one accumulator per measure.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Partial {
+    /// Rows in the group.
+    pub rows: u64,
+    /// One per measure, in the query's order.
+    pub accs: Vec<Acc>,
+}
+
+impl Partial {
+    /// Adds `other` into `self`.
+    pub fn merge(&mut self, other: &Partial) {
+        self.rows += other.rows;
+        if self.accs.len() < other.accs.len() {
+            self.accs.resize(other.accs.len(), Acc::default());
+        }
+        for (a, b) in self.accs.iter_mut().zip(&other.accs) {
+            a.merge(b);
+        }
+    }
+}
+
+/// Groups by their key (the dimension values, in order).
+pub type Groups = BTreeMap<GroupKey, Partial>;
+
+/// A group's key: its dimension values, compared by their JSON text.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct GroupKey(pub String);
+
+impl GroupKey {
+    /// The key of the values `vals`.
+    pub fn of(vals: &[Json]) -> Self {
+        Self(serde_json::to_string(vals).unwrap_or_default())
+    }
+
+    /// The dimension values.
+    pub fn values(&self) -> Vec<Json> {
+        serde_json::from_str(&self.0).unwrap_or_default()
+    }
+}
+
+/// What to compute.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Aggregation {
+    /// Group-by dimensions (none: one group of everything).
+    pub dims: Vec<Dimension>,
+    /// Measures.
+    pub measures: Vec<Measure>,
+}
+
+impl Aggregation {
+    /// Parses dimensions and measures; names the first bad one.
+    pub fn parse(group_by: &[String], aggregates: &[String]) -> Result<Self, (String, Error)> {
+        if group_by.len() > MAX_DIMENSIONS {
+            let e = err("group_by", format!("at most {MAX_DIMENSIONS} dimensions"));
+            return Err(("group_by".into(), e));
+        }
+        if aggregates.is_empty() || aggregates.len() > MAX_MEASURES {
+            let e = err("aggregates", format!("1 to {MAX_MEASURES} measures"));
+            return Err(("aggregates".into(), e));
+        }
+        let dims = group_by
+            .iter()
+            .enumerate()
+            .map(|(i, d)| Dimension::parse(d).map_err(|e| (format!("group_by[{i}]"), e)))
+            .collect::<Result<_, _>>()?;
+        let measures = aggregates
+            .iter()
+            .enumerate()
+            .map(|(i, m)| Measure::parse(m).map_err(|e| (format!("aggregates[{i}]"), e)))
+            .collect::<Result<_, _>>()?;
+        Ok(Self { dims, measures })
+    }
+
+    /// Folds `records` into groups. Fails when the groups would exceed [`MAX_GROUPS`].
+    pub fn fold<'a>(&self, records: impl Iterator<Item = &'a Record>) -> Result<Groups, usize> {
+        let mut groups = Groups::new();
+        for r in records {
+            let key = GroupKey::of(&self.dims.iter().map(|d| d.value(r)).collect::<Vec<_>>());
+            if !groups.contains_key(&key) && groups.len() >= MAX_GROUPS {
+                return Err(MAX_GROUPS);
+            }
+            let p = groups.entry(key).or_insert_with(|| Partial {
+                rows: 0,
+                accs: vec![Acc::default(); self.measures.len()],
+            });
+            p.rows += 1;
+            for (acc, m) in p.accs.iter_mut().zip(&self.measures) {
+                if let Some(x) = m.field.as_ref().and_then(|f| lookup(&r.data, f)?.as_f64()) {
+                    acc.add(x);
+                }
+            }
+        }
+        Ok(groups)
+    }
+
+    /// One group's answer: its dimension values and measures, as a JSON object.
+    pub fn finish(&self, key: &GroupKey, p: &Partial) -> Map<String, Json> {
+        let mut out = Map::new();
+        for (d, v) in self.dims.iter().zip(key.values()) {
+            out.insert(d.to_string(), v);
+        }
+        for (m, acc) in self.measures.iter().zip(&p.accs) {
+            let v = match m.func {
+                Func::Count => Json::from(p.rows),
+                Func::Sum => num(Some(acc.sum)),
+                Func::Avg => num((acc.n > 0).then(|| acc.sum / acc.n as f64)),
+                Func::Min => num(acc.min),
+                Func::Max => num(acc.max),
+            };
+            out.insert(m.to_string(), v);
+        }
+        out
+    }
+}
+
+fn num(x: Option<f64>) -> Json {
+    x.and_then(serde_json::Number::from_f64)
+        .map_or(Json::Null, Json::Number)
+}
+
+/// Merges several partial results (from several datasets or owners) into one.
+pub fn merge_all<'a>(parts: impl IntoIterator<Item = &'a Groups>) -> Groups {
+    let mut out = Groups::new();
+    for g in parts {
+        for (k, p) in g {
+            out.entry(k.clone()).or_default().merge(p);
+        }
+    }
+    out
+}
+
+/// Drops groups with fewer than `min` rows; returns how many were dropped.
+pub fn suppress_small(groups: &mut Groups, min: u64) -> usize {
+    let before = groups.len();
+    groups.retain(|_, p| p.rows >= min);
+    before - groups.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn rec(name: &str, time: u64, data: Json) -> Record {
+        let Json::Object(data) = data else {
+            panic!("object")
+        };
+        Record {
+            id: format!("{name}-{time}"),
+            name: name.into(),
+            time,
+            data,
+        }
+    }
+
+    fn agg(g: &[&str], a: &[&str]) -> Aggregation {
+        let s = |v: &[&str]| v.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
+        Aggregation::parse(&s(g), &s(a)).expect("valid")
+    }
+
+    fn rows() -> Vec<Record> {
+        vec![
+            rec(
+                "district-1/ward-1",
+                1_000,
+                json!({"cases": 2, "cost": 10.5}),
+            ),
+            rec("district-1/ward-2", 90_000_000, json!({"cases": 4})),
+            rec("district-2/ward-1", 2_000, json!({"cases": 7, "cost": 1.5})),
+            rec("district-2/ward-1", 3_000, json!({"cases": "n/a"})),
+        ]
+    }
+
+    #[test]
+    fn every_function_by_segment() {
+        let a = agg(
+            &["segment:0"],
+            &["count", "sum:cases", "avg:cases", "min:cost", "max:cases"],
+        );
+        let r = rows();
+        let g = a.fold(r.iter()).expect("fold");
+        let out: Vec<_> = g.iter().map(|(k, p)| a.finish(k, p)).collect();
+        assert_eq!(
+            Json::from(out),
+            json!([
+                {"segment:0": "district-1", "count": 2, "sum:cases": 6.0, "avg:cases": 3.0, "min:cost": 10.5, "max:cases": 4.0},
+                {"segment:0": "district-2", "count": 2, "sum:cases": 7.0, "avg:cases": 7.0, "min:cost": 1.5, "max:cases": 7.0},
+            ])
+        );
+    }
+
+    #[test]
+    fn buckets_fields_and_empty_input() {
+        let a = agg(&["bucket:1d", "field:cost"], &["count"]);
+        let r = rows();
+        let g = a.fold(r.iter()).expect("fold");
+        let keys: Vec<_> = g.keys().map(GroupKey::values).collect();
+        assert!(keys.contains(&vec![json!(0), json!(10.5)]));
+        assert!(keys.contains(&vec![json!(86_400_000), Json::Null]));
+        assert_eq!(g.values().map(|p| p.rows).sum::<u64>(), 4);
+        let none = a.fold([].iter()).expect("fold");
+        assert!(none.is_empty());
+        // No dimensions: one group over everything; empty input: no group at all.
+        let total = agg(&[], &["count", "avg:cases", "min:cases"]);
+        let g = total.fold(r.iter()).expect("fold");
+        assert_eq!(g.len(), 1);
+        let empty = total.fold([].iter()).expect("fold");
+        assert!(empty.is_empty());
+        // A group whose values are all non-numeric has null sum-based measures.
+        let only_text = [rec("a", 1, json!({"cases": "x"}))];
+        let g = total.fold(only_text.iter()).expect("fold");
+        let (k, p) = g.iter().next().expect("group");
+        let out = total.finish(k, p);
+        assert_eq!(out["avg:cases"], Json::Null);
+        assert_eq!(out["min:cases"], Json::Null);
+        assert_eq!(out["count"], json!(1));
+    }
+
+    #[test]
+    fn merging_partials_equals_folding_everything() {
+        let a = agg(
+            &["segment:0"],
+            &["count", "avg:cases", "min:cases", "max:cases"],
+        );
+        let r = rows();
+        let whole = a.fold(r.iter()).expect("fold");
+        let left = a.fold(r[..1].iter()).expect("fold");
+        let right = a.fold(r[1..].iter()).expect("fold");
+        assert_eq!(merge_all([&left, &right]), whole);
+    }
+
+    #[test]
+    fn small_groups_are_suppressed() {
+        let a = agg(&["segment:0"], &["count"]);
+        let r = rows();
+        let mut g = a.fold(r.iter()).expect("fold");
+        assert_eq!(suppress_small(&mut g, 3), 2);
+        assert!(g.is_empty());
+    }
+
+    #[test]
+    fn malformed_dimensions_and_measures_name_the_problem() {
+        let s = |v: &[&str]| v.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
+        for (g, a, at) in [
+            (&["segment:x"][..], &["count"][..], "group_by[0]"),
+            (&["bucket:0s"], &["count"], "group_by[0]"),
+            (&["bucket:1w"], &["count"], "group_by[0]"),
+            (&["field:"], &["count"], "group_by[0]"),
+            (&["colour"], &["count"], "group_by[0]"),
+            (&[], &["median:cases"], "aggregates[0]"),
+            (&[], &["count", "sum"], "aggregates[1]"),
+            (&[], &[], "aggregates"),
+        ] {
+            let e = Aggregation::parse(&s(g), &s(a)).expect_err("malformed");
+            assert_eq!(e.0, at, "{g:?} {a:?}: {}", e.1);
+        }
+    }
+}
