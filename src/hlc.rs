@@ -49,7 +49,7 @@ impl Clock {
     /// The next timestamp for a local event, given the wall clock in ms.
     pub fn tick_at(&self, wall_ms: u64) -> Timestamp {
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        let next = (wall_ms << COUNTER_BITS).max(*last + 1);
+        let next = (wall_ms << COUNTER_BITS).max(last.saturating_add(1));
         *last = next;
         Timestamp(next)
     }

@@ -117,8 +117,14 @@ impl AccessSet {
             return Err(wrap::Error::Signature(w.dataset.to_string()));
         }
         let key = (w.epoch, w.recipient);
-        if self.wraps.contains_key(&key) || self.wraps.len() >= MAX_WRAPS {
+        if self.wraps.contains_key(&key) {
             return Ok(false);
+        }
+        if self.wraps.len() >= MAX_WRAPS {
+            return Err(wrap::Error::Hpke(
+                w.dataset.to_string(),
+                format!("already {MAX_WRAPS} wrapped keys"),
+            ));
         }
         self.wraps.insert(key, w);
         Ok(true)

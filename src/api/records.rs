@@ -99,12 +99,14 @@ pub async fn events(
     Caller(c): Caller,
     Path((owner, name)): Path<(String, String)>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
-    let (rx, prefix) = s.node.subscribe(&c, &dataset(&owner, &name)?)?.into_parts();
+    let (rx, prefix, allowed) = s.node.subscribe(&c, &dataset(&owner, &name)?)?.into_parts();
     let mut closing = s.closing.clone();
     let stop = async move {
         let _ = closing.wait_for(|c| *c).await;
     };
     let stream = BroadcastStream::new(rx)
+        // A revoked or expired grant ends the stream at the next event.
+        .take_while(move |_| std::future::ready(allowed()))
         .filter(move |item| {
             let keep = match item {
                 Ok(ev) => crate::node::visible(ev, prefix.as_deref()),

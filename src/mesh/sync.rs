@@ -254,7 +254,9 @@ impl Mesh {
             return Ok(());
         };
         let ranges = local.missing_from(remote);
-        let missing: u64 = ranges.iter().map(|(_, a, u)| u - a).sum();
+        let missing: u64 = ranges
+            .iter()
+            .fold(0u64, |n, (_, a, u)| n.saturating_add(u.saturating_sub(*a)));
         let mut progress = super::Progress {
             dataset: id.to_owned(),
             from: peer.to_string(),

@@ -20,6 +20,8 @@ use crate::store::Table;
 use super::dataset::Dataset;
 use super::Node;
 
+/// How far ahead of this node's wall clock an envelope's time may be; later ones are refused.
+pub const MAX_CLOCK_SKEW_MS: u64 = 3_600_000;
 /// Longest grant lifetime accepted (ten years).
 pub const MAX_GRANT_TTL_MS: u64 = 10 * 365 * 24 * 3600 * 1000;
 
@@ -227,9 +229,15 @@ impl Node {
             .held(id)
             .ok_or_else(|| Error::NotFound(format!("dataset {id} not held here")))?;
         let new = {
+            // All or nothing: a bundle with one bad item changes nothing, so the digests keep
+            // differing and a good copy is fetched again.
             let mut set = lock(&ds.access);
-            set.merge_bundle(bundle, &ds.owner_key)
-                .map_err(|e| Error::Invalid(e.to_string()))?
+            let mut next = set.clone();
+            let n = next
+                .merge_bundle(bundle, &ds.owner_key)
+                .map_err(|e| Error::Invalid(e.to_string()))?;
+            *set = next;
+            n
         };
         if new > 0 {
             self.access_changed(&ds).await?;
@@ -268,9 +276,10 @@ impl Node {
     /// it is sealed, and a read-and-query grant to every reader organization.
     pub(crate) async fn init_access(&self, ds: &Arc<Dataset>) -> Result<()> {
         if ds.meta.encrypted {
+            // Stored (wrapped for this node) before any write can be sealed with it:
+            // `access_changed` persists, then hands the key to the dataset.
             let key = EpochKey::generate();
             self.wrap_for_self(ds, 1, &key)?;
-            ds.lock().keys.insert(1, key);
         }
         for reader in &ds.meta.readers {
             let grantee = Grantee::parse(&format!("{reader}/*"))
@@ -284,8 +293,8 @@ impl Node {
                 false,
             )?;
         }
-        self.reconcile_keys(ds).await?;
-        self.access_changed(ds).await
+        self.access_changed(ds).await?;
+        self.reconcile_keys(ds).await
     }
 
     fn wrap_for_self(&self, ds: &Dataset, epoch: u64, key: &EpochKey) -> Result<()> {
@@ -299,10 +308,17 @@ impl Node {
             &me.agreement_public(),
         )
         .map_err(|e| Error::Internal(e.to_string()))?;
-        lock(&ds.access)
+        let fresh = lock(&ds.access)
             .merge_wrap(w, &me.author())
             .map_err(|e| Error::Internal(e.to_string()))?;
-        Ok(())
+        if fresh {
+            Ok(())
+        } else {
+            Err(Error::Unavailable(format!(
+                "{}: no room for another key epoch",
+                ds.meta.id
+            )))
+        }
     }
 
     /// Signs and adds a grant on `ds` (owned here); `rotate` starts a new epoch with it.
@@ -348,8 +364,13 @@ impl Node {
         if !ds.meta.encrypted || ds.meta.id.owner() != self.inner.config.org {
             return Ok(());
         }
-        let keys = ds.lock().keys.clone();
-        let holders = lock(&ds.access).key_holders(hlc::wall_millis());
+        let (keys, holders) = {
+            let set = lock(&ds.access);
+            (
+                my_keys(&set, &self.inner.identity),
+                set.key_holders(hlc::wall_millis()),
+            )
+        };
         let members: Vec<MemberKeys> = {
             let dir = self
                 .inner
@@ -368,8 +389,16 @@ impl Node {
                 if lock(&ds.access).has_wrap(*epoch, &m.author) {
                     continue;
                 }
-                let w = WrappedKey::wrap(me, &ds.meta.id, *epoch, key, m.author, &m.agreement)
-                    .map_err(|e| Error::Invalid(format!("{}: {e}", m.org)))?;
+                // A member whose published key cannot be wrapped for (a low-order point, say)
+                // gets no key; it must not stop delivery to the others.
+                let w = match WrappedKey::wrap(me, &ds.meta.id, *epoch, key, m.author, &m.agreement)
+                {
+                    Ok(w) => w,
+                    Err(e) => {
+                        tracing::warn!(org = %m.org, dataset = %ds.meta.id, error = %e, "cannot wrap a key for this member");
+                        break;
+                    }
+                };
                 let fresh = lock(&ds.access).merge_wrap(w, &me.author());
                 added += usize::from(fresh.map_err(|e| Error::Internal(e.to_string()))?);
             }
@@ -413,8 +442,8 @@ impl Node {
             None => None,
         };
         let grant = self.sign_grant(&ds, grantee, rights, req.prefix, not_after, false)?;
-        self.reconcile_keys(&ds).await?;
         self.access_changed(&ds).await?;
+        self.reconcile_keys(&ds).await?;
         tracing::info!(dataset = %id, grantee = %grant.grantee, rights = ?rights.actions(), "grant issued");
         Ok(grant)
     }
@@ -472,8 +501,12 @@ impl Node {
                 .filter(|g| !g.rights.is_empty() && !g.live(now))
                 .collect();
             for g in expired {
-                self.revoke_in(&ds, &g).await?;
-                n += 1;
+                match self.revoke_in(&ds, &g).await {
+                    Ok(_) => n += 1,
+                    // Replaced meanwhile (a new grant, a revocation): nothing to expire.
+                    Err(Error::Conflict(_)) => {}
+                    Err(e) => return Err(e),
+                }
             }
         }
         Ok(n)
@@ -481,15 +514,21 @@ impl Node {
 
     async fn revoke_in(&self, ds: &Arc<Dataset>, old: &Grant) -> Result<Grant> {
         let ds = ds.clone();
+        if lock(&ds.access).find(&old.id).is_none() {
+            return Err(Error::Conflict(format!(
+                "grant {} no longer stands",
+                old.id
+            )));
+        }
         let rotate = ds.meta.encrypted && old.rights.needs_keys();
         let tomb = self.sign_grant(&ds, old.grantee.clone(), Rights::NONE, None, None, rotate)?;
         if rotate {
+            // Stored before use: the key reaches the dataset only once its wrap is durable.
             let key = EpochKey::generate();
             self.wrap_for_self(&ds, tomb.epoch, &key)?;
-            ds.lock().keys.insert(tomb.epoch, key);
         }
-        self.reconcile_keys(&ds).await?;
         self.access_changed(&ds).await?;
+        self.reconcile_keys(&ds).await?;
         tracing::info!(dataset = %ds.meta.id, grantee = %old.grantee, epoch = tomb.epoch, "grant revoked");
         Ok(tomb)
     }
@@ -520,15 +559,18 @@ impl Node {
     /// with write authority for that epoch); counts and logs the others.
     pub(crate) fn authorized(&self, ds: &Dataset, envs: Vec<Envelope>) -> Vec<Envelope> {
         let set = lock(&ds.access);
+        let horizon = hlc::wall_millis().saturating_add(MAX_CLOCK_SKEW_MS);
         let (ok, refused): (Vec<_>, Vec<_>) = envs.into_iter().partition(|env| {
-            env.author == ds.owner_key
-                || self.org_of_author(&env.author).is_some_and(|org| {
-                    let millis = hlc::Timestamp(env.hlc).millis();
-                    set.may_write(&org, env.epoch, env.seq, millis)
-                })
+            let millis = hlc::Timestamp(env.hlc).millis();
+            // A time far ahead would drag every clock forward and break grant expiry checks.
+            millis <= horizon
+                && (env.author == ds.owner_key
+                    || self
+                        .org_of_author(&env.author)
+                        .is_some_and(|org| set.may_write(&org, env.epoch, env.seq, millis)))
         });
         for env in &refused {
-            tracing::warn!(dataset = %ds.meta.id, author = %env.author, seq = env.seq, "envelope refused: no write authority");
+            tracing::warn!(dataset = %ds.meta.id, author = %env.author, seq = env.seq, "envelope refused: no write authority, or dated more than an hour ahead");
             let labels = vec![("dataset".to_owned(), ds.meta.id.to_string())];
             self.inner
                 .metrics

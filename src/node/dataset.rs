@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use automerge::{ActorId, Automerge, Change};
+use automerge::{ActorId, Automerge};
 use serde::Serialize;
 use tokio::sync::broadcast;
 
@@ -171,6 +171,11 @@ impl Dataset {
         batch: Batch,
         snapshot_every: u64,
     ) -> Result<Written> {
+        let epoch_now = self
+            .access
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .epoch();
         let mut st = self.lock();
         if st.failed {
             return Err(Error::Unavailable(self.meta.id.to_string()));
@@ -181,7 +186,7 @@ impl Dataset {
                 self.meta.id
             )));
         }
-        let key = st.sealing_key(&self.meta)?;
+        let key = st.sealing_key(&self.meta, epoch_now)?;
         let ms = crate::hlc::Timestamp(hlc).millis();
         let ups: Vec<Upsert> = batch
             .records
@@ -323,20 +328,22 @@ impl State {
     fn apply_stored(&mut self, meta: &Meta, envs: Vec<Envelope>) -> Result<()> {
         let mut changes = Vec::with_capacity(envs.len());
         for env in envs {
-            let plain = self.open_payload(meta, &env).map_err(|e| {
-                Error::Internal(format!("stored envelope {} #{}: {e}", env.author, env.seq))
-            })?;
             // Only a contiguous run advances the vector: after a gap, later envelopes wait in
             // the document until the gap is filled by catch-up.
             self.vv.advance(env.author, env.seq);
-            let Some(plain) = plain else { continue };
-            let change = Change::from_bytes(plain).map_err(|e| {
-                Error::Internal(format!(
-                    "stored change {} #{} does not decode: {e}",
-                    env.author, env.seq
-                ))
-            })?;
-            changes.push(change);
+            // An envelope stored while its key was missing was never checked: one that does
+            // not open or carries a change that is not its author's is skipped, not fatal.
+            let change = match self.open_payload(meta, &env) {
+                Ok(Some(plain)) => super::replica::change_of(&env, plain),
+                Ok(None) => continue,
+                Err(e) => Err(Error::Invalid(e)),
+            };
+            match change {
+                Ok(c) => changes.push(c),
+                Err(e) => {
+                    tracing::warn!(dataset = %meta.id, author = %env.author, seq = env.seq, error = %e, "stored envelope skipped")
+                }
+            }
         }
         self.doc
             .apply_changes(changes)
@@ -345,11 +352,18 @@ impl State {
 
     /// The key new local writes are sealed with (the newest epoch held), `None` for a dataset
     /// in clear. Fails when the dataset is sealed and this node holds no key for it.
-    fn sealing_key(&self, meta: &Meta) -> Result<Option<(u64, EpochKey)>> {
+    /// A write is refused while the dataset's access state names a newer epoch than the newest
+    /// key held: sealing under an older key would let a revoked party read it, and other nodes
+    /// would refuse it from a writer granted at the newer epoch.
+    fn sealing_key(&self, meta: &Meta, epoch_now: u64) -> Result<Option<(u64, EpochKey)>> {
         if !meta.encrypted {
             return Ok(None);
         }
         match self.keys.last_key_value() {
+            Some((e, _)) if *e < epoch_now => Err(Error::Unavailable(format!(
+                "{}: the key of epoch {epoch_now} has not reached this node yet; retry shortly",
+                meta.id
+            ))),
             Some((e, k)) => Ok(Some((*e, k.clone()))),
             None => Err(Error::Forbidden(format!(
                 "{}: this node holds no key for it (no read or write grant has reached it)",

@@ -101,26 +101,41 @@ struct Inner {
     access_changes: broadcast::Sender<DatasetId>,
 }
 
-/// A live event stream of one dataset, limited to the caller's name prefix if its grant has one.
+/// Whether a subscriber may still read (its grant may be revoked or expire while it listens).
+pub type StillAllowed = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// A live event stream of one dataset, limited to the caller's name prefix if its grant has one,
+/// and ended as soon as the caller may no longer read it.
 pub struct Subscription {
     rx: broadcast::Receiver<Arc<Event>>,
     prefix: Option<String>,
+    allowed: StillAllowed,
 }
 
 impl Subscription {
-    /// The next event the caller may see.
+    /// The next event the caller may see; `Closed` once its right to read is gone.
     pub async fn recv(&mut self) -> std::result::Result<Arc<Event>, broadcast::error::RecvError> {
         loop {
             let ev = self.rx.recv().await?;
+            if !(self.allowed)() {
+                return Err(broadcast::error::RecvError::Closed);
+            }
             if visible(&ev, self.prefix.as_deref()) {
                 return Ok(ev);
             }
         }
     }
 
-    /// The raw receiver and the prefix its events must be filtered by.
-    pub fn into_parts(self) -> (broadcast::Receiver<Arc<Event>>, Option<String>) {
-        (self.rx, self.prefix)
+    /// The raw receiver, the prefix its events must be filtered by, and the check to run on
+    /// each event.
+    pub fn into_parts(
+        self,
+    ) -> (
+        broadcast::Receiver<Arc<Event>>,
+        Option<String>,
+        StillAllowed,
+    ) {
+        (self.rx, self.prefix, self.allowed)
     }
 }
 
@@ -153,9 +168,14 @@ impl Node {
         let mut datasets = HashMap::new();
         for meta in store.list_json::<Meta>(Table::Datasets)? {
             let id = meta.id.clone();
-            let stored = store
-                .get_json::<access::Stored>(Table::Access, id.to_string().as_bytes())?
-                .ok_or_else(|| Error::Internal(format!("{id}: no access state stored")))?;
+            let stored =
+                store.get_json::<access::Stored>(Table::Access, id.to_string().as_bytes())?;
+            let stored = match stored {
+                Some(s) => s,
+                // Created here, and the node stopped before its access state was stored.
+                None if id.owner() == config.org => access::Stored::empty(identity.author()),
+                None => return Err(Error::Internal(format!("{id}: no access state stored"))),
+            };
             let (ds, max_hlc) = Dataset::restore(meta, &store, &identity, stored)?;
             clock.observe(hlc::Timestamp(max_hlc));
             datasets.insert(id, Arc::new(ds));
@@ -267,7 +287,13 @@ impl Node {
         {
             return Err(Error::Conflict(format!("dataset {key} already exists")));
         }
+        // No await between the two: a crash leaves at most a dataset without access state,
+        // which `open` takes as empty for the node's own datasets.
         let me = self.inner.identity.author();
+        self.inner
+            .store
+            .put_json(Table::Access, key.as_bytes(), &access::Stored::empty(me))?;
+        self.inner.store.durable().await?;
         let ds = Arc::new(Dataset::create(meta.clone(), &me, me));
         self.write_datasets().insert(meta.id.clone(), ds.clone());
         self.init_access(&ds).await?;
@@ -427,9 +453,11 @@ impl Node {
     /// Live events of one dataset, from now on.
     pub fn subscribe(&self, caller: &App, id: &DatasetId) -> Result<Subscription> {
         let (ds, prefix) = self.dataset_for(caller, Action::Read, id)?;
+        let (node, app, id) = (self.clone(), caller.clone(), id.clone());
         Ok(Subscription {
             rx: ds.subscribe(),
             prefix,
+            allowed: Arc::new(move || node.dataset_for(&app, Action::Read, &id).is_ok()),
         })
     }
 
@@ -456,6 +484,20 @@ fn within_prefix(ds: &Dataset, batch: &Batch, prefix: &str) -> Result<()> {
         return Err(Error::Forbidden(format!(
             "record name {} is outside the prefix {prefix} this app's grant allows",
             r.name
+        )));
+    }
+    // Updating an existing id renames it: the record being updated must be inside too.
+    let moved_in = ds.with_records(|recs| {
+        batch
+            .records
+            .iter()
+            .filter_map(|r| recs.get(r.id.as_deref()?))
+            .find(|r| outside(&r.name))
+            .map(|r| r.id.clone())
+    });
+    if let Some(id) = moved_in {
+        return Err(Error::Forbidden(format!(
+            "record {id} is outside the prefix {prefix} this app's grant allows"
         )));
     }
     let deleted_outside = ds.with_records(|recs| {

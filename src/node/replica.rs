@@ -156,7 +156,7 @@ impl Dataset {
 /// The Automerge change an envelope carries (`plain`, opened), which must be the author's own
 /// change number `seq`: a change that claims another actor or sequence could rewrite someone
 /// else's history.
-fn change_of(env: &Envelope, plain: Vec<u8>) -> Result<Change> {
+pub(super) fn change_of(env: &Envelope, plain: Vec<u8>) -> Result<Change> {
     let bad = |why: String| Error::Invalid(format!("envelope {} #{}: {why}", env.author, env.seq));
     let change = Change::from_bytes(plain).map_err(|e| bad(format!("not a change: {e}")))?;
     if change.actor_id().to_bytes() != env.author.as_bytes() {

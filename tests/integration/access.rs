@@ -384,3 +384,88 @@ async fn an_expired_grant_is_revoked_by_the_owner_and_the_key_rotates() {
         m.mesh.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_prefix_limited_grant_confines_reads_and_writes_and_a_revoked_app_stream_ends() {
+    let nodes = spawn_mesh(2).await;
+    let (hospital, pharmacy) = (&nodes[0], &nodes[1]);
+    let ds = shared(hospital, "beds", &[]).await;
+    // Another app of the pharmacy keeps a grant, so its node keeps receiving the keys.
+    let other = grant_req(&ds, "pharmacy/other", &[Action::Read]);
+    hospital.node.grant(&hospital.admin, other).await.expect("grant");
+    let rec = |id: &str, name: &str| fogmesh::node::Batch {
+        records: vec![fogmesh::record::Input {
+            id: Some(id.into()),
+            name: name.into(),
+            data: serde_json::json!({ "free": 1 }),
+            time: None,
+        }],
+        delete: vec![],
+    };
+    publish(hospital, &ds, rec("h1", "district-1/ward-a")).await;
+    publish(hospital, &ds, rec("h7", "district-7/ward-b")).await;
+    let mut g = grant_req(&ds, "pharmacy/restock", &[Action::Read, Action::Write]);
+    g.prefix = Some("district-7".into());
+    let granted = hospital
+        .node
+        .grant(&hospital.admin, g)
+        .await
+        .expect("grant");
+    let restock = pharmacy
+        .node
+        .add_app(&pharmacy.admin, "restock", vec![])
+        .await
+        .expect("app")
+        .app;
+    let q = Query::default();
+    wait_for("restock reads its prefix", || async {
+        pharmacy
+            .node
+            .query(&restock, &ds, &q)
+            .is_ok_and(|r| r.iter().map(|r| r.id.as_str()).collect::<Vec<_>>() == ["h7"])
+    })
+    .await;
+    let forbidden = |r: Result<Vec<String>, Error>| matches!(r, Err(Error::Forbidden(_)));
+    let p = &pharmacy.node;
+    assert!(p
+        .publish(&restock, &ds, rec("p1", "district-7/ward-c"))
+        .await
+        .is_ok());
+    assert!(forbidden(
+        p.publish(&restock, &ds, rec("p2", "district-8/x")).await
+    ));
+    // Renaming a record from outside the prefix into it is a write outside the prefix.
+    assert!(forbidden(
+        p.publish(&restock, &ds, rec("h1", "district-7/taken"))
+            .await
+    ));
+    assert!(matches!(
+        p.get(&restock, &ds, "h1"),
+        Err(Error::NotFound(_))
+    ));
+
+    // Revoking the app's grant (the organization keeps its own) ends the app's stream at the
+    // next event, though its node still receives and opens the data.
+    let mut live = p.subscribe(&restock, &ds).expect("subscribe");
+    hospital
+        .node
+        .revoke(&hospital.admin, &granted.id)
+        .await
+        .expect("revoke");
+    wait_for("the revocation reaches the pharmacy", || async {
+        p.query(&restock, &ds, &q).is_err()
+    })
+    .await;
+    publish(hospital, &ds, rec("h8", "district-7/ward-d")).await;
+    let next = tokio::time::timeout(std::time::Duration::from_secs(10), live.recv()).await;
+    assert!(
+        matches!(
+            next,
+            Ok(Err(tokio::sync::broadcast::error::RecvError::Closed))
+        ),
+        "{next:?}"
+    );
+    for m in &nodes {
+        m.mesh.shutdown().await;
+    }
+}

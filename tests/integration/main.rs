@@ -2,6 +2,7 @@
 
 mod access;
 mod common;
+mod federated;
 mod http;
 mod mesh;
 mod openapi;

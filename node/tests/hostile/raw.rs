@@ -33,6 +33,7 @@ pub(crate) enum Proto {
     Join,
     Sync,
     Push,
+    Query,
 }
 
 impl Proto {
@@ -41,6 +42,7 @@ impl Proto {
             Proto::Join => "/fogmesh/join/1",
             Proto::Sync => "/fogmesh/sync/1",
             Proto::Push => "/fogmesh/push/1",
+            Proto::Query => "/fogmesh/query/1",
         }
     }
 }
@@ -102,6 +104,7 @@ pub(crate) struct Raw {
     pub(crate) join: RawRr,
     pub(crate) sync: RawRr,
     pub(crate) push: RawRr,
+    pub(crate) query: RawRr,
 }
 
 impl Raw {
@@ -117,6 +120,7 @@ impl Raw {
             join: rr(Proto::Join),
             sync: rr(Proto::Sync),
             push: rr(Proto::Push),
+            query: rr(Proto::Query),
         }
     }
 
@@ -125,6 +129,7 @@ impl Raw {
             Proto::Join => &mut self.join,
             Proto::Sync => &mut self.sync,
             Proto::Push => &mut self.push,
+            Proto::Query => &mut self.query,
         }
     }
 }
@@ -139,6 +144,14 @@ pub(crate) enum Answer {
 }
 
 impl Answer {
+    /// The raw bytes received (empty when nothing came back).
+    pub(crate) fn bytes(&self) -> &[u8] {
+        match self {
+            Answer::Bytes(b) => b,
+            Answer::Failed(_) => &[],
+        }
+    }
+
     /// Nothing useful came back.
     pub(crate) fn is_nothing(&self) -> bool {
         match self {
@@ -211,6 +224,7 @@ pub(crate) async fn drive(
                         RawEvent::Join(e) => (Proto::Join, e),
                         RawEvent::Sync(e) => (Proto::Sync, e),
                         RawEvent::Push(e) => (Proto::Push, e),
+                        RawEvent::Query(e) => (Proto::Query, e),
                     };
                     let (id, answer) = match event {
                         request_response::Event::Message {
