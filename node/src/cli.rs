@@ -52,6 +52,9 @@ pub enum Command {
     /// Manage datasets.
     #[command(subcommand)]
     Dataset(DatasetCmd),
+    /// Manage computation flows (source dataset -> operators -> target dataset, kept up to date).
+    #[command(subcommand)]
+    Flow(FlowCmd),
     /// Grant an organization's app (or all its apps) rights on a dataset this node owns.
     Grant(GrantArgs),
     /// Revoke a grant by id; a grant that carried keys starts a new key epoch.
@@ -163,6 +166,46 @@ pub struct CreateArgs {
     /// JSON schema description of the data fields.
     #[arg(long)]
     pub schema: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum FlowCmd {
+    /// Declare a flow and start it.
+    Add(FlowArgs),
+    /// List the flows of this node.
+    List,
+    /// Stop and forget a flow (its target keeps what it holds).
+    Remove {
+        /// Flow name.
+        name: String,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct FlowArgs {
+    /// Flow name, e.g. flu-daily.
+    pub name: String,
+    /// Source dataset OWNER/NAME (owned here).
+    #[arg(long)]
+    pub source: String,
+    /// Target dataset OWNER/NAME (owned here; the flow owns its records).
+    #[arg(long)]
+    pub target: String,
+    /// Only names at or below this path.
+    #[arg(long)]
+    pub name_prefix: Option<String>,
+    /// Field predicate FIELD OP VALUE (repeatable).
+    #[arg(long = "where")]
+    pub predicates: Vec<String>,
+    /// Data fields carried over (record mode; comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub project: Vec<String>,
+    /// Group by (comma-separated): segment:N, bucket:DURATION, field:PATH.
+    #[arg(long, value_delimiter = ',')]
+    pub group_by: Vec<String>,
+    /// Aggregates (comma-separated): count, sum:F, avg:F, min:F, max:F.
+    #[arg(long = "agg", value_delimiter = ',')]
+    pub aggregates: Vec<String>,
 }
 
 #[derive(Args, Debug)]

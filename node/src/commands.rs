@@ -8,8 +8,8 @@ use fogmesh::config::Config;
 use serde_json::{json, Value};
 
 use crate::cli::{
-    AppCmd, Cli, Command, CreateArgs, DatasetCmd, Format, GrantArgs, PriorityArg, PublishArgs,
-    QueryArgs, SearchArgs, WatchArgs,
+    AppCmd, Cli, Command, CreateArgs, DatasetCmd, FlowArgs, FlowCmd, Format, GrantArgs,
+    PriorityArg, PublishArgs, QueryArgs, SearchArgs, WatchArgs,
 };
 use crate::client::Client;
 use crate::output;
@@ -28,6 +28,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::App(AppCmd::List) => app_list(&cli),
         Command::Dataset(DatasetCmd::Create(a)) => dataset_create(&cli, a),
         Command::Dataset(DatasetCmd::List) => dataset_list(&cli),
+        Command::Flow(FlowCmd::Add(a)) => flow_add(&cli, a),
+        Command::Flow(FlowCmd::List) => flow_list(&cli),
+        Command::Flow(FlowCmd::Remove { name }) => flow_remove(&cli, name),
         Command::Grant(a) => grant(&cli, a),
         Command::Revoke { id } => revoke(&cli, id),
         Command::Grants => grants(&cli),
@@ -262,6 +265,49 @@ fn dataset_create(cli: &Cli, a: &CreateArgs) -> Result<()> {
             v["id"].as_str().unwrap_or("?"),
             v["visibility"].as_str().unwrap_or("?")
         );
+    }
+    Ok(())
+}
+
+fn flow_add(cli: &Cli, a: &FlowArgs) -> Result<()> {
+    let body = json!({
+        "name": a.name, "source": a.source, "target": a.target,
+        "filter": {"name_prefix": a.name_prefix, "where": a.predicates},
+        "project": a.project, "group_by": a.group_by, "aggregates": a.aggregates,
+    });
+    let v = Client::from_cli(cli)?.post("/v1/flows", &body)?;
+    if cli.json {
+        output::json(&v);
+    } else {
+        println!(
+            "flow {} started: {} -> {}",
+            a.name,
+            v["source"].as_str().unwrap_or("?"),
+            v["target"].as_str().unwrap_or("?")
+        );
+    }
+    Ok(())
+}
+
+fn flow_list(cli: &Cli) -> Result<()> {
+    let v = Client::from_cli(cli)?.get("/v1/flows")?;
+    if cli.json {
+        output::json(&v);
+    } else {
+        output::table(
+            &["name", "source", "target", "group_by", "aggregates"],
+            v["flows"].as_array().map_or(&[][..], |a| a),
+        );
+    }
+    Ok(())
+}
+
+fn flow_remove(cli: &Cli, name: &str) -> Result<()> {
+    let v = Client::from_cli(cli)?.delete(&format!("/v1/flows/{}", urlencode(name)))?;
+    if cli.json {
+        output::json(&v);
+    } else {
+        println!("flow {name} removed");
     }
     Ok(())
 }

@@ -75,6 +75,11 @@ async fn serve(home: &Path, cfg: Config) -> Result<()> {
         .context("starting the mesh (are the listen addresses free?)")?;
     let info = node.info();
     tracing::info!(org = %info.org, mesh = %info.mesh, peer_id = %info.peer_id, api = %bound, "fogmesh node running");
+    match node.resume_flows() {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(flows = n, "computation flows resumed"),
+        Err(e) => tracing::warn!(error = %e, "computation flows not resumed"),
+    }
     let sweeper = tokio::spawn(sweep_retention(node.clone()));
     fogmesh::api::serve(
         listener,

@@ -4,6 +4,7 @@
 mod auth;
 mod body;
 pub mod error;
+mod flows;
 mod grants;
 mod mesh;
 mod records;
@@ -64,6 +65,8 @@ pub fn router_with(
         .route(&format!("{ds}/events"), get(records::events))
         .route("/v1/apps", get(routes::list_apps).post(routes::add_app))
         .route("/v1/grants", get(grants::list).post(grants::grant))
+        .route("/v1/flows", get(flows::list).post(flows::add))
+        .route("/v1/flows/{name}", delete(flows::remove))
         .route("/v1/query", post(view::query))
         .route("/v1/search", post(view::search))
         .route("/v1/grants/{id}", delete(grants::revoke))

@@ -3,6 +3,7 @@
 
 mod access;
 mod dataset;
+mod flow;
 pub mod home;
 mod replica;
 mod retention;
@@ -99,6 +100,8 @@ struct Inner {
     directory: RwLock<access::Directory>,
     /// Datasets whose access state changed, for the mesh to push.
     access_changes: broadcast::Sender<DatasetId>,
+    /// Running computation flows.
+    flows: flow::Flows,
 }
 
 /// Whether a subscriber may still read (its grant may be revoked or expire while it listens).
@@ -193,6 +196,7 @@ impl Node {
             outbox: broadcast::channel(OUTBOX_CAP).0,
             directory: RwLock::default(),
             access_changes: broadcast::channel(OUTBOX_CAP).0,
+            flows: flow::Flows::default(),
         };
         Ok(Self {
             inner: Arc::new(inner),

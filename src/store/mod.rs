@@ -139,6 +139,27 @@ impl Store {
             .collect()
     }
 
+    /// Every JSON value of a table whose key starts with `prefix`, in key order.
+    pub fn list_json_prefix<T: DeserializeOwned>(
+        &self,
+        t: Table,
+        prefix: &[u8],
+    ) -> Result<Vec<T>, Error> {
+        self.table(t)
+            .scan_prefix(prefix)
+            .map(|kv| {
+                let (k, v) = kv?;
+                serde_json::from_slice(&v).map_err(|e| corrupt("json", &k, e))
+            })
+            .collect()
+    }
+
+    /// Removes `key` (not yet flushed).
+    pub fn remove(&self, t: Table, key: &[u8]) -> Result<(), Error> {
+        self.table(t).remove(key)?;
+        Ok(())
+    }
+
     /// Inserts `value` under `key` only if the key is free; false if it was taken.
     pub fn insert_new_json<T: Serialize>(
         &self,

@@ -268,7 +268,7 @@ impl Partial {
 pub type Groups = BTreeMap<GroupKey, Partial>;
 
 /// A group's key: its dimension values, compared by their JSON text.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct GroupKey(pub String);
 
 impl GroupKey {

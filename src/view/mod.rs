@@ -2,5 +2,6 @@
 
 pub mod aggregate;
 pub mod doc;
+pub mod flow;
 pub mod plan;
 pub mod query;

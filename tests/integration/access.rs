@@ -392,7 +392,11 @@ async fn a_prefix_limited_grant_confines_reads_and_writes_and_a_revoked_app_stre
     let ds = shared(hospital, "beds", &[]).await;
     // Another app of the pharmacy keeps a grant, so its node keeps receiving the keys.
     let other = grant_req(&ds, "pharmacy/other", &[Action::Read]);
-    hospital.node.grant(&hospital.admin, other).await.expect("grant");
+    hospital
+        .node
+        .grant(&hospital.admin, other)
+        .await
+        .expect("grant");
     let rec = |id: &str, name: &str| fogmesh::node::Batch {
         records: vec![fogmesh::record::Input {
             id: Some(id.into()),

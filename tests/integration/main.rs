@@ -3,6 +3,7 @@
 mod access;
 mod common;
 mod federated;
+mod flows;
 mod http;
 mod mesh;
 mod openapi;

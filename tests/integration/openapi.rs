@@ -22,6 +22,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/datasets/{owner}/{name}/records/{id}"),
     ("DELETE", "/v1/datasets/{owner}/{name}/records/{id}"),
     ("GET", "/v1/datasets/{owner}/{name}/events"),
+    ("POST", "/v1/query"),
+    ("POST", "/v1/search"),
     ("GET", "/v1/apps"),
     ("POST", "/v1/apps"),
     ("GET", "/v1/grants"),
@@ -169,13 +171,31 @@ fn type_ok(t: &str, v: &Value) -> bool {
     }
 }
 
-/// A small JSON Schema check: `$ref`, `allOf`, `type`, `enum`, `const`, `required`,
+/// A small JSON Schema check: `$ref`, `allOf`, `oneOf`, `type`, `enum`, `const`, `required`,
 /// `properties`, `additionalProperties: false` and `items`. Problems go into `errs`.
 fn check(doc: &Value, schema: &Value, v: &Value, at: &str, errs: &mut Vec<String>) {
     let schema = resolve(doc, schema);
     if let Some(all) = schema.get("allOf").and_then(Value::as_array) {
         for s in all {
             check(doc, s, v, at, errs);
+        }
+    }
+    if let Some(one) = schema.get("oneOf").and_then(Value::as_array) {
+        let mut misfits = Vec::new();
+        let fitting = one
+            .iter()
+            .filter(|s| {
+                let mut e = Vec::new();
+                check(doc, s, v, at, &mut e);
+                misfits.extend(e.iter().cloned());
+                e.is_empty()
+            })
+            .count();
+        if fitting != 1 {
+            errs.push(format!(
+                "{at}: fits {fitting} of the {} oneOf schemas: {misfits:?}",
+                one.len()
+            ));
         }
     }
     match schema.get("type") {
@@ -581,4 +601,175 @@ fn every_reference_resolves() {
     let mut errs = Vec::new();
     walk(&doc, &doc, &mut errs);
     assert!(errs.is_empty(), "unresolved $refs: {errs:?}");
+}
+
+/// Sends `body` to `uri` as the admin asking for `accept`; returns the status, content type and
+/// the body as text (a stream is read to its end).
+async fn send_accept(
+    router: &Router,
+    uri: &str,
+    token: &str,
+    accept: &str,
+    body: &Value,
+) -> (StatusCode, Option<String>, String) {
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri(uri)
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::ACCEPT, accept)
+        .body(Body::from(body.to_string()))
+        .expect("request");
+    let resp = router.clone().oneshot(req).await.expect("infallible");
+    let status = resp.status();
+    let content_type = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    (
+        status,
+        content_type,
+        String::from_utf8_lossy(&bytes).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_view_endpoints_answer_as_documented() {
+    let api = api().await;
+    let doc = document(&api.router).await;
+    let r = &api.router;
+    let admin = Some(api.token.as_str());
+    let (query, search) = ("/v1/query", "/v1/search");
+
+    for (name, records) in [
+        (
+            "flu",
+            json!([
+                {"id": "a", "name": "d7/ward-3", "time": 1_000, "data": {"cases": 3, "kind": "flu"}},
+                {"id": "b", "name": "d7/ward-4", "time": 90_000_000, "data": {"cases": 8}},
+                {"id": "c", "name": "d8", "time": 2_000, "data": {"kind": "rsv"}},
+            ]),
+        ),
+        (
+            "beds",
+            json!([{"id": "x", "name": "d7/ward-3", "time": 3_000, "data": {"cases": 1, "free": 2}}]),
+        ),
+    ] {
+        let spec = json!({ "name": name });
+        let (s, b) = send(r, "POST", "/v1/datasets", admin, Some(&spec)).await;
+        assert_eq!(s, StatusCode::CREATED, "{b}");
+        let uri = format!("/v1/datasets/hospital/{name}/records");
+        let batch = json!({ "records": records });
+        let (s, b) = send(r, "POST", &uri, admin, Some(&batch)).await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+    }
+    let both = json!(["hospital/flu", "hospital/beds"]);
+
+    // Rows: whole records, then selected keys.
+    let q = json!({"datasets": both, "order_by": "-cases", "limit": 3});
+    let (s, b) = send(r, "POST", query, admin, Some(&q)).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    conforms(&doc, "POST", query, s, &b);
+    assert_eq!(b["count"], 3, "{b}");
+    let q =
+        json!({"datasets": both, "select": ["dataset", "name", "cases"], "where": ["cases>=1"]});
+    let (s, b) = send(r, "POST", query, admin, Some(&q)).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    conforms(&doc, "POST", query, s, &b);
+    assert_eq!(b["count"], 3, "{b}");
+
+    // Aggregates, with and without groups.
+    let measures = ["count", "sum:cases", "avg:cases", "min:cases", "max:cases"];
+    let q = json!({"datasets": both, "group_by": ["segment:0", "bucket:1d", "field:kind"],
+        "aggregates": measures});
+    let (s, b) = send(r, "POST", query, admin, Some(&q)).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    conforms(&doc, "POST", query, s, &b);
+    assert_eq!(b["sources"].as_array().map(Vec::len), Some(2), "{b}");
+    assert!(!b["groups"].as_array().expect("groups").is_empty(), "{b}");
+    let q = json!({"datasets": both, "aggregates": measures, "since": 1_000_000_000_000u64});
+    let (s, b) = send(r, "POST", query, admin, Some(&q)).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    conforms(&doc, "POST", query, s, &b);
+    assert_eq!(b["groups"], json!([]), "{b}");
+
+    // Rows as NDJSON: the content type is documented, each line fits the documented row.
+    let ndjson = "application/x-ndjson";
+    let q = json!({"datasets": both, "limit": 20_000});
+    let (s, ct, text) = send_accept(r, query, &api.token, ndjson, &q).await;
+    assert_eq!(s, StatusCode::OK, "{text}");
+    let ct = ct.expect("content type");
+    let content = &doc["paths"][query]["post"]["responses"]["200"]["content"];
+    assert!(ct.starts_with(ndjson), "{ct}");
+    let item = &content[ndjson]["x-item-schema"];
+    assert!(item.is_object(), "no item schema for {ndjson}: {content}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    for (i, line) in lines.iter().enumerate() {
+        let row: Value = serde_json::from_str(line).expect("each line is JSON");
+        let mut errs = Vec::new();
+        check(&doc, item, &row, &format!("line {i}"), &mut errs);
+        assert!(errs.is_empty(), "{errs:#?}");
+    }
+    let (s, b) = send(r, "POST", query, admin, Some(&q)).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    conforms(&doc, "POST", query, s, &b);
+
+    for bad in [
+        json!({"datasets": []}),
+        json!({"datasets": ["Hospital/flu"]}),
+        json!({"datasets": both, "where": ["cases"]}),
+        json!({"datasets": both, "aggregates": ["median:cases"]}),
+        json!({"datasets": both, "colour": 1}),
+        json!({"datasets": both, "federated": true}),
+    ] {
+        let (s, b) = send(r, "POST", query, admin, Some(&bad)).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {b}");
+        conforms(&doc, "POST", query, s, &b);
+    }
+    let (s, b) = send(r, "POST", query, admin, None).await;
+    assert_eq!(s, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{b}");
+    conforms(&doc, "POST", query, s, &b);
+    let q = json!({"datasets": ["hospital/flu", "hospital/none"], "aggregates": ["count"]});
+    let (s, b) = send(r, "POST", query, admin, Some(&q)).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{b}");
+    conforms(&doc, "POST", query, s, &b);
+
+    // An app that may write but not read: the dataset is known to it, its rows are not.
+    let new = json!({"name": "feeder", "rights": ["write:hospital/flu"]});
+    let (s, b) = send(r, "POST", "/v1/apps", admin, Some(&new)).await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let feeder = b["token"].as_str().map(str::to_owned);
+    let q = json!({"datasets": ["hospital/flu"]});
+    let (s, b) = send(r, "POST", query, feeder.as_deref(), Some(&q)).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{b}");
+    conforms(&doc, "POST", query, s, &b);
+
+    // Without the mesh: federated aggregates and searches are 503.
+    let q = json!({"datasets": both, "aggregates": ["count"], "federated": true});
+    let (s, b) = send(r, "POST", query, admin, Some(&q)).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{b}");
+    conforms(&doc, "POST", query, s, &b);
+    let spec = json!({"dataset": "sightings", "filter": {"where": ["coat=red"]}});
+    let (s, b) = send(r, "POST", search, admin, Some(&spec)).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{b}");
+    conforms(&doc, "POST", search, s, &b);
+    let search_ct = doc["paths"][search]["post"]["responses"]["200"]["content"]
+        .as_object()
+        .expect("content");
+    assert!(search_ct.contains_key(ndjson), "{search_ct:?}");
+    for bad in [
+        json!({"dataset": "sightings", "colour": 1}),
+        json!({"dataset": "sightings", "filter": {"colour": 1}}),
+        json!({"targets": ["clinic"]}),
+    ] {
+        let (s, b) = send(r, "POST", search, admin, Some(&bad)).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {b}");
+        conforms(&doc, "POST", search, s, &b);
+    }
+    let (s, b) = send(r, "POST", search, admin, None).await;
+    assert_eq!(s, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{b}");
+    conforms(&doc, "POST", search, s, &b);
 }
