@@ -356,6 +356,14 @@ fn thousands(n: u64) -> String {
     out
 }
 
+/// The 1-minute load average, when the system tells it (this machine is shared).
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
+}
+
 fn verdict(ok: bool) -> &'static str {
     if ok {
         "meets target"
@@ -607,20 +615,30 @@ async fn steps(
     }
     let all = Dist::new(all);
 
-    // The same two parts done here on a copy of one owner's rows: copying the rows that pass
-    // the filter out of the record map, then folding them into groups.
+    // The same work done here on a copy of one owner's rows: copying the rows that pass the
+    // filter out of the record map, folding them into groups, dropping the copies.
     let recs = as_records(sample_rows)?;
-    let (copy, rows) = repeat(n, || {
-        Ok(recs
+    let (mut copy, mut fold, mut free) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..n {
+        let t0 = Instant::now();
+        let rows: Vec<Record> = recs
             .values()
             .filter(|r| filter.matches(r))
             .cloned()
-            .collect::<Vec<Record>>())
-    })?;
-    let (fold, _) = repeat(n, || {
-        agg.fold(rows.iter())
-            .map_err(|m| anyhow::anyhow!("more than {m} groups"))
-    })?;
+            .collect();
+        let t1 = Instant::now();
+        let g = agg
+            .fold(rows.iter())
+            .map_err(|m| anyhow::anyhow!("more than {m} groups"))?;
+        let t2 = Instant::now();
+        drop(rows);
+        let t3 = Instant::now();
+        ensure!(g.len() == groups.len(), "{} groups folded here", g.len());
+        copy.push(t1 - t0);
+        fold.push(t2 - t1);
+        free.push(t3 - t2);
+    }
+    let (copy, fold, free) = (Dist::new(copy), Dist::new(fold), Dist::new(free));
 
     // The owner encodes and signs its answer; the requester decodes, verifies and merges 8.
     let owner_id = Identity::from_seed([2; 32]);
@@ -670,9 +688,11 @@ async fn steps(
         all.line()
     );
     println!(
-        "    of one answer, on a copy here: copy the rows out {}, fold them {}",
+        "    the same on a copy of its rows here, p50: copy the rows out {}, fold them {}, \
+         free the copies {}",
         ms(copy.p50()),
-        ms(fold.p50())
+        ms(fold.p50()),
+        ms(free.p50())
     );
     println!(
         "  encode + sign one answer ({} B frame):  p50 {}",
@@ -705,6 +725,7 @@ async fn run(s: Sizes) -> Result<()> {
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         s.quick,
     );
+    println!("  load average (1 min) at start: {}", load());
     println!(
         "  sizes: {} rows per owner ({} in all), {} warm-up + {} timed queries per shape",
         thousands(s.rows as u64),
@@ -760,7 +781,12 @@ async fn run(s: Sizes) -> Result<()> {
             shape.groups,
             thousands(want.rows)
         );
+        let before = load();
         let t = time_queries(&s, &requester, &app, &plan, shape, &want).await?;
+        println!(
+            "  load average (1 min) before / after timing: {before} / {}",
+            load()
+        );
         println!(
             "  every answer checked: {} sources answered, {} groups, total count {} \
              (= rows written), sum, min and max equal to the rows'",
@@ -785,6 +811,10 @@ async fn run(s: Sizes) -> Result<()> {
     for m in std::iter::once(&requester).chain(&owners) {
         m.mesh.shutdown().await;
     }
-    println!("  done in {:.1} s", started.elapsed().as_secs_f64());
+    println!(
+        "  done in {:.1} s; load average (1 min) at the end: {}",
+        started.elapsed().as_secs_f64(),
+        load()
+    );
     Ok(())
 }

@@ -351,6 +351,9 @@ pub struct DemoArgs {
     #[arg(long)]
     pub keep: bool,
     /// Run the single-node walkthrough instead of the five-organization mesh.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "lost_child")]
     pub single: bool,
+    /// Run the lost-child search: a coordinator and eight camera nodes.
+    #[arg(long)]
+    pub lost_child: bool,
 }

@@ -72,6 +72,16 @@ impl Client {
         }
     }
 
+    /// The same node, as the app holding `token`.
+    pub fn as_app(&self, token: &str) -> Self {
+        Self {
+            base: self.base.clone(),
+            token: token.to_owned(),
+            home: self.home.clone(),
+            agent: self.agent.clone(),
+        }
+    }
+
     fn req(&self, method: &str, path: &str) -> ureq::Request {
         self.agent
             .request(method, &format!("{}{path}", self.base))

@@ -366,3 +366,115 @@ fn invite_and_join_on_the_command_line_make_two_members_that_see_each_other() {
     let status = one_json(&pharmacy.cli(&["status", "--json"]).ok());
     assert_eq!(status["mesh"]["members"], json!(["hospital", "pharmacy"]));
 }
+
+#[test]
+fn query_asks_the_shared_view_for_aggregates_over_two_datasets_and_for_ordered_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::init(&dir.path().join("h"), "hospital").unwrap();
+    for (name, lines) in [
+        (
+            "flu",
+            [
+                r#"{"id":"a","name":"d7/w1","time":1000,"data":{"cases":3}}"#,
+                r#"{"id":"b","name":"d7/w2","time":2000,"data":{"cases":8}}"#,
+                r#"{"id":"c","name":"d8/w1","time":3000,"data":{"cases":5}}"#,
+            ],
+        ),
+        (
+            "beds",
+            [
+                r#"{"id":"x","name":"d7/w3","time":1500,"data":{"cases":7}}"#,
+                r#"{"id":"y","name":"d9","time":2500,"data":{"cases":1}}"#,
+                r#"{"id":"z","name":"d8/w2","time":3500,"data":{"beds":2}}"#,
+            ],
+        ),
+    ] {
+        node.cli(&["dataset", "create", name]).ok();
+        let ndjson = lines.join("\n") + "\n";
+        let ds = format!("hospital/{name}");
+        let out = node
+            .cli_stdin(&["publish", &ds, "--json"], ndjson.as_bytes())
+            .ok();
+        assert_eq!(one_json(&out)["ids"].as_array().map(Vec::len), Some(3));
+    }
+
+    let agg = one_json(
+        &node
+            .cli(&[
+                "query",
+                "hospital/flu",
+                "hospital/beds",
+                "--agg",
+                "count,avg:cases",
+                "--group-by",
+                "segment:0",
+                "--json",
+            ])
+            .ok(),
+    );
+    let groups = agg["groups"].as_array().expect("groups");
+    let got: Vec<(&str, u64, Option<f64>)> = groups
+        .iter()
+        .map(|g| {
+            let seg = g["segment:0"].as_str().expect("segment:0");
+            (
+                seg,
+                g["count"].as_u64().expect("count"),
+                g["avg:cases"].as_f64(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("d7", 3, Some(6.0)),
+            ("d8", 2, Some(5.0)),
+            ("d9", 1, Some(1.0))
+        ],
+        "{agg}"
+    );
+    let sources: Vec<(&Value, &Value)> = agg["sources"]
+        .as_array()
+        .expect("sources")
+        .iter()
+        .map(|s| (&s["dataset"], &s["status"]))
+        .collect();
+    assert_eq!(
+        sources,
+        [
+            (&json!("hospital/flu"), &json!("local")),
+            (&json!("hospital/beds"), &json!("local"))
+        ],
+        "{agg}"
+    );
+
+    let rows = one_json(
+        &node
+            .cli(&[
+                "query",
+                "hospital/flu",
+                "--select",
+                "name,cases",
+                "--order-by",
+                "-cases",
+                "--limit",
+                "2",
+                "--json",
+            ])
+            .ok(),
+    );
+    assert_eq!(
+        rows,
+        json!({"count": 2, "rows": [
+            {"name": "d7/w2", "cases": 8},
+            {"name": "d8/w1", "cases": 5},
+        ]})
+    );
+
+    // A malformed query exits 1 and names the part at fault.
+    let bad = node
+        .cli(&["query", "hospital/flu", "--agg", "median:cases", "--json"])
+        .code(1);
+    assert!(bad.stderr.contains("aggregates[0]"), "{}", bad.stderr);
+    assert!(bad.stdout.is_empty(), "{}", bad.stdout);
+}

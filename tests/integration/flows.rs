@@ -41,14 +41,11 @@ fn all(t: &TestNode, ds: &DatasetId) -> Vec<Record> {
     t.node.query(&t.admin, ds, &q).expect("query")
 }
 
-/// (id, name, time, data) of the target, and of the flow recomputed from the source.
-fn both(
-    t: &TestNode,
-    flow: &Flow,
-) -> (
-    Vec<(String, String, u64, Value)>,
-    Vec<(String, String, u64, Value)>,
-) {
+/// (id, name, time, data) of records.
+type Rows = Vec<(String, String, u64, Value)>;
+
+/// The target's rows, and the flow's recomputed from the source.
+fn both(t: &TestNode, flow: &Flow) -> (Rows, Rows) {
     let mut have: Vec<_> = all(t, &flow.target)
         .into_iter()
         .map(|r| (r.id, r.name, r.time, Value::Object(r.data)))

@@ -169,6 +169,7 @@ fn assert_error((s, b): (StatusCode, Value), status: u16, needle: &str) {
         404 => "not_found",
         409 => "conflict",
         413 => "payload_too_large",
+        503 => "unavailable",
         other => panic!("no code for {other}"),
     };
     assert_eq!(s.as_u16(), status, "{b}");
@@ -912,4 +913,748 @@ async fn grants_on_datasets_this_node_does_not_own_or_hold_are_refused() {
     let got = api.post(GRANTS, api.admin(), body("hospital/nope")).await;
     assert_error(got, 404, "dataset hospital/nope not found");
     assert!(api.grants().await.is_empty());
+}
+
+// ---- the shared view: POST /v1/query and POST /v1/search ----
+
+const QUERY: &str = "/v1/query";
+const SEARCH: &str = "/v1/search";
+const NDJSON: &str = "application/x-ndjson";
+/// Both datasets of the view tests.
+const BOTH: [&str; 2] = ["hospital/flu", "hospital/beds"];
+
+/// A streamed answer: status, content type, how many body frames it came in, and its text.
+struct Streamed {
+    status: StatusCode,
+    content_type: String,
+    frames: usize,
+    text: String,
+}
+
+impl Api {
+    /// `Api::new` plus the private dataset `hospital/beds`.
+    async fn two_datasets() -> Self {
+        let api = Self::new().await;
+        let (s, b) = api
+            .post("/v1/datasets", api.admin(), json!({"name": "beds"}))
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{b}");
+        api
+    }
+
+    /// Publishes `records` to `hospital/{name}` as admin.
+    async fn publish_to(&self, name: &str, records: Value) {
+        let path = format!("/v1/datasets/hospital/{name}/records");
+        let (s, b) = self
+            .post(&path, self.admin(), json!({ "records": records }))
+            .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+    }
+
+    /// `POST /v1/query` with `body` as `token`.
+    async fn view(&self, token: &str, body: Value) -> (StatusCode, Value) {
+        self.post(QUERY, token, body).await
+    }
+
+    /// The rows of a row query, checking the status and that `count` agrees.
+    async fn rows(&self, token: &str, body: Value) -> Vec<Value> {
+        let (s, b) = self.view(token, body.clone()).await;
+        assert_eq!(s, StatusCode::OK, "{body}: {b}");
+        let rows = b["rows"].as_array().expect("rows").clone();
+        assert_eq!(b["count"], rows.len(), "{b}");
+        assert_eq!(
+            b.as_object().map(|o| o.len()),
+            Some(2),
+            "count and rows only: {b}"
+        );
+        rows
+    }
+
+    /// The answer to an aggregate query (checking the status).
+    async fn aggregate(&self, token: &str, body: Value) -> Value {
+        let (s, b) = self.view(token, body.clone()).await;
+        assert_eq!(s, StatusCode::OK, "{body}: {b}");
+        assert!(b["groups"].is_array() && b["sources"].is_array(), "{b}");
+        b
+    }
+
+    /// `POST /v1/query` asking for NDJSON, read to the end frame by frame.
+    async fn view_ndjson(&self, body: Value) -> Streamed {
+        let mut req = request(
+            Method::POST,
+            QUERY,
+            Some(self.admin()),
+            Body::from(body.to_string()),
+        );
+        let accept = header::HeaderValue::from_static(NDJSON);
+        req.headers_mut().insert(header::ACCEPT, accept);
+        let resp = self.router.clone().oneshot(req).await.expect("infallible");
+        let status = resp.status();
+        let content_type = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let mut body = resp.into_body();
+        let (mut frames, mut bytes) = (0, Vec::new());
+        while let Some(frame) = body.frame().await {
+            if let Some(data) = frame.expect("frame").data_ref() {
+                frames += 1;
+                bytes.extend_from_slice(data);
+            }
+        }
+        let text = String::from_utf8(bytes).expect("utf-8");
+        Streamed {
+            status,
+            content_type,
+            frames,
+            text,
+        }
+    }
+}
+
+/// The value of `key` in each of `rows`.
+fn column<'a>(rows: &'a [Value], key: &str) -> Vec<&'a Value> {
+    rows.iter().map(|r| &r[key]).collect()
+}
+
+/// JSON equality with numbers compared as f64 (measures are floats: 17 and 17.0 are the same)
+/// to within a rounding error.
+fn same(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            let (x, y) = (
+                x.as_f64().unwrap_or(f64::NAN),
+                y.as_f64().unwrap_or(f64::NAN),
+            );
+            (x - y).abs() <= 1e-9 * x.abs().max(1.0)
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| same(p, q))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
+#[track_caller]
+fn assert_same(got: &Value, want: &Value) {
+    assert!(same(got, want), "got  {got}\nwant {want}");
+}
+
+/// Records of `hospital/flu` for the view tests.
+fn flu_records() -> Value {
+    json!([
+        {"id": "a", "name": "d7/ward-3", "time": 1_000, "data": {"cases": 3, "kind": "flu"}},
+        {"id": "b", "name": "d7/ward-4", "time": 86_400_005, "data": {"cases": 8, "kind": "flu"}},
+        {"id": "c", "name": "d8/ward-1", "time": 2_000, "data": {"cases": 5, "kind": "rsv"}},
+        {"id": "d", "name": "d8", "time": 3_000, "data": {"cases": "n/a", "kind": "rsv"}},
+        {"id": "e", "name": "d70/ward-1", "time": 4_000, "data": {"cases": 12, "kind": "flu"}},
+    ])
+}
+
+/// Records of `hospital/beds` for the view tests.
+fn beds_records() -> Value {
+    json!([
+        {"id": "x", "name": "d7/ward-1", "time": 1_500, "data": {"cases": 6, "kind": "flu"}},
+        {"id": "y", "name": "d9", "time": 172_800_000, "data": {"cases": 1}},
+        {"id": "z", "name": "d7/ward-2", "time": 2_500, "data": {"beds": 4}},
+    ])
+}
+
+async fn view_api() -> Api {
+    let api = Api::two_datasets().await;
+    api.publish_to("flu", flu_records()).await;
+    api.publish_to("beds", beds_records()).await;
+    api
+}
+
+#[tokio::test]
+async fn view_rows_over_two_datasets_are_filtered_projected_ordered_and_limited() {
+    let api = view_api().await;
+    let admin = api.admin();
+
+    // Segment filter, predicate, projection, descending order by a data field, limit.
+    let q = json!({"datasets": BOTH, "segments": ["0=d7"], "where": ["cases>=2"],
+        "select": ["dataset", "id", "cases"], "order_by": "-cases", "limit": 3});
+    let rows = api.rows(admin, q).await;
+    assert_eq!(
+        Value::from(rows),
+        json!([
+            {"dataset": "hospital/flu", "id": "b", "cases": 8},
+            {"dataset": "hospital/beds", "id": "x", "cases": 6},
+            {"dataset": "hospital/flu", "id": "a", "cases": 3},
+        ])
+    );
+
+    // Whole records with their dataset, by time (the default order), over both datasets.
+    let rows = api
+        .rows(admin, json!({"datasets": BOTH, "segments": ["0=d7"]}))
+        .await;
+    assert_eq!(
+        column(&rows, "id"),
+        [&json!("a"), &json!("x"), &json!("z"), &json!("b")]
+    );
+    assert_eq!(
+        rows[0],
+        json!({"dataset": "hospital/flu", "id": "a", "name": "d7/ward-3", "time": 1_000,
+            "data": {"cases": 3, "kind": "flu"}})
+    );
+    assert_eq!(rows[1]["dataset"], "hospital/beds");
+
+    // A second segment, a name prefix, a time range, ascending order by name.
+    let q = json!({"datasets": BOTH, "segments": ["0=d7", "1=ward-3"], "select": ["id"]});
+    assert_eq!(api.rows(admin, q).await, [json!({"id": "a"})]);
+    let q = json!({"datasets": BOTH, "name_prefix": "d7", "since": 1_500, "until": 86_400_005,
+        "order_by": "name", "select": ["name", "data.kind", "time"]});
+    assert_eq!(
+        Value::from(api.rows(admin, q).await),
+        json!([
+            {"name": "d7/ward-1", "data.kind": "flu", "time": 1_500},
+            {"name": "d7/ward-2", "data.kind": null, "time": 2_500},
+        ]),
+        "until is exclusive; a missing selected field is null"
+    );
+
+    // The same dataset twice counts once; time descending; a limit of one.
+    let q = json!({"datasets": ["hospital/flu", "hospital/flu"], "order_by": "-time",
+        "limit": 1, "select": ["id"]});
+    assert_eq!(api.rows(admin, q).await, [json!({"id": "b"})]);
+    let q = json!({"datasets": ["hospital/flu", "hospital/flu"], "select": ["id"]});
+    assert_eq!(api.rows(admin, q).await.len(), 5, "no row twice");
+
+    // The default limit and order over everything; nothing matching is an empty answer.
+    let all = api.rows(admin, json!({"datasets": BOTH})).await;
+    let times: Vec<u64> = all
+        .iter()
+        .map(|r| r["time"].as_u64().expect("time"))
+        .collect();
+    assert_eq!(times.len(), 8);
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
+    let none = json!({"datasets": BOTH, "where": ["cases>1000"]});
+    assert!(api.rows(admin, none).await.is_empty());
+}
+
+#[tokio::test]
+#[ignore = "bug: rows lacking the order_by field come first, not last, when descending"]
+async fn view_rows_lacking_the_order_field_come_last_in_either_direction() {
+    let api = view_api().await;
+    for order in ["cases", "-cases"] {
+        let q = json!({"datasets": BOTH, "order_by": order, "select": ["id"]});
+        let rows = api.rows(api.admin(), q).await;
+        let ids: Vec<&str> = rows.iter().map(|r| r["id"].as_str().expect("id")).collect();
+        // Only z lacks `cases` (d's is a string, which still sorts).
+        assert_eq!(ids.last(), Some(&"z"), "order_by {order}: {ids:?}");
+    }
+}
+
+#[tokio::test]
+async fn more_than_10000_rows_stream_as_ndjson_and_are_400_as_one_document() {
+    let api = Api::two_datasets().await;
+    let batch = |prefix: &str, n: usize, t0: u64| {
+        let recs: Vec<Value> = (0..n)
+            .map(|i| {
+                json!({"id": format!("{prefix}{i}"), "name": format!("d{}/ward", i % 3),
+                    "time": t0 + i as u64, "data": {"cases": i}})
+            })
+            .collect();
+        Value::from(recs)
+    };
+    api.publish_to("flu", batch("f", 6_000, 1_000)).await;
+    api.publish_to("beds", batch("b", 5_000, 500_000)).await;
+
+    let q = json!({"datasets": BOTH, "limit": 10_500});
+    let got = api.view_ndjson(q.clone()).await;
+    assert_eq!(
+        got.status,
+        StatusCode::OK,
+        "{}",
+        &got.text[..got.text.len().min(500)]
+    );
+    assert!(got.content_type.starts_with(NDJSON), "{}", got.content_type);
+    assert!(got.text.ends_with('\n'), "every line ends in a newline");
+    let lines: Vec<Value> = got
+        .text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is one JSON row"))
+        .collect();
+    assert_eq!(lines.len(), 10_500);
+    assert!(
+        got.frames > 1,
+        "streamed in chunks, got {} frame(s)",
+        got.frames
+    );
+    assert_eq!(lines[0]["id"], "f0");
+    assert_eq!(lines[5_999]["id"], "f5999");
+    assert_eq!(lines[6_000]["dataset"], "hospital/beds");
+    assert_eq!(lines[10_499]["id"], "b4499");
+    let ids: std::collections::HashSet<&str> = lines
+        .iter()
+        .map(|r| r["id"].as_str().expect("id"))
+        .collect();
+    assert_eq!(ids.len(), 10_500, "no row twice");
+
+    // A limit above the rows there are: all of them; a projection streams too.
+    let q2 =
+        json!({"datasets": BOTH, "limit": 1_000_000, "select": ["id"], "where": ["cases>=4990"]});
+    let got = api.view_ndjson(q2).await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.text);
+    assert_eq!(got.text.lines().count(), 1_010 + 10);
+    assert_eq!(got.text.lines().next(), Some(r#"{"id":"f4990"}"#));
+
+    // Without the Accept header, more than 10,000 rows is a 400 naming the limit; 10,000 is fine.
+    let got = api.view(api.admin(), q).await;
+    assert_error(got, 400, "limit: ");
+    let (s, b) = api
+        .view(api.admin(), json!({"datasets": BOTH, "limit": 10_001}))
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    let msg = b["error"]["message"].as_str().expect("message");
+    assert!(msg.starts_with("limit: ") && msg.contains(NDJSON), "{msg}");
+    let rows = api
+        .rows(
+            api.admin(),
+            json!({"datasets": BOTH, "limit": 10_000, "select": ["id"]}),
+        )
+        .await;
+    assert_eq!(rows.len(), 10_000);
+    // The stream's limit is capped as well.
+    let got = api
+        .view_ndjson(json!({"datasets": BOTH, "limit": 1_000_001}))
+        .await;
+    assert_eq!(got.status, StatusCode::BAD_REQUEST, "{}", got.text);
+    assert!(got.text.contains("limit: "), "{}", got.text);
+}
+
+#[tokio::test]
+async fn aggregates_by_segment_bucket_and_field_with_every_measure() {
+    let api = view_api().await;
+    let admin = api.admin();
+    let measures = ["count", "sum:cases", "avg:cases", "min:cases", "max:cases"];
+    let local = json!([
+        {"dataset": "hospital/flu", "owner": "hospital", "status": "local", "suppressed_groups": 0},
+        {"dataset": "hospital/beds", "owner": "hospital", "status": "local", "suppressed_groups": 0},
+    ]);
+
+    let q = json!({"datasets": BOTH, "group_by": ["segment:0"], "aggregates": measures});
+    let b = api.aggregate(admin, q).await;
+    assert_eq!(b["sources"], local, "{b}");
+    assert_same(
+        &b["groups"],
+        &json!([
+            // a, b, x, z (z has no cases: counted, not measured).
+            {"segment:0": "d7", "count": 4, "sum:cases": 17, "avg:cases": 17.0 / 3.0,
+                "min:cases": 3, "max:cases": 8},
+            {"segment:0": "d70", "count": 1, "sum:cases": 12, "avg:cases": 12,
+                "min:cases": 12, "max:cases": 12},
+            // d's cases is a string: counted, not measured.
+            {"segment:0": "d8", "count": 2, "sum:cases": 5, "avg:cases": 5,
+                "min:cases": 5, "max:cases": 5},
+            {"segment:0": "d9", "count": 1, "sum:cases": 1, "avg:cases": 1,
+                "min:cases": 1, "max:cases": 1},
+        ]),
+    );
+
+    // Day buckets: a group per day, keyed by its first millisecond (compared as a set here;
+    // see the ignored test on their order).
+    let q = json!({"datasets": BOTH, "group_by": ["bucket:1d"], "aggregates": measures});
+    let b = api.aggregate(admin, q).await;
+    let mut groups = b["groups"].as_array().expect("groups").clone();
+    groups.sort_by_key(|g| g["bucket:1d"].as_u64());
+    assert_same(
+        &Value::from(groups),
+        &json!([
+            {"bucket:1d": 0, "count": 6, "sum:cases": 26, "avg:cases": 26.0 / 4.0,
+                "min:cases": 3, "max:cases": 12},
+            {"bucket:1d": 86_400_000, "count": 1, "sum:cases": 8, "avg:cases": 8,
+                "min:cases": 8, "max:cases": 8},
+            {"bucket:1d": 172_800_000, "count": 1, "sum:cases": 1, "avg:cases": 1,
+                "min:cases": 1, "max:cases": 1},
+        ]),
+    );
+
+    // A data field; records without it are the null group; a group without numbers has null
+    // avg, min and max.
+    let q = json!({"datasets": BOTH, "group_by": ["field:kind"], "aggregates": measures,
+        "where": ["name!=d7/ward-2"]});
+    let b = api.aggregate(admin, q).await;
+    let groups = b["groups"].as_array().expect("groups");
+    assert_eq!(groups.len(), 3, "{b}");
+    let by_kind = |k: Value| groups.iter().find(|g| g["field:kind"] == k).cloned();
+    assert_same(
+        &by_kind(json!("flu")).expect("flu"),
+        &json!({"field:kind": "flu", "count": 4, "sum:cases": 29, "avg:cases": 29.0 / 4.0,
+            "min:cases": 3, "max:cases": 12}),
+    );
+    assert_same(
+        &by_kind(json!("rsv")).expect("rsv"),
+        &json!({"field:kind": "rsv", "count": 2, "sum:cases": 5, "avg:cases": 5,
+            "min:cases": 5, "max:cases": 5}),
+    );
+    assert_same(
+        &by_kind(Value::Null).expect("null"),
+        &json!({"field:kind": null, "count": 1, "sum:cases": 1, "avg:cases": 1,
+            "min:cases": 1, "max:cases": 1}),
+    );
+    let q = json!({"datasets": BOTH, "group_by": ["field:kind"], "aggregates": ["count", "avg:beds", "max:beds"],
+        "segments": ["0=d8"]});
+    let b = api.aggregate(admin, q).await;
+    assert_eq!(
+        b["groups"],
+        json!([{"field:kind": "rsv", "count": 2, "avg:beds": null, "max:beds": null}])
+    );
+
+    // Two dimensions at once, a filter, and a limit on groups.
+    let q = json!({"datasets": BOTH, "group_by": ["segment:0", "field:kind"],
+        "aggregates": ["count"], "where": ["cases>=1"]});
+    let b = api.aggregate(admin, q.clone()).await;
+    assert_eq!(
+        b["groups"],
+        json!([
+            {"segment:0": "d7", "field:kind": "flu", "count": 3},
+            {"segment:0": "d70", "field:kind": "flu", "count": 1},
+            {"segment:0": "d8", "field:kind": "rsv", "count": 1},
+            {"segment:0": "d9", "field:kind": null, "count": 1},
+        ])
+    );
+    let mut limited = q;
+    limited["limit"] = json!(2);
+    let b = api.aggregate(admin, limited).await;
+    assert_eq!(b["groups"].as_array().map(Vec::len), Some(2), "{b}");
+
+    // No dimension: one group over everything.
+    let q = json!({"datasets": BOTH, "aggregates": measures});
+    let b = api.aggregate(admin, q).await;
+    assert_same(
+        &b["groups"],
+        &json!([{"count": 8, "sum:cases": 35, "avg:cases": 35.0 / 6.0, "min:cases": 1,
+            "max:cases": 12}]),
+    );
+
+    // Nothing matches: no groups at all, grouped or not; the sources still answer.
+    for group_by in [json!([]), json!(["segment:0", "bucket:1d", "field:kind"])] {
+        let q = json!({"datasets": BOTH, "group_by": group_by, "aggregates": measures,
+            "since": 1_000_000_000_000u64});
+        let b = api.aggregate(admin, q).await;
+        assert_eq!(b, json!({"groups": [], "sources": local}));
+    }
+    // An empty dataset too.
+    let (s, b) = api
+        .post("/v1/datasets", admin, json!({"name": "empty"}))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let b = api
+        .aggregate(
+            admin,
+            json!({"datasets": ["hospital/empty"], "aggregates": ["count"]}),
+        )
+        .await;
+    assert_eq!(b["groups"], json!([]), "{b}");
+}
+
+#[tokio::test]
+#[ignore = "bug: groups are ordered by the JSON text of their key, so numbers sort as text"]
+async fn aggregate_groups_with_numeric_keys_are_in_numeric_order() {
+    let api = view_api().await;
+    let q = json!({"datasets": BOTH, "group_by": ["bucket:1d"], "aggregates": ["count"]});
+    let b = api.aggregate(api.admin(), q).await;
+    let keys: Vec<&Value> = column(b["groups"].as_array().expect("groups"), "bucket:1d");
+    assert_eq!(
+        keys,
+        [&json!(0), &json!(86_400_000), &json!(172_800_000)],
+        "{b}"
+    );
+    let q = json!({"datasets": BOTH, "group_by": ["field:cases"], "aggregates": ["count"],
+        "where": ["cases>=5"], "limit": 2});
+    let b = api.aggregate(api.admin(), q).await;
+    let keys: Vec<&Value> = column(b["groups"].as_array().expect("groups"), "field:cases");
+    assert_eq!(keys, [&json!(5), &json!(6)], "the two smallest: {b}");
+}
+
+#[tokio::test]
+async fn malformed_view_queries_are_400_naming_the_part_at_fault() {
+    let api = view_api().await;
+    let many =
+        |n: usize, f: &dyn Fn(usize) -> String| Value::from((0..n).map(f).collect::<Vec<_>>());
+    let agg = |mut q: Value| {
+        q["aggregates"] = json!(["count"]);
+        q
+    };
+    let ds = || json!({"datasets": BOTH});
+    let with = |k: &str, v: Value| {
+        let mut q = ds();
+        q[k] = v;
+        q
+    };
+    #[rustfmt::skip]
+    let cases: Vec<(Value, &str)> = vec![
+        (json!({"datasets": []}), "datasets: "),
+        (json!({"datasets": many(65, &|i| format!("hospital/d{i}"))}), "datasets: "),
+        (json!({"datasets": ["hospital/flu", "nope"]}), "datasets[1]: "),
+        (json!({"datasets": ["Hospital/flu"]}), "datasets[0]: "),
+        (with("where", json!(["cases>=1", "oops"])), "where[1]: "),
+        (with("where", json!(["=3"])), "where[0]: "),
+        (with("where", json!(["kind in 3"])), "where[0]: "),
+        (with("where", many(33, &|i| format!("f{i}=1"))), "where: "),
+        (with("segments", json!(["0=d7", "x=3"])), "segments[1]: "),
+        (with("segments", json!(["16=a"])), "segments[0]: "),
+        (with("segments", json!(["0=a/b"])), "segments[0]: "),
+        (with("segments", json!(["0="])), "segments[0]: "),
+        (with("name_prefix", json!("a/../b")), "name_prefix: "),
+        (json!({"datasets": BOTH, "since": 5, "until": 1}), "since: "),
+        (with("limit", json!(0)), "limit: "),
+        (with("limit", json!(1_000_001)), "limit: "),
+        (with("limit", json!(10_001)), "limit: "),
+        (with("order_by", json!("-")), "order_by: "),
+        (with("order_by", json!("a..b")), "order_by: "),
+        (with("select", json!(["id", ""])), "select: "),
+        (with("select", many(65, &|i| format!("f{i}"))), "select: "),
+        (with("group_by", json!(["segment:0"])), "group_by: "),
+        (with("federated", json!(true)), "federated: "),
+        (with("timeout_ms", json!(0)), "timeout_ms: "),
+        (agg(with("group_by", json!(["segment:x"]))), "group_by[0]: "),
+        (agg(with("group_by", json!(["segment:0", "bucket:1y"]))), "group_by[1]: "),
+        (agg(with("group_by", json!(["bucket:0s"]))), "group_by[0]: "),
+        (agg(with("group_by", json!(["bucket:367d"]))), "group_by[0]: "),
+        (agg(with("group_by", json!(["field:"]))), "group_by[0]: "),
+        (agg(with("group_by", json!(["segment:16"]))), "group_by[0]: "),
+        (agg(with("group_by", json!(["colour"]))), "group_by[0]: "),
+        (agg(with("group_by", many(5, &|i| format!("segment:{i}")))), "group_by: "),
+        (with("aggregates", json!(["count", "median:cases"])), "aggregates[1]: "),
+        (with("aggregates", json!(["sum"])), "aggregates[0]: "),
+        (with("aggregates", json!(["avg:"])), "aggregates[0]: "),
+        (with("aggregates", many(17, &|_| "count".into())), "aggregates: "),
+        (agg(with("select", json!(["id"]))), "select: "),
+        (agg(with("order_by", json!("-count"))), "order_by: "),
+        (agg(with("limit", json!(0))), "limit: "),
+        (agg(with("limit", json!(100_001))), "limit: "),
+        (agg(with("timeout_ms", json!(60_001))), "timeout_ms: "),
+        (agg(json!({"datasets": BOTH, "federated": true, "timeout_ms": 0})), "timeout_ms: "),
+        // The query is checked before the datasets: a malformed query on a missing one is 400.
+        (json!({"datasets": ["hospital/none"], "limit": 0}), "limit: "),
+    ];
+    for (body, part) in cases {
+        let (s, b) = api.view(api.admin(), body.clone()).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{body}: {b}");
+        assert_eq!(b["error"]["code"], "bad_request", "{b}");
+        let msg = b["error"]["message"].as_str().expect("message");
+        assert!(
+            msg.starts_with(part),
+            "{body}: message {msg:?} does not start with {part:?}"
+        );
+        assert!(msg.len() > part.len() + 3, "{body}: says why: {msg:?}");
+    }
+    // Bodies of the wrong shape.
+    #[rustfmt::skip]
+    let shapes = [
+        (json!({"datasets": BOTH, "colour": 1}), "unknown field `colour`"),
+        (json!({"datasets": "hospital/flu"}), "datasets"),
+        (json!({"datasets": BOTH, "limit": -1}), "limit"),
+        (json!({"select": ["id"]}), "missing field `datasets`"),
+    ];
+    for (body, needle) in shapes {
+        assert_error(api.view(api.admin(), body).await, 400, needle);
+    }
+    let got = api
+        .call(Method::POST, QUERY, Some(api.admin()), "{\"datasets\": [")
+        .await;
+    assert_error(got, 400, "JSON");
+}
+
+#[tokio::test]
+async fn view_queries_need_rights_on_every_dataset() {
+    let api = view_api().await;
+    let flu_reader = api.app("flu-reader", &["read:hospital/flu"]).await;
+    let beds_writer = api
+        .app("beds-writer", &["read:hospital/flu", "write:hospital/beds"])
+        .await;
+    let rows = json!({"datasets": BOTH, "select": ["id"]});
+    let counts = json!({"datasets": BOTH, "aggregates": ["count"]});
+
+    // Its own dataset answers; one it holds no right on is hidden (404), even after one it may
+    // read, for rows and aggregates alike.
+    let only_flu = json!({"datasets": ["hospital/flu"], "select": ["id"]});
+    assert_eq!(api.rows(&flu_reader, only_flu).await.len(), 5);
+    for q in [&rows, &counts] {
+        let got = api.view(&flu_reader, q.clone()).await;
+        assert_error(got, 404, "dataset hospital/beds not found");
+    }
+    // A right on the dataset, but not to read it: 403.
+    let got = api.view(&beds_writer, rows.clone()).await;
+    assert_error(got, 403, "no read right on hospital/beds");
+    let got = api.view(&beds_writer, counts.clone()).await;
+    assert_error(got, 403, "hospital/beds");
+    // A dataset the node does not hold is 404, whoever asks.
+    let missing = json!({"datasets": ["hospital/flu", "hospital/none"]});
+    let got = api.view(api.admin(), missing).await;
+    assert_error(got, 404, "dataset hospital/none not found");
+    // Another organization's dataset this node does not hold.
+    let foreign = json!({"datasets": ["pharmacy/stock"], "aggregates": ["count"]});
+    assert_error(api.view(api.admin(), foreign).await, 404, "pharmacy/stock");
+    // No token.
+    let got = api.call(Method::POST, QUERY, None, &rows.to_string()).await;
+    assert_error(got, 401, "bearer token");
+}
+
+#[tokio::test]
+async fn a_query_only_app_gets_aggregates_without_small_groups_and_no_rows() {
+    let api = Api::two_datasets().await;
+    // d1: 6 rows, d2: 5 rows (exactly the minimum), d3: 4 rows, d4: 1 row.
+    let recs: Vec<Value> = [("d1", 6), ("d2", 5), ("d3", 4), ("d4", 1)]
+        .iter()
+        .flat_map(|(seg, n)| {
+            (0..*n).map(move |i| {
+                json!({"id": format!("{seg}-{i}"), "name": format!("{seg}/w{i}"),
+                    "time": 1_000 + i, "data": {"cases": i}})
+            })
+        })
+        .collect();
+    api.publish_to("flu", Value::from(recs)).await;
+    let beds: Vec<Value> = (0..3)
+        .map(|i| json!({"id": format!("b{i}"), "name": "d3/beds", "time": 5_000, "data": {"cases": 1}}))
+        .collect();
+    api.publish_to("beds", Value::from(beds)).await;
+
+    let counter = api.app("counter", &["query:hospital/flu"]).await;
+    let q = json!({"datasets": ["hospital/flu"], "group_by": ["segment:0"],
+        "aggregates": ["count", "sum:cases"]});
+    let b = api.aggregate(&counter, q.clone()).await;
+    assert_same(
+        &b,
+        &json!({
+            "groups": [
+                {"segment:0": "d1", "count": 6, "sum:cases": 15},
+                {"segment:0": "d2", "count": 5, "sum:cases": 10},
+            ],
+            "sources": [{"dataset": "hospital/flu", "owner": "hospital", "status": "local",
+                "suppressed_groups": 2}],
+        }),
+    );
+    // The admin (a reader) sees every group, nothing suppressed.
+    let b = api.aggregate(api.admin(), q.clone()).await;
+    assert_eq!(b["groups"].as_array().map(Vec::len), Some(4), "{b}");
+    assert_eq!(b["sources"][0]["suppressed_groups"], 0);
+    // A filter that leaves every group small: nothing disclosed.
+    let mut small = q.clone();
+    small["where"] = json!(["cases>=4"]);
+    let b = api.aggregate(&counter, small).await;
+    assert_eq!(b["groups"], json!([]), "{b}");
+    assert_eq!(b["sources"][0]["suppressed_groups"], 2, "{b}");
+    // One group over everything is large enough.
+    let b = api
+        .aggregate(
+            &counter,
+            json!({"datasets": ["hospital/flu"], "aggregates": ["count"]}),
+        )
+        .await;
+    assert_eq!(b["groups"], json!([{"count": 16}]), "{b}");
+
+    // Rows need the read right: 403, in JSON and NDJSON alike.
+    let got = api
+        .view(
+            &counter,
+            json!({"datasets": ["hospital/flu"], "select": ["id"]}),
+        )
+        .await;
+    assert_error(got, 403, "no read right on hospital/flu");
+    let got = api.get(RECORDS, &counter).await;
+    assert_error(got, 403, "no read right on hospital/flu");
+
+    // Query on one dataset and read on the other: suppression applies to the first only.
+    let mixed = api
+        .app("mixed", &["query:hospital/flu", "read:hospital/beds"])
+        .await;
+    let q = json!({"datasets": BOTH, "group_by": ["segment:0"], "aggregates": ["count"]});
+    let b = api.aggregate(&mixed, q).await;
+    assert_eq!(
+        b,
+        json!({
+            "groups": [
+                {"segment:0": "d1", "count": 6},
+                {"segment:0": "d2", "count": 5},
+                // flu's 4 rows of d3 are suppressed before merging; beds' 3 are not.
+                {"segment:0": "d3", "count": 3},
+            ],
+            "sources": [
+                {"dataset": "hospital/flu", "owner": "hospital", "status": "local",
+                    "suppressed_groups": 2},
+                {"dataset": "hospital/beds", "owner": "hospital", "status": "local",
+                    "suppressed_groups": 0},
+            ],
+        })
+    );
+}
+
+#[tokio::test]
+async fn a_query_only_app_respects_a_configured_min_group_size() {
+    let config = Config {
+        min_group_size: 2,
+        ..config(Config::default().max_body_bytes)
+    };
+    let t = common::test_node_with(config, SEED).await;
+    let (closing, rx) = watch::channel(false);
+    let router = fogmesh::api::router(t.node.clone(), rx);
+    let api = Api { t, router, closing };
+    let (s, b) = api
+        .post("/v1/datasets", api.admin(), json!({"name": "flu"}))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    api.publish(sample()).await;
+    let counter = api.app("counter", &["query:hospital/*"]).await;
+    let q =
+        json!({"datasets": ["hospital/flu"], "group_by": ["segment:0"], "aggregates": ["count"]});
+    let b = api.aggregate(&counter, q).await;
+    assert_eq!(b["groups"], json!([{"segment:0": "d7", "count": 2}]), "{b}");
+    assert_eq!(b["sources"][0]["suppressed_groups"], 2, "{b}");
+}
+
+#[tokio::test]
+async fn federated_queries_and_searches_are_503_without_the_mesh() {
+    let api = view_api().await;
+    let q = json!({"datasets": BOTH, "group_by": ["segment:0"], "aggregates": ["count"],
+        "federated": true});
+    let got = api.view(api.admin(), q).await;
+    assert_error(got, 503, "the mesh is not running on this node");
+    // Rows are never federated: a 400 before the mesh is looked for.
+    let rows = json!({"datasets": BOTH, "federated": true});
+    assert_error(api.view(api.admin(), rows).await, 400, "federated: ");
+    // The same aggregate, not federated, is computed here.
+    let local = json!({"datasets": BOTH, "aggregates": ["count"]});
+    assert_eq!(
+        api.aggregate(api.admin(), local).await["groups"],
+        json!([{"count": 8}])
+    );
+
+    let reader = api.app("finder", &["read:hospital/flu"]).await;
+    for token in [api.admin(), reader.as_str()] {
+        for spec in [
+            json!({"dataset": "sightings"}),
+            json!({"dataset": "sightings", "targets": ["clinic"], "location_segment": 1,
+                "filter": {"name_prefix": "d7", "segments": ["1=park"], "since": 1,
+                    "until": 2, "where": ["coat=red"]}, "limit": 10, "timeout_ms": 1000}),
+        ] {
+            let got = api.post(SEARCH, token, spec).await;
+            assert_error(got, 503, "the mesh is not running on this node");
+        }
+    }
+    // A body of the wrong shape is a 400 first; no token a 401.
+    for (bad, needle) in [
+        (
+            json!({"dataset": "sightings", "colour": 1}),
+            "unknown field `colour`",
+        ),
+        (
+            json!({"dataset": "sightings", "filter": {"colour": 1}}),
+            "unknown field `colour`",
+        ),
+        (json!({"targets": ["clinic"]}), "missing field `dataset`"),
+    ] {
+        assert_error(api.post(SEARCH, api.admin(), bad).await, 400, needle);
+    }
+    let spec = json!({"dataset": "sightings"}).to_string();
+    let got = api.call(Method::POST, SEARCH, None, &spec).await;
+    assert_error(got, 401, "bearer token");
 }

@@ -1,29 +1,39 @@
 //! `fogmesh demo`: a flu outbreak across five organizations, each a separate `fogmesh run`
-//! process on loopback. The hospital founds the mesh and invites the others; each shares what its
-//! partners need and keeps the rest private; the timeline shows what each one sees as the views
-//! converge, how long a write takes to become visible elsewhere, and a member catching up after
-//! an outage.
+//! process on loopback. The hospital keeps patient rows private and a computation flow on its
+//! node exports daily flu counts per district; the pharmacy's restock app reads them and orders
+//! stock; the drug maker's planner reads the orders and sets production priorities; the
+//! public-health agency asks the hospital for cases by district with a federated query and
+//! publishes alert levels; the insurer's pricing app may only ask for aggregated treatment costs,
+//! reprices, and after its grant is revoked gets nothing new. Then a member's outage and
+//! catch-up.
 
-use std::path::{Path, PathBuf};
+use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
-use super::procs::{demo_dir, init, start, stop, wait_until, NodeProcess, Timeline};
+use super::procs::{
+    demo_dir, form_mesh, start, start_orgs, stop, stop_all, wait_until, Org, Timeline,
+};
 use crate::cli::DemoArgs;
 use crate::client::Client;
 
 const ORGS: [&str; 5] = ["hospital", "pharmacy", "drugmaker", "agency", "insurer"];
 const CONVERGE: Duration = Duration::from_secs(60);
 const DISTRICTS: u64 = 6;
+const DAYS: u64 = 7;
 const DAY_MS: u64 = 86_400_000;
 
-struct Org {
-    name: &'static str,
-    home: PathBuf,
-    proc: Option<NodeProcess>,
-    api: Client,
+/// The apps of the scenario, each with its own token.
+struct Apps {
+    restock: Client,
+    marketing: Client,
+    planner: Client,
+    monitor: Client,
+    pricing: Client,
+    pricing_grant: String,
 }
 
 /// Runs the five-organization demo.
@@ -45,92 +55,24 @@ pub fn run(a: &DemoArgs) -> Result<()> {
 }
 
 fn scenario(t: &Timeline, dir: &Path) -> Result<()> {
-    let mut orgs = start_all(t, dir)?;
-    form_mesh(t, &orgs)?;
-    create_datasets(t, &orgs)?;
-    hospital_reports(t, &orgs)?;
-    pharmacy_and_agency_react(t, &orgs)?;
+    let mut orgs = start_orgs(t, dir, &ORGS, "flu-response")?;
+    form_mesh(t, &orgs, false)?;
+    let apps = setup(t, &orgs)?;
+    hospital_records(t, &orgs)?;
+    pharmacy_restocks(t, &apps)?;
+    drugmaker_plans(t, &apps)?;
+    agency_alerts(t, &apps)?;
+    insurer_reprices(t, &orgs, &apps)?;
+    latency(t, &orgs[3], &orgs[0])?;
     show_views(t, &orgs)?;
     outage(t, &mut orgs)?;
-    for o in &mut orgs {
-        if let Some(p) = o.proc.take() {
-            stop(p)?;
-        }
-    }
+    stop_all(&mut orgs)?;
     t.say("demo", "all five nodes stopped cleanly; done");
     Ok(())
 }
 
-fn start_all(t: &Timeline, dir: &Path) -> Result<Vec<Org>> {
-    let mut orgs = Vec::new();
-    for name in ORGS {
-        let home = dir.join(name);
-        init(&home, name)?;
-        let (proc, api) = start(&home)?;
-        let peer = api.get("/v1/node")?["peer_id"]
-            .as_str()
-            .unwrap_or("?")
-            .to_owned();
-        t.say(name, format!("node up, peer {}", short(&peer)));
-        orgs.push(Org {
-            name,
-            home,
-            proc: Some(proc),
-            api,
-        });
-    }
-    Ok(orgs)
-}
-
-fn short(peer: &str) -> String {
-    peer.get(peer.len().saturating_sub(8)..)
-        .unwrap_or(peer)
-        .to_owned()
-}
-
-fn form_mesh(t: &Timeline, orgs: &[Org]) -> Result<()> {
-    let hospital = &orgs[0];
-    for o in &orgs[1..] {
-        let inv = hospital
-            .api
-            .post("/v1/invites", &json!({"ttl_secs": 600}))?;
-        let token = inv["token"].as_str().context("no token")?;
-        let joined = o.api.post("/v1/join", &json!({ "token": token }))?;
-        t.say(
-            o.name,
-            format!(
-                "joined with a one-time invitation ({} members so far)",
-                joined["members"].as_array().map_or(0, Vec::len)
-            ),
-        );
-    }
-    for o in orgs {
-        let took = wait_until("the roster to reach everyone", CONVERGE, || {
-            Ok(o.api.get("/v1/mesh")?["members"]
-                .as_array()
-                .map_or(0, Vec::len)
-                == ORGS.len())
-        })?;
-        let up = o.api.get("/v1/peers")?["peers"]
-            .as_array()
-            .map_or(0, |p| p.iter().filter(|p| p["up"] == true).count());
-        t.say(
-            o.name,
-            format!(
-                "sees all 5 members ({up} connected) after {:.0} ms more",
-                took.as_secs_f64() * 1e3
-            ),
-        );
-    }
-    Ok(())
-}
-
-fn create(o: &Org, name: &str, readers: &[&str]) -> Result<()> {
-    let visibility = if readers.is_empty() {
-        "private"
-    } else {
-        "shared"
-    };
+fn create(o: &Org, name: &str, shared: bool, readers: &[&str]) -> Result<()> {
+    let visibility = if shared { "shared" } else { "private" };
     o.api.post(
         "/v1/datasets",
         &json!({"name": name, "visibility": visibility, "readers": readers}),
@@ -138,90 +80,375 @@ fn create(o: &Org, name: &str, readers: &[&str]) -> Result<()> {
     Ok(())
 }
 
-fn create_datasets(t: &Timeline, orgs: &[Org]) -> Result<()> {
+fn app(o: &Org, name: &str, rights: &[&str]) -> Result<Client> {
+    let v = o
+        .api
+        .post("/v1/apps", &json!({"name": name, "rights": rights}))?;
+    let token = v["token"].as_str().context("no app token")?;
+    Ok(o.api.as_app(token))
+}
+
+fn grant(o: &Org, dataset: &str, to: &str, rights: &[&str]) -> Result<String> {
+    let g = o.api.post(
+        "/v1/grants",
+        &json!({"dataset": dataset, "to": to, "rights": rights}),
+    )?;
+    Ok(g["id"].as_str().unwrap_or("?").to_owned())
+}
+
+fn setup(t: &Timeline, orgs: &[Org]) -> Result<Apps> {
     let [hospital, pharmacy, drugmaker, agency, insurer] = orgs else {
-        anyhow::bail!("five organizations expected");
+        bail!("five organizations expected");
     };
-    create(hospital, "patients", &[])?;
-    create(hospital, "flu-cases", &["pharmacy", "agency"])?;
-    create(pharmacy, "antiviral-sales", &["agency", "drugmaker"])?;
-    create(drugmaker, "shipments", &["pharmacy"])?;
+    create(hospital, "patients", false, &[])?;
+    create(hospital, "flu-daily", true, &[])?;
+    create(pharmacy, "stock-orders", true, &[])?;
+    create(drugmaker, "production", true, &["pharmacy"])?;
     create(
         agency,
         "alerts",
+        true,
         &["hospital", "pharmacy", "drugmaker", "insurer"],
     )?;
-    create(insurer, "claims", &[])?;
-    t.say(
-        "all",
-        "datasets: hospital/patients (private), hospital/flu-cases -> pharmacy, agency;",
-    );
-    t.say(
-        "",
-        "pharmacy/antiviral-sales -> agency, drugmaker; drugmaker/shipments -> pharmacy;",
-    );
-    t.say("", "agency/alerts -> everyone; insurer/claims (private)");
-    Ok(())
-}
-
-fn hospital_reports(t: &Timeline, orgs: &[Org]) -> Result<()> {
-    let (hospital, agency) = (&orgs[0], &orgs[3]);
-    let start = fogmesh::hlc::wall_millis() - 7 * DAY_MS;
-    let (mut rows, mut counts) = (0, 0);
-    for day in 0..7u64 {
-        let mut patients = Vec::new();
-        let mut cases = Vec::new();
-        for d in 1..=DISTRICTS {
-            let n = 2 + (d * 3 + day * day) % 9 + if d == 3 { day * 2 } else { 0 };
-            let time = start + day * DAY_MS + d * 1000;
-            for p in 0..n {
-                patients.push(json!({"name": format!("district-{d}/ward-{}/flu-admission", p % 3 + 1),
-                    "time": time + p, "data": {"age": 20 + (p * 7 + d) % 60, "cost": 300 + p * 45}}));
-            }
-            cases.push(
-                json!({"id": format!("d{d}-day{day}"), "name": format!("district-{d}/flu-daily"),
-                "time": time, "data": {"day": day, "cases": n}}),
-            );
-        }
-        rows += patients.len();
-        counts += cases.len();
-        hospital.api.post(
-            "/v1/datasets/hospital/patients/records",
-            &json!({"records": patients}),
-        )?;
-        hospital.api.post(
-            "/v1/datasets/hospital/flu-cases/records",
-            &json!({"records": cases}),
-        )?;
-    }
+    create(insurer, "premiums", true, &["agency"])?;
+    hospital.api.post(
+        "/v1/flows",
+        &json!({"name": "flu-daily", "source": "hospital/patients", "target": "hospital/flu-daily",
+                "filter": {"where": ["diagnosis=flu"]},
+                "group_by": ["segment:0", "bucket:1d"], "aggregates": ["count", "avg:cost"]}),
+    )?;
     t.say(
         "hospital",
-        format!("recorded {rows} private patient rows; shared {counts} daily district counts"),
+        "private hospital/patients; flow flu-daily: patients -> filter diagnosis=flu -> count per district per day -> shared hospital/flu-daily",
     );
-    let took = wait_until("the agency to see every count", CONVERGE, || {
-        Ok(count(agency, "hospital/flu-cases")? == counts)
+    let apps = Apps {
+        restock: app(pharmacy, "restock", &["write:pharmacy/stock-orders"])?,
+        marketing: app(pharmacy, "marketing", &[])?,
+        planner: app(drugmaker, "planner", &["write:drugmaker/production"])?,
+        monitor: app(agency, "monitor", &["write:agency/alerts"])?,
+        pricing: app(insurer, "pricing", &["write:insurer/premiums"])?,
+        pricing_grant: String::new(),
+    };
+    grant(
+        hospital,
+        "hospital/flu-daily",
+        "pharmacy/restock",
+        &["read"],
+    )?;
+    grant(hospital, "hospital/flu-daily", "agency/*", &["read"])?;
+    grant(hospital, "hospital/patients", "agency/monitor", &["query"])?;
+    let pricing_grant = grant(hospital, "hospital/patients", "insurer/pricing", &["query"])?;
+    grant(
+        pharmacy,
+        "pharmacy/stock-orders",
+        "drugmaker/planner",
+        &["read"],
+    )?;
+    t.say(
+        "hospital",
+        "grants: flu-daily -> pharmacy/restock (read), agency/* (read); patients -> agency/monitor, insurer/pricing (query only)",
+    );
+    t.say(
+        "pharmacy",
+        "grants: stock-orders -> drugmaker/planner (read); apps restock and marketing registered",
+    );
+    t.say(
+        "all",
+        "shared datasets travel sealed to every member; only granted organizations get the keys",
+    );
+    Ok(Apps {
+        pricing_grant,
+        ..apps
+    })
+}
+
+/// Flu patients on `day` in district `d` (district 3 is where the outbreak grows).
+fn flu_cases(d: u64, day: u64) -> u64 {
+    2 + (d * 3 + day * day) % 9 + if d == 3 { day * 3 } else { 0 }
+}
+
+fn patient_rows(start: u64, day: u64) -> Vec<Value> {
+    let mut rows = Vec::new();
+    for d in 1..=DISTRICTS {
+        let time = start + day * DAY_MS + d * 1000;
+        for p in 0..flu_cases(d, day) + 3 {
+            let diagnosis = if p < flu_cases(d, day) { "flu" } else { "cold" };
+            rows.push(
+                json!({"name": format!("district-{d}/ward-{}/admission", p % 3 + 1),
+                "time": time + p, "data": {"age": 20 + (p * 7 + d) % 60,
+                "diagnosis": diagnosis, "cost": 300 + p * 45 + d * 10}}),
+            );
+        }
+    }
+    rows
+}
+
+fn hospital_records(t: &Timeline, orgs: &[Org]) -> Result<()> {
+    let hospital = &orgs[0];
+    let start = fogmesh::hlc::wall_millis() - DAYS * DAY_MS;
+    let start = start - start % DAY_MS;
+    let mut rows = 0;
+    for day in 0..DAYS {
+        let batch = patient_rows(start, day);
+        rows += batch.len();
+        hospital.api.post(
+            "/v1/datasets/hospital/patients/records",
+            &json!({"records": batch}),
+        )?;
+    }
+    let groups = (DISTRICTS * DAYS) as usize;
+    let took = wait_until("the flow to compute flu-daily", CONVERGE, || {
+        Ok(count(&hospital.api, "hospital/flu-daily")? == groups)
     })?;
     t.say(
-        "agency",
+        "hospital",
         format!(
-            "has all {counts} hospital counts ({:.0} ms after the last write)",
+            "recorded {rows} private patient rows; the flow computed {groups} district-day flu counts in {:.0} ms",
             took.as_secs_f64() * 1e3
         ),
     );
-    latency(t, hospital, agency)
+    Ok(())
 }
 
-/// Write-to-visible latency of single records, hospital -> agency, over the live push path.
+fn count(c: &Client, ds: &str) -> Result<usize> {
+    match c.get(&format!("/v1/datasets/{ds}/records?limit=10000")) {
+        Ok(v) => Ok(v["records"].as_array().map_or(0, Vec::len)),
+        Err(_) => Ok(0),
+    }
+}
+
+fn records(c: &Client, ds: &str) -> Result<Vec<Value>> {
+    let v = c.get(&format!("/v1/datasets/{ds}/records?limit=10000"))?;
+    Ok(v["records"].as_array().cloned().unwrap_or_default())
+}
+
+/// Sums `field` of `rows` per first name segment.
+fn per_district(rows: &[Value], field: &str) -> BTreeMap<String, f64> {
+    let mut per = BTreeMap::new();
+    for r in rows {
+        let district = r["name"]
+            .as_str()
+            .and_then(|n| n.split('/').next())
+            .unwrap_or("?");
+        *per.entry(district.to_owned()).or_insert(0.0) += r["data"][field].as_f64().unwrap_or(0.0);
+    }
+    per
+}
+
+fn pharmacy_restocks(t: &Timeline, apps: &Apps) -> Result<()> {
+    let groups = (DISTRICTS * DAYS) as usize;
+    let took = wait_until("restock to read flu-daily", CONVERGE, || {
+        Ok(count(&apps.restock, "hospital/flu-daily")? == groups)
+    })?;
+    let daily = records(&apps.restock, "hospital/flu-daily")?;
+    let week = per_district(&daily, "count");
+    t.say(
+        "pharmacy",
+        format!(
+            "restock app reads hospital/flu-daily ({groups} counts, {:.0} ms after the flow): {}",
+            took.as_secs_f64() * 1e3,
+            fmt(&week)
+        ),
+    );
+    let orders: Vec<Value> = week
+        .iter()
+        .map(|(d, n)| json!({"name": format!("{d}/oseltamivir"), "data": {"packs": (n * 2.0) as u64, "weekly_cases": n}}))
+        .collect();
+    apps.restock.post(
+        "/v1/datasets/pharmacy/stock-orders/records",
+        &json!({"records": orders}),
+    )?;
+    t.say(
+        "pharmacy",
+        "restock app published stock orders: 2 packs per weekly case, per district",
+    );
+    match apps
+        .marketing
+        .get("/v1/datasets/hospital/flu-daily/records")
+    {
+        Ok(_) => bail!("the marketing app read flu-daily without a grant"),
+        Err(e) => t.say(
+            "pharmacy",
+            format!(
+                "marketing app (same node, no grant) is refused: {}",
+                first_line(&e)
+            ),
+        ),
+    }
+    Ok(())
+}
+
+fn first_line(e: &anyhow::Error) -> String {
+    e.to_string().lines().next().unwrap_or("").to_owned()
+}
+
+fn drugmaker_plans(t: &Timeline, apps: &Apps) -> Result<()> {
+    wait_until("the planner to read the orders", CONVERGE, || {
+        Ok(count(&apps.planner, "pharmacy/stock-orders")? == DISTRICTS as usize)
+    })?;
+    let orders = records(&apps.planner, "pharmacy/stock-orders")?;
+    let mut demand: Vec<(String, f64)> = per_district(&orders, "packs").into_iter().collect();
+    demand.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let plan: Vec<Value> = demand
+        .iter()
+        .enumerate()
+        .map(|(i, (d, packs))| json!({"name": format!("{d}/oseltamivir"), "data": {"priority": i + 1, "packs": packs}}))
+        .collect();
+    apps.planner.post(
+        "/v1/datasets/drugmaker/production/records",
+        &json!({"records": plan}),
+    )?;
+    t.say(
+        "drugmaker",
+        format!(
+            "planner read the pharmacy's orders and set production priorities: first {} ({} packs)",
+            demand[0].0, demand[0].1
+        ),
+    );
+    Ok(())
+}
+
+/// A federated aggregate over the hospital's private patients, by district.
+fn federated(c: &Client, aggregates: &[&str]) -> Result<Value> {
+    c.post(
+        "/v1/query",
+        &json!({"datasets": ["hospital/patients"], "where": ["diagnosis=flu"],
+                "group_by": ["segment:0"], "aggregates": aggregates, "federated": true}),
+    )
+}
+
+fn source_line(v: &Value) -> String {
+    v["sources"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| {
+            format!(
+                "{} {}{}",
+                s["owner"].as_str().unwrap_or("?"),
+                s["status"].as_str().unwrap_or("?"),
+                s["reason"]
+                    .as_str()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn agency_alerts(t: &Timeline, apps: &Apps) -> Result<()> {
+    let sent = Instant::now();
+    let v = federated(&apps.monitor, &["count"])?;
+    let groups = v["groups"].as_array().cloned().unwrap_or_default();
+    let cases: BTreeMap<String, f64> = groups
+        .iter()
+        .map(|g| {
+            (
+                g["segment:0"].as_str().unwrap_or("?").to_owned(),
+                g["count"].as_f64().unwrap_or(0.0),
+            )
+        })
+        .collect();
+    t.say(
+        "agency",
+        format!(
+            "federated query to the hospital (its rows never leave it), {:.0} ms, {}: {}",
+            sent.elapsed().as_secs_f64() * 1e3,
+            source_line(&v),
+            fmt(&cases)
+        ),
+    );
+    let alerts: Vec<Value> = cases
+        .iter()
+        .map(|(d, n)| {
+            let level = match *n as u64 {
+                n if n >= 80 => "high",
+                n if n >= 45 => "medium",
+                _ => "low",
+            };
+            json!({"name": format!("{d}/flu-alert"), "data": {"level": level, "weekly_cases": n}})
+        })
+        .collect();
+    apps.monitor.post(
+        "/v1/datasets/agency/alerts/records",
+        &json!({"records": alerts}),
+    )?;
+    let high: Vec<&String> = cases
+        .iter()
+        .filter(|(_, n)| **n >= 100.0)
+        .map(|(d, _)| d)
+        .collect();
+    t.say(
+        "agency",
+        format!(
+            "published alert levels for {} districts to every member (high: {high:?})",
+            cases.len()
+        ),
+    );
+    Ok(())
+}
+
+fn insurer_reprices(t: &Timeline, orgs: &[Org], apps: &Apps) -> Result<()> {
+    let v = federated(&apps.pricing, &["count", "avg:cost"])?;
+    let groups = v["groups"].as_array().cloned().unwrap_or_default();
+    let premiums: Vec<Value> = groups
+        .iter()
+        .map(|g| {
+            let avg = g["avg:cost"].as_f64().unwrap_or(0.0);
+            let change = ((avg - 400.0) / 40.0).clamp(0.0, 15.0).round();
+            json!({"name": format!("{}/flu-cover", g["segment:0"].as_str().unwrap_or("?")),
+                   "data": {"premium_change_pct": change, "avg_treatment_cost": avg}})
+        })
+        .collect();
+    apps.pricing.post(
+        "/v1/datasets/insurer/premiums/records",
+        &json!({"records": premiums}),
+    )?;
+    t.say(
+        "insurer",
+        format!(
+            "pricing app (query-only) got average flu treatment cost per district ({}) and published {} premium changes",
+            source_line(&v),
+            premiums.len()
+        ),
+    );
+    match apps.pricing.get("/v1/datasets/hospital/patients/records") {
+        Ok(_) => bail!("the pricing app read patient rows"),
+        Err(e) => t.say(
+            "insurer",
+            format!(
+                "pricing app asking for the rows themselves: {}",
+                first_line(&e)
+            ),
+        ),
+    }
+    orgs[0]
+        .api
+        .delete(&format!("/v1/grants/{}", apps.pricing_grant))?;
+    t.say("hospital", "revoked insurer/pricing's query grant");
+    let v = federated(&apps.pricing, &["count", "avg:cost"])?;
+    let n = v["groups"].as_array().map_or(0, Vec::len);
+    if n != 0 {
+        bail!("the revoked pricing app still got {n} groups");
+    }
+    t.say(
+        "insurer",
+        format!("pricing app asks again: 0 groups; {}", source_line(&v)),
+    );
+    Ok(())
+}
+
+/// Write-to-visible latency of single records over the live push path.
 fn latency(t: &Timeline, from: &Org, to: &Org) -> Result<()> {
     let mut lat = Vec::new();
     for i in 0..20 {
         let id = format!("probe-{i}");
         let rec =
-            json!({"records": [{"id": id, "name": "district-1/probe", "data": {"cases": 0}}]});
+            json!({"records": [{"id": id, "name": "district-1/probe", "data": {"level": "test"}}]});
         let sent = Instant::now();
-        from.api
-            .post("/v1/datasets/hospital/flu-cases/records", &rec)?;
-        let path = format!("/v1/datasets/hospital/flu-cases/records/{id}");
+        from.api.post("/v1/datasets/agency/alerts/records", &rec)?;
+        let path = format!("/v1/datasets/agency/alerts/records/{id}");
         wait_until("a probe to arrive", CONVERGE, || {
             Ok(to.api.get(&path).is_ok())
         })?;
@@ -229,9 +456,11 @@ fn latency(t: &Timeline, from: &Org, to: &Org) -> Result<()> {
     }
     lat.sort_by(f64::total_cmp);
     t.say(
-        "agency",
+        to.name,
         format!(
-            "write-to-visible latency hospital -> agency over HTTP+mesh: p50 {:.1} ms, max {:.1} ms (20 probes, incl. polling)",
+            "write-to-visible {} -> {} over HTTP+mesh, sealed: p50 {:.1} ms, max {:.1} ms (20 probes, incl. polling)",
+            from.name,
+            to.name,
             lat[lat.len() / 2],
             lat[lat.len() - 1]
         ),
@@ -239,83 +468,8 @@ fn latency(t: &Timeline, from: &Org, to: &Org) -> Result<()> {
     Ok(())
 }
 
-fn count(o: &Org, ds: &str) -> Result<usize> {
-    match o.api.get(&format!("/v1/datasets/{ds}/records?limit=10000")) {
-        Ok(v) => Ok(v["records"].as_array().map_or(0, Vec::len)),
-        Err(_) => Ok(0),
-    }
-}
-
-fn district_totals(o: &Org) -> Result<Vec<(String, i64)>> {
-    let v = o
-        .api
-        .get("/v1/datasets/hospital/flu-cases/records?limit=10000")?;
-    let mut per: std::collections::BTreeMap<String, i64> = Default::default();
-    for r in v["records"].as_array().into_iter().flatten() {
-        let name = r["name"].as_str().unwrap_or("");
-        let district = name.split('/').next().unwrap_or("").to_owned();
-        *per.entry(district).or_default() += r["data"]["cases"].as_i64().unwrap_or(0);
-    }
-    Ok(per.into_iter().collect())
-}
-
-fn pharmacy_and_agency_react(t: &Timeline, orgs: &[Org]) -> Result<()> {
-    let [_, pharmacy, drugmaker, agency, insurer] = orgs else {
-        anyhow::bail!("five organizations expected");
-    };
-    let totals = district_totals(agency)?;
-    let (hot, n) = totals
-        .iter()
-        .max_by_key(|(_, n)| *n)
-        .cloned()
-        .unwrap_or_default();
-    t.say(
-        "agency",
-        format!("weekly cases per district: {}", fmt_totals(&totals)),
-    );
-    let sales: Vec<Value> = (1..=DISTRICTS)
-        .map(|d| json!({"name": format!("district-{d}/oseltamivir"), "data": {"packs": if format!("district-{d}") == hot { 140 } else { 20 + d * 3 }}}))
-        .collect();
-    pharmacy.api.post(
-        "/v1/datasets/pharmacy/antiviral-sales/records",
-        &json!({"records": sales}),
-    )?;
-    t.say(
-        "pharmacy",
-        "shared this week's antiviral sales with the agency and the drug maker",
-    );
-    let alert = json!({"records": [{"name": format!("{hot}/flu-alert"), "data": {"level": "high", "cases": n, "advice": "stock antivirals, open a fever clinic"}}]});
-    agency
-        .api
-        .post("/v1/datasets/agency/alerts/records", &alert)?;
-    t.say(
-        "agency",
-        format!("published a high flu alert for {hot} ({n} cases this week) to all members"),
-    );
-    wait_until("drug maker to see the sales", CONVERGE, || {
-        Ok(count(drugmaker, "pharmacy/antiviral-sales")? == DISTRICTS as usize)
-    })?;
-    let ship = json!({"records": [{"name": format!("{hot}/oseltamivir"), "data": {"packs": 500, "eta_hours": 12}}]});
-    drugmaker
-        .api
-        .post("/v1/datasets/drugmaker/shipments/records", &ship)?;
-    t.say(
-        "drugmaker",
-        format!("saw the sales spike in {hot}; shipping 500 packs there, shared with the pharmacy"),
-    );
-    wait_until("the alert to reach the insurer", CONVERGE, || {
-        Ok(count(insurer, "agency/alerts")? == 1)
-    })?;
-    wait_until("the shipment to reach the pharmacy", CONVERGE, || {
-        Ok(count(pharmacy, "drugmaker/shipments")? == 1)
-    })?;
-    t.say("pharmacy", "received the drug maker's shipment notice");
-    Ok(())
-}
-
-fn fmt_totals(totals: &[(String, i64)]) -> String {
-    totals
-        .iter()
+fn fmt(per: &BTreeMap<String, f64>) -> String {
+    per.iter()
         .map(|(d, n)| format!("{d}={n}"))
         .collect::<Vec<_>>()
         .join(" ")
@@ -332,7 +486,7 @@ fn show_views(t: &Timeline, orgs: &[Org]) -> Result<()> {
             .map(|d| {
                 let id = d["id"].as_str().unwrap_or("?");
                 match d["readable"].as_bool() {
-                    Some(false) => format!("{id} (relays {} sealed envelopes)", d["envelopes"]),
+                    Some(false) => format!("{id} (sealed, relays {})", d["envelopes"]),
                     _ => format!("{id} ({})", d["records"]),
                 }
             })
@@ -340,7 +494,10 @@ fn show_views(t: &Timeline, orgs: &[Org]) -> Result<()> {
         t.say(o.name, format!("holds {}", list.join(", ")));
     }
     println!();
-    t.say("all", "raw patient rows and claims never left their owners; every member relays the shared datasets, sealed; only their readers hold the keys");
+    t.say(
+        "all",
+        "patient rows never left the hospital; shared datasets reached every member sealed, readable only where granted",
+    );
     Ok(())
 }
 
@@ -348,27 +505,26 @@ fn outage(t: &Timeline, orgs: &mut [Org]) -> Result<()> {
     let p = orgs[1].proc.take().context("pharmacy not running")?;
     stop(p)?;
     t.say("pharmacy", "node stopped (maintenance)");
-    let mut cases = Vec::new();
-    for d in 1..=DISTRICTS {
-        cases.push(
-            json!({"name": format!("district-{d}/flu-daily"), "data": {"day": 7, "cases": 3 + d}}),
-        );
-    }
+    let now = fogmesh::hlc::wall_millis();
+    let day8 = patient_rows(now - now % DAY_MS, 0);
     orgs[0].api.post(
-        "/v1/datasets/hospital/flu-cases/records",
-        &json!({"records": cases}),
+        "/v1/datasets/hospital/patients/records",
+        &json!({"records": day8}),
     )?;
-    let want = count(&orgs[0], "hospital/flu-cases")?;
+    let want = (DISTRICTS * (DAYS + 1)) as usize;
+    wait_until("the flow to add today", CONVERGE, || {
+        Ok(count(&orgs[0].api, "hospital/flu-daily")? == want)
+    })?;
     t.say(
         "hospital",
-        format!("shared day 8 while the pharmacy was down ({want} counts now)"),
+        format!("today's admissions while the pharmacy was down; flu-daily now {want} counts"),
     );
     let (proc, api) = start(&orgs[1].home)?;
     orgs[1].proc = Some(proc);
     orgs[1].api = api;
     let pharmacy = &orgs[1];
     let took = wait_until("the pharmacy to catch up", CONVERGE, || {
-        Ok(count(pharmacy, "hospital/flu-cases")? == want)
+        Ok(count(&pharmacy.api, "hospital/flu-daily")? == want)
     })?;
     t.say(
         "pharmacy",

@@ -47,17 +47,9 @@ pub fn demo_dir() -> Result<PathBuf> {
 
 /// `fogmesh init` for `org` on loopback: ephemeral API and peer ports, mDNS off (the demo's
 /// members find each other through invitations and the roster).
-pub fn init(home: &Path, org: &str) -> Result<()> {
+pub fn init(home: &Path, org: &str, mesh: &str) -> Result<()> {
     let status = Command::new(exe()?)
-        .args([
-            "init",
-            "--org",
-            org,
-            "--mesh",
-            "flu-response",
-            "--api",
-            "127.0.0.1:0",
-        ])
+        .args(["init", "--org", org, "--mesh", mesh, "--api", "127.0.0.1:0"])
         .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns", "--home"])
         .arg(home)
         .stdout(Stdio::null())
@@ -134,4 +126,103 @@ pub fn wait_until(
         }
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// One organization's node in a demo: its home, its process, an admin client.
+pub struct Org {
+    /// Organization name.
+    pub name: &'static str,
+    /// Home directory.
+    pub home: PathBuf,
+    /// The running node (none while stopped).
+    pub proc: Option<NodeProcess>,
+    /// Admin client.
+    pub api: Client,
+}
+
+/// Initializes and starts one node per name in `dir`, all of mesh `mesh`.
+pub fn start_orgs(
+    t: &Timeline,
+    dir: &Path,
+    names: &[&'static str],
+    mesh: &str,
+) -> Result<Vec<Org>> {
+    let mut orgs = Vec::new();
+    for &name in names {
+        let home = dir.join(name);
+        init(&home, name, mesh)?;
+        let (proc, api) = start(&home)?;
+        let peer = api.get("/v1/node")?["peer_id"]
+            .as_str()
+            .unwrap_or("?")
+            .to_owned();
+        let tail = peer
+            .get(peer.len().saturating_sub(8)..)
+            .unwrap_or(&peer)
+            .to_owned();
+        t.say(name, format!("node up, peer ..{tail}"));
+        orgs.push(Org {
+            name,
+            home,
+            proc: Some(proc),
+            api,
+        });
+    }
+    Ok(orgs)
+}
+
+/// The first organization founds the mesh and invites every other; waits until every roster
+/// holds everyone.
+pub fn form_mesh(t: &Timeline, orgs: &[Org], quiet: bool) -> Result<()> {
+    let founder = &orgs[0];
+    for o in &orgs[1..] {
+        let inv = founder
+            .api
+            .post("/v1/invites", &serde_json::json!({"ttl_secs": 600}))?;
+        let token = inv["token"].as_str().context("no token")?;
+        let joined = o
+            .api
+            .post("/v1/join", &serde_json::json!({ "token": token }))?;
+        if !quiet {
+            t.say(
+                o.name,
+                format!(
+                    "joined with a one-time invitation ({} members so far)",
+                    joined["members"].as_array().map_or(0, Vec::len)
+                ),
+            );
+        }
+    }
+    let started = Instant::now();
+    for o in orgs {
+        wait_until(
+            "the roster to reach everyone",
+            Duration::from_secs(60),
+            || {
+                Ok(o.api.get("/v1/mesh")?["members"]
+                    .as_array()
+                    .map_or(0, Vec::len)
+                    == orgs.len())
+            },
+        )?;
+    }
+    t.say(
+        "all",
+        format!(
+            "{} members on every roster ({:.0} ms after the last join)",
+            orgs.len(),
+            started.elapsed().as_secs_f64() * 1e3
+        ),
+    );
+    Ok(())
+}
+
+/// Stops every node still running.
+pub fn stop_all(orgs: &mut [Org]) -> Result<()> {
+    for o in orgs {
+        if let Some(p) = o.proc.take() {
+            stop(p)?;
+        }
+    }
+    Ok(())
 }

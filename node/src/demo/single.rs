@@ -35,7 +35,7 @@ pub fn run(_cli: &Cli, a: &DemoArgs) -> Result<()> {
 }
 
 fn walkthrough(t: &Timeline, home: &Path) -> Result<()> {
-    init(home, "hospital")?;
+    init(home, "hospital", "flu-response")?;
     let (proc, admin) = start(home)?;
     let node = admin.get("/v1/node")?;
     t.say(
