@@ -1375,6 +1375,20 @@ async fn aggregate_groups_with_numeric_keys_are_in_numeric_order() {
 }
 
 #[tokio::test]
+#[ignore = "bug: sum:F of a group without a numeric F is 0.0, not null as docs/queries.md says"]
+async fn sum_over_a_group_without_numbers_is_null_like_the_other_measures() {
+    let api = view_api().await;
+    // d8 holds c (cases 5) and d (cases "n/a"); d alone has no numeric cases.
+    let q = json!({"datasets": BOTH, "where": ["id=d"], "aggregates": ["count", "sum:cases", "avg:cases"]});
+    let b = api.aggregate(api.admin(), q).await;
+    assert_eq!(
+        b["groups"],
+        json!([{"count": 1, "sum:cases": null, "avg:cases": null}]),
+        "{b}"
+    );
+}
+
+#[tokio::test]
 async fn malformed_view_queries_are_400_naming_the_part_at_fault() {
     let api = view_api().await;
     let many =
