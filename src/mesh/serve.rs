@@ -178,7 +178,7 @@ impl Mesh {
             self.adopt(sm).await?;
         }
         self.merge_access(&push.access).await?;
-        let accepted = self.apply_encoded(&push.envelopes).await?;
+        let accepted = self.apply_encoded(peer, &push.envelopes).await?;
         Ok(PushAck {
             accepted: accepted as u32,
         })
@@ -209,7 +209,18 @@ impl Mesh {
 
     /// Decodes, verifies and applies envelopes; returns how many were new. Envelopes of datasets
     /// this node does not hold are skipped (catch-up brings them once the description arrives).
-    pub(crate) async fn apply_encoded(&self, encoded: &[ByteBuf]) -> Result<usize, String> {
+    /// `from` is the peer the envelopes came from: it is blamed only for envelopes it wrote.
+    pub(crate) async fn apply_encoded(
+        &self,
+        from: PeerId,
+        encoded: &[ByteBuf],
+    ) -> Result<usize, String> {
+        let sender = self
+            .inner
+            .state
+            .roster()
+            .by_peer(&from.to_string())
+            .and_then(|m| m.author_id());
         let mut by_ds: std::collections::BTreeMap<DatasetId, Vec<Envelope>> = Default::default();
         for bytes in encoded {
             let env = Envelope::decode_verified(bytes).map_err(|e| e.to_string())?;
@@ -220,12 +231,21 @@ impl Mesh {
             if self.held_meta(&id).is_none() {
                 continue;
             }
-            new += self
-                .inner
-                .node
-                .apply_envelopes(&id, envs)
+            let node = &self.inner.node;
+            let (n, invalid) = node
+                .apply_envelopes_checked(&id, envs)
                 .await
                 .map_err(|e| e.to_string())?;
+            new += n;
+            // Bad input only when the sender wrote the bad envelope itself: a relay cannot
+            // check what it holds without the key.
+            if let Some(sender) = sender {
+                if invalid.contains(&sender) {
+                    return Err(format!(
+                        "{id}: an envelope of its own does not open or apply"
+                    ));
+                }
+            }
         }
         Ok(new)
     }

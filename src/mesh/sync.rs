@@ -281,7 +281,7 @@ impl Mesh {
                 let Some(last) = envelopes.last().and_then(|b| Envelope::decode(b).ok()) else {
                     break;
                 };
-                self.apply_encoded(&envelopes).await?;
+                self.apply_encoded(peer, &envelopes).await?;
                 progress.fetched += envelopes.len() as u64;
                 self.inner.state.set_progress(progress.clone());
                 if !more || last.seq <= after {

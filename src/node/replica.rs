@@ -23,6 +23,8 @@ pub(crate) struct Applied {
     pub(crate) events: Vec<Event>,
     /// A snapshot is due.
     pub(crate) snapshot_due: bool,
+    /// Authors of envelopes dropped because they did not open or their change was not theirs.
+    pub(crate) invalid: Vec<AuthorId>,
 }
 
 impl Dataset {
@@ -42,6 +44,7 @@ impl Dataset {
         let mut fresh: Vec<Envelope> = Vec::with_capacity(envs.len());
         let mut authors: Vec<AuthorId> = Vec::new();
         let mut seen = std::collections::HashSet::new();
+        let mut invalid = Vec::new();
         for env in envs {
             if env.dataset != self.meta.id
                 || env.seq <= st.vv.get(&env.author)
@@ -50,11 +53,25 @@ impl Dataset {
             {
                 continue;
             }
-            let plain = st.open_payload(&self.meta, &env).map_err(|e| {
-                Error::Invalid(format!("envelope {} #{}: {e}", env.author, env.seq))
-            })?;
-            if let Some(plain) = plain {
-                changes.push(change_of(&env, plain)?);
+            // One envelope that does not open, or carries a change that is not its author's,
+            // is dropped alone: the rest of the batch (perhaps relayed by an honest member)
+            // still applies. Its author is reported.
+            let change = match st.open_payload(&self.meta, &env) {
+                Ok(Some(plain)) => change_of(&env, plain).map(Some),
+                Ok(None) => Ok(None),
+                Err(e) => Err(Error::Invalid(format!(
+                    "envelope {} #{}: {e}",
+                    env.author, env.seq
+                ))),
+            };
+            match change {
+                Ok(Some(c)) => changes.push(c),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(dataset = %self.meta.id, error = %e, "envelope dropped");
+                    invalid.push(env.author);
+                    continue;
+                }
             }
             if !authors.contains(&env.author) {
                 authors.push(env.author);
@@ -63,7 +80,10 @@ impl Dataset {
         }
         let new = fresh.len();
         if new == 0 {
-            return Ok(Applied::default());
+            return Ok(Applied {
+                invalid,
+                ..Applied::default()
+            });
         }
         // Apply first: a change Automerge refuses is never stored, so it cannot break a restart.
         let applied = if changes.is_empty() {
@@ -106,6 +126,7 @@ impl Dataset {
             new,
             events,
             snapshot_due: st.since_snapshot >= snapshot_every,
+            invalid,
         })
     }
 
@@ -244,12 +265,22 @@ impl super::Node {
         id: &crate::naming::DatasetId,
         envs: Vec<Envelope>,
     ) -> Result<usize> {
+        Ok(self.apply_envelopes_checked(id, envs).await?.0)
+    }
+
+    /// Like [`Self::apply_envelopes`], and also names the authors of envelopes dropped for not
+    /// opening or carrying a change that is not theirs (counted as refused).
+    pub async fn apply_envelopes_checked(
+        &self,
+        id: &crate::naming::DatasetId,
+        envs: Vec<Envelope>,
+    ) -> Result<(usize, Vec<AuthorId>)> {
         let ds = self
             .held(id)
             .ok_or_else(|| Error::NotFound(format!("dataset {id} not held here")))?;
         let envs = self.authorized(&ds, envs);
         if envs.is_empty() {
-            return Ok(0);
+            return Ok((0, vec![]));
         }
         let (node, ds2) = (self.clone(), ds.clone());
         let applied = tokio::task::spawn_blocking(move || {
@@ -258,8 +289,14 @@ impl super::Node {
         })
         .await
         .map_err(|e| Error::Internal(e.to_string()))??;
+        if !applied.invalid.is_empty() {
+            let labels = vec![("dataset".to_owned(), id.to_string())];
+            let m = &self.inner.metrics.envelopes_rejected;
+            m.get_or_create(&labels)
+                .inc_by(applied.invalid.len() as u64);
+        }
         if applied.new == 0 {
-            return Ok(0);
+            return Ok((0, applied.invalid));
         }
         self.inner.store.durable().await?;
         self.inner
@@ -270,7 +307,7 @@ impl super::Node {
         if applied.snapshot_due {
             self.snapshot_in_background(ds);
         }
-        Ok(applied.new)
+        Ok((applied.new, applied.invalid))
     }
 
     /// Encoded envelopes of `author` in dataset `id` with sequence in `(after, upto]`, at most

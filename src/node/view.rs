@@ -218,8 +218,8 @@ pub fn answer(
     limit: usize,
 ) -> AggregateAnswer {
     AggregateAnswer {
-        groups: groups
-            .iter()
+        groups: aggregate::ordered(groups)
+            .into_iter()
             .take(limit)
             .map(|(k, p)| agg.finish(k, p))
             .collect(),

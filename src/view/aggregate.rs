@@ -89,10 +89,18 @@ impl Dimension {
     /// The record's value for this dimension (`null` when it has none).
     pub fn value(&self, r: &Record) -> Json {
         match self {
-            Self::Field(path) => lookup(&r.data, path).cloned().unwrap_or(Json::Null),
+            Self::Field(path) => lookup(&r.data, path).map_or(Json::Null, canonical),
             Self::Segment(i) => naming::segment(&r.name, *i).map_or(Json::Null, Json::from),
             Self::Bucket(ms) => Json::from(r.time - r.time % ms),
         }
+    }
+}
+
+/// One value per number: `1` and `1.0` group together (as `where v=1` matches both).
+fn canonical(v: &Json) -> Json {
+    match v.as_f64() {
+        Some(x) if v.is_f64() && x.fract() == 0.0 && x.abs() < 9.0e15 => Json::from(x as i64),
+        _ => v.clone(),
     }
 }
 
@@ -347,7 +355,7 @@ impl Aggregation {
         for (m, acc) in self.measures.iter().zip(&p.accs) {
             let v = match m.func {
                 Func::Count => Json::from(p.rows),
-                Func::Sum => num(Some(acc.sum)),
+                Func::Sum => num((acc.n > 0).then_some(acc.sum)),
                 Func::Avg => num((acc.n > 0).then(|| acc.sum / acc.n as f64)),
                 Func::Min => num(acc.min),
                 Func::Max => num(acc.max),
@@ -361,6 +369,45 @@ impl Aggregation {
 fn num(x: Option<f64>) -> Json {
     x.and_then(serde_json::Number::from_f64)
         .map_or(Json::Null, Json::Number)
+}
+
+/// Groups in the order answers list them: by their dimension values, numbers by value (not by
+/// their text), then strings, booleans, null last.
+pub fn ordered(groups: &Groups) -> Vec<(&GroupKey, &Partial)> {
+    let mut v: Vec<(Vec<Json>, (&GroupKey, &Partial))> =
+        groups.iter().map(|(k, p)| (k.values(), (k, p))).collect();
+    v.sort_by(|a, b| cmp_values(&a.0, &b.0));
+    v.into_iter().map(|(_, kp)| kp).collect()
+}
+
+fn cmp_values(a: &[Json], b: &[Json]) -> std::cmp::Ordering {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| cmp_one(x, y))
+        .find(|o| o.is_ne())
+        .unwrap_or(a.len().cmp(&b.len()))
+}
+
+fn cmp_one(a: &Json, b: &Json) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    let rank = |v: &Json| match v {
+        Json::Number(_) => 0,
+        Json::String(_) => 1,
+        Json::Bool(_) => 2,
+        Json::Null => 4,
+        _ => 3,
+    };
+    match (a, b) {
+        (Json::Number(_), Json::Number(_)) => a
+            .as_f64()
+            .partial_cmp(&b.as_f64())
+            .unwrap_or(Ordering::Equal),
+        (Json::String(x), Json::String(y)) => x.cmp(y),
+        (Json::Bool(x), Json::Bool(y)) => x.cmp(y),
+        _ => rank(a)
+            .cmp(&rank(b))
+            .then_with(|| a.to_string().cmp(&b.to_string())),
+    }
 }
 
 /// Merges several partial results (from several datasets or owners) into one.

@@ -370,11 +370,11 @@ fn cmp_json(a: &Option<Json>, b: &Option<Json>) -> Ordering {
 /// Orders rows (missing values last; ties by time, dataset, id) and keeps the first `limit`.
 pub fn order_rows<'a>(rows: &mut Vec<Row<'a>>, order: &OrderBy, limit: usize) {
     rows.sort_by(|a, b| {
-        let primary = cmp_json(&sort_value(a.1, &order.path), &sort_value(b.1, &order.path));
-        let primary = if order.desc {
-            primary.reverse()
-        } else {
-            primary
+        let (x, y) = (sort_value(a.1, &order.path), sort_value(b.1, &order.path));
+        // Rows without the field come last in either direction.
+        let primary = match (&x, &y) {
+            (Some(_), Some(_)) if order.desc => cmp_json(&x, &y).reverse(),
+            _ => cmp_json(&x, &y),
         };
         primary.then_with(|| (a.1.time, a.0, &a.1.id).cmp(&(b.1.time, b.0, &b.1.id)))
     });

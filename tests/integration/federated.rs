@@ -116,7 +116,10 @@ const DIMS: [&[&str]; 4] = [
 const MEASURES: [&str; 5] = ["count", "sum:cases", "avg:cases", "min:cost", "max:cost"];
 
 fn finish_all(agg: &Aggregation, groups: &Groups) -> Vec<serde_json::Map<String, Value>> {
-    groups.iter().map(|(k, p)| agg.finish(k, p)).collect()
+    aggregate::ordered(groups)
+        .into_iter()
+        .map(|(k, p)| agg.finish(k, p))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -220,8 +223,9 @@ async fn a_federated_aggregate_over_four_owners_equals_computing_over_all_rows()
         );
         // 2. Where no owner held a small part of a group, it equals the computation over all
         //    rows on one node (averages from sums and counts, not averages of averages).
-        let by_key: BTreeMap<String, &serde_json::Map<String, Value>> = merged
-            .keys()
+        let by_key: BTreeMap<String, &serde_json::Map<String, Value>> = aggregate::ordered(&merged)
+            .into_iter()
+            .map(|(k, _)| k)
             .zip(&got.groups)
             .map(|(k, g)| (k.0.clone(), g))
             .collect();

@@ -172,13 +172,19 @@ async fn concurrent_writers_on_three_of_five_nodes_converge() {
         };
         h.node.grant(&h.admin, req).await.expect("grant write");
     }
-    // Everyone learns of the dataset and its key through catch-up and pushes.
+    // Everyone learns of the dataset, its key and the write grants through catch-up and pushes.
     for m in &nodes {
         wait_for(
             "the dataset and its key reach every member",
             || async move {
+                let grants = m.node.grants(&m.admin).expect("grants");
+                let writers = grants
+                    .iter()
+                    .filter(|g| g.grant.rights.allows(Action::Write))
+                    .count();
                 m.node.datasets(&m.admin).iter().any(|d| d.meta.id == *ds)
                     && m.node.stored_keys(ds).is_ok_and(|k| !k.is_empty())
+                    && writers == 2
             },
         )
         .await;
