@@ -95,14 +95,23 @@ async fn local_aggregate(
     let mut parts = Vec::new();
     let mut sources = Vec::new();
     for id in &plan.datasets {
-        let (groups, dropped) = s.node.aggregate_held(c, id, &plan.filter, aggregation)?;
+        let (node, app, id2, filter, agg) = (
+            s.node.clone(),
+            c.clone(),
+            id.clone(),
+            plan.filter.clone(),
+            aggregation.clone(),
+        );
+        let groups =
+            tokio::task::spawn_blocking(move || node.aggregate_held(&app, &id2, &filter, &agg))
+                .await
+                .map_err(|e| crate::Error::Internal(e.to_string()))??;
         parts.push(groups);
         sources.push(Source {
             dataset: id.to_string(),
             owner: id.owner().to_owned(),
             status: "local".into(),
             reason: None,
-            suppressed_groups: dropped,
         });
     }
     let merged = aggregate::merge_all(parts.iter());

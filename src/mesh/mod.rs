@@ -52,6 +52,8 @@ pub const PUSH_INFLIGHT_CAP: usize = 256;
 /// Pushes in flight to one peer: well under the 100 streams libp2p accepts per connection, so
 /// a burst is never dropped by the receiver.
 pub const PEER_PUSH_CAP: usize = 32;
+/// Aggregates and searches from members evaluated at once; more wait.
+pub const QUERIES_AT_ONCE: usize = 2;
 /// Default lifetime of an invitation.
 pub const INVITE_TTL: Duration = Duration::from_secs(24 * 3600);
 
@@ -89,6 +91,8 @@ pub(crate) struct Inner {
     pub(crate) net: net::Client,
     pub(crate) state: State,
     pub(crate) pushes: Arc<tokio::sync::Semaphore>,
+    /// Questions from members evaluated at once (`QUERIES_AT_ONCE`).
+    pub(crate) queries: tokio::sync::Semaphore,
     pub(crate) peer_pushes:
         std::sync::Mutex<std::collections::HashMap<PeerId, Arc<tokio::sync::Semaphore>>>,
     /// The service's long-running tasks, ended by [`Mesh::shutdown`].
@@ -107,6 +111,7 @@ impl Mesh {
                 net,
                 state,
                 pushes: Arc::new(tokio::sync::Semaphore::new(PUSH_INFLIGHT_CAP)),
+                queries: tokio::sync::Semaphore::new(QUERIES_AT_ONCE),
                 peer_pushes: std::sync::Mutex::default(),
                 tasks: std::sync::Mutex::new(Vec::new()),
             }),

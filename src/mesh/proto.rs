@@ -189,15 +189,14 @@ pub const ANSWER_DOMAIN: &[u8] = b"fogmesh/query-answer/v1\0";
 pub enum Answer {
     /// Partial aggregates per group (small groups already suppressed).
     Groups {
-        /// SHA-256 of the request's CBOR.
+        /// SHA-256 of the request's bytes as received.
         request: [u8; 32],
-        /// Groups and their partial states.
+        /// Groups and their partial states (groups under the owner's minimum size left out,
+        /// without saying how many: that count would itself disclose a few rows).
         groups: Vec<(
             crate::view::aggregate::GroupKey,
             crate::view::aggregate::Partial,
         )>,
-        /// Groups left out for being under the owner's minimum size.
-        suppressed: u64,
     },
     /// Search matches: id, name, time, location; never data fields.
     Matches {

@@ -171,16 +171,23 @@ impl Mesh {
             owner: owner.clone(),
             status: String::new(),
             reason: None,
-            suppressed_groups: 0,
         };
         let node = &self.inner.node;
         if owner == node.config().org {
             source.status = "local".into();
-            return match node.aggregate_held(caller, id, &plan.filter, agg) {
-                Ok((g, dropped)) => {
-                    source.suppressed_groups = dropped;
-                    (Some(g), source)
-                }
+            let (node, app, id, filter, agg) = (
+                node.clone(),
+                caller.clone(),
+                id.clone(),
+                plan.filter.clone(),
+                agg.clone(),
+            );
+            let local =
+                tokio::task::spawn_blocking(move || node.aggregate_held(&app, &id, &filter, &agg))
+                    .await
+                    .unwrap_or_else(|e| Err(Error::Internal(e.to_string())));
+            return match local {
+                Ok(g) => (Some(g), source),
                 Err(e) => {
                     source.status = "refused".into();
                     source.reason = Some(e.to_string());
@@ -196,11 +203,13 @@ impl Mesh {
             aggregates: agg.measures.iter().map(ToString::to_string).collect(),
         };
         match self.ask(&owner, &req, plan.timeout).await {
-            Reply::Answer(Answer::Groups {
-                groups, suppressed, ..
-            }) => {
+            Reply::Answer(Answer::Groups { groups, .. }) => {
+                if let Some((k, _)) = groups.iter().find(|(k, p)| !agg.fits(k, p)) {
+                    source.status = "refused".into();
+                    source.reason = Some(format!("malformed group {}", k.0));
+                    return (None, source);
+                }
                 source.status = "answered".into();
-                source.suppressed_groups = suppressed;
                 (Some(groups.into_iter().collect()), source)
             }
             Reply::Answer(_) => {
@@ -226,7 +235,7 @@ impl Mesh {
         crate::naming::validate_ident("dataset name", &spec.dataset)?;
         spec.filter
             .compile()
-            .map_err(|e| Error::Invalid(e.to_string()))?;
+            .map_err(|e| Error::Invalid(format!("filter.{e}")))?;
         let limit = spec.limit.unwrap_or(100);
         if limit == 0 || limit as usize > node::MAX_SEARCH_MATCHES {
             return Err(Error::Invalid(format!(
@@ -236,8 +245,13 @@ impl Mesh {
         }
         let timeout = match spec.timeout_ms {
             None => Duration::from_secs(5),
-            Some(ms) if (1..=60_000).contains(&ms) => Duration::from_millis(ms),
-            Some(ms) => return Err(Error::Invalid(format!("timeout_ms: 1 to 60000, got {ms}"))),
+            Some(ms) if (1..=crate::net::REQUEST_TIMEOUT.as_millis() as u64).contains(&ms) => {
+                Duration::from_millis(ms)
+            }
+            Some(ms) => {
+                let max = crate::net::REQUEST_TIMEOUT.as_millis();
+                return Err(Error::Invalid(format!("timeout_ms: 1 to {max}, got {ms}")));
+            }
         };
         let targets = self.targets(&spec.targets)?;
         let req = QueryRequest::Search {
@@ -264,16 +278,19 @@ impl Mesh {
         if let Some(unknown) = named.iter().find(|o| roster.by_org(o).is_none()) {
             return Err(Error::Invalid(format!("target {unknown} is not a member")));
         }
-        Ok(if named.is_empty() {
-            roster
-                .members
-                .keys()
-                .filter(|o| *o != me)
-                .cloned()
-                .collect()
+        let all: Vec<String> = if named.is_empty() {
+            roster.members.keys().cloned().collect()
         } else {
             named.to_vec()
-        })
+        };
+        // Each organization once; never this node itself (its own data needs no search).
+        let mut out: Vec<String> = Vec::new();
+        for o in all {
+            if o != *me && !out.contains(&o) {
+                out.push(o);
+            }
+        }
+        Ok(out)
     }
 
     async fn run_search(
@@ -338,12 +355,26 @@ impl Mesh {
         let org = self.org_of(&peer).ok_or("query from a non-member")?;
         let req: QueryRequest = proto::decode("query", bytes).map_err(|e| e.to_string())?;
         let node = self.inner.node.clone();
-        let answered = tokio::task::spawn_blocking(move || evaluate(&node, &org, &req))
+        let request: [u8; 32] = Sha256::digest(bytes).into();
+        // At most a few questions are evaluated at once; the others wait their turn.
+        let _turn = self
+            .inner
+            .queries
+            .acquire()
+            .await
+            .map_err(|e| e.to_string())?;
+        let answered = tokio::task::spawn_blocking(move || evaluate(&node, &org, &req, request))
             .await
             .map_err(|e| e.to_string())?;
         Ok(match answered {
             Ok(answer) => {
                 let body = proto::encode(&answer);
+                if body.len() > crate::net::MAX_QUERY_RESPONSE_BYTES - 1024 {
+                    return Ok(QueryResponse::Refused(format!(
+                        "the answer would be {} bytes; group more coarsely or filter more",
+                        body.len()
+                    )));
+                }
                 let msg = [ANSWER_DOMAIN, &body].concat();
                 let signature = self.inner.node.identity().sign(&msg);
                 QueryResponse::Answer {
@@ -361,9 +392,9 @@ fn evaluate(
     node: &crate::Node,
     org: &str,
     req: &QueryRequest,
+    request: [u8; 32],
 ) -> std::result::Result<Answer, node::Refusal> {
     let refuse = |e: &dyn std::fmt::Display| node::Refusal(e.to_string());
-    let request = digest(req);
     match req {
         QueryRequest::Aggregate {
             app,
@@ -377,11 +408,10 @@ fn evaluate(
             let filter = filter.compile().map_err(|e| refuse(&e))?;
             let agg = Aggregation::parse(group_by, aggregates)
                 .map_err(|(at, e)| refuse(&format!("{at}: {e}")))?;
-            let (groups, suppressed) = node.answer_aggregate(org, app, &id, &filter, &agg)?;
+            let groups = node.answer_aggregate(org, app, &id, &filter, &agg)?;
             Ok(Answer::Groups {
                 request,
                 groups: groups.into_iter().collect(),
-                suppressed,
             })
         }
         QueryRequest::Search {

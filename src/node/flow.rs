@@ -69,11 +69,7 @@ impl Node {
         Self::require_admin(caller, "declaring a flow")?;
         let flow = spec.check().map_err(Error::Invalid)?;
         self.flow_datasets(&flow)?;
-        if self.inner.flows.lock().len() >= MAX_FLOWS {
-            return Err(Error::Conflict(format!(
-                "at most {MAX_FLOWS} flows per node"
-            )));
-        }
+        self.flow_fits(&spec)?;
         let key = format!("{KEY_PREFIX}{}", spec.name);
         if !self
             .inner
@@ -134,6 +130,44 @@ impl Node {
             }
         }
         Ok(n)
+    }
+
+    /// Refuses a flow that would share a target with another flow, or close a cycle.
+    fn flow_fits(&self, spec: &FlowSpec) -> Result<()> {
+        let flows = self.inner.flows.lock();
+        if flows.len() >= MAX_FLOWS {
+            return Err(Error::Conflict(format!(
+                "at most {MAX_FLOWS} flows per node"
+            )));
+        }
+        if flows.contains_key(&spec.name) {
+            return Err(Error::Conflict(format!(
+                "a flow named {} exists",
+                spec.name
+            )));
+        }
+        if let Some((other, _)) = flows.values().find(|(f, _)| f.target == spec.target) {
+            return Err(Error::Conflict(format!(
+                "flow {} already writes {}; a flow owns its target's records",
+                other.name, spec.target
+            )));
+        }
+        // Follow flows downstream from the new target: reaching the new source is a cycle.
+        let mut frontier = vec![spec.target.clone()];
+        let mut seen = BTreeSet::new();
+        while let Some(ds) = frontier.pop() {
+            if ds == spec.source {
+                return Err(Error::Conflict(format!(
+                    "flow {} would close a cycle through {}",
+                    spec.name, spec.source
+                )));
+            }
+            if seen.insert(ds.clone()) {
+                let next = flows.values().filter(|(f, _)| f.source == ds);
+                frontier.extend(next.map(|(f, _)| f.target.clone()));
+            }
+        }
+        Ok(())
     }
 
     fn flow_datasets(&self, flow: &Flow) -> Result<(Arc<Dataset>, Arc<Dataset>)> {
@@ -310,11 +344,18 @@ async fn step(
                 .flatten()
                 .filter_map(|id| recs.get(id))
                 .collect();
+            // Only rows still in a touched group count (the index may name a row whose group
+            // an event of this run has not updated yet).
+            let rows: Vec<&Record> = rows
+                .into_iter()
+                .filter(|r| flow.group_of(r).is_some_and(|k| touched.contains(&k)))
+                .collect();
             let want = flow.groups_from(&rows)?;
+            // Groups now empty, or under the flow's minimum, leave the target.
             let gone = touched
                 .iter()
-                .filter(|k| !index.members.contains_key(*k))
                 .map(|k| flow.group_id(k))
+                .filter(|id| !want.contains_key(id))
                 .collect();
             Ok::<_, String>((want, gone))
         })

@@ -30,8 +30,6 @@ pub struct Source {
     /// Why it was refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    /// Groups left out for having fewer rows than the owner's minimum group size.
-    pub suppressed_groups: u64,
 }
 
 /// One match of a pushed-down search: where and when, never the record's data.
@@ -99,12 +97,13 @@ impl Node {
         id: &DatasetId,
         filter: &Filter,
         agg: &Aggregation,
-    ) -> Result<(Groups, u64)> {
+    ) -> Result<Groups> {
         let readable = self.readable_rows(caller, id, filter);
         let (rows, small) = match readable {
             Ok(rows) => (rows, None),
             Err(Error::Forbidden(_) | Error::NotFound(_)) => {
                 let (ds, prefix) = self.dataset_for(caller, Action::Query, id)?;
+                query_only(filter).map_err(|r| Error::Forbidden(r.0))?;
                 let p = prefix.as_deref();
                 let rows = ds.with_records(|recs| {
                     recs.values()
@@ -129,7 +128,8 @@ impl Node {
         id: &DatasetId,
         filter: &Filter,
         agg: &Aggregation,
-    ) -> std::result::Result<(Groups, u64), Refusal> {
+    ) -> std::result::Result<Groups, Refusal> {
+        query_only(filter)?;
         let rows = self.rows_for_grantee(org, app, id, |r| filter.matches(r))?;
         fold(agg, &rows, Some(self.inner.config.min_group_size)).map_err(|e| Refusal(e.to_string()))
     }
@@ -190,15 +190,31 @@ impl Node {
     }
 }
 
-/// Folds rows into groups, suppressing those under `min` rows when given.
-fn fold(agg: &Aggregation, rows: &[Record], min: Option<u64>) -> Result<(Groups, u64)> {
+/// Folds rows into groups. For a caller with only the `query` right (`min` given), groups under
+/// `min` rows are dropped, without saying how many (a count of small groups would itself tell
+/// that a filter matched a few rows), and each group keeps only what its measures need.
+fn fold(agg: &Aggregation, rows: &[Record], min: Option<u64>) -> Result<Groups> {
     let mut groups = agg.fold(rows.iter()).map_err(|n| {
         Error::Invalid(format!(
-            "the aggregate would make more than {n} groups; group more coarsely"
+            "group_by: the aggregate would make more than {n} groups; group more coarsely"
         ))
     })?;
-    let dropped = min.map_or(0, |m| aggregate::suppress_small(&mut groups, m));
-    Ok((groups, dropped as u64))
+    if let Some(m) = min {
+        aggregate::suppress_small(&mut groups, m);
+        agg.minimize(&mut groups);
+    }
+    Ok(groups)
+}
+
+/// Refuses, for a caller with only the `query` right, filters that pick out records by id or
+/// name: differencing two aggregates that differ by one named record would disclose it.
+fn query_only(filter: &Filter) -> std::result::Result<(), Refusal> {
+    if filter.names_records() {
+        return Err(Refusal(
+            "where: the query right does not allow filtering on id or name (use name_prefix or segments)".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// The answer to an aggregate view query.

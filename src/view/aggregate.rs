@@ -60,6 +60,7 @@ impl Dimension {
             .ok_or_else(|| err(text, "expected field:PATH, segment:N or bucket:DURATION"))?;
         match kind {
             "field" => {
+                let arg = arg.strip_prefix("data.").unwrap_or(arg);
                 let path: Vec<String> = arg.split('.').map(str::to_owned).collect();
                 if path.iter().any(String::is_empty) {
                     return Err(err(text, "empty field name"));
@@ -187,6 +188,7 @@ impl Measure {
             "max" => Func::Max,
             _ => return Err(err(text, "functions are count, sum, avg, min, max")),
         };
+        let field = field.strip_prefix("data.").unwrap_or(field);
         let path: Vec<String> = field.split('.').map(str::to_owned).collect();
         if path.iter().any(String::is_empty) {
             return Err(err(text, "empty field name"));
@@ -230,14 +232,14 @@ pub struct Acc {
 
 impl Acc {
     fn add(&mut self, x: f64) {
-        self.n += 1;
+        self.n = self.n.saturating_add(1);
         self.sum += x;
         self.min = Some(self.min.map_or(x, |m| m.min(x)));
         self.max = Some(self.max.map_or(x, |m| m.max(x)));
     }
 
     fn merge(&mut self, o: &Acc) {
-        self.n += o.n;
+        self.n = self.n.saturating_add(o.n);
         self.sum += o.sum;
         self.min = match (self.min, o.min) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -262,7 +264,7 @@ pub struct Partial {
 impl Partial {
     /// Adds `other` into `self`.
     pub fn merge(&mut self, other: &Partial) {
-        self.rows += other.rows;
+        self.rows = self.rows.saturating_add(other.rows);
         if self.accs.len() < other.accs.len() {
             self.accs.resize(other.accs.len(), Acc::default());
         }
@@ -298,6 +300,8 @@ pub struct Aggregation {
     pub dims: Vec<Dimension>,
     /// Measures.
     pub measures: Vec<Measure>,
+    /// The dimensions and measures as written: the keys of the answer's objects.
+    names: Vec<String>,
 }
 
 impl Aggregation {
@@ -321,7 +325,12 @@ impl Aggregation {
             .enumerate()
             .map(|(i, m)| Measure::parse(m).map_err(|e| (format!("aggregates[{i}]"), e)))
             .collect::<Result<_, _>>()?;
-        Ok(Self { dims, measures })
+        let names = group_by.iter().chain(aggregates).cloned().collect();
+        Ok(Self {
+            dims,
+            measures,
+            names,
+        })
     }
 
     /// Folds `records` into groups. Fails when the groups would exceed [`MAX_GROUPS`].
@@ -349,8 +358,9 @@ impl Aggregation {
     /// One group's answer: its dimension values and measures, as a JSON object.
     pub fn finish(&self, key: &GroupKey, p: &Partial) -> Map<String, Json> {
         let mut out = Map::new();
-        for (d, v) in self.dims.iter().zip(key.values()) {
-            out.insert(d.to_string(), v);
+        let mut names = self.names.iter();
+        for v in key.values().into_iter().take(self.dims.len()) {
+            out.insert(names.next().cloned().unwrap_or_default(), v);
         }
         for (m, acc) in self.measures.iter().zip(&p.accs) {
             let v = match m.func {
@@ -360,9 +370,29 @@ impl Aggregation {
                 Func::Min => num(acc.min),
                 Func::Max => num(acc.max),
             };
-            out.insert(m.to_string(), v);
+            out.insert(names.next().cloned().unwrap_or_else(|| m.to_string()), v);
         }
         out
+    }
+
+    /// Clears from each group what its measures do not need, so an owner answers exactly what
+    /// was asked (no extreme values behind an average, no sums behind a minimum).
+    pub fn minimize(&self, groups: &mut Groups) {
+        for p in groups.values_mut() {
+            for (acc, m) in p.accs.iter_mut().zip(&self.measures) {
+                match m.func {
+                    Func::Count => *acc = Acc::default(),
+                    Func::Sum | Func::Avg => (acc.min, acc.max) = (None, None),
+                    Func::Min => (acc.sum, acc.max) = (0.0, None),
+                    Func::Max => (acc.sum, acc.min) = (0.0, None),
+                }
+            }
+        }
+    }
+
+    /// Whether `p` has the shape these measures give (one accumulator each).
+    pub fn fits(&self, key: &GroupKey, p: &Partial) -> bool {
+        p.accs.len() == self.measures.len() && key.values().len() == self.dims.len()
     }
 }
 

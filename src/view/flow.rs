@@ -41,6 +41,9 @@ pub struct FlowSpec {
     /// Measures (aggregate mode): `count`, `sum:F`, `avg:F`, `min:F`, `max:F`.
     #[serde(default)]
     pub aggregates: Vec<String>,
+    /// Aggregate mode: groups of fewer source rows are left out of the target (default 1: all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_rows: Option<u64>,
 }
 
 /// A checked flow.
@@ -82,6 +85,9 @@ impl FlowSpec {
                     .map_err(|(at, e)| format!("{at}: {e}"))?,
             )
         };
+        if self.min_rows == Some(0) {
+            return Err("min_rows: at least 1".into());
+        }
         Ok(Flow {
             spec: self.clone(),
             source,
@@ -103,9 +109,10 @@ impl Flow {
             None => Ok(kept.map(|r| (r.id.clone(), self.projected(r))).collect()),
             Some(agg) => {
                 let rows: Vec<&Record> = kept.collect();
-                let groups = agg
+                let mut groups = agg
                     .fold(rows.iter().copied())
                     .map_err(|n| format!("more than {n} groups"))?;
+                super::aggregate::suppress_small(&mut groups, self.spec.min_rows.unwrap_or(1));
                 let latest = latest_times(agg, &rows);
                 Ok(groups
                     .iter()
@@ -230,6 +237,7 @@ mod tests {
             project: vec![],
             group_by: vec!["segment:0".into(), "bucket:1d".into()],
             aggregates: vec!["count".into(), "avg:cost".into()],
+            min_rows: None,
         }
         .check()
         .expect("valid")
@@ -299,6 +307,7 @@ mod tests {
             project: vec!["temp".into()],
             group_by: vec![],
             aggregates: vec![],
+            min_rows: None,
         }
         .check()
         .expect("valid");
@@ -321,6 +330,7 @@ mod tests {
             project: vec![],
             group_by: vec![],
             aggregates: vec![],
+            min_rows: None,
         };
         let cases = [
             (

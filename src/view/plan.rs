@@ -27,8 +27,8 @@ pub const MAX_DATASETS: usize = 64;
 pub const MAX_SELECT: usize = 64;
 /// Default wait for owners' answers to a federated query.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Longest wait a caller may ask for.
-pub const MAX_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest wait a caller may ask for (the network layer's request timeout).
+pub const MAX_TIMEOUT: Duration = crate::net::REQUEST_TIMEOUT;
 
 /// A malformed view query: which part, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -167,6 +167,14 @@ fn parse_segment(s: &str) -> Result<(usize, String), &'static str> {
 }
 
 impl Filter {
+    /// Whether a predicate tests a record's `id` or `name` (which single out records).
+    pub fn names_records(&self) -> bool {
+        self.query
+            .predicates
+            .iter()
+            .any(|p| p.path.len() == 1 && (p.path[0] == "id" || p.path[0] == "name"))
+    }
+
     /// Whether `r` passes.
     pub fn matches(&self, r: &Record) -> bool {
         self.query.matches(r)
@@ -246,7 +254,10 @@ impl ViewQuery {
         let timeout = match self.timeout_ms {
             None => DEFAULT_TIMEOUT,
             Some(ms) if ms > 0 && ms <= MAX_TIMEOUT.as_millis() as u64 => Duration::from_millis(ms),
-            Some(ms) => return Err(err("timeout_ms", format!("1 to 60000, got {ms}"))),
+            Some(ms) => {
+                let max = MAX_TIMEOUT.as_millis();
+                return Err(err("timeout_ms", format!("1 to {max}, got {ms}")));
+            }
         };
         Ok(Plan {
             datasets,

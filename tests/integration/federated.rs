@@ -234,12 +234,11 @@ async fn a_federated_aggregate_over_four_owners_equals_computing_over_all_rows()
             assert_eq!(by_key.get(&k.0), Some(&&want), "case {case}: group {}", k.0);
         }
         compared += comparable.len();
-        let suppressed: u64 = got.sources.iter().map(|s| s.suppressed_groups).sum();
-        let small: usize = per_owner
-            .iter()
-            .map(|g| g.values().filter(|p| p.rows < MIN_GROUP).count())
-            .sum();
-        assert_eq!(suppressed, small as u64, "case {case}");
+        // Owners say nothing about what they left out.
+        assert!(serde_json::to_string(&got.sources)
+            .expect("json")
+            .find("suppress")
+            .is_none());
     }
     assert!(
         compared >= 6,
@@ -295,7 +294,6 @@ async fn owners_suppress_small_groups_refuse_without_a_grant_and_silence_is_repo
             ("drugmaker", "timed_out")
         ]
     );
-    assert_eq!(got.sources[0].suppressed_groups, 1);
     let reason = got.sources[1].reason.clone().unwrap_or_default();
     assert!(reason.contains("no query grant"), "{reason}");
     for m in &nodes {

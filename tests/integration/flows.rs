@@ -127,6 +127,7 @@ async fn an_aggregating_flow_stays_equal_to_recomputing_it_and_stops_when_remove
         project: vec![],
         group_by: vec!["segment:0".into(), "bucket:1d".into()],
         aggregates: vec!["count".into(), "avg:cost".into(), "max:cost".into()],
+        min_rows: None,
     };
     let flow = spec.check().expect("valid");
     t.node.add_flow(&t.admin, spec.clone()).await.expect("add");
@@ -203,6 +204,7 @@ async fn a_record_flow_filters_and_projects_and_bad_flows_are_refused() {
         project: vec!["cost".into()],
         group_by: vec![],
         aggregates: vec![],
+        min_rows: None,
     };
     let flow = spec.check().expect("valid");
     t.node.add_flow(&t.admin, spec.clone()).await.expect("add");
@@ -230,6 +232,18 @@ async fn a_record_flow_filters_and_projects_and_bad_flows_are_refused() {
 
     let err = |r: fogmesh::Result<FlowSpec>| r.expect_err("refused").to_string();
     assert!(err(t.node.add_flow(&t.admin, spec.clone()).await).contains("exists"));
+    let second_writer = FlowSpec {
+        name: "fever2".into(),
+        ..spec.clone()
+    };
+    assert!(err(t.node.add_flow(&t.admin, second_writer).await).contains("already writes"));
+    let cycle = FlowSpec {
+        name: "back".into(),
+        source: fever.to_string(),
+        target: patients.to_string(),
+        ..spec.clone()
+    };
+    assert!(err(t.node.add_flow(&t.admin, cycle).await).contains("cycle"));
     let foreign = FlowSpec {
         name: "other".into(),
         source: "pharmacy/sales".into(),
