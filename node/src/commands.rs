@@ -480,8 +480,17 @@ fn query(cli: &Cli, a: &QueryArgs) -> Result<()> {
         "order_by": a.order_by, "limit": a.limit, "group_by": a.group_by,
         "aggregates": a.aggregates, "federated": a.federated, "timeout_ms": a.timeout_ms,
     });
-    let v = Client::from_cli(cli)?.post("/v1/query", &body)?;
     let format = if cli.json { Format::Json } else { a.format };
+    if format == Format::Ndjson && a.aggregates.is_empty() {
+        // Rows stream: print each line as it arrives.
+        let reader = Client::from_cli(cli)?.post_stream("/v1/query", &body)?;
+        let mut out = std::io::stdout().lock();
+        for line in reader.lines() {
+            writeln!(out, "{}", line.context("reading the rows")?)?;
+        }
+        return Ok(());
+    }
+    let v = Client::from_cli(cli)?.post("/v1/query", &body)?;
     let rows = v["groups"]
         .as_array()
         .or(v["rows"].as_array())
@@ -518,17 +527,13 @@ fn print_view(v: &Value, rows: &[Value]) {
         Some(sources) => {
             for s in sources {
                 eprintln!(
-                    "{}: {}{}{}",
+                    "{}: {}{}",
                     s["dataset"].as_str().unwrap_or("?"),
                     s["status"].as_str().unwrap_or("?"),
                     s["reason"]
                         .as_str()
                         .map(|r| format!(" ({r})"))
                         .unwrap_or_default(),
-                    match s["suppressed_groups"].as_u64() {
-                        Some(n) if n > 0 => format!(", {n} small groups suppressed"),
-                        _ => String::new(),
-                    }
                 );
             }
             eprintln!("{} groups", flat.len());
