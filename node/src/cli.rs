@@ -171,7 +171,7 @@ pub struct CreateArgs {
 #[derive(Subcommand, Debug)]
 pub enum FlowCmd {
     /// Declare a flow and start it.
-    Add(FlowArgs),
+    Add(Box<FlowArgs>),
     /// List the flows of this node.
     List,
     /// Stop and forget a flow (its target keeps what it holds).
@@ -191,12 +191,8 @@ pub struct FlowArgs {
     /// Target dataset OWNER/NAME (owned here; the flow owns its records).
     #[arg(long)]
     pub target: String,
-    /// Only names at or below this path.
-    #[arg(long)]
-    pub name_prefix: Option<String>,
-    /// Field predicate FIELD OP VALUE (repeatable).
-    #[arg(long = "where")]
-    pub predicates: Vec<String>,
+    #[command(flatten)]
+    pub filter: FilterArgs,
     /// Data fields carried over (record mode; comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub project: Vec<String>,
@@ -206,6 +202,9 @@ pub struct FlowArgs {
     /// Aggregates (comma-separated): count, sum:F, avg:F, min:F, max:F.
     #[arg(long = "agg", value_delimiter = ',')]
     pub aggregates: Vec<String>,
+    /// Leave out groups of fewer source rows (aggregate mode).
+    #[arg(long)]
+    pub min_rows: Option<u64>,
 }
 
 #[derive(Args, Debug)]
@@ -254,11 +253,9 @@ pub enum Format {
     Ndjson,
 }
 
+/// Which records: the filter shared by `query`, `search` and `flow add`.
 #[derive(Args, Debug)]
-pub struct QueryArgs {
-    /// Datasets, OWNER/NAME (one or more: the shared view).
-    #[arg(required = true, num_args = 1..)]
-    pub datasets: Vec<String>,
+pub struct FilterArgs {
     /// Only names at or below this path.
     #[arg(long)]
     pub name_prefix: Option<String>,
@@ -274,6 +271,25 @@ pub struct QueryArgs {
     /// Field predicate FIELD OP VALUE (repeatable), e.g. 'cases>=5'.
     #[arg(long = "where")]
     pub predicates: Vec<String>,
+}
+
+impl FilterArgs {
+    /// The JSON filter the API takes.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "name_prefix": self.name_prefix, "segments": self.segments,
+            "since": self.since, "until": self.until, "where": self.predicates,
+        })
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct QueryArgs {
+    /// Datasets, OWNER/NAME (one or more: the shared view).
+    #[arg(required = true, num_args = 1..)]
+    pub datasets: Vec<String>,
+    #[command(flatten)]
+    pub filter: FilterArgs,
     /// Fields to return (comma-separated): dataset, id, name, time or data fields.
     #[arg(long, value_delimiter = ',')]
     pub select: Vec<String>,
@@ -310,21 +326,8 @@ pub struct SearchArgs {
     /// Organizations to ask (comma-separated; default: every other member).
     #[arg(long, value_delimiter = ',')]
     pub targets: Vec<String>,
-    /// Only names at or below this path.
-    #[arg(long)]
-    pub name_prefix: Option<String>,
-    /// Name segment filter N=VALUE (repeatable).
-    #[arg(long = "segment")]
-    pub segments: Vec<String>,
-    /// Only times >= this (ms).
-    #[arg(long)]
-    pub since: Option<u64>,
-    /// Only times < this (ms).
-    #[arg(long)]
-    pub until: Option<u64>,
-    /// Field predicate FIELD OP VALUE (repeatable), e.g. 'coat=red'.
-    #[arg(long = "where")]
-    pub predicates: Vec<String>,
+    #[command(flatten)]
+    pub filter: FilterArgs,
     /// The name segment reported as the location (0 = first).
     #[arg(long, default_value_t = 0)]
     pub location_segment: u32,

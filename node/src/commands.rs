@@ -272,8 +272,9 @@ fn dataset_create(cli: &Cli, a: &CreateArgs) -> Result<()> {
 fn flow_add(cli: &Cli, a: &FlowArgs) -> Result<()> {
     let body = json!({
         "name": a.name, "source": a.source, "target": a.target,
-        "filter": {"name_prefix": a.name_prefix, "where": a.predicates},
+        "filter": a.filter.to_json(),
         "project": a.project, "group_by": a.group_by, "aggregates": a.aggregates,
+        "min_rows": a.min_rows,
     });
     let v = Client::from_cli(cli)?.post("/v1/flows", &body)?;
     if cli.json {
@@ -462,7 +463,7 @@ fn send_batch(
 
 fn query(cli: &Cli, a: &QueryArgs) -> Result<()> {
     let simple = a.datasets.len() == 1
-        && a.segments.is_empty()
+        && a.filter.segments.is_empty()
         && a.select.is_empty()
         && a.order_by.is_none()
         && a.group_by.is_empty()
@@ -474,12 +475,14 @@ fn query(cli: &Cli, a: &QueryArgs) -> Result<()> {
     if a.order.is_some() {
         bail!("--order goes with one dataset; use --order-by time or --order-by -time");
     }
-    let body = json!({
-        "datasets": a.datasets, "name_prefix": a.name_prefix, "segments": a.segments,
-        "since": a.since, "until": a.until, "where": a.predicates, "select": a.select,
+    let mut body = json!({
+        "datasets": a.datasets, "select": a.select,
         "order_by": a.order_by, "limit": a.limit, "group_by": a.group_by,
         "aggregates": a.aggregates, "federated": a.federated, "timeout_ms": a.timeout_ms,
     });
+    if let (Some(b), Value::Object(f)) = (body.as_object_mut(), a.filter.to_json()) {
+        b.extend(f);
+    }
     let format = if cli.json { Format::Json } else { a.format };
     if format == Format::Ndjson && a.aggregates.is_empty() {
         // Rows stream: print each line as it arrives.
@@ -571,15 +574,16 @@ fn query_records(cli: &Cli, a: &QueryArgs) -> Result<()> {
 
 fn form_query(a: &QueryArgs) -> String {
     let mut s = form_urlencoded::Serializer::new(String::new());
-    if let Some(p) = &a.name_prefix {
+    let f = &a.filter;
+    if let Some(p) = &f.name_prefix {
         s.append_pair("name_prefix", p);
     }
-    for (k, v) in [("since", a.since), ("until", a.until)] {
+    for (k, v) in [("since", f.since), ("until", f.until)] {
         if let Some(v) = v {
             s.append_pair(k, &v.to_string());
         }
     }
-    for w in &a.predicates {
+    for w in &f.predicates {
         s.append_pair("where", w);
     }
     if let Some(l) = a.limit {
@@ -594,8 +598,7 @@ fn form_query(a: &QueryArgs) -> String {
 fn search(cli: &Cli, a: &SearchArgs) -> Result<()> {
     let body = json!({
         "dataset": a.dataset, "targets": a.targets,
-        "filter": {"name_prefix": a.name_prefix, "segments": a.segments, "since": a.since,
-                   "until": a.until, "where": a.predicates},
+        "filter": a.filter.to_json(),
         "location_segment": a.location_segment, "limit": a.limit, "timeout_ms": a.timeout_ms,
     });
     let reader = Client::from_cli(cli)?.post_stream("/v1/search", &body)?;
