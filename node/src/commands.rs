@@ -8,8 +8,8 @@ use fogmesh::config::Config;
 use serde_json::{json, Value};
 
 use crate::cli::{
-    AppCmd, Cli, Command, CreateArgs, DatasetCmd, FlowArgs, FlowCmd, Format, GrantArgs,
-    PriorityArg, PublishArgs, QueryArgs, SearchArgs, WatchArgs,
+    AppCmd, Cli, Command, CreateArgs, DatasetCmd, FlowCmd, GrantArgs, PriorityArg, PublishArgs,
+    WatchArgs,
 };
 use crate::client::Client;
 use crate::output;
@@ -28,16 +28,16 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::App(AppCmd::List) => app_list(&cli),
         Command::Dataset(DatasetCmd::Create(a)) => dataset_create(&cli, a),
         Command::Dataset(DatasetCmd::List) => dataset_list(&cli),
-        Command::Flow(FlowCmd::Add(a)) => flow_add(&cli, a),
-        Command::Flow(FlowCmd::List) => flow_list(&cli),
-        Command::Flow(FlowCmd::Remove { name }) => flow_remove(&cli, name),
+        Command::Flow(FlowCmd::Add(a)) => crate::view::flow_add(&cli, a),
+        Command::Flow(FlowCmd::List) => crate::view::flow_list(&cli),
+        Command::Flow(FlowCmd::Remove { name }) => crate::view::flow_remove(&cli, name),
         Command::Grant(a) => grant(&cli, a),
         Command::Revoke { id } => revoke(&cli, id),
         Command::Grants => grants(&cli),
         Command::Publish(a) => publish(&cli, a),
-        Command::Query(a) => query(&cli, a),
+        Command::Query(a) => crate::view::query(&cli, a),
         Command::Watch(a) => watch(&cli, a),
-        Command::Search(a) => search(&cli, a),
+        Command::Search(a) => crate::view::search(&cli, a),
         Command::Demo(a) => crate::demo::run(&cli, a),
     }
 }
@@ -269,50 +269,6 @@ fn dataset_create(cli: &Cli, a: &CreateArgs) -> Result<()> {
     Ok(())
 }
 
-fn flow_add(cli: &Cli, a: &FlowArgs) -> Result<()> {
-    let body = json!({
-        "name": a.name, "source": a.source, "target": a.target,
-        "filter": a.filter.to_json(),
-        "project": a.project, "group_by": a.group_by, "aggregates": a.aggregates,
-        "min_rows": a.min_rows,
-    });
-    let v = Client::from_cli(cli)?.post("/v1/flows", &body)?;
-    if cli.json {
-        output::json(&v);
-    } else {
-        println!(
-            "flow {} started: {} -> {}",
-            a.name,
-            v["source"].as_str().unwrap_or("?"),
-            v["target"].as_str().unwrap_or("?")
-        );
-    }
-    Ok(())
-}
-
-fn flow_list(cli: &Cli) -> Result<()> {
-    let v = Client::from_cli(cli)?.get("/v1/flows")?;
-    if cli.json {
-        output::json(&v);
-    } else {
-        output::table(
-            &["name", "source", "target", "group_by", "aggregates"],
-            v["flows"].as_array().map_or(&[][..], |a| a),
-        );
-    }
-    Ok(())
-}
-
-fn flow_remove(cli: &Cli, name: &str) -> Result<()> {
-    let v = Client::from_cli(cli)?.delete(&format!("/v1/flows/{}", urlencode(name)))?;
-    if cli.json {
-        output::json(&v);
-    } else {
-        println!("flow {name} removed");
-    }
-    Ok(())
-}
-
 fn grant(cli: &Cli, a: &GrantArgs) -> Result<()> {
     let body = json!({
         "dataset": a.dataset, "to": a.to, "rights": a.rights,
@@ -367,7 +323,7 @@ fn grants(cli: &Cli) -> Result<()> {
     Ok(())
 }
 
-fn urlencode(s: &str) -> String {
+pub(crate) fn urlencode(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
@@ -385,7 +341,7 @@ fn dataset_list(cli: &Cli) -> Result<()> {
     Ok(())
 }
 
-fn records_path(dataset: &str) -> Result<String> {
+pub(crate) fn records_path(dataset: &str) -> Result<String> {
     let id = fogmesh::naming::DatasetId::parse(dataset)?;
     Ok(format!("/v1/datasets/{}/{}", id.owner(), id.name()))
 }
@@ -461,193 +417,6 @@ fn send_batch(
     Ok(())
 }
 
-fn query(cli: &Cli, a: &QueryArgs) -> Result<()> {
-    let simple = a.datasets.len() == 1
-        && a.filter.segments.is_empty()
-        && a.select.is_empty()
-        && a.order_by.is_none()
-        && a.group_by.is_empty()
-        && a.aggregates.is_empty()
-        && !a.federated;
-    if simple {
-        return query_records(cli, a);
-    }
-    if a.order.is_some() {
-        bail!("--order goes with one dataset; use --order-by time or --order-by -time");
-    }
-    let mut body = json!({
-        "datasets": a.datasets, "select": a.select,
-        "order_by": a.order_by, "limit": a.limit, "group_by": a.group_by,
-        "aggregates": a.aggregates, "federated": a.federated, "timeout_ms": a.timeout_ms,
-    });
-    if let (Some(b), Value::Object(f)) = (body.as_object_mut(), a.filter.to_json()) {
-        b.extend(f);
-    }
-    let format = if cli.json { Format::Json } else { a.format };
-    if format == Format::Ndjson && a.aggregates.is_empty() {
-        // Rows stream: print each line as it arrives.
-        let reader = Client::from_cli(cli)?.post_stream("/v1/query", &body)?;
-        let mut out = std::io::stdout().lock();
-        for line in reader.lines() {
-            writeln!(out, "{}", line.context("reading the rows")?)?;
-        }
-        return Ok(());
-    }
-    let v = Client::from_cli(cli)?.post("/v1/query", &body)?;
-    let rows = v["groups"]
-        .as_array()
-        .or(v["rows"].as_array())
-        .cloned()
-        .unwrap_or_default();
-    match format {
-        Format::Json => output::json(&v),
-        Format::Ndjson => rows.iter().for_each(output::ndjson),
-        Format::Table => print_view(&v, &rows),
-    }
-    Ok(())
-}
-
-/// Rows or groups as a table, then who answered (aggregates).
-fn print_view(v: &Value, rows: &[Value]) {
-    let flat: Vec<Value> = rows
-        .iter()
-        .map(|r| {
-            let mut r = r.clone();
-            if r.get("data").is_some() {
-                r["data"] = Value::String(r["data"].to_string());
-            }
-            r
-        })
-        .collect();
-    let columns: Vec<String> = flat
-        .first()
-        .and_then(Value::as_object)
-        .map(|o| o.keys().cloned().collect())
-        .unwrap_or_default();
-    let columns: Vec<&str> = columns.iter().map(String::as_str).collect();
-    output::table(&columns, &flat);
-    match v["sources"].as_array() {
-        Some(sources) => {
-            for s in sources {
-                eprintln!(
-                    "{}: {}{}",
-                    s["dataset"].as_str().unwrap_or("?"),
-                    s["status"].as_str().unwrap_or("?"),
-                    s["reason"]
-                        .as_str()
-                        .map(|r| format!(" ({r})"))
-                        .unwrap_or_default(),
-                );
-            }
-            eprintln!("{} groups", flat.len());
-        }
-        None => eprintln!("{}", records(flat.len())),
-    }
-}
-
-fn query_records(cli: &Cli, a: &QueryArgs) -> Result<()> {
-    let mut q = form_query(a);
-    if q.is_empty() {
-        q.push_str("limit=1000");
-    }
-    let v =
-        Client::from_cli(cli)?.get(&format!("{}/records?{q}", records_path(&a.datasets[0])?))?;
-    let rows = v["records"].as_array().cloned().unwrap_or_default();
-    let format = if cli.json { Format::Json } else { a.format };
-    match format {
-        Format::Json => output::json(&v),
-        Format::Ndjson => rows.iter().for_each(output::ndjson),
-        Format::Table => {
-            let rows: Vec<Value> = rows
-                .into_iter()
-                .map(|mut r| {
-                    r["data"] = Value::String(r["data"].to_string());
-                    r
-                })
-                .collect();
-            output::table(&["id", "time", "name", "data"], &rows);
-            eprintln!("{}", records(rows.len()));
-        }
-    }
-    Ok(())
-}
-
-fn form_query(a: &QueryArgs) -> String {
-    let mut s = form_urlencoded::Serializer::new(String::new());
-    let f = &a.filter;
-    if let Some(p) = &f.name_prefix {
-        s.append_pair("name_prefix", p);
-    }
-    for (k, v) in [("since", f.since), ("until", f.until)] {
-        if let Some(v) = v {
-            s.append_pair(k, &v.to_string());
-        }
-    }
-    for w in &f.predicates {
-        s.append_pair("where", w);
-    }
-    if let Some(l) = a.limit {
-        s.append_pair("limit", &l.to_string());
-    }
-    if let Some(o) = &a.order {
-        s.append_pair("order", o);
-    }
-    s.finish()
-}
-
-fn search(cli: &Cli, a: &SearchArgs) -> Result<()> {
-    let body = json!({
-        "dataset": a.dataset, "targets": a.targets,
-        "filter": a.filter.to_json(),
-        "location_segment": a.location_segment, "limit": a.limit, "timeout_ms": a.timeout_ms,
-    });
-    let reader = Client::from_cli(cli)?.post_stream("/v1/search", &body)?;
-    let t0 = std::time::Instant::now();
-    for line in reader.lines() {
-        let line = line.context("reading the search answers")?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let ev: Value = serde_json::from_str(&line).context("a search answer is not JSON")?;
-        if cli.json {
-            output::ndjson(&ev);
-            continue;
-        }
-        print_search_event(&ev, t0.elapsed());
-    }
-    Ok(())
-}
-
-fn print_search_event(ev: &Value, at: std::time::Duration) {
-    let from = ev["from"].as_str().unwrap_or("?");
-    let at = format!("[{:>6.0} ms]", at.as_secs_f64() * 1e3);
-    match ev["event"].as_str() {
-        Some("answered") => {
-            let m = ev["matches"].as_array().map_or(&[][..], |a| a);
-            println!("{at} {from}: {} match(es)", m.len());
-            for x in m {
-                println!(
-                    "           {}  {}  at {}  ({})",
-                    x["time"],
-                    x["name"].as_str().unwrap_or("?"),
-                    x["location"].as_str().unwrap_or("?"),
-                    x["id"].as_str().unwrap_or("?")
-                );
-            }
-        }
-        Some("refused") => println!(
-            "{at} {from}: refused: {}",
-            ev["reason"].as_str().unwrap_or("?")
-        ),
-        Some("timed_out") => println!("{at} {from}: no answer in time"),
-        Some("summary") => println!(
-            "{at} done: {} match(es); answered {}, refused {}, timed out {}",
-            ev["matches"], ev["answered"], ev["refused"], ev["timed_out"]
-        ),
-        _ => println!("{at} {ev}"),
-    }
-}
-
 fn watch(cli: &Cli, a: &WatchArgs) -> Result<()> {
     let c = Client::from_cli(cli)?;
     let reader = c.stream(&format!("{}/events", records_path(&a.dataset)?))?;
@@ -692,7 +461,7 @@ fn print_event(cli: &Cli, event: &str, data: &str) {
 }
 
 /// "1 record", "2 records".
-fn records(n: usize) -> String {
+pub(crate) fn records(n: usize) -> String {
     if n == 1 {
         "1 record".into()
     } else {

@@ -6,6 +6,7 @@ mod commands;
 mod daemon;
 mod demo;
 mod output;
+mod view;
 
 use std::process::ExitCode;
 

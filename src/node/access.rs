@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::access::{AccessSet, Bundle, EpochKey, Grant, Grantee, Rights, WrappedKey};
+use crate::access::{AccessSet, Bundle, EpochKey};
 use crate::apps::{Action, App};
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
@@ -22,8 +22,6 @@ use super::Node;
 
 /// How far ahead of this node's wall clock an envelope's time may be; later ones are refused.
 pub const MAX_CLOCK_SKEW_MS: u64 = 3_600_000;
-/// Longest grant lifetime accepted (ten years).
-pub const MAX_GRANT_TTL_MS: u64 = 10 * 365 * 24 * 3600 * 1000;
 
 /// A member node as access control needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,7 +36,7 @@ pub struct MemberKeys {
 
 /// Member nodes by organization.
 #[derive(Debug, Default)]
-pub(crate) struct Directory(HashMap<String, MemberKeys>);
+pub(crate) struct Directory(pub(super) HashMap<String, MemberKeys>);
 
 impl Directory {
     fn org_of(&self, author: &AuthorId) -> Option<&str> {
@@ -47,34 +45,6 @@ impl Directory {
             .find(|m| m.author == *author)
             .map(|m| m.org.as_str())
     }
-}
-
-/// What an admin asks for when granting.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GrantRequest {
-    /// `owner/name` of a dataset this node owns.
-    pub dataset: String,
-    /// `org/app` or `org/*`.
-    pub to: String,
-    /// Any of `read`, `write`, `query`.
-    pub rights: Vec<Action>,
-    /// Only records whose name lies under this prefix.
-    #[serde(default)]
-    pub prefix: Option<String>,
-    /// Lifetime such as `30d`, `12h`, `90m`, `3600s`; none: until revoked.
-    #[serde(default)]
-    pub expires: Option<String>,
-}
-
-/// A grant as listed, with its state.
-#[derive(Debug, Clone, Serialize)]
-pub struct GrantView {
-    /// The grant.
-    #[serde(flatten)]
-    pub grant: Grant,
-    /// `active`, `expired` or `revoked`.
-    pub state: &'static str,
 }
 
 /// What is stored per dataset: the owner's key (checked against the roster when first learnt)
@@ -103,30 +73,6 @@ impl Stored {
             .map_err(|e| Error::Internal(format!("{id}: stored access state: {e}")))?;
         Ok((owner, set))
     }
-}
-
-/// Parses `30d`, `12h`, `90m`, `45s` into milliseconds.
-pub fn parse_ttl(s: &str) -> Result<u64> {
-    let bad = || {
-        Error::Invalid(format!(
-            "expiry {s:?}: expected a number and d, h, m or s, e.g. 30d"
-        ))
-    };
-    let t = s.trim();
-    let (num, per) = [
-        ("d", 86_400_000),
-        ("h", 3_600_000),
-        ("m", 60_000),
-        ("s", 1_000),
-    ]
-    .into_iter()
-    .find_map(|(unit, per)| t.strip_suffix(unit).map(|n| (n, per)))
-    .ok_or_else(bad)?;
-    let n: u64 = num.parse().map_err(|_| bad())?;
-    let ms = n
-        .checked_mul(per)
-        .filter(|ms| (1..=MAX_GRANT_TTL_MS).contains(ms));
-    ms.ok_or_else(|| Error::Invalid(format!("expiry {s:?}: between 1s and 3650d")))
 }
 
 /// The epoch keys wrapped for `me` in `set` that open.
@@ -161,7 +107,7 @@ impl Node {
         Ok(())
     }
 
-    fn owned_datasets(&self) -> Vec<Arc<Dataset>> {
+    pub(super) fn owned_datasets(&self) -> Vec<Arc<Dataset>> {
         let org = &self.inner.config.org;
         self.all_datasets()
             .into_iter()
@@ -247,7 +193,7 @@ impl Node {
 
     /// Persists `ds`'s access state, takes up keys newly wrapped for this node and tells the
     /// mesh.
-    async fn access_changed(&self, ds: &Arc<Dataset>) -> Result<()> {
+    pub(super) async fn access_changed(&self, ds: &Arc<Dataset>) -> Result<()> {
         let (stored, keys) = {
             let set = lock(&ds.access);
             let stored = Stored {
@@ -270,289 +216,6 @@ impl Node {
         ds.publish_events(events);
         let _ = self.inner.access_changes.send(ds.meta.id.clone());
         Ok(())
-    }
-
-    /// Sets up the access state of a dataset this node just created: the first epoch key when
-    /// it is sealed, and a read-and-query grant to every reader organization.
-    pub(crate) async fn init_access(&self, ds: &Arc<Dataset>) -> Result<()> {
-        if ds.meta.encrypted {
-            // Stored (wrapped for this node) before any write can be sealed with it:
-            // `access_changed` persists, then hands the key to the dataset.
-            let key = EpochKey::generate();
-            self.wrap_for_self(ds, 1, &key)?;
-        }
-        for reader in &ds.meta.readers {
-            let grantee = Grantee::parse(&format!("{reader}/*"))
-                .map_err(|e| Error::Invalid(e.to_string()))?;
-            self.sign_grant(
-                ds,
-                grantee,
-                Rights::of(&[Action::Read, Action::Query]),
-                None,
-                None,
-                false,
-            )?;
-        }
-        self.access_changed(ds).await?;
-        self.reconcile_keys(ds).await
-    }
-
-    fn wrap_for_self(&self, ds: &Dataset, epoch: u64, key: &EpochKey) -> Result<()> {
-        let me = &self.inner.identity;
-        let w = WrappedKey::wrap(
-            me,
-            &ds.meta.id,
-            epoch,
-            key,
-            me.author(),
-            &me.agreement_public(),
-        )
-        .map_err(|e| Error::Internal(e.to_string()))?;
-        let fresh = lock(&ds.access)
-            .merge_wrap(w, &me.author())
-            .map_err(|e| Error::Internal(e.to_string()))?;
-        if fresh {
-            Ok(())
-        } else {
-            Err(Error::Unavailable(format!(
-                "{}: no room for another key epoch",
-                ds.meta.id
-            )))
-        }
-    }
-
-    /// Signs and adds a grant on `ds` (owned here); `rotate` starts a new epoch with it.
-    fn sign_grant(
-        &self,
-        ds: &Dataset,
-        grantee: Grantee,
-        rights: Rights,
-        prefix: Option<String>,
-        not_after: Option<u64>,
-        rotate: bool,
-    ) -> Result<Grant> {
-        let cut = self
-            .member_key(&grantee.org)
-            .map_or(0, |a| ds.version_vector().get(&a));
-        let me = &self.inner.identity;
-        let mut set = lock(&ds.access);
-        let epoch = set.epoch() + u64::from(rotate);
-        let now = hlc::wall_millis();
-        let grant = Grant {
-            id: ulid::Ulid::new().to_string(),
-            dataset: ds.meta.id.clone(),
-            grantee,
-            rights,
-            prefix,
-            not_after,
-            seq: set.next_seq(),
-            epoch,
-            cut,
-            issued: now,
-        };
-        grant
-            .validate()
-            .map_err(|e| Error::Invalid(e.to_string()))?;
-        set.merge_grant(grant.clone().sign(me), &me.author())
-            .map_err(|e| Error::Internal(e.to_string()))?;
-        Ok(grant)
-    }
-
-    /// Wraps every epoch key this node holds for `ds` (owned here) for each member whose
-    /// organization holds a live read or write grant and lacks it.
-    async fn reconcile_keys(&self, ds: &Arc<Dataset>) -> Result<()> {
-        if !ds.meta.encrypted || ds.meta.id.owner() != self.inner.config.org {
-            return Ok(());
-        }
-        let (keys, holders) = {
-            let set = lock(&ds.access);
-            (
-                my_keys(&set, &self.inner.identity),
-                set.key_holders(hlc::wall_millis()),
-            )
-        };
-        let members: Vec<MemberKeys> = {
-            let dir = self
-                .inner
-                .directory
-                .read()
-                .unwrap_or_else(|e| e.into_inner());
-            holders
-                .iter()
-                .filter_map(|o| dir.0.get(o).cloned())
-                .collect()
-        };
-        let me = &self.inner.identity;
-        let mut added = 0;
-        for m in members.iter().filter(|m| m.org != self.inner.config.org) {
-            for (epoch, key) in &keys {
-                if lock(&ds.access).has_wrap(*epoch, &m.author) {
-                    continue;
-                }
-                // A member whose published key cannot be wrapped for (a low-order point, say)
-                // gets no key; it must not stop delivery to the others.
-                let w = match WrappedKey::wrap(me, &ds.meta.id, *epoch, key, m.author, &m.agreement)
-                {
-                    Ok(w) => w,
-                    Err(e) => {
-                        tracing::warn!(org = %m.org, dataset = %ds.meta.id, error = %e, "cannot wrap a key for this member");
-                        break;
-                    }
-                };
-                let fresh = lock(&ds.access).merge_wrap(w, &me.author());
-                added += usize::from(fresh.map_err(|e| Error::Internal(e.to_string()))?);
-            }
-        }
-        if added > 0 {
-            self.access_changed(ds).await?;
-        }
-        Ok(())
-    }
-
-    fn owned_for_admin(&self, caller: &App, id: &DatasetId, what: &str) -> Result<Arc<Dataset>> {
-        Self::require_admin(caller, what)?;
-        if id.owner() != self.inner.config.org {
-            return Err(Error::Forbidden(format!(
-                "{what}: dataset {id} is owned by {}; only its owner grants",
-                id.owner()
-            )));
-        }
-        self.held(id)
-            .ok_or_else(|| Error::NotFound(format!("dataset {id} not found")))
-    }
-
-    /// Issues a grant on a dataset this node owns (admin only) and delivers keys.
-    pub async fn grant(&self, caller: &App, req: GrantRequest) -> Result<Grant> {
-        let id = DatasetId::parse(&req.dataset)?;
-        let ds = self.owned_for_admin(caller, &id, "granting")?;
-        let grantee = Grantee::parse(&req.to).map_err(|e| Error::Invalid(e.to_string()))?;
-        let rights = Rights::of(&req.rights);
-        if rights.is_empty() {
-            return Err(Error::Invalid(
-                "a grant needs at least one right: read, write or query (revoke to remove)".into(),
-            ));
-        }
-        if rights.needs_keys() && ds.meta.visibility == crate::dataset::Visibility::Private {
-            return Err(Error::Invalid(format!(
-                "{id} is private: its rows never leave this node, so only query can be granted"
-            )));
-        }
-        let not_after = match &req.expires {
-            Some(t) => Some(hlc::wall_millis() + parse_ttl(t)?),
-            None => None,
-        };
-        let grant = self.sign_grant(&ds, grantee, rights, req.prefix, not_after, false)?;
-        self.access_changed(&ds).await?;
-        self.reconcile_keys(&ds).await?;
-        tracing::info!(dataset = %id, grantee = %grant.grantee, rights = ?rights.actions(), "grant issued");
-        Ok(grant)
-    }
-
-    /// Revokes the grant `grant_id` (admin only): its grantee's standing grant becomes a
-    /// revocation, and when the grantee held keys a new epoch starts whose key is wrapped only
-    /// for the remaining key holders.
-    pub async fn revoke(&self, caller: &App, grant_id: &str) -> Result<Grant> {
-        Self::require_admin(caller, "revoking")?;
-        let (ds, old) = self
-            .owned_datasets()
-            .into_iter()
-            .find_map(|d| {
-                let g = lock(&d.access).find(grant_id).cloned();
-                g.map(|g| (d, g))
-            })
-            .ok_or_else(|| self.unknown_grant(grant_id))?;
-        if old.rights.is_empty() {
-            return Err(Error::Conflict(format!(
-                "grant {grant_id} is already revoked"
-            )));
-        }
-        let tomb = self.revoke_in(&ds, &old).await?;
-        let key = format!("revoked-grant/{grant_id}");
-        self.inner
-            .store
-            .put_json(Table::Meta, key.as_bytes(), &tomb.id)?;
-        self.inner.store.durable().await?;
-        Ok(tomb)
-    }
-
-    /// 409 for a grant this node revoked earlier (its revocation replaced it), else 404.
-    fn unknown_grant(&self, id: &str) -> Error {
-        let key = format!("revoked-grant/{id}");
-        match self
-            .inner
-            .store
-            .get_json::<String>(Table::Meta, key.as_bytes())
-        {
-            Ok(Some(by)) => Error::Conflict(format!("grant {id} is already revoked (by {by})")),
-            _ => Error::NotFound(format!("grant {id} not found")),
-        }
-    }
-
-    /// Revokes every expired grant that carried keys on the datasets this node owns, so the
-    /// expired grantee gets no key for what is written next. The daemon runs it with the
-    /// retention sweep. Returns how many it revoked.
-    pub async fn expire_grants(&self) -> Result<usize> {
-        let now = hlc::wall_millis();
-        let mut n = 0;
-        for ds in self.owned_datasets() {
-            let expired: Vec<Grant> = lock(&ds.access)
-                .grants()
-                .map(|g| g.grant.clone())
-                .filter(|g| !g.rights.is_empty() && !g.live(now))
-                .collect();
-            for g in expired {
-                match self.revoke_in(&ds, &g).await {
-                    Ok(_) => n += 1,
-                    // Replaced meanwhile (a new grant, a revocation): nothing to expire.
-                    Err(Error::Conflict(_)) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-        }
-        Ok(n)
-    }
-
-    async fn revoke_in(&self, ds: &Arc<Dataset>, old: &Grant) -> Result<Grant> {
-        let ds = ds.clone();
-        if lock(&ds.access).find(&old.id).is_none() {
-            return Err(Error::Conflict(format!(
-                "grant {} no longer stands",
-                old.id
-            )));
-        }
-        let rotate = ds.meta.encrypted && old.rights.needs_keys();
-        let tomb = self.sign_grant(&ds, old.grantee.clone(), Rights::NONE, None, None, rotate)?;
-        if rotate {
-            // Stored before use: the key reaches the dataset only once its wrap is durable.
-            let key = EpochKey::generate();
-            self.wrap_for_self(&ds, tomb.epoch, &key)?;
-        }
-        self.access_changed(&ds).await?;
-        self.reconcile_keys(&ds).await?;
-        tracing::info!(dataset = %ds.meta.id, grantee = %old.grantee, epoch = tomb.epoch, "grant revoked");
-        Ok(tomb)
-    }
-
-    /// Standing grants of every dataset held (admin only), revocations included.
-    pub fn grants(&self, caller: &App) -> Result<Vec<GrantView>> {
-        Self::require_admin(caller, "listing grants")?;
-        let now = hlc::wall_millis();
-        let mut out = Vec::new();
-        for ds in self.all_datasets() {
-            for g in lock(&ds.access).grants() {
-                let state = match &g.grant {
-                    g if g.rights.is_empty() => "revoked",
-                    g if !g.live(now) => "expired",
-                    _ => "active",
-                };
-                out.push(GrantView {
-                    grant: g.grant.clone(),
-                    state,
-                });
-            }
-        }
-        out.sort_by(|a, b| (&a.grant.dataset, a.grant.seq).cmp(&(&b.grant.dataset, b.grant.seq)));
-        Ok(out)
     }
 
     /// Keeps the envelopes whose author may write them (the owner, or a member organization
@@ -612,33 +275,6 @@ impl Node {
     }
 }
 
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lifetimes_parse_and_bad_ones_are_errors_not_panics() {
-        assert_eq!(parse_ttl("30d").expect("ok"), 30 * 86_400_000);
-        assert_eq!(parse_ttl(" 90m ").expect("ok"), 5_400_000);
-        assert_eq!(parse_ttl("1s").expect("ok"), 1_000);
-        for bad in [
-            "",
-            "d",
-            "30",
-            "30x",
-            "0d",
-            "3651d",
-            "30é",
-            "é",
-            "-1d",
-            "1.5h",
-            "99999999999999999999d",
-        ] {
-            assert!(parse_ttl(bad).is_err(), "{bad:?} accepted");
-        }
-    }
 }

@@ -4,6 +4,7 @@
 mod access;
 mod dataset;
 mod flow;
+mod grants;
 pub mod home;
 mod replica;
 mod retention;
@@ -29,9 +30,10 @@ use crate::record::{self, Record};
 use crate::store::{Store, Table};
 use crate::view::query::Query;
 
-pub use access::{parse_ttl, GrantRequest, GrantView, MemberKeys, MAX_GRANT_TTL_MS};
+pub use access::MemberKeys;
 use dataset::Dataset;
 pub use dataset::{Batch, Event, EVENTS_CAP};
+pub use grants::{parse_ttl, GrantRequest, GrantView, MAX_GRANT_TTL_MS};
 pub use retention::SWEEP_EVERY as RETENTION_SWEEP;
 pub use view::{
     answer as aggregate_answer, AggregateAnswer, Match, Refusal, Source, MAX_SEARCH_MATCHES,
