@@ -17,16 +17,19 @@
 //!
 //! each with `count, sum:cases, avg:cases, min:cost, max:cost` over the 8 datasets, 3 warm-ups
 //! then `queries` timed one after the other. Every answer is checked: 8 sources answered, the
-//! expected number of groups (so none was suppressed as too small), and total count, sum of cases, min and max of cost
-//! equal to those of the rows written. Bytes on the wire are the `/fogmesh/query/1` frames both
-//! ways as the requester's codec counts them (`net::Config::meter`, `Traffic::query`), divided by
-//! the 8 owners and the queries; the transport bytes (Noise, yamux included) are given beside them,
-//! with whatever else the mesh sent meanwhile (pings, catch-up Hellos).
+//! expected number of groups (so none was suppressed as too small), and total count, sum of cases,
+//! min and max of cost equal to those of the rows written. Bytes on the wire are the
+//! `/fogmesh/query/1` frames both ways as the requester's codec counts them
+//! (`net::Config::meter`, `Traffic::query`), divided by the 8 owners and the queries; the
+//! transport bytes (Noise, yamux included) are given beside them, with whatever else the mesh sent
+//! meanwhile (pings, catch-up Hellos). The machine may be shared: the CPU time used by other
+//! processes while querying is printed (from `/proc/stat`).
 //!
 //! Then, to see where the time goes, the steps of one query with no network: the owner's answer
-//! (`Node::answer_aggregate`: copying the matching rows out of the dataset, then folding them) at
-//! one owner and at all 8 at once, the same copy and fold done here on a copy of one owner's rows,
-//! and encoding, signing, verifying and merging the 8 partial answers.
+//! (`Node::answer_aggregate`: copying the matching rows out of the dataset, folding them, freeing
+//! the copies) at one owner, at all 8 at once and at all 8 one after another; the same copy, fold
+//! and free done here on a copy of one owner's rows; encoding and signing one answer; decoding,
+//! verifying and merging 8.
 
 #[path = "common/mod.rs"]
 #[allow(dead_code)] // `pad_with_notes` is not used here
@@ -632,7 +635,8 @@ async fn steps(
     let filter = plan.filter.clone();
     let n = s.steps;
 
-    // The owner's whole answer, at one owner, then at all 8 at once (as in a federated query).
+    // The owner's whole answer, at one owner, then at all 8 at once (as in a federated query),
+    // then at all 8 one after another on one thread.
     let (node, id) = (owners[0].node.clone(), datasets[0].clone());
     let (agg1, f1) = (agg.clone(), filter.clone());
     let (one, groups) = tokio::task::spawn_blocking(move || {
@@ -707,6 +711,16 @@ async fn steps(
         free.push(t3 - t2);
     }
     let (copy, fold, free) = (Dist::new(copy), Dist::new(fold), Dist::new(free));
+    // What an owner would spend folding the rows where they lie, without copying them.
+    let (in_place, g) = repeat(n, || {
+        agg.fold(recs.values().filter(|r| filter.matches(r)))
+            .map_err(|m| anyhow::anyhow!("more than {m} groups"))
+    })?;
+    ensure!(
+        g.len() == groups.len(),
+        "{} groups folded in place",
+        g.len()
+    );
 
     // The owner encodes and signs its answer; the requester decodes, verifies and merges 8.
     let owner_id = Identity::from_seed([2; 32]);
@@ -761,10 +775,11 @@ async fn steps(
     );
     println!(
         "    the same on a copy of its rows here, p50: copy the rows out {}, fold them {}, \
-         free the copies {}",
+         free the copies {}; fold in place over the record map, no copy: {}",
         ms(copy.p50()),
         ms(fold.p50()),
-        ms(free.p50())
+        ms(free.p50()),
+        ms(in_place.p50())
     );
     println!(
         "  encode + sign one answer ({} B frame):  p50 {}",
@@ -830,7 +845,8 @@ async fn run(s: Sizes) -> Result<()> {
     let datasets = futures::future::try_join_all(loads).await?;
     let secs = t0.elapsed().as_secs_f64();
     println!(
-        "setup: {} rows written at {} owners in {:.1} s ({} rows/s), query granted to {REQUESTER}/{APP}",
+        "setup: {} rows written at {} owners in {:.1} s ({} rows/s), query granted to \
+         {REQUESTER}/{APP}",
         thousands(want.rows),
         OWNERS,
         secs,

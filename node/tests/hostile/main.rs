@@ -24,6 +24,8 @@
 //!   in-cap frames from a stranger are not read: its connection is closed when established.
 //! - `abandoned_empty_requests_are_not_held_against_a_member`: empty requests, which honest members
 //!   leave behind when a push times out during a partition, are not counted as bad input.
+//! - `wire::no_data_field_crosses_the_wire_in_federated_answers_or_search`: the bytes a member's
+//!   app receives for a federated aggregate or a search carry no record data field.
 
 mod checks;
 #[path = "../common/mod.rs"]
