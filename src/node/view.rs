@@ -98,25 +98,23 @@ impl Node {
         filter: &Filter,
         agg: &Aggregation,
     ) -> Result<Groups> {
-        let readable = self.readable_rows(caller, id, filter);
-        let (rows, small) = match readable {
-            Ok(rows) => (rows, None),
+        let (ds, prefix, small) = match self.dataset_for(caller, Action::Read, id) {
+            Ok((ds, prefix)) => (ds, prefix, None),
             Err(Error::Forbidden(_) | Error::NotFound(_)) => {
                 let (ds, prefix) = self.dataset_for(caller, Action::Query, id)?;
                 query_only(filter).map_err(|r| Error::Forbidden(r.0))?;
-                let p = prefix.as_deref();
-                let rows = ds.with_records(|recs| {
-                    recs.values()
-                        .filter(|r| p.is_none_or(|p| naming::is_under(&r.name, p)))
-                        .filter(|r| filter.matches(r))
-                        .cloned()
-                        .collect()
-                });
-                (rows, Some(self.inner.config.min_group_size))
+                (ds, prefix, Some(self.inner.config.min_group_size))
             }
             Err(e) => return Err(e),
         };
-        fold(agg, &rows, small)
+        let p = prefix.as_deref();
+        // Folded where the records are: no copy of the rows (the lock is held while folding).
+        ds.with_records(|recs| {
+            let rows = recs
+                .values()
+                .filter(|r| p.is_none_or(|p| naming::is_under(&r.name, p)) && filter.matches(r));
+            fold(agg, rows, small)
+        })
     }
 
     /// The owner's answer to another organization's app asking an aggregate over `id`: the
@@ -130,8 +128,11 @@ impl Node {
         agg: &Aggregation,
     ) -> std::result::Result<Groups, Refusal> {
         query_only(filter)?;
-        let rows = self.rows_for_grantee(org, app, id, |r| filter.matches(r))?;
-        fold(agg, &rows, Some(self.inner.config.min_group_size)).map_err(|e| Refusal(e.to_string()))
+        let min = Some(self.inner.config.min_group_size);
+        self.with_grantee_rows(org, app, id, |rows| {
+            fold(agg, rows.filter(|r| filter.matches(r)), min)
+        })?
+        .map_err(|e| Refusal(e.to_string()))
     }
 
     /// The owner's answer to a pushed-down search by another organization's app over its own
@@ -147,29 +148,30 @@ impl Node {
     ) -> std::result::Result<Vec<Match>, Refusal> {
         let id =
             DatasetId::new(&self.inner.config.org, name).map_err(|e| Refusal(e.to_string()))?;
-        let mut rows = self.rows_for_grantee(org, app, &id, |r| filter.matches(r))?;
-        rows.sort_by(|a, b| (a.time, &a.id).cmp(&(b.time, &b.id)));
-        Ok(rows
-            .into_iter()
-            .take(limit.min(MAX_SEARCH_MATCHES))
-            .map(|r| Match {
-                location: naming::segment(&r.name, location_segment).map(str::to_owned),
-                id: r.id,
-                name: r.name,
-                time: r.time,
-            })
-            .collect())
+        self.with_grantee_rows(org, app, &id, |rows| {
+            let mut hits: Vec<&Record> = rows.filter(|r| filter.matches(r)).collect();
+            hits.sort_by(|a, b| (a.time, &a.id).cmp(&(b.time, &b.id)));
+            hits.into_iter()
+                .take(limit.min(MAX_SEARCH_MATCHES))
+                .map(|r| Match {
+                    location: naming::segment(&r.name, location_segment).map(str::to_owned),
+                    id: r.id.clone(),
+                    name: r.name.clone(),
+                    time: r.time,
+                })
+                .collect()
+        })
     }
 
-    /// Rows of `id` (owned here) that pass `keep`, for app `app` of `org` holding a live
-    /// `query` grant (its name prefix applied).
-    fn rows_for_grantee(
+    /// Runs `f` over the records of `id` (owned here) that app `app` of `org`, holding a live
+    /// `query` grant, may ask about (its name prefix applied), where they are: no copy.
+    fn with_grantee_rows<T>(
         &self,
         org: &str,
         app: &str,
         id: &DatasetId,
-        keep: impl Fn(&Record) -> bool,
-    ) -> std::result::Result<Vec<Record>, Refusal> {
+        f: impl FnOnce(&mut dyn Iterator<Item = &Record>) -> T,
+    ) -> std::result::Result<T, Refusal> {
         let refuse = || Refusal(format!("{org}/{app} holds no query grant on {id}"));
         if id.owner() != self.inner.config.org {
             return Err(Refusal(format!("{id} is not owned here")));
@@ -182,10 +184,9 @@ impl Node {
         };
         let p = prefix.as_deref();
         Ok(ds.with_records(|recs| {
-            recs.values()
-                .filter(|r| p.is_none_or(|p| naming::is_under(&r.name, p)) && keep(r))
-                .cloned()
-                .collect()
+            f(&mut recs
+                .values()
+                .filter(|r| p.is_none_or(|p| naming::is_under(&r.name, p))))
         }))
     }
 }
@@ -193,8 +194,12 @@ impl Node {
 /// Folds rows into groups. For a caller with only the `query` right (`min` given), groups under
 /// `min` rows are dropped, without saying how many (a count of small groups would itself tell
 /// that a filter matched a few rows), and each group keeps only what its measures need.
-fn fold(agg: &Aggregation, rows: &[Record], min: Option<u64>) -> Result<Groups> {
-    let mut groups = agg.fold(rows.iter()).map_err(|n| {
+fn fold<'a>(
+    agg: &Aggregation,
+    rows: impl Iterator<Item = &'a Record>,
+    min: Option<u64>,
+) -> Result<Groups> {
+    let mut groups = agg.fold(rows).map_err(|n| {
         Error::Invalid(format!(
             "group_by: the aggregate would make more than {n} groups; group more coarsely"
         ))

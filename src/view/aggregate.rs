@@ -281,6 +281,12 @@ pub type Groups = BTreeMap<GroupKey, Partial>;
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct GroupKey(pub String);
 
+impl std::borrow::Borrow<str> for GroupKey {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl GroupKey {
     /// The key of the values `vals`.
     pub fn of(vals: &[Json]) -> Self {
@@ -336,15 +342,25 @@ impl Aggregation {
     /// Folds `records` into groups. Fails when the groups would exceed [`MAX_GROUPS`].
     pub fn fold<'a>(&self, records: impl Iterator<Item = &'a Record>) -> Result<Groups, usize> {
         let mut groups = Groups::new();
+        // The key is written into one reused buffer, in the text `GroupKey::of` gives, and
+        // copied only for a new group.
+        let mut buf: Vec<u8> = Vec::with_capacity(64);
         for r in records {
-            let key = GroupKey::of(&self.dims.iter().map(|d| d.value(r)).collect::<Vec<_>>());
-            if !groups.contains_key(&key) && groups.len() >= MAX_GROUPS {
-                return Err(MAX_GROUPS);
+            self.write_key(r, &mut buf);
+            let key = std::str::from_utf8(&buf).unwrap_or_default();
+            if !groups.contains_key(key) {
+                if groups.len() >= MAX_GROUPS {
+                    return Err(MAX_GROUPS);
+                }
+                let fresh = Partial {
+                    rows: 0,
+                    accs: vec![Acc::default(); self.measures.len()],
+                };
+                groups.insert(GroupKey(key.to_owned()), fresh);
             }
-            let p = groups.entry(key).or_insert_with(|| Partial {
-                rows: 0,
-                accs: vec![Acc::default(); self.measures.len()],
-            });
+            let Some(p) = groups.get_mut(key) else {
+                continue;
+            };
             p.rows += 1;
             for (acc, m) in p.accs.iter_mut().zip(&self.measures) {
                 if let Some(x) = m.field.as_ref().and_then(|f| lookup(&r.data, f)?.as_f64()) {
@@ -353,6 +369,27 @@ impl Aggregation {
             }
         }
         Ok(groups)
+    }
+
+    /// Writes `r`'s group key (the JSON array of its dimension values) into `buf`.
+    fn write_key(&self, r: &Record, buf: &mut Vec<u8>) {
+        buf.clear();
+        buf.push(b'[');
+        for (i, d) in self.dims.iter().enumerate() {
+            if i > 0 {
+                buf.push(b',');
+            }
+            // Writing JSON into memory cannot fail.
+            let _ = match d {
+                Dimension::Segment(n) => match naming::segment(&r.name, *n) {
+                    Some(seg) => serde_json::to_writer(&mut *buf, seg),
+                    None => serde_json::to_writer(&mut *buf, &Json::Null),
+                },
+                Dimension::Bucket(ms) => serde_json::to_writer(&mut *buf, &(r.time - r.time % ms)),
+                Dimension::Field(_) => serde_json::to_writer(&mut *buf, &d.value(r)),
+            };
+        }
+        buf.push(b']');
     }
 
     /// One group's answer: its dimension values and measures, as a JSON object.
