@@ -341,34 +341,55 @@ impl Aggregation {
 
     /// Folds `records` into groups. Fails when the groups would exceed [`MAX_GROUPS`].
     pub fn fold<'a>(&self, records: impl Iterator<Item = &'a Record>) -> Result<Groups, usize> {
-        let mut groups = Groups::new();
-        // The key is written into one reused buffer, in the text `GroupKey::of` gives, and
-        // copied only for a new group.
+        // Hashed while folding (many rows, few groups), ordered once at the end. The key is
+        // written into one reused buffer, in the text `GroupKey::of` gives, and copied only for
+        // a new group; each distinct measure field is looked up once per row.
+        let mut groups: std::collections::HashMap<String, Partial> = Default::default();
+        let fields = self.distinct_fields();
+        let mut values: Vec<Option<f64>> = vec![None; fields.len()];
         let mut buf: Vec<u8> = Vec::with_capacity(64);
         for r in records {
             self.write_key(r, &mut buf);
             let key = std::str::from_utf8(&buf).unwrap_or_default();
-            if !groups.contains_key(key) {
-                if groups.len() >= MAX_GROUPS {
-                    return Err(MAX_GROUPS);
+            let p = match groups.get_mut(key) {
+                Some(p) => p,
+                None => {
+                    if groups.len() >= MAX_GROUPS {
+                        return Err(MAX_GROUPS);
+                    }
+                    let fresh = Partial {
+                        rows: 0,
+                        accs: vec![Acc::default(); self.measures.len()],
+                    };
+                    groups.entry(key.to_owned()).or_insert(fresh)
                 }
-                let fresh = Partial {
-                    rows: 0,
-                    accs: vec![Acc::default(); self.measures.len()],
-                };
-                groups.insert(GroupKey(key.to_owned()), fresh);
-            }
-            let Some(p) = groups.get_mut(key) else {
-                continue;
             };
             p.rows += 1;
+            for (v, f) in values.iter_mut().zip(&fields) {
+                *v = lookup(&r.data, f).and_then(Json::as_f64);
+            }
             for (acc, m) in p.accs.iter_mut().zip(&self.measures) {
-                if let Some(x) = m.field.as_ref().and_then(|f| lookup(&r.data, f)?.as_f64()) {
+                let at = m
+                    .field
+                    .as_ref()
+                    .and_then(|f| fields.iter().position(|x| x == f));
+                if let Some(x) = at.and_then(|i| values[i]) {
                     acc.add(x);
                 }
             }
         }
-        Ok(groups)
+        Ok(groups.into_iter().map(|(k, p)| (GroupKey(k), p)).collect())
+    }
+
+    /// The data fields the measures read, each once.
+    fn distinct_fields(&self) -> Vec<Vec<String>> {
+        let mut out: Vec<Vec<String>> = Vec::new();
+        for f in self.measures.iter().filter_map(|m| m.field.as_ref()) {
+            if !out.contains(f) {
+                out.push(f.clone());
+            }
+        }
+        out
     }
 
     /// Writes `r`'s group key (the JSON array of its dimension values) into `buf`.
