@@ -14,7 +14,9 @@
 //! same dataset kept in clear. Figures 1-5 use a private dataset, which is kept in clear.
 
 #[path = "common/mod.rs"]
+#[allow(dead_code)] // each benchmark uses part of it
 mod common;
+use common::stats::ms;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -308,10 +310,6 @@ fn thousands(x: f64) -> String {
         out.push(c);
     }
     out
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1e3)
 }
 
 /// Lets background work (snapshots, flusher threads) of a dropped node finish.

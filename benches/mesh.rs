@@ -35,7 +35,9 @@
 //! shared dataset: XChaCha20-Poly1305 under an epoch key wrapped for each reader's node).
 
 #[path = "common/mod.rs"]
+#[allow(dead_code)] // each benchmark uses part of it
 mod common;
+use common::stats::{ms, thousands, Dist};
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -354,58 +356,6 @@ async fn spawn_mesh(
 
 // ---------------------------------------------------------------------------------------------
 // Statistics and printing
-
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i]
-}
-
-struct Dist(Vec<Duration>);
-
-impl Dist {
-    fn new(mut v: Vec<Duration>) -> Self {
-        v.sort();
-        Self(v)
-    }
-
-    fn p50(&self) -> Duration {
-        pct(&self.0, 0.50)
-    }
-
-    fn p99(&self) -> Duration {
-        pct(&self.0, 0.99)
-    }
-
-    fn line(&self) -> String {
-        format!(
-            "p50 {:>8}  p90 {:>8}  p99 {:>8}  max {:>8}  (n={})",
-            ms(self.p50()),
-            ms(pct(&self.0, 0.90)),
-            ms(self.p99()),
-            ms(self.0.last().copied().unwrap_or_default()),
-            self.0.len()
-        )
-    }
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1e3)
-}
-
-fn thousands(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
 
 fn mib(bytes: u64) -> String {
     format!("{:.2} MiB", bytes as f64 / (1024.0 * 1024.0))

@@ -1,4 +1,7 @@
-//! Pieces both benchmarks use to make records: a deterministic generator and free-text padding.
+//! Pieces the benchmarks share: a deterministic generator and free-text padding to make
+//! records, and latency statistics ([`stats`]).
+
+pub mod stats;
 
 use serde_json::{Map, Value};
 
