@@ -37,6 +37,8 @@ pub enum Event {
     Delete {
         /// Its id.
         id: String,
+        /// The name it had (so a subscriber limited to a name prefix sees only its own deletes).
+        name: String,
     },
 }
 
@@ -420,9 +422,12 @@ impl State {
             .collect();
         events.extend(
             self.records
-                .keys()
-                .filter(|id| !fresh.contains_key(*id))
-                .map(|id| Event::Delete { id: id.clone() }),
+                .values()
+                .filter(|r| !fresh.contains_key(&r.id))
+                .map(|r| Event::Delete {
+                    id: r.id.clone(),
+                    name: r.name.clone(),
+                }),
         );
         self.records = fresh;
         events
@@ -439,8 +444,11 @@ impl State {
                     events.push(Event::Upsert { record: r });
                 }
                 None => {
-                    if self.records.remove(id).is_some() {
-                        events.push(Event::Delete { id: id.clone() });
+                    if let Some(old) = self.records.remove(id) {
+                        events.push(Event::Delete {
+                            id: id.clone(),
+                            name: old.name,
+                        });
                     }
                 }
             }
@@ -471,8 +479,12 @@ impl State {
             }
         }
         for id in deletes {
-            self.records.remove(id);
-            events.push(Event::Delete { id: id.clone() });
+            if let Some(old) = self.records.remove(id) {
+                events.push(Event::Delete {
+                    id: id.clone(),
+                    name: old.name,
+                });
+            }
         }
         events
     }

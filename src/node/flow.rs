@@ -317,7 +317,7 @@ async fn step(
         .iter()
         .map(|e| match e.as_ref() {
             Event::Upsert { record } => record.id.as_str(),
-            Event::Delete { id } => id.as_str(),
+            Event::Delete { id, .. } => id.as_str(),
         })
         .collect();
     let (want, gone) = src

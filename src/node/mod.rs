@@ -144,12 +144,13 @@ impl Subscription {
     }
 }
 
-/// Whether an event lies under `prefix` (deletes name only an id and always pass).
+/// Whether an event lies under `prefix`.
 pub fn visible(ev: &Event, prefix: Option<&str>) -> bool {
-    match (ev, prefix) {
-        (Event::Upsert { record }, Some(p)) => crate::naming::is_under(&record.name, p),
-        _ => true,
-    }
+    let name = match ev {
+        Event::Upsert { record } => &record.name,
+        Event::Delete { name, .. } => name,
+    };
+    prefix.is_none_or(|p| crate::naming::is_under(name, p))
 }
 
 /// Handle to a running node. Clone it freely; every clone is the same node.

@@ -448,6 +448,23 @@ async fn a_prefix_limited_grant_confines_reads_and_writes_and_a_revoked_app_stre
         Err(Error::NotFound(_))
     ));
 
+    // Its stream carries only its prefix: a delete outside it is not seen.
+    let mut early = p.subscribe(&restock, &ds).expect("subscribe");
+    let del = fogmesh::node::Batch {
+        records: vec![],
+        delete: vec!["h1".into()],
+    };
+    publish(hospital, &ds, del).await;
+    publish(hospital, &ds, rec("h9", "district-7/ward-e")).await;
+    let first = tokio::time::timeout(std::time::Duration::from_secs(10), early.recv())
+        .await
+        .expect("an event")
+        .expect("open stream");
+    assert!(
+        matches!(first.as_ref(), fogmesh::node::Event::Upsert { record } if record.id == "h9"),
+        "{first:?}"
+    );
+
     // Revoking the app's grant (the organization keeps its own) ends the app's stream at the
     // next event, though its node still receives and opens the data.
     let mut live = p.subscribe(&restock, &ds).expect("subscribe");
