@@ -24,6 +24,9 @@ use crate::access::Bundle;
 pub const MAX_DATASETS: usize = 4096;
 /// Most envelopes one Push or one Fetch page may carry.
 pub const MAX_ENVELOPES: usize = 4096;
+/// Bytes of access sets one Hello answer carries at most (beyond the one that crosses it);
+/// the rest follow in later rounds.
+pub const HELLO_ACCESS_BYTES: usize = 4 * 1024 * 1024;
 /// Bytes of envelopes one Fetch page aims at.
 pub const PAGE_BYTES: usize = 4 * 1024 * 1024;
 

@@ -105,6 +105,7 @@ impl Mesh {
         let mine = self.inner.state.roster();
         let roster = (mine.digest() != roster).then_some(mine);
         let (mut catalog, mut vectors, mut bundles) = (Vec::new(), Vec::new(), Vec::new());
+        let mut budget = proto::HELLO_ACCESS_BYTES;
         let node = &self.inner.node;
         for (meta, vv) in node.replicas() {
             if !catalog::entitled(&meta, org) {
@@ -112,8 +113,13 @@ impl Mesh {
             }
             let id = meta.id.to_string();
             let theirs = access.iter().find(|(d, _)| *d == id).map(|(_, h)| *h);
-            if node.access_digest(&meta.id) != theirs {
-                bundles.extend(node.access_bundle(&meta.id).map(|b| (id.clone(), b)));
+            // Access sets up to a byte budget per answer; the rest differ again next round.
+            if node.access_digest(&meta.id) != theirs && budget > 0 {
+                if let Some(b) = node.access_bundle(&meta.id) {
+                    let size: usize = b.grants.iter().chain(&b.wraps).map(|x| x.len() + 4).sum();
+                    budget = budget.saturating_sub(size);
+                    bundles.push((id.clone(), b));
+                }
             }
             match listed.iter().find(|(d, _)| *d == id) {
                 None if meta.id.owner() != org => catalog.extend(self.signed(&meta)),

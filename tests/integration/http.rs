@@ -582,7 +582,10 @@ async fn a_reader_receives_upserts_and_deletes_as_events_until_shutdown() {
     let ev = next_event(&mut body, "delete", &id).await;
     assert_eq!(ev["kind"], "delete");
     assert_eq!(ev["id"], id.as_str());
-    assert!(ev["name"].is_string(), "a delete names the record's name: {ev}");
+    assert!(
+        ev["name"].is_string(),
+        "a delete names the record's name: {ev}"
+    );
 
     api.closing.send(true).expect("router holds a receiver");
     let end = tokio::time::timeout(EVENT_WAIT, body.frame()).await;
