@@ -235,6 +235,9 @@ impl Mesh {
         let mut new = 0;
         for (id, envs) in by_ds {
             if self.held_meta(&id).is_none() {
+                // Its description has not arrived: catch up with the sender soon, which brings
+                // the description and these envelopes.
+                self.inner.state.mark_dirty(from);
                 continue;
             }
             let node = &self.inner.node;

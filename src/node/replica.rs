@@ -242,18 +242,23 @@ impl super::Node {
     ) -> Result<bool> {
         let key = meta.id.to_string();
         let store = &self.inner.store;
-        if self.held(&meta.id).is_some() {
-            return Ok(false);
-        }
-        let stored = super::access::Stored::empty(owner_key);
-        store.put_json(crate::store::Table::Access, key.as_bytes(), &stored)?;
-        if !store.insert_new_json(crate::store::Table::Datasets, key.as_bytes(), &meta)? {
-            return Ok(false);
+        {
+            // Checked and inserted under the map's lock, with no await in between: two pushes
+            // adopting the same dataset at once must not see it missing (the second would drop
+            // its envelopes) nor overwrite the first's access state.
+            let mut map = self.write_datasets();
+            if map.contains_key(&meta.id) {
+                return Ok(false);
+            }
+            let stored = super::access::Stored::empty(owner_key);
+            store.put_json(crate::store::Table::Access, key.as_bytes(), &stored)?;
+            if !store.insert_new_json(crate::store::Table::Datasets, key.as_bytes(), &meta)? {
+                return Ok(false);
+            }
+            let ds = Dataset::create(meta.clone(), &self.inner.identity.author(), owner_key);
+            map.insert(meta.id.clone(), std::sync::Arc::new(ds));
         }
         store.durable().await?;
-        let ds = Dataset::create(meta.clone(), &self.inner.identity.author(), owner_key);
-        self.write_datasets()
-            .insert(meta.id, std::sync::Arc::new(ds));
         tracing::info!(dataset = %key, "replica of a remote dataset created");
         Ok(true)
     }

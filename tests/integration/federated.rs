@@ -97,7 +97,7 @@ fn as_record(i: &Input, n: usize) -> Record {
 fn rows_strategy() -> impl Strategy<Value = Vec<(u8, u8, u64, i64, i64, bool)>> {
     prop::collection::vec(
         (0u8..4, 0u8..3, 0u64..3, 0i64..20, 0i64..1000, any::<bool>()),
-        10..80,
+        60..120,
     )
 }
 
