@@ -35,6 +35,7 @@
 #[allow(dead_code)] // each benchmark uses part of it
 mod common;
 use common::stats::{ms, thousands, Dist};
+use common::wait::wait_for;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -221,22 +222,6 @@ impl Member {
             .await
             .is_ok_and(|ps| ps.iter().any(|p| p.net.peer == other && p.net.up))
     }
-}
-
-/// Polls `cond` every 10 ms until it holds; fails after `limit`.
-async fn wait_for<F, Fut>(what: &str, limit: Duration, mut cond: F) -> Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    while !cond().await {
-        if Instant::now() > deadline {
-            bail!("timed out waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    Ok(())
 }
 
 /// The requester founds the mesh; each owner joins by its invitation. Returns once every member

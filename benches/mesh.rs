@@ -38,6 +38,7 @@
 #[allow(dead_code)] // each benchmark uses part of it
 mod common;
 use common::stats::{ms, thousands, Dist};
+use common::wait::wait_for;
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -265,22 +266,6 @@ impl Member {
     async fn shutdown(mut self) {
         self.stop().await;
     }
-}
-
-/// Polls `cond` every 10 ms until it holds; fails after `limit`.
-async fn wait_for<F, Fut>(what: &str, limit: Duration, mut cond: F) -> Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    while !cond().await {
-        if Instant::now() > deadline {
-            bail!("timed out waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    Ok(())
 }
 
 /// A dataset shared with `readers`; `encrypted: None` is the default (sealed for a shared one).

@@ -1,7 +1,8 @@
 //! Pieces the benchmarks share: a deterministic generator and free-text padding to make
-//! records, and latency statistics ([`stats`]).
+//! records, latency statistics ([`stats`]) and deadline waits ([`wait`]).
 
 pub mod stats;
+pub mod wait;
 
 use serde_json::{Map, Value};
 

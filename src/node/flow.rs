@@ -350,7 +350,7 @@ async fn step(
                 .into_iter()
                 .filter(|r| flow.group_of(r).is_some_and(|k| touched.contains(&k)))
                 .collect();
-            let want = flow.groups_from(&rows)?;
+            let want = flow.compute(rows.into_iter())?;
             // Groups now empty, or under the flow's minimum, leave the target.
             let gone = touched
                 .iter()

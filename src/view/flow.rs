@@ -133,11 +133,6 @@ impl Flow {
             .then(|| GroupKey::of(&agg.dims.iter().map(|d| d.value(r)).collect::<Vec<_>>()))
     }
 
-    /// Target records for the groups of `rows` (all of one or more groups, aggregate mode).
-    pub fn groups_from(&self, rows: &[&Record]) -> Result<Targets, String> {
-        self.compute(rows.iter().copied())
-    }
-
     /// The id of the target record of group `key`.
     pub fn group_id(&self, key: &GroupKey) -> String {
         let h = Sha256::digest(key.0.as_bytes());
