@@ -194,18 +194,19 @@ impl Node {
     /// Persists `ds`'s access state, takes up keys newly wrapped for this node and tells the
     /// mesh.
     pub(super) async fn access_changed(&self, ds: &Arc<Dataset>) -> Result<()> {
-        let (stored, keys) = {
+        let keys = {
+            // Stored under the lock: two changes at once must not leave the older on disk.
             let set = lock(&ds.access);
             let stored = Stored {
                 owner: ds.owner_key.to_string(),
                 bundle: set.bundle(),
             };
-            (stored, my_keys(&set, &self.inner.identity))
+            let key = ds.meta.id.to_string();
+            self.inner
+                .store
+                .put_json(Table::Access, key.as_bytes(), &stored)?;
+            my_keys(&set, &self.inner.identity)
         };
-        let key = ds.meta.id.to_string();
-        self.inner
-            .store
-            .put_json(Table::Access, key.as_bytes(), &stored)?;
         self.inner.store.durable().await?;
         let (node, ds2) = (self.clone(), ds.clone());
         let events = tokio::task::spawn_blocking(move || {

@@ -349,7 +349,9 @@ impl State {
         }
         self.doc
             .apply_changes(changes)
-            .map_err(|e| Error::Doc(doc::Error(e)))
+            .map_err(|e| Error::Doc(doc::Error(e)))?;
+        self.waiting = doc::waiting(&self.doc);
+        Ok(())
     }
 
     /// The key new local writes are sealed with (the newest epoch held), `None` for a dataset

@@ -165,6 +165,9 @@ impl Dataset {
         st.doc
             .apply_changes(changes)
             .map_err(|e| Error::Doc(doc::Error(e)))?;
+        // Opened changes may wait for a predecessor not yet here: the next apply must then
+        // compare every record, not only those its own changes touch.
+        st.waiting = doc::waiting(&st.doc);
         Ok(st.rematerialize())
     }
 

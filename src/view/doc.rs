@@ -100,8 +100,14 @@ pub fn apply(doc: &mut Automerge, changes: Vec<automerge::Change>) -> Result<App
     }
     Ok(Applied {
         touched: ids.into_iter().collect(),
-        waiting: !doc.get_missing_deps(&[]).is_empty(),
+        waiting: waiting(doc),
     })
+}
+
+/// Whether changes wait in `doc` for dependencies it lacks: when those arrive, the records the
+/// waiting changes touch change too, though the arriving changes do not name them.
+pub fn waiting(doc: &Automerge) -> bool {
+    !doc.get_missing_deps(&[]).is_empty()
 }
 
 /// Adds to `ids` the root key of every record one change touches.

@@ -5,5 +5,6 @@ mod common;
 mod federated;
 mod flows;
 mod http;
+mod key_order;
 mod mesh;
 mod openapi;

@@ -38,8 +38,20 @@ pub(crate) fn config(org: &str) -> Config {
     }
 }
 
+/// Sends the nodes' logs to the test's output when `RUST_LOG` is set (e.g.
+/// `RUST_LOG=fogmesh=debug cargo test --test integration NAME -- --nocapture`).
+pub(crate) fn logs() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 /// Opens the node in `dir` with its mesh and waits until it listens.
 pub(crate) async fn open(dir: tempfile::TempDir, org: &'static str) -> Member {
+    logs();
     let node = Node::open_home(dir.path(), config(org)).expect("open");
     let admin = node
         .authenticate(&home::admin_token(dir.path()).expect("token"))

@@ -1,0 +1,188 @@
+//! Envelopes of a sealed dataset reaching a relay in every awkward order: a record before the
+//! one it depends on, a record before its key, a gap across a restart. Two nodes without a
+//! network: envelopes and access state are handed over directly, in exactly the order chosen.
+
+use fogmesh::apps::{Action, App};
+use fogmesh::config::Config;
+use fogmesh::envelope::Envelope;
+use fogmesh::identity::Identity;
+use fogmesh::naming::DatasetId;
+use fogmesh::node::{home, Batch, GrantRequest, MemberKeys};
+use fogmesh::record::Input;
+use fogmesh::view::query::Query;
+use fogmesh::Node;
+
+use crate::mesh::shared_spec;
+
+struct Bare {
+    dir: tempfile::TempDir,
+    node: Node,
+    admin: App,
+}
+
+fn config(org: &str) -> Config {
+    Config {
+        org: org.into(),
+        mesh: "flu-response".into(),
+        mdns: false,
+        ..Config::default()
+    }
+}
+
+async fn bare(org: &str, seed: u8) -> Bare {
+    let dir = tempfile::tempdir().expect("tempdir");
+    home::init_with(dir.path(), config(org), Identity::from_seed([seed; 32]))
+        .await
+        .expect("init");
+    reopen(dir, org)
+}
+
+fn reopen(dir: tempfile::TempDir, org: &str) -> Bare {
+    let node = Node::open_home(dir.path(), config(org)).expect("open");
+    let admin = node
+        .authenticate(&home::admin_token(dir.path()).expect("token"))
+        .expect("admin");
+    Bare { dir, node, admin }
+}
+
+fn keys(b: &Bare, org: &str) -> MemberKeys {
+    MemberKeys {
+        org: org.into(),
+        author: b.node.identity().author(),
+        agreement: b.node.identity().agreement_public(),
+    }
+}
+
+/// A hospital owning sealed dataset "beds" with two records written in order (h1 then h7),
+/// the pharmacy granted read, and a pharmacy node that knows the dataset but holds nothing.
+/// Returns the two envelopes in write order.
+async fn setup() -> (Bare, Bare, DatasetId, Vec<Envelope>) {
+    let (h, p) = (bare("hospital", 1).await, bare("pharmacy", 2).await);
+    let members = vec![keys(&h, "hospital"), keys(&p, "pharmacy")];
+    h.node.set_members(members.clone()).await.expect("members");
+    p.node.set_members(members).await.expect("members");
+    let spec = shared_spec("beds", &[]);
+    let ds = h.node.create_dataset(&h.admin, spec).await.expect("ds").id;
+    let grant = GrantRequest {
+        dataset: ds.to_string(),
+        to: "pharmacy/*".into(),
+        rights: vec![Action::Read],
+        prefix: None,
+        expires: None,
+    };
+    h.node.grant(&h.admin, grant).await.expect("grant");
+    for (id, name) in [("h1", "district-1/a"), ("h7", "district-7/b")] {
+        let b = Batch {
+            records: vec![Input {
+                id: Some(id.into()),
+                name: name.into(),
+                data: serde_json::json!({ "free": 1 }),
+                time: None,
+            }],
+            delete: vec![],
+        };
+        h.node.publish(&h.admin, &ds, b).await.expect("publish");
+    }
+    let (meta, vv) = h.node.replica(&ds).expect("held");
+    let owner = h.node.identity().author();
+    let (pages, _) = h
+        .node
+        .envelopes_between(&ds, &owner, (0, vv.get(&owner)), usize::MAX)
+        .expect("envelopes");
+    let envs: Vec<Envelope> = pages
+        .iter()
+        .map(|b| Envelope::decode(b).expect("decodes"))
+        .collect();
+    assert_eq!(envs.len(), 2);
+    p.node.adopt_dataset(meta, owner).await.expect("adopt");
+    (h, p, ds, envs)
+}
+
+async fn give_keys(h: &Bare, p: &Bare, ds: &DatasetId) {
+    let bundle = h.node.access_bundle(ds).expect("bundle");
+    assert!(p.node.merge_access(ds, &bundle).await.expect("merge") > 0);
+}
+
+fn ids(b: &Bare, ds: &DatasetId) -> Vec<String> {
+    let rows = b
+        .node
+        .query(&b.admin, ds, &Query::default())
+        .expect("query");
+    rows.into_iter().map(|r| r.id).collect()
+}
+
+/// The later record arrives first and before the key: once the key comes it waits in the
+/// document for its predecessor, and shows when that arrives.
+#[tokio::test]
+async fn a_record_held_before_its_key_and_its_predecessor_shows_once_both_arrive() {
+    let (h, p, ds, envs) = setup().await;
+    assert_eq!(
+        p.node
+            .apply_envelopes(&ds, vec![envs[1].clone()])
+            .await
+            .expect("apply"),
+        1
+    );
+    give_keys(&h, &p, &ds).await;
+    assert!(ids(&p, &ds).is_empty(), "h7 cannot show before h1 is known");
+    assert_eq!(
+        p.node
+            .apply_envelopes(&ds, vec![envs[0].clone()])
+            .await
+            .expect("apply"),
+        1
+    );
+    assert_eq!(ids(&p, &ds), ["h1", "h7"]);
+}
+
+/// A record waiting for its predecessor across a restart shows once the predecessor arrives.
+#[tokio::test]
+async fn a_record_waiting_for_its_predecessor_across_a_restart_shows_once_it_arrives() {
+    let (h, p, ds, envs) = setup().await;
+    give_keys(&h, &p, &ds).await;
+    assert_eq!(
+        p.node
+            .apply_envelopes(&ds, vec![envs[1].clone()])
+            .await
+            .expect("apply"),
+        1
+    );
+    p.node.shutdown().await.expect("shutdown");
+    let Bare { dir, node, admin } = p;
+    drop((node, admin));
+    let p = reopen(dir, "pharmacy");
+    assert!(ids(&p, &ds).is_empty());
+    assert_eq!(
+        p.node
+            .apply_envelopes(&ds, vec![envs[0].clone()])
+            .await
+            .expect("apply"),
+        1
+    );
+    assert_eq!(ids(&p, &ds), ["h1", "h7"]);
+}
+
+/// Every order of the two records and the key ends with both records readable.
+#[tokio::test]
+async fn every_order_of_two_records_and_their_key_ends_with_both_readable() {
+    for order in [
+        [0, 1, 2],
+        [0, 2, 1],
+        [1, 0, 2],
+        [1, 2, 0],
+        [2, 0, 1],
+        [2, 1, 0],
+    ] {
+        let (h, p, ds, envs) = setup().await;
+        for step in order {
+            match step {
+                2 => give_keys(&h, &p, &ds).await,
+                i => {
+                    let n = p.node.apply_envelopes(&ds, vec![envs[i].clone()]).await;
+                    assert_eq!(n.expect("apply"), 1, "order {order:?}");
+                }
+            }
+        }
+        assert_eq!(ids(&p, &ds), ["h1", "h7"], "order {order:?}");
+    }
+}
