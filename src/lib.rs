@@ -51,6 +51,7 @@ pub mod metrics;
 pub mod naming;
 pub mod net;
 pub mod node;
+mod parallel;
 pub mod record;
 pub mod store;
 pub mod version;

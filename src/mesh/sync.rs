@@ -263,34 +263,60 @@ impl Mesh {
             fetched: 0,
             missing,
         };
-        for (author, mut after, upto) in ranges {
-            while after < upto {
-                let req = SyncRequest::Fetch {
-                    dataset: id.to_owned(),
-                    author: author.to_string(),
-                    after,
-                    upto,
+        for (author, after, upto) in ranges {
+            let author = author.to_string();
+            let fetch = |after| self.request_page(peer, id, &author, (after, upto));
+            // One page is applied while the next is on its way.
+            let mut page = if after < upto {
+                fetch(after).await?
+            } else {
+                None
+            };
+            while let Some((envelopes, next)) = page {
+                let fetch_next = async {
+                    match next.filter(|a| *a < upto) {
+                        Some(a) => fetch(a).await,
+                        None => Ok(None),
+                    }
                 };
-                let SyncResponse::Envelopes { envelopes, more } =
-                    self.sync_request(peer, &req).await?
-                else {
-                    return Err(format!("fetch of {id} refused"));
-                };
-                proto::cap("fetch page", envelopes.len(), proto::MAX_ENVELOPES)
-                    .map_err(|e| e.to_string())?;
-                let Some(last) = envelopes.last().and_then(|b| Envelope::decode(b).ok()) else {
-                    break;
-                };
-                self.apply_encoded(peer, &envelopes).await?;
+                let (applied, fetched) =
+                    tokio::join!(self.apply_encoded(peer, &envelopes), fetch_next);
+                applied?;
                 progress.fetched += envelopes.len() as u64;
                 self.inner.state.set_progress(progress.clone());
-                if !more || last.seq <= after {
-                    break;
-                }
-                after = last.seq;
+                page = fetched?;
             }
         }
         Ok(())
+    }
+
+    /// One page of `author`'s envelopes of dataset `id` with sequence in `(after, upto]`: the
+    /// envelopes and, if more remain, the sequence to ask after next. `None` for an empty page.
+    async fn request_page(
+        &self,
+        peer: PeerId,
+        id: &str,
+        author: &str,
+        (after, upto): (u64, u64),
+    ) -> Result<Option<(Vec<ByteBuf>, Option<u64>)>, String> {
+        let req = SyncRequest::Fetch {
+            dataset: id.to_owned(),
+            author: author.to_owned(),
+            after,
+            upto,
+        };
+        let SyncResponse::Envelopes { envelopes, more } = self.sync_request(peer, &req).await?
+        else {
+            return Err(format!("fetch of {id} refused"));
+        };
+        proto::cap("fetch page", envelopes.len(), proto::MAX_ENVELOPES)
+            .map_err(|e| e.to_string())?;
+        let Some(last) = envelopes.last().and_then(|b| Envelope::decode(b).ok()) else {
+            return Ok(None);
+        };
+        // A page that does not move forward ends the range (a peer cannot keep us looping).
+        let next = (more && last.seq > after).then_some(last.seq);
+        Ok(Some((envelopes, next)))
     }
 
     async fn sync_request(&self, peer: PeerId, req: &SyncRequest) -> Result<SyncResponse, String> {

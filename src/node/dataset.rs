@@ -439,8 +439,8 @@ impl State {
     /// present, deletes for those that were held and are gone.
     pub(super) fn reread(&mut self, ids: &[String]) -> Vec<Event> {
         let mut events = Vec::with_capacity(ids.len());
-        for id in ids {
-            match doc::read(&self.doc, id) {
+        for (id, read) in ids.iter().zip(doc::read_many(&self.doc, ids)) {
+            match read {
                 Some(r) => {
                     self.records.insert(id.clone(), r.clone());
                     events.push(Event::Upsert { record: r });
