@@ -103,6 +103,12 @@ async fn give_keys(h: &Bare, p: &Bare, ds: &DatasetId) {
     assert!(p.node.merge_access(ds, &bundle).await.expect("merge") > 0);
 }
 
+/// Gives `p` one envelope, which must be new to it.
+async fn hand_over(p: &Bare, ds: &DatasetId, env: &Envelope) {
+    let new = p.node.apply_envelopes(ds, vec![env.clone()]).await;
+    assert_eq!(new.expect("apply"), 1);
+}
+
 fn ids(b: &Bare, ds: &DatasetId) -> Vec<String> {
     let rows = b
         .node
@@ -116,22 +122,10 @@ fn ids(b: &Bare, ds: &DatasetId) -> Vec<String> {
 #[tokio::test]
 async fn a_record_held_before_its_key_and_its_predecessor_shows_once_both_arrive() {
     let (h, p, ds, envs) = setup().await;
-    assert_eq!(
-        p.node
-            .apply_envelopes(&ds, vec![envs[1].clone()])
-            .await
-            .expect("apply"),
-        1
-    );
+    hand_over(&p, &ds, &envs[1]).await;
     give_keys(&h, &p, &ds).await;
     assert!(ids(&p, &ds).is_empty(), "h7 cannot show before h1 is known");
-    assert_eq!(
-        p.node
-            .apply_envelopes(&ds, vec![envs[0].clone()])
-            .await
-            .expect("apply"),
-        1
-    );
+    hand_over(&p, &ds, &envs[0]).await;
     assert_eq!(ids(&p, &ds), ["h1", "h7"]);
 }
 
@@ -140,25 +134,13 @@ async fn a_record_held_before_its_key_and_its_predecessor_shows_once_both_arrive
 async fn a_record_waiting_for_its_predecessor_across_a_restart_shows_once_it_arrives() {
     let (h, p, ds, envs) = setup().await;
     give_keys(&h, &p, &ds).await;
-    assert_eq!(
-        p.node
-            .apply_envelopes(&ds, vec![envs[1].clone()])
-            .await
-            .expect("apply"),
-        1
-    );
+    hand_over(&p, &ds, &envs[1]).await;
     p.node.shutdown().await.expect("shutdown");
     let Bare { dir, node, admin } = p;
     drop((node, admin));
     let p = reopen(dir, "pharmacy");
     assert!(ids(&p, &ds).is_empty());
-    assert_eq!(
-        p.node
-            .apply_envelopes(&ds, vec![envs[0].clone()])
-            .await
-            .expect("apply"),
-        1
-    );
+    hand_over(&p, &ds, &envs[0]).await;
     assert_eq!(ids(&p, &ds), ["h1", "h7"]);
 }
 
@@ -177,10 +159,7 @@ async fn every_order_of_two_records_and_their_key_ends_with_both_readable() {
         for step in order {
             match step {
                 2 => give_keys(&h, &p, &ds).await,
-                i => {
-                    let n = p.node.apply_envelopes(&ds, vec![envs[i].clone()]).await;
-                    assert_eq!(n.expect("apply"), 1, "order {order:?}");
-                }
+                i => hand_over(&p, &ds, &envs[i]).await,
             }
         }
         assert_eq!(ids(&p, &ds), ["h1", "h7"], "order {order:?}");
