@@ -10,9 +10,9 @@ const MAX_THREADS: usize = 4;
 /// least `min` items (defaults to [`MIN_ITEMS`] when `min` is 0), else on the calling thread.
 /// Blocking; a panic in `f` is raised again here.
 pub(crate) fn map<T: Sync, U: Send>(items: &[T], min: usize, f: impl Fn(&T) -> U + Sync) -> Vec<U> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(MAX_THREADS);
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let cores = *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let threads = cores.min(MAX_THREADS);
     let min = if min == 0 { MIN_ITEMS } else { min };
     if threads < 2 || items.len() < min.max(2) {
         return items.iter().map(f).collect();
