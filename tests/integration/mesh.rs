@@ -26,6 +26,8 @@ pub(crate) struct Member {
     pub(crate) node: Node,
     pub(crate) mesh: Mesh,
     pub(crate) admin: fogmesh::apps::App,
+    /// The seed of its identity (zero when opened from an existing home).
+    pub(crate) seed: [u8; 32],
 }
 
 pub(crate) fn config(org: &str) -> Config {
@@ -70,15 +72,32 @@ pub(crate) async fn open(dir: tempfile::TempDir, org: &'static str) -> Member {
         node,
         mesh,
         admin,
+        seed: [0; 32],
     }
+}
+
+/// A node identity seed unique to this call: `seed` and a counter, with the process id. Tests
+/// run at once in one process (and test binaries side by side) all listen on loopback; with
+/// fixed seeds, a node redialing a stale address could reach another test's node holding the
+/// same identity, and the two meshes would mix.
+pub(crate) fn unique_seed(seed: u8) -> [u8; 32] {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut s = [seed; 32];
+    s[1..9].copy_from_slice(&n.to_le_bytes());
+    s[9..13].copy_from_slice(&std::process::id().to_le_bytes());
+    s
 }
 
 pub(crate) async fn member(org: &'static str, seed: u8) -> Member {
     let dir = tempfile::tempdir().expect("tempdir");
-    home::init_with(dir.path(), config(org), Identity::from_seed([seed; 32]))
+    let seed = unique_seed(seed);
+    home::init_with(dir.path(), config(org), Identity::from_seed(seed))
         .await
         .expect("init");
-    open(dir, org).await
+    let mut m = open(dir, org).await;
+    m.seed = seed;
+    m
 }
 
 /// `n` members of one mesh: the first founds it, each other one joins by invitation.
