@@ -82,14 +82,31 @@ pub struct Store {
     flusher: commit::Flusher,
 }
 
+/// How long opening waits for a store still locked by this process's own closing handle. A lock
+/// held by another process (a node already running on this home) is reported after this wait.
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Store {
     /// Opens (or creates) the store in `path`.
+    /// A store closed a moment ago in this process may still be locked by sled's closing
+    /// threads: opening it is retried for up to [`LOCK_WAIT`].
     pub fn open(path: &Path) -> Result<Self, Error> {
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(path)
             .cache_capacity(256 * 1024 * 1024)
-            .flush_every_ms(Some(1_000))
-            .open()?;
+            .flush_every_ms(Some(1_000));
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let db = loop {
+            match config.open() {
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => break other?,
+            }
+        };
         Ok(Self {
             datasets: db.open_tree("datasets")?,
             envelopes: db.open_tree("envelopes")?,

@@ -37,19 +37,8 @@ async fn bare(org: &str, seed: u8) -> Bare {
     reopen(dir, org)
 }
 
-/// Opens the node in `dir`. Right after a node in the same process closed it, sled's own
-/// background thread may hold the directory's lock a moment longer (a restarted process would
-/// not see this: the lock goes with the process), so a locked store is retried for up to 10 s.
 fn reopen(dir: tempfile::TempDir, org: &str) -> Bare {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let node = loop {
-        match Node::open_home(dir.path(), config(org)) {
-            Err(e) if e.to_string().contains("lock") && std::time::Instant::now() < deadline => {
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            }
-            other => break other.expect("open"),
-        }
-    };
+    let node = Node::open_home(dir.path(), config(org)).expect("open");
     let admin = node
         .authenticate(&home::admin_token(dir.path()).expect("token"))
         .expect("admin");

@@ -215,8 +215,11 @@ async fn concurrent_writers_on_three_of_five_nodes_converge() {
                     .iter()
                     .filter(|g| g.grant.rights.allows(Action::Write))
                     .count();
-                m.node.datasets(&m.admin).iter().any(|d| d.meta.id == *ds)
-                    && m.node.stored_keys(ds).is_ok_and(|k| !k.is_empty())
+                // `readable`: the key is in use, not only stored (it is stored first).
+                m.node
+                    .datasets(&m.admin)
+                    .iter()
+                    .any(|d| d.meta.id == *ds && d.readable)
                     && writers == 2
             },
         )
