@@ -95,16 +95,12 @@ const PARALLEL_CHANGES: usize = 16;
 /// operations (a root key, or the root key above the object an operation edits), not by diffing
 /// the document, so the cost follows the size of the changes, not of the document.
 pub fn apply(doc: &mut Automerge, changes: Vec<automerge::Change>) -> Result<Applied, Error> {
-    // Decoding is per change and reading the touched records read-only: both spread over
-    // threads when a catch-up page brings many changes.
+    // Decoding each change, and finding the records it touches (a read), spread over threads
+    // when a catch-up page brings many changes.
     let decoded = crate::parallel::map(&changes, PARALLEL_CHANGES, |c| c.decode());
     doc.apply_changes(changes)?;
     let doc_ref: &Automerge = doc;
-    let touched = crate::parallel::map(&decoded, PARALLEL_CHANGES, |c| {
-        let mut ids = std::collections::BTreeSet::new();
-        touched_by(doc_ref, c, &mut ids);
-        ids
-    });
+    let touched = crate::parallel::map(&decoded, PARALLEL_CHANGES, |c| touched_by(doc_ref, c));
     let ids: std::collections::BTreeSet<String> = touched.into_iter().flatten().collect();
     Ok(Applied {
         touched: ids.into_iter().collect(),
@@ -118,14 +114,10 @@ pub fn waiting(doc: &Automerge) -> bool {
     !doc.get_missing_deps(&[]).is_empty()
 }
 
-/// Adds to `ids` the root key of every record one change touches. Objects the change creates
-/// are looked up by their counter (no string formatting per operation: this runs for every
+/// The root key of every record one change touches, each once. Objects the change creates are
+/// looked up by their counter (no string formatting per operation: this runs for every
 /// operation of every remote change).
-fn touched_by(
-    doc: &Automerge,
-    c: &automerge::ExpandedChange,
-    ids: &mut std::collections::BTreeSet<String>,
-) {
+fn touched_by(doc: &Automerge, c: &automerge::ExpandedChange) -> Vec<String> {
     use automerge::legacy::{Key, ObjectId};
     // Records this change touches, and the objects it creates (by counter) with their record.
     let (mut records, mut seen) = (Vec::new(), HashMap::new());
@@ -147,7 +139,7 @@ fn touched_by(
             created.insert(c.start_op.get() + i as u64, record);
         }
     }
-    ids.extend(records);
+    records
 }
 
 /// The index of record `key` among `records`, added if absent.
