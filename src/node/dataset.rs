@@ -19,6 +19,8 @@ use crate::store::{Snapshot, Store};
 use crate::version::VersionVector;
 use crate::view::doc::{self, Upsert};
 
+use super::sequencer::Sequencer;
+
 /// Events buffered per dataset for slow subscribers before they are told they lagged.
 pub const EVENTS_CAP: usize = 1024;
 /// Stored envelopes applied to a document per Automerge call when restoring.
@@ -80,6 +82,18 @@ pub struct Dataset {
     state: Mutex<State>,
     events: broadcast::Sender<Arc<Event>>,
     snapshotting: AtomicBool,
+    /// Storing turns of this node's own envelopes.
+    sequencer: Sequencer,
+}
+
+/// A local change made under the dataset's lock, not yet sealed, signed or stored.
+struct Made {
+    change: Vec<u8>,
+    seq: u64,
+    key: Option<(u64, EpochKey)>,
+    ticket: u64,
+    events: Vec<Event>,
+    ids: Vec<String>,
 }
 
 /// What a local write produced, before it is acknowledged.
@@ -106,6 +120,7 @@ impl Dataset {
             state: Mutex::new(state),
             events: broadcast::channel(EVENTS_CAP).0,
             snapshotting: AtomicBool::new(false),
+            sequencer: Sequencer::default(),
         }
     }
 
@@ -164,7 +179,9 @@ impl Dataset {
         f(&self.lock().records)
     }
 
-    /// Applies a validated batch as one change and stores its envelope (not yet flushed).
+    /// Applies a validated batch as one change and stores its envelope (not yet flushed). The
+    /// envelope is sealed and signed outside the dataset's lock and stored in sequence order
+    /// (see [`Sequencer`]). Blocking.
     pub(crate) fn write_local(
         &self,
         id: &Identity,
@@ -173,6 +190,66 @@ impl Dataset {
         batch: Batch,
         snapshot_every: u64,
     ) -> Result<Written> {
+        let Some(made) = self.make_change(hlc, batch)? else {
+            return Ok(Written {
+                ids: vec![],
+                envelope: None,
+                events: vec![],
+                snapshot_due: false,
+            });
+        };
+        let author = id.author();
+        let (seq, ticket) = (made.seq, made.ticket);
+        let turn = self.sequencer.in_turn(ticket, || {
+            let env = self.seal_change(id, hlc, seq, made.key, made.change);
+            // Stored before taking the lock, which the next writer may hold for its change.
+            store.put_envelope(&env)?;
+            let mut st = self.lock();
+            st.vv.advance(author, seq);
+            st.since_snapshot += 1;
+            Ok((env, st.since_snapshot >= snapshot_every))
+        });
+        // A turn that failed (here or before) leaves a change in the document that the store
+        // lacks: stop writing until a restart rebuilds the document from the store.
+        let (env, snapshot_due) = turn.inspect_err(|_| self.lock().failed = true)?;
+        Ok(Written {
+            ids: made.ids,
+            envelope: Some(env),
+            events: made.events,
+            snapshot_due,
+        })
+    }
+
+    /// This node's envelope for its change number `seq`: sealed with `key` (none: in clear),
+    /// signed.
+    fn seal_change(
+        &self,
+        id: &Identity,
+        hlc: u64,
+        seq: u64,
+        key: Option<(u64, EpochKey)>,
+        change: Vec<u8>,
+    ) -> Envelope {
+        let (epoch, payload) = match key {
+            Some((epoch, key)) => {
+                let author = id.author();
+                let slot = seal::Slot {
+                    dataset: &self.meta.id,
+                    author: &author,
+                    seq,
+                    epoch,
+                };
+                (epoch, seal::seal(&key, slot, &change))
+            }
+            None => (0, change),
+        };
+        Envelope::seal(id, self.meta.id.clone(), seq, epoch, hlc, payload)
+    }
+
+    /// The part of a local write done under the dataset's lock: checks, the Automerge change,
+    /// the materialized records, a sequence number and a storing turn. `None` if the batch
+    /// changes nothing.
+    fn make_change(&self, hlc: u64, batch: Batch) -> Result<Option<Made>> {
         let epoch_now = self
             .access
             .lock()
@@ -202,45 +279,20 @@ impl Dataset {
             })
             .collect();
         let Some(change) = doc::write(&mut st.doc, &ups, &batch.delete)? else {
-            return Ok(Written {
-                ids: vec![],
-                envelope: None,
-                events: vec![],
-                snapshot_due: false,
-            });
+            return Ok(None);
         };
         let seq = st.next_seq;
-        let (epoch, payload) = match key {
-            Some((epoch, key)) => {
-                let author = id.author();
-                let slot = seal::Slot {
-                    dataset: &self.meta.id,
-                    author: &author,
-                    seq,
-                    epoch,
-                };
-                (epoch, seal::seal(&key, slot, &change))
-            }
-            None => (0, change),
-        };
-        let env = Envelope::seal(id, self.meta.id.clone(), seq, epoch, hlc, payload);
-        if let Err(e) = store.put_envelope(&env) {
-            // The document now holds a change the store lacks: stop writing until a restart
-            // rebuilds the document from the store.
-            st.failed = true;
-            return Err(e.into());
-        }
-        st.vv.advance(id.author(), seq);
         st.next_seq += 1;
-        st.since_snapshot += 1;
         let events = st.refresh(&ups, &batch.delete);
-        let ids = ups.into_iter().map(|u| u.id).chain(batch.delete).collect();
-        Ok(Written {
-            ids,
-            envelope: Some(env),
+        let ticket = self.sequencer.ticket();
+        Ok(Some(Made {
+            change,
+            seq,
+            key,
+            ticket,
             events,
-            snapshot_due: st.since_snapshot >= snapshot_every,
-        })
+            ids: ups.into_iter().map(|u| u.id).chain(batch.delete).collect(),
+        }))
     }
 
     /// Saves the document if no other snapshot of this dataset is under way. Blocking.
@@ -248,7 +300,7 @@ impl Dataset {
         if self.snapshotting.swap(true, Ordering::AcqRel) {
             return Ok(false);
         }
-        let (doc, vv) = {
+        let (doc, vv, local) = {
             let mut st = self.lock();
             if st.waiting || !st.missing.is_empty() {
                 // The version vector covers changes the document does not hold yet; a snapshot
@@ -257,8 +309,15 @@ impl Dataset {
                 return Ok(false);
             }
             st.since_snapshot = 0;
-            (st.doc.clone(), st.vv.clone())
+            (st.doc.clone(), st.vv.clone(), self.sequencer.issued())
         };
+        // The copy may hold local changes still on their way to the store: saved before them,
+        // it would restore changes whose envelopes a crash lost. (Their envelopes lie after
+        // `vv`, so a restore replays them again, harmlessly.)
+        if !self.sequencer.wait_stored(local) {
+            self.snapshotting.store(false, Ordering::Release);
+            return Ok(false);
+        }
         let result = store.put_snapshot(
             &self.meta.id,
             &Snapshot {

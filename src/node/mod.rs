@@ -8,6 +8,7 @@ mod grants;
 pub mod home;
 mod replica;
 mod retention;
+mod sequencer;
 mod view;
 
 use std::collections::HashMap;
