@@ -300,16 +300,7 @@ impl Figure {
 }
 
 fn thousands(x: f64) -> String {
-    let n = x.round() as u64;
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
+    common::stats::thousands(x.round() as u64)
 }
 
 /// Lets background work (snapshots, flusher threads) of a dropped node finish.

@@ -406,6 +406,13 @@ impl State {
                 }
             }
         }
+        self.apply_opened(changes)
+    }
+
+    /// Applies changes opened from stored envelopes and notes whether some now wait for a
+    /// predecessor not yet here: the next apply must then compare every record, not only those
+    /// its own changes touch.
+    pub(super) fn apply_opened(&mut self, changes: Vec<automerge::Change>) -> Result<()> {
         self.doc
             .apply_changes(changes)
             .map_err(|e| Error::Doc(doc::Error(e)))?;

@@ -162,12 +162,7 @@ impl Dataset {
         if let Some(e) = bad {
             tracing::warn!(dataset = %self.meta.id, error = %e, "a stored envelope does not open");
         }
-        st.doc
-            .apply_changes(changes)
-            .map_err(|e| Error::Doc(doc::Error(e)))?;
-        // Opened changes may wait for a predecessor not yet here: the next apply must then
-        // compare every record, not only those its own changes touch.
-        st.waiting = doc::waiting(&st.doc);
+        st.apply_opened(changes)?;
         Ok(st.rematerialize())
     }
 

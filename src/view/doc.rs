@@ -90,6 +90,8 @@ pub struct Applied {
 
 /// Changes applied at once from which decoding spreads over threads.
 const PARALLEL_CHANGES: usize = 16;
+/// Records read at once from which reading spreads over threads.
+const PARALLEL_READS: usize = 256;
 
 /// Applies changes from other authors. The records they touch are found from the changes' own
 /// operations (a root key, or the root key above the object an operation edits), not by diffing
@@ -288,7 +290,7 @@ pub fn read_all(doc: &Automerge) -> Vec<Record> {
 /// Reads the records `ids` (`None` for one that is gone), on several threads when there are
 /// many: reading is a large part of a catch-up or a restart, and the document is only read.
 pub fn read_many(doc: &Automerge, ids: &[String]) -> Vec<Option<Record>> {
-    crate::parallel::map(ids, 0, |id| read(doc, id))
+    crate::parallel::map(ids, PARALLEL_READS, |id| read(doc, id))
 }
 
 fn from_record_map(id: &str, m: &hydrate::Map) -> Option<Record> {

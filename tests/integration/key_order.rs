@@ -2,50 +2,17 @@
 //! one it depends on, a record before its key, a gap across a restart. Two nodes without a
 //! network: envelopes and access state are handed over directly, in exactly the order chosen.
 
-use fogmesh::apps::{Action, App};
-use fogmesh::config::Config;
+use fogmesh::apps::Action;
 use fogmesh::envelope::Envelope;
-use fogmesh::identity::Identity;
 use fogmesh::naming::DatasetId;
-use fogmesh::node::{home, Batch, GrantRequest, MemberKeys};
+use fogmesh::node::{Batch, GrantRequest, MemberKeys};
 use fogmesh::record::Input;
 use fogmesh::view::query::Query;
-use fogmesh::Node;
 
+use crate::common::{reopen, test_node, TestNode};
 use crate::mesh::shared_spec;
 
-struct Bare {
-    dir: tempfile::TempDir,
-    node: Node,
-    admin: App,
-}
-
-fn config(org: &str) -> Config {
-    Config {
-        org: org.into(),
-        mesh: "flu-response".into(),
-        mdns: false,
-        ..Config::default()
-    }
-}
-
-async fn bare(org: &str, seed: u8) -> Bare {
-    let dir = tempfile::tempdir().expect("tempdir");
-    home::init_with(dir.path(), config(org), Identity::from_seed([seed; 32]))
-        .await
-        .expect("init");
-    reopen(dir, org)
-}
-
-fn reopen(dir: tempfile::TempDir, org: &str) -> Bare {
-    let node = Node::open_home(dir.path(), config(org)).expect("open");
-    let admin = node
-        .authenticate(&home::admin_token(dir.path()).expect("token"))
-        .expect("admin");
-    Bare { dir, node, admin }
-}
-
-fn keys(b: &Bare, org: &str) -> MemberKeys {
+fn keys(b: &TestNode, org: &str) -> MemberKeys {
     MemberKeys {
         org: org.into(),
         author: b.node.identity().author(),
@@ -56,8 +23,11 @@ fn keys(b: &Bare, org: &str) -> MemberKeys {
 /// A hospital owning sealed dataset "beds" with two records written in order (h1 then h7),
 /// the pharmacy granted read, and a pharmacy node that knows the dataset but holds nothing.
 /// Returns the two envelopes in write order.
-async fn setup() -> (Bare, Bare, DatasetId, Vec<Envelope>) {
-    let (h, p) = (bare("hospital", 1).await, bare("pharmacy", 2).await);
+async fn setup() -> (TestNode, TestNode, DatasetId, Vec<Envelope>) {
+    let (h, p) = (
+        test_node("hospital", 1).await,
+        test_node("pharmacy", 2).await,
+    );
     let members = vec![keys(&h, "hospital"), keys(&p, "pharmacy")];
     h.node.set_members(members.clone()).await.expect("members");
     p.node.set_members(members).await.expect("members");
@@ -98,18 +68,18 @@ async fn setup() -> (Bare, Bare, DatasetId, Vec<Envelope>) {
     (h, p, ds, envs)
 }
 
-async fn give_keys(h: &Bare, p: &Bare, ds: &DatasetId) {
+async fn give_keys(h: &TestNode, p: &TestNode, ds: &DatasetId) {
     let bundle = h.node.access_bundle(ds).expect("bundle");
     assert!(p.node.merge_access(ds, &bundle).await.expect("merge") > 0);
 }
 
 /// Gives `p` one envelope, which must be new to it.
-async fn hand_over(p: &Bare, ds: &DatasetId, env: &Envelope) {
+async fn hand_over(p: &TestNode, ds: &DatasetId, env: &Envelope) {
     let new = p.node.apply_envelopes(ds, vec![env.clone()]).await;
     assert_eq!(new.expect("apply"), 1);
 }
 
-fn ids(b: &Bare, ds: &DatasetId) -> Vec<String> {
+fn ids(b: &TestNode, ds: &DatasetId) -> Vec<String> {
     let rows = b
         .node
         .query(&b.admin, ds, &Query::default())
@@ -136,9 +106,7 @@ async fn a_record_waiting_for_its_predecessor_across_a_restart_shows_once_it_arr
     give_keys(&h, &p, &ds).await;
     hand_over(&p, &ds, &envs[1]).await;
     p.node.shutdown().await.expect("shutdown");
-    let Bare { dir, node, admin } = p;
-    drop((node, admin));
-    let p = reopen(dir, "pharmacy");
+    let p = reopen(p, "pharmacy");
     assert!(ids(&p, &ds).is_empty());
     hand_over(&p, &ds, &envs[0]).await;
     assert_eq!(ids(&p, &ds), ["h1", "h7"]);

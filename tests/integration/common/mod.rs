@@ -16,12 +16,28 @@ pub struct TestNode {
 
 /// Opens a node for org `org` in a fresh temporary directory.
 pub async fn test_node(org: &str, seed: u8) -> TestNode {
-    let config = Config {
+    test_node_with(test_config(org), seed).await
+}
+
+/// The configuration [`test_node`] uses.
+pub fn test_config(org: &str) -> Config {
+    Config {
         org: org.into(),
         mesh: "test-mesh".into(),
         ..Config::default()
-    };
-    test_node_with(config, seed).await
+    }
+}
+
+/// Closes `t`'s node and opens its home again (as [`test_node`] made it for `org`).
+pub fn reopen(t: TestNode, org: &str) -> TestNode {
+    let TestNode {
+        node,
+        admin_token,
+        dir,
+        ..
+    } = t;
+    drop(node);
+    open(dir, test_config(org), admin_token)
 }
 
 /// Opens a node with `config` and a seeded identity in a fresh temporary directory.
@@ -31,6 +47,11 @@ pub async fn test_node_with(config: Config, seed: u8) -> TestNode {
         .await
         .expect("init");
     let admin_token = fogmesh::node::home::admin_token(dir.path()).expect("token");
+    open(dir, config, admin_token)
+}
+
+/// Opens the node of home `dir` and authenticates its admin.
+fn open(dir: tempfile::TempDir, config: Config, admin_token: String) -> TestNode {
     let node = Node::open_home(dir.path(), config).expect("open");
     let admin = node.authenticate(&admin_token).expect("admin");
     TestNode {
