@@ -651,7 +651,7 @@ async fn pieces(count: usize, batch: usize) -> Result<Pieces> {
     let store = Store::open(dir.path())?;
     let id = Identity::from_seed([7; 32]);
     let ds = DatasetId::new("hospital", "flu-admissions")?;
-    let mut d = doc::new_doc(id.author().as_bytes());
+    let mut d = doc::Doc::new(id.author().as_bytes());
     let mut p = Pieces::default();
     for (seq, b) in make_batches(0, count, batch).into_iter().enumerate() {
         let t = Instant::now();
@@ -675,7 +675,7 @@ async fn pieces(count: usize, batch: usize) -> Result<Pieces> {
         p.to_upserts += t.elapsed();
 
         let t = Instant::now();
-        let change = doc::write(&mut d, &ups, &[])?.context("no change")?;
+        let change = d.write(&ups, &[])?.context("no change")?;
         p.doc_write += t.elapsed();
         p.change_bytes += change.len();
 
@@ -799,10 +799,10 @@ async fn restart(count: usize, final_snapshot: bool) -> Result<Restart> {
         let (load, mat) = match &snap {
             Some(s) => {
                 let t = Instant::now();
-                let d = Automerge::load(&s.doc)?;
+                let d = doc::Doc::load(&s.doc, &[0; 32])?;
                 let load = t.elapsed();
                 let t = Instant::now();
-                let n = doc::read_all(&d).len();
+                let n = d.read_all().len();
                 std::hint::black_box(n);
                 (load, t.elapsed())
             }
@@ -874,7 +874,7 @@ fn seal_cost(count: usize, batch: usize) -> Result<SealCost> {
     let id = Identity::from_seed([7; 32]);
     let author = id.author();
     let ds = DatasetId::new("hospital", "flu-admissions")?;
-    let mut d = doc::new_doc(author.as_bytes());
+    let mut d = doc::Doc::new(author.as_bytes());
     let mut changes = Vec::new();
     for b in make_batches(0, count, batch) {
         let ms = now_ms();
@@ -890,7 +890,7 @@ fn seal_cost(count: usize, batch: usize) -> Result<SealCost> {
                 },
             })
             .collect();
-        changes.push(doc::write(&mut d, &ups, &[])?.context("no change")?);
+        changes.push(d.write(&ups, &[])?.context("no change")?);
     }
     let key = EpochKey::generate();
     let slot = |seq: usize| seal::Slot {
@@ -1150,7 +1150,7 @@ async fn run(s: Sizes) -> Result<()> {
         a.replayed,
     );
     println!(
-        "      write {:.2} s ({} rec/s), shutdown {}, store on disk {}; pieces: Automerge::load {}, \
+        "      write {:.2} s ({} rec/s), shutdown {}, store on disk {}; pieces: Doc::load {}, \
          read all records {}",
         a.write.as_secs_f64(),
         thousands(s.restart as f64 / a.write.as_secs_f64()),

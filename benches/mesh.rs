@@ -1182,7 +1182,7 @@ fn automerge_sync(changes: Vec<Change>) -> Result<AmSync> {
         joiner.get_heads() == full.get_heads(),
         "automerge sync ended with different heads"
     );
-    let records = doc::ids(&joiner).len();
+    let records = doc::Doc::from_automerge(joiner).ids().len();
     let one_change = one_change(&full, actor)?;
     Ok(AmSync {
         one_change,
@@ -1199,7 +1199,7 @@ fn automerge_sync(changes: Vec<Change>) -> Result<AmSync> {
 /// Automerge's `apply_changes` alone and fogmesh's `view::doc::apply` (which also finds the
 /// records the change touched, from its operations). p50 of 5.
 fn one_change(full: &Automerge, actor: automerge::ActorId) -> Result<(Duration, Duration)> {
-    let mut other = full.fork().with_actor(actor);
+    let mut other = doc::Doc::from_automerge(full.fork().with_actor(actor));
     let mut rng = Rng(42);
     let data = match record(7, None, &mut rng).data {
         Value::Object(m) => m,
@@ -1211,7 +1211,7 @@ fn one_change(full: &Automerge, actor: automerge::ActorId) -> Result<(Duration, 
         time: 1,
         data,
     };
-    let bytes = doc::write(&mut other, &[up], &[])?.context("no change")?;
+    let bytes = other.write(&[up], &[])?.context("no change")?;
     let (mut alone, mut with_touched) = (Vec::new(), Vec::new());
     for _ in 0..5 {
         let mut d = full.clone();
@@ -1219,10 +1219,10 @@ fn one_change(full: &Automerge, actor: automerge::ActorId) -> Result<(Duration, 
         let t = Instant::now();
         d.apply_changes(vec![c])?;
         alone.push(t.elapsed());
-        let mut d = full.clone();
+        let mut d = doc::Doc::from_automerge(full.clone());
         let c = Change::from_bytes(bytes.clone())?;
         let t = Instant::now();
-        let touched = doc::apply(&mut d, vec![c])?.touched;
+        let touched = d.apply(vec![c])?.touched;
         with_touched.push(t.elapsed());
         ensure!(
             touched.len() == 1,

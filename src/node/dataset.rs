@@ -5,7 +5,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use automerge::{ActorId, Automerge};
 use serde::Serialize;
 use tokio::sync::broadcast;
 
@@ -17,7 +16,7 @@ use crate::identity::{AuthorId, Identity};
 use crate::record::{self, Record};
 use crate::store::{Snapshot, Store};
 use crate::version::VersionVector;
-use crate::view::doc::{self, Upsert};
+use crate::view::doc::{Doc, Upsert};
 
 use super::sequencer::Sequencer;
 
@@ -58,7 +57,7 @@ pub struct Batch {
 
 /// Mutable state, behind the dataset's lock.
 pub(crate) struct State {
-    pub(crate) doc: Automerge,
+    pub(crate) doc: Doc,
     pub(crate) records: BTreeMap<String, Record>,
     pub(crate) vv: VersionVector,
     pub(super) next_seq: u64,
@@ -278,7 +277,7 @@ impl Dataset {
                 upsert(i, kept.unwrap_or(ms))
             })
             .collect();
-        let Some(change) = doc::write(&mut st.doc, &ups, &batch.delete)? else {
+        let Some(change) = st.doc.write(&ups, &batch.delete)? else {
             return Ok(None);
         };
         let seq = st.next_seq;
@@ -309,7 +308,11 @@ impl Dataset {
                 return Ok(false);
             }
             st.since_snapshot = 0;
-            (st.doc.clone(), st.vv.clone(), self.sequencer.issued())
+            (
+                st.doc.automerge().clone(),
+                st.vv.clone(),
+                self.sequencer.issued(),
+            )
         };
         // The copy may hold local changes still on their way to the store: saved before them,
         // it would restore changes whose envelopes a crash lost. (Their envelopes lie after
@@ -363,7 +366,7 @@ fn to_store_err(e: Error) -> crate::store::Error {
 impl State {
     fn empty(author: &AuthorId) -> Self {
         Self {
-            doc: doc::new_doc(author.as_bytes()),
+            doc: Doc::new(author.as_bytes()),
             records: BTreeMap::new(),
             vv: VersionVector::new(),
             next_seq: 1,
@@ -376,9 +379,7 @@ impl State {
     }
 
     fn from_snapshot(snap: Snapshot, author: &AuthorId) -> Result<Self> {
-        let doc = Automerge::load(&snap.doc)
-            .map_err(|e| Error::Doc(doc::Error(e)))?
-            .with_actor(ActorId::from(author.as_bytes()));
+        let doc = Doc::load(&snap.doc, author.as_bytes())?;
         Ok(Self {
             doc,
             vv: snap.vv,
@@ -413,10 +414,8 @@ impl State {
     /// predecessor not yet here: the next apply must then compare every record, not only those
     /// its own changes touch.
     pub(super) fn apply_opened(&mut self, changes: Vec<automerge::Change>) -> Result<()> {
-        self.doc
-            .apply_changes(changes)
-            .map_err(|e| Error::Doc(doc::Error(e)))?;
-        self.waiting = doc::waiting(&self.doc);
+        self.doc.apply_all(changes)?;
+        self.waiting = self.doc.waiting();
         Ok(())
     }
 
@@ -471,7 +470,9 @@ impl State {
     }
 
     fn materialize(&mut self) {
-        self.records = doc::read_all(&self.doc)
+        self.records = self
+            .doc
+            .read_all()
             .into_iter()
             .map(|r| (r.id.clone(), r))
             .collect();
@@ -479,7 +480,9 @@ impl State {
 
     /// Re-reads every record and reports what differs from the materialized map.
     pub(super) fn rematerialize(&mut self) -> Vec<Event> {
-        let fresh: BTreeMap<String, Record> = doc::read_all(&self.doc)
+        let fresh: BTreeMap<String, Record> = self
+            .doc
+            .read_all()
             .into_iter()
             .map(|r| (r.id.clone(), r))
             .collect();
@@ -505,7 +508,7 @@ impl State {
     /// present, deletes for those that were held and are gone.
     pub(super) fn reread(&mut self, ids: &[String]) -> Vec<Event> {
         let mut events = Vec::with_capacity(ids.len());
-        for (id, read) in ids.iter().zip(doc::read_many(&self.doc, ids)) {
+        for (id, read) in ids.iter().zip(self.doc.read_many(ids)) {
             match read {
                 Some(r) => {
                     self.records.insert(id.clone(), r.clone());
@@ -541,7 +544,7 @@ impl State {
                 events.push(Event::Upsert { record: r });
                 continue;
             }
-            if let Some(r) = doc::read(&self.doc, &u.id) {
+            if let Some(r) = self.doc.read(&u.id) {
                 self.records.insert(u.id.clone(), r.clone());
                 events.push(Event::Upsert { record: r });
             }

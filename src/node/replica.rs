@@ -89,14 +89,14 @@ impl Dataset {
         let applied = if changes.is_empty() {
             doc::Applied::default()
         } else {
-            doc::apply(&mut st.doc, changes).map_err(|e| {
+            st.doc.apply(changes).map_err(|e| {
                 Error::Invalid(format!(
                     "{}: a remote change does not apply: {e}",
                     self.meta.id
                 ))
             })?
         };
-        let me = st.doc.get_actor().to_bytes().to_vec();
+        let me = st.doc.actor().to_bytes().to_vec();
         for env in &fresh {
             if let Err(e) = store.put_envelope(env) {
                 // Applied but not stored: a restart rebuilds the document from the store.

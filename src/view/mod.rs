@@ -1,7 +1,9 @@
 //! The data view: datasets as Automerge documents, and queries over their records.
 
 pub mod aggregate;
+mod amjson;
 pub mod doc;
 pub mod flow;
 pub mod plan;
 pub mod query;
+mod touched;
