@@ -62,8 +62,10 @@ const PAGE_PREFIX: &str = "p.";
 
 /// Changes applied at once from which decoding spreads over threads.
 const PARALLEL_CHANGES: usize = 16;
-/// Records read at once from which reading spreads over threads.
+/// Records read at once from which they are read page by page, on several threads.
 const PARALLEL_READS: usize = 256;
+/// Pages read at once from which reading spreads over threads.
+const PARALLEL_PAGES: usize = 4;
 
 /// A page key (shared: many records name the same page).
 type PageKey = Arc<str>;
@@ -256,17 +258,55 @@ impl Doc {
         }
     }
 
-    /// Every record (restoring a dataset). Record by record, on several threads: measured faster
-    /// on Automerge 0.12 than hydrating the whole document in one call.
+    /// Every record (restoring a dataset), read page by page on several threads.
     pub fn read_all(&self) -> Vec<Record> {
-        let ids: Vec<String> = self.pages.keys().cloned().collect();
-        self.read_many(&ids).into_iter().flatten().collect()
+        let pages: BTreeSet<&PageKey> = self.pages.values().flatten().collect();
+        let pages: Vec<&PageKey> = pages.into_iter().collect();
+        self.read_pages(&pages).into_values().flatten().collect()
     }
 
-    /// Reads the records `ids` (`None` for one that is gone), on several threads when there are
-    /// many: reading is a large part of a catch-up or a restart, and the document is only read.
+    /// Reads the records `ids` (`None` for one that is gone). Few are read one by one; many
+    /// (a catch-up) by reading the pages that hold them whole, on several threads: on Automerge
+    /// 0.12 a whole page reads about twice as fast as its records one by one.
     pub fn read_many(&self, ids: &[String]) -> Vec<Option<Record>> {
-        crate::parallel::map(ids, PARALLEL_READS, |id| self.read(id))
+        if ids.len() < PARALLEL_READS {
+            return ids.iter().map(|id| self.read(id)).collect();
+        }
+        let pages: BTreeSet<&PageKey> = ids
+            .iter()
+            .filter_map(|id| self.pages.get(id))
+            .flatten()
+            .collect();
+        let pages: Vec<&PageKey> = pages.into_iter().collect();
+        let mut found = self.read_pages(&pages);
+        ids.iter().map(|id| found.remove(id).flatten()).collect()
+    }
+
+    /// Every record map in `pages` (ascending), by id; a record held in several pages is the copy
+    /// in the greatest, as [`Doc::read`] has it.
+    fn read_pages(&self, pages: &[&PageKey]) -> HashMap<String, Option<Record>> {
+        let read = crate::parallel::map(pages, PARALLEL_PAGES, |p| self.read_page(p));
+        let mut out = HashMap::new();
+        for (id, record) in read.into_iter().flatten() {
+            out.insert(id, record);
+        }
+        out
+    }
+
+    /// The record maps of one page, each with its record (`None` if the map is not a record).
+    fn read_page(&self, page: &str) -> Vec<(String, Option<Record>)> {
+        let Some(obj) = child_map(&self.am, &ROOT, page) else {
+            return Vec::new();
+        };
+        let Ok(hydrate::Value::Map(m)) = ReadDoc::hydrate(&self.am, &obj, None) else {
+            return Vec::new();
+        };
+        m.iter()
+            .filter_map(|(id, v)| match &v.value {
+                hydrate::Value::Map(r) => Some((id.clone(), from_record_map(id, r))),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Every record id in the document, sorted.
@@ -565,6 +605,41 @@ mod tests {
             assert_eq!(doc.ids(), ["r1"]);
             assert!(doc.read("r9").is_none());
         }
+    }
+
+    #[test]
+    fn many_records_read_page_by_page_as_one_by_one() {
+        let (mut a, mut b) = (Doc::new(&[1; 32]), Doc::new(&[2; 32]));
+        let batch = |from: usize, who: &str| -> Vec<Upsert> {
+            (from..from + 150)
+                .map(|i| up(&format!("r{i}"), json!({ "who": who, "i": i })))
+                .collect()
+        };
+        let mut changes = Vec::new();
+        for from in [0, 150] {
+            changes.push(a.write(&batch(from, "a"), &[]).expect("w"));
+        }
+        // b creates half of a's ids again before seeing a's: two copies of each.
+        let cb = b.write(&batch(75, "b"), &[]).expect("w");
+        for c in changes {
+            b.apply(change(c)).expect("apply");
+        }
+        a.apply(change(cb)).expect("apply");
+        let gone: Vec<String> = (0..300).step_by(7).map(|i| format!("r{i}")).collect();
+        let cd = a.write(&[], &gone).expect("delete");
+        b.apply(change(cd)).expect("apply");
+        let ids: Vec<String> = (0..320).map(|i| format!("r{i}")).collect();
+        for doc in [&a, &b] {
+            let one_by_one: Vec<Option<Record>> = ids.iter().map(|id| doc.read(id)).collect();
+            assert_eq!(doc.read_many(&ids), one_by_one);
+            let mut all = doc.read_all();
+            all.sort_by(|x, y| x.id.cmp(&y.id));
+            let mut expected: Vec<Record> = one_by_one.into_iter().flatten().collect();
+            expected.sort_by(|x, y| x.id.cmp(&y.id));
+            assert_eq!(all, expected);
+            assert_eq!(all.len(), 300 - gone.len());
+        }
+        assert_eq!(a.read_many(&ids), b.read_many(&ids));
     }
 
     mod convergence {
