@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use automerge::transaction::Transactable;
-use automerge::{ActorId, Automerge, ObjType, ReadDoc, ScalarValue, ROOT};
+use automerge::{ActorId, Automerge, ObjType, ReadDoc, ROOT};
 use common::{pad_with_notes, Rng};
 use serde_json::{json, Map, Value};
 
@@ -38,7 +38,7 @@ use fogmesh::naming::DatasetId;
 use fogmesh::node::{home, Batch};
 use fogmesh::record::{self, Input};
 use fogmesh::store::Store;
-use fogmesh::view::doc;
+use fogmesh::view::{amjson, doc};
 use fogmesh::Node;
 
 /// Target JSON size of one record's `data`.
@@ -530,19 +530,6 @@ fn sled_figure(count: usize, batch: usize) -> Result<Figure> {
     })
 }
 
-fn scalar(v: &Value) -> ScalarValue {
-    match v {
-        Value::Bool(b) => ScalarValue::Boolean(*b),
-        Value::Number(n) => match (n.as_i64(), n.as_u64()) {
-            (Some(i), _) => ScalarValue::Int(i),
-            (None, Some(u)) => ScalarValue::Uint(u),
-            _ => ScalarValue::F64(n.as_f64().unwrap_or(0.0)),
-        },
-        Value::String(s) => ScalarValue::Str(s.as_str().into()),
-        _ => ScalarValue::Null,
-    }
-}
-
 /// Raw Automerge: one transaction per batch, the library's document layout, no I/O.
 /// With `extract`, also fetches each committed change's bytes the way the library does.
 /// How the raw Automerge baseline writes a record.
@@ -550,8 +537,12 @@ fn scalar(v: &Value) -> ScalarValue {
 enum AmWrite {
     /// One `put` per field, as a hand-written app would.
     Puts,
-    /// One `batch_create_object` per record (what fogmesh does for new records).
+    /// One `batch_create_object` per record, each directly under the root (fogmesh's layout
+    /// before pages).
     Batch,
+    /// One `batch_create_object` per batch: a new page map holding the batch's records (what
+    /// fogmesh does for new records).
+    Page,
 }
 
 /// One record as a hydrate value, for [`AmWrite::Batch`].
@@ -560,7 +551,7 @@ fn hydrate_record(r: &Input, ms: u64) -> automerge::hydrate::Value {
     let data: std::collections::HashMap<String, hydrate::Value> = match &r.data {
         Value::Object(m) => m
             .iter()
-            .map(|(k, v)| (k.clone(), scalar(v).into()))
+            .map(|(k, v)| (k.clone(), amjson::to_scalar(v).into()))
             .collect(),
         _ => Default::default(),
     };
@@ -587,20 +578,34 @@ fn automerge_figure(
         let t = Instant::now();
         let ms = now_ms();
         let mut tx = d.transaction();
-        let records = ROOT;
-        for r in b {
-            let id = record::new_id(ms);
-            if let AmWrite::Batch = how {
-                tx.batch_create_object(&records, id.as_str(), &hydrate_record(r, ms), false)?;
-                continue;
+        match how {
+            AmWrite::Page => {
+                let page: std::collections::HashMap<String, automerge::hydrate::Value> = b
+                    .iter()
+                    .map(|r| (record::new_id(ms), hydrate_record(r, ms)))
+                    .collect();
+                let page = automerge::hydrate::Map::from(page).into();
+                let key = format!("p.{}", record::new_id(ms));
+                tx.batch_create_object(&ROOT, key.as_str(), &page, false)?;
             }
-            let rec = tx.put_object(&records, id.as_str(), ObjType::Map)?;
-            tx.put(&rec, "name", r.name.as_str())?;
-            tx.put(&rec, "time", ms)?;
-            let data = tx.put_object(&rec, "data", ObjType::Map)?;
-            if let Value::Object(m) = &r.data {
-                for (k, v) in m {
-                    tx.put(&data, k.as_str(), scalar(v))?;
+            AmWrite::Batch => {
+                for r in b {
+                    let id = record::new_id(ms);
+                    tx.batch_create_object(&ROOT, id.as_str(), &hydrate_record(r, ms), false)?;
+                }
+            }
+            AmWrite::Puts => {
+                for r in b {
+                    let id = record::new_id(ms);
+                    let rec = tx.put_object(&ROOT, id.as_str(), ObjType::Map)?;
+                    tx.put(&rec, "name", r.name.as_str())?;
+                    tx.put(&rec, "time", ms)?;
+                    let data = tx.put_object(&rec, "data", ObjType::Map)?;
+                    if let Value::Object(m) = &r.data {
+                        for (k, v) in m {
+                            tx.put(&data, k.as_str(), amjson::to_scalar(v))?;
+                        }
+                    }
                 }
             }
         }
@@ -716,6 +721,8 @@ async fn pieces(count: usize, batch: usize) -> Result<Pieces> {
 
 struct Restart {
     write: Duration,
+    /// Time to write each successive 10,000 records (100 batches).
+    chunks: Vec<Duration>,
     shutdown: Option<Duration>,
     reopen: Duration,
     records: usize,
@@ -751,10 +758,13 @@ async fn restart(count: usize, final_snapshot: bool) -> Result<Restart> {
     };
     let b = BenchNode::new(bench_config(snapshot_every), Setting::PrivateClear).await?;
     let start = Instant::now();
+    let mut chunks = Vec::new();
     for chunk in (0..batches).collect::<Vec<_>>().chunks(100) {
         // Generate 100 batches at a time to keep memory flat.
         let first = chunk[0] as u64 * 100;
-        for recs in make_batches(first, chunk.len() * 100, 100) {
+        let made = make_batches(first, chunk.len() * 100, 100);
+        let t = Instant::now();
+        for recs in made {
             b.node
                 .publish(
                     &b.admin,
@@ -766,6 +776,7 @@ async fn restart(count: usize, final_snapshot: bool) -> Result<Restart> {
                 )
                 .await?;
         }
+        chunks.push(t.elapsed());
     }
     let write = start.elapsed();
     ensure!(b.records() == count, "wrote {} records", b.records());
@@ -844,6 +855,7 @@ async fn restart(count: usize, final_snapshot: bool) -> Result<Restart> {
     settle().await;
     Ok(Restart {
         write,
+        chunks,
         shutdown,
         reopen,
         records: info.records,
@@ -1051,6 +1063,9 @@ async fn run(s: Sizes) -> Result<()> {
     let batch = move || automerge_figure(n, 100, false, AmWrite::Batch);
     let (am_b, _) = tokio::task::spawn_blocking(batch).await??;
     println!("{}", am_b.line("raw automerge batch_create_object b=100:"));
+    let page = move || automerge_figure(n, 100, true, AmWrite::Page);
+    let (am_p, _) = tokio::task::spawn_blocking(page).await??;
+    println!("{}", am_p.line("raw automerge one page per batch + bytes:"));
     println!(
         "  (change bytes per record: {:.0} B for {avg_json:.0} B of JSON)",
         am_bytes as f64 / n as f64
@@ -1070,6 +1085,8 @@ async fn run(s: Sizes) -> Result<()> {
     );
     let rb = lib_100_1.rate() / am_b.rate();
     println!("  lib batch=100 writers=1 / raw automerge batch_create_object:  {rb:.2}");
+    let rp = lib_100_1.rate() / am_p.rate();
+    println!("  lib batch=100 writers=1 / raw automerge one page per batch:   {rp:.2}");
     for (label, f) in [("writers=1", &lib_100_1), ("writers=4", &lib_100_4)] {
         println!(
             "  lib batch=100 {label} vs {} rec/s target: {} rec/s = {:.2}x ({})",
@@ -1159,6 +1176,15 @@ async fn run(s: Sizes) -> Result<()> {
         ms(a.load_doc),
         ms(a.materialize),
     );
+    if let (Some(first), Some(last)) = (a.chunks.first(), a.chunks.last()) {
+        let rate = |d: &Duration| thousands(10_000.0 / d.as_secs_f64());
+        println!(
+            "      while the document grows: first 10,000 records written at {} rec/s, last \
+             10,000 at {} rec/s",
+            rate(first),
+            rate(last)
+        );
+    }
     let b = restart(s.restart, false).await?;
     println!(
         "  without final snapshot:    reopen {:>9}   records visible {} of {}  envelopes {}  \

@@ -3,12 +3,12 @@
 //!
 //! ```text
 //! /fogmesh/join/1   JoinRequest  -> JoinResponse   a new node redeems its invitation
-//! /fogmesh/sync/1   SyncRequest  -> SyncResponse   Hello (roster digest, per-dataset vector
+//! /fogmesh/sync/2   SyncRequest  -> SyncResponse   Hello (roster digest, per-dataset vector
 //!                                                  digests) -> roster if it differs, catalog, the
 //!                                                  vectors that differ; Roster (push a newer roster);
 //!                                                  Fetch (one author's envelopes, a byte-capped page)
 //!                                                  access state (grants, wrapped keys) that differs
-//! /fogmesh/push/1   Push         -> PushAck        new envelopes and changed access state, eagerly
+//! /fogmesh/push/2   Push         -> PushAck        new envelopes and changed access state, eagerly
 //! /fogmesh/query/1  QueryRequest -> QueryResponse  an aggregate or a search, answered by the owner
 //!                                                  over its own data, signed
 //! ```

@@ -22,8 +22,8 @@
 //! # Protocols
 //!
 //! Three request-response protocols carry CBOR-encoded [`Frame`]s, each with its own caps:
-//! [`Protocol::Join`] (`/fogmesh/join/1`), [`Protocol::Sync`] (`/fogmesh/sync/1`) and
-//! [`Protocol::Push`] (`/fogmesh/push/1`). Identify (`/fogmesh/id/1`), ping, mDNS and a private
+//! [`Protocol::Join`] (`/fogmesh/join/1`), [`Protocol::Sync`] (`/fogmesh/sync/2`) and
+//! [`Protocol::Push`] (`/fogmesh/push/2`). Identify (`/fogmesh/id/1`), ping, mDNS and a private
 //! Kademlia (`/fogmesh/kad/1`) provide address hints and liveness; connection limits cap
 //! connections overall and per peer. Transports: TCP and QUIC, Noise, yamux, DNS.
 //!
@@ -150,9 +150,9 @@ fn default_listen() -> Vec<Multiaddr> {
 pub enum Protocol {
     /// `/fogmesh/join/1`: the one protocol a non-member may use.
     Join,
-    /// `/fogmesh/sync/1`: catch-up between members.
+    /// `/fogmesh/sync/2`: catch-up between members.
     Sync,
-    /// `/fogmesh/push/1`: eager delivery of new envelopes.
+    /// `/fogmesh/push/2`: eager delivery of new envelopes.
     Push,
     /// `/fogmesh/query/1`: federated aggregates and pushed-down searches, answered by owners.
     Query,
@@ -171,8 +171,8 @@ impl Protocol {
     pub fn name(self) -> &'static str {
         match self {
             Protocol::Join => "/fogmesh/join/1",
-            Protocol::Sync => "/fogmesh/sync/1",
-            Protocol::Push => "/fogmesh/push/1",
+            Protocol::Sync => "/fogmesh/sync/2",
+            Protocol::Push => "/fogmesh/push/2",
             Protocol::Query => "/fogmesh/query/1",
         }
     }

@@ -88,9 +88,9 @@ pub struct Traffic {
     pub accepted: u64,
     /// `/fogmesh/join/1` frames.
     pub join: FrameTraffic,
-    /// `/fogmesh/sync/1` frames.
+    /// `/fogmesh/sync/2` frames.
     pub sync: FrameTraffic,
-    /// `/fogmesh/push/1` frames.
+    /// `/fogmesh/push/2` frames.
     pub push: FrameTraffic,
     /// `/fogmesh/query/1` frames.
     pub query: FrameTraffic,

@@ -75,7 +75,9 @@ pub(super) fn put_json<T: Transactable>(
     Ok(())
 }
 
-fn to_scalar(v: &Json) -> ScalarValue {
+/// A JSON scalar as an Automerge scalar (integers stay integers; objects and arrays are not
+/// scalars and become null).
+pub fn to_scalar(v: &Json) -> ScalarValue {
     match v {
         Json::Bool(b) => ScalarValue::Boolean(*b),
         Json::Number(n) => match (n.as_i64(), n.as_u64()) {

@@ -1,7 +1,7 @@
 //! The data view: datasets as Automerge documents, and queries over their records.
 
 pub mod aggregate;
-mod amjson;
+pub mod amjson;
 pub mod doc;
 pub mod flow;
 pub mod plan;

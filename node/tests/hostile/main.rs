@@ -2,7 +2,7 @@
 //! client: TCP, Noise, yamux and request-response streams whose bytes it chooses itself, so it can
 //! send well-framed nonsense as well as bytes that are no frame at all.
 //!
-//! The wire (src/net/codec.rs): each of `/fogmesh/join/1`, `/fogmesh/sync/1` and `/fogmesh/push/1`
+//! The wire (src/net/codec.rs): each of `/fogmesh/join/1`, `/fogmesh/sync/2` and `/fogmesh/push/2`
 //! opens one yamux stream per request; after multistream-select the requester writes one CBOR byte
 //! string (a `net::Frame`) whose payload is the CBOR of a `mesh::proto` message, closes its side and
 //! reads the answer to the end of the stream. A refused request gets no answer: the node closes the

@@ -40,8 +40,8 @@ impl Proto {
     pub(crate) fn name(self) -> &'static str {
         match self {
             Proto::Join => "/fogmesh/join/1",
-            Proto::Sync => "/fogmesh/sync/1",
-            Proto::Push => "/fogmesh/push/1",
+            Proto::Sync => "/fogmesh/sync/2",
+            Proto::Push => "/fogmesh/push/2",
             Proto::Query => "/fogmesh/query/1",
         }
     }
