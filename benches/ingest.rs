@@ -810,7 +810,7 @@ async fn restart(count: usize, final_snapshot: bool) -> Result<Restart> {
         let (load, mat) = match &snap {
             Some(s) => {
                 let t = Instant::now();
-                let d = doc::Doc::load(&s.doc, &[0; 32])?;
+                let mut d = doc::Doc::load(&s.doc, &[0; 32])?;
                 let load = t.elapsed();
                 let t = Instant::now();
                 let n = d.read_all().len();

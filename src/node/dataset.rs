@@ -63,8 +63,6 @@ pub(crate) struct State {
     pub(super) next_seq: u64,
     pub(super) since_snapshot: u64,
     pub(super) failed: bool,
-    /// Remote changes wait in the document for missing dependencies.
-    pub(super) waiting: bool,
     /// Epoch keys this node holds.
     pub(crate) keys: BTreeMap<u64, EpochKey>,
     /// Epochs of stored envelopes that could not be opened for want of their key.
@@ -301,7 +299,7 @@ impl Dataset {
         }
         let (doc, vv, local) = {
             let mut st = self.lock();
-            if st.waiting || !st.missing.is_empty() {
+            if st.doc.waiting() || !st.missing.is_empty() {
                 // The version vector covers changes the document does not hold yet; a snapshot
                 // now would lose them on restore.
                 self.snapshotting.store(false, Ordering::Release);
@@ -372,7 +370,6 @@ impl State {
             next_seq: 1,
             since_snapshot: 0,
             failed: false,
-            waiting: false,
             keys: BTreeMap::new(),
             missing: BTreeSet::new(),
         }
@@ -407,16 +404,8 @@ impl State {
                 }
             }
         }
-        self.apply_opened(changes)
-    }
-
-    /// Applies changes opened from stored envelopes and notes whether some now wait for a
-    /// predecessor not yet here: the next apply must then compare every record, not only those
-    /// its own changes touch.
-    pub(super) fn apply_opened(&mut self, changes: Vec<automerge::Change>) -> Result<()> {
-        self.doc.apply_all(changes)?;
-        self.waiting = self.doc.waiting();
-        Ok(())
+        // The caller reads every record back once all are applied (`materialize`).
+        Ok(self.doc.apply_all(changes)?)
     }
 
     /// The key new local writes are sealed with (the newest epoch held), `None` for a dataset

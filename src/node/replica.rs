@@ -112,12 +112,9 @@ impl Dataset {
             advance_contiguous(store, &self.meta.id, &mut st.vv, author)?;
         }
         st.since_snapshot += new as u64;
-        let events = if applied.waiting {
-            st.waiting = true;
-            st.reread(&applied.touched)
-        } else if std::mem::take(&mut st.waiting) {
-            // Changes that waited for a dependency have now applied too: their records are not
-            // among `touched`, so compare everything once.
+        let events = if applied.everything {
+            // Records the given changes do not name changed too (changes that waited for a
+            // dependency applied with it): compare everything once.
             st.rematerialize()
         } else {
             st.reread(&applied.touched)
@@ -162,7 +159,7 @@ impl Dataset {
         if let Some(e) = bad {
             tracing::warn!(dataset = %self.meta.id, error = %e, "a stored envelope does not open");
         }
-        st.apply_opened(changes)?;
+        st.doc.apply_all(changes)?;
         Ok(st.rematerialize())
     }
 

@@ -55,6 +55,9 @@ pub struct Applied {
     /// arrive, records touched by the waiting changes change too (see [`Applied::touched`] of
     /// that later call: it does not name them, so the caller re-reads everything then).
     pub waiting: bool,
+    /// Records other than `touched` may have changed: changes that waited for a dependency
+    /// applied with it, or a change deleted or replaced a whole page. Re-read every record.
+    pub everything: bool,
 }
 
 /// The prefix of every page key; record ids never contain `.`, so no id looks like a page.
@@ -84,6 +87,9 @@ pub struct Doc {
     pages: HashMap<String, Vec<PageKey>>,
     /// Changes wait in the document for dependencies it lacks (see [`Applied::waiting`]).
     waiting: bool,
+    /// Changes were applied without keeping the index (see [`Doc::apply_all`]): it is rebuilt
+    /// before the next write, apply or [`Doc::read_all`].
+    unindexed: bool,
 }
 
 impl Doc {
@@ -93,6 +99,7 @@ impl Doc {
             am: Automerge::new().with_actor(ActorId::from(actor)),
             pages: HashMap::new(),
             waiting: false,
+            unindexed: false,
         }
     }
 
@@ -108,6 +115,7 @@ impl Doc {
             am,
             pages: HashMap::new(),
             waiting: false,
+            unindexed: false,
         };
         doc.waiting = doc.missing_deps();
         doc.reindex();
@@ -134,9 +142,17 @@ impl Doc {
         !self.am.get_missing_deps(&[]).is_empty()
     }
 
+    /// Rebuilds the index if changes were applied without keeping it.
+    fn ensure_indexed(&mut self) {
+        if std::mem::take(&mut self.unindexed) {
+            self.reindex();
+        }
+    }
+
     /// Applies upserts and deletes as one change; returns its bytes, or `None` if nothing
     /// changed. New records go to one new page; existing ones are updated where they live.
     pub fn write(&mut self, ups: &[Upsert], deletes: &[String]) -> Result<Option<Vec<u8>>, Error> {
+        self.ensure_indexed();
         let page: PageKey = format!("{PAGE_PREFIX}{}", ulid::Ulid::new()).into();
         let mut tx = self.am.transaction();
         let mut fresh: HashMap<String, hydrate::Value> = HashMap::new();
@@ -177,10 +193,19 @@ impl Doc {
     /// Applies changes from other authors, and reports the records they touch (found from the
     /// changes' own operations, see `touched`).
     pub fn apply(&mut self, changes: Vec<automerge::Change>) -> Result<Applied, Error> {
+        self.ensure_indexed();
         // Decoding each change, and finding the records it touches (a read), spread over threads
         // when a catch-up page brings many changes.
         let decoded = crate::parallel::map(&changes, PARALLEL_CHANGES, |c| c.decode());
-        self.apply_changes(changes, false)?;
+        let missing_before = match self.waiting {
+            true => self.am.get_missing_deps(&[]),
+            false => Vec::new(),
+        };
+        self.am.apply_changes(changes)?;
+        let missing = self.am.get_missing_deps(&[]);
+        self.waiting = !missing.is_empty();
+        // A waiting change applies once what it waits for arrives: then it is no longer missing.
+        let mut everything = missing_before.iter().any(|h| !missing.contains(h));
         let am = &self.am;
         let found = crate::parallel::map(&decoded, PARALLEL_CHANGES, |c| touched::scan(am, c));
         let mut ids = BTreeSet::new();
@@ -191,35 +216,27 @@ impl Doc {
             for id in &t.removed {
                 self.prune(id);
             }
+            everything |= t.rescan;
             ids.extend(t.records);
+        }
+        if everything {
+            // Changes no given change names applied, or pages went: index everything again.
+            self.reindex();
         }
         Ok(Applied {
             touched: ids.into_iter().collect(),
             waiting: self.waiting,
+            everything,
         })
     }
 
-    /// Applies changes without finding what they touch, then indexes the whole document again
-    /// (the caller re-reads every record): restoring from the store, or opening changes whose
-    /// key just arrived.
+    /// Applies changes without finding what they touch or keeping the index (rebuilt once, before
+    /// the next write, apply or [`Doc::read_all`]); the caller re-reads every record: restoring
+    /// from the store, or opening changes whose key just arrived.
     pub fn apply_all(&mut self, changes: Vec<automerge::Change>) -> Result<(), Error> {
-        self.apply_changes(changes, true)
-    }
-
-    /// Hands changes to Automerge and notes whether some now wait for a dependency; indexes
-    /// everything again when asked to, or when changes were waiting: those may have applied
-    /// now, creating records in pages that no given change names.
-    fn apply_changes(
-        &mut self,
-        changes: Vec<automerge::Change>,
-        reindex: bool,
-    ) -> Result<(), Error> {
-        let was_waiting = self.waiting;
         self.am.apply_changes(changes)?;
         self.waiting = self.missing_deps();
-        if reindex || was_waiting {
-            self.reindex();
-        }
+        self.unindexed = true;
         Ok(())
     }
 
@@ -251,6 +268,7 @@ impl Doc {
 
     /// Reads one record.
     pub fn read(&self, id: &str) -> Option<Record> {
+        debug_assert!(!self.unindexed, "read before the index was rebuilt");
         let obj = locate(&self.am, self.pages.get(id)?, id)?;
         match ReadDoc::hydrate(&self.am, &obj, None) {
             Ok(hydrate::Value::Map(m)) => from_record_map(id, &m),
@@ -259,27 +277,51 @@ impl Doc {
     }
 
     /// Every record (restoring a dataset), read page by page on several threads.
-    pub fn read_all(&self) -> Vec<Record> {
+    pub fn read_all(&mut self) -> Vec<Record> {
+        self.ensure_indexed();
         let pages: BTreeSet<&PageKey> = self.pages.values().flatten().collect();
         let pages: Vec<&PageKey> = pages.into_iter().collect();
         self.read_pages(&pages).into_values().flatten().collect()
     }
 
-    /// Reads the records `ids` (`None` for one that is gone). Few are read one by one; many
-    /// (a catch-up) by reading the pages that hold them whole, on several threads: on Automerge
-    /// 0.12 a whole page reads about twice as fast as its records one by one.
+    /// Reads the records `ids` (`None` for one that is gone). Few are read one by one. Of many (a
+    /// catch-up), those whose page is wanted at least half are read with their whole page (on
+    /// Automerge 0.12 a whole page reads about twice as fast as its records one by one), the
+    /// others one by one; both on several threads.
     pub fn read_many(&self, ids: &[String]) -> Vec<Option<Record>> {
         if ids.len() < PARALLEL_READS {
             return ids.iter().map(|id| self.read(id)).collect();
         }
-        let pages: BTreeSet<&PageKey> = ids
-            .iter()
-            .filter_map(|id| self.pages.get(id))
-            .flatten()
+        // Ids held in one page only, counted by page.
+        let only_page = |id: &String| match self.pages.get(id).map(Vec::as_slice) {
+            Some([page]) => Some(page),
+            _ => None,
+        };
+        let mut wanted: HashMap<&PageKey, usize> = HashMap::new();
+        for page in ids.iter().filter_map(only_page) {
+            *wanted.entry(page).or_default() += 1;
+        }
+        let mut whole: Vec<&PageKey> = wanted
+            .into_iter()
+            .filter(|(page, n)| 2 * n >= self.page_len(page))
+            .map(|(page, _)| page)
             .collect();
-        let pages: Vec<&PageKey> = pages.into_iter().collect();
-        let mut found = self.read_pages(&pages);
-        ids.iter().map(|id| found.remove(id).flatten()).collect()
+        whole.sort_unstable();
+        let mut found = self.read_pages(&whole);
+        let in_whole = |id: &String| only_page(id).is_some_and(|p| whole.binary_search(&p).is_ok());
+        let rest: Vec<&String> = ids.iter().filter(|id| !in_whole(id)).collect();
+        let mut rest = crate::parallel::map(&rest, PARALLEL_READS, |id| self.read(id)).into_iter();
+        ids.iter()
+            .map(|id| match in_whole(id) {
+                true => found.remove(id).flatten(),
+                false => rest.next().flatten(),
+            })
+            .collect()
+    }
+
+    /// How many records page `page` holds.
+    fn page_len(&self, page: &str) -> usize {
+        child_map(&self.am, &ROOT, page).map_or(0, |obj| self.am.length(&obj))
     }
 
     /// Every record map in `pages` (ascending), by id; a record held in several pages is the copy
@@ -311,6 +353,7 @@ impl Doc {
 
     /// Every record id in the document, sorted.
     pub fn ids(&self) -> Vec<String> {
+        debug_assert!(!self.unindexed, "ids before the index was rebuilt");
         let mut ids: Vec<String> = self
             .pages
             .iter()
@@ -448,8 +491,8 @@ mod tests {
         let mut b = Doc::new(&[2; 32]);
         b.apply(vec![automerge::Change::from_bytes(change).expect("c")])
             .expect("apply");
-        let loaded = Doc::load(&a.automerge().save(), &[3; 32]).expect("load");
-        for doc in [&a, &b, &loaded] {
+        let mut loaded = Doc::load(&a.automerge().save(), &[3; 32]).expect("load");
+        for doc in [&mut a, &mut b, &mut loaded] {
             assert_eq!(doc.ids(), ["r1", "r2"]);
             let all: Vec<Record> = ["r1", "r2"].iter().filter_map(|id| doc.read(id)).collect();
             let mut one_pass = doc.read_all();
@@ -527,12 +570,16 @@ mod tests {
         let early = b
             .apply(vec![automerge::Change::from_bytes(c2).expect("c")])
             .expect("a");
-        assert!(early.waiting);
+        assert!(early.waiting && !early.everything);
         assert!(b.ids().is_empty());
         let late = b
             .apply(vec![automerge::Change::from_bytes(c1).expect("c")])
             .expect("a");
         assert!(!late.waiting);
+        assert!(
+            late.everything,
+            "the waiting change applied too: re-read everything"
+        );
         assert_eq!(late.touched, ["r1"]);
         assert_eq!(
             b.ids(),
@@ -629,7 +676,7 @@ mod tests {
         let cd = a.write(&[], &gone).expect("delete");
         b.apply(change(cd)).expect("apply");
         let ids: Vec<String> = (0..320).map(|i| format!("r{i}")).collect();
-        for doc in [&a, &b] {
+        for doc in [&mut a, &mut b] {
             let one_by_one: Vec<Option<Record>> = ids.iter().map(|id| doc.read(id)).collect();
             assert_eq!(doc.read_many(&ids), one_by_one);
             let mut all = doc.read_all();
@@ -640,6 +687,50 @@ mod tests {
             assert_eq!(all.len(), 300 - gone.len());
         }
         assert_eq!(a.read_many(&ids), b.read_many(&ids));
+    }
+
+    #[test]
+    fn a_change_that_removes_a_whole_page_says_everything_changed() {
+        // Honest writers never touch a page at the root after creating it; a foreign one may.
+        let mut a = Doc::new(&[1; 32]);
+        let base = a
+            .write(&[up("r1", json!({})), up("r2", json!({}))], &[])
+            .expect("w");
+        let mut foreign = Automerge::new().with_actor(ActorId::from([5u8; 32].as_slice()));
+        foreign.apply_changes(change(base.clone())).expect("apply");
+        let page = foreign.keys(ROOT).next().expect("a page");
+        let mut tx = foreign.transaction();
+        tx.delete(ROOT, page.as_str()).expect("delete");
+        let (hash, _) = tx.commit();
+        let cut = foreign
+            .get_change_by_hash(&hash.expect("hash"))
+            .map(|c| c.raw_bytes().to_vec());
+        let applied = a.apply(change(cut)).expect("apply");
+        assert!(applied.everything && applied.touched.is_empty());
+        assert!(a.ids().is_empty() && a.read("r1").is_none() && a.read_all().is_empty());
+    }
+
+    #[test]
+    fn many_records_mixing_whole_pages_and_single_reads_read_as_one_by_one() {
+        let mut a = Doc::new(&[1; 32]);
+        let batch = |from: usize, n: usize| -> Vec<Upsert> {
+            (from..from + n)
+                .map(|i| up(&format!("r{i}"), json!({ "i": i })))
+                .collect()
+        };
+        a.write(&batch(0, 600), &[]).expect("w");
+        a.write(&batch(600, 1000), &[]).expect("w");
+        a.write(&[], &["r7".into(), "r700".into()]).expect("delete");
+        // Half of the first page (read whole), a quarter of the second (read one by one), and
+        // ids that are not there.
+        let ids: Vec<String> = (0..300)
+            .chain((600..1600).step_by(4))
+            .chain(5000..5010)
+            .map(|i| format!("r{i}"))
+            .collect();
+        let one_by_one: Vec<Option<Record>> = ids.iter().map(|id| a.read(id)).collect();
+        assert_eq!(a.read_many(&ids), one_by_one);
+        assert_eq!(one_by_one.iter().flatten().count(), 300 + 250 - 2);
     }
 
     mod convergence {

@@ -22,6 +22,9 @@ pub(super) struct Touch {
     pub placed: Vec<(String, String)>,
     /// Ids of the records the change deleted from a page.
     pub removed: Vec<String>,
+    /// The change deleted or replaced a page, which honest writers never do: records other than
+    /// those named may have changed.
+    pub rescan: bool,
 }
 
 /// Where an object sits: a page (its key), or inside a record (its index in `Touch::records`).
@@ -49,9 +52,13 @@ pub(super) fn scan(doc: &Automerge, c: &ExpandedChange) -> Touch {
         let is_make = matches!(op.action, OpType::Make(_));
         let place = match &op.obj {
             ObjectId::Root => {
-                if let (true, Key::Map(k)) = (is_make, &op.key) {
-                    if is_page_key(k) {
-                        made.insert(counter, Place::Page(k.to_string()));
+                if let Key::Map(k) = &op.key {
+                    match (is_page_key(k), is_make && op.pred.is_empty()) {
+                        (true, true) => {
+                            made.insert(counter, Place::Page(k.to_string()));
+                        }
+                        (true, false) => t.rescan = true,
+                        (false, _) => {}
                     }
                 }
                 continue;
