@@ -241,10 +241,13 @@ impl Mesh {
                 continue;
             }
             let node = &self.inner.node;
+            let (count, started) = (envs.len(), std::time::Instant::now());
             let (n, invalid) = node
                 .apply_envelopes_checked(&id, envs)
                 .await
                 .map_err(|e| e.to_string())?;
+            let ms = started.elapsed().as_millis() as u64;
+            tracing::debug!(%from, dataset = %id, count, new = n, ms, "envelopes applied");
             new += n;
             // Bad input only when the sender wrote the bad envelope itself: a relay cannot
             // check what it holds without the key.

@@ -159,8 +159,12 @@ impl Mesh {
         if !self.inner.state.begin_sync(peer) {
             return;
         }
+        let started = std::time::Instant::now();
         match self.catch_up(peer).await {
-            Ok(()) => self.inner.state.mark_clean(&peer),
+            Ok(()) => {
+                self.inner.state.mark_clean(&peer);
+                tracing::debug!(%peer, ms = started.elapsed().as_millis() as u64, "caught up");
+            }
             Err(e) => {
                 self.inner.state.mark_dirty(peer);
                 tracing::info!(%peer, error = %e, "catch-up stopped; it will be retried");
@@ -286,6 +290,9 @@ impl Mesh {
                 self.inner.state.set_progress(progress.clone());
                 page = fetched?;
             }
+        }
+        if progress.fetched > 0 {
+            tracing::debug!(%peer, dataset = id, fetched = progress.fetched, "fetched missing envelopes");
         }
         Ok(())
     }

@@ -113,8 +113,8 @@ impl Dataset {
         }
         st.since_snapshot += new as u64;
         let events = if applied.everything {
-            // Records the given changes do not name changed too (changes that waited for a
-            // dependency applied with it): compare everything once.
+            // Records no decoded change names may have changed (see `Applied::everything`):
+            // compare everything once.
             st.rematerialize()
         } else {
             st.reread(&applied.touched)

@@ -21,7 +21,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use automerge::transaction::Transactable;
-use automerge::{hydrate, ActorId, Automerge, ObjId, ObjType, ReadDoc, Value, ROOT};
+use automerge::{
+    hydrate, ActorId, Automerge, ChangeHash, ExpandedChange, ObjId, ObjType, ReadDoc, Value, ROOT,
+};
 use serde_json::{Map, Value as Json};
 
 use super::amjson::{from_record_map, new_record, put_json};
@@ -51,12 +53,12 @@ pub struct Upsert {
 pub struct Applied {
     /// Ids of the records the given changes touch (created, updated or deleted).
     pub touched: Vec<String>,
-    /// Some changes wait inside the document for dependencies that have not arrived; when they
-    /// arrive, records touched by the waiting changes change too (see [`Applied::touched`] of
-    /// that later call: it does not name them, so the caller re-reads everything then).
+    /// Some changes wait inside the document for dependencies that have not arrived. The records
+    /// they touch are named by the later apply that lets them apply.
     pub waiting: bool,
-    /// Records other than `touched` may have changed: changes that waited for a dependency
-    /// applied with it, or a change deleted or replaced a whole page. Re-read every record.
+    /// Records other than `touched` may have changed: a change deleted or replaced a whole page,
+    /// or changes applied that waited since a restore or a key's arrival (whose operations this
+    /// document did not keep). Re-read every record.
     pub everything: bool,
 }
 
@@ -87,6 +89,11 @@ pub struct Doc {
     pages: HashMap<String, Vec<PageKey>>,
     /// Changes wait in the document for dependencies it lacks (see [`Applied::waiting`]).
     waiting: bool,
+    /// Remote changes Automerge holds back for a missing dependency, decoded: the records they
+    /// touch are found when they apply.
+    held: HashMap<ChangeHash, ExpandedChange>,
+    /// Some waiting changes are not in `held` (they came by [`Doc::apply_all`] or a load).
+    held_unknown: bool,
     /// Changes were applied without keeping the index (see [`Doc::apply_all`]): it is rebuilt
     /// before the next write, apply or [`Doc::read_all`].
     unindexed: bool,
@@ -95,12 +102,7 @@ pub struct Doc {
 impl Doc {
     /// A new empty document whose changes are authored by `actor`.
     pub fn new(actor: &[u8]) -> Self {
-        Self {
-            am: Automerge::new().with_actor(ActorId::from(actor)),
-            pages: HashMap::new(),
-            waiting: false,
-            unindexed: false,
-        }
+        Self::from_automerge(Automerge::new().with_actor(ActorId::from(actor)))
     }
 
     /// Loads a saved document; its new changes are authored by `actor`.
@@ -111,13 +113,15 @@ impl Doc {
 
     /// A document already in memory (its index is built from its pages).
     pub fn from_automerge(am: Automerge) -> Self {
+        let waiting = !am.get_missing_deps(&[]).is_empty();
         let mut doc = Self {
             am,
             pages: HashMap::new(),
-            waiting: false,
+            waiting,
+            held: HashMap::new(),
+            held_unknown: waiting,
             unindexed: false,
         };
-        doc.waiting = doc.missing_deps();
         doc.reindex();
         doc
     }
@@ -197,15 +201,18 @@ impl Doc {
         // Decoding each change, and finding the records it touches (a read), spread over threads
         // when a catch-up page brings many changes.
         let decoded = crate::parallel::map(&changes, PARALLEL_CHANGES, |c| c.decode());
-        let missing_before = match self.waiting {
+        let hashes: Vec<ChangeHash> = changes.iter().map(|c| c.hash()).collect();
+        let missing_before = match self.held_unknown {
             true => self.am.get_missing_deps(&[]),
             false => Vec::new(),
         };
         self.am.apply_changes(changes)?;
         let missing = self.am.get_missing_deps(&[]);
         self.waiting = !missing.is_empty();
-        // A waiting change applies once what it waits for arrives: then it is no longer missing.
+        // An unknown waiting change may have applied if something it may wait for arrived.
         let mut everything = missing_before.iter().any(|h| !missing.contains(h));
+        self.held_unknown &= self.waiting;
+        let decoded = self.ready(hashes.into_iter().zip(decoded));
         let am = &self.am;
         let found = crate::parallel::map(&decoded, PARALLEL_CHANGES, |c| touched::scan(am, c));
         let mut ids = BTreeSet::new();
@@ -220,7 +227,7 @@ impl Doc {
             ids.extend(t.records);
         }
         if everything {
-            // Changes no given change names applied, or pages went: index everything again.
+            // Changes not decoded here applied, or pages went: index everything again.
             self.reindex();
         }
         Ok(Applied {
@@ -230,12 +237,42 @@ impl Doc {
         })
     }
 
+    /// The given changes that are in the document now, plus the held ones that applied with
+    /// them; the given ones that wait are held.
+    fn ready(
+        &mut self,
+        given: impl Iterator<Item = (ChangeHash, ExpandedChange)>,
+    ) -> Vec<ExpandedChange> {
+        let mut ready = Vec::new();
+        for (hash, change) in given {
+            match self.has(&hash) {
+                true => ready.push(change),
+                false => {
+                    self.held.insert(hash, change);
+                }
+            }
+        }
+        let applied: Vec<ChangeHash> = self.held.keys().filter(|h| self.has(h)).copied().collect();
+        ready.extend(applied.iter().filter_map(|h| self.held.remove(h)));
+        ready
+    }
+
+    fn has(&self, hash: &ChangeHash) -> bool {
+        self.am.get_change_meta_by_hash(hash).is_some()
+    }
+
     /// Applies changes without finding what they touch or keeping the index (rebuilt once, before
     /// the next write, apply or [`Doc::read_all`]); the caller re-reads every record: restoring
     /// from the store, or opening changes whose key just arrived.
     pub fn apply_all(&mut self, changes: Vec<automerge::Change>) -> Result<(), Error> {
         self.am.apply_changes(changes)?;
         self.waiting = self.missing_deps();
+        // Held changes that applied now are covered by the caller's full re-read; changes that
+        // wait now were not decoded.
+        let am = &self.am;
+        self.held
+            .retain(|h, _| am.get_change_meta_by_hash(h).is_none());
+        self.held_unknown = self.waiting;
         self.unindexed = true;
         Ok(())
     }
@@ -568,25 +605,34 @@ mod tests {
             .expect("c");
         let mut b = Doc::new(&[2; 32]);
         let early = b
-            .apply(vec![automerge::Change::from_bytes(c2).expect("c")])
+            .apply(vec![automerge::Change::from_bytes(c2.clone()).expect("c")])
             .expect("a");
         assert!(early.waiting && !early.everything);
         assert!(b.ids().is_empty());
         let late = b
-            .apply(vec![automerge::Change::from_bytes(c1).expect("c")])
+            .apply(vec![automerge::Change::from_bytes(c1.clone()).expect("c")])
             .expect("a");
         assert!(!late.waiting);
-        assert!(
-            late.everything,
-            "the waiting change applied too: re-read everything"
+        assert!(!late.everything);
+        assert_eq!(
+            late.touched,
+            ["r1", "r2"],
+            "the apply names the records of the change that waited too"
         );
-        assert_eq!(late.touched, ["r1"]);
         assert_eq!(
             b.ids(),
             ["r1", "r2"],
             "the waiting change applied with its dependency"
         );
         assert_eq!(b.read("r1").expect("r1").data["x"], 2);
+        // A change left waiting by `apply_all` (restore, a key's arrival) was not decoded: when
+        // it applies, everything is re-read.
+        let mut c = Doc::new(&[3; 32]);
+        c.apply_all(change(Some(c2))).expect("apply_all");
+        assert!(c.waiting() && c.read_all().is_empty());
+        let late = c.apply(change(Some(c1))).expect("a");
+        assert!(late.everything && !late.waiting);
+        assert_eq!(c.ids(), ["r1", "r2"]);
     }
 
     fn change(bytes: Option<Vec<u8>>) -> Vec<automerge::Change> {
