@@ -21,13 +21,12 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use automerge::transaction::Transactable;
-use automerge::{
-    hydrate, ActorId, Automerge, ChangeHash, ExpandedChange, ObjId, ObjType, ReadDoc, Value, ROOT,
-};
+use automerge::{hydrate, ActorId, Automerge, ChangeHash, ObjId, ObjType, ReadDoc, Value, ROOT};
 use serde_json::{Map, Value as Json};
 
 use super::amjson::{from_record_map, new_record, put_json};
 use super::touched;
+use super::waiting::Waiting;
 use crate::record::Record;
 
 /// An Automerge failure on a document.
@@ -87,13 +86,8 @@ pub struct Doc {
     /// Record id -> keys of the pages that hold (or held: a remote delete is pruned lazily) a
     /// copy, ascending; the last one that holds it is the record.
     pages: HashMap<String, Vec<PageKey>>,
-    /// Changes wait in the document for dependencies it lacks (see [`Applied::waiting`]).
-    waiting: bool,
-    /// Remote changes Automerge holds back for a missing dependency, decoded: the records they
-    /// touch are found when they apply.
-    held: HashMap<ChangeHash, ExpandedChange>,
-    /// Some waiting changes are not in `held` (they came by [`Doc::apply_all`] or a load).
-    held_unknown: bool,
+    /// Changes that wait in the document for dependencies it lacks (see [`Applied::waiting`]).
+    waiting: Waiting,
     /// Changes were applied without keeping the index (see [`Doc::apply_all`]): it is rebuilt
     /// before the next write, apply or [`Doc::read_all`].
     unindexed: bool,
@@ -113,13 +107,10 @@ impl Doc {
 
     /// A document already in memory (its index is built from its pages).
     pub fn from_automerge(am: Automerge) -> Self {
-        let waiting = !am.get_missing_deps(&[]).is_empty();
         let mut doc = Self {
+            waiting: Waiting::of(&am),
             am,
             pages: HashMap::new(),
-            waiting,
-            held: HashMap::new(),
-            held_unknown: waiting,
             unindexed: false,
         };
         doc.reindex();
@@ -139,11 +130,7 @@ impl Doc {
     /// Whether changes wait in the document for dependencies it lacks: when those arrive, the
     /// records the waiting changes touch change too, though the arriving changes do not name them.
     pub fn waiting(&self) -> bool {
-        self.waiting
-    }
-
-    fn missing_deps(&self) -> bool {
-        !self.am.get_missing_deps(&[]).is_empty()
+        self.waiting.any()
     }
 
     /// Rebuilds the index if changes were applied without keeping it.
@@ -183,6 +170,10 @@ impl Doc {
             }
         }
         let (hash, _) = tx.commit();
+        if self.waiting.any() {
+            // A local change can make Automerge drop queued changes of the same actor.
+            self.waiting.resync(&self.am);
+        }
         for id in created {
             place(&mut self.pages, id, page.clone());
         }
@@ -198,21 +189,17 @@ impl Doc {
     /// changes' own operations, see `touched`).
     pub fn apply(&mut self, changes: Vec<automerge::Change>) -> Result<Applied, Error> {
         self.ensure_indexed();
+        // Copies (of the compact form) of what may wait, to name its records when it applies.
+        let copies = changes.clone();
+        if let Err(e) = self.am.apply_changes(changes) {
+            self.waiting.resync(&self.am);
+            return Err(e.into());
+        }
+        let released = self.waiting.after_apply(&self.am, copies);
+        let mut everything = released.unknown;
         // Decoding each change, and finding the records it touches (a read), spread over threads
         // when a catch-up page brings many changes.
-        let decoded = crate::parallel::map(&changes, PARALLEL_CHANGES, |c| c.decode());
-        let hashes: Vec<ChangeHash> = changes.iter().map(|c| c.hash()).collect();
-        let missing_before = match self.held_unknown {
-            true => self.am.get_missing_deps(&[]),
-            false => Vec::new(),
-        };
-        self.am.apply_changes(changes)?;
-        let missing = self.am.get_missing_deps(&[]);
-        self.waiting = !missing.is_empty();
-        // An unknown waiting change may have applied if something it may wait for arrived.
-        let mut everything = missing_before.iter().any(|h| !missing.contains(h));
-        self.held_unknown &= self.waiting;
-        let decoded = self.ready(hashes.into_iter().zip(decoded));
+        let decoded = crate::parallel::map(&released.ready, PARALLEL_CHANGES, |c| c.decode());
         let am = &self.am;
         let found = crate::parallel::map(&decoded, PARALLEL_CHANGES, |c| touched::scan(am, c));
         let mut ids = BTreeSet::new();
@@ -232,49 +219,24 @@ impl Doc {
         }
         Ok(Applied {
             touched: ids.into_iter().collect(),
-            waiting: self.waiting,
+            waiting: self.waiting.any(),
             everything,
         })
-    }
-
-    /// The given changes that are in the document now, plus the held ones that applied with
-    /// them; the given ones that wait are held.
-    fn ready(
-        &mut self,
-        given: impl Iterator<Item = (ChangeHash, ExpandedChange)>,
-    ) -> Vec<ExpandedChange> {
-        let mut ready = Vec::new();
-        for (hash, change) in given {
-            match self.has(&hash) {
-                true => ready.push(change),
-                false => {
-                    self.held.insert(hash, change);
-                }
-            }
-        }
-        let applied: Vec<ChangeHash> = self.held.keys().filter(|h| self.has(h)).copied().collect();
-        ready.extend(applied.iter().filter_map(|h| self.held.remove(h)));
-        ready
-    }
-
-    fn has(&self, hash: &ChangeHash) -> bool {
-        self.am.get_change_meta_by_hash(hash).is_some()
     }
 
     /// Applies changes without finding what they touch or keeping the index (rebuilt once, before
     /// the next write, apply or [`Doc::read_all`]); the caller re-reads every record: restoring
     /// from the store, or opening changes whose key just arrived.
     pub fn apply_all(&mut self, changes: Vec<automerge::Change>) -> Result<(), Error> {
-        self.am.apply_changes(changes)?;
-        self.waiting = self.missing_deps();
-        // Held changes that applied now are covered by the caller's full re-read; changes that
-        // wait now were not decoded.
+        let hashes: Vec<ChangeHash> = changes.iter().map(|c| c.hash()).collect();
+        let applied = self.am.apply_changes(changes);
         let am = &self.am;
-        self.held
-            .retain(|h, _| am.get_change_meta_by_hash(h).is_none());
-        self.held_unknown = self.waiting;
+        let queued = hashes
+            .iter()
+            .any(|h| am.get_change_meta_by_hash(h).is_none());
+        self.waiting.after_apply_unkept(am, queued);
         self.unindexed = true;
-        Ok(())
+        Ok(applied?)
     }
 
     /// Rebuilds the index from the document.
@@ -777,6 +739,20 @@ mod tests {
         let one_by_one: Vec<Option<Record>> = ids.iter().map(|id| a.read(id)).collect();
         assert_eq!(a.read_many(&ids), one_by_one);
         assert_eq!(one_by_one.iter().flatten().count(), 300 + 250 - 2);
+    }
+
+    #[test]
+    fn a_waiting_change_that_a_local_write_makes_automerge_drop_is_forgotten() {
+        let mut a = Doc::new(&[1; 32]);
+        a.write(&[up("r1", json!({}))], &[]).expect("w");
+        let c2 = a.write(&[up("r2", json!({}))], &[]).expect("w");
+        // The same author on a node that lost its store: its own second change comes back
+        // before its first, and a local write takes that sequence number meanwhile.
+        let mut b = Doc::new(&[1; 32]);
+        assert!(b.apply(change(c2)).expect("apply").waiting);
+        b.write(&[up("r3", json!({}))], &[]).expect("w");
+        assert!(!b.waiting(), "the dropped change no longer waits");
+        assert_eq!(b.ids(), ["r3"]);
     }
 
     mod convergence {

@@ -7,3 +7,4 @@ pub mod flow;
 pub mod plan;
 pub mod query;
 mod touched;
+mod waiting;
