@@ -1,0 +1,414 @@
+//! Tests of the document layout: records in pages, the index, reads, waiting changes, and
+//! convergence of replicas.
+
+use super::*;
+use serde_json::json;
+
+fn up(id: &str, data: Json) -> Upsert {
+    let Json::Object(data) = data else {
+        panic!("object")
+    };
+    Upsert {
+        id: id.into(),
+        name: "d7/ward-3".into(),
+        time: 5,
+        data,
+    }
+}
+
+#[test]
+fn json_round_trips_through_the_document() {
+    let mut doc = Doc::new(&[1; 32]);
+    let data = json!({"s": "x", "i": -3, "u": u64::MAX, "f": 1.5, "b": true, "n": null,
+                      "nested": {"a": [1, {"b": "c"}]}});
+    doc.write(&[up("r1", data.clone())], &[]).expect("write");
+    let r = doc.read("r1").expect("present");
+    assert_eq!(Json::Object(r.data), data);
+    assert_eq!((r.name.as_str(), r.time), ("d7/ward-3", 5));
+}
+
+#[test]
+fn updates_patch_fields_and_deletes_remove() {
+    let mut doc = Doc::new(&[1; 32]);
+    doc.write(&[up("r1", json!({"a": 1, "b": 2}))], &[])
+        .expect("write");
+    doc.write(&[up("r1", json!({"b": 3}))], &[]).expect("write");
+    assert_eq!(
+        Json::Object(doc.read("r1").expect("r").data),
+        json!({"a": 1, "b": 3})
+    );
+    doc.write(&[], &["r1".into()]).expect("delete");
+    assert!(doc.read("r1").is_none());
+    assert!(doc.ids().is_empty());
+}
+
+#[test]
+fn concurrent_updates_of_different_fields_merge() {
+    let mut a = Doc::new(&[1; 32]);
+    let base = a
+        .write(&[up("r1", json!({"x": 0, "y": 0}))], &[])
+        .expect("w")
+        .expect("change");
+    let mut b = Doc::new(&[2; 32]);
+    b.apply(vec![automerge::Change::from_bytes(base).expect("change")])
+        .expect("apply");
+    let ca = a
+        .write(&[up("r1", json!({"x": 1}))], &[])
+        .expect("w")
+        .expect("c");
+    let cb = b
+        .write(&[up("r1", json!({"y": 2}))], &[])
+        .expect("w")
+        .expect("c");
+    a.apply(vec![automerge::Change::from_bytes(cb).expect("c")])
+        .expect("apply");
+    b.apply(vec![automerge::Change::from_bytes(ca).expect("c")])
+        .expect("apply");
+    let (ra, rb) = (a.read("r1").expect("a"), b.read("r1").expect("b"));
+    assert_eq!(ra, rb);
+    assert_eq!(Json::Object(ra.data), json!({"x": 1, "y": 2}));
+}
+
+#[test]
+fn a_batch_created_record_travels_by_change_and_by_save() {
+    let mut a = Doc::new(&[1; 32]);
+    let data = json!({"s": "x", "u": u64::MAX, "f": -0.5, "nested": {"l": [1, [2], {"k": null}]}});
+    let change = a
+        .write(&[up("r1", data.clone()), up("r2", json!({}))], &[])
+        .expect("write")
+        .expect("change");
+    let mut b = Doc::new(&[2; 32]);
+    b.apply(vec![automerge::Change::from_bytes(change).expect("c")])
+        .expect("apply");
+    let mut loaded = Doc::load(&a.automerge().save(), &[3; 32]).expect("load");
+    for doc in [&mut a, &mut b, &mut loaded] {
+        assert_eq!(doc.ids(), ["r1", "r2"]);
+        let all: Vec<Record> = ["r1", "r2"].iter().filter_map(|id| doc.read(id)).collect();
+        let mut one_pass = doc.read_all();
+        one_pass.sort_by(|x, y| x.id.cmp(&y.id));
+        assert_eq!(one_pass, all, "one pass reads what record-by-record does");
+        let r = doc.read("r1").expect("r1");
+        assert_eq!((Json::Object(r.data), r.time), (data.clone(), 5));
+    }
+    // And it updates field by field like any other record.
+    b.write(&[up("r1", json!({"s": "y"}))], &[])
+        .expect("update");
+    assert_eq!(b.read("r1").expect("r1").data["nested"], data["nested"]);
+}
+
+#[test]
+fn records_written_before_two_replicas_met_all_survive_and_apply_names_them() {
+    let (mut a, mut b) = (Doc::new(&[1; 32]), Doc::new(&[2; 32]));
+    let ca = a
+        .write(&[up("ra", json!({"x": 1}))], &[])
+        .expect("w")
+        .expect("c");
+    let cb = b
+        .write(&[up("rb", json!({"y": 2}))], &[])
+        .expect("w")
+        .expect("c");
+    let got = a
+        .apply(vec![automerge::Change::from_bytes(cb).expect("c")])
+        .expect("apply")
+        .touched;
+    assert_eq!(got, ["rb"]);
+    let got = b
+        .apply(vec![automerge::Change::from_bytes(ca).expect("c")])
+        .expect("apply")
+        .touched;
+    assert_eq!(got, ["ra"]);
+    assert_eq!(a.ids(), ["ra", "rb"]);
+    assert_eq!(b.ids(), a.ids());
+    // Field updates and deletes name their record too; a duplicate names nothing.
+    let cu = a
+        .write(&[up("rb", json!({"y": 3}))], &["ra".into()])
+        .expect("w")
+        .expect("c");
+    let change = automerge::Change::from_bytes(cu).expect("c");
+    let got = b.apply(vec![change.clone()]).expect("apply").touched;
+    assert_eq!(got, ["ra", "rb"]);
+    // An update that makes nested objects inside an existing record names that record
+    // alone, as do the operations inside those new objects.
+    let cn = a
+        .write(&[up("rb", json!({"n": {"k": [1, {"d": 2}]}}))], &[])
+        .expect("w")
+        .expect("c");
+    let got = b.apply(vec![automerge::Change::from_bytes(cn).expect("c")]);
+    assert_eq!(got.expect("apply").touched, ["rb"]);
+    assert_eq!(
+        b.read("rb").expect("rb").data["n"],
+        json!({"k": [1, {"d": 2}]})
+    );
+    // A duplicate changes nothing (it may name its records again: re-reading is harmless).
+    assert!(!b.apply(vec![change]).expect("dup").waiting);
+    assert_eq!(b.read("rb").expect("rb").data["y"], 3);
+}
+
+#[test]
+fn a_change_that_arrives_before_its_dependency_waits_and_says_so() {
+    let mut a = Doc::new(&[1; 32]);
+    let c1 = a
+        .write(&[up("r1", json!({"x": 1}))], &[])
+        .expect("w")
+        .expect("c");
+    let c2 = a
+        .write(&[up("r1", json!({"x": 2})), up("r2", json!({}))], &[])
+        .expect("w")
+        .expect("c");
+    let mut b = Doc::new(&[2; 32]);
+    let early = b
+        .apply(vec![automerge::Change::from_bytes(c2.clone()).expect("c")])
+        .expect("a");
+    assert!(early.waiting && !early.everything);
+    assert!(b.ids().is_empty());
+    let late = b
+        .apply(vec![automerge::Change::from_bytes(c1.clone()).expect("c")])
+        .expect("a");
+    assert!(!late.waiting);
+    assert!(!late.everything);
+    assert_eq!(
+        late.touched,
+        ["r1", "r2"],
+        "the apply names the records of the change that waited too"
+    );
+    assert_eq!(
+        b.ids(),
+        ["r1", "r2"],
+        "the waiting change applied with its dependency"
+    );
+    assert_eq!(b.read("r1").expect("r1").data["x"], 2);
+    // A change left waiting by `apply_all` (restore, a key's arrival) was not decoded: when
+    // it applies, everything is re-read.
+    let mut c = Doc::new(&[3; 32]);
+    c.apply_all(change(Some(c2))).expect("apply_all");
+    assert!(c.waiting() && c.read_all().is_empty());
+    let late = c.apply(change(Some(c1))).expect("a");
+    assert!(late.everything && !late.waiting);
+    assert_eq!(c.ids(), ["r1", "r2"]);
+}
+
+fn change(bytes: Option<Vec<u8>>) -> Vec<automerge::Change> {
+    vec![automerge::Change::from_bytes(bytes.expect("a change")).expect("change")]
+}
+
+#[test]
+fn two_creations_of_one_id_show_the_same_copy_everywhere_and_a_delete_removes_both() {
+    let (mut a, mut b) = (Doc::new(&[1; 32]), Doc::new(&[2; 32]));
+    let ca = a.write(&[up("r1", json!({"from": "a"}))], &[]).expect("w");
+    let cb = b.write(&[up("r1", json!({"from": "b"}))], &[]).expect("w");
+    assert_eq!(a.apply(change(cb)).expect("apply").touched, ["r1"]);
+    assert_eq!(b.apply(change(ca)).expect("apply").touched, ["r1"]);
+    let (ra, rb) = (a.read("r1").expect("a"), b.read("r1").expect("b"));
+    assert_eq!(ra, rb, "both replicas show the same copy");
+    assert_eq!((a.ids(), b.ids()), (vec!["r1".into()], vec!["r1".into()]));
+    // An update goes to the copy shown, on either side.
+    let cu = b.write(&[up("r1", json!({"n": 1}))], &[]).expect("w");
+    a.apply(change(cu)).expect("apply");
+    assert_eq!(a.read("r1"), b.read("r1"));
+    assert_eq!(a.read("r1").expect("r1").data["n"], 1);
+    // A node that holds both copies deletes both.
+    let cd = a.write(&[], &["r1".into()]).expect("w");
+    assert!(a.read("r1").is_none());
+    assert_eq!(b.apply(change(cd)).expect("apply").touched, ["r1"]);
+    assert!(b.read("r1").is_none() && b.ids().is_empty());
+}
+
+#[test]
+fn a_deleted_record_written_again_lives_in_a_new_page() {
+    let mut a = Doc::new(&[1; 32]);
+    a.write(&[up("r1", json!({"v": 1, "old": true}))], &[])
+        .expect("w");
+    a.write(&[], &["r1".into()]).expect("delete");
+    a.write(&[up("r1", json!({"v": 2}))], &[]).expect("w");
+    let loaded = Doc::load(&a.automerge().save(), &[1; 32]).expect("load");
+    for doc in [&a, &loaded] {
+        assert_eq!(
+            Json::Object(doc.read("r1").expect("r1").data),
+            json!({"v": 2})
+        );
+        assert_eq!(doc.ids(), ["r1"]);
+    }
+}
+
+#[test]
+fn keys_at_the_root_that_are_not_pages_are_not_records() {
+    // What an older layout (records directly at the root) or a foreign writer leaves there.
+    let mut foreign = Automerge::new().with_actor(ActorId::from([5u8; 32].as_slice()));
+    let mut tx = foreign.transaction();
+    let rec = tx.put_object(ROOT, "r9", ObjType::Map).expect("put");
+    tx.put(&rec, "name", "x").expect("put");
+    tx.put(ROOT, "p.scalar", 3).expect("put");
+    let (hash, _) = tx.commit();
+    let bytes = foreign
+        .get_change_by_hash(&hash.expect("hash"))
+        .map(|c| c.raw_bytes().to_vec());
+    let mut a = Doc::new(&[1; 32]);
+    a.write(&[up("r1", json!({}))], &[]).expect("w");
+    assert!(a.apply(change(bytes)).expect("apply").touched.is_empty());
+    let loaded = Doc::load(&a.automerge().save(), &[1; 32]).expect("load");
+    for doc in [&a, &loaded] {
+        assert_eq!(doc.ids(), ["r1"]);
+        assert!(doc.read("r9").is_none());
+    }
+}
+
+#[test]
+fn many_records_read_page_by_page_as_one_by_one() {
+    let (mut a, mut b) = (Doc::new(&[1; 32]), Doc::new(&[2; 32]));
+    let batch = |from: usize, who: &str| -> Vec<Upsert> {
+        (from..from + 150)
+            .map(|i| up(&format!("r{i}"), json!({ "who": who, "i": i })))
+            .collect()
+    };
+    let mut changes = Vec::new();
+    for from in [0, 150] {
+        changes.push(a.write(&batch(from, "a"), &[]).expect("w"));
+    }
+    // b creates half of a's ids again before seeing a's: two copies of each.
+    let cb = b.write(&batch(75, "b"), &[]).expect("w");
+    for c in changes {
+        b.apply(change(c)).expect("apply");
+    }
+    a.apply(change(cb)).expect("apply");
+    let gone: Vec<String> = (0..300).step_by(7).map(|i| format!("r{i}")).collect();
+    let cd = a.write(&[], &gone).expect("delete");
+    b.apply(change(cd)).expect("apply");
+    let ids: Vec<String> = (0..320).map(|i| format!("r{i}")).collect();
+    for doc in [&mut a, &mut b] {
+        let one_by_one: Vec<Option<Record>> = ids.iter().map(|id| doc.read(id)).collect();
+        assert_eq!(doc.read_many(&ids), one_by_one);
+        let mut all = doc.read_all();
+        all.sort_by(|x, y| x.id.cmp(&y.id));
+        let mut expected: Vec<Record> = one_by_one.into_iter().flatten().collect();
+        expected.sort_by(|x, y| x.id.cmp(&y.id));
+        assert_eq!(all, expected);
+        assert_eq!(all.len(), 300 - gone.len());
+    }
+    assert_eq!(a.read_many(&ids), b.read_many(&ids));
+}
+
+#[test]
+fn a_change_that_removes_a_whole_page_says_everything_changed() {
+    // Honest writers never touch a page at the root after creating it; a foreign one may.
+    let mut a = Doc::new(&[1; 32]);
+    let base = a
+        .write(&[up("r1", json!({})), up("r2", json!({}))], &[])
+        .expect("w");
+    let mut foreign = Automerge::new().with_actor(ActorId::from([5u8; 32].as_slice()));
+    foreign.apply_changes(change(base.clone())).expect("apply");
+    let page = foreign.keys(ROOT).next().expect("a page");
+    let mut tx = foreign.transaction();
+    tx.delete(ROOT, page.as_str()).expect("delete");
+    let (hash, _) = tx.commit();
+    let cut = foreign
+        .get_change_by_hash(&hash.expect("hash"))
+        .map(|c| c.raw_bytes().to_vec());
+    let applied = a.apply(change(cut)).expect("apply");
+    assert!(applied.everything && applied.touched.is_empty());
+    assert!(a.ids().is_empty() && a.read("r1").is_none() && a.read_all().is_empty());
+}
+
+#[test]
+fn many_records_mixing_whole_pages_and_single_reads_read_as_one_by_one() {
+    let mut a = Doc::new(&[1; 32]);
+    let batch = |from: usize, n: usize| -> Vec<Upsert> {
+        (from..from + n)
+            .map(|i| up(&format!("r{i}"), json!({ "i": i })))
+            .collect()
+    };
+    a.write(&batch(0, 600), &[]).expect("w");
+    a.write(&batch(600, 1000), &[]).expect("w");
+    a.write(&[], &["r7".into(), "r700".into()]).expect("delete");
+    // Half of the first page (read whole), a quarter of the second (read one by one), and
+    // ids that are not there.
+    let ids: Vec<String> = (0..300)
+        .chain((600..1600).step_by(4))
+        .chain(5000..5010)
+        .map(|i| format!("r{i}"))
+        .collect();
+    let one_by_one: Vec<Option<Record>> = ids.iter().map(|id| a.read(id)).collect();
+    assert_eq!(a.read_many(&ids), one_by_one);
+    assert_eq!(one_by_one.iter().flatten().count(), 300 + 250 - 2);
+}
+
+#[test]
+fn a_waiting_change_that_a_local_write_makes_automerge_drop_is_forgotten() {
+    let mut a = Doc::new(&[1; 32]);
+    a.write(&[up("r1", json!({}))], &[]).expect("w");
+    let c2 = a.write(&[up("r2", json!({}))], &[]).expect("w");
+    // The same author on a node that lost its store: its own second change comes back
+    // before its first, and a local write takes that sequence number meanwhile.
+    let mut b = Doc::new(&[1; 32]);
+    assert!(b.apply(change(c2)).expect("apply").waiting);
+    b.write(&[up("r3", json!({}))], &[]).expect("w");
+    assert!(!b.waiting(), "the dropped change no longer waits");
+    assert_eq!(b.ids(), ["r3"]);
+}
+
+mod convergence {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Three writers each make a few batches on their own replica, seeing only their own
+    /// changes; every replica then receives all changes shuffled and partly duplicated.
+    fn changes(plan: &[Vec<(u8, u8)>]) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        for (w, batches) in plan.iter().enumerate() {
+            let mut doc = Doc::new(&[w as u8 + 1; 32]);
+            for (i, (rec, val)) in batches.iter().enumerate() {
+                let u = Upsert {
+                    id: format!("r{}", rec % 4),
+                    name: "a".into(),
+                    time: i as u64,
+                    data: json!({ format!("f{w}"): val, "shared": val })
+                        .as_object()
+                        .cloned()
+                        .unwrap_or_default(),
+                };
+                let id = u.id.clone();
+                if let Ok(Some(c)) = doc.write(&[u], &[]) {
+                    out.push(c);
+                }
+                if val % 5 == 0 {
+                    if let Ok(Some(c)) = doc.write(&[], &[id]) {
+                        out.push(c);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    proptest! {
+        #[test]
+        fn replicas_converge_whatever_the_order_and_duplicates(
+            plan in proptest::collection::vec(proptest::collection::vec((0u8..8, 0u8..50), 1..5), 3),
+            order in proptest::collection::vec(any::<proptest::sample::Index>(), 0..40),
+        ) {
+            let all = changes(&plan);
+            let mut reference = Doc::new(&[9; 32]);
+            let parsed: Vec<automerge::Change> = all
+                .iter()
+                .map(|c| automerge::Change::from_bytes(c.clone()).expect("change"))
+                .collect();
+            reference.apply(parsed.clone()).expect("apply");
+            // Another replica: a shuffled sequence with duplicates, then everything once more.
+            let mut other = Doc::new(&[8; 32]);
+            for ix in &order {
+                let c = parsed[ix.index(parsed.len())].clone();
+                other.apply(vec![c]).expect("apply");
+            }
+            let mut rev = parsed.clone();
+            rev.reverse();
+            other.apply(rev).expect("apply");
+            // And a replica loaded from a save, whose index is built from the pages.
+            let loaded = Doc::load(&other.automerge().save(), &[7; 32]).expect("load");
+            prop_assert_eq!(reference.ids(), other.ids());
+            prop_assert_eq!(reference.ids(), loaded.ids());
+            for id in reference.ids() {
+                prop_assert_eq!(reference.read(&id), other.read(&id));
+                prop_assert_eq!(reference.read(&id), loaded.read(&id));
+            }
+        }
+    }
+}
