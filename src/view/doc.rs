@@ -127,8 +127,8 @@ impl Doc {
         self.am.get_actor()
     }
 
-    /// Whether changes wait in the document for dependencies it lacks: when those arrive, the
-    /// records the waiting changes touch change too, though the arriving changes do not name them.
+    /// Whether changes wait in the document for dependencies it lacks (the apply that brings
+    /// those names the waiting changes' records too; see [`Applied`]).
     pub fn waiting(&self) -> bool {
         self.waiting.any()
     }
