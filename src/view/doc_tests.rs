@@ -47,23 +47,13 @@ fn concurrent_updates_of_different_fields_merge() {
     let mut a = Doc::new(&[1; 32]);
     let base = a
         .write(&[up("r1", json!({"x": 0, "y": 0}))], &[])
-        .expect("w")
-        .expect("change");
+        .expect("w");
     let mut b = Doc::new(&[2; 32]);
-    b.apply(vec![automerge::Change::from_bytes(base).expect("change")])
-        .expect("apply");
-    let ca = a
-        .write(&[up("r1", json!({"x": 1}))], &[])
-        .expect("w")
-        .expect("c");
-    let cb = b
-        .write(&[up("r1", json!({"y": 2}))], &[])
-        .expect("w")
-        .expect("c");
-    a.apply(vec![automerge::Change::from_bytes(cb).expect("c")])
-        .expect("apply");
-    b.apply(vec![automerge::Change::from_bytes(ca).expect("c")])
-        .expect("apply");
+    b.apply(change(base)).expect("apply");
+    let ca = a.write(&[up("r1", json!({"x": 1}))], &[]).expect("w");
+    let cb = b.write(&[up("r1", json!({"y": 2}))], &[]).expect("w");
+    a.apply(change(cb)).expect("apply");
+    b.apply(change(ca)).expect("apply");
     let (ra, rb) = (a.read("r1").expect("a"), b.read("r1").expect("b"));
     assert_eq!(ra, rb);
     assert_eq!(Json::Object(ra.data), json!({"x": 1, "y": 2}));
@@ -73,13 +63,11 @@ fn concurrent_updates_of_different_fields_merge() {
 fn a_batch_created_record_travels_by_change_and_by_save() {
     let mut a = Doc::new(&[1; 32]);
     let data = json!({"s": "x", "u": u64::MAX, "f": -0.5, "nested": {"l": [1, [2], {"k": null}]}});
-    let change = a
+    let created = a
         .write(&[up("r1", data.clone()), up("r2", json!({}))], &[])
-        .expect("write")
-        .expect("change");
+        .expect("write");
     let mut b = Doc::new(&[2; 32]);
-    b.apply(vec![automerge::Change::from_bytes(change).expect("c")])
-        .expect("apply");
+    b.apply(change(created)).expect("apply");
     let mut loaded = Doc::load(&a.automerge().save(), &[3; 32]).expect("load");
     for doc in [&mut a, &mut b, &mut loaded] {
         assert_eq!(doc.ids(), ["r1", "r2"]);
@@ -99,71 +87,49 @@ fn a_batch_created_record_travels_by_change_and_by_save() {
 #[test]
 fn records_written_before_two_replicas_met_all_survive_and_apply_names_them() {
     let (mut a, mut b) = (Doc::new(&[1; 32]), Doc::new(&[2; 32]));
-    let ca = a
-        .write(&[up("ra", json!({"x": 1}))], &[])
-        .expect("w")
-        .expect("c");
-    let cb = b
-        .write(&[up("rb", json!({"y": 2}))], &[])
-        .expect("w")
-        .expect("c");
-    let got = a
-        .apply(vec![automerge::Change::from_bytes(cb).expect("c")])
-        .expect("apply")
-        .touched;
+    let ca = a.write(&[up("ra", json!({"x": 1}))], &[]).expect("w");
+    let cb = b.write(&[up("rb", json!({"y": 2}))], &[]).expect("w");
+    let got = a.apply(change(cb)).expect("apply").touched;
     assert_eq!(got, ["rb"]);
-    let got = b
-        .apply(vec![automerge::Change::from_bytes(ca).expect("c")])
-        .expect("apply")
-        .touched;
+    let got = b.apply(change(ca)).expect("apply").touched;
     assert_eq!(got, ["ra"]);
     assert_eq!(a.ids(), ["ra", "rb"]);
     assert_eq!(b.ids(), a.ids());
     // Field updates and deletes name their record too; a duplicate names nothing.
     let cu = a
         .write(&[up("rb", json!({"y": 3}))], &["ra".into()])
-        .expect("w")
-        .expect("c");
-    let change = automerge::Change::from_bytes(cu).expect("c");
-    let got = b.apply(vec![change.clone()]).expect("apply").touched;
+        .expect("w");
+    let update = change(cu);
+    let got = b.apply(update.clone()).expect("apply").touched;
     assert_eq!(got, ["ra", "rb"]);
     // An update that makes nested objects inside an existing record names that record
     // alone, as do the operations inside those new objects.
     let cn = a
         .write(&[up("rb", json!({"n": {"k": [1, {"d": 2}]}}))], &[])
-        .expect("w")
-        .expect("c");
-    let got = b.apply(vec![automerge::Change::from_bytes(cn).expect("c")]);
+        .expect("w");
+    let got = b.apply(change(cn));
     assert_eq!(got.expect("apply").touched, ["rb"]);
     assert_eq!(
         b.read("rb").expect("rb").data["n"],
         json!({"k": [1, {"d": 2}]})
     );
     // A duplicate changes nothing (it may name its records again: re-reading is harmless).
-    assert!(!b.apply(vec![change]).expect("dup").waiting);
+    assert!(!b.apply(update).expect("dup").waiting);
     assert_eq!(b.read("rb").expect("rb").data["y"], 3);
 }
 
 #[test]
 fn a_change_that_arrives_before_its_dependency_waits_and_says_so() {
     let mut a = Doc::new(&[1; 32]);
-    let c1 = a
-        .write(&[up("r1", json!({"x": 1}))], &[])
-        .expect("w")
-        .expect("c");
+    let c1 = a.write(&[up("r1", json!({"x": 1}))], &[]).expect("w");
     let c2 = a
         .write(&[up("r1", json!({"x": 2})), up("r2", json!({}))], &[])
-        .expect("w")
-        .expect("c");
+        .expect("w");
     let mut b = Doc::new(&[2; 32]);
-    let early = b
-        .apply(vec![automerge::Change::from_bytes(c2.clone()).expect("c")])
-        .expect("a");
+    let early = b.apply(change(c2.clone())).expect("a");
     assert!(early.waiting && !early.everything);
     assert!(b.ids().is_empty());
-    let late = b
-        .apply(vec![automerge::Change::from_bytes(c1.clone()).expect("c")])
-        .expect("a");
+    let late = b.apply(change(c1.clone())).expect("a");
     assert!(!late.waiting);
     assert!(!late.everything);
     assert_eq!(
@@ -180,9 +146,9 @@ fn a_change_that_arrives_before_its_dependency_waits_and_says_so() {
     // A change left waiting by `apply_all` (restore, a key's arrival) was not decoded: when
     // it applies, everything is re-read.
     let mut c = Doc::new(&[3; 32]);
-    c.apply_all(change(Some(c2))).expect("apply_all");
+    c.apply_all(change(c2)).expect("apply_all");
     assert!(c.waiting() && c.read_all().is_empty());
-    let late = c.apply(change(Some(c1))).expect("a");
+    let late = c.apply(change(c1)).expect("a");
     assert!(late.everything && !late.waiting);
     assert_eq!(c.ids(), ["r1", "r2"]);
 }
