@@ -625,6 +625,7 @@ async fn apply_pages(
         org: src.node.config().org.clone(),
         author: src_id.author(),
         agreement: src_id.agreement_public(),
+        removed: false,
     }])
     .await?;
     node.adopt_dataset(meta, src_id.author()).await?;

@@ -70,7 +70,7 @@ async fn main() -> Result<()> {
     for o in [&pharmacy, &agency] {
         let (token, _) = hospital.mesh.invite(Duration::from_secs(60)).await?;
         let roster = o.mesh.join(&token).await?;
-        println!("joined: {:?}", roster.members.keys().collect::<Vec<_>>());
+        println!("joined: {:?}", roster.orgs());
     }
     let spec = Spec {
         name: "flu-cases".into(),

@@ -28,6 +28,8 @@ pub struct Metrics {
     pub peer_bad_inputs: Family<CodeLabels, Counter>,
     /// Envelopes refused for want of write authority, by dataset.
     pub envelopes_rejected: Family<CodeLabels, Counter>,
+    /// Connections of removed members refused, by organization.
+    pub removed_refused: Family<CodeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -49,6 +51,7 @@ impl Metrics {
             api_errors: Family::default(),
             peer_bad_inputs: Family::default(),
             envelopes_rejected: Family::default(),
+            removed_refused: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -82,6 +85,11 @@ impl Metrics {
             "envelopes_rejected",
             "Envelopes refused: the author holds no write grant for them",
             m.envelopes_rejected.clone(),
+        );
+        registry.register(
+            "removed_member_refusals",
+            "Connections of organizations removed from the mesh, refused",
+            m.removed_refused.clone(),
         );
         Self { registry, ..m }
     }

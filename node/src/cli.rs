@@ -46,6 +46,9 @@ pub enum Command {
     },
     /// Members and connected peers: up or down, last seen, round-trip time, addresses.
     Peers,
+    /// The mesh's members and their roles; removing one or changing a role (admins).
+    #[command(subcommand)]
+    Member(MemberCmd),
     /// Manage apps.
     #[command(subcommand)]
     App(AppCmd),
@@ -109,6 +112,25 @@ pub struct RunArgs {
     /// libp2p listen multiaddr (repeatable); overrides the config file and FOGMESH_LISTEN.
     #[arg(long)]
     pub listen: Vec<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MemberCmd {
+    /// Every organization ever admitted: role, active or removed, peer id, addresses.
+    List,
+    /// Remove an organization from the mesh (admins). Example: `fogmesh member remove insurer`.
+    Remove {
+        /// The organization.
+        org: String,
+    },
+    /// Change an organization's role (admins). Example: `fogmesh member role pharmacy admin`.
+    Role {
+        /// The organization.
+        org: String,
+        /// `admin` (may invite, remove, change roles) or `member`.
+        #[arg(value_parser = ["admin", "member"])]
+        role: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]

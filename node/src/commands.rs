@@ -24,6 +24,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Invite(a) => invite(&cli, a.ttl),
         Command::Join { invitation } => join(&cli, invitation),
         Command::Peers => peers(&cli),
+        Command::Member(m) => crate::members::run(&cli, m),
         Command::App(AppCmd::Add { name, rights }) => app_add(&cli, name, rights),
         Command::App(AppCmd::List) => app_list(&cli),
         Command::Dataset(DatasetCmd::Create(a)) => dataset_create(&cli, a),

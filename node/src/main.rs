@@ -5,6 +5,7 @@ mod client;
 mod commands;
 mod daemon;
 mod demo;
+mod members;
 mod output;
 mod view;
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
@@ -16,6 +16,7 @@ use super::error::ApiError;
 use super::ApiState;
 use crate::apps::App;
 use crate::error::Error;
+use crate::mesh::govern::Role;
 use crate::mesh::Mesh;
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -87,6 +88,44 @@ pub async fn join(
 ) -> ApiResult<impl IntoResponse> {
     admin(&c, "joining a mesh")?;
     let roster = mesh(&s)?.join(&spec.token).await?;
-    let members: Vec<&String> = roster.members.keys().collect();
-    Ok(Json(json!({ "mesh": roster.mesh, "members": members })))
+    Ok(Json(
+        json!({ "mesh": roster.mesh, "members": roster.orgs() }),
+    ))
+}
+
+pub async fn members(State(s): State<ApiState>, _c: Caller) -> ApiResult<impl IntoResponse> {
+    Ok(Json(json!({ "members": mesh(&s)?.members() })))
+}
+
+pub async fn remove_member(
+    State(s): State<ApiState>,
+    Caller(c): Caller,
+    Path(org): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    admin(&c, "removing a member")?;
+    let op = mesh(&s)?.remove_member(&org).await?;
+    Ok(Json(
+        json!({ "org": org, "state": "removed", "operation": op.id() }),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleSpec {
+    role: String,
+}
+
+pub async fn set_role(
+    State(s): State<ApiState>,
+    Caller(c): Caller,
+    Path(org): Path<String>,
+    JsonBody(spec): JsonBody<RoleSpec>,
+) -> ApiResult<impl IntoResponse> {
+    admin(&c, "changing a role")?;
+    let role = Role::parse(&spec.role)
+        .ok_or_else(|| ApiError::bad_request("role must be admin or member"))?;
+    let op = mesh(&s)?.set_role(&org, role).await?;
+    Ok(Json(
+        json!({ "org": org, "role": role, "operation": op.id() }),
+    ))
 }

@@ -1,6 +1,7 @@
-//! Joining by invitation. The inviter issues a token carrying a one-time secret (it keeps only the
-//! secret's hash and the expiry); the new node redeems it over `/fogmesh/join/1`; the inviter signs
-//! the new member's certificate, and the roster spreads to everyone else through catch-up.
+//! Joining by invitation. An admin issues a token carrying a one-time secret (it keeps only the
+//! secret's hash and the expiry); the new node redeems it over `/fogmesh/join/2`; the admin signs
+//! the admission (a governance operation), answers with it, and the newcomer fetches the whole
+//! roster over `sync`. The admission spreads to everyone else through catch-up.
 
 use std::time::Duration;
 
@@ -11,9 +12,10 @@ use crate::error::{Error, Result};
 use crate::hlc::wall_millis;
 use crate::net::{Frame, Protocol};
 
+use super::govern::{Action, Op, Role};
 use super::invite::Invite;
-use super::proto::{self, JoinRequest, JoinResponse};
-use super::roster::{Cert, Member, Roster};
+use super::proto::{self, JoinRequest, JoinResponse, SyncRequest, SyncResponse};
+use super::roster::{self, Cert, Member, Roster, MAX_ADDRESSES};
 use super::{net_err, Mesh};
 
 /// An invitation as the inviter stores it (under its secret's hash).
@@ -34,8 +36,9 @@ fn used_key(hash: &str) -> String {
 }
 
 impl Mesh {
-    /// Issues an invitation valid for `ttl`; returns the token and its expiry (ms).
+    /// Issues an invitation valid for `ttl` (admins only); returns the token and its expiry (ms).
     pub async fn invite(&self, ttl: Duration) -> Result<(String, u64)> {
+        self.require_admin("issuing invitations")?;
         let secret = hex::encode(rand::random::<[u8; 32]>());
         let expires = wall_millis() + ttl.as_millis() as u64;
         let hash = Invite::secret_hash(&secret);
@@ -79,8 +82,10 @@ impl Mesh {
         }
     }
 
-    /// The inviter's side: checks the secret and the newcomer, signs and admits it.
-    pub(crate) async fn admit(&self, peer: PeerId, req: JoinRequest) -> Result<Roster, String> {
+    /// The inviter's side: checks the secret and the newcomer, signs its admission and applies
+    /// it. A newcomer already admitted with this invitation and key gets its admission again (its
+    /// first answer may never have arrived).
+    pub(crate) async fn admit(&self, peer: PeerId, req: JoinRequest) -> Result<Op, String> {
         let node = &self.inner.node;
         let hash = Invite::secret_hash(&req.secret);
         let issued: Option<Issued> = node
@@ -93,30 +98,59 @@ impl Mesh {
         if req.member.peer_id != peer.to_string() {
             return Err("the member's peer id is not the connection's".into());
         }
-        let mut roster = self.inner.state.roster();
-        if roster.by_org(&req.member.org).is_some() {
-            return Err(format!("{} is already a member", req.member.org));
+        let roster = self.inner.state.roster();
+        if let Some(op) = readmission(&roster, &req.member, &hash) {
+            tracing::info!(org = %req.member.org, %peer, "admission sent again");
+            return Ok(op);
+        }
+        if let Some(e) = roster.entry(&req.member.org) {
+            let what = if e.active() {
+                "is already a member"
+            } else {
+                "was removed from the mesh"
+            };
+            return Err(format!("{} {what}", req.member.org));
+        }
+        if !roster.is_admin(&node.config().org) {
+            return Err("this node is not an admin of the mesh".into());
         }
         let fresh = node.save_state_new(&used_key(&hash), &wall_millis()).await;
         if !fresh.map_err(|e| e.to_string())? {
             return Err("the invitation was already used".into());
         }
         let org = req.member.org.clone();
-        roster
-            .admit(Cert::sign(req.member, node.identity()))
-            .map_err(|e| e.to_string())?;
-        self.inner
-            .state
-            .set_roster(node, roster.clone())
+        let action = Action::Admit {
+            member: req.member,
+            role: Role::Member,
+            invitation: hash,
+        };
+        let op = self
+            .sign_governance(action)
             .await
             .map_err(|e| e.to_string())?;
-        self.refresh_members().await.map_err(|e| e.to_string())?;
         tracing::info!(%org, %peer, "member admitted");
-        // Tell the other members now; the newcomer starts its own catch-up once it holds the
+        Ok(op)
+    }
+
+    /// Signs a governance operation as this node, applies it, and tells the connected members.
+    pub(crate) async fn sign_governance(&self, action: Action) -> Result<Op> {
+        let node = &self.inner.node;
+        let now = wall_millis();
+        let op = self
+            .inner
+            .state
+            .update_roster(node, |r| r.sign_and_apply(action, node.identity(), now))
+            .await?
+            .map_err(|e| match e {
+                roster::Error::NotApplied(why) => Error::Forbidden(why),
+                e => Error::Invalid(e.to_string()),
+            })?;
+        self.refresh_members().await?;
+        // The other members learn it now; a newcomer starts its own catch-up once it holds the
         // roster (a Hello sent before that would reach a node that cannot yet know us).
         let mesh = self.clone();
-        tokio::spawn(async move { mesh.sync_all_but(Some(peer)).await });
-        Ok(roster)
+        tokio::spawn(async move { mesh.sync_all().await });
+        Ok(op)
     }
 
     /// The newcomer's side: redeems `token` with the inviter and adopts the mesh's roster.
@@ -130,20 +164,26 @@ impl Mesh {
                 cfg.mesh, invite.mesh
             )));
         }
-        if mine.members.len() > 1 {
-            return Err(Error::Conflict(format!(
-                "this node is already a member of mesh {} with {} members",
-                mine.mesh,
-                mine.members.len()
-            )));
-        }
         let inviter: PeerId = invite
             .inviter_peer
             .parse()
             .map_err(|_| Error::Invalid("invitation: bad inviter peer id".into()))?;
+        if inviter == self.inner.net.local_peer_id() {
+            return Err(Error::Invalid(
+                "this invitation was issued by this node: redeem it on the node that joins".into(),
+            ));
+        }
+        if mine.iter().count() > 1 {
+            return Err(Error::Conflict(format!(
+                "this node is already a member of mesh {} with {} members",
+                mine.mesh,
+                mine.iter().count()
+            )));
+        }
         for a in invite
             .addresses
             .iter()
+            .take(MAX_ADDRESSES)
             .filter_map(|a| a.parse::<Multiaddr>().ok())
         {
             self.inner
@@ -155,26 +195,27 @@ impl Mesh {
         let roster = self.redeem(inviter, invite.secret).await?;
         self.inner
             .state
-            .set_roster(&self.inner.node, roster.clone())
+            .update_roster(&self.inner.node, |r| *r = roster.clone())
             .await?;
         self.refresh_members().await?;
         tokio::spawn(self.clone().sync_with(inviter));
-        tracing::info!(mesh = %roster.mesh, members = roster.members.len(), "joined the mesh");
+        tracing::info!(mesh = %roster.mesh, members = roster.iter().count(), "joined the mesh");
         Ok(roster)
     }
 
     async fn redeem(&self, inviter: PeerId, secret: String) -> Result<Roster> {
         let cfg = self.inner.node.config();
         let addrs = self.inner.net.listen_addrs().await.map_err(net_err)?;
-        let addrs = addrs.iter().map(ToString::to_string).collect();
+        let addrs = reachable(addrs.iter().map(ToString::to_string).collect());
         let member = Member::of(
             self.inner.node.identity(),
             &cfg.mesh,
             &cfg.org,
-            addrs,
+            addrs.into_iter().take(MAX_ADDRESSES).collect(),
             wall_millis(),
         )
         .map_err(|e| Error::Internal(e.to_string()))?;
+        let me = member.author.clone();
         let req = Frame(proto::encode(&JoinRequest { secret, member }));
         let answer = self
             .inner
@@ -184,19 +225,36 @@ impl Mesh {
             .map_err(net_err)?;
         let answer: JoinResponse =
             proto::decode("join answer", &answer.0).map_err(|e| Error::Invalid(e.to_string()))?;
-        let roster = match answer {
-            JoinResponse::Admitted { roster } => roster,
+        match answer {
+            JoinResponse::Admitted { op } => match &op.body.action {
+                Action::Admit { member, .. } if member.author == me => {}
+                _ => {
+                    return Err(Error::Invalid(
+                        "the inviter's answer does not admit this node".into(),
+                    ))
+                }
+            },
             JoinResponse::Refused { reason } => {
                 return Err(Error::Forbidden(format!("the inviter refused: {reason}")))
             }
-        };
-        let roster = Roster::verified(&roster).map_err(|e| Error::Invalid(e.to_string()))?;
-        if roster.by_org(&cfg.org).is_none() {
-            return Err(Error::Invalid(
-                "the roster sent back does not include this node".into(),
-            ));
         }
-        Ok(roster)
+        let SyncResponse::Roster(roster) = self
+            .sync_request(inviter, &SyncRequest::Roster)
+            .await
+            .map_err(|e| Error::Unavailable(format!(
+                "admitted, but the roster could not be fetched from the inviter ({e}); run the same join again"
+            )))?
+        else {
+            return Err(Error::Invalid("unexpected answer to a roster request".into()));
+        };
+        let roster =
+            Roster::verified(&roster, wall_millis()).map_err(|e| Error::Invalid(e.to_string()))?;
+        match roster.by_org(&cfg.org) {
+            Some(m) if m.author == me => Ok(roster),
+            _ => Err(Error::Invalid(
+                "the roster sent back does not include this node".into(),
+            )),
+        }
     }
 
     /// Re-signs this node's own certificate when its listen addresses change.
@@ -210,27 +268,43 @@ impl Mesh {
             .iter()
             .map(ToString::to_string)
             .collect();
-        let addrs = reachable(addrs);
+        let addrs: Vec<String> = reachable(addrs).into_iter().take(MAX_ADDRESSES).collect();
         let node = &self.inner.node;
-        let mut roster = self.inner.state.roster();
-        let Some(me) = roster.by_org(&node.config().org).cloned() else {
-            return Ok(());
-        };
-        if me.addresses == addrs {
-            return Ok(());
+        let now = wall_millis();
+        let updated = self
+            .inner
+            .state
+            .update_roster(node, |roster| {
+                let me = roster.by_org(&node.config().org)?;
+                if me.addresses == addrs {
+                    return None;
+                }
+                let updated = Member {
+                    addresses: addrs,
+                    updated: now.max(me.updated.saturating_add(1)),
+                    ..me
+                };
+                Some(roster.admit(Cert::sign(updated, node.identity()), now))
+            })
+            .await?;
+        match updated {
+            Some(Err(e)) => Err(Error::Internal(e.to_string())),
+            _ => Ok(()),
         }
-        let updated = Member {
-            addresses: addrs
-                .into_iter()
-                .take(super::roster::MAX_ADDRESSES)
-                .collect(),
-            updated: wall_millis().max(me.updated + 1),
-            ..me
-        };
-        roster
-            .admit(Cert::sign(updated, node.identity()))
-            .map_err(|e| Error::Internal(e.to_string()))?;
-        self.inner.state.set_roster(node, roster).await
+    }
+}
+
+/// The admission of `member` with the invitation `hash`, if the roster holds it.
+fn readmission(roster: &Roster, member: &Member, hash: &str) -> Option<Op> {
+    let entry = roster.entry(&member.org).filter(|e| e.active())?;
+    let op = roster.log.ops.get(&entry.admitted_by)?;
+    match &op.body.action {
+        Action::Admit {
+            member: m,
+            invitation,
+            ..
+        } if m.author == member.author && invitation == hash => Some(op.clone()),
+        _ => None,
     }
 }
 

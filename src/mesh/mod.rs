@@ -8,9 +8,11 @@
 //!
 //! | module | reason to exist |
 //! |---|---|
-//! | [`roster`] | signed member certificates chained to the founder; merge |
+//! | [`govern`] | signed governance operations (found, admit, role, remove) and the rule that resolves them |
+//! | [`roster`] | members with keys, roles and addresses: governance plus self-signed address certificates |
 //! | [`invite`] | invitation tokens |
-//! | `join` | issuing and redeeming invitations; this node's own certificate |
+//! | `join` | issuing and redeeming invitations (admins); this node's own certificate |
+//! | `members` | removal and role changes from this node; acting on every roster change |
 //! | [`catalog`] | owner-signed dataset descriptions; who is entitled to a dataset |
 //! | [`proto`] | the messages on the wire (CBOR), with caps |
 //! | `state` | the mesh's mutable state and its persistence |
@@ -19,8 +21,10 @@
 //! | [`query`] | federated aggregates and pushed-down searches: asking owners, answering as owner |
 
 pub mod catalog;
+pub mod govern;
 pub mod invite;
 mod join;
+mod members;
 pub mod proto;
 pub mod query;
 pub mod roster;
@@ -133,24 +137,6 @@ impl Mesh {
         &self.inner.node
     }
 
-    /// Tells the network layer who the members are and where they were last seen.
-    pub(crate) async fn refresh_members(&self) -> Result<()> {
-        let roster = self.inner.state.roster();
-        let keys = roster.iter().filter_map(member_keys).collect();
-        self.inner.node.set_members(keys).await?;
-        let mut members = std::collections::HashSet::new();
-        for m in roster.iter() {
-            let Ok(peer) = m.peer_id.parse::<PeerId>() else {
-                continue;
-            };
-            members.insert(peer);
-            for a in m.addresses.iter().filter_map(|a| a.parse().ok()) {
-                self.inner.net.add_address(peer, a).await.map_err(net_err)?;
-            }
-        }
-        self.inner.net.set_members(members).await.map_err(net_err)
-    }
-
     async fn run_events(self, mut events: mpsc::Receiver<net::Event>) {
         while let Some(ev) = events.recv().await {
             self.on_event(ev).await;
@@ -186,6 +172,7 @@ impl Mesh {
                 protocol,
                 detail,
             } => self.count_bad(&peer, &format!("{protocol:?}: {detail}")),
+            net::Event::Refused { peer, reason } => self.count_refused(&peer, reason),
             net::Event::Listening { addr } => {
                 tracing::info!(%addr, "mesh listening");
                 if let Err(e) = self.publish_addresses().await {
@@ -264,6 +251,26 @@ impl Mesh {
             .inc();
     }
 
+    /// Counts a connection refused because its peer was removed from the mesh.
+    pub(crate) fn count_refused(&self, peer: &PeerId, reason: &str) {
+        let org = self
+            .inner
+            .state
+            .roster()
+            .removed_keys()
+            .into_iter()
+            .find(|m| m.peer_id == peer.to_string())
+            .map_or_else(|| peer.to_string(), |m| m.org);
+        tracing::warn!(%peer, %org, reason, "connection refused");
+        let labels = vec![("org".to_owned(), org)];
+        self.inner
+            .node
+            .metrics()
+            .removed_refused
+            .get_or_create(&labels)
+            .inc();
+    }
+
     /// Members and connected peers with their state.
     pub async fn peers(&self) -> Result<Vec<PeerView>> {
         let infos = self.inner.net.peers().await.map_err(net_err)?;
@@ -288,7 +295,7 @@ impl Mesh {
         let listen = self.inner.net.listen_addrs().await.map_err(net_err)?;
         Ok(Status {
             mesh: roster.mesh.clone(),
-            members: roster.members.keys().cloned().collect(),
+            members: roster.orgs(),
             listen: listen.iter().map(ToString::to_string).collect(),
             catching_up: self.inner.state.progress(),
         })
@@ -307,12 +314,13 @@ impl Mesh {
 }
 
 /// A roster entry's keys, if they parse.
-fn member_keys(m: &roster::Member) -> Option<crate::node::MemberKeys> {
+fn member_keys(m: &roster::Member, removed: bool) -> Option<crate::node::MemberKeys> {
     let agreement = hex::decode(&m.agreement_key).ok()?.try_into().ok()?;
     Some(crate::node::MemberKeys {
         org: m.org.clone(),
         author: m.author_id()?,
         agreement,
+        removed,
     })
 }
 

@@ -2,10 +2,12 @@
 //! encoding and decoding only, with every collection capped before it is trusted.
 //!
 //! ```text
-//! /fogmesh/join/1   JoinRequest  -> JoinResponse   a new node redeems its invitation
-//! /fogmesh/sync/2   SyncRequest  -> SyncResponse   Hello (roster digest, per-dataset vector
+//! /fogmesh/join/2   JoinRequest  -> JoinResponse   a new node redeems its invitation; the answer is
+//!                                                  the admin-signed admission alone
+//! /fogmesh/sync/3   SyncRequest  -> SyncResponse   Hello (roster digest, per-dataset vector
 //!                                                  digests) -> roster if it differs, catalog, the
-//!                                                  vectors that differ; Roster (push a newer roster);
+//!                                                  vectors that differ; Roster -> the whole roster
+//!                                                  (a newcomer's first); RosterChanged (pull mine);
 //!                                                  Fetch (one author's envelopes, a byte-capped page)
 //!                                                  access state (grants, wrapped keys) that differs
 //! /fogmesh/push/2   Push         -> PushAck        new envelopes and changed access state, eagerly
@@ -17,6 +19,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::catalog::SignedMeta;
+use super::govern::Op;
 use super::roster::{Member, Roster};
 use crate::access::Bundle;
 
@@ -52,10 +55,11 @@ pub struct JoinRequest {
 /// The inviter's answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum JoinResponse {
-    /// Admitted: the roster with the new member's certificate, signed by the inviter.
+    /// Admitted: the admission the inviter signed. The roster follows over `sync` (a roster
+    /// of hundreds of members does not fit a join answer).
     Admitted {
-        /// The roster.
-        roster: Roster,
+        /// The admission.
+        op: Box<Op>,
     },
     /// Refused, and why.
     Refused {
@@ -77,8 +81,10 @@ pub enum SyncRequest {
         #[serde(default)]
         access: Vec<(String, [u8; 32])>,
     },
-    /// A roster the requester found newer than the responder's.
-    Roster(Roster),
+    /// The responder's whole roster, please (a newcomer asks its inviter).
+    Roster,
+    /// The requester's roster changed and differs from the responder's: catch up with it.
+    RosterChanged,
     /// One author's envelopes of one dataset with sequence in `(after, upto]`.
     Fetch {
         /// Dataset id.
@@ -107,8 +113,10 @@ pub enum SyncResponse {
         #[serde(default)]
         access: Vec<(String, Bundle)>,
     },
-    /// Answer to Roster: how many entries changed.
-    Merged(u32),
+    /// Answer to Roster.
+    Roster(Roster),
+    /// Answer to RosterChanged.
+    Noted,
     /// Answer to Fetch: encoded envelopes in order; `more` when the range continues.
     Envelopes {
         /// The envelopes.

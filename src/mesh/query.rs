@@ -279,7 +279,7 @@ impl Mesh {
             return Err(Error::Invalid(format!("target {unknown} is not a member")));
         }
         let all: Vec<String> = if named.is_empty() {
-            roster.members.keys().cloned().collect()
+            roster.orgs()
         } else {
             named.to_vec()
         };

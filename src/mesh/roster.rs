@@ -1,10 +1,12 @@
-//! The mesh roster: who is a member, proven by signed certificates that chain to the founder.
+//! The mesh roster: who is a member, with which keys, role and addresses.
 //!
-//! A certificate binds an organization to its identity key, PeerId, X25519 key and addresses. The
-//! founder signs its own; every later member is signed by a member already on the roster (the one
-//! that invited it); a member may re-sign its own entry to update its addresses. Rosters merge by
-//! taking every certificate that verifies against what is already trusted, newest per organization,
-//! so any member can relay the roster and no member can forge another's entry. Pure: no I/O.
+//! Membership and roles come from signed governance operations ([`super::govern`]): the founder's
+//! own entry, admissions, role changes and removals signed by admins, resolved the same way on
+//! every node. An organization's keys are those of the operation that admitted it; its
+//! addresses change only by a [`Cert`] signed with its own key, the newest (by `updated`) winning.
+//! Rosters merge by taking every operation and certificate that verifies, so any member can relay
+//! the roster and no member can forge another's entry or admit anyone without being an admin.
+//! Pure: no I/O.
 
 use std::collections::BTreeMap;
 
@@ -13,12 +15,18 @@ use serde::{Deserialize, Serialize};
 use crate::identity::{AuthorId, Identity};
 use crate::naming;
 
+use super::govern::{self, Action, Entry, Log, Op, OpId, Role};
+
 /// Domain-separation tag of member certificates.
 pub const CERT_DOMAIN: &[u8] = b"fogmesh/member/v1\0";
 /// Most members a roster may hold.
 pub const MAX_MEMBERS: usize = 1024;
 /// Most addresses one member may list.
 pub const MAX_ADDRESSES: usize = 16;
+/// Longest address, in bytes.
+pub const MAX_ADDRESS_BYTES: usize = 256;
+/// How far ahead of the receiver's clock a certificate may be dated.
+pub const MAX_CERT_SKEW_MS: u64 = 3_600_000;
 
 /// Why a certificate or roster was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -49,6 +57,16 @@ pub enum Error {
     /// Too many members.
     #[error("roster is full ({MAX_MEMBERS} members)")]
     Full,
+    /// A governance operation was refused.
+    #[error(transparent)]
+    Governance(#[from] govern::Error),
+    /// A governance operation verified but did not take effect (the author lacks the authority,
+    /// the target is not a member, ...).
+    #[error("not applied: {0}")]
+    NotApplied(String),
+    /// The certificate is not newer than the one held.
+    #[error("certificate of {0} is dated more than an hour ahead")]
+    Future(String),
 }
 
 /// What a certificate says about a member.
@@ -66,7 +84,8 @@ pub struct Member {
     pub agreement_key: String,
     /// Last known multiaddrs.
     pub addresses: Vec<String>,
-    /// When this version was signed (ms); newer versions of one org's entry replace older ones.
+    /// When this version was signed (ms); newer versions of one org's addresses replace older
+    /// ones. At most an hour ahead of the receiver's clock.
     pub updated: u64,
 }
 
@@ -75,7 +94,7 @@ pub struct Member {
 pub struct Cert {
     /// The entry.
     pub member: Member,
-    /// Hex author key of the signer (the member itself, or the member that admitted it).
+    /// Hex author key of the signer: the member itself.
     pub signer: String,
     /// Hex ed25519 signature over [`CERT_DOMAIN`] + canonical JSON of `member`.
     pub signature: String,
@@ -121,11 +140,19 @@ impl Member {
         parse_author(&self.author)
     }
 
-    fn check_fields(&self) -> Result<(), Error> {
+    pub(crate) fn check_fields(&self) -> Result<(), Error> {
         let bad = |m: String| Err(Error::Invalid(m));
         naming::validate_ident("org", &self.org).map_err(|e| Error::Invalid(e.to_string()))?;
-        if self.addresses.len() > MAX_ADDRESSES || self.addresses.iter().any(|a| a.len() > 256) {
-            return bad(format!("{}: too many or too long addresses", self.org));
+        if self.addresses.len() > MAX_ADDRESSES
+            || self
+                .addresses
+                .iter()
+                .any(|a| a.len() > MAX_ADDRESS_BYTES || a.parse::<libp2p::Multiaddr>().is_err())
+        {
+            return bad(format!(
+                "{}: too many, too long or malformed addresses",
+                self.org
+            ));
         }
         let Some(author) = self.author_id() else {
             return bad(format!("{}: bad author key", self.org));
@@ -168,35 +195,107 @@ impl Cert {
     }
 }
 
-/// The set of members of one mesh.
+/// The members of one mesh: governance operations and the members' own address certificates.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Roster {
     /// Mesh name.
     pub mesh: String,
     /// Hex author key of the founder: the root of trust.
     pub founder: String,
-    /// Certificates by organization.
-    pub members: BTreeMap<String, Cert>,
+    /// The governance operations.
+    pub log: Log,
+    /// Each organization's newest self-signed certificate (its addresses).
+    pub certs: BTreeMap<String, Cert>,
+    /// The resolved state; rebuilt from `log`, never taken from a peer.
+    #[serde(skip)]
+    state: govern::State,
+}
+
+/// A member as `fogmesh member list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Listed {
+    /// Organization.
+    pub org: String,
+    /// `admin` or `member`.
+    pub role: Role,
+    /// `active` or `removed`.
+    pub state: &'static str,
+    /// PeerId.
+    pub peer_id: String,
+    /// Identity key (hex).
+    pub author: String,
+    /// X25519 key epoch keys are wrapped for (hex).
+    pub agreement_key: String,
+    /// Current addresses.
+    pub addresses: Vec<String>,
+    /// Governance operation that admitted it.
+    pub admitted_by: OpId,
+    /// Governance operation that removed it.
+    pub removed_by: Option<OpId>,
 }
 
 impl Roster {
-    /// A new mesh founded by `cert`'s member, which must be self-signed.
-    pub fn found(cert: Cert) -> Result<Self, Error> {
-        let mut r = Self {
-            mesh: cert.member.mesh.clone(),
-            founder: cert.member.author.clone(),
-            members: BTreeMap::new(),
-        };
-        r.admit(cert)?;
+    /// A new mesh founded by `id` as organization `member.org`.
+    pub fn found(member: Member, id: &Identity) -> Result<Self, Error> {
+        let mut r = Self::empty(&member.mesh, &member.author);
+        let (mesh, time) = (member.mesh.clone(), member.updated);
+        let op = Op::sign(&mesh, Action::Found { member }, vec![], id, time);
+        r.apply(op)?;
         Ok(r)
     }
 
-    fn is_member_key(&self, author_hex: &str) -> bool {
-        author_hex == self.founder || self.members.values().any(|c| c.member.author == author_hex)
+    fn empty(mesh: &str, founder: &str) -> Self {
+        Self {
+            mesh: mesh.to_owned(),
+            founder: founder.to_owned(),
+            log: Log::default(),
+            certs: BTreeMap::new(),
+            state: govern::State::default(),
+        }
     }
 
-    /// Adds or updates one certificate if it verifies; `Ok(false)` when it is not newer.
-    pub fn admit(&mut self, cert: Cert) -> Result<bool, Error> {
+    /// Adds one governance operation signed here and resolves; an error if it did not take
+    /// effect (the roster is then unchanged).
+    pub fn apply(&mut self, op: Op) -> Result<OpId, Error> {
+        let id = op.check(&self.mesh)?;
+        let mut next = self.clone();
+        next.log.insert(id.clone(), op)?;
+        next.resolve();
+        if !next.state.applied.contains(&id) {
+            let why = next.state.dropped.get(&id).cloned().unwrap_or_default();
+            return Err(Error::NotApplied(why));
+        }
+        *self = next;
+        Ok(id)
+    }
+
+    /// Signs `action` by `id` after this roster's heads, and applies it.
+    pub fn sign_and_apply(
+        &mut self,
+        action: Action,
+        id: &Identity,
+        now_ms: u64,
+    ) -> Result<Op, Error> {
+        let op = Op::sign(&self.mesh, action, self.log.heads(), id, now_ms);
+        self.apply(op.clone())?;
+        Ok(op)
+    }
+
+    fn resolve(&mut self) {
+        self.state = self.log.resolve(&self.founder);
+        let state = &self.state;
+        // A certificate outlives nothing: it must match its organization's admitted keys.
+        self.certs.retain(|org, c| {
+            state
+                .entries
+                .get(org)
+                .is_some_and(|e| e.active() && same_keys(&e.member, &c.member))
+        });
+    }
+
+    /// Adds or updates one organization's own certificate (its addresses) if it verifies; `Ok(false)`
+    /// when it is not newer than the one held.
+    pub fn admit(&mut self, cert: Cert, now_ms: u64) -> Result<bool, Error> {
         let m = &cert.member;
         if m.mesh != self.mesh {
             return Err(Error::OtherMesh {
@@ -205,38 +304,33 @@ impl Roster {
             });
         }
         m.check_fields()?;
-        if !cert.signature_ok() {
+        let entry = match self.state.entries.get(&m.org) {
+            Some(e) if e.active() => e,
+            _ => return Err(Error::UnknownSigner(m.org.clone())),
+        };
+        if !same_keys(&entry.member, m) {
+            return Err(Error::OrgTaken(m.org.clone()));
+        }
+        if cert.signer != m.author || !cert.signature_ok() {
             return Err(Error::Signature(m.org.clone()));
         }
-        match self.members.get(&m.org) {
-            Some(old) if old.member.author != m.author => {
-                return Err(Error::OrgTaken(m.org.clone()))
-            }
-            Some(old) if old.member.updated >= m.updated => return Ok(false),
-            Some(_) if cert.signer == m.author || self.is_member_key(&cert.signer) => {}
-            None if self.is_member_key(&cert.signer) => {}
-            _ => return Err(Error::UnknownSigner(m.org.clone())),
+        if m.updated > now_ms.saturating_add(MAX_CERT_SKEW_MS) {
+            return Err(Error::Future(m.org.clone()));
         }
-        if self.members.len() >= MAX_MEMBERS && !self.members.contains_key(&m.org) {
-            return Err(Error::Full);
+        let held = self
+            .certs
+            .get(&m.org)
+            .map_or(entry.member.updated, |c| c.member.updated);
+        if m.updated <= held {
+            return Ok(false);
         }
-        if self
-            .members
-            .values()
-            .any(|c| c.member.author == m.author && c.member.org != m.org)
-        {
-            return Err(Error::Invalid(format!(
-                "key of {} already belongs to another org",
-                m.org
-            )));
-        }
-        self.members.insert(m.org.clone(), cert);
+        self.certs.insert(m.org.clone(), cert);
         Ok(true)
     }
 
-    /// Merges another roster of the same mesh and founder: admits what verifies, in an order that
-    /// lets chains resolve. Returns how many entries changed and the refusals.
-    pub fn merge(&mut self, other: &Roster) -> (usize, Vec<Error>) {
+    /// Merges another roster of the same mesh and founder: every operation and certificate
+    /// that verifies. Returns how many items were new and the refusals.
+    pub fn merge(&mut self, other: &Roster, now_ms: u64) -> (usize, Vec<Error>) {
         if other.mesh != self.mesh || other.founder != self.founder {
             return (
                 0,
@@ -246,154 +340,151 @@ impl Roster {
                 }],
             );
         }
-        let mut pending: Vec<&Cert> = other.members.values().collect();
-        let mut changed = 0;
-        loop {
-            let before = pending.len();
-            let mut errors = Vec::new();
-            pending.retain(|c| match self.admit((*c).clone()) {
-                Ok(true) => {
-                    changed += 1;
-                    false
-                }
-                Ok(false) => false,
-                Err(Error::UnknownSigner(_)) => true,
-                Err(e) => {
-                    errors.push(e);
-                    false
-                }
-            });
-            if pending.is_empty() || pending.len() == before {
-                errors.extend(
-                    pending
-                        .iter()
-                        .map(|c| Error::UnknownSigner(c.member.org.clone())),
-                );
-                return (changed, errors);
+        let (mut changed, mut errors) = (0, Vec::new());
+        let admins = govern::admin_keys(
+            &self.founder,
+            self.log.ops.values().chain(other.log.ops.values()),
+        );
+        for op in other.log.ops.values() {
+            let id = op.id();
+            if self.log.ops.contains_key(&id) {
+                continue;
+            }
+            if !admins.contains(&op.body.author) {
+                errors.push(Error::NotApplied(format!(
+                    "governance operation {id} is signed by a key no operation made an admin"
+                )));
+                continue;
+            }
+            match op
+                .check(&self.mesh)
+                .and_then(|id| self.log.insert(id, op.clone()))
+            {
+                Ok(new) => changed += usize::from(new),
+                Err(e) => errors.push(e.into()),
             }
         }
+        if changed > 0 {
+            self.resolve();
+        }
+        for cert in other.certs.values() {
+            match self.admit(cert.clone(), now_ms) {
+                Ok(new) => changed += usize::from(new),
+                Err(e) => errors.push(e),
+            }
+        }
+        (changed, errors)
     }
 
-    /// A copy of `other` that keeps only what verifies from its founder down: what a joining node
-    /// adopts from the member that admitted it.
-    pub fn verified(other: &Roster) -> Result<Self, Error> {
-        let founder = other
-            .members
+    /// A copy of `other` that keeps only what verifies from its founder down: what a joining
+    /// node adopts, and what a node rebuilds from its store.
+    pub fn verified(other: &Roster, now_ms: u64) -> Result<Self, Error> {
+        let mut r = Self::empty(&other.mesh, &other.founder);
+        let (_, errors) = r.merge(other, now_ms);
+        for e in errors {
+            tracing::warn!(error = %e, "roster item refused");
+        }
+        if r.state
+            .entries
             .values()
-            .find(|c| c.member.author == other.founder)
-            .ok_or_else(|| Error::Invalid("the roster lacks its founder".into()))?;
-        let mut r = Self::found(founder.clone())?;
-        r.merge(other);
+            .all(|e| e.member.author != r.founder)
+        {
+            return Err(Error::Invalid("the roster lacks its founder".into()));
+        }
         Ok(r)
     }
 
-    /// SHA-256 of the canonical JSON: equal digests mean equal rosters.
+    /// SHA-256 of the canonical encoding: equal digests mean equal rosters.
     pub fn digest(&self) -> [u8; 32] {
         use sha2::{Digest, Sha256};
         Sha256::digest(serde_json::to_vec(self).unwrap_or_default()).into()
     }
 
-    /// The member with this PeerId.
-    pub fn by_peer(&self, peer_id: &str) -> Option<&Member> {
-        self.members
+    /// The current member with this PeerId.
+    pub fn by_peer(&self, peer_id: &str) -> Option<Member> {
+        self.iter().find(|m| m.peer_id == peer_id)
+    }
+
+    /// The current member of this organization.
+    pub fn by_org(&self, org: &str) -> Option<Member> {
+        let e = self.state.entries.get(org).filter(|e| e.active())?;
+        Some(self.current(e))
+    }
+
+    /// The governance entry of `org`, removed ones included.
+    pub fn entry(&self, org: &str) -> Option<&Entry> {
+        self.state.entries.get(org)
+    }
+
+    /// Whether `org` is a current admin.
+    pub fn is_admin(&self, org: &str) -> bool {
+        self.entry(org)
+            .is_some_and(|e| e.active() && e.role == Role::Admin)
+    }
+
+    /// Every current member, with its newest addresses.
+    pub fn iter(&self) -> impl Iterator<Item = Member> + '_ {
+        self.state
+            .entries
             .values()
-            .map(|c| &c.member)
-            .find(|m| m.peer_id == peer_id)
+            .filter(|e| e.active())
+            .map(|e| self.current(e))
     }
 
-    /// The member of this organization.
-    pub fn by_org(&self, org: &str) -> Option<&Member> {
-        self.members.get(org).map(|c| &c.member)
+    /// Current members' organizations.
+    pub fn orgs(&self) -> Vec<String> {
+        self.iter().map(|m| m.org).collect()
     }
 
-    /// Every member.
-    pub fn iter(&self) -> impl Iterator<Item = &Member> {
-        self.members.values().map(|c| &c.member)
+    /// Identity keys of removed members: never to be let in again.
+    pub fn removed_keys(&self) -> Vec<Member> {
+        self.state
+            .entries
+            .values()
+            .filter(|e| !e.active())
+            .map(|e| e.member.clone())
+            .collect()
     }
+
+    /// Every organization ever admitted, with role and state.
+    pub fn list(&self) -> Vec<Listed> {
+        self.state
+            .entries
+            .values()
+            .map(|e| {
+                let m = self.current(e);
+                Listed {
+                    org: m.org,
+                    role: e.role,
+                    state: if e.active() { "active" } else { "removed" },
+                    peer_id: m.peer_id,
+                    author: m.author,
+                    agreement_key: m.agreement_key,
+                    addresses: m.addresses,
+                    admitted_by: e.admitted_by.clone(),
+                    removed_by: e.removed_by.clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// Governance operations held that did not take effect, and why.
+    pub fn dropped(&self) -> &BTreeMap<OpId, String> {
+        &self.state.dropped
+    }
+
+    fn current(&self, e: &Entry) -> Member {
+        match self.certs.get(&e.member.org) {
+            Some(c) => c.member.clone(),
+            None => e.member.clone(),
+        }
+    }
+}
+
+fn same_keys(a: &Member, b: &Member) -> bool {
+    a.author == b.author && a.agreement_key == b.agreement_key && a.peer_id == b.peer_id
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn member(seed: u8, org: &str) -> (Identity, Member) {
-        let id = Identity::from_seed([seed; 32]);
-        let m =
-            Member::of(&id, "flu", org, vec!["/ip4/127.0.0.1/tcp/1".into()], 10).expect("member");
-        (id, m)
-    }
-
-    fn founded() -> (Identity, Roster) {
-        let (a, ma) = member(1, "hospital");
-        let r = Roster::found(Cert::sign(ma, &a)).expect("found");
-        (a, r)
-    }
-
-    #[test]
-    fn members_admitted_by_members_chain_to_the_founder() {
-        let (a, mut r) = founded();
-        let (b, mb) = member(2, "pharmacy");
-        assert_eq!(r.admit(Cert::sign(mb, &a)), Ok(true));
-        let (_, mc) = member(3, "insurer");
-        assert_eq!(r.admit(Cert::sign(mc, &b)), Ok(true), "a member may admit");
-        assert_eq!(r.iter().count(), 3);
-        assert_eq!(
-            r.by_org("pharmacy").map(|m| m.peer_id.clone()),
-            Some(b.peer_id().expect("p").to_string())
-        );
-    }
-
-    #[test]
-    fn strangers_and_forgeries_are_refused() {
-        let (a, mut r) = founded();
-        let (x, mx) = member(9, "mallory");
-        assert!(matches!(
-            r.admit(Cert::sign(mx.clone(), &x)),
-            Err(Error::UnknownSigner(_))
-        ));
-        let mut cert = Cert::sign(mx, &a);
-        cert.member.org = "mallory2".into();
-        assert!(matches!(r.admit(cert), Err(Error::Signature(_))));
-        let (_, mut mp) = member(4, "pharmacy");
-        mp.peer_id = a.peer_id().expect("p").to_string();
-        assert!(matches!(r.admit(Cert::sign(mp, &a)), Err(Error::PeerId(_))));
-    }
-
-    #[test]
-    fn an_org_cannot_be_taken_over_but_may_update_itself() {
-        let (a, mut r) = founded();
-        let (b, mut mb) = member(2, "pharmacy");
-        r.admit(Cert::sign(mb.clone(), &a)).expect("admit");
-        let (_, mut evil) = member(5, "pharmacy");
-        evil.updated = 99;
-        assert!(matches!(
-            r.admit(Cert::sign(evil, &a)),
-            Err(Error::OrgTaken(_))
-        ));
-        mb.addresses = vec!["/ip4/10.0.0.2/tcp/7071".into()];
-        mb.updated = 20;
-        assert_eq!(r.admit(Cert::sign(mb.clone(), &b)), Ok(true), "self-update");
-        mb.updated = 15;
-        assert_eq!(
-            r.admit(Cert::sign(mb, &b)),
-            Ok(false),
-            "older version ignored"
-        );
-    }
-
-    #[test]
-    fn rosters_merge_whatever_the_order() {
-        let (a, mut r1) = founded();
-        let (b, mb) = member(2, "pharmacy");
-        let (_, mc) = member(3, "insurer");
-        let mut r2 = r1.clone();
-        r2.admit(Cert::sign(mb, &a)).expect("b");
-        r2.admit(Cert::sign(mc, &b)).expect("c");
-        let (changed, errors) = r1.merge(&r2);
-        assert_eq!((changed, errors), (2, vec![]));
-        assert_eq!(r1, r2);
-        let (x, mx) = member(8, "other");
-        let foreign = Roster::found(Cert::sign(mx, &x)).expect("found");
-        assert_eq!(r1.merge(&foreign).0, 0);
-    }
-}
+#[path = "roster_tests.rs"]
+mod tests;

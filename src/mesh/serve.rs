@@ -53,7 +53,7 @@ impl Mesh {
     async fn on_join(&self, peer: PeerId, bytes: &[u8]) -> Result<JoinResponse, String> {
         let req: JoinRequest = proto::decode("join", bytes).map_err(|e| e.to_string())?;
         Ok(match self.admit(peer, req).await {
-            Ok(roster) => JoinResponse::Admitted { roster },
+            Ok(op) => JoinResponse::Admitted { op: Box::new(op) },
             Err(reason) => {
                 tracing::warn!(%peer, %reason, "join refused");
                 JoinResponse::Refused { reason }
@@ -76,13 +76,12 @@ impl Mesh {
                     .map_err(|e| e.to_string())?;
                 Ok(self.hello(&org, roster, &datasets, &access))
             }
-            SyncRequest::Roster(r) => {
-                let n = self.inner.state.merge_roster(&self.inner.node, &r).await;
-                let n = n.map_err(|e| e.to_string())?;
-                if n > 0 {
-                    let _ = self.refresh_members().await;
-                }
-                Ok(SyncResponse::Merged(n as u32))
+            SyncRequest::Roster => Ok(SyncResponse::Roster(self.inner.state.roster())),
+            SyncRequest::RosterChanged => {
+                // Pulled, not pushed: the peer's roster is fetched in this node's own catch-up.
+                self.inner.state.mark_dirty(peer);
+                tokio::spawn(self.clone().sync_with(peer));
+                Ok(SyncResponse::Noted)
             }
             SyncRequest::Fetch {
                 dataset,

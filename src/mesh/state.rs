@@ -13,9 +13,12 @@ use crate::naming::DatasetId;
 use crate::node::Node;
 
 use super::catalog::SignedMeta;
-use super::roster::{Cert, Member, Roster};
+use super::roster::{Member, Roster};
 
-const ROSTER_KEY: &str = "mesh/roster";
+const ROSTER_KEY: &str = "mesh/roster/2";
+/// Where fogmesh kept the roster before governance: a home that has it was written by an older
+/// version whose certificates cannot become governance operations.
+const OLD_ROSTER_KEY: &str = "mesh/roster";
 const CATALOG_KEY: &str = "mesh/catalog";
 
 /// One catch-up under way, as `fogmesh status` shows it.
@@ -31,9 +34,8 @@ pub struct Progress {
     pub missing: u64,
 }
 
-#[derive(Default)]
 struct Inner {
-    roster: Option<Roster>,
+    roster: Roster,
     catalog: BTreeMap<DatasetId, SignedMeta>,
     announced: HashMap<PeerId, HashSet<DatasetId>>,
     progress: BTreeMap<(String, String), Progress>,
@@ -42,14 +44,26 @@ struct Inner {
     dirty: HashSet<PeerId>,
 }
 
-/// Shared mesh state behind one lock, never held across an await.
-pub(crate) struct State(Mutex<Inner>);
+/// Shared mesh state behind one lock, never held across an await; roster changes are also
+/// serialized by `roster_writes`, so a merge can never overwrite an operation signed meanwhile.
+pub(crate) struct State(Mutex<Inner>, tokio::sync::Mutex<()>);
 
 impl State {
     /// Loads the roster and catalog, or founds a one-member mesh for a fresh node.
     pub(crate) async fn load_or_found(node: &Node) -> Result<Self> {
         let roster = match node.load_state::<Roster>(ROSTER_KEY)? {
-            Some(r) => r,
+            Some(r) => Roster::verified(&r, crate::hlc::wall_millis())
+                .map_err(|e| Error::Internal(format!("stored roster: {e}")))?,
+            None if node
+                .load_state::<serde_json::Value>(OLD_ROSTER_KEY)?
+                .is_some() =>
+            {
+                return Err(Error::Invalid(
+                    "this home was written by an older fogmesh (roster without governance); \
+                     re-create it with `fogmesh init` and join again"
+                        .into(),
+                ))
+            }
             None => {
                 let r = founding_roster(node)?;
                 node.save_state(ROSTER_KEY, &r).await?;
@@ -58,14 +72,17 @@ impl State {
         };
         let catalog: Vec<SignedMeta> = node.load_state(CATALOG_KEY)?.unwrap_or_default();
         let inner = Inner {
-            roster: Some(roster),
+            roster,
             catalog: catalog
                 .into_iter()
                 .map(|s| (s.meta.id.clone(), s))
                 .collect(),
-            ..Inner::default()
+            announced: HashMap::new(),
+            progress: BTreeMap::new(),
+            syncing: HashSet::new(),
+            dirty: HashSet::new(),
         };
-        Ok(Self(Mutex::new(inner)))
+        Ok(Self(Mutex::new(inner), tokio::sync::Mutex::new(())))
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -74,36 +91,38 @@ impl State {
 
     /// The organization of the member with this peer id, without copying the roster.
     pub(crate) fn org_of(&self, peer: &str) -> Option<String> {
-        let st = self.lock();
-        let roster = st.roster.as_ref()?;
-        roster.by_peer(peer).map(|m| m.org.clone())
+        self.lock().roster.by_peer(peer).map(|m| m.org)
     }
 
     /// A copy of the roster.
     pub(crate) fn roster(&self) -> Roster {
-        self.lock().roster.clone().unwrap_or_else(|| Roster {
-            mesh: String::new(),
-            founder: String::new(),
-            members: BTreeMap::new(),
-        })
+        self.lock().roster.clone()
     }
 
-    /// Replaces the roster and persists it.
-    pub(crate) async fn set_roster(&self, node: &Node, roster: Roster) -> Result<()> {
-        node.save_state(ROSTER_KEY, &roster).await?;
-        self.lock().roster = Some(roster);
-        Ok(())
+    /// Changes the roster with `f` and persists it when its digest changed (durably, before
+    /// anyone else sees it). Changes are serialized.
+    pub(crate) async fn update_roster<T>(
+        &self,
+        node: &Node,
+        f: impl FnOnce(&mut Roster) -> T,
+    ) -> Result<T> {
+        let _writing = self.1.lock().await;
+        let mut roster = self.roster();
+        let before = roster.digest();
+        let out = f(&mut roster);
+        if roster.digest() != before {
+            node.save_state(ROSTER_KEY, &roster).await?;
+            self.lock().roster = roster;
+        }
+        Ok(out)
     }
 
     /// Merges `other` into the roster; persists and returns the count if anything changed.
     pub(crate) async fn merge_roster(&self, node: &Node, other: &Roster) -> Result<usize> {
-        let mut roster = self.roster();
-        let (changed, refused) = roster.merge(other);
+        let now = crate::hlc::wall_millis();
+        let (changed, refused) = self.update_roster(node, |r| r.merge(other, now)).await?;
         for e in refused {
-            tracing::warn!(error = %e, "roster entry refused");
-        }
-        if changed > 0 {
-            self.set_roster(node, roster).await?;
+            tracing::warn!(error = %e, "roster item refused");
         }
         Ok(changed)
     }
@@ -187,5 +206,5 @@ fn founding_roster(node: &Node) -> Result<Roster> {
         crate::hlc::wall_millis(),
     )
     .map_err(|e| Error::Internal(e.to_string()))?;
-    Roster::found(Cert::sign(me, node.identity())).map_err(|e| Error::Internal(e.to_string()))
+    Roster::found(me, node.identity()).map_err(|e| Error::Internal(e.to_string()))
 }

@@ -228,7 +228,8 @@ impl Mesh {
         Ok(adopted)
     }
 
-    /// Merges a peer's roster; if ours still differs, sends ours back.
+    /// Merges a peer's roster; if ours still differs, asks the peer to pull ours (a push of a
+    /// large roster would not fit a request).
     async fn reconcile_roster(
         &self,
         peer: PeerId,
@@ -241,7 +242,7 @@ impl Mesh {
         }
         let mine = state.roster();
         if mine.digest() != theirs.digest() {
-            self.sync_request(peer, &SyncRequest::Roster(mine)).await?;
+            self.sync_request(peer, &SyncRequest::RosterChanged).await?;
         }
         Ok(())
     }
@@ -326,7 +327,11 @@ impl Mesh {
         Ok(Some((envelopes, next)))
     }
 
-    async fn sync_request(&self, peer: PeerId, req: &SyncRequest) -> Result<SyncResponse, String> {
+    pub(super) async fn sync_request(
+        &self,
+        peer: PeerId,
+        req: &SyncRequest,
+    ) -> Result<SyncResponse, String> {
         let frame = Frame(proto::encode(req));
         let answer = self.inner.net.request(peer, Protocol::Sync, frame).await;
         let answer = answer.map_err(|e| e.to_string())?;

@@ -34,6 +34,10 @@ pub(crate) enum Command {
         peer: PeerId,
         reply: oneshot::Sender<()>,
     },
+    Ban {
+        peers: HashSet<PeerId>,
+        reply: oneshot::Sender<()>,
+    },
     AcceptStrangers {
         until: Instant,
         reply: oneshot::Sender<()>,
@@ -137,6 +141,13 @@ impl Client {
     pub async fn set_members(&self, members: HashSet<PeerId>) -> Result<(), Error> {
         self.call(|reply| Command::SetMembers { members, reply })
             .await
+    }
+
+    /// Replaces the set of banned peers (removed members): connected ones are disconnected now,
+    /// and every later connection of theirs is closed as soon as it is established, invitation
+    /// or not, and reported as [`Event::Refused`](super::Event::Refused).
+    pub async fn ban(&self, peers: HashSet<PeerId>) -> Result<(), Error> {
+        self.call(|reply| Command::Ban { peers, reply }).await
     }
 
     /// Accepts inbound connections from non-members until `until` (while an invitation is

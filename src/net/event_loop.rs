@@ -49,6 +49,8 @@ pub(crate) struct EventLoop {
     join_window: Duration,
     /// Inbound connections from non-members are accepted until then (an invitation is out).
     pub(super) strangers_until: Option<Instant>,
+    /// Removed members: every connection of theirs is closed when established.
+    pub(super) banned: HashSet<PeerId>,
     /// Outbound requests by protocol and libp2p id (ids are per behaviour).
     pub(super) outbound:
         HashMap<(Protocol, OutboundRequestId), oneshot::Sender<Result<Frame, Error>>>,
@@ -77,6 +79,7 @@ impl EventLoop {
             table,
             join_window: config.join_window,
             strangers_until: None,
+            banned: HashSet::new(),
             outbound: HashMap::new(),
             inbound: HashMap::new(),
             replies: FuturesUnordered::new(),
@@ -163,6 +166,14 @@ impl EventLoop {
             }
             Command::Disconnect { peer, reply } => {
                 let _ = self.swarm.disconnect_peer_id(peer);
+                let _ = reply.send(());
+            }
+            Command::Ban { peers, reply } => {
+                for peer in peers.iter().filter(|p| self.table.is_up(p)) {
+                    tracing::warn!(%peer, "removed from the mesh; disconnecting");
+                    let _ = self.swarm.disconnect_peer_id(*peer);
+                }
+                self.banned = peers;
                 let _ = reply.send(());
             }
             Command::AcceptStrangers { until, reply } => {
@@ -407,5 +418,6 @@ fn kind(event: &Event) -> &'static str {
         Event::Discovered { .. } => "discovered",
         Event::Request { .. } => "request",
         Event::BadInput { .. } => "bad-input",
+        Event::Refused { .. } => "refused",
     }
 }

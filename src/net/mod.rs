@@ -22,7 +22,7 @@
 //! # Protocols
 //!
 //! Three request-response protocols carry CBOR-encoded [`Frame`]s, each with its own caps:
-//! [`Protocol::Join`] (`/fogmesh/join/1`), [`Protocol::Sync`] (`/fogmesh/sync/2`) and
+//! [`Protocol::Join`] (`/fogmesh/join/2`), [`Protocol::Sync`] (`/fogmesh/sync/3`) and
 //! [`Protocol::Push`] (`/fogmesh/push/2`). Identify (`/fogmesh/id/1`), ping, mDNS and a private
 //! Kademlia (`/fogmesh/kad/1`) provide address hints and liveness; connection limits cap
 //! connections overall and per peer. Transports: TCP and QUIC, Noise, yamux, DNS.
@@ -148,9 +148,9 @@ fn default_listen() -> Vec<Multiaddr> {
 /// The three request-response protocols between members.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Protocol {
-    /// `/fogmesh/join/1`: the one protocol a non-member may use.
+    /// `/fogmesh/join/2`: the one protocol a non-member may use.
     Join,
-    /// `/fogmesh/sync/2`: catch-up between members.
+    /// `/fogmesh/sync/3`: catch-up between members.
     Sync,
     /// `/fogmesh/push/2`: eager delivery of new envelopes.
     Push,
@@ -170,8 +170,8 @@ impl Protocol {
     /// The versioned protocol name negotiated on the stream.
     pub fn name(self) -> &'static str {
         match self {
-            Protocol::Join => "/fogmesh/join/1",
-            Protocol::Sync => "/fogmesh/sync/2",
+            Protocol::Join => "/fogmesh/join/2",
+            Protocol::Sync => "/fogmesh/sync/3",
             Protocol::Push => "/fogmesh/push/2",
             Protocol::Query => "/fogmesh/query/1",
         }
@@ -249,6 +249,13 @@ pub enum Event {
         frame: Frame,
         /// Where the response goes; it must fit [`Protocol::max_response_bytes`].
         reply: oneshot::Sender<Frame>,
+    },
+    /// A connection of a banned peer (see [`Client::ban`]) was closed as it was established.
+    Refused {
+        /// The peer.
+        peer: PeerId,
+        /// Why.
+        reason: &'static str,
     },
     /// A peer sent something unusable; counted against it (see [`BAD_INPUT_LIMIT`]).
     BadInput {

@@ -59,6 +59,15 @@ impl EventLoop {
     }
 
     fn on_connection_established(&mut self, peer: PeerId, endpoint: &ConnectedPoint, count: u32) {
+        if self.banned.contains(&peer) {
+            tracing::warn!(%peer, "refused a removed member");
+            let _ = self.swarm.disconnect_peer_id(peer);
+            self.emit(Event::Refused {
+                peer,
+                reason: "removed from the mesh",
+            });
+            return;
+        }
         if count > 1 {
             self.table.seen(&peer, Instant::now());
             return;

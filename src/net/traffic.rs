@@ -86,9 +86,9 @@ pub struct Traffic {
     pub dialed: u64,
     /// TCP connections this node accepted (counted when the socket is up, before Noise).
     pub accepted: u64,
-    /// `/fogmesh/join/1` frames.
+    /// `/fogmesh/join/2` frames.
     pub join: FrameTraffic,
-    /// `/fogmesh/sync/2` frames.
+    /// `/fogmesh/sync/3` frames.
     pub sync: FrameTraffic,
     /// `/fogmesh/push/2` frames.
     pub push: FrameTraffic,

@@ -32,6 +32,8 @@ pub struct MemberKeys {
     pub author: AuthorId,
     /// X25519 key epoch keys are wrapped for.
     pub agreement: [u8; 32],
+    /// Removed from the mesh: what it signed before still verifies, but it gets no keys.
+    pub removed: bool,
 }
 
 /// Member nodes by organization.

@@ -180,7 +180,7 @@ impl Node {
                 .unwrap_or_else(|e| e.into_inner());
             holders
                 .iter()
-                .filter_map(|o| dir.0.get(o).cloned())
+                .filter_map(|o| dir.0.get(o).filter(|m| !m.removed).cloned())
                 .collect()
         };
         let me = &self.inner.identity;
@@ -305,6 +305,28 @@ impl Node {
                 match self.revoke_in(&ds, &g).await {
                     Ok(_) => n += 1,
                     // Replaced meanwhile (a new grant, a revocation): nothing to expire.
+                    Err(Error::Conflict(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// Revokes every standing grant to `org` on the datasets this node owns (the organization
+    /// was removed from the mesh): a new key epoch starts without it wherever it held keys.
+    /// Returns how many grants it revoked; none when there is nothing left to revoke.
+    pub async fn revoke_org(&self, org: &str) -> Result<usize> {
+        let mut n = 0;
+        for ds in self.owned_datasets() {
+            let standing: Vec<Grant> = lock(&ds.access)
+                .grants()
+                .map(|g| g.grant.clone())
+                .filter(|g| g.grantee.org == org && !g.rights.is_empty())
+                .collect();
+            for g in standing {
+                match self.revoke_in(&ds, &g).await {
+                    Ok(_) => n += 1,
                     Err(Error::Conflict(_)) => {}
                     Err(e) => return Err(e),
                 }

@@ -17,6 +17,7 @@ fn keys(b: &TestNode, org: &str) -> MemberKeys {
         org: org.into(),
         author: b.node.identity().author(),
         agreement: b.node.identity().agreement_public(),
+        removed: false,
     }
 }
 

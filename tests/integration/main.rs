@@ -4,6 +4,7 @@ mod access;
 mod common;
 mod federated;
 mod flows;
+mod governance;
 mod http;
 mod key_order;
 mod mesh;

@@ -36,6 +36,9 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/mesh"),
     ("POST", "/v1/invites"),
     ("POST", "/v1/join"),
+    ("GET", "/v1/members"),
+    ("DELETE", "/v1/members/{org}"),
+    ("POST", "/v1/members/{org}/role"),
     ("GET", "/v1/openapi.json"),
     ("GET", "/metrics"),
 ];

@@ -2,7 +2,7 @@
 //! client: TCP, Noise, yamux and request-response streams whose bytes it chooses itself, so it can
 //! send well-framed nonsense as well as bytes that are no frame at all.
 //!
-//! The wire (src/net/codec.rs): each of `/fogmesh/join/1`, `/fogmesh/sync/2` and `/fogmesh/push/2`
+//! The wire (src/net/codec.rs): each of `/fogmesh/join/2`, `/fogmesh/sync/3` and `/fogmesh/push/2`
 //! opens one yamux stream per request; after multistream-select the requester writes one CBOR byte
 //! string (a `net::Frame`) whose payload is the CBOR of a `mesh::proto` message, closes its side and
 //! reads the answer to the end of the stream. A refused request gets no answer: the node closes the
@@ -30,6 +30,7 @@
 mod checks;
 #[path = "../common/mod.rs"]
 mod common;
+mod governance;
 mod raw;
 mod wire;
 
@@ -214,7 +215,10 @@ fn a_member_sending_garbage_is_counted_disconnected_and_the_node_stays_bounded()
     match answer.message::<SyncResponse>()? {
         SyncResponse::Hello {
             roster: Some(r), ..
-        } => ensure!(r.by_org("mallory").is_some(), "roster without mallory"),
+        } => {
+            let r = fogmesh::mesh::roster::Roster::verified(&r, fogmesh::hlc::wall_millis())?;
+            ensure!(r.by_org("mallory").is_some(), "roster without mallory")
+        }
         other => bail!("unexpected answer to Hello: {other:?}"),
     }
     let stray = DatasetId::parse("mallory/notes")?;

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -39,8 +40,8 @@ pub(crate) enum Proto {
 impl Proto {
     pub(crate) fn name(self) -> &'static str {
         match self {
-            Proto::Join => "/fogmesh/join/1",
-            Proto::Sync => "/fogmesh/sync/2",
+            Proto::Join => "/fogmesh/join/2",
+            Proto::Sync => "/fogmesh/sync/3",
             Proto::Push => "/fogmesh/push/2",
             Proto::Query => "/fogmesh/query/1",
         }
@@ -56,11 +57,13 @@ impl request_response::Codec for RawCodec {
     type Request = Vec<u8>;
     type Response = Vec<u8>;
 
-    async fn read_request<T>(&mut self, _: &StreamProtocol, _: &mut T) -> io::Result<Vec<u8>>
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
     where
         T: AsyncRead + Unpin + Send,
     {
-        Err(io::Error::other("the raw client takes no requests"))
+        let mut buf = Vec::new();
+        io.take(MAX_ANSWER).read_to_end(&mut buf).await?;
+        Ok(buf)
     }
 
     async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
@@ -87,13 +90,13 @@ impl request_response::Codec for RawCodec {
     async fn write_response<T>(
         &mut self,
         _: &StreamProtocol,
-        _: &mut T,
-        _: Vec<u8>,
+        io: &mut T,
+        res: Vec<u8>,
     ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {
-        Err(io::Error::other("the raw client sends no responses"))
+        io.write_all(&res).await
     }
 }
 
@@ -112,7 +115,7 @@ impl Raw {
         let rr = |p: Proto| {
             RawRr::with_codec(
                 RawCodec,
-                [(StreamProtocol::new(p.name()), ProtocolSupport::Outbound)],
+                [(StreamProtocol::new(p.name()), ProtocolSupport::Full)],
                 request_response::Config::default().with_request_timeout(Duration::from_secs(90)),
             )
         };
@@ -170,6 +173,14 @@ impl Answer {
     }
 }
 
+/// Canned answers the raw client gives to the node's own requests, by protocol (none: the stream
+/// is closed unanswered), and how many requests it received, by protocol.
+#[derive(Clone, Default)]
+pub(crate) struct Serving {
+    pub(crate) answers: Arc<Mutex<HashMap<Proto, Vec<u8>>>>,
+    pub(crate) received: Arc<Mutex<HashMap<Proto, usize>>>,
+}
+
 pub(crate) enum Cmd {
     Dial(Multiaddr),
     Request {
@@ -191,6 +202,7 @@ pub(crate) async fn drive(
     mut swarm: Swarm<Raw>,
     mut cmds: mpsc::Receiver<Cmd>,
     notes: mpsc::Sender<Note>,
+    serving: Serving,
 ) {
     let mut pending: HashMap<(Proto, OutboundRequestId), oneshot::Sender<Answer>> = HashMap::new();
     loop {
@@ -228,6 +240,17 @@ pub(crate) async fn drive(
                     };
                     let (id, answer) = match event {
                         request_response::Event::Message {
+                            message: request_response::Message::Request { channel, .. },
+                            ..
+                        } => {
+                            *lock(&serving.received).entry(proto).or_default() += 1;
+                            let canned = lock(&serving.answers).get(&proto).cloned();
+                            if let Some(bytes) = canned {
+                                let _ = swarm.behaviour_mut().get(proto).send_response(channel, bytes);
+                            }
+                            continue;
+                        }
+                        request_response::Event::Message {
                             message: request_response::Message::Response { request_id, response },
                             ..
                         } => (request_id, Answer::Bytes(response)),
@@ -256,7 +279,12 @@ pub(crate) struct RawClient {
     /// When and why the node last closed the connection.
     pub(crate) last_down: Option<(Instant, String)>,
     pub(crate) local: PeerId,
+    pub(crate) serving: Serving,
     pub(crate) rt: tokio::runtime::Runtime,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl RawClient {
@@ -283,7 +311,8 @@ impl RawClient {
         })?;
         let (cmd_tx, cmd_rx) = mpsc::channel(CMDS_CAP);
         let (note_tx, note_rx) = mpsc::channel(NOTES_CAP);
-        rt.spawn(drive(swarm, cmd_rx, note_tx));
+        let serving = Serving::default();
+        rt.spawn(drive(swarm, cmd_rx, note_tx, serving.clone()));
         Ok(Self {
             cmds: cmd_tx,
             notes: note_rx,
@@ -292,6 +321,7 @@ impl RawClient {
             up: false,
             last_down: None,
             local,
+            serving,
             rt,
         })
     }
@@ -319,6 +349,19 @@ impl RawClient {
                 Err(_) => bail!("no connection to {} within 10 s", self.addr),
             }
         }
+    }
+
+    /// Answers every later request of the node on `proto` with `bytes` (a whole frame).
+    pub(crate) fn serve(&self, proto: Proto, bytes: Vec<u8>) {
+        lock(&self.serving.answers).insert(proto, bytes);
+    }
+
+    /// How many requests the node sent on `proto` so far.
+    pub(crate) fn received(&self, proto: Proto) -> usize {
+        lock(&self.serving.received)
+            .get(&proto)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Sends `bytes` on `proto` and waits for whatever comes back.

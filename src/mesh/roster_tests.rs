@@ -1,0 +1,150 @@
+use super::*;
+
+const NOW: u64 = 1_000_000;
+
+fn member(seed: u8, org: &str) -> (Identity, Member) {
+    let id = Identity::from_seed([seed; 32]);
+    let m = Member::of(&id, "flu", org, vec!["/ip4/127.0.0.1/tcp/1".into()], 10).expect("member");
+    (id, m)
+}
+
+fn founded() -> (Identity, Roster) {
+    let (a, ma) = member(1, "hospital");
+    let r = Roster::found(ma, &a).expect("found");
+    (a, r)
+}
+
+fn admit(r: &mut Roster, by: &Identity, m: Member, role: Role) -> Result<Op, Error> {
+    let action = Action::Admit {
+        member: m,
+        role,
+        invitation: "00".into(),
+    };
+    r.sign_and_apply(action, by, NOW)
+}
+
+#[test]
+fn only_admins_admit_and_every_member_chains_to_the_founder() {
+    let (a, mut r) = founded();
+    let (b, mb) = member(2, "pharmacy");
+    admit(&mut r, &a, mb, Role::Member).expect("the founder admits");
+    let (_, mc) = member(3, "insurer");
+    let refused = admit(&mut r, &b, mc.clone(), Role::Member);
+    assert!(
+        matches!(refused, Err(Error::NotApplied(ref w)) if w.contains("not an admin")),
+        "{refused:?}"
+    );
+    assert!(r.by_org("insurer").is_none());
+    r.sign_and_apply(
+        Action::Role {
+            org: "pharmacy".into(),
+            role: Role::Admin,
+        },
+        &a,
+        NOW,
+    )
+    .expect("promote");
+    admit(&mut r, &b, mc, Role::Member).expect("an admin admits");
+    assert_eq!(r.orgs(), ["hospital", "insurer", "pharmacy"]);
+    assert_eq!(
+        r.by_org("pharmacy").map(|m| m.peer_id),
+        Some(b.peer_id().expect("p").to_string())
+    );
+}
+
+#[test]
+fn a_member_cannot_take_over_another_members_entry() {
+    let (a, mut r) = founded();
+    let (v, mv) = member(2, "pharmacy");
+    let (x, mx) = member(3, "insurer");
+    admit(&mut r, &a, mv.clone(), Role::Member).expect("v");
+    admit(&mut r, &a, mx, Role::Member).expect("x");
+    // The attacker re-signs the victim's entry with its own X25519 key and the largest date.
+    let mut forged = mv.clone();
+    forged.agreement_key = hex::encode(x.agreement_public());
+    forged.updated = u64::MAX;
+    assert!(matches!(
+        r.admit(Cert::sign(forged.clone(), &x), NOW),
+        Err(Error::OrgTaken(_))
+    ));
+    // Even signed with the victim's own key, a change of keys is not an address update.
+    assert!(matches!(
+        r.admit(Cert::sign(forged, &v), NOW),
+        Err(Error::OrgTaken(_))
+    ));
+    let mut addr = mv.clone();
+    addr.addresses = vec!["/ip4/10.0.0.2/tcp/7071".into()];
+    addr.updated = u64::MAX;
+    assert!(matches!(
+        r.admit(Cert::sign(addr.clone(), &x), NOW),
+        Err(Error::Signature(_))
+    ));
+    assert!(matches!(
+        r.admit(Cert::sign(addr.clone(), &v), NOW),
+        Err(Error::Future(_))
+    ));
+    addr.updated = NOW;
+    assert_eq!(r.admit(Cert::sign(addr.clone(), &v), NOW), Ok(true));
+    assert_eq!(r.admit(Cert::sign(addr, &v), NOW), Ok(false), "not newer");
+    let now = r.by_org("pharmacy").expect("pharmacy");
+    assert_eq!(now.agreement_key, mv.agreement_key, "keys unchanged");
+    assert_eq!(now.addresses, ["/ip4/10.0.0.2/tcp/7071"]);
+}
+
+#[test]
+fn strangers_forgeries_and_bad_addresses_are_refused() {
+    let (a, mut r) = founded();
+    let (x, mx) = member(9, "mallory");
+    assert!(matches!(
+        r.admit(Cert::sign(mx.clone(), &x), NOW),
+        Err(Error::UnknownSigner(_))
+    ));
+    let mut op = Op::sign(
+        "flu",
+        Action::Admit {
+            member: mx.clone(),
+            role: Role::Admin,
+            invitation: String::new(),
+        },
+        r.log.heads(),
+        &a,
+        NOW,
+    );
+    op.body.action = Action::Remove {
+        org: "hospital".into(),
+    };
+    assert!(matches!(
+        r.apply(op),
+        Err(Error::Governance(govern::Error::Signature(_)))
+    ));
+    let (_, mut bad) = member(4, "pharmacy");
+    bad.addresses = vec!["not an address".into()];
+    assert!(matches!(
+        admit(&mut r, &a, bad, Role::Member),
+        Err(Error::Governance(govern::Error::Invalid { .. }))
+    ));
+    let (_, mut mp) = member(4, "pharmacy");
+    mp.peer_id = a.peer_id().expect("p").to_string();
+    assert!(admit(&mut r, &a, mp, Role::Member).is_err());
+}
+
+#[test]
+fn rosters_merge_whatever_the_order_and_survive_a_round_trip() {
+    let (a, mut r1) = founded();
+    let (b, mb) = member(2, "pharmacy");
+    let (_, mc) = member(3, "insurer");
+    let mut r2 = r1.clone();
+    admit(&mut r2, &a, mb, Role::Admin).expect("b");
+    admit(&mut r2, &b, mc, Role::Member).expect("c");
+    let (changed, errors) = r1.merge(&r2, NOW);
+    assert_eq!((changed, errors), (2, vec![]));
+    assert_eq!(r1, r2);
+    assert_eq!(r1.digest(), r2.digest());
+    let wire: Roster =
+        serde_json::from_slice(&serde_json::to_vec(&r1).expect("json")).expect("back");
+    let again = Roster::verified(&wire, NOW).expect("verified");
+    assert_eq!(again, r1);
+    let (x, mx) = member(8, "other");
+    let foreign = Roster::found(mx, &x).expect("found");
+    assert_eq!(r1.merge(&foreign, NOW).0, 0);
+}
