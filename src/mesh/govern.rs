@@ -289,11 +289,19 @@ pub struct State {
     pub applied: BTreeSet<OpId>,
     /// Operations held but not applied, and why.
     pub dropped: BTreeMap<OpId, String>,
+    /// Organization by identity key.
+    keys: HashMap<String, String>,
 }
 
 impl State {
     fn by_key(&self, author: &str) -> Option<&Entry> {
-        self.entries.values().find(|e| e.member.author == author)
+        self.keys.get(author).and_then(|org| self.entries.get(org))
+    }
+
+    fn insert(&mut self, e: Entry) {
+        self.keys
+            .insert(e.member.author.clone(), e.member.org.clone());
+        self.entries.insert(e.member.org.clone(), e);
     }
 }
 
@@ -357,34 +365,46 @@ impl Log {
         state
     }
 
-    /// Every operation whose deps are all held, in the fixed order: height, then id.
+    /// Every operation whose deps are all held (transitively), in the fixed order: height, then
+    /// id. Heights are memoized, so this is linear in operations and deps.
     fn order(&self) -> Vec<OpId> {
-        let mut height: HashMap<&str, usize> = HashMap::new();
-        let mut left: Vec<&OpId> = self.ops.keys().collect();
-        // Kahn-like sweeps; each sweep settles at least one layer, bounded by the op count.
-        while !left.is_empty() {
-            let before = left.len();
-            left.retain(|id| {
-                let deps = &self.ops[*id].body.deps;
-                let hs: Option<Vec<usize>> = deps
-                    .iter()
-                    .map(|d| height.get(d.as_str()).copied())
-                    .collect();
-                match hs {
-                    Some(hs) => {
-                        height.insert(id.as_str(), 1 + hs.into_iter().max().unwrap_or(0));
-                        false
-                    }
-                    None => true,
-                }
-            });
-            if left.len() == before {
-                break;
-            }
+        // None: waits for an operation not held (or lies on a cycle, which signatures over
+        // hashes make impossible in practice).
+        let mut height: HashMap<&str, Option<usize>> = HashMap::with_capacity(self.ops.len());
+        for id in self.ops.keys() {
+            self.height(id, &mut height);
         }
-        let mut ids: Vec<(usize, &str)> = height.into_iter().map(|(id, h)| (h, id)).collect();
+        let mut ids: Vec<(usize, &str)> = height
+            .into_iter()
+            .filter_map(|(id, h)| Some((h?, id)))
+            .collect();
         ids.sort_unstable();
         ids.into_iter().map(|(_, id)| id.to_owned()).collect()
+    }
+
+    /// The height of `root`, computed with an explicit stack (no recursion on peer input).
+    fn height<'a>(&'a self, root: &'a str, memo: &mut HashMap<&'a str, Option<usize>>) {
+        let mut stack: Vec<(&str, bool)> = vec![(root, false)];
+        while let Some((id, expanded)) = stack.pop() {
+            if memo.contains_key(id) {
+                continue;
+            }
+            let Some((key, op)) = self.ops.get_key_value(id) else {
+                memo.insert(id, None);
+                continue;
+            };
+            let deps = &op.body.deps;
+            if !expanded {
+                stack.push((key.as_str(), true));
+                stack.extend(deps.iter().map(|d| (d.as_str(), false)));
+                continue;
+            }
+            let h = deps
+                .iter()
+                .map(|d| memo.get(d.as_str()).copied().flatten())
+                .try_fold(0, |m, h| h.map(|h| m.max(h)));
+            memo.insert(key.as_str(), h.map(|h| h + 1));
+        }
     }
 
     fn apply(&self, order: &[OpId], founder: &str, dropped: &BTreeMap<OpId, String>) -> State {
@@ -413,8 +433,7 @@ impl Log {
             if !st.entries.is_empty() {
                 return Err("the mesh is already founded".into());
             }
-            st.entries
-                .insert(member.org.clone(), entry(member, Role::Admin, id));
+            st.insert(entry(member, Role::Admin, id));
             return Ok(());
         }
         let signer = st.by_key(author).ok_or("its author is not a member")?;
@@ -437,8 +456,7 @@ impl Log {
                 if st.by_key(&member.author).is_some() {
                     return Err("its key belongs to another organization".into());
                 }
-                st.entries
-                    .insert(member.org.clone(), entry(member, *role, id));
+                st.insert(entry(member, *role, id));
                 Ok(())
             }
             Action::Role { org, role } => {

@@ -148,3 +148,41 @@ fn rosters_merge_whatever_the_order_and_survive_a_round_trip() {
     let foreign = Roster::found(mx, &x).expect("found");
     assert_eq!(r1.merge(&foreign, NOW).0, 0);
 }
+
+#[test]
+fn a_roster_of_1024_members_fits_a_sync_answer_and_an_admission_fits_a_join_answer() {
+    let (a, mut r) = founded();
+    let mut last = None;
+    for i in 1..MAX_MEMBERS {
+        let mut seed = [7u8; 32];
+        seed[..2].copy_from_slice(&(i as u16).to_le_bytes());
+        let id = Identity::from_seed(seed);
+        let addrs = vec![format!("/ip4/10.0.{}.{}/tcp/7071", i / 256, i % 256)];
+        let m = Member::of(&id, "flu", &format!("org-{i:04}"), addrs, 10).expect("member");
+        let action = Action::Admit {
+            member: m,
+            role: Role::Member,
+            invitation: "00".into(),
+        };
+        // Signed as a chain, resolved once below: as a joiner receives it.
+        let op = Op::sign("flu", action, r.log.heads(), &a, NOW);
+        r.log.ops.insert(op.id(), op.clone());
+        last = Some(op);
+    }
+    let t = std::time::Instant::now();
+    let r = Roster::verified(&r, NOW).expect("verified");
+    eprintln!(
+        "{} members verified and resolved in {:?}",
+        r.orgs().len(),
+        t.elapsed()
+    );
+    assert_eq!(r.orgs().len(), MAX_MEMBERS);
+    let bytes = crate::mesh::proto::encode(&r).len();
+    eprintln!("a {MAX_MEMBERS}-member roster encodes to {bytes} bytes");
+    assert!(bytes < crate::net::MAX_SYNC_RESPONSE_BYTES / 4, "{bytes}");
+    let answer = crate::mesh::proto::JoinResponse::Admitted {
+        op: Box::new(last.expect("one")),
+    };
+    let bytes = crate::mesh::proto::encode(&answer).len();
+    assert!(bytes < crate::net::MAX_JOIN_BYTES / 16, "{bytes}");
+}

@@ -294,39 +294,30 @@ impl Node {
     /// retention sweep. Returns how many it revoked.
     pub async fn expire_grants(&self) -> Result<usize> {
         let now = hlc::wall_millis();
-        let mut n = 0;
-        for ds in self.owned_datasets() {
-            let expired: Vec<Grant> = lock(&ds.access)
-                .grants()
-                .map(|g| g.grant.clone())
-                .filter(|g| !g.rights.is_empty() && !g.live(now))
-                .collect();
-            for g in expired {
-                match self.revoke_in(&ds, &g).await {
-                    Ok(_) => n += 1,
-                    // Replaced meanwhile (a new grant, a revocation): nothing to expire.
-                    Err(Error::Conflict(_)) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-        }
-        Ok(n)
+        self.revoke_where(|g| !g.live(now)).await
     }
 
     /// Revokes every standing grant to `org` on the datasets this node owns (the organization
     /// was removed from the mesh): a new key epoch starts without it wherever it held keys.
     /// Returns how many grants it revoked; none when there is nothing left to revoke.
     pub async fn revoke_org(&self, org: &str) -> Result<usize> {
+        self.revoke_where(|g| g.grantee.org == org).await
+    }
+
+    /// Revokes every standing grant (one with rights) on the datasets this node owns that
+    /// `matches`; returns how many.
+    async fn revoke_where(&self, matches: impl Fn(&Grant) -> bool) -> Result<usize> {
         let mut n = 0;
         for ds in self.owned_datasets() {
             let standing: Vec<Grant> = lock(&ds.access)
                 .grants()
                 .map(|g| g.grant.clone())
-                .filter(|g| g.grantee.org == org && !g.rights.is_empty())
+                .filter(|g| !g.rights.is_empty() && matches(g))
                 .collect();
             for g in standing {
                 match self.revoke_in(&ds, &g).await {
                     Ok(_) => n += 1,
+                    // Replaced meanwhile (a new grant, a revocation): nothing to revoke.
                     Err(Error::Conflict(_)) => {}
                     Err(e) => return Err(e),
                 }
