@@ -8,3 +8,4 @@ mod http;
 mod key_order;
 mod mesh;
 mod openapi;
+mod tokens;
