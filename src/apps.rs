@@ -70,6 +70,14 @@ pub enum Error {
     /// Too many rights.
     #[error("at most {MAX_RIGHTS} rights per app, got {0}")]
     TooMany(usize),
+    /// An operation on ordinary apps asked of the node's admin app.
+    #[error("app {name} is the node's admin app: {hint}")]
+    AdminApp {
+        /// The admin app's name.
+        name: String,
+        /// What to do instead.
+        hint: &'static str,
+    },
 }
 
 impl Right {
@@ -150,21 +158,35 @@ pub struct App {
     /// True for the node's admin token.
     #[serde(default)]
     pub admin: bool,
+    /// Tells the app's current token apart from earlier ones without revealing it (see
+    /// [`token_id`]); empty until the app is registered. A rotation changes it, which is how an
+    /// event stream opened with the old token knows to end.
+    #[serde(default)]
+    pub token_id: String,
 }
 
 impl App {
     /// A new non-admin app, validated.
     pub fn new(name: &str, rights: Vec<Right>, now_ms: u64) -> Result<Self, Error> {
-        naming::validate_ident("app name", name).map_err(Error::AppName)?;
+        validate_name(name)?;
+        let mut app = Self {
+            name: name.to_owned(),
+            rights: vec![],
+            created: now_ms,
+            admin: false,
+            token_id: String::new(),
+        };
+        app.set_rights(rights)?;
+        Ok(app)
+    }
+
+    /// Replaces the app's rights, refusing more than [`MAX_RIGHTS`].
+    pub fn set_rights(&mut self, rights: Vec<Right>) -> Result<(), Error> {
         if rights.len() > MAX_RIGHTS {
             return Err(Error::TooMany(rights.len()));
         }
-        Ok(Self {
-            name: name.to_owned(),
-            rights,
-            created: now_ms,
-            admin: false,
-        })
+        self.rights = rights;
+        Ok(())
     }
 
     /// True when the app may do `action` on `dataset`.
@@ -181,6 +203,11 @@ impl App {
     }
 }
 
+/// Checks an app name (the rules of every identifier: `a-z 0-9 - _`, at most 64 bytes).
+pub fn validate_name(name: &str) -> Result<(), Error> {
+    naming::validate_ident("app name", name).map_err(Error::AppName)
+}
+
 /// A new random bearer token.
 pub fn new_token() -> String {
     format!("{TOKEN_PREFIX}{}", hex::encode(rand::random::<[u8; 32]>()))
@@ -190,6 +217,12 @@ pub fn new_token() -> String {
 /// nothing to brute-force.
 pub fn token_hash(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
+}
+
+/// The public id of the token whose hash is `hash`: its first 16 hex digits. Enough to tell an
+/// app's tokens apart in listings and logs; useless for guessing the token.
+pub fn token_id(hash: &[u8; 32]) -> String {
+    hex::encode(&hash[..8])
 }
 
 #[cfg(test)]
@@ -244,5 +277,18 @@ mod tests {
         assert!(a.starts_with(TOKEN_PREFIX) && a.len() == TOKEN_PREFIX.len() + 64);
         assert_eq!(token_hash(&a), token_hash(&a));
         assert_ne!(token_hash(&a), token_hash(&b));
+        assert_eq!(token_id(&token_hash(&a)).len(), 16);
+        assert_ne!(token_id(&token_hash(&a)), token_id(&token_hash(&b)));
+    }
+
+    #[test]
+    fn rights_past_the_cap_are_refused_and_leave_the_app_as_it_was() {
+        let read = Right::parse("read:*").expect("r");
+        let mut app = App::new("planner", vec![read.clone()], 0).expect("app");
+        let many = vec![read.clone(); MAX_RIGHTS + 1];
+        assert!(matches!(app.set_rights(many), Err(Error::TooMany(n)) if n == MAX_RIGHTS + 1));
+        assert_eq!(app.rights, vec![read]);
+        app.set_rights(vec![]).expect("no rights is allowed");
+        assert!(app.rights.is_empty());
     }
 }

@@ -3,7 +3,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 /// fogmesh: one node per organization, sharing a CRDT data view with per-app encrypted access.
 #[derive(Parser, Debug)]
@@ -18,11 +19,29 @@ pub struct Cli {
     /// HTTP API address of the node (client commands); default: the home's config.
     #[arg(long, global = true, env = "FOGMESH_API")]
     pub api: Option<SocketAddr>,
-    /// Bearer token to use instead of the home's admin token (client commands).
+    /// Bearer token to use instead of the home's admin token (client commands). On the command
+    /// line it is visible to other users (`ps`): prefer FOGMESH_TOKEN or --token-file.
     #[arg(long, global = true, env = "FOGMESH_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// File holding the bearer token to use instead of the home's admin token (client commands).
+    #[arg(long, global = true, env = "FOGMESH_TOKEN_FILE", value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+    /// Whether `--token` was typed on the command line (not taken from FOGMESH_TOKEN).
+    #[arg(skip)]
+    pub token_on_command_line: bool,
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// Parses the process's arguments like `Cli::parse` (usage errors exit 2), noting whether
+    /// `--token` was typed on the command line.
+    pub fn from_args() -> Self {
+        let matches = Self::command().get_matches();
+        let mut cli = Self::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+        cli.token_on_command_line = matches.value_source("token") == Some(ValueSource::CommandLine);
+        cli
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -49,9 +68,12 @@ pub enum Command {
     /// The mesh's members and their roles; removing one or changing a role (admins).
     #[command(subcommand)]
     Member(MemberCmd),
-    /// Manage apps.
+    /// Manage apps and their tokens.
     #[command(subcommand)]
     App(AppCmd),
+    /// Manage the node's admin token.
+    #[command(subcommand)]
+    Admin(AdminCmd),
     /// Manage datasets.
     #[command(subcommand)]
     Dataset(DatasetCmd),
@@ -142,9 +164,49 @@ pub enum AppCmd {
         /// Rights, comma-separated ACTION:DATASET (read, write, query; owner/name, owner/*, *).
         #[arg(long, value_delimiter = ',')]
         rights: Vec<String>,
+        #[command(flatten)]
+        save: SaveToken,
     },
     /// List registered apps.
     List,
+    /// Remove an app: its token is refused at once and its open event streams end.
+    Remove {
+        /// App name.
+        name: String,
+    },
+    /// Give an app a new token, shown once: the old one is refused at once and its open event
+    /// streams end.
+    Rotate {
+        /// App name.
+        name: String,
+        #[command(flatten)]
+        save: SaveToken,
+    },
+    /// Replace an app's rights; its event streams that the new rights do not cover end.
+    Rights {
+        /// App name.
+        name: String,
+        /// The new rights, comma-separated ACTION:DATASET; none (`--rights` alone) leaves only
+        /// what grants give it.
+        #[arg(long, value_delimiter = ',', required = true, num_args = 0..)]
+        rights: Vec<String>,
+    },
+}
+
+/// Where to keep a new token instead of printing it.
+#[derive(Args, Debug)]
+pub struct SaveToken {
+    /// Write the new token to this file (mode 0600, replacing it) instead of printing it; give
+    /// the file to the app with --token-file or FOGMESH_TOKEN_FILE.
+    #[arg(long, value_name = "PATH")]
+    pub save_token: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AdminCmd {
+    /// Replace the admin token: the old one is refused at once; the node rewrites its home's
+    /// admin.token, so local commands keep working.
+    RotateToken,
 }
 
 #[derive(Subcommand, Debug)]

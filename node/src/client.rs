@@ -5,10 +5,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use serde_json::Value;
 
 use crate::cli::Cli;
+
+/// Largest token file read: a token is 67 bytes, so anything much larger is the wrong file.
+const TOKEN_FILE_MAX_BYTES: u64 = 4096;
 
 /// A client bound to one node and one token.
 pub struct Client {
@@ -16,7 +19,96 @@ pub struct Client {
     token: String,
     home: PathBuf,
     agent: ureq::Agent,
+    /// Where the token came from.
+    source: TokenSource,
 }
+
+/// Where a client command's bearer token came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// `--token` or `FOGMESH_TOKEN`.
+    Given,
+    /// `--token-file` or `FOGMESH_TOKEN_FILE`.
+    File(PathBuf),
+    /// The home's admin token file.
+    Home(PathBuf),
+}
+
+/// The bearer token for a client command: `--token`/`FOGMESH_TOKEN`, else
+/// `--token-file`/`FOGMESH_TOKEN_FILE`, else the home's admin token; never two of them.
+pub fn token(cli: &Cli) -> Result<(String, TokenSource)> {
+    match (&cli.token, &cli.token_file) {
+        (Some(_), Some(_)) => bail!(
+            "both a token (--token or FOGMESH_TOKEN) and a token file (--token-file or \
+             FOGMESH_TOKEN_FILE) are given; use one"
+        ),
+        (Some(t), None) => {
+            if cli.token_on_command_line {
+                eprintln!(
+                    "warning: a token on the command line is visible to other users (ps); \
+                     prefer --token-file PATH or FOGMESH_TOKEN"
+                );
+            }
+            ensure!(
+                !t.trim().is_empty(),
+                "the token given by --token or FOGMESH_TOKEN is empty"
+            );
+            Ok((t.trim().to_owned(), TokenSource::Given))
+        }
+        (None, Some(path)) => Ok((read_token_file(path)?, TokenSource::File(path.clone()))),
+        (None, None) => {
+            let path = cli.home.join(fogmesh::node::home::ADMIN_TOKEN_FILE);
+            let token = read_token_file(&path).with_context(|| {
+                format!(
+                    "reading the admin token of {} (or pass --token-file, or set FOGMESH_TOKEN)",
+                    cli.home.display()
+                )
+            })?;
+            Ok((token, TokenSource::Home(path)))
+        }
+    }
+}
+
+/// Reads a token file: one token, blanks around it ignored.
+pub fn read_token_file(path: &Path) -> Result<String> {
+    let shown = path.display();
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("cannot read the token file {shown}"))?;
+    ensure!(
+        meta.is_file(),
+        "the token file {shown} is not a regular file"
+    );
+    ensure!(
+        meta.len() <= TOKEN_FILE_MAX_BYTES,
+        "the token file {shown} holds {} bytes; it must hold only the token",
+        meta.len()
+    );
+    warn_if_others_may_read(path, &meta);
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the token file {shown}"))?;
+    let token = text.trim();
+    ensure!(!token.is_empty(), "the token file {shown} is empty");
+    ensure!(
+        !token.contains(char::is_whitespace),
+        "the token file {shown} holds more than one word; it must hold only the token"
+    );
+    Ok(token.to_owned())
+}
+
+#[cfg(unix)]
+fn warn_if_others_may_read(path: &Path, meta: &std::fs::Metadata) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        eprintln!(
+            "warning: the token file {} may be read by other users (mode {mode:o}); chmod 600 it",
+            path.display()
+        );
+    }
+}
+
+#[cfg(not(unix))]
+fn warn_if_others_may_read(_: &Path, _: &std::fs::Metadata) {}
 
 /// The API address: `--api`/`FOGMESH_API`, else the home's config.
 pub fn api_addr(cli: &Cli) -> Result<SocketAddr> {
@@ -48,15 +140,18 @@ pub fn api_addr(cli: &Cli) -> Result<SocketAddr> {
 }
 
 impl Client {
-    /// A client for the node of `cli.home`, authenticated with `--token` or the admin token.
+    /// A client for the node of `cli.home`, authenticated with the token [`token`] finds.
     pub fn from_cli(cli: &Cli) -> Result<Self> {
         let addr = api_addr(cli)?;
-        let token = match &cli.token {
-            Some(t) => t.clone(),
-            None => fogmesh::node::home::admin_token(&cli.home)
-                .with_context(|| format!("reading the admin token of {}", cli.home.display()))?,
-        };
-        Ok(Self::new(addr, token, &cli.home))
+        let (token, source) = token(cli)?;
+        let mut client = Self::new(addr, token, &cli.home);
+        client.source = source;
+        Ok(client)
+    }
+
+    /// Where this client's token came from.
+    pub fn token_source(&self) -> &TokenSource {
+        &self.source
     }
 
     /// A client for `addr` with `token`.
@@ -69,6 +164,7 @@ impl Client {
             token,
             home: home.to_owned(),
             agent,
+            source: TokenSource::Given,
         }
     }
 
@@ -79,6 +175,7 @@ impl Client {
             token: token.to_owned(),
             home: self.home.clone(),
             agent: self.agent.clone(),
+            source: TokenSource::Given,
         }
     }
 
@@ -96,6 +193,11 @@ impl Client {
     /// POST a JSON body, returning the JSON answer.
     pub fn post(&self, path: &str, body: &Value) -> Result<Value> {
         self.finish(self.req("POST", path).send_json(body))
+    }
+
+    /// PUT a JSON body, returning the JSON answer.
+    pub fn put(&self, path: &str, body: &Value) -> Result<Value> {
+        self.finish(self.req("PUT", path).send_json(body))
     }
 
     /// DELETE, returning the JSON answer.

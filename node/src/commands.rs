@@ -8,8 +8,7 @@ use fogmesh::config::Config;
 use serde_json::{json, Value};
 
 use crate::cli::{
-    AppCmd, Cli, Command, CreateArgs, DatasetCmd, FlowCmd, GrantArgs, PriorityArg, PublishArgs,
-    WatchArgs,
+    Cli, Command, CreateArgs, DatasetCmd, FlowCmd, GrantArgs, PriorityArg, PublishArgs, WatchArgs,
 };
 use crate::client::Client;
 use crate::output;
@@ -25,8 +24,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Join { invitation } => join(&cli, invitation),
         Command::Peers => peers(&cli),
         Command::Member(m) => crate::members::run(&cli, m),
-        Command::App(AppCmd::Add { name, rights }) => app_add(&cli, name, rights),
-        Command::App(AppCmd::List) => app_list(&cli),
+        Command::App(cmd) => crate::apps::run(&cli, cmd),
+        Command::Admin(cmd) => crate::apps::admin(&cli, cmd),
         Command::Dataset(DatasetCmd::Create(a)) => dataset_create(&cli, a),
         Command::Dataset(DatasetCmd::List) => dataset_list(&cli),
         Command::Flow(FlowCmd::Add(a)) => crate::view::flow_add(&cli, a),
@@ -99,7 +98,7 @@ fn id(cli: &Cli) -> Result<()> {
     Ok(())
 }
 
-fn output_value(v: &Value) -> String {
+pub(crate) fn output_value(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Array(a) => a.iter().map(output_value).collect::<Vec<_>>().join(" "),
@@ -203,36 +202,6 @@ fn join(cli: &Cli, token: &str) -> Result<()> {
             "joined mesh {} (members: {})",
             v["mesh"].as_str().unwrap_or("?"),
             output_value(&v["members"])
-        );
-    }
-    Ok(())
-}
-
-fn app_add(cli: &Cli, name: &str, rights: &[String]) -> Result<()> {
-    let v = Client::from_cli(cli)?.post("/v1/apps", &json!({ "name": name, "rights": rights }))?;
-    if cli.json {
-        output::json(&v);
-    } else {
-        println!(
-            "app {name} registered with rights: {}",
-            output_value(&v["rights"])
-        );
-        println!(
-            "token (shown once, keep it secret): {}",
-            v["token"].as_str().unwrap_or("?")
-        );
-    }
-    Ok(())
-}
-
-fn app_list(cli: &Cli) -> Result<()> {
-    let v = Client::from_cli(cli)?.get("/v1/apps")?;
-    if cli.json {
-        output::json(&v);
-    } else {
-        output::table(
-            &["name", "admin", "rights"],
-            v["apps"].as_array().map_or(&[][..], |a| a),
         );
     }
     Ok(())
@@ -436,7 +405,11 @@ fn watch(cli: &Cli, a: &WatchArgs) -> Result<()> {
             }
         }
     }
-    bail!("the node closed the event stream")
+    // Say why, when the node will: a rotated or removed token, a lost right.
+    match c.get(&records_path(&a.dataset)?) {
+        Ok(_) => bail!("the node closed the event stream"),
+        Err(e) => Err(e.context("the node ended the event stream")),
+    }
 }
 
 fn print_event(cli: &Cli, event: &str, data: &str) {

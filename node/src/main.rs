@@ -1,5 +1,6 @@
 //! `fogmesh`: the node daemon and its CLI client. A thin binary over the `fogmesh` library.
 
+mod apps;
 mod cli;
 mod client;
 mod commands;
@@ -11,10 +12,8 @@ mod view;
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    let cli = cli::Cli::from_args();
     match commands::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

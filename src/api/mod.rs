@@ -1,6 +1,7 @@
 //! The local service interface: HTTP/JSON under `/v1`, server-sent events, Prometheus metrics and
 //! the OpenAPI contract. Every handler is a thin translation to one [`Node`] call.
 
+mod apps;
 mod auth;
 mod body;
 pub mod error;
@@ -16,7 +17,7 @@ use std::future::Future;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -63,7 +64,11 @@ pub fn router_with(
             get(records::get_one).delete(records::delete_one),
         )
         .route(&format!("{ds}/events"), get(records::events))
-        .route("/v1/apps", get(routes::list_apps).post(routes::add_app))
+        .route("/v1/apps", get(apps::list).post(apps::add))
+        .route("/v1/apps/{name}", delete(apps::remove))
+        .route("/v1/apps/{name}/rotate", post(apps::rotate))
+        .route("/v1/apps/{name}/rights", put(apps::set_rights))
+        .route("/v1/admin/rotate-token", post(apps::rotate_admin))
         .route("/v1/grants", get(grants::list).post(grants::grant))
         .route("/v1/flows", get(flows::list).post(flows::add))
         .route("/v1/flows/{name}", delete(flows::remove))

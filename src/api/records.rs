@@ -1,20 +1,21 @@
 //! Handlers for records: publish, query, get, delete, and the live event stream.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 
 use axum::extract::{Path, RawQuery, State};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::Json;
 use futures::{Stream, StreamExt};
 use serde_json::{json, Value};
-use tokio_stream::wrappers::{errors::BroadcastStreamRecvError, BroadcastStream};
+use tokio::sync::broadcast::error::RecvError;
 
 use super::auth::Caller;
 use super::body::JsonBody;
 use super::error::ApiError;
 use super::ApiState;
 use crate::naming::DatasetId;
-use crate::node::Batch;
+use crate::node::{Batch, Event};
 use crate::view::query::{Order, Predicate, Query};
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -99,42 +100,39 @@ pub async fn events(
     Caller(c): Caller,
     Path((owner, name)): Path<(String, String)>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
-    let (rx, prefix, allowed) = s.node.subscribe(&c, &dataset(&owner, &name)?)?.into_parts();
+    let sub = s.node.subscribe(&c, &dataset(&owner, &name)?)?;
     let mut closing = s.closing.clone();
     let stop = async move {
         let _ = closing.wait_for(|c| *c).await;
     };
-    let stream = BroadcastStream::new(rx)
-        // A revoked or expired grant ends the stream at the next event.
-        .take_while(move |_| std::future::ready(allowed()))
-        .filter(move |item| {
-            let keep = match item {
-                Ok(ev) => crate::node::visible(ev, prefix.as_deref()),
-                Err(_) => true,
-            };
-            std::future::ready(keep)
-        })
-        .map(to_sse)
-        .take_until(stop);
+    // Ends when the node shuts down, or at once when the app may no longer read.
+    let stream = futures::stream::unfold(sub, |mut sub| async move {
+        match sub.recv().await {
+            Ok(ev) => Some((Ok(ev), sub)),
+            Err(RecvError::Lagged(n)) => Some((Err(n), sub)),
+            Err(RecvError::Closed) => None,
+        }
+    })
+    .map(to_sse)
+    .take_until(stop);
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
-fn to_sse(
-    item: Result<std::sync::Arc<crate::node::Event>, BroadcastStreamRecvError>,
-) -> Result<SseEvent, Infallible> {
+/// An event, or how many were missed.
+fn to_sse(item: Result<Arc<Event>, u64>) -> Result<SseEvent, Infallible> {
     Ok(match item {
         Ok(ev) => {
             let kind = match ev.as_ref() {
-                crate::node::Event::Upsert { .. } => "upsert",
-                crate::node::Event::Delete { .. } => "delete",
+                Event::Upsert { .. } => "upsert",
+                Event::Delete { .. } => "delete",
             };
             SseEvent::default()
                 .event(kind)
                 .json_data(ev.as_ref())
                 .unwrap_or_else(|_| SseEvent::default().event("error"))
         }
-        Err(BroadcastStreamRecvError::Lagged(n)) => SseEvent::default()
+        Err(missed) => SseEvent::default()
             .event("lagged")
-            .data(json!({ "missed": n }).to_string()),
+            .data(json!({ "missed": missed }).to_string()),
     })
 }

@@ -1,17 +1,15 @@
-//! Handlers for the node, datasets, apps, metrics and the contract.
+//! Handlers for the node, datasets, metrics and the contract.
 
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::auth::Caller;
 use super::body::JsonBody;
 use super::error::ApiError;
 use super::ApiState;
-use crate::apps::Right;
 use crate::dataset::Spec;
 use crate::naming::DatasetId;
 
@@ -49,33 +47,6 @@ pub async fn get_dataset(
         .find(|d| d.meta.id == id)
         .map(Json)
         .ok_or_else(|| ApiError::not_found(format!("dataset {id} not found")))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AddApp {
-    name: String,
-    #[serde(default)]
-    rights: Vec<String>,
-}
-
-pub async fn add_app(
-    State(s): State<ApiState>,
-    Caller(c): Caller,
-    JsonBody(req): JsonBody<AddApp>,
-) -> ApiResult<impl IntoResponse> {
-    let rights = req
-        .rights
-        .iter()
-        .map(|r| Right::parse(r))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ApiError::from(crate::Error::from(e)))?;
-    let new = s.node.add_app(&c, &req.name, rights).await?;
-    Ok((StatusCode::CREATED, Json(new)))
-}
-
-pub async fn list_apps(State(s): State<ApiState>, Caller(c): Caller) -> ApiResult<Json<Value>> {
-    Ok(Json(json!({ "apps": s.node.apps(&c)? })))
 }
 
 pub async fn metrics(State(s): State<ApiState>, _c: Caller) -> impl IntoResponse {

@@ -193,8 +193,8 @@ impl Node {
         Ok(new)
     }
 
-    /// Persists `ds`'s access state, takes up keys newly wrapped for this node and tells the
-    /// mesh.
+    /// Persists `ds`'s access state, takes up keys newly wrapped for this node, wakes the open
+    /// event streams (a grant may be gone) and tells the mesh.
     pub(super) async fn access_changed(&self, ds: &Arc<Dataset>) -> Result<()> {
         let keys = {
             // Stored under the lock: two changes at once must not leave the older on disk.
@@ -217,6 +217,7 @@ impl Node {
         .await
         .map_err(|e| Error::Internal(e.to_string()))??;
         ds.publish_events(events);
+        self.access_may_have_changed();
         let _ = self.inner.access_changes.send(ds.meta.id.clone());
         Ok(())
     }

@@ -4,11 +4,12 @@
 //! HOME/config.toml     configuration (every field documented)
 //! HOME/identity.key    ed25519 secret key, 0600
 //! HOME/x25519.key      X25519 secret key, 0600
-//! HOME/admin.token     the admin bearer token, 0600 (its hash is in the store)
+//! HOME/admin.token     the admin bearer token, 0600 (its hash is in the store); replaced, by a
+//!                      rename, when the admin token is rotated
 //! HOME/data/           the sled store
 //! ```
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::apps::App;
 use crate::config::{self, Config};
@@ -21,6 +22,8 @@ use super::Node;
 pub const DATA_DIR: &str = "data";
 /// Admin token file inside the home.
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+/// Where a rotation writes the new admin token before it replaces [`ADMIN_TOKEN_FILE`].
+pub const STAGED_ADMIN_TOKEN_FILE: &str = "admin.token.new";
 
 /// What `init` created.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -55,8 +58,10 @@ pub async fn init_with(home: &Path, config: Config, id: Identity) -> Result<Crea
         rights: vec![],
         created: crate::hlc::wall_millis(),
         admin: true,
+        token_id: String::new(),
     };
-    let new = node.register(admin).await?;
+    let new = node.register(admin)?;
+    node.inner.store.durable().await?;
     let token_path = home.join(ADMIN_TOKEN_FILE);
     identity::write_secret(&token_path, new.token.as_bytes())?;
     Ok(Created {
@@ -71,6 +76,40 @@ pub fn admin_token(home: &Path) -> Result<String> {
     std::fs::read_to_string(&path)
         .map(|s| s.trim().to_owned())
         .map_err(|e| io(&path, e))
+}
+
+/// Writes a new admin token beside the current file (mode 0600), to be put in its place by
+/// [`commit_admin_token`] once the node has switched to it. Returns the staged file.
+pub(crate) fn stage_admin_token(home: &Path, token: &str) -> Result<PathBuf> {
+    let staged = home.join(STAGED_ADMIN_TOKEN_FILE);
+    // Left by a rotation that failed half-way; its token was never in force.
+    match std::fs::remove_file(&staged) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(&staged, e)),
+    }
+    identity::write_secret(&staged, token.as_bytes())?;
+    Ok(staged)
+}
+
+/// Puts a staged admin token in place of the home's admin token file, in one rename; returns
+/// the file's path.
+pub(crate) fn commit_admin_token(staged: &Path) -> Result<String> {
+    let dir = staged.parent().unwrap_or(Path::new("."));
+    let path = dir.join(ADMIN_TOKEN_FILE);
+    std::fs::rename(staged, &path).map_err(|e| {
+        tracing::error!(staged = %staged.display(), error = %e, "the new admin token could not replace the old file; it is in the staged file");
+        io(&path, e)
+    })?;
+    let shown = std::fs::canonicalize(&path).unwrap_or(path);
+    Ok(shown.display().to_string())
+}
+
+/// Deletes a staged admin token that will not be used.
+pub(crate) fn discard_staged(staged: &Path) {
+    if let Err(e) = std::fs::remove_file(staged) {
+        tracing::warn!(file = %staged.display(), error = %e, "could not delete a staged admin token");
+    }
 }
 
 fn io(path: &Path, e: std::io::Error) -> Error {

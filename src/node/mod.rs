@@ -2,6 +2,7 @@
 //! mesh) the peer protocols are faces of it, never separate implementations.
 
 mod access;
+mod apps;
 mod dataset;
 mod flow;
 mod grants;
@@ -9,16 +10,17 @@ pub mod home;
 mod replica;
 mod retention;
 mod sequencer;
+mod subscription;
 mod view;
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use serde::Serialize;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
-use crate::apps::{self, Action, App, Right};
+use crate::apps::{Action, App};
 use crate::config::Config;
 use crate::dataset::{Meta, Spec};
 use crate::envelope::Envelope;
@@ -32,10 +34,12 @@ use crate::store::{Store, Table};
 use crate::view::query::Query;
 
 pub use access::MemberKeys;
+pub use apps::{NewApp, RotatedAdmin};
 use dataset::Dataset;
 pub use dataset::{Batch, Event, EVENTS_CAP};
 pub use grants::{parse_ttl, GrantRequest, GrantView, MAX_GRANT_TTL_MS};
 pub use retention::SWEEP_EVERY as RETENTION_SWEEP;
+pub use subscription::Subscription;
 pub use view::{
     answer as aggregate_answer, AggregateAnswer, Match, Refusal, Source, MAX_SEARCH_MATCHES,
 };
@@ -79,16 +83,6 @@ pub struct DatasetInfo {
     pub readable: bool,
 }
 
-/// A newly registered app and its token, shown once.
-#[derive(Debug, Clone, Serialize)]
-pub struct NewApp {
-    /// The app.
-    #[serde(flatten)]
-    pub app: App,
-    /// The bearer token; only its hash is kept.
-    pub token: String,
-}
-
 struct Inner {
     config: Config,
     identity: Identity,
@@ -105,53 +99,16 @@ struct Inner {
     access_changes: broadcast::Sender<DatasetId>,
     /// Running computation flows.
     flows: flow::Flows,
-}
-
-/// Whether a subscriber may still read (its grant may be revoked or expire while it listens).
-pub type StillAllowed = Arc<dyn Fn() -> bool + Send + Sync>;
-
-/// A live event stream of one dataset, limited to the caller's name prefix if its grant has one,
-/// and ended as soon as the caller may no longer read it.
-pub struct Subscription {
-    rx: broadcast::Receiver<Arc<Event>>,
-    prefix: Option<String>,
-    allowed: StillAllowed,
-}
-
-impl Subscription {
-    /// The next event the caller may see; `Closed` once its right to read is gone.
-    pub async fn recv(&mut self) -> std::result::Result<Arc<Event>, broadcast::error::RecvError> {
-        loop {
-            let ev = self.rx.recv().await?;
-            if !(self.allowed)() {
-                return Err(broadcast::error::RecvError::Closed);
-            }
-            if visible(&ev, self.prefix.as_deref()) {
-                return Ok(ev);
-            }
-        }
-    }
-
-    /// The raw receiver, the prefix its events must be filtered by, and the check to run on
-    /// each event.
-    pub fn into_parts(
-        self,
-    ) -> (
-        broadcast::Receiver<Arc<Event>>,
-        Option<String>,
-        StillAllowed,
-    ) {
-        (self.rx, self.prefix, self.allowed)
-    }
-}
-
-/// Whether an event lies under `prefix`.
-pub fn visible(ev: &Event, prefix: Option<&str>) -> bool {
-    let name = match ev {
-        Event::Upsert { record } => &record.name,
-        Event::Delete { name, .. } => name,
-    };
-    prefix.is_none_or(|p| crate::naming::is_under(name, p))
+    /// The home directory, for a node opened from one (the admin token file lives there).
+    home: Option<PathBuf>,
+    /// Registered apps, by token hash and name.
+    apps: RwLock<apps::Registry>,
+    /// Held through an admin token rotation, so that two never interleave.
+    admin_rotation: tokio::sync::Mutex<()>,
+    /// Bumped whenever what an app may read can have changed (an app removed, rotated or given
+    /// other rights; a grant issued, revoked or received): open event streams check again at
+    /// once instead of at their next event.
+    access_epoch: watch::Sender<u64>,
 }
 
 /// Handle to a running node. Clone it freely; every clone is the same node.
@@ -164,11 +121,20 @@ impl Node {
     /// Opens the node whose home directory is `home` (created by [`home::init`]).
     pub fn open_home(home: &Path, config: Config) -> Result<Self> {
         let identity = Identity::load(home)?;
-        Self::open(identity, config, &home.join(home::DATA_DIR))
+        Self::open_in(identity, config, &home.join(home::DATA_DIR), Some(home))
     }
 
     /// Opens a node with explicit parts: restores every dataset from `data_dir`.
     pub fn open(identity: Identity, config: Config, data_dir: &Path) -> Result<Self> {
+        Self::open_in(identity, config, data_dir, None)
+    }
+
+    fn open_in(
+        identity: Identity,
+        config: Config,
+        data_dir: &Path,
+        home: Option<&Path>,
+    ) -> Result<Self> {
         config.validate()?;
         let store = Store::open(data_dir)?;
         let clock = Clock::new();
@@ -188,6 +154,7 @@ impl Node {
             datasets.insert(id, Arc::new(ds));
         }
         tracing::info!(datasets = datasets.len(), "store opened");
+        let apps = apps::Registry::load(&store)?;
         let peer_id = identity.peer_id()?.to_string();
         let inner = Inner {
             config,
@@ -201,6 +168,10 @@ impl Node {
             directory: RwLock::default(),
             access_changes: broadcast::channel(OUTBOX_CAP).0,
             flows: flow::Flows::default(),
+            home: home.map(Path::to_owned),
+            apps: RwLock::new(apps),
+            admin_rotation: tokio::sync::Mutex::new(()),
+            access_epoch: watch::channel(0).0,
         };
         Ok(Self {
             inner: Arc::new(inner),
@@ -230,57 +201,6 @@ impl Node {
     /// The node's metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
-    }
-
-    /// Looks up the app a bearer token belongs to.
-    pub fn authenticate(&self, token: &str) -> Result<App> {
-        self.inner
-            .store
-            .get_json::<App>(Table::Apps, &apps::token_hash(token))?
-            .ok_or(Error::Unauthorized)
-    }
-
-    fn require_admin(caller: &App, what: &str) -> Result<()> {
-        if caller.admin {
-            Ok(())
-        } else {
-            Err(Error::Forbidden(format!(
-                "{what} needs the admin token; app {} is not admin",
-                caller.name
-            )))
-        }
-    }
-
-    /// Registers an app (admin only) and returns its token, which is not stored.
-    pub async fn add_app(&self, caller: &App, name: &str, rights: Vec<Right>) -> Result<NewApp> {
-        Self::require_admin(caller, "registering an app")?;
-        let app = App::new(name, rights, hlc::wall_millis())?;
-        self.register(app).await
-    }
-
-    /// Stores an app under a fresh token, refusing a name already taken.
-    pub(crate) async fn register(&self, app: App) -> Result<NewApp> {
-        let store = &self.inner.store;
-        let name_key = format!("app-name/{}", app.name);
-        if !store.insert_new_json(Table::Meta, name_key.as_bytes(), &app.name)? {
-            return Err(Error::Conflict(format!(
-                "an app named {} already exists",
-                app.name
-            )));
-        }
-        let token = apps::new_token();
-        store.put_json(Table::Apps, &apps::token_hash(&token), &app)?;
-        store.durable().await?;
-        tracing::info!(app = %app.name, admin = app.admin, "app registered");
-        Ok(NewApp { app, token })
-    }
-
-    /// Every registered app (admin only).
-    pub fn apps(&self, caller: &App) -> Result<Vec<App>> {
-        Self::require_admin(caller, "listing apps")?;
-        let mut apps = self.inner.store.list_json::<App>(Table::Apps)?;
-        apps.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(apps)
     }
 
     /// Creates a dataset owned by this node's organization (admin only).
@@ -458,15 +378,21 @@ impl Node {
             .ok_or_else(|| Error::NotFound(format!("record {record} not found in {id}")))
     }
 
-    /// Live events of one dataset, from now on.
+    /// Live events of one dataset, from now on, for as long as the caller may read it (see
+    /// [`Subscription`]). The caller must be a registered app holding its current token.
     pub fn subscribe(&self, caller: &App, id: &DatasetId) -> Result<Subscription> {
-        let (ds, prefix) = self.dataset_for(caller, Action::Read, id)?;
-        let (node, app, id) = (self.clone(), caller.clone(), id.clone());
-        Ok(Subscription {
-            rx: ds.subscribe(),
-            prefix,
-            allowed: Arc::new(move || node.dataset_for(&app, Action::Read, &id).is_ok()),
-        })
+        // Watched from before the check: a change after it wakes the stream.
+        let access = self.inner.access_epoch.subscribe();
+        let app = self.current_app(caller).ok_or(Error::Unauthorized)?;
+        let (ds, prefix) = self.dataset_for(&app, Action::Read, id)?;
+        Ok(Subscription::new(self.clone(), app, ds, prefix, access))
+    }
+
+    /// Wakes every open event stream to check whether its app may still read.
+    pub(crate) fn access_may_have_changed(&self) {
+        self.inner
+            .access_epoch
+            .send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// Snapshots every dataset and flushes: call before exit so the next start replays nothing.

@@ -156,6 +156,38 @@ impl Store {
             .collect()
     }
 
+    /// Every key and JSON value of a table, in key order.
+    pub fn list_json_keyed<T: DeserializeOwned>(
+        &self,
+        t: Table,
+    ) -> Result<Vec<(Vec<u8>, T)>, Error> {
+        self.table(t)
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                let value = serde_json::from_slice(&v).map_err(|e| corrupt("json", &k, e))?;
+                Ok((k.to_vec(), value))
+            })
+            .collect()
+    }
+
+    /// Moves a JSON value from key `old` to key `new` (with `value` as its content) in one
+    /// atomic step: no reader and no crash sees both keys, or neither (not yet flushed).
+    pub fn rekey_json<T: Serialize>(
+        &self,
+        t: Table,
+        old: &[u8],
+        new: &[u8],
+        value: &T,
+    ) -> Result<(), Error> {
+        let bytes = serde_json::to_vec(value).map_err(|e| corrupt("json", new, e))?;
+        let mut batch = sled::Batch::default();
+        batch.remove(old);
+        batch.insert(new, bytes);
+        self.table(t).apply_batch(batch)?;
+        Ok(())
+    }
+
     /// Every JSON value of a table whose key starts with `prefix`, in key order.
     pub fn list_json_prefix<T: DeserializeOwned>(
         &self,

@@ -18,10 +18,10 @@ use fogmesh::identity::Identity;
 use fogmesh::Node;
 
 const SEED: u8 = 42;
-const FLU: &str = "/v1/datasets/hospital/flu";
-const RECORDS: &str = "/v1/datasets/hospital/flu/records";
+pub(crate) const FLU: &str = "/v1/datasets/hospital/flu";
+pub(crate) const RECORDS: &str = "/v1/datasets/hospital/flu/records";
 /// How long a streamed event may take to arrive before the test fails.
-const EVENT_WAIT: Duration = Duration::from_secs(10);
+pub(crate) const EVENT_WAIT: Duration = Duration::from_secs(10);
 
 fn config(max_body_bytes: usize) -> Config {
     let (org, mesh) = ("hospital".into(), "test-mesh".into());
@@ -40,14 +40,14 @@ async fn test_node(max_body_bytes: usize) -> TestNode {
 
 /// A node holding the dataset `hospital/flu`, its router, and the sender that keeps event
 /// streams open (dropping it would end them).
-struct Api {
-    t: TestNode,
-    router: Router,
-    closing: watch::Sender<bool>,
+pub(crate) struct Api {
+    pub(crate) t: TestNode,
+    pub(crate) router: Router,
+    pub(crate) closing: watch::Sender<bool>,
 }
 
 impl Api {
-    async fn new() -> Self {
+    pub(crate) async fn new() -> Self {
         Self::with_limit(Config::default().max_body_bytes).await
     }
 
@@ -62,7 +62,7 @@ impl Api {
         api
     }
 
-    fn admin(&self) -> &str {
+    pub(crate) fn admin(&self) -> &str {
         &self.t.admin_token
     }
 
@@ -78,7 +78,7 @@ impl Api {
     }
 
     /// Sends `body` as JSON with the bearer `token`, if any.
-    async fn call(
+    pub(crate) async fn call(
         &self,
         m: Method,
         path: &str,
@@ -89,21 +89,21 @@ impl Api {
             .await
     }
 
-    async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {
+    pub(crate) async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {
         self.call(Method::GET, path, Some(token), "").await
     }
 
-    async fn post(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+    pub(crate) async fn post(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
         self.call(Method::POST, path, Some(token), &body.to_string())
             .await
     }
 
-    async fn delete(&self, path: &str, token: &str) -> (StatusCode, Value) {
+    pub(crate) async fn delete(&self, path: &str, token: &str) -> (StatusCode, Value) {
         self.call(Method::DELETE, path, Some(token), "").await
     }
 
     /// Registers an app as admin and returns its token.
-    async fn app(&self, name: &str, rights: &[&str]) -> String {
+    pub(crate) async fn app(&self, name: &str, rights: &[&str]) -> String {
         let body = json!({ "name": name, "rights": rights });
         let (s, b) = self.post("/v1/apps", self.admin(), body).await;
         assert_eq!(s, StatusCode::CREATED, "{b}");
@@ -111,7 +111,7 @@ impl Api {
     }
 
     /// Publishes `records` to hospital/flu as admin and returns the ids.
-    async fn publish(&self, records: Value) -> Vec<String> {
+    pub(crate) async fn publish(&self, records: Value) -> Vec<String> {
         let (s, b) = self
             .post(RECORDS, self.admin(), json!({ "records": records }))
             .await;
@@ -132,7 +132,12 @@ impl Api {
     }
 }
 
-fn request(method: Method, path: &str, token: Option<&str>, body: Body) -> Request<Body> {
+pub(crate) fn request(
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    body: Body,
+) -> Request<Body> {
     let mut b = Request::builder()
         .method(method)
         .uri(path)
@@ -161,7 +166,7 @@ fn strings(v: &Value) -> Vec<String> {
 /// Asserts an error answer: its status, the code that goes with it, and a message containing
 /// `needle`.
 #[track_caller]
-fn assert_error((s, b): (StatusCode, Value), status: u16, needle: &str) {
+pub(crate) fn assert_error((s, b): (StatusCode, Value), status: u16, needle: &str) {
     let code = match status {
         400 => "bad_request",
         401 => "unauthorized",
@@ -534,7 +539,7 @@ async fn a_body_over_max_body_bytes_is_413() {
 // ---- server-sent events ----
 
 /// Reads frames until an `event: KIND` block mentioning `needle` arrives; returns its data.
-async fn next_event(body: &mut Body, kind: &str, needle: &str) -> Value {
+pub(crate) async fn next_event(body: &mut Body, kind: &str, needle: &str) -> Value {
     let mut seen = String::new();
     let wait = async {
         loop {
@@ -702,7 +707,7 @@ const THIRTY_DAYS_MS: u64 = 30 * 86_400_000;
 
 impl Api {
     /// Creates the shared (so sealed) dataset `hospital/beds`, without readers.
-    async fn shared_beds(&self) {
+    pub(crate) async fn shared_beds(&self) {
         let spec = json!({"name": "beds", "visibility": "shared"});
         let (s, b) = self.post("/v1/datasets", self.admin(), spec).await;
         assert_eq!(s, StatusCode::CREATED, "{b}");

@@ -9,3 +9,4 @@ mod http;
 mod key_order;
 mod mesh;
 mod openapi;
+mod tokens;

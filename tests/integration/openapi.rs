@@ -29,6 +29,10 @@ const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/v1/flows/{name}"),
     ("GET", "/v1/apps"),
     ("POST", "/v1/apps"),
+    ("DELETE", "/v1/apps/{name}"),
+    ("POST", "/v1/apps/{name}/rotate"),
+    ("PUT", "/v1/apps/{name}/rights"),
+    ("POST", "/v1/admin/rotate-token"),
     ("GET", "/v1/grants"),
     ("POST", "/v1/grants"),
     ("DELETE", "/v1/grants/{id}"),
@@ -308,6 +312,8 @@ async fn the_document_lists_exactly_the_routes_the_router_serves() {
     assert!(!is_fallback(status, &body), "{body}");
 
     let paths = doc["paths"].as_object().expect("paths");
+    // Probing the admin token's rotation rotates it: later probes use the new one.
+    let mut token = api.token.clone();
     for (path, item) in paths {
         let uri = concrete(path);
         for m in ["GET", "POST", "PUT", "PATCH", "DELETE"] {
@@ -315,7 +321,14 @@ async fn the_document_lists_exactly_the_routes_the_router_serves() {
             // An event stream never ends: read the body only when it is not one.
             let stream = path.ends_with("/events");
             let (status, _, body) =
-                send_raw(&api.router, m, &uri, Some(&api.token), None, !stream).await;
+                send_raw(&api.router, m, &uri, Some(&token), None, !stream).await;
+            if let Some(t) = body["token"]
+                .as_str()
+                .filter(|_| path == "/v1/admin/rotate-token")
+            {
+                token = t.to_owned();
+            }
+            assert_ne!(status, StatusCode::UNAUTHORIZED, "{m} {path}: {body}");
             if listed {
                 assert!(
                     !is_fallback(status, &body) && status != StatusCode::METHOD_NOT_ALLOWED,
@@ -583,6 +596,136 @@ async fn answers_fit_the_documented_statuses_and_schemas() {
     let (s, b) = send(r, "DELETE", one, admin, None).await;
     assert_eq!(s, StatusCode::NOT_FOUND, "{b}");
     conforms(&doc, "DELETE", record, s, &b);
+}
+
+/// One request of a table-driven test: method, concrete path, documented path, token, body, and
+/// the status it must answer.
+type Case<'a> = (
+    &'a str,
+    &'a str,
+    &'a str,
+    &'a str,
+    Option<Value>,
+    StatusCode,
+);
+
+/// Sends each case, asserts its status and that the answer fits the document; returns the bodies.
+async fn run_cases(doc: &Value, router: &Router, cases: Vec<Case<'_>>) -> Vec<Value> {
+    let mut bodies = Vec::new();
+    for (method, uri, documented, token, body, want) in cases {
+        let (s, b) = send(router, method, uri, Some(token), body.as_ref()).await;
+        assert_eq!(s, want, "{method} {uri} {body:?}: {b}");
+        conforms(doc, method, documented, s, &b);
+        bodies.push(b);
+    }
+    bodies
+}
+
+#[tokio::test]
+async fn the_app_token_routes_answer_as_documented() {
+    let api = api().await;
+    let doc = document(&api.router).await;
+    let r = &api.router;
+    let admin = api.token.as_str();
+    let new = json!({"name": "planner", "rights": ["read:hospital/flu"]});
+    let (s, b) = send(r, "POST", "/v1/apps", Some(admin), Some(&new)).await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let first = b["token"].as_str().expect("token").to_owned();
+
+    let rotate = "/v1/apps/{name}/rotate";
+    let (ok, bad, missing, forbidden) = (
+        StatusCode::OK,
+        StatusCode::BAD_REQUEST,
+        StatusCode::NOT_FOUND,
+        StatusCode::FORBIDDEN,
+    );
+    let rotated = run_cases(
+        &doc,
+        r,
+        vec![
+            ("POST", "/v1/apps/planner/rotate", rotate, admin, None, ok),
+            ("POST", "/v1/apps/admin/rotate", rotate, admin, None, bad),
+            (
+                "POST",
+                "/v1/apps/nobody/rotate",
+                rotate,
+                admin,
+                None,
+                missing,
+            ),
+            (
+                "POST",
+                "/v1/apps/planner/rotate",
+                rotate,
+                &first,
+                None,
+                StatusCode::UNAUTHORIZED,
+            ),
+        ],
+    )
+    .await;
+    let planner = rotated[0]["token"].as_str().expect("token").to_owned();
+    assert_ne!(planner, first);
+
+    let (rights, one) = ("/v1/apps/{name}/rights", "/v1/apps/{name}");
+    let (uri, body) = (
+        "/v1/apps/planner/rights",
+        json!({"rights": ["query:hospital/*"]}),
+    );
+    let bodies = [
+        json!({"rights": ["delete:a/b"]}),
+        json!({"rights": [], "x": 1}),
+        json!({}),
+    ];
+    let mut cases: Vec<Case> = bodies
+        .into_iter()
+        .map(|b| ("PUT", uri, rights, admin, Some(b), bad))
+        .collect();
+    cases.extend([
+        ("PUT", uri, rights, admin, Some(body.clone()), ok),
+        (
+            "PUT",
+            uri,
+            rights,
+            admin,
+            None,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        (
+            "PUT",
+            "/v1/apps/nobody/rights",
+            rights,
+            admin,
+            Some(body.clone()),
+            missing,
+        ),
+        (
+            "POST",
+            "/v1/apps/planner/rotate",
+            rotate,
+            &planner,
+            None,
+            forbidden,
+        ),
+        ("DELETE", "/v1/apps/planner", one, &planner, None, forbidden),
+        ("DELETE", "/v1/apps/Planner", one, admin, None, bad),
+        ("DELETE", "/v1/apps/planner", one, admin, None, ok),
+        ("DELETE", "/v1/apps/planner", one, admin, None, missing),
+        (
+            "POST",
+            "/v1/admin/rotate-token",
+            "/v1/admin/rotate-token",
+            admin,
+            None,
+            ok,
+        ),
+    ]);
+    let answers = run_cases(&doc, r, cases).await;
+    let last = answers.last().expect("answers");
+    assert!(
+        last["token_file"].is_string(),
+        "a node with a home keeps the file: {last}"
+    );
 }
 
 #[test]

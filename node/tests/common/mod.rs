@@ -21,10 +21,11 @@ pub const STOP_DEADLINE: Duration = Duration::from_secs(60);
 pub const CLI_DEADLINE: Duration = Duration::from_secs(60);
 
 /// Variables that would redirect a `fogmesh` command away from what a test says.
-const REDIRECTING_VARS: [&str; 5] = [
+const REDIRECTING_VARS: [&str; 6] = [
     "FOGMESH_HOME",
     "FOGMESH_API",
     "FOGMESH_TOKEN",
+    "FOGMESH_TOKEN_FILE",
     "FOGMESH_LISTEN",
     "RUST_LOG",
 ];
