@@ -28,6 +28,12 @@ pub struct Metrics {
     pub peer_bad_inputs: Family<CodeLabels, Counter>,
     /// Envelopes refused for want of write authority, by dataset.
     pub envelopes_rejected: Family<CodeLabels, Counter>,
+    /// Entries appended to the audit log.
+    pub audit_entries: Counter,
+    /// Audit entries that could not be appended (storage failed).
+    pub audit_failures: Counter,
+    /// Refusals not logged: their organization was over its budget for the minute.
+    pub audit_refusals_skipped: Counter,
 }
 
 impl Default for Metrics {
@@ -49,6 +55,9 @@ impl Metrics {
             api_errors: Family::default(),
             peer_bad_inputs: Family::default(),
             envelopes_rejected: Family::default(),
+            audit_entries: Counter::default(),
+            audit_failures: Counter::default(),
+            audit_refusals_skipped: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -82,6 +91,21 @@ impl Metrics {
             "envelopes_rejected",
             "Envelopes refused: the author holds no write grant for them",
             m.envelopes_rejected.clone(),
+        );
+        registry.register(
+            "audit_entries",
+            "Entries appended to the audit log",
+            m.audit_entries.clone(),
+        );
+        registry.register(
+            "audit_failures",
+            "Audit entries that could not be appended",
+            m.audit_failures.clone(),
+        );
+        registry.register(
+            "audit_refusals_skipped",
+            "Refusals not logged: over their organization's budget for the minute",
+            m.audit_refusals_skipped.clone(),
         );
         Self { registry, ..m }
     }

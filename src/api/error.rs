@@ -51,7 +51,7 @@ impl From<Error> for ApiError {
             NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Unavailable(_) | Network(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-            Store(_) | Doc(_) | Identity(_) | Config(_) | Internal(_) => {
+            Store(_) | Audit(_) | Doc(_) | Identity(_) | Config(_) | Internal(_) => {
                 tracing::error!(error = %e, "request failed");
                 return Self {
                     status: StatusCode::INTERNAL_SERVER_ERROR,

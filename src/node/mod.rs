@@ -2,6 +2,7 @@
 //! mesh) the peer protocols are faces of it, never separate implementations.
 
 mod access;
+mod audit;
 mod dataset;
 mod flow;
 mod grants;
@@ -32,6 +33,7 @@ use crate::store::{Store, Table};
 use crate::view::query::Query;
 
 pub use access::MemberKeys;
+pub use audit::AuditListing;
 use dataset::Dataset;
 pub use dataset::{Batch, Event, EVENTS_CAP};
 pub use grants::{parse_ttl, GrantRequest, GrantView, MAX_GRANT_TTL_MS};
@@ -105,6 +107,8 @@ struct Inner {
     access_changes: broadcast::Sender<DatasetId>,
     /// Running computation flows.
     flows: flow::Flows,
+    /// The hash-chained audit log.
+    audit: crate::audit::Log,
 }
 
 /// Whether a subscriber may still read (its grant may be revoked or expire while it listens).
@@ -171,6 +175,7 @@ impl Node {
     pub fn open(identity: Identity, config: Config, data_dir: &Path) -> Result<Self> {
         config.validate()?;
         let store = Store::open(data_dir)?;
+        let audit = crate::audit::Log::open(&store, config.audit_limits())?;
         let clock = Clock::new();
         let mut datasets = HashMap::new();
         for meta in store.list_json::<Meta>(Table::Datasets)? {
@@ -201,6 +206,7 @@ impl Node {
             directory: RwLock::default(),
             access_changes: broadcast::channel(OUTBOX_CAP).0,
             flows: flow::Flows::default(),
+            audit,
         };
         Ok(Self {
             inner: Arc::new(inner),
@@ -255,7 +261,14 @@ impl Node {
     pub async fn add_app(&self, caller: &App, name: &str, rights: Vec<Right>) -> Result<NewApp> {
         Self::require_admin(caller, "registering an app")?;
         let app = App::new(name, rights, hlc::wall_millis())?;
-        self.register(app).await
+        let new = self.register(app).await?;
+        let rights: Vec<String> = new.app.rights.iter().map(ToString::to_string).collect();
+        let detail = format!("app {} with rights [{}]", new.app.name, rights.join(", "));
+        self.audit(
+            crate::audit::Event::ok(self.actor(caller), crate::audit::Action::AppAdd)
+                .detail(detail),
+        );
+        Ok(new)
     }
 
     /// Stores an app under a fresh token, refusing a name already taken.
@@ -304,8 +317,9 @@ impl Node {
         self.inner.store.durable().await?;
         let ds = Arc::new(Dataset::create(meta.clone(), &me, me));
         self.write_datasets().insert(meta.id.clone(), ds.clone());
-        self.init_access(&ds).await?;
+        let grants = self.init_access(&ds).await?;
         tracing::info!(dataset = %key, "dataset created");
+        self.audit_created(caller, &meta, &grants);
         Ok(meta)
     }
 
