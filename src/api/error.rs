@@ -90,9 +90,19 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
+/// The message of a 403, left on the response for the middleware that records refusals in the
+/// audit log.
+#[derive(Debug, Clone)]
+pub(crate) struct Refused(pub String);
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let refused = (self.status == StatusCode::FORBIDDEN).then(|| Refused(self.message.clone()));
         let body = json!({ "error": { "code": self.code, "message": self.message } });
-        (self.status, axum::Json(body)).into_response()
+        let mut res = (self.status, axum::Json(body)).into_response();
+        if let Some(r) = refused {
+            res.extensions_mut().insert(r);
+        }
+        res
     }
 }

@@ -1,6 +1,7 @@
 //! The local service interface: HTTP/JSON under `/v1`, server-sent events, Prometheus metrics and
 //! the OpenAPI contract. Every handler is a thin translation to one [`Node`] call.
 
+mod audit;
 mod auth;
 mod body;
 pub mod error;
@@ -74,11 +75,18 @@ pub fn router_with(
         .route("/v1/mesh", get(mesh::status))
         .route("/v1/invites", post(mesh::invite))
         .route("/v1/join", post(mesh::join))
+        .route("/v1/audit", get(audit::list))
+        .route("/v1/audit/verify", get(audit::verify))
+        .route("/v1/audit/events", get(audit::events))
         .route("/v1/openapi.json", get(routes::openapi))
         .route("/metrics", get(routes::metrics))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(
+            node.clone(),
+            audit::record_refusals,
+        ))
         .layer(middleware::from_fn_with_state(node.clone(), count_errors))
         .with_state(ApiState {
             node,
