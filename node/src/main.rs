@@ -1,5 +1,6 @@
 //! `fogmesh`: the node daemon and its CLI client. A thin binary over the `fogmesh` library.
 
+mod audit;
 mod cli;
 mod client;
 mod commands;
