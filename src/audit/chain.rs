@@ -52,12 +52,7 @@ pub fn link(event: Event, seq: u64, time: u64, prev: &[u8; 32]) -> Entry {
     let mut e = Entry {
         seq,
         time,
-        actor: event.actor,
-        action: event.action,
-        dataset: event.dataset,
-        outcome: event.outcome,
-        reason: event.reason,
-        detail: event.detail,
+        event,
         prev: hex::encode(prev),
         hash: String::new(),
     };
@@ -72,6 +67,7 @@ pub fn hash(e: &Entry, prev: &[u8; 32]) -> [u8; 32] {
     h.update(DOMAIN);
     h.update(e.seq.to_be_bytes());
     h.update(e.time.to_be_bytes());
+    let e = &e.event;
     put(&mut h, &e.actor);
     put(&mut h, e.action.as_str());
     put_opt(&mut h, e.dataset.as_deref());

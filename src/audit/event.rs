@@ -148,7 +148,7 @@ pub enum Outcome {
 
 /// What a caller records; [`super::Log::record`] makes it an [`Entry`]. Build it with
 /// [`Event::ok`] or [`Event::refused`], then [`Event::dataset`] and [`Event::detail`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
     /// Who: `org/app`, or `org` for a peer node (or a peer id when it is no member).
     pub actor: String,
@@ -240,25 +240,17 @@ pub(super) fn cap(mut s: String, max: usize) -> String {
     s
 }
 
-/// One entry of the log, as stored and listed.
+/// One entry of the log, as stored and listed: the event recorded, where and when it was
+/// appended, and its links in the chain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
     /// Position in the log, from 1, without gaps.
     pub seq: u64,
     /// When it was appended, ms since the epoch (never less than the entry before).
     pub time: u64,
-    /// Who.
-    pub actor: String,
-    /// What.
-    pub action: Action,
-    /// Which dataset, if one.
-    pub dataset: Option<String>,
-    /// `ok` or `refused`.
-    pub outcome: Outcome,
-    /// Why it was refused.
-    pub reason: Option<String>,
-    /// Short detail.
-    pub detail: String,
+    /// What was recorded (its fields appear at the entry's top level in JSON).
+    #[serde(flatten)]
+    pub event: Event,
     /// Hex SHA-256 hash of the entry before (zeros for the first entry ever).
     pub prev: String,
     /// Hex SHA-256 over `prev` and this entry's canonical bytes.
@@ -289,10 +281,11 @@ pub struct Filter {
 
 impl Filter {
     /// Whether `e` passes every condition except `limit`.
-    pub fn matches(&self, e: &Entry) -> bool {
-        self.since.is_none_or(|t| e.time >= t)
-            && self.until.is_none_or(|t| e.time < t)
-            && self.after.is_none_or(|s| e.seq > s)
+    pub fn matches(&self, entry: &Entry) -> bool {
+        let e = &entry.event;
+        self.since.is_none_or(|t| entry.time >= t)
+            && self.until.is_none_or(|t| entry.time < t)
+            && self.after.is_none_or(|s| entry.seq > s)
             && self.action.is_none_or(|a| e.action == a)
             && self.outcome.is_none_or(|o| e.outcome == o)
             && self.org.as_deref().is_none_or(|o| org_of(&e.actor) == o)

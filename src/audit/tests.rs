@@ -102,8 +102,8 @@ fn an_entry_rewritten_with_a_recomputed_hash_is_named() {
     let f = fixture(Limits::default());
     fill(&f.log, 6);
     let mut e: Entry = serde_json::from_value(stored(&f.log, 4)).expect("entry");
-    e.outcome = Outcome::Refused;
-    e.reason = Some("made up".into());
+    e.event.outcome = Outcome::Refused;
+    e.event.reason = Some("made up".into());
     let prev = chain::unhex(&e.prev).expect("prev");
     e.hash = hex::encode(chain::hash(&e, &prev));
     put(&f.log, 4, &serde_json::to_value(&e).expect("json"));
@@ -246,6 +246,7 @@ fn fields_are_capped_at_character_boundaries() {
     let Recorded::Appended(e) = f.log.record(ev, T0).expect("record") else {
         panic!("a first refusal is logged");
     };
+    let e = &e.event;
     assert!(e.actor.len() <= NAME_CAP && e.actor.starts_with('é'));
     assert!(e.dataset.as_deref().is_some_and(|d| d.len() <= NAME_CAP));
     assert!(e.reason.as_deref().is_some_and(|r| r.len() <= REASON_CAP));
@@ -314,7 +315,7 @@ fn listings_filter_by_time_org_action_dataset_and_page() {
     };
     let r = list(refused);
     assert_eq!(seqs(r.clone()), [31]);
-    assert_eq!(r[0].outcome, Outcome::Refused);
+    assert_eq!(r[0].event.outcome, Outcome::Refused);
     let ds = Filter {
         dataset: Some("hospital/ds1".into()),
         after: Some(20),
@@ -353,9 +354,9 @@ fn a_flood_of_refusals_is_bounded_per_organization_and_reported() {
         panic!("a new minute logs again");
     };
     assert!(
-        next.detail.starts_with("140 earlier refusals"),
+        next.event.detail.starts_with("140 earlier refusals"),
         "{}",
-        next.detail
+        next.event.detail
     );
     // What is done (not refused) is always logged.
     assert!(matches!(

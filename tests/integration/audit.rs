@@ -13,11 +13,8 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 use tower::ServiceExt;
 
-use crate::common;
+use crate::common::{self, next_event};
 use crate::mesh::{spawn_mesh, Member};
-
-/// How long a followed entry may take to arrive.
-const EVENT_WAIT: Duration = Duration::from_secs(10);
 
 async fn call(
     r: &Router,
@@ -243,31 +240,6 @@ async fn time_and_limit_filters(r: &Router, token: &str) {
     assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
 }
 
-/// Reads the stream until an `entry` event with `seq` arrives.
-async fn next_entry(body: &mut Body, seq: u64) -> Value {
-    let mut seen = String::new();
-    let wait = async {
-        loop {
-            let frame = body.frame().await.expect("stream open").expect("frame");
-            if let Some(bytes) = frame.data_ref() {
-                seen.push_str(std::str::from_utf8(bytes).expect("utf-8"));
-            }
-            for block in seen.split("\n\n") {
-                let Some(data) = block.lines().find_map(|l| l.strip_prefix("data: ")) else {
-                    continue;
-                };
-                let v: Value = serde_json::from_str(data).unwrap_or(Value::Null);
-                if block.contains("event: entry") && v["seq"] == seq {
-                    return v;
-                }
-            }
-        }
-    };
-    tokio::time::timeout(EVENT_WAIT, wait)
-        .await
-        .expect("the entry arrives in time")
-}
-
 /// Opens the sled store of a stopped node, waiting for its lock to be released.
 fn open_raw(path: &std::path::Path) -> sled::Db {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -299,8 +271,10 @@ async fn an_entry_edited_on_disk_fails_verification_naming_it() {
     post(&r, "/v1/apps", &token, json!({"name": "dashboard"})).await;
     let req = json!({"dataset": "hospital/flu", "to": "agency/*", "rights": ["query"]});
     post(&r, "/v1/grants", &token, req).await;
-    assert_eq!(next_entry(&mut events, 1).await["action"], "dataset-create");
-    assert_eq!(next_entry(&mut events, 3).await["action"], "grant");
+    let first = next_event(&mut events, "entry", r#""seq":1,"#).await;
+    assert_eq!(first["action"], "dataset-create");
+    let third = next_event(&mut events, "entry", r#""seq":3,"#).await;
+    assert_eq!(third["action"], "grant");
     let v = get(&r, "/v1/audit/verify", &token).await;
     assert_eq!(
         (v["ok"].as_bool(), v["entries"].as_u64()),
