@@ -9,7 +9,7 @@ use tokio::sync::broadcast;
 use super::budget::Budget;
 use super::chain::{self, Anchor, Head, Verification, GENESIS};
 use super::event::{Entry, Event, Filter, Outcome};
-use super::{Error, EVENTS_CAP, REFUSALS_PER_MINUTE};
+use super::{Error, ALL_REFUSALS_PER_MINUTE, EVENTS_CAP, REFUSALS_PER_MINUTE};
 use crate::store::Store;
 
 const HEAD_KEY: &[u8] = b"h";
@@ -96,7 +96,7 @@ fn corrupt(what: impl Into<String>, e: impl std::fmt::Display) -> Error {
 impl Log {
     /// Opens the log in `store`'s `audit` tree.
     pub fn open(store: &Store, limits: Limits) -> Result<Self, Error> {
-        let tree = store.open_tree("audit").map_err(|e| corrupt("tree", e))?;
+        let tree = store.open_tree("audit")?;
         let tip = load_tip(&tree)?;
         Ok(Self {
             tree,
@@ -117,7 +117,8 @@ impl Log {
             };
             if skipped > 0 {
                 let note = format!(
-                    "{skipped} earlier refusals of {} not logged (over {REFUSALS_PER_MINUTE} a minute)",
+                    "{skipped} earlier refusals of {} not logged (over {REFUSALS_PER_MINUTE} a \
+                     minute for one organization or {ALL_REFUSALS_PER_MINUTE} for all)",
                     event.org()
                 );
                 event.detail =

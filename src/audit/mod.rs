@@ -60,6 +60,9 @@ pub enum Error {
     /// sled reported an error.
     #[error("audit log: {0}")]
     Sled(#[from] sled::Error),
+    /// The store could not open the log's tree.
+    #[error("audit log: {0}")]
+    Store(#[from] crate::store::Error),
     /// A stored value did not decode.
     #[error("audit log: corrupt {what}: {detail}")]
     Corrupt {
