@@ -43,6 +43,13 @@ pub enum Error {
 /// [`crate::envelope::MAX_PAYLOAD`].
 pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 
+/// Longest audit retention accepted, in days (100 years).
+pub const MAX_AUDIT_DAYS: u32 = 36_500;
+/// Fewest audit entries a node may be configured to keep.
+pub const MIN_AUDIT_ENTRIES: u64 = 100;
+/// Most audit entries a node may be configured to keep (entries are at most about 1.5 KiB).
+pub const MAX_AUDIT_ENTRIES: u64 = 100_000_000;
+
 /// Everything a node is configured with.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -67,6 +74,10 @@ pub struct Config {
     /// Federated aggregates and search: groups with fewer rows than this are never sent to
     /// another organization.
     pub min_group_size: u64,
+    /// Audit entries older than this many days are pruned (checked every minute).
+    pub audit_retention_days: u32,
+    /// Most audit entries kept; the oldest are pruned as new ones are appended.
+    pub audit_max_entries: u64,
 }
 
 impl Default for Config {
@@ -86,6 +97,8 @@ impl Default for Config {
             snapshot_every: 1_000,
             max_body_bytes: 8 * 1024 * 1024,
             min_group_size: 5,
+            audit_retention_days: 365,
+            audit_max_entries: 200_000,
         }
     }
 }
@@ -105,6 +118,16 @@ impl Config {
         if self.min_group_size == 0 {
             return Err(Error::Invalid("min_group_size must be at least 1".into()));
         }
+        if !(1..=MAX_AUDIT_DAYS).contains(&self.audit_retention_days) {
+            return Err(Error::Invalid(format!(
+                "audit_retention_days must be 1 to {MAX_AUDIT_DAYS}"
+            )));
+        }
+        if !(MIN_AUDIT_ENTRIES..=MAX_AUDIT_ENTRIES).contains(&self.audit_max_entries) {
+            return Err(Error::Invalid(format!(
+                "audit_max_entries must be {MIN_AUDIT_ENTRIES} to {MAX_AUDIT_ENTRIES}"
+            )));
+        }
         if !(1024..=MAX_BODY_BYTES).contains(&self.max_body_bytes) {
             return Err(Error::Invalid(format!(
                 "max_body_bytes must be 1024 to {MAX_BODY_BYTES}: one request becomes one envelope, \
@@ -112,6 +135,14 @@ impl Config {
             )));
         }
         Ok(())
+    }
+
+    /// How much of the audit log is kept.
+    pub fn audit_limits(&self) -> crate::audit::Limits {
+        crate::audit::Limits {
+            max_entries: self.audit_max_entries,
+            max_age_days: self.audit_retention_days,
+        }
     }
 
     /// Reads and validates `path`.
@@ -162,7 +193,13 @@ impl Config {
              max_body_bytes = {body}\n\n\
              # Federated aggregates: groups of fewer rows than this are suppressed in answers to\n\
              # other organizations, so small groups cannot single anyone out. Default: {dgroup}\n\
-             min_group_size = {group}\n",
+             min_group_size = {group}\n\n\
+             # The audit log (grants, revocations, joins, questions answered for other\n\
+             # organizations, refusals): entries older than this many days are pruned.\n\
+             # Default: {ddays}\n\
+             audit_retention_days = {days}\n\n\
+             # Most audit entries kept; the oldest go first. Default: {dentries}\n\
+             audit_max_entries = {entries}\n",
             org = q(&self.org),
             mesh = q(&self.mesh),
             dapi = d.api,
@@ -178,6 +215,10 @@ impl Config {
             body = self.max_body_bytes,
             dgroup = d.min_group_size,
             group = self.min_group_size,
+            ddays = d.audit_retention_days,
+            days = self.audit_retention_days,
+            dentries = d.audit_max_entries,
+            entries = self.audit_max_entries,
         )
     }
 }
@@ -207,6 +248,8 @@ mod tests {
             "snapshot_every",
             "max_body_bytes",
             "min_group_size",
+            "audit_retention_days",
+            "audit_max_entries",
         ] {
             assert!(text.contains(&format!("\n{field} = ")), "{field} missing");
         }

@@ -1,6 +1,6 @@
 //! The crate's error: each module's own error, plus the outcomes of authorization and lookup.
 
-use crate::{apps, config, dataset, identity, naming, record, store, view};
+use crate::{apps, audit, config, dataset, identity, naming, record, store, view};
 
 /// Everything a [`crate::Node`] operation can fail with. The HTTP API maps each variant to a
 /// status code (see `api::error`).
@@ -39,6 +39,9 @@ pub enum Error {
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] store::Error),
+    /// The audit log failed.
+    #[error(transparent)]
+    Audit(#[from] audit::Error),
     /// A document operation failed.
     #[error(transparent)]
     Doc(#[from] view::doc::Error),

@@ -21,6 +21,7 @@
 //! | [`net`] | the libp2p networking actor: one task owns the swarm and moves byte frames between members |
 //! | [`store`] | sled trees and group commit |
 //! | [`node`] | the `Node` handle: the one public service interface |
+//! | [`audit`] | the durable, hash-chained audit log: who did, asked or was refused what |
 //! | [`api`] | HTTP/JSON, server-sent events, metrics, OpenAPI: a face of `Node` |
 //! | [`mesh`] | membership (roster, invitations), dataset catalog, push and catch-up between members |
 //! | [`config`] | configuration fields and defaults |
@@ -39,6 +40,7 @@
 pub mod access;
 pub mod api;
 pub mod apps;
+pub mod audit;
 mod codec;
 pub mod config;
 pub mod dataset;

@@ -30,6 +30,12 @@ pub struct Metrics {
     pub envelopes_rejected: Family<CodeLabels, Counter>,
     /// Connections of removed members refused, by organization.
     pub removed_refused: Family<CodeLabels, Counter>,
+    /// Entries appended to the audit log.
+    pub audit_entries: Counter,
+    /// Audit entries that could not be appended (storage failed).
+    pub audit_failures: Counter,
+    /// Refusals not logged: their organization was over its budget for the minute.
+    pub audit_refusals_skipped: Counter,
 }
 
 impl Default for Metrics {
@@ -52,6 +58,9 @@ impl Metrics {
             peer_bad_inputs: Family::default(),
             envelopes_rejected: Family::default(),
             removed_refused: Family::default(),
+            audit_entries: Counter::default(),
+            audit_failures: Counter::default(),
+            audit_refusals_skipped: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -90,6 +99,21 @@ impl Metrics {
             "removed_member_refusals",
             "Connections of organizations removed from the mesh, refused",
             m.removed_refused.clone(),
+        );
+        registry.register(
+            "audit_entries",
+            "Entries appended to the audit log",
+            m.audit_entries.clone(),
+        );
+        registry.register(
+            "audit_failures",
+            "Audit entries that could not be appended",
+            m.audit_failures.clone(),
+        );
+        registry.register(
+            "audit_refusals_skipped",
+            "Refusals not logged: over their organization's budget for the minute",
+            m.audit_refusals_skipped.clone(),
         );
         Self { registry, ..m }
     }

@@ -101,6 +101,9 @@ pub enum Command {
     Search(SearchArgs),
     /// Run the five-organization flu demo on loopback (`--single`: one node).
     Demo(DemoArgs),
+    /// Read the audit log: who invited, joined, granted, revoked, asked or was refused what
+    /// (admin). `audit verify` checks its hash chain.
+    Audit(AuditArgs),
 }
 
 #[derive(Args, Debug)]
@@ -430,6 +433,44 @@ pub struct WatchArgs {
     /// Stop after this many events.
     #[arg(long)]
     pub count: Option<usize>,
+}
+
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct AuditArgs {
+    #[command(subcommand)]
+    pub command: Option<AuditCmd>,
+    /// Only entries at or after this time: ms since the epoch, or an age such as 30m, 12h, 7d.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only entries before this time: ms since the epoch, or an age such as 1h.
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Only entries by this organization (its apps, or its node).
+    #[arg(long)]
+    pub org: Option<String>,
+    /// Only this action, e.g. grant, revoke, federated-aggregate, fetch, read.
+    #[arg(long)]
+    pub action: Option<String>,
+    /// Only entries about this dataset, OWNER/NAME.
+    #[arg(long)]
+    pub dataset: Option<String>,
+    /// Only refusals.
+    #[arg(long)]
+    pub refused: bool,
+    /// The newest this many entries.
+    #[arg(long, default_value_t = 100)]
+    pub limit: usize,
+    /// Keep printing new entries as they are appended (NDJSON with --json).
+    #[arg(long)]
+    pub follow: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuditCmd {
+    /// Check every kept entry's hash and link, and the recorded head; exits 1 naming the first
+    /// bad entry.
+    Verify,
 }
 
 #[derive(Args, Debug)]

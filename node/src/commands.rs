@@ -39,6 +39,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Watch(a) => watch(&cli, a),
         Command::Search(a) => crate::view::search(&cli, a),
         Command::Demo(a) => crate::demo::run(&cli, a),
+        Command::Audit(a) => crate::audit::run(&cli, a),
     }
 }
 

@@ -96,8 +96,9 @@ async fn serve(home: &Path, cfg: Config) -> Result<()> {
     Ok(())
 }
 
-/// Applies every owned dataset's age limit, and revokes expired grants (so the expired grantee
-/// gets no new key), every `RETENTION_SWEEP`, for as long as the node runs.
+/// Applies every owned dataset's age limit, revokes expired grants (so the expired grantee gets
+/// no new key) and prunes the audit log past its retention, every `RETENTION_SWEEP`, for as long
+/// as the node runs.
 async fn sweep_retention(node: Node) {
     let mut every = tokio::time::interval(fogmesh::node::RETENTION_SWEEP);
     loop {
@@ -111,6 +112,11 @@ async fn sweep_retention(node: Node) {
             Ok(0) => {}
             Ok(n) => tracing::info!(grants = n, "expired grants revoked; keys rotated"),
             Err(e) => tracing::warn!(error = %e, "grant expiry sweep failed"),
+        }
+        match node.prune_audit().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(entries = n, "audit entries past retention pruned"),
+            Err(e) => tracing::warn!(error = %e, "audit pruning failed"),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! `fogmesh`: the node daemon and its CLI client. A thin binary over the `fogmesh` library.
 
 mod apps;
+mod audit;
 mod cli;
 mod client;
 mod commands;

@@ -51,7 +51,7 @@ impl From<Error> for ApiError {
             NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Unavailable(_) | Network(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-            Store(_) | Doc(_) | Identity(_) | Config(_) | Internal(_) => {
+            Store(_) | Audit(_) | Doc(_) | Identity(_) | Config(_) | Internal(_) => {
                 tracing::error!(error = %e, "request failed");
                 return Self {
                     status: StatusCode::INTERNAL_SERVER_ERROR,
@@ -90,9 +90,19 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
+/// The message of a 403, left on the response for the middleware that records refusals in the
+/// audit log.
+#[derive(Debug, Clone)]
+pub(crate) struct Refused(pub String);
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let refused = (self.status == StatusCode::FORBIDDEN).then(|| Refused(self.message.clone()));
         let body = json!({ "error": { "code": self.code, "message": self.message } });
-        (self.status, axum::Json(body)).into_response()
+        let mut res = (self.status, axum::Json(body)).into_response();
+        if let Some(r) = refused {
+            res.extensions_mut().insert(r);
+        }
+        res
     }
 }

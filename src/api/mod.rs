@@ -2,6 +2,7 @@
 //! the OpenAPI contract. Every handler is a thin translation to one [`Node`] call.
 
 mod apps;
+mod audit;
 mod auth;
 mod body;
 pub mod error;
@@ -82,11 +83,18 @@ pub fn router_with(
         .route("/v1/members", get(mesh::members))
         .route("/v1/members/{org}", delete(mesh::remove_member))
         .route("/v1/members/{org}/role", post(mesh::set_role))
+        .route("/v1/audit", get(audit::list))
+        .route("/v1/audit/verify", get(audit::verify))
+        .route("/v1/audit/events", get(audit::events))
         .route("/v1/openapi.json", get(routes::openapi))
         .route("/metrics", get(routes::metrics))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(
+            node.clone(),
+            audit::record_refusals,
+        ))
         .layer(middleware::from_fn_with_state(node.clone(), count_errors))
         .with_state(ApiState {
             node,

@@ -8,6 +8,7 @@ use std::time::Duration;
 use libp2p::{Multiaddr, PeerId};
 use serde::{Deserialize, Serialize};
 
+use crate::audit;
 use crate::error::{Error, Result};
 use crate::hlc::wall_millis;
 use crate::net::{Frame, Protocol};
@@ -59,6 +60,9 @@ impl Mesh {
             expires,
         };
         tracing::info!(expires, "invitation issued");
+        node.audit(
+            audit::Event::ok(&cfg.org, audit::Action::Invite).detail(format!("expires {expires}")),
+        );
         Ok((invite.encode(), expires))
     }
 
@@ -200,6 +204,12 @@ impl Mesh {
         self.refresh_members().await?;
         tokio::spawn(self.clone().sync_with(inviter));
         tracing::info!(mesh = %roster.mesh, members = roster.iter().count(), "joined the mesh");
+        self.inner.node.audit(
+            audit::Event::ok(&cfg.org, audit::Action::Join).detail(format!(
+                "mesh {}, invited by {}",
+                roster.mesh, invite.inviter_org
+            )),
+        );
         Ok(roster)
     }
 

@@ -9,8 +9,10 @@ use libp2p::PeerId;
 
 use crate::error::{Error, Result};
 
+use crate::audit;
+
 use super::govern::{Action, Op, Role};
-use super::roster::{Listed, Member};
+use super::roster::{Listed, Member, Roster};
 use super::{member_keys, net_err, Mesh};
 
 impl Mesh {
@@ -49,6 +51,7 @@ impl Mesh {
             })
             .await?;
         tracing::warn!(%org, "member removed");
+        self.audit_governance(audit::Action::MemberRemove, format!("{org} removed"), &op);
         Ok(op)
     }
 
@@ -70,7 +73,45 @@ impl Mesh {
             })
             .await?;
         tracing::info!(%org, role = role.as_str(), "role changed");
+        let what = format!("{org} made {}", role.as_str());
+        self.audit_governance(audit::Action::RoleChange, what, &op);
         Ok(op)
+    }
+
+    fn audit_governance(&self, action: audit::Action, what: String, op: &Op) {
+        let me = self.inner.node.config().org.clone();
+        let detail = format!("{what}; governance operation {}", op.id());
+        self.inner
+            .node
+            .audit(audit::Event::ok(me, action).detail(detail));
+    }
+
+    /// Notes in the audit log the removals this node learnt from others (its own are noted
+    /// when it signs them).
+    pub(crate) fn audit_learnt_removals(&self, before: &Roster, after: &Roster) {
+        let me = &self.inner.node.config().org;
+        let listed = after.list();
+        for l in &listed {
+            let (Some(op_id), true) = (&l.removed_by, before.by_org(&l.org).is_some()) else {
+                continue;
+            };
+            let by = after
+                .log
+                .ops
+                .get(op_id)
+                .and_then(|op| listed.iter().find(|m| m.author == op.body.author))
+                .map_or_else(|| "unknown".to_owned(), |m| m.org.clone());
+            if by == *me {
+                continue;
+            }
+            let detail = format!(
+                "{} removed by {by}, learnt from the roster; operation {op_id}",
+                l.org
+            );
+            self.inner
+                .node
+                .audit(audit::Event::ok(by, audit::Action::MemberRemove).detail(detail));
+        }
     }
 
     fn check_target(&self, org: &str) -> Result<()> {

@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use crate::apps::App;
+use crate::audit;
 use crate::error::{Error, Result};
 use crate::identity::AuthorId;
 use crate::naming::DatasetId;
@@ -354,6 +355,7 @@ impl Mesh {
     ) -> std::result::Result<QueryResponse, String> {
         let org = self.org_of(&peer).ok_or("query from a non-member")?;
         let req: QueryRequest = proto::decode("query", bytes).map_err(|e| e.to_string())?;
+        let asked = asked(&org, &req, &self.inner.node.config().org);
         let node = self.inner.node.clone();
         let request: [u8; 32] = Sha256::digest(bytes).into();
         // At most a few questions are evaluated at once; the others wait their turn.
@@ -366,24 +368,70 @@ impl Mesh {
         let answered = tokio::task::spawn_blocking(move || evaluate(&node, &org, &req, request))
             .await
             .map_err(|e| e.to_string())?;
-        Ok(match answered {
-            Ok(answer) => {
-                let body = proto::encode(&answer);
-                if body.len() > crate::net::MAX_QUERY_RESPONSE_BYTES - 1024 {
-                    return Ok(QueryResponse::Refused(format!(
-                        "the answer would be {} bytes; group more coarsely or filter more",
-                        body.len()
-                    )));
-                }
-                let msg = [ANSWER_DOMAIN, &body].concat();
-                let signature = self.inner.node.identity().sign(&msg);
-                QueryResponse::Answer {
-                    body: ByteBuf::from(body),
-                    signature: ByteBuf::from(signature.to_vec()),
-                }
+        let response = self.respond(answered);
+        let ev = match &response {
+            (QueryResponse::Refused(reason), _) => asked.refuse(reason),
+            (_, n) if asked.action == audit::Action::Search => asked.detail(format!("{n} matches")),
+            (_, n) => {
+                let detail = format!("{}; {n} groups", asked.detail);
+                asked.detail(detail)
             }
-            Err(node::Refusal(reason)) => QueryResponse::Refused(reason),
-        })
+        };
+        self.inner.node.audit(ev);
+        Ok(response.0)
+    }
+
+    /// The signed response to an evaluated question, and how many groups or matches it carries.
+    fn respond(
+        &self,
+        answered: std::result::Result<Answer, node::Refusal>,
+    ) -> (QueryResponse, usize) {
+        let answer = match answered {
+            Ok(answer) => answer,
+            Err(node::Refusal(reason)) => return (QueryResponse::Refused(reason), 0),
+        };
+        let n = match &answer {
+            Answer::Groups { groups, .. } => groups.len(),
+            Answer::Matches { matches, .. } => matches.len(),
+        };
+        let body = proto::encode(&answer);
+        if body.len() > crate::net::MAX_QUERY_RESPONSE_BYTES - 1024 {
+            let reason = format!(
+                "the answer would be {} bytes; group more coarsely or filter more",
+                body.len()
+            );
+            return (QueryResponse::Refused(reason), 0);
+        }
+        let msg = [ANSWER_DOMAIN, &body].concat();
+        let signature = self.inner.node.identity().sign(&msg);
+        let response = QueryResponse::Answer {
+            body: ByteBuf::from(body),
+            signature: ByteBuf::from(signature.to_vec()),
+        };
+        (response, n)
+    }
+}
+
+/// The audit entry of a question from a member organization `org`, before it is answered.
+fn asked(org: &str, req: &QueryRequest, me: &str) -> audit::Event {
+    match req {
+        QueryRequest::Aggregate {
+            app,
+            dataset,
+            group_by,
+            aggregates,
+            ..
+        } => audit::Event::ok(format!("{org}/{app}"), audit::Action::FederatedAggregate)
+            .dataset(dataset)
+            .detail(format!(
+                "group by [{}], aggregates [{}]",
+                group_by.join(", "),
+                aggregates.join(", ")
+            )),
+        QueryRequest::Search { app, dataset, .. } => {
+            audit::Event::ok(format!("{org}/{app}"), audit::Action::Search)
+                .dataset(format!("{me}/{dataset}"))
+        }
     }
 }
 

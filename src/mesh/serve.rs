@@ -4,6 +4,7 @@
 use libp2p::PeerId;
 use serde_bytes::ByteBuf;
 
+use crate::audit;
 use crate::envelope::Envelope;
 use crate::identity::AuthorId;
 use crate::naming::DatasetId;
@@ -43,6 +44,7 @@ impl Mesh {
         match result {
             Ok(bytes) => Some(Frame(bytes)),
             Err(detail) => {
+                self.audit_bad(peer, protocol, &detail);
                 self.count_bad(&peer, &detail);
                 let _ = self.inner.net.report_bad(peer, detail).await;
                 None
@@ -52,10 +54,16 @@ impl Mesh {
 
     async fn on_join(&self, peer: PeerId, bytes: &[u8]) -> Result<JoinResponse, String> {
         let req: JoinRequest = proto::decode("join", bytes).map_err(|e| e.to_string())?;
+        let asked = audit::Event::ok(req.member.org.clone(), audit::Action::MemberAdmit)
+            .detail(format!("peer {peer}"));
         Ok(match self.admit(peer, req).await {
-            Ok(op) => JoinResponse::Admitted { op: Box::new(op) },
+            Ok(op) => {
+                self.inner.node.audit(asked);
+                JoinResponse::Admitted { op: Box::new(op) }
+            }
             Err(reason) => {
                 tracing::warn!(%peer, %reason, "join refused");
+                self.inner.node.audit(asked.refuse(&reason));
                 JoinResponse::Refused { reason }
             }
         })
@@ -155,15 +163,17 @@ impl Mesh {
         let author = AuthorId::from_hex(author).ok_or("fetch: bad author key")?;
         let meta = self.held_meta(&id);
         let Some(meta) = meta.filter(|m| catalog::entitled(m, org)) else {
-            return Ok(SyncResponse::Refused(format!(
-                "dataset {id} is not shared with {org}"
-            )));
+            let reason = format!("dataset {id} is not shared with {org}");
+            let ev = audit::Event::refused(org, audit::Action::Fetch, &reason).dataset(&id);
+            self.inner.node.audit(ev);
+            return Ok(SyncResponse::Refused(reason));
         };
         let got = self
             .inner
             .node
             .envelopes_between(&meta.id, &author, range, proto::PAGE_BYTES);
         let (envs, more) = got.map_err(|e| e.to_string())?;
+        self.audit_fetch(org, &meta, &author, range.0, envs.len());
         Ok(SyncResponse::Envelopes {
             envelopes: envs.into_iter().map(ByteBuf::from).collect(),
             more,
@@ -275,6 +285,45 @@ impl Mesh {
             merged.map_err(|e| e.to_string())?;
         }
         Ok(())
+    }
+
+    /// Records a page of a sealed dataset served to a member organization that holds its keys
+    /// (relaying ciphertext to the others discloses nothing).
+    fn audit_fetch(
+        &self,
+        org: &str,
+        meta: &crate::dataset::Meta,
+        author: &AuthorId,
+        after: u64,
+        n: usize,
+    ) {
+        let node = &self.inner.node;
+        if !meta.encrypted || !node.holds_keys(&meta.id, org) {
+            return;
+        }
+        let detail = format!(
+            "{n} envelopes of author {}, seq {} to {}",
+            node.author_name(author),
+            after.saturating_add(1),
+            after.saturating_add(n as u64)
+        );
+        let ev = audit::Event::ok(org, audit::Action::Fetch).dataset(&meta.id);
+        node.audit(ev.detail(detail));
+    }
+
+    /// Records a request refused as bad input: its protocol, and the peer's organization (or its
+    /// peer id when it is no member).
+    fn audit_bad(&self, peer: PeerId, protocol: Protocol, detail: &str) {
+        let action = match protocol {
+            Protocol::Join => audit::Action::MemberAdmit,
+            Protocol::Sync => audit::Action::Sync,
+            Protocol::Push => audit::Action::Push,
+            Protocol::Query => audit::Action::Query,
+        };
+        let actor = self.org_of(&peer).unwrap_or_else(|| peer.to_string());
+        self.inner
+            .node
+            .audit(audit::Event::refused(actor, action, detail));
     }
 
     pub(crate) fn held_meta(&self, id: &DatasetId) -> Option<crate::dataset::Meta> {

@@ -236,8 +236,10 @@ impl Mesh {
         theirs: &super::roster::Roster,
     ) -> Result<(), String> {
         let state = &self.inner.state;
+        let before = state.roster();
         let changed = state.merge_roster(&self.inner.node, theirs).await;
         if changed.map_err(|e| e.to_string())? > 0 {
+            self.audit_learnt_removals(&before, &state.roster());
             self.refresh_members().await.map_err(|e| e.to_string())?;
         }
         let mine = state.roster();

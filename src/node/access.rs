@@ -130,7 +130,22 @@ impl Node {
         dir.0.get(org).map(|m| m.author)
     }
 
-    fn org_of_author(&self, author: &AuthorId) -> Option<String> {
+    /// Whether `org`'s node must hold the keys of dataset `id` (a live read or write grant).
+    pub fn holds_keys(&self, id: &crate::naming::DatasetId, org: &str) -> bool {
+        self.held(id).is_some_and(|ds| {
+            lock(&ds.access)
+                .key_holders(hlc::wall_millis())
+                .contains(org)
+        })
+    }
+
+    /// An author as people know it: its organization, or its key when it is no member.
+    pub fn author_name(&self, author: &AuthorId) -> String {
+        self.org_of_author(author)
+            .unwrap_or_else(|| author.to_string())
+    }
+
+    pub(super) fn org_of_author(&self, author: &AuthorId) -> Option<String> {
         if *author == self.inner.identity.author() {
             return Some(self.inner.config.org.clone());
         }
@@ -236,6 +251,7 @@ impl Node {
                         .org_of_author(&env.author)
                         .is_some_and(|org| set.may_write(&org, env.epoch, env.seq, millis)))
         });
+        drop(set);
         for env in &refused {
             tracing::warn!(dataset = %ds.meta.id, author = %env.author, seq = env.seq, "envelope refused: no write authority, or dated more than an hour ahead");
             let labels = vec![("dataset".to_owned(), ds.meta.id.to_string())];
@@ -245,6 +261,7 @@ impl Node {
                 .get_or_create(&labels)
                 .inc();
         }
+        self.audit_refused_envelopes(&ds.meta.id, &refused);
         ok
     }
 

@@ -360,7 +360,18 @@ impl Node {
 
     /// The one place every app change passes once durable: the audit log hooks in here.
     fn record_app_change(&self, by: &App, change: &AppChange) {
+        use crate::audit::{Action, Event};
         tracing::info!(by = %by.name, "{change}");
+        let action = match change {
+            AppChange::Added { .. } => Action::AppAdd,
+            AppChange::Removed { .. } => Action::AppRemove,
+            AppChange::Rotated { name, .. } if by.admin && *name == by.name => {
+                Action::AdminRotateToken
+            }
+            AppChange::Rotated { .. } => Action::AppRotate,
+            AppChange::Rights { .. } => Action::AppRights,
+        };
+        self.audit(Event::ok(self.actor(by), action).detail(change.to_string()));
     }
 }
 

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::apps::App;
+use crate::audit;
 use crate::error::{Error, Result};
 use crate::record::{Input, Record, BATCH_MAX_RECORDS};
 use crate::store::Table;
@@ -84,6 +85,9 @@ impl Node {
         self.inner.store.durable().await?;
         self.start_flow(flow)?;
         tracing::info!(flow = %spec.name, source = %spec.source, target = %spec.target, "flow started");
+        let detail = format!("flow {} into {}", spec.name, spec.target);
+        let ev = audit::Event::ok(self.actor(caller), audit::Action::FlowAdd).dataset(&spec.source);
+        self.audit(ev.detail(detail));
         Ok(spec)
     }
 
@@ -97,6 +101,8 @@ impl Node {
         self.inner.store.remove(Table::Meta, key.as_bytes())?;
         self.inner.store.durable().await?;
         tracing::info!(flow = %name, "flow removed");
+        let ev = audit::Event::ok(self.actor(caller), audit::Action::FlowRemove);
+        self.audit(ev.detail(format!("flow {name}")));
         Ok(())
     }
 

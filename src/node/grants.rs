@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::access::{EpochKey, Grant, Grantee, Rights, WrappedKey};
 use crate::apps::{Action, App};
+use crate::audit::{self, Event};
 use crate::error::{Error, Result};
 use crate::hlc;
 use crate::naming::DatasetId;
@@ -74,28 +75,30 @@ pub fn parse_ttl(s: &str) -> Result<u64> {
 
 impl Node {
     /// Sets up the access state of a dataset this node just created: the first epoch key when
-    /// it is sealed, and a read-and-query grant to every reader organization.
-    pub(crate) async fn init_access(&self, ds: &Arc<Dataset>) -> Result<()> {
+    /// it is sealed, and a read-and-query grant to every reader organization (returned).
+    pub(crate) async fn init_access(&self, ds: &Arc<Dataset>) -> Result<Vec<Grant>> {
         if ds.meta.encrypted {
             // Stored (wrapped for this node) before any write can be sealed with it:
             // `access_changed` persists, then hands the key to the dataset.
             let key = EpochKey::generate();
             self.wrap_for_self(ds, 1, &key)?;
         }
+        let mut issued = Vec::new();
         for reader in &ds.meta.readers {
             let grantee = Grantee::parse(&format!("{reader}/*"))
                 .map_err(|e| Error::Invalid(e.to_string()))?;
-            self.sign_grant(
+            issued.push(self.sign_grant(
                 ds,
                 grantee,
                 Rights::of(&[Action::Read, Action::Query]),
                 None,
                 None,
                 false,
-            )?;
+            )?);
         }
         self.access_changed(ds).await?;
-        self.reconcile_keys(ds).await
+        self.reconcile_keys(ds).await?;
+        Ok(issued)
     }
 
     fn wrap_for_self(&self, ds: &Dataset, epoch: u64, key: &EpochKey) -> Result<()> {
@@ -246,6 +249,11 @@ impl Node {
         self.access_changed(&ds).await?;
         self.reconcile_keys(&ds).await?;
         tracing::info!(dataset = %id, grantee = %grant.grantee, rights = ?rights.actions(), "grant issued");
+        self.audit(
+            Event::ok(self.actor(caller), audit::Action::Grant)
+                .dataset(&id)
+                .detail(grant_detail(&grant)),
+        );
         Ok(grant)
     }
 
@@ -273,6 +281,16 @@ impl Node {
             .store
             .put_json(Table::Meta, key.as_bytes(), &tomb.id)?;
         self.inner.store.durable().await?;
+        let detail = format!(
+            "grant {grant_id} of {}; {}",
+            old.grantee,
+            grant_detail(&tomb)
+        );
+        self.audit(
+            Event::ok(self.actor(caller), audit::Action::Revoke)
+                .dataset(&ds.meta.id)
+                .detail(detail),
+        );
         Ok(tomb)
     }
 
@@ -294,19 +312,23 @@ impl Node {
     /// retention sweep. Returns how many it revoked.
     pub async fn expire_grants(&self) -> Result<usize> {
         let now = hlc::wall_millis();
-        self.revoke_where(|g| !g.live(now)).await
+        self.revoke_where(|g| !g.live(now), "expired").await
     }
 
     /// Revokes every standing grant to `org` on the datasets this node owns (the organization
     /// was removed from the mesh): a new key epoch starts without it wherever it held keys.
     /// Returns how many grants it revoked; none when there is nothing left to revoke.
     pub async fn revoke_org(&self, org: &str) -> Result<usize> {
-        self.revoke_where(|g| g.grantee.org == org).await
+        self.revoke_where(
+            |g| g.grantee.org == org,
+            "revoked: its organization was removed from the mesh",
+        )
+        .await
     }
 
     /// Revokes every standing grant (one with rights) on the datasets this node owns that
-    /// `matches`; returns how many.
-    async fn revoke_where(&self, matches: impl Fn(&Grant) -> bool) -> Result<usize> {
+    /// `matches`, noting `why` in the audit log; returns how many.
+    async fn revoke_where(&self, matches: impl Fn(&Grant) -> bool, why: &str) -> Result<usize> {
         let mut n = 0;
         for ds in self.owned_datasets() {
             let standing: Vec<Grant> = lock(&ds.access)
@@ -316,7 +338,21 @@ impl Node {
                 .collect();
             for g in standing {
                 match self.revoke_in(&ds, &g).await {
-                    Ok(_) => n += 1,
+                    Ok(tomb) => {
+                        n += 1;
+                        let detail = format!(
+                            "grant {} of {} {why}; {}",
+                            g.id,
+                            g.grantee,
+                            grant_detail(&tomb)
+                        );
+                        let me = self.inner.config.org.clone();
+                        self.audit(
+                            Event::ok(me, audit::Action::Revoke)
+                                .dataset(&ds.meta.id)
+                                .detail(detail),
+                        );
+                    }
                     // Replaced meanwhile (a new grant, a revocation): nothing to revoke.
                     Err(Error::Conflict(_)) => {}
                     Err(e) => return Err(e),
@@ -368,6 +404,34 @@ impl Node {
         out.sort_by(|a, b| (&a.grant.dataset, a.grant.seq).cmp(&(&b.grant.dataset, b.grant.seq)));
         Ok(out)
     }
+}
+
+/// How the audit log describes a grant or a revocation.
+pub(super) fn grant_detail(g: &Grant) -> String {
+    let rights: Vec<String> = g
+        .rights
+        .actions()
+        .iter()
+        .map(|a| format!("{a:?}").to_lowercase())
+        .collect();
+    let mut d = format!(
+        "{} {} to {}; key epoch {}",
+        g.id,
+        if rights.is_empty() {
+            "nothing".to_owned()
+        } else {
+            rights.join(",")
+        },
+        g.grantee,
+        g.epoch
+    );
+    if let Some(p) = &g.prefix {
+        d.push_str(&format!("; prefix {p}"));
+    }
+    if let Some(t) = g.not_after {
+        d.push_str(&format!("; until {t}"));
+    }
+    d
 }
 
 #[cfg(test)]

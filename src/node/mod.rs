@@ -3,6 +3,7 @@
 
 mod access;
 mod apps;
+mod audit;
 mod dataset;
 mod flow;
 mod grants;
@@ -35,6 +36,7 @@ use crate::view::query::Query;
 
 pub use access::MemberKeys;
 pub use apps::{NewApp, RotatedAdmin};
+pub use audit::AuditListing;
 use dataset::Dataset;
 pub use dataset::{Batch, Event, EVENTS_CAP};
 pub use grants::{parse_ttl, GrantRequest, GrantView, MAX_GRANT_TTL_MS};
@@ -109,6 +111,8 @@ struct Inner {
     /// other rights; a grant issued, revoked or received): open event streams check again at
     /// once instead of at their next event.
     access_epoch: watch::Sender<u64>,
+    /// The hash-chained audit log.
+    audit: crate::audit::Log,
 }
 
 /// Handle to a running node. Clone it freely; every clone is the same node.
@@ -137,6 +141,7 @@ impl Node {
     ) -> Result<Self> {
         config.validate()?;
         let store = Store::open(data_dir)?;
+        let audit = crate::audit::Log::open(&store, config.audit_limits())?;
         let clock = Clock::new();
         let mut datasets = HashMap::new();
         for meta in store.list_json::<Meta>(Table::Datasets)? {
@@ -172,6 +177,7 @@ impl Node {
             apps: RwLock::new(apps),
             admin_rotation: tokio::sync::Mutex::new(()),
             access_epoch: watch::channel(0).0,
+            audit,
         };
         Ok(Self {
             inner: Arc::new(inner),
@@ -224,8 +230,9 @@ impl Node {
         self.inner.store.durable().await?;
         let ds = Arc::new(Dataset::create(meta.clone(), &me, me));
         self.write_datasets().insert(meta.id.clone(), ds.clone());
-        self.init_access(&ds).await?;
+        let grants = self.init_access(&ds).await?;
         tracing::info!(dataset = %key, "dataset created");
+        self.audit_created(caller, &meta, &grants);
         Ok(meta)
     }
 

@@ -2,7 +2,8 @@
 //!
 //! Trees: `datasets` (id -> metadata JSON), `envelopes` (dataset, author, big-endian sequence ->
 //! envelope bytes), `snapshots` (dataset -> version vector + saved Automerge document), `apps`
-//! (token hash -> app JSON), `meta` (node-level values). Writes land in sled's memory first;
+//! (token hash -> app JSON), `meta` (node-level values), and `audit`, whose layout
+//! [`crate::audit`] keeps. Writes land in sled's memory first;
 //! [`Store::durable`] returns once a flush that covers them has reached the disk. Flushes are grouped
 //! by [`commit`], so many writers share one fsync.
 
@@ -357,6 +358,12 @@ impl Store {
     pub fn flush_blocking(&self) -> Result<(), Error> {
         self.db.flush()?;
         Ok(())
+    }
+
+    /// Opens (or creates) the tree `name` for a module that keeps its own key layout (the audit
+    /// log). Its writes are flushed with everything else.
+    pub(crate) fn open_tree(&self, name: &str) -> Result<sled::Tree, Error> {
+        Ok(self.db.open_tree(name)?)
     }
 
     /// Bytes the database occupies on disk.

@@ -2,8 +2,6 @@
 //! status, with the JSON error body `{"error":{"code","message"}}` checked for a message that names
 //! the problem.
 
-use std::time::Duration;
-
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
 use axum::Router;
@@ -12,7 +10,7 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 use tower::ServiceExt;
 
-use crate::common::{self, TestNode};
+use crate::common::{self, next_event, TestNode, EVENT_WAIT};
 use fogmesh::config::Config;
 use fogmesh::identity::Identity;
 use fogmesh::Node;
@@ -20,8 +18,6 @@ use fogmesh::Node;
 const SEED: u8 = 42;
 pub(crate) const FLU: &str = "/v1/datasets/hospital/flu";
 pub(crate) const RECORDS: &str = "/v1/datasets/hospital/flu/records";
-/// How long a streamed event may take to arrive before the test fails.
-pub(crate) const EVENT_WAIT: Duration = Duration::from_secs(10);
 
 fn config(max_body_bytes: usize) -> Config {
     let (org, mesh) = ("hospital".into(), "test-mesh".into());
@@ -537,29 +533,6 @@ async fn a_body_over_max_body_bytes_is_413() {
 }
 
 // ---- server-sent events ----
-
-/// Reads frames until an `event: KIND` block mentioning `needle` arrives; returns its data.
-pub(crate) async fn next_event(body: &mut Body, kind: &str, needle: &str) -> Value {
-    let mut seen = String::new();
-    let wait = async {
-        loop {
-            let frame = body.frame().await.expect("stream open").expect("frame");
-            if let Some(bytes) = frame.data_ref() {
-                seen.push_str(std::str::from_utf8(bytes).expect("utf-8"));
-            }
-            for block in seen.split("\n\n") {
-                let is_kind = block.lines().any(|l| l == format!("event: {kind}"));
-                if is_kind && block.contains(needle) {
-                    let data = block.lines().filter_map(|l| l.strip_prefix("data: "));
-                    let data: String = data.collect();
-                    return serde_json::from_str(&data).expect("event data is JSON");
-                }
-            }
-        }
-    };
-    let got = tokio::time::timeout(EVENT_WAIT, wait).await;
-    got.expect("the event arrives in time")
-}
 
 #[tokio::test]
 async fn a_reader_receives_upserts_and_deletes_as_events_until_shutdown() {

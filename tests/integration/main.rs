@@ -1,6 +1,7 @@
 //! fogmesh integration tests: one binary, shared helpers in `common`.
 
 mod access;
+mod audit;
 mod common;
 mod federated;
 mod flows;

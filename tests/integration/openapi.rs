@@ -43,6 +43,9 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/members"),
     ("DELETE", "/v1/members/{org}"),
     ("POST", "/v1/members/{org}/role"),
+    ("GET", "/v1/audit"),
+    ("GET", "/v1/audit/verify"),
+    ("GET", "/v1/audit/events"),
     ("GET", "/v1/openapi.json"),
     ("GET", "/metrics"),
 ];
@@ -750,6 +753,78 @@ fn every_reference_resolves() {
     let mut errs = Vec::new();
     walk(&doc, &doc, &mut errs);
     assert!(errs.is_empty(), "unresolved $refs: {errs:?}");
+}
+
+#[tokio::test]
+async fn the_audit_endpoints_answer_as_documented() {
+    let api = api().await;
+    let doc = document(&api.router).await;
+    let r = &api.router;
+    let admin = Some(api.token.as_str());
+    let (list, verify) = ("/v1/audit", "/v1/audit/verify");
+
+    let spec = json!({"name": "flu", "visibility": "shared", "readers": ["pharmacy"]});
+    let (s, b) = send(r, "POST", "/v1/datasets", admin, Some(&spec)).await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let new = json!({"name": "planner", "rights": ["read:hospital/flu"]});
+    let (s, b) = send(r, "POST", "/v1/apps", admin, Some(&new)).await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let planner = b["token"].as_str().expect("token").to_owned();
+    let planner = Some(planner.as_str());
+    let batch = json!({"records": [{"name": "d7", "data": {"cases": 1}}]});
+    let uri = "/v1/datasets/hospital/flu/records";
+    let (s, _) = send(r, "POST", uri, planner, Some(&batch)).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+
+    // dataset-create, the reader's grant, app-add, the refused write.
+    let (s, b) = send(r, "GET", list, admin, None).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    conforms(&doc, "GET", list, s, &b);
+    let actions: Vec<&str> = b["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert_eq!(
+        actions,
+        ["dataset-create", "grant", "app-add", "write"],
+        "{b}"
+    );
+    assert_eq!(b["last_seq"], 4, "{b}");
+    let q = format!("{list}?outcome=refused&dataset=hospital%2Fflu&since=0&until=99999999999999&after=0&limit=5&org=hospital&action=write");
+    let (s, b) = send(r, "GET", &q, admin, None).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    conforms(&doc, "GET", list, s, &b);
+    assert_eq!(b["entries"].as_array().map(Vec::len), Some(1), "{b}");
+    for bad in ["limit=0", "action=nope", "since=x", "bogus=1"] {
+        let (s, b) = send(r, "GET", &format!("{list}?{bad}"), admin, None).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {b}");
+        conforms(&doc, "GET", list, s, &b);
+    }
+    let (s, b) = send(r, "GET", list, planner, None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{b}");
+    conforms(&doc, "GET", list, s, &b);
+
+    let (s, b) = send(r, "GET", verify, admin, None).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    conforms(&doc, "GET", verify, s, &b);
+    assert_eq!(
+        (b["ok"].as_bool(), b["head"].as_u64()),
+        (Some(true), Some(5)),
+        "{b}"
+    );
+    let (s, b) = send(r, "GET", verify, planner, None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{b}");
+    conforms(&doc, "GET", verify, s, &b);
+
+    let events = "/v1/audit/events?after=0";
+    let (s, ct, _) = send_raw(r, "GET", events, admin, None, false).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(ct.is_some_and(|c| c.starts_with("text/event-stream")));
+    let (s, _, b) = send_raw(r, "GET", events, planner, None, true).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{b}");
+    conforms(&doc, "GET", "/v1/audit/events", s, &b);
 }
 
 /// Sends `body` to `uri` as the admin asking for `accept`; returns the status, content type and

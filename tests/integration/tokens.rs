@@ -11,7 +11,8 @@ use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
-use crate::http::{assert_error, next_event, request, Api, FLU, RECORDS};
+use crate::common::next_event;
+use crate::http::{assert_error, request, Api, FLU, RECORDS};
 
 /// How soon an event stream must end once its app's access is gone.
 const END_WAIT: Duration = Duration::from_secs(2);

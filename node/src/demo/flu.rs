@@ -5,8 +5,9 @@
 //! public-health agency asks the hospital for cases by district with a federated query and
 //! publishes alert levels; the insurer's pricing app may only ask for aggregated treatment costs,
 //! reprices, and after its grant is revoked gets nothing new. Then a member's outage and
-//! catch-up, and last the insurer's keys are reported stolen: the hospital, an admin of the mesh,
-//! removes it, every member cuts it off, and it receives nothing written after.
+//! catch-up; the insurer's keys are reported stolen: the hospital, an admin of the mesh, removes
+//! it, every member cuts it off, and it receives nothing written after. Last, each node's audit
+//! log: every action above, counted, its chain verified.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -26,6 +27,42 @@ const CONVERGE: Duration = Duration::from_secs(60);
 const DISTRICTS: u64 = 6;
 const DAYS: u64 = 7;
 const DAY_MS: u64 = 86_400_000;
+
+/// What the scenario must leave in the audit logs: (node, action, outcome, actor's organization);
+/// node `any`: some node's log.
+const AUDITED: [super::audit::Expected; 31] = [
+    ("hospital", "dataset-create", "ok", "hospital"),
+    ("hospital", "flow-add", "ok", "hospital"),
+    ("hospital", "invite", "ok", "hospital"),
+    ("hospital", "member-admit", "ok", "pharmacy"),
+    ("hospital", "member-admit", "ok", "drugmaker"),
+    ("hospital", "member-admit", "ok", "agency"),
+    ("hospital", "member-admit", "ok", "insurer"),
+    ("hospital", "grant", "ok", "hospital"),
+    ("hospital", "federated-aggregate", "ok", "agency"),
+    ("hospital", "federated-aggregate", "ok", "insurer"),
+    ("hospital", "revoke", "ok", "hospital"),
+    ("hospital", "federated-aggregate", "refused", "insurer"),
+    ("pharmacy", "join", "ok", "pharmacy"),
+    ("pharmacy", "app-add", "ok", "pharmacy"),
+    ("pharmacy", "dataset-create", "ok", "pharmacy"),
+    ("pharmacy", "grant", "ok", "pharmacy"),
+    ("pharmacy", "read", "refused", "pharmacy"),
+    ("drugmaker", "join", "ok", "drugmaker"),
+    ("drugmaker", "app-add", "ok", "drugmaker"),
+    ("drugmaker", "grant", "ok", "drugmaker"),
+    ("agency", "join", "ok", "agency"),
+    ("agency", "app-add", "ok", "agency"),
+    ("agency", "grant", "ok", "agency"),
+    ("insurer", "join", "ok", "insurer"),
+    ("insurer", "app-add", "ok", "insurer"),
+    ("insurer", "dataset-create", "ok", "insurer"),
+    ("insurer", "grant", "ok", "insurer"),
+    ("any", "fetch", "ok", "pharmacy"),
+    ("hospital", "member-remove", "ok", "hospital"),
+    ("agency", "member-remove", "ok", "hospital"),
+    ("agency", "revoke", "ok", "agency"),
+];
 
 /// The apps of the scenario, each with its own token.
 struct Apps {
@@ -68,6 +105,7 @@ fn scenario(t: &Timeline, dir: &Path) -> Result<()> {
     show_views(t, &orgs)?;
     outage(t, &mut orgs)?;
     compromised(t, &orgs)?;
+    super::audit::summary(t, &orgs, &AUDITED)?;
     stop_all(&mut orgs)?;
     t.say("demo", "all five nodes stopped cleanly; done");
     Ok(())

@@ -4,6 +4,7 @@
 //! search across eight camera nodes ([`lost_child`]); `--single` runs one organization's node
 //! alone ([`single`]).
 
+mod audit;
 mod flu;
 mod lost_child;
 mod procs;

@@ -1,10 +1,15 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+use std::time::Duration;
+
+use axum::body::Body;
 use fogmesh::apps::App;
 use fogmesh::config::Config;
 use fogmesh::identity::Identity;
 use fogmesh::Node;
+use http_body_util::BodyExt;
+use serde_json::Value;
 
 /// A node on a temporary store with a seeded identity, plus its admin app.
 pub struct TestNode {
@@ -60,4 +65,30 @@ fn open(dir: tempfile::TempDir, config: Config, admin_token: String) -> TestNode
         admin_token,
         dir,
     }
+}
+
+/// How long a streamed event may take to arrive before the test fails.
+pub const EVENT_WAIT: Duration = Duration::from_secs(10);
+
+/// Reads frames until an `event: KIND` block mentioning `needle` arrives; returns its data.
+pub async fn next_event(body: &mut Body, kind: &str, needle: &str) -> Value {
+    let mut seen = String::new();
+    let wait = async {
+        loop {
+            let frame = body.frame().await.expect("stream open").expect("frame");
+            if let Some(bytes) = frame.data_ref() {
+                seen.push_str(std::str::from_utf8(bytes).expect("utf-8"));
+            }
+            for block in seen.split("\n\n") {
+                let is_kind = block.lines().any(|l| l == format!("event: {kind}"));
+                if is_kind && block.contains(needle) {
+                    let data = block.lines().filter_map(|l| l.strip_prefix("data: "));
+                    let data: String = data.collect();
+                    return serde_json::from_str(&data).expect("event data is JSON");
+                }
+            }
+        }
+    };
+    let got = tokio::time::timeout(EVENT_WAIT, wait).await;
+    got.expect("the event arrives in time")
 }
