@@ -300,6 +300,29 @@ impl NsNode {
             .collect())
     }
 
+    /// The peer ids this node has an established connection to (members or not).
+    pub(crate) fn up_peers(&self) -> Result<BTreeSet<String>> {
+        let v = self.json(&["peers"])?;
+        Ok(v["peers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["up"] == true)
+            .filter_map(|p| p["peer"].as_str().map(String::from))
+            .collect())
+    }
+
+    /// `GET /v1/members` (through `fogmesh member list`): organization -> its whole entry.
+    pub(crate) fn members(&self) -> Result<BTreeMap<String, Value>> {
+        let v = self.json(&["member", "list"])?;
+        Ok(v["members"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| Some((m["org"].as_str()?.to_owned(), m.clone())))
+            .collect())
+    }
+
     /// The dataset as this node sees it: record id -> the whole record.
     pub(crate) fn view(&self) -> Result<BTreeMap<String, Value>> {
         let v = self.json(&["query", DATASET, "--limit", "10000"])?;
