@@ -241,6 +241,16 @@ impl Mesh {
         if changed.map_err(|e| e.to_string())? > 0 {
             self.audit_learnt_removals(&before, &state.roster());
             self.refresh_members().await.map_err(|e| e.to_string())?;
+            // Pass it on within a second (RETRY_EVERY), not at the next periodic round: after a
+            // partition heals, the authors of what changed may be banned by the other side and
+            // cannot carry it themselves.
+            let me = self.inner.net.local_peer_id();
+            for m in state.roster().iter() {
+                match m.peer_id.parse::<PeerId>() {
+                    Ok(p) if p != peer && p != me => state.mark_dirty(p),
+                    _ => {}
+                }
+            }
         }
         let mine = state.roster();
         if mine.digest() != theirs.digest() {

@@ -39,7 +39,9 @@
 //! [`Config::join_window`] after connecting; then it is disconnected. Its `Sync` and `Push`
 //! requests are refused and reported as [`Event::BadInput`]. Oversize or undecodable frames are
 //! refused the same way. A peer that accumulates [`BAD_INPUT_LIMIT`] bad inputs is disconnected.
-//! Members that are down are redialed with exponential backoff (1 s doubling to 60 s).
+//! Members that are down are redialed with exponential backoff (1 s doubling to 60 s); only a
+//! connection that lasted 10 s resets it, so a member that closes every connection at once (one
+//! that removed this node) is redialed once a minute, not every second.
 //!
 //! # Example
 //!

@@ -16,6 +16,10 @@ pub const BAD_INPUT_LIMIT: u64 = 3;
 pub(crate) const BACKOFF_MIN: Duration = Duration::from_secs(1);
 /// Longest redial delay; also the delay after a disconnect for bad input.
 pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// A connection that lasted this long resets the redial backoff when it closes; a shorter one
+/// (a peer that accepts and at once closes, such as a member that removed this node) does not,
+/// so such redials slow down to one every [`BACKOFF_MAX`].
+pub(crate) const STABLE_CONNECTION: Duration = Duration::from_secs(10);
 /// Addresses remembered per peer, newest first.
 pub(crate) const MAX_ADDRS_PER_PEER: usize = 8;
 /// Entries kept for peers that are neither members nor connected (address hints, bad counts).
@@ -166,7 +170,7 @@ impl PeerTable {
         let entry = self.entry(peer);
         entry.connected_since = Some(now);
         entry.last_seen = Some(now);
-        entry.backoff.reset();
+        entry.backoff.cancel();
         if let Some(addr) = dialed {
             push_addr(entry, addr);
         }
@@ -178,6 +182,12 @@ impl PeerTable {
         let Some(entry) = self.entries.get_mut(&peer) else {
             return;
         };
+        let lasted = entry
+            .connected_since
+            .map(|t| now.saturating_duration_since(t));
+        if lasted.is_some_and(|d| d >= STABLE_CONNECTION) {
+            entry.backoff.reset();
+        }
         entry.connected_since = None;
         entry.last_seen = Some(now);
         if !member {

@@ -180,3 +180,32 @@ fn a_peer_quiet_long_enough_starts_again_from_zero() {
         "forgiven after a quiet spell"
     );
 }
+
+#[test]
+fn connections_closed_at_once_slow_redials_down_and_a_stable_one_resets_them() {
+    let t0 = Instant::now();
+    let mut table = PeerTable::new(peer(0));
+    table.set_members([peer(1)].into(), t0);
+    // A member that accepts and closes at once (it removed us): each redial waits longer.
+    let mut now = t0;
+    let mut waits = Vec::new();
+    for _ in 0..7 {
+        let due = (0..=120_000u64)
+            .step_by(250)
+            .map(|ms| now + Duration::from_millis(ms))
+            .find(|t| !table.due_redials(*t).is_empty())
+            .expect("a redial is due");
+        waits.push(due.duration_since(now).as_secs());
+        table.connected(peer(1), Some(addr(1)), due);
+        now = due + Duration::from_millis(50);
+        table.disconnected(peer(1), now);
+    }
+    assert_eq!(waits, [0, 2, 4, 8, 16, 32, 60], "{waits:?}");
+    // A connection that lasts resets the backoff: the next outage is redialed after 1 s.
+    let due = now + BACKOFF_MAX;
+    assert!(!table.due_redials(due).is_empty());
+    table.connected(peer(1), Some(addr(1)), due);
+    let later = due + STABLE_CONNECTION;
+    table.disconnected(peer(1), later);
+    assert!(table.due_redials(later + BACKOFF_MIN).len() == 1);
+}
