@@ -363,6 +363,53 @@ fn invite_and_join_on_the_command_line_make_two_members_that_see_each_other() {
     }
     let status = one_json(&pharmacy.cli(&["status", "--json"]).ok());
     assert_eq!(status["mesh"]["members"], json!(["hospital", "pharmacy"]));
+
+    // Roles: the founder is the admin; the pharmacy may not invite or remove.
+    let roles = |n: &TestNode| -> Vec<(String, String, String)> {
+        let v = one_json(&n.cli(&["member", "list", "--json"]).ok());
+        let list = v["members"].as_array().unwrap().iter();
+        list.map(|m| {
+            let f = |k: &str| m[k].as_str().unwrap().to_owned();
+            (f("org"), f("role"), f("state"))
+        })
+        .collect()
+    };
+    let both_active = [("hospital", "admin"), ("pharmacy", "member")]
+        .map(|(o, r)| (o.to_owned(), r.to_owned(), "active".to_owned()));
+    assert_eq!(roles(&pharmacy), both_active);
+    let table = hospital.cli(&["member", "list"]).ok().stdout;
+    assert!(
+        table.contains("admin") && table.contains("pharmacy"),
+        "{table}"
+    );
+    let refused = pharmacy.cli(&["invite"]).code(1);
+    assert!(
+        refused.stderr.contains("admins of the mesh"),
+        "{}",
+        refused.stderr
+    );
+    let refused = pharmacy.cli(&["member", "remove", "hospital"]).code(1);
+    assert!(refused.stderr.contains("403"), "{}", refused.stderr);
+    let own = hospital.cli(&["member", "remove", "hospital"]).code(1);
+    assert!(own.stderr.contains("another admin"), "{}", own.stderr);
+    let unknown = hospital.cli(&["member", "remove", "nobody"]).code(1);
+    assert!(unknown.stderr.contains("404"), "{}", unknown.stderr);
+    hospital
+        .cli(&["member", "role", "pharmacy", "superuser"])
+        .code(2);
+    hospital.cli(&["member", "role", "pharmacy", "admin"]).ok();
+    hospital.cli(&["member", "remove", "pharmacy"]).ok();
+    let removed = hospital.cli(&["member", "remove", "pharmacy"]).code(1);
+    assert!(
+        removed.stderr.contains("already removed"),
+        "{}",
+        removed.stderr
+    );
+    let after = roles(&hospital);
+    assert_eq!(
+        after[1],
+        ("pharmacy".into(), "admin".into(), "removed".into())
+    );
 }
 
 #[test]

@@ -997,3 +997,94 @@ async fn the_view_endpoints_answer_as_documented() {
     assert_eq!(s, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{b}");
     conforms(&doc, "POST", search, s, &b);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_member_routes_answer_as_documented() {
+    let m = crate::mesh::member("hospital", 1).await;
+    let token = fogmesh::node::home::admin_token(m.dir.path()).expect("token");
+    let reader = m
+        .node
+        .add_app(&m.admin, "reader", vec![])
+        .await
+        .expect("app")
+        .token;
+    let (_closing, rx) = tokio::sync::watch::channel(false);
+    let router = fogmesh::api::router_with(m.node.clone(), Some(m.mesh.clone()), rx);
+    let doc = document(&router).await;
+    let (one, role) = ("/v1/members/{org}", "/v1/members/{org}/role");
+    let admin = token.as_str();
+    let cases: Vec<Case<'_>> = vec![
+        (
+            "GET",
+            "/v1/members",
+            "/v1/members",
+            admin,
+            None,
+            StatusCode::OK,
+        ),
+        (
+            "DELETE",
+            "/v1/members/nobody",
+            one,
+            admin,
+            None,
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "DELETE",
+            "/v1/members/hospital",
+            one,
+            admin,
+            None,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "DELETE",
+            "/v1/members/Bad_Org",
+            one,
+            admin,
+            None,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "DELETE",
+            "/v1/members/nobody",
+            one,
+            &reader,
+            None,
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "POST",
+            "/v1/members/nobody/role",
+            role,
+            admin,
+            Some(json!({"role": "admin"})),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "POST",
+            "/v1/members/hospital/role",
+            role,
+            admin,
+            Some(json!({"role": "root"})),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "POST",
+            "/v1/members/hospital/role",
+            role,
+            admin,
+            Some(json!({"role": "admin"})),
+            StatusCode::CONFLICT,
+        ),
+    ];
+    let bodies = run_cases(&doc, &router, cases).await;
+    let members = bodies[0]["members"].as_array().expect("members");
+    assert_eq!(members.len(), 1);
+    assert_eq!(
+        (&members[0]["org"], &members[0]["role"]),
+        (&json!("hospital"), &json!("admin"))
+    );
+    m.mesh.shutdown().await;
+}

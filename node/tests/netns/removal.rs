@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::{json, Value};
 
-
 use crate::hosts::{Net, NsNode};
 use crate::{addressless_invite, say, strip_ansi, wait_for, FOUNDER, ORGS};
 
