@@ -21,11 +21,22 @@
 //!    operations before it: its author must be a member, an admin for `admit`, `role` and
 //!    `remove`; `admit` needs an organization name and a key not seen before (removed ones
 //!    included); `role` and `remove` need a current member.
-//! 3. **Strong remove.** Once an organization is removed by operation R, every operation its key
-//!    signed that R did not see (concurrent with R, or after it) is dropped, except removals: two
-//!    admins that remove each other concurrently are both removed. Dropping an operation can
-//!    undo what it did (an admission, a removal by it), so resolution repeats until the set of
-//!    dropped operations is stable.
+//! 3. **Conflicting admissions.** Two admissions (or a founding and an admission) of one
+//!    organization name or one key where neither saw the other are all dropped: no admin can take
+//!    over a member's name, and with it the keys wrapped for it, by signing a second admission that
+//!    happens to sort first.
+//! 4. **Strong remove.** Once an organization is removed by operation R, every operation its key
+//!    signed that R did not see (concurrent with R, or after it) is dropped, except its removal of
+//!    the admin that signed R: two admins that remove each other concurrently are both removed.
+//!    Dropping an operation can undo what it did (an admission, a removal by it), so resolution
+//!    repeats until the set of dropped operations is stable; should the passes cycle, the union of
+//!    the cycle's dropped sets is dropped.
+//!
+//! What a node stores is decided from what it already holds, never from the batch that brings
+//! it: an operation is kept only once every operation it names is held, and only if its author
+//! was made an admin (or founded the mesh) by an operation already held; a second `found` is
+//! never kept. So every stored operation takes part in resolution, and a member that is no admin
+//! can neither fill the log nor leave an operation waiting that every later one would name.
 //!
 //! The result is a function of the set of operations alone, so every node that holds the same
 //! set holds the same roster. An organization's entry otherwise changes only through a
@@ -343,16 +354,31 @@ impl Log {
     /// Resolves the operations to the roster's state by the rule in the module docs.
     pub fn resolve(&self, founder: &str) -> State {
         let order = self.order();
-        let mut dropped: BTreeMap<OpId, String> = BTreeMap::new();
+        let anc = Ancestors::new(self);
+        let conflicts = self.conflicting_admissions(&anc);
+        let mut dropped = conflicts.clone();
+        let mut seen: Vec<BTreeMap<OpId, String>> = Vec::new();
         let mut state = State::default();
         for _ in 0..MAX_PASSES {
-            state = self.apply(&order, founder, &dropped);
-            let next = self.strong_remove(&state);
-            let same = next.keys().eq(dropped.keys());
-            dropped = next;
-            if same {
+            state = self.apply(&order, founder, &dropped, &anc);
+            let mut next = conflicts.clone();
+            next.extend(self.strong_remove(&state, &anc));
+            if next.keys().eq(dropped.keys()) {
                 break;
             }
+            // A set seen before: the passes cycle. Drop the union of the cycle's sets, once.
+            if let Some(at) = seen.iter().position(|s| s.keys().eq(next.keys())) {
+                let mut union = BTreeMap::new();
+                for s in &seen[at..] {
+                    union.extend(s.iter().map(|(k, v)| (k.clone(), v.clone())));
+                }
+                union.extend(next);
+                state = self.apply(&order, founder, &union, &anc);
+                dropped = union;
+                break;
+            }
+            seen.push(dropped);
+            dropped = next;
         }
         for (id, why) in &dropped {
             state.dropped.insert(id.clone(), why.clone());
@@ -407,11 +433,17 @@ impl Log {
         }
     }
 
-    fn apply(&self, order: &[OpId], founder: &str, dropped: &BTreeMap<OpId, String>) -> State {
+    fn apply(
+        &self,
+        order: &[OpId],
+        founder: &str,
+        dropped: &BTreeMap<OpId, String>,
+        anc: &Ancestors<'_>,
+    ) -> State {
         let mut st = State::default();
         for id in order.iter().filter(|id| !dropped.contains_key(*id)) {
             let op = &self.ops[id];
-            match self.effect(&mut st, id, op, founder) {
+            match self.effect(&mut st, id, op, founder, anc) {
                 Ok(()) => {
                     st.applied.insert(id.clone());
                 }
@@ -424,7 +456,14 @@ impl Log {
     }
 
     /// Checks `op` against the state before it and applies it.
-    fn effect(&self, st: &mut State, id: &OpId, op: &Op, founder: &str) -> Result<(), String> {
+    fn effect(
+        &self,
+        st: &mut State,
+        id: &OpId,
+        op: &Op,
+        founder: &str,
+        anc: &Ancestors<'_>,
+    ) -> Result<(), String> {
         let author = op.body.author.as_str();
         if let Action::Found { member } = &op.body.action {
             if author != founder || member.author != founder || !op.body.deps.is_empty() {
@@ -437,11 +476,11 @@ impl Log {
             return Ok(());
         }
         let signer = st.by_key(author).ok_or("its author is not a member")?;
-        let removal = matches!(op.body.action, Action::Remove { .. });
         match &signer.removed_by {
             None => {}
-            // A removal concurrent with its author's own removal still counts (mutual removal).
-            Some(r) if removal && !self.is_ancestor(r, id) => {}
+            // The removal of the admin that removed its author, concurrent with that removal,
+            // still counts: a mutual removal removes both.
+            Some(r) if self.removes_remover(op, r, st) && !anc.of(id).contains(r.as_str()) => {}
             Some(_) => return Err("its author had been removed".into()),
         }
         if signer.role != Role::Admin {
@@ -450,6 +489,9 @@ impl Log {
         match &op.body.action {
             Action::Found { .. } => Err("unreachable".into()),
             Action::Admit { member, role, .. } => {
+                if st.entries.len() >= super::roster::MAX_MEMBERS {
+                    return Err("the roster is full".into());
+                }
                 if st.entries.contains_key(&member.org) {
                     return Err(format!("{} was admitted before", member.org));
                 }
@@ -472,16 +514,16 @@ impl Log {
         }
     }
 
-    /// The operations strong remove drops: every non-removal signed by a removed key that its
-    /// removal did not see.
-    fn strong_remove(&self, st: &State) -> BTreeMap<OpId, String> {
+    /// The operations strong remove drops: every operation signed by a removed key that its
+    /// removal did not see, except the removal of the admin that removed it.
+    fn strong_remove(&self, st: &State, anc: &Ancestors<'_>) -> BTreeMap<OpId, String> {
         let mut out = BTreeMap::new();
         for e in st.entries.values() {
             let Some(r) = &e.removed_by else { continue };
-            let seen = self.ancestors(r);
+            let seen = anc.of(r);
             for (id, op) in &self.ops {
                 let concurrent = op.body.author == e.member.author
-                    && !matches!(op.body.action, Action::Remove { .. })
+                    && !self.removes_remover(op, r, st)
                     && !seen.contains(id.as_str())
                     && id != r;
                 if concurrent {
@@ -495,25 +537,45 @@ impl Log {
         out
     }
 
-    fn ancestors(&self, id: &str) -> HashSet<&str> {
-        let mut seen = HashSet::new();
-        let mut stack: Vec<&str> = self
-            .ops
-            .get(id)
-            .map(|o| o.body.deps.iter().map(String::as_str).collect())
-            .unwrap_or_default();
-        while let Some(d) = stack.pop() {
-            if let Some((key, op)) = self.ops.get_key_value(d) {
-                if seen.insert(key.as_str()) {
-                    stack.extend(op.body.deps.iter().map(String::as_str));
+    /// Whether `op` removes the organization whose admin signed `removal` (the removal of
+    /// `op`'s author).
+    fn removes_remover(&self, op: &Op, removal: &str, st: &State) -> bool {
+        let Action::Remove { org } = &op.body.action else {
+            return false;
+        };
+        let remover = self.ops.get(removal).map(|r| r.body.author.as_str());
+        st.entries
+            .get(org)
+            .is_some_and(|e| Some(e.member.author.as_str()) == remover)
+    }
+
+    /// Admissions (and a founding) of one organization name or one key where neither saw the
+    /// other: all of them are dropped, so no admin can take over a name or a key by signing a
+    /// second admission that happens to sort first.
+    fn conflicting_admissions(&self, anc: &Ancestors<'_>) -> BTreeMap<OpId, String> {
+        let mut by: HashMap<&str, Vec<&str>> = HashMap::new();
+        for (id, op) in &self.ops {
+            if let Action::Found { member } | Action::Admit { member, .. } = &op.body.action {
+                by.entry(member.org.as_str()).or_default().push(id.as_str());
+                by.entry(member.author.as_str())
+                    .or_default()
+                    .push(id.as_str());
+            }
+        }
+        let mut out = BTreeMap::new();
+        for (what, ids) in by.into_iter().filter(|(_, ids)| ids.len() > 1) {
+            for (i, a) in ids.iter().enumerate() {
+                for b in &ids[i + 1..] {
+                    let ordered = anc.of(a).contains(b) || anc.of(b).contains(a);
+                    if !ordered {
+                        let why = format!("conflicting admissions of {what}");
+                        out.insert((*a).to_owned(), why.clone());
+                        out.insert((*b).to_owned(), why);
+                    }
                 }
             }
         }
-        seen
-    }
-
-    fn is_ancestor(&self, maybe: &str, of: &str) -> bool {
-        self.ancestors(of).contains(maybe)
+        out
     }
 }
 
@@ -544,6 +606,43 @@ pub fn admin_keys<'a>(founder: &str, ops: impl Iterator<Item = &'a Op> + Clone) 
         }
     }
     out
+}
+
+/// Ancestor sets of operations, computed once each per resolution.
+struct Ancestors<'a> {
+    log: &'a Log,
+    memo: std::cell::RefCell<HashMap<&'a str, std::rc::Rc<HashSet<&'a str>>>>,
+}
+
+impl<'a> Ancestors<'a> {
+    fn new(log: &'a Log) -> Self {
+        Self {
+            log,
+            memo: std::cell::RefCell::new(HashMap::new()),
+        }
+    }
+
+    /// Every operation `id` saw, directly or not.
+    fn of(&self, id: &str) -> std::rc::Rc<HashSet<&'a str>> {
+        if let Some(set) = self.memo.borrow().get(id) {
+            return set.clone();
+        }
+        let Some((key, op)) = self.log.ops.get_key_value(id) else {
+            return std::rc::Rc::default();
+        };
+        let mut seen = HashSet::new();
+        let mut stack: Vec<&str> = op.body.deps.iter().map(String::as_str).collect();
+        while let Some(d) = stack.pop() {
+            if let Some((k, o)) = self.log.ops.get_key_value(d) {
+                if seen.insert(k.as_str()) {
+                    stack.extend(o.body.deps.iter().map(String::as_str));
+                }
+            }
+        }
+        let set = std::rc::Rc::new(seen);
+        self.memo.borrow_mut().insert(key.as_str(), set.clone());
+        set
+    }
 }
 
 fn entry(member: &Member, role: Role, id: &OpId) -> Entry {

@@ -36,15 +36,17 @@ fn mesh() -> (Vec<Identity>, Roster) {
     (vec![a, b, c, d], r)
 }
 
-/// Every order in which `ops` can reach a node that holds `base`, one at a time.
+/// Every order in which `ops` can reach a node that holds `base`, one at a time, each time with
+/// what the sender held already (a peer serves its whole roster): an operation whose deps have
+/// not arrived is not kept, and comes again with the next delivery.
 fn every_order(base: &Roster, ops: &[Op]) -> Vec<Roster> {
     let mut out = Vec::new();
     permute(ops.to_vec(), 0, &mut |order: &[Op]| {
         let mut r = base.clone();
+        let mut sent = base.clone();
         for op in order {
-            let mut one = base.clone();
-            one.log.ops.insert(op.id(), op.clone());
-            r.merge(&one, NOW);
+            sent.log.ops.insert(op.id(), op.clone());
+            r.merge(&sent, NOW);
         }
         out.push(r);
     });
@@ -185,4 +187,241 @@ fn concurrent_admissions_and_role_changes_converge_in_every_order() {
         assert_eq!(r.digest(), all[0].digest());
         assert_eq!(r.list(), all[0].list());
     }
+}
+
+// Regression tests from the attacker review of governed membership: each built the attack that
+// worked before the fix and asserts that it no longer does.
+
+fn admit_action(m: Member, role: Role) -> Action {
+    Action::Admit {
+        member: m,
+        role,
+        invitation: String::new(),
+    }
+}
+
+/// A roster holding `base`'s operations plus `extra`, as a peer would serve it.
+fn served(base: &Roster, extra: &[Op]) -> Roster {
+    let mut r = base.clone();
+    for op in extra {
+        r.log.ops.insert(op.id(), op.clone());
+    }
+    r
+}
+
+fn found_id(r: &Roster) -> OpId {
+    let found = r
+        .log
+        .ops
+        .iter()
+        .find(|(_, o)| o.body.action.kind() == "found");
+    found.expect("found").0.clone()
+}
+
+#[test]
+fn a_plain_member_cannot_fill_the_log_or_leave_an_operation_waiting() {
+    let (ids, base) = mesh();
+    let insurer = &ids[3];
+    let (_, me) = member(4, "insurer");
+    let heads = base.log.heads();
+    // Self-admissions as an admin: the incoming batch may not vouch for its own authors.
+    let junk: Vec<Op> = (0..64)
+        .map(|t| {
+            Op::sign(
+                "flu",
+                admit_action(me.clone(), Role::Admin),
+                heads.clone(),
+                insurer,
+                t,
+            )
+        })
+        .collect();
+    // And one operation naming an operation nobody holds.
+    let ghost = Op::sign(
+        "flu",
+        admit_action(me, Role::Admin),
+        vec!["0".repeat(64)],
+        &ids[0],
+        NOW,
+    );
+    let mut victim = base.clone();
+    let (changed, errors) = victim.merge(&served(&base, &[&junk[..], &[ghost]].concat()), NOW);
+    assert_eq!(changed, 0, "nothing kept");
+    assert_eq!(errors.len(), 65);
+    assert_eq!(victim.digest(), base.digest());
+    victim
+        .sign_and_apply(
+            Action::Remove {
+                org: "insurer".into(),
+            },
+            &ids[0],
+            NOW,
+        )
+        .expect("governance still works");
+}
+
+#[test]
+fn an_admin_cannot_take_over_a_members_name_with_a_second_admission() {
+    let (ids, r) = mesh();
+    let pharmacy_admission = r.entry("pharmacy").expect("pharmacy").admitted_by.clone();
+    let (evil_id, evil) = member(66, "insurer");
+    // Signed after only the pharmacy's own admission, so it sorts before the insurer's.
+    let squat = Op::sign(
+        "flu",
+        admit_action(evil, Role::Admin),
+        vec![pharmacy_admission],
+        &ids[1],
+        NOW,
+    );
+    let mut victim = r.clone();
+    victim.merge(&served(&r, &[squat]), NOW);
+    let evil_key = evil_id.author().to_string();
+    assert!(
+        victim.iter().all(|m| m.author != evil_key),
+        "no entry has the attacker's key"
+    );
+    assert!(victim
+        .dropped()
+        .values()
+        .any(|w| w.contains("conflicting admissions")));
+}
+
+#[test]
+fn a_second_founding_is_never_kept() {
+    let (ids, r) = mesh();
+    let first = found_id(&r);
+    let (_, mut m) = member(1, "agency");
+    let refound = (0u64..)
+        .map(|t| {
+            m.updated = t;
+            Op::sign(
+                "flu",
+                Action::Found { member: m.clone() },
+                vec![],
+                &ids[0],
+                t,
+            )
+        })
+        .find(|o| o.id() < first)
+        .expect("a lower id");
+    let mut v = r.clone();
+    let (changed, _) = v.merge(&served(&r, &[refound]), NOW);
+    assert_eq!(changed, 0);
+    assert_eq!(
+        v.by_org("agency").map(|m| m.author),
+        Some(ids[2].author().to_string())
+    );
+}
+
+#[test]
+fn a_removed_admin_may_only_remove_the_admin_that_removed_it() {
+    let (ids, mut r) = mesh();
+    let before = r.log.heads();
+    remove(&mut r, &ids[0], "pharmacy");
+    let late = NOW + 30 * 86_400_000;
+    let k1 = Op::sign(
+        "flu",
+        Action::Remove {
+            org: "agency".into(),
+        },
+        before.clone(),
+        &ids[1],
+        late,
+    );
+    let mut v = r.clone();
+    v.merge(&served(&r, &[k1]), late);
+    assert!(v.is_admin("agency"), "not its remover: refused");
+    assert!(v.is_admin("hospital"));
+}
+
+#[test]
+fn certificates_of_one_date_converge_and_removals_by_removed_admins_stay_cheap() {
+    use crate::mesh::roster::Cert;
+    let (ids, r) = mesh();
+    let (_, mut m) = member(4, "insurer");
+    m.updated = 500;
+    m.addresses = vec!["/ip4/10.0.0.1/tcp/1".into()];
+    let c1 = Cert::sign(m.clone(), &ids[3]);
+    m.addresses = vec!["/ip4/10.0.0.2/tcp/1".into()];
+    let c2 = Cert::sign(m, &ids[3]);
+    let (mut a, mut b) = (r.clone(), r.clone());
+    a.admit(c1, NOW).expect("c1");
+    b.admit(c2, NOW).expect("c2");
+    let (a0, b0) = (a.clone(), b.clone());
+    let ra = a.merge(&b0, NOW);
+    let rb = b.merge(&a0, NOW);
+    assert_eq!(a.certs, b.certs, "{ra:?} {rb:?}");
+    assert_eq!(a.digest(), b.digest());
+
+    // 2,000 removals by a removed admin, each naming 64 earlier ones.
+    let (ids, mut r) = mesh();
+    remove(&mut r, &ids[0], "pharmacy");
+    let mut prev: Vec<OpId> = vec![found_id(&r)];
+    let mut junk = Vec::new();
+    for i in 0..2000u64 {
+        let deps: Vec<OpId> = prev.iter().rev().take(MAX_DEPS).cloned().collect();
+        let op = Op::sign(
+            "flu",
+            Action::Remove {
+                org: "insurer".into(),
+            },
+            deps,
+            &ids[1],
+            i,
+        );
+        prev.push(op.id());
+        junk.push(op);
+    }
+    let t = std::time::Instant::now();
+    let mut victim = r.clone();
+    victim.merge(&served(&r, &junk), NOW);
+    eprintln!(
+        "2,000 removals by a removed admin merged and resolved in {:?}",
+        t.elapsed()
+    );
+    assert!(victim.by_org("insurer").is_some());
+}
+
+#[test]
+fn passes_that_cycle_drop_the_union_and_say_so() {
+    let (ids, r) = mesh();
+    let mut on_a = r.clone();
+    let y = on_a
+        .sign_and_apply(
+            Action::Role {
+                org: "insurer".into(),
+                role: Role::Admin,
+            },
+            &ids[2],
+            NOW,
+        )
+        .expect("promote");
+    let insurer_admission = r.entry("insurer").expect("insurer").admitted_by.clone();
+    let pad = Op::sign(
+        "flu",
+        Action::Role {
+            org: "hospital".into(),
+            role: Role::Admin,
+        },
+        vec![insurer_admission],
+        &ids[3],
+        NOW,
+    );
+    let kill = Op::sign(
+        "flu",
+        Action::Remove {
+            org: "agency".into(),
+        },
+        vec![pad.id()],
+        &ids[3],
+        NOW,
+    );
+    let mut v = on_a.clone();
+    v.merge(&served(&on_a, &[pad, kill]), NOW);
+    let st = v.log.resolve(&v.founder);
+    assert!(
+        st.applied.contains(&y.id()) || st.dropped.contains_key(&y.id()),
+        "every operation is either applied or dropped with a reason"
+    );
+    assert_eq!(v.is_admin("insurer"), st.applied.contains(&y.id()));
 }

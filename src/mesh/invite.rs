@@ -27,6 +27,10 @@ pub struct Invite {
     pub secret: String,
     /// Expiry, ms since the epoch.
     pub expires: u64,
+    /// Id of the mesh's founding governance operation: the newcomer adopts only a roster that
+    /// grows from it, so an inviter cannot hand it a made-up mesh of the same name.
+    #[serde(default)]
+    pub founding: String,
 }
 
 /// A token that does not parse.
@@ -83,6 +87,7 @@ mod tests {
             addresses: vec!["/ip4/127.0.0.1/tcp/7071".into()],
             secret: new_secret(),
             expires: 5,
+            founding: "ab".repeat(32),
         };
         assert_eq!(Invite::decode(&i.encode()), Ok(i));
         assert!(Invite::decode("hello").is_err());

@@ -51,8 +51,10 @@ impl Mesh {
         self.accept_strangers_until(expires).await?;
         let addrs = self.inner.net.listen_addrs().await.map_err(net_err)?;
         let cfg = node.config();
+        let roster = self.inner.state.roster();
         let invite = Invite {
-            mesh: self.inner.state.roster().mesh,
+            founding: roster.founding().unwrap_or_default(),
+            mesh: roster.mesh,
             inviter_org: cfg.org.clone(),
             inviter_peer: self.inner.net.local_peer_id().to_string(),
             addresses: addrs.iter().map(ToString::to_string).collect(),
@@ -196,7 +198,7 @@ impl Mesh {
                 .await
                 .map_err(net_err)?;
         }
-        let roster = self.redeem(inviter, invite.secret).await?;
+        let roster = self.redeem(inviter, &invite).await?;
         self.inner
             .state
             .update_roster(&self.inner.node, |r| *r = roster.clone())
@@ -213,7 +215,8 @@ impl Mesh {
         Ok(roster)
     }
 
-    async fn redeem(&self, inviter: PeerId, secret: String) -> Result<Roster> {
+    async fn redeem(&self, inviter: PeerId, invite: &Invite) -> Result<Roster> {
+        let secret = invite.secret.clone();
         let cfg = self.inner.node.config();
         let addrs = self.inner.net.listen_addrs().await.map_err(net_err)?;
         let addrs = reachable(addrs.iter().map(ToString::to_string).collect());
@@ -259,6 +262,12 @@ impl Mesh {
         };
         let roster =
             Roster::verified(&roster, wall_millis()).map_err(|e| Error::Invalid(e.to_string()))?;
+        if roster.founding().unwrap_or_default() != invite.founding {
+            return Err(Error::Invalid(
+                "the roster sent back is not the mesh the invitation names (another founding)"
+                    .into(),
+            ));
+        }
         match roster.by_org(&cfg.org) {
             Some(m) if m.author == me => Ok(roster),
             _ => Err(Error::Invalid(

@@ -134,6 +134,9 @@ impl Mesh {
     /// refuse; tells the node their keys; revokes removed organizations' grants on the datasets
     /// this node owns. Run after every roster change.
     pub(crate) async fn refresh_members(&self) -> Result<()> {
+        // One at a time, each on the roster as it is once it runs: a run on an older roster
+        // finishing last would restore its ban list and member keys.
+        let _one = self.inner.refreshing.lock().await;
         let roster = self.inner.state.roster();
         let removed = roster.removed_keys();
         let keys = roster

@@ -101,6 +101,8 @@ pub(crate) struct Inner {
         std::sync::Mutex<std::collections::HashMap<PeerId, Arc<tokio::sync::Semaphore>>>,
     /// The service's long-running tasks, ended by [`Mesh::shutdown`].
     tasks: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
+    /// Held while the consequences of a roster change are applied (`refresh_members`).
+    pub(crate) refreshing: tokio::sync::Mutex<()>,
 }
 
 impl Mesh {
@@ -118,6 +120,7 @@ impl Mesh {
                 queries: tokio::sync::Semaphore::new(QUERIES_AT_ONCE),
                 peer_pushes: std::sync::Mutex::default(),
                 tasks: std::sync::Mutex::new(Vec::new()),
+                refreshing: tokio::sync::Mutex::new(()),
             }),
         };
         mesh.refresh_members().await?;

@@ -317,11 +317,12 @@ impl Roster {
         if m.updated > now_ms.saturating_add(MAX_CERT_SKEW_MS) {
             return Err(Error::Future(m.org.clone()));
         }
-        let held = self
-            .certs
-            .get(&m.org)
-            .map_or(entry.member.updated, |c| c.member.updated);
-        if m.updated <= held {
+        // A total order, so two certificates of one date cannot leave two nodes apart.
+        let newer = match self.certs.get(&m.org) {
+            Some(c) => (m.updated, &cert.signature) > (c.member.updated, &c.signature),
+            None => m.updated > entry.member.updated,
+        };
+        if !newer {
             return Ok(false);
         }
         self.certs.insert(m.org.clone(), cert);
@@ -341,29 +342,45 @@ impl Roster {
             );
         }
         let (mut changed, mut errors) = (0, Vec::new());
-        let admins = govern::admin_keys(
-            &self.founder,
-            self.log.ops.values().chain(other.log.ops.values()),
-        );
+        let mut pending: Vec<(OpId, &Op)> = Vec::new();
         for op in other.log.ops.values() {
-            let id = op.id();
-            if self.log.ops.contains_key(&id) {
+            if self.log.ops.contains_key(&op.id()) {
                 continue;
             }
-            if !admins.contains(&op.body.author) {
-                errors.push(Error::NotApplied(format!(
-                    "governance operation {id} is signed by a key no operation made an admin"
-                )));
-                continue;
-            }
-            match op
-                .check(&self.mesh)
-                .and_then(|id| self.log.insert(id, op.clone()))
-            {
-                Ok(new) => changed += usize::from(new),
+            match op.check(&self.mesh) {
+                Ok(id) => pending.push((id, op)),
                 Err(e) => errors.push(e.into()),
             }
         }
+        // Stored only once what they name is held, in as many sweeps as the chain is long.
+        let mut admins = govern::admin_keys(&self.founder, self.log.ops.values());
+        let mut progress = true;
+        while progress && !pending.is_empty() {
+            progress = false;
+            let mut rest = Vec::new();
+            for (id, op) in pending {
+                if !op.body.deps.iter().all(|d| self.log.ops.contains_key(d)) {
+                    rest.push((id, op));
+                    continue;
+                }
+                progress = true;
+                match self.store(id, op, &admins) {
+                    Ok(()) => {
+                        changed += 1;
+                        if makes_admin(op) {
+                            admins = govern::admin_keys(&self.founder, self.log.ops.values());
+                        }
+                    }
+                    Err(e) => errors.push(e),
+                }
+            }
+            pending = rest;
+        }
+        errors.extend(pending.into_iter().map(|(id, _)| {
+            Error::NotApplied(format!(
+                "governance operation {id} names an operation not held; not kept"
+            ))
+        }));
         if changed > 0 {
             self.resolve();
         }
@@ -374,6 +391,34 @@ impl Roster {
             }
         }
         (changed, errors)
+    }
+
+    /// Keeps one checked operation whose deps are held, if its author may sign operations.
+    fn store(
+        &mut self,
+        id: OpId,
+        op: &Op,
+        admins: &std::collections::HashSet<String>,
+    ) -> Result<(), Error> {
+        let refused = |why: &str| {
+            Err(Error::NotApplied(format!(
+                "governance operation {id}: {why}"
+            )))
+        };
+        let founding = matches!(op.body.action, Action::Found { .. });
+        let founded = self
+            .log
+            .ops
+            .values()
+            .any(|o| matches!(o.body.action, Action::Found { .. }));
+        if founding && (founded || op.body.author != self.founder) {
+            return refused("a mesh is founded once, by its founder");
+        }
+        if !founding && !admins.contains(&op.body.author) {
+            return refused("signed by a key no operation held here made an admin");
+        }
+        self.log.insert(id, op.clone())?;
+        Ok(())
     }
 
     /// A copy of `other` that keeps only what verifies from its founder down: what a joining
@@ -468,6 +513,15 @@ impl Roster {
             .collect()
     }
 
+    /// Id of the operation that founded the mesh.
+    pub fn founding(&self) -> Option<OpId> {
+        self.log
+            .ops
+            .iter()
+            .find(|(_, o)| matches!(o.body.action, Action::Found { .. }))
+            .map(|(id, _)| id.clone())
+    }
+
     /// Governance operations held that did not take effect, and why.
     pub fn dropped(&self) -> &BTreeMap<OpId, String> {
         &self.state.dropped
@@ -479,6 +533,19 @@ impl Roster {
             None => e.member.clone(),
         }
     }
+}
+
+fn makes_admin(op: &Op) -> bool {
+    matches!(
+        op.body.action,
+        Action::Admit {
+            role: Role::Admin,
+            ..
+        } | Action::Role {
+            role: Role::Admin,
+            ..
+        }
+    )
 }
 
 fn same_keys(a: &Member, b: &Member) -> bool {

@@ -42,6 +42,8 @@ struct Inner {
     syncing: HashSet<PeerId>,
     /// Members that may lack something: a push to them failed, or a catch-up stopped.
     dirty: HashSet<PeerId>,
+    /// The last pair of roster digests (mine, theirs) each peer was asked to pull for.
+    nudged: HashMap<PeerId, ([u8; 32], [u8; 32])>,
 }
 
 /// Shared mesh state behind one lock, never held across an await; roster changes are also
@@ -81,6 +83,7 @@ impl State {
             progress: BTreeMap::new(),
             syncing: HashSet::new(),
             dirty: HashSet::new(),
+            nudged: HashMap::new(),
         };
         Ok(Self(Mutex::new(inner), tokio::sync::Mutex::new(())))
     }
@@ -159,6 +162,11 @@ impl State {
     /// Marks a catch-up with `peer` as running; false if one already is.
     pub(crate) fn begin_sync(&self, peer: PeerId) -> bool {
         self.lock().syncing.insert(peer)
+    }
+
+    /// True unless `peer` was already asked to pull for these two roster digests.
+    pub(crate) fn first_nudge(&self, peer: PeerId, mine: [u8; 32], theirs: [u8; 32]) -> bool {
+        self.lock().nudged.insert(peer, (mine, theirs)) != Some((mine, theirs))
     }
 
     /// Notes that `peer` may lack envelopes (retried every `RETRY_EVERY`).

@@ -252,8 +252,10 @@ impl Mesh {
                 }
             }
         }
-        let mine = state.roster();
-        if mine.digest() != theirs.digest() {
+        let mine = state.roster().digest();
+        // Once per pair of rosters: two that cannot agree (an item one side refuses) must not
+        // make the two nodes ask each other to pull for ever.
+        if mine != theirs.digest() && state.first_nudge(peer, mine, theirs.digest()) {
             self.sync_request(peer, &SyncRequest::RosterChanged).await?;
         }
         Ok(())

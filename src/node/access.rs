@@ -122,11 +122,7 @@ impl Node {
         if org == self.inner.config.org {
             return Some(self.inner.identity.author());
         }
-        let dir = self
-            .inner
-            .directory
-            .read()
-            .unwrap_or_else(|e| e.into_inner());
+        let dir = self.directory();
         dir.0.get(org).map(|m| m.author)
     }
 
@@ -145,15 +141,24 @@ impl Node {
             .unwrap_or_else(|| author.to_string())
     }
 
+    fn directory(&self) -> std::sync::RwLockReadGuard<'_, Directory> {
+        self.inner
+            .directory
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `org` was removed from the mesh.
+    pub(crate) fn is_removed(&self, org: &str) -> bool {
+        let dir = self.directory();
+        dir.0.get(org).is_some_and(|m| m.removed)
+    }
+
     pub(super) fn org_of_author(&self, author: &AuthorId) -> Option<String> {
         if *author == self.inner.identity.author() {
             return Some(self.inner.config.org.clone());
         }
-        let dir = self
-            .inner
-            .directory
-            .read()
-            .unwrap_or_else(|e| e.into_inner());
+        let dir = self.directory();
         dir.org_of(author).map(str::to_owned)
     }
 

@@ -230,6 +230,12 @@ impl Node {
         let id = DatasetId::parse(&req.dataset)?;
         let ds = self.owned_for_admin(caller, &id, "granting")?;
         let grantee = Grantee::parse(&req.to).map_err(|e| Error::Invalid(e.to_string()))?;
+        if self.is_removed(&grantee.org) {
+            return Err(Error::Conflict(format!(
+                "{} was removed from the mesh; it can be granted nothing",
+                grantee.org
+            )));
+        }
         let rights = Rights::of(&req.rights);
         if rights.is_empty() {
             return Err(Error::Invalid(
