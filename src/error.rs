@@ -51,8 +51,10 @@ pub enum Error {
     /// The configuration is unusable.
     #[error(transparent)]
     Config(#[from] config::Error),
-    /// A dataset stopped accepting writes after a storage failure; restart the node.
-    #[error("dataset {0} is unavailable after a storage failure; restart the node")]
+    /// Something needed is not available now: a dataset stopped accepting writes after a
+    /// storage failure (restart the node), a key that has not arrived yet (retry shortly), ...
+    /// The message says which.
+    #[error("{0}")]
     Unavailable(String),
     /// The mesh or the network could not do what was asked (a peer unreachable, the mesh not
     /// running).

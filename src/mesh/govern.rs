@@ -21,16 +21,18 @@
 //!    operations before it: its author must be a member, an admin for `admit`, `role` and
 //!    `remove`; `admit` needs an organization name and a key not seen before (removed ones
 //!    included); `role` and `remove` need a current member.
-//! 3. **Conflicting admissions.** Two admissions (or a founding and an admission) of one
-//!    organization name or one key where neither saw the other are all dropped: no admin can take
-//!    over a member's name, and with it the keys wrapped for it, by signing a second admission that
-//!    happens to sort first.
-//! 4. **Strong remove.** Once an organization is removed by operation R, every operation its key
-//!    signed that R did not see (concurrent with R, or after it) is dropped, except its removal of
-//!    the admin that signed R: two admins that remove each other concurrently are both removed.
-//!    Dropping an operation can undo what it did (an admission, a removal by it), so resolution
-//!    repeats until the set of dropped operations is stable; should the passes cycle, the union of
-//!    the cycle's dropped sets is dropped.
+//! 3. **Strong remove and demote.** Once an organization is removed by operation R, every
+//!    operation its key signed that R did not see (concurrent with R, or after it) is dropped,
+//!    except its removal of the admin that signed R: two admins that remove each other
+//!    concurrently are both removed. Likewise every operation a key signed that its last demotion
+//!    did not see. Dropping an operation can undo what it did, so resolution repeats until the
+//!    set of dropped operations is stable; should the passes cycle, the union of the cycle's
+//!    dropped sets is dropped.
+//! 4. **Conflicting admissions.** Then, two admissions of one organization name or one key, both
+//!    signed with authority, where neither saw the other, are both dropped (and step 3 settles
+//!    again around that): no admin can take over a member's name, and with it the keys wrapped
+//!    for it, by signing a second admission that sorts first. An admission of the founder's name
+//!    or key is simply invalid.
 //!
 //! What a node stores is decided from what it already holds, never from the batch that brings
 //! it: an operation is kept only once every operation it names is held, and only if its author
@@ -282,6 +284,8 @@ pub struct Entry {
     pub admitted_by: OpId,
     /// The operation that removed it, if it was removed.
     pub removed_by: Option<OpId>,
+    /// The last operation that made it a plain member, if any.
+    pub demoted_by: Option<OpId>,
 }
 
 impl Entry {
@@ -302,6 +306,8 @@ pub struct State {
     pub dropped: BTreeMap<OpId, String>,
     /// Organization by identity key.
     keys: HashMap<String, String>,
+    /// Admissions found in conflict in this pass (dropped in the next ones).
+    conflicts: BTreeMap<OpId, String>,
 }
 
 impl State {
@@ -355,30 +361,12 @@ impl Log {
     pub fn resolve(&self, founder: &str) -> State {
         let order = self.order();
         let anc = Ancestors::new(self);
-        let conflicts = self.conflicting_admissions(&anc);
-        let mut dropped = conflicts.clone();
-        let mut seen: Vec<BTreeMap<OpId, String>> = Vec::new();
-        let mut state = State::default();
-        for _ in 0..MAX_PASSES {
-            state = self.apply(&order, founder, &dropped, &anc);
-            let mut next = conflicts.clone();
-            next.extend(self.strong_remove(&state, &anc));
-            if next.keys().eq(dropped.keys()) {
-                break;
-            }
-            // A set seen before: the passes cycle. Drop the union of the cycle's sets, once.
-            if let Some(at) = seen.iter().position(|s| s.keys().eq(next.keys())) {
-                let mut union = BTreeMap::new();
-                for s in &seen[at..] {
-                    union.extend(s.iter().map(|(k, v)| (k.clone(), v.clone())));
-                }
-                union.extend(next);
-                state = self.apply(&order, founder, &union, &anc);
-                dropped = union;
-                break;
-            }
-            seen.push(dropped);
-            dropped = next;
+        // Strong remove and demote first; then admissions in conflict among those that still
+        // had their authority are dropped, and the removals settle again around them.
+        let (mut state, mut dropped) = self.settle(&order, founder, &anc, BTreeMap::new());
+        let conflicts = std::mem::take(&mut state.conflicts);
+        if !conflicts.is_empty() {
+            (state, dropped) = self.settle(&order, founder, &anc, conflicts);
         }
         for (id, why) in &dropped {
             state.dropped.insert(id.clone(), why.clone());
@@ -389,6 +377,37 @@ impl Log {
                 .insert(id.clone(), "waits for an operation not held".into());
         }
         state
+    }
+
+    /// Applies the operations, dropping `base` and what strong remove and demote drop, until
+    /// the dropped set is stable; should the passes cycle, the union of the cycle's sets.
+    fn settle(
+        &self,
+        order: &[OpId],
+        founder: &str,
+        anc: &Ancestors<'_>,
+        base: BTreeMap<OpId, String>,
+    ) -> (State, BTreeMap<OpId, String>) {
+        let mut dropped = base.clone();
+        let mut seen: Vec<BTreeMap<OpId, String>> = Vec::new();
+        for _ in 0..MAX_PASSES {
+            let state = self.apply(order, founder, &dropped, anc);
+            let mut next = base.clone();
+            next.extend(self.strong_remove(&state, anc));
+            if next.keys().eq(dropped.keys()) {
+                return (state, dropped);
+            }
+            if let Some(at) = seen.iter().position(|s| s.keys().eq(next.keys())) {
+                let mut union = BTreeMap::new();
+                for s in &seen[at..] {
+                    union.extend(s.iter().map(|(k, v)| (k.clone(), v.clone())));
+                }
+                union.extend(next);
+                return (self.apply(order, founder, &union, anc), union);
+            }
+            seen.push(std::mem::replace(&mut dropped, next));
+        }
+        (self.apply(order, founder, &dropped, anc), dropped)
     }
 
     /// Every operation whose deps are all held (transitively), in the fixed order: height, then
@@ -492,11 +511,13 @@ impl Log {
                 if st.entries.len() >= super::roster::MAX_MEMBERS {
                     return Err("the roster is full".into());
                 }
-                if st.entries.contains_key(&member.org) {
-                    return Err(format!("{} was admitted before", member.org));
-                }
-                if st.by_key(&member.author).is_some() {
-                    return Err("its key belongs to another organization".into());
+                let held = st
+                    .entries
+                    .get(&member.org)
+                    .or_else(|| st.by_key(&member.author))
+                    .map(|e| e.admitted_by.clone());
+                if let Some(earlier) = held {
+                    return Err(self.admitted_before(st, id, &earlier, anc));
                 }
                 st.insert(entry(member, *role, id));
                 Ok(())
@@ -504,6 +525,9 @@ impl Log {
             Action::Role { org, role } => {
                 let e = current(st, org)?;
                 e.role = *role;
+                if *role == Role::Member {
+                    e.demoted_by = Some(id.clone());
+                }
                 Ok(())
             }
             Action::Remove { org } => {
@@ -519,6 +543,19 @@ impl Log {
     fn strong_remove(&self, st: &State, anc: &Ancestors<'_>) -> BTreeMap<OpId, String> {
         let mut out = BTreeMap::new();
         for e in st.entries.values() {
+            if let Some(d) = &e.demoted_by {
+                // Demotion is strong too: what the demoted key signed that the demotion did not
+                // see needed an admin, and it no longer was one.
+                let seen = anc.of(d);
+                for (id, op) in &self.ops {
+                    if op.body.author == e.member.author && !seen.contains(id.as_str()) && id != d {
+                        out.insert(
+                            id.clone(),
+                            format!("signed by {} concurrently with its demotion", e.member.org),
+                        );
+                    }
+                }
+            }
             let Some(r) = &e.removed_by else { continue };
             let seen = anc.of(r);
             for (id, op) in &self.ops {
@@ -549,43 +586,43 @@ impl Log {
             .is_some_and(|e| Some(e.member.author.as_str()) == remover)
     }
 
-    /// Admissions (and a founding) of one organization name or one key where neither saw the
-    /// other: all of them are dropped, so no admin can take over a name or a key by signing a
-    /// second admission that happens to sort first.
-    fn conflicting_admissions(&self, anc: &Ancestors<'_>) -> BTreeMap<OpId, String> {
-        let mut by: HashMap<&str, Vec<&str>> = HashMap::new();
-        for (id, op) in &self.ops {
-            if let Action::Found { member } | Action::Admit { member, .. } = &op.body.action {
-                by.entry(member.org.as_str()).or_default().push(id.as_str());
-                by.entry(member.author.as_str())
-                    .or_default()
-                    .push(id.as_str());
-            }
+    /// Why admission `id` of a name or key already admitted by `earlier` does not count. When
+    /// it did not see `earlier` (an admin signed it concurrently, or backdated it), both are in
+    /// conflict and are dropped from the next pass on, so no admin can take over a member's name
+    /// and the keys wrapped for it. The founding is never in conflict: such an admission is
+    /// simply invalid.
+    fn admitted_before(
+        &self,
+        st: &mut State,
+        id: &OpId,
+        earlier: &OpId,
+        anc: &Ancestors<'_>,
+    ) -> String {
+        let founding = self
+            .ops
+            .get(earlier)
+            .is_some_and(|o| matches!(o.body.action, Action::Found { .. }));
+        if founding || anc.of(id).contains(earlier.as_str()) {
+            return "its name or key was admitted before".into();
         }
-        let mut out = BTreeMap::new();
-        for (what, ids) in by.into_iter().filter(|(_, ids)| ids.len() > 1) {
-            for (i, a) in ids.iter().enumerate() {
-                for b in &ids[i + 1..] {
-                    let ordered = anc.of(a).contains(b) || anc.of(b).contains(a);
-                    if !ordered {
-                        let why = format!("conflicting admissions of {what}");
-                        out.insert((*a).to_owned(), why.clone());
-                        out.insert((*b).to_owned(), why);
-                    }
-                }
-            }
-        }
-        out
+        let why = "conflicting admissions of one name or key (neither saw the other)".to_owned();
+        st.conflicts.insert(id.clone(), why.clone());
+        st.conflicts.insert(earlier.clone(), why.clone());
+        why
     }
 }
 
 /// Keys that any of `ops` makes an admin, and the founder's. Only these sign operations, so an
 /// operation by any other key is not even kept: a member that is no admin cannot fill the log.
 pub fn admin_keys<'a>(founder: &str, ops: impl Iterator<Item = &'a Op> + Clone) -> HashSet<String> {
-    let mut keys: HashMap<&str, &str> = HashMap::new();
+    // Every key an organization name was ever admitted with: an over-approximation is fine for a
+    // filter, while the last one alone would let a second admission shadow the real key.
+    let mut keys: HashMap<&str, Vec<&str>> = HashMap::new();
     for op in ops.clone() {
         if let Action::Found { member } | Action::Admit { member, .. } = &op.body.action {
-            keys.insert(member.org.as_str(), member.author.as_str());
+            keys.entry(member.org.as_str())
+                .or_default()
+                .push(member.author.as_str());
         }
     }
     let mut out: HashSet<String> = HashSet::from([founder.to_owned()]);
@@ -601,7 +638,12 @@ pub fn admin_keys<'a>(founder: &str, ops: impl Iterator<Item = &'a Op> + Clone) 
             Action::Role {
                 org,
                 role: Role::Admin,
-            } => out.extend(keys.get(org.as_str()).map(|k| (*k).to_owned())),
+            } => out.extend(
+                keys.get(org.as_str())
+                    .into_iter()
+                    .flatten()
+                    .map(|k| (*k).to_owned()),
+            ),
             _ => {}
         }
     }
@@ -651,6 +693,7 @@ fn entry(member: &Member, role: Role, id: &OpId) -> Entry {
         role,
         admitted_by: id.clone(),
         removed_by: None,
+        demoted_by: None,
     }
 }
 

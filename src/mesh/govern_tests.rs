@@ -425,3 +425,133 @@ fn passes_that_cycle_drop_the_union_and_say_so() {
     );
     assert_eq!(v.is_admin("insurer"), st.applied.contains(&y.id()));
 }
+
+// From the second review: what a removed or demoted admin, and key shadowing, could still do.
+
+#[test]
+fn a_removed_or_demoted_admin_cannot_evict_anyone_with_a_conflicting_admission() {
+    // A removed admin admits its remover's name and the founder's name.
+    let (ids, mut r) = mesh();
+    remove(&mut r, &ids[2], "pharmacy");
+    let (_, squat) = member(77, "agency");
+    let evict = Op::sign(
+        "flu",
+        admit_action(squat, Role::Member),
+        vec![found_id(&r)],
+        &ids[1],
+        NOW,
+    );
+    let (_, founder_name) = member(78, "hospital");
+    let dissolve = Op::sign(
+        "flu",
+        admit_action(founder_name, Role::Member),
+        vec![],
+        &ids[1],
+        NOW,
+    );
+    let mut v = r.clone();
+    v.merge(&served(&r, &[evict, dissolve]), NOW);
+    assert!(v.is_admin("agency") && !v.is_admin("pharmacy"));
+    assert_eq!(v.orgs(), ["agency", "hospital", "insurer"]);
+    // A demoted admin admits a member's name.
+    let (ids, mut r) = mesh();
+    r.sign_and_apply(
+        Action::Role {
+            org: "pharmacy".into(),
+            role: Role::Member,
+        },
+        &ids[0],
+        NOW,
+    )
+    .expect("demote");
+    let (_, squat) = member(79, "insurer");
+    let op = Op::sign(
+        "flu",
+        admit_action(squat, Role::Member),
+        vec![found_id(&r)],
+        &ids[1],
+        NOW,
+    );
+    let mut v = r.clone();
+    v.merge(&served(&r, &[op]), NOW);
+    assert!(v.by_org("insurer").is_some());
+}
+
+#[test]
+fn a_second_admission_of_a_promoted_admins_name_does_not_shadow_its_key() {
+    let (ids, mut r) = mesh();
+    let (lab, ml) = member(5, "lab");
+    let lab_admission = admit(&mut r, &ids[0], ml, Role::Member);
+    r.sign_and_apply(
+        Action::Role {
+            org: "lab".into(),
+            role: Role::Admin,
+        },
+        &ids[0],
+        NOW,
+    )
+    .expect("promote");
+    remove(&mut r, &ids[0], "pharmacy");
+    let base = r.clone();
+    let (_, mut junk) = member(88, "lab");
+    let shadow = (0u64..)
+        .map(|t| {
+            junk.updated = t;
+            Op::sign(
+                "flu",
+                admit_action(junk.clone(), Role::Member),
+                base.log.heads(),
+                &ids[1],
+                t,
+            )
+        })
+        .find(|o| o.id() > lab_admission.id())
+        .expect("a higher id");
+    let mut on_lab = base.clone();
+    remove(&mut on_lab, &lab, "insurer");
+    let (mut w, mut v) = (base.clone(), base.clone());
+    w.merge(&on_lab, NOW);
+    w.merge(&served(&base, std::slice::from_ref(&shadow)), NOW);
+    v.merge(&served(&base, &[shadow]), NOW);
+    v.merge(&on_lab, NOW);
+    for _ in 0..3 {
+        let (w0, v0) = (w.clone(), v.clone());
+        w.merge(&v0, NOW);
+        v.merge(&w0, NOW);
+    }
+    assert_eq!(w.digest(), v.digest(), "two honest nodes converge");
+    assert!(
+        w.by_org("insurer").is_none(),
+        "the lab's removal took effect"
+    );
+}
+
+#[test]
+fn many_concurrent_admissions_of_one_name_by_a_removed_admin_stay_cheap() {
+    let (ids, mut r) = mesh();
+    remove(&mut r, &ids[0], "pharmacy");
+    let f = found_id(&r);
+    let room = MAX_OPS - r.log.ops.len();
+    let (_, mut m) = member(90, "squat");
+    let junk: Vec<Op> = (0..room as u64)
+        .map(|t| {
+            m.updated = t;
+            Op::sign(
+                "flu",
+                admit_action(m.clone(), Role::Admin),
+                vec![f.clone()],
+                &ids[1],
+                t,
+            )
+        })
+        .collect();
+    let t = std::time::Instant::now();
+    let mut v = r.clone();
+    v.merge(&served(&r, &junk), NOW);
+    eprintln!(
+        "{room} admissions of one name by a removed admin: merged and resolved in {:?}",
+        t.elapsed()
+    );
+    assert!(v.by_org("squat").is_none());
+    assert_eq!(v.orgs(), ["agency", "hospital", "insurer"]);
+}

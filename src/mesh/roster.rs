@@ -359,7 +359,10 @@ impl Roster {
             progress = false;
             let mut rest = Vec::new();
             for (id, op) in pending {
-                if !op.body.deps.iter().all(|d| self.log.ops.contains_key(d)) {
+                let deps_held = op.body.deps.iter().all(|d| self.log.ops.contains_key(d));
+                // An author made an admin by an operation later in this batch: try again after it.
+                let founding = matches!(op.body.action, Action::Found { .. });
+                if !deps_held || (!founding && !admins.contains(&op.body.author)) {
                     rest.push((id, op));
                     continue;
                 }
@@ -367,8 +370,20 @@ impl Roster {
                 match self.store(id, op, &admins) {
                     Ok(()) => {
                         changed += 1;
-                        if makes_admin(op) {
-                            admins = govern::admin_keys(&self.founder, self.log.ops.values());
+                        match &op.body.action {
+                            Action::Admit {
+                                member,
+                                role: Role::Admin,
+                                ..
+                            } => {
+                                admins.insert(member.author.clone());
+                            }
+                            Action::Role {
+                                role: Role::Admin, ..
+                            } => {
+                                admins = govern::admin_keys(&self.founder, self.log.ops.values());
+                            }
+                            _ => {}
                         }
                     }
                     Err(e) => errors.push(e),
@@ -378,7 +393,8 @@ impl Roster {
         }
         errors.extend(pending.into_iter().map(|(id, _)| {
             Error::NotApplied(format!(
-                "governance operation {id} names an operation not held; not kept"
+                "governance operation {id} names an operation not held, or is signed by a key no \
+                 operation held here made an admin; not kept"
             ))
         }));
         if changed > 0 {
@@ -533,19 +549,6 @@ impl Roster {
             None => e.member.clone(),
         }
     }
-}
-
-fn makes_admin(op: &Op) -> bool {
-    matches!(
-        op.body.action,
-        Action::Admit {
-            role: Role::Admin,
-            ..
-        } | Action::Role {
-            role: Role::Admin,
-            ..
-        }
-    )
 }
 
 fn same_keys(a: &Member, b: &Member) -> bool {

@@ -254,7 +254,10 @@ impl Dataset {
             .epoch();
         let mut st = self.lock();
         if st.failed {
-            return Err(Error::Unavailable(self.meta.id.to_string()));
+            return Err(Error::Unavailable(format!(
+                "dataset {} is unavailable after a storage failure; restart the node",
+                self.meta.id
+            )));
         }
         if let Some(missing) = batch.delete.iter().find(|d| !st.records.contains_key(*d)) {
             return Err(Error::NotFound(format!(

@@ -38,7 +38,10 @@ impl Dataset {
     ) -> Result<Applied> {
         let mut st = self.lock();
         if st.failed {
-            return Err(Error::Unavailable(self.meta.id.to_string()));
+            return Err(Error::Unavailable(format!(
+                "dataset {} is unavailable after a storage failure; restart the node",
+                self.meta.id
+            )));
         }
         let mut changes = Vec::with_capacity(envs.len());
         let mut fresh: Vec<Envelope> = Vec::with_capacity(envs.len());

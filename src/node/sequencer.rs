@@ -52,7 +52,7 @@ impl Sequencer {
         };
         if broken {
             return Err(Error::Unavailable(
-                "an earlier write of this dataset failed to store".into(),
+                "an earlier write of this dataset failed to store; restart the node".into(),
             ));
         }
         let result = f();

@@ -543,9 +543,14 @@ fn compromised(t: &Timeline, orgs: &[Org]) -> Result<()> {
         "learnt of the removal on its own: revoked the insurer's grant on agency/alerts, new key epoch without it",
     );
     let alert = json!({"records": [{"name": "district-3/alert", "data": {"level": "critical", "after": "removal"}}]});
-    agency
-        .api
-        .post("/v1/datasets/agency/alerts/records", &alert)?;
+    // The grant shows revoked as soon as it is signed; its new key is in use a flush later, and a
+    // write in between is answered 503 "retry shortly".
+    wait_until("the agency's new key to be in use", CONVERGE, || {
+        Ok(agency
+            .api
+            .post("/v1/datasets/agency/alerts/records", &alert)
+            .is_ok())
+    })?;
     let want = count(&agency.api, "agency/alerts")?;
     wait_until("the pharmacy to get the new alert", CONVERGE, || {
         Ok(count(&pharmacy.api, "agency/alerts")? == want)
