@@ -342,7 +342,7 @@ impl Log {
         Ok(true)
     }
 
-    /// Operations no other operation names: the deps of the next one signed here.
+    /// Operations no other operation names (the deps of the next one: [`super::roster::Roster::heads`]).
     pub fn heads(&self) -> Vec<OpId> {
         let named: HashSet<&str> = self
             .ops
@@ -352,7 +352,6 @@ impl Log {
         self.ops
             .keys()
             .filter(|id| !named.contains(id.as_str()))
-            .take(MAX_DEPS)
             .cloned()
             .collect()
     }

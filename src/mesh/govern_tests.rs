@@ -555,3 +555,35 @@ fn many_concurrent_admissions_of_one_name_by_a_removed_admin_stay_cheap() {
     assert!(v.by_org("squat").is_none());
     assert_eq!(v.orgs(), ["agency", "hospital", "insurer"]);
 }
+
+#[test]
+fn a_removed_admins_stored_operations_do_not_crowd_a_removal_out_of_the_next_deps() {
+    let (ids, mut r) = mesh();
+    let removal = remove(&mut r, &ids[0], "pharmacy");
+    let f = found_id(&r);
+    let junk: Vec<Op> = (0..100u64)
+        .map(|t| {
+            Op::sign(
+                "flu",
+                Action::Remove {
+                    org: "insurer".into(),
+                },
+                vec![f.clone()],
+                &ids[1],
+                t,
+            )
+        })
+        .collect();
+    let mut v = r.clone();
+    v.merge(&served(&r, &junk), NOW);
+    assert!(
+        v.log.heads().len() > MAX_DEPS,
+        "the junk is stored, as heads"
+    );
+    let next = remove(&mut v, &ids[0], "insurer");
+    assert!(
+        next.body.deps.contains(&removal.id()),
+        "the removal is among the deps"
+    );
+    assert!(v.by_org("insurer").is_none());
+}

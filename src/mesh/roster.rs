@@ -269,6 +269,16 @@ impl Roster {
         Ok(id)
     }
 
+    /// The deps of the next operation signed here: the log's heads, those that took effect
+    /// first, at most [`govern::MAX_DEPS`]. (Operations stored and dropped, such as a removed
+    /// admin's, must not crowd out a removal the signer has seen.)
+    pub fn heads(&self) -> Vec<OpId> {
+        let mut heads = self.log.heads();
+        heads.sort_by_key(|h| !self.state.applied.contains(h));
+        heads.truncate(govern::MAX_DEPS);
+        heads
+    }
+
     /// Signs `action` by `id` after this roster's heads, and applies it.
     pub fn sign_and_apply(
         &mut self,
@@ -276,7 +286,7 @@ impl Roster {
         id: &Identity,
         now_ms: u64,
     ) -> Result<Op, Error> {
-        let op = Op::sign(&self.mesh, action, self.log.heads(), id, now_ms);
+        let op = Op::sign(&self.mesh, action, self.heads(), id, now_ms);
         self.apply(op.clone())?;
         Ok(op)
     }
