@@ -131,15 +131,21 @@ impl Mesh {
             invitation: hash,
         };
         let op = self
-            .sign_governance(action)
+            .sign_governance(action, Some(peer))
             .await
             .map_err(|e| e.to_string())?;
         tracing::info!(%org, %peer, "member admitted");
         Ok(op)
     }
 
-    /// Signs a governance operation as this node, applies it, and tells the connected members.
-    pub(crate) async fn sign_governance(&self, action: Action) -> Result<Op> {
+    /// Signs a governance operation as this node, applies it, and tells the connected members
+    /// (all but `newcomer`, which starts its own catch-up once it holds the roster: a Hello sent
+    /// before that would reach a node that cannot yet know us).
+    pub(crate) async fn sign_governance(
+        &self,
+        action: Action,
+        newcomer: Option<PeerId>,
+    ) -> Result<Op> {
         let node = &self.inner.node;
         let now = wall_millis();
         let op = self
@@ -152,10 +158,8 @@ impl Mesh {
                 e => Error::Invalid(e.to_string()),
             })?;
         self.refresh_members().await?;
-        // The other members learn it now; a newcomer starts its own catch-up once it holds the
-        // roster (a Hello sent before that would reach a node that cannot yet know us).
-        let mesh = self.clone();
-        tokio::spawn(async move { mesh.sync_all().await });
+        self.mark_members_dirty(newcomer);
+        self.retry_dirty().await;
         Ok(op)
     }
 

@@ -46,9 +46,12 @@ impl Mesh {
         }
         self.check_target(org)?;
         let op = self
-            .sign_governance(Action::Remove {
-                org: org.to_owned(),
-            })
+            .sign_governance(
+                Action::Remove {
+                    org: org.to_owned(),
+                },
+                None,
+            )
             .await?;
         tracing::warn!(%org, "member removed");
         self.audit_governance(audit::Action::MemberRemove, format!("{org} removed"), &op);
@@ -67,10 +70,13 @@ impl Mesh {
             )));
         }
         let op = self
-            .sign_governance(Action::Role {
-                org: org.to_owned(),
-                role,
-            })
+            .sign_governance(
+                Action::Role {
+                    org: org.to_owned(),
+                    role,
+                },
+                None,
+            )
             .await?;
         tracing::info!(%org, role = role.as_str(), "role changed");
         let what = format!("{org} made {}", role.as_str());

@@ -198,8 +198,20 @@ impl Mesh {
         }
     }
 
+    /// Marks every member but `except` and this node for a catch-up (retried every
+    /// [`RETRY_EVERY`] until it completes): what changed here reaches them within a second.
+    pub(crate) fn mark_members_dirty(&self, except: Option<PeerId>) {
+        let me = self.inner.net.local_peer_id();
+        for m in self.inner.state.roster().iter() {
+            match m.peer_id.parse::<PeerId>() {
+                Ok(p) if Some(p) != except && p != me => self.inner.state.mark_dirty(p),
+                _ => {}
+            }
+        }
+    }
+
     /// Catches up with the connected members marked dirty.
-    async fn retry_dirty(&self) {
+    pub(crate) async fn retry_dirty(&self) {
         let dirty = self.inner.state.dirty();
         if dirty.is_empty() {
             return;
@@ -259,11 +271,8 @@ impl Mesh {
         let org = self
             .inner
             .state
-            .roster()
-            .removed_keys()
-            .into_iter()
-            .find(|m| m.peer_id == peer.to_string())
-            .map_or_else(|| peer.to_string(), |m| m.org);
+            .removed_org_of(&peer.to_string())
+            .unwrap_or_else(|| peer.to_string());
         tracing::warn!(%peer, %org, reason, "connection refused");
         let labels = vec![("org".to_owned(), org)];
         self.inner

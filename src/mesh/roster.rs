@@ -377,7 +377,7 @@ impl Roster {
                     continue;
                 }
                 progress = true;
-                match self.store(id, op, &admins) {
+                match self.store(id, op) {
                     Ok(()) => {
                         changed += 1;
                         match &op.body.action {
@@ -419,29 +419,15 @@ impl Roster {
         (changed, errors)
     }
 
-    /// Keeps one checked operation whose deps are held, if its author may sign operations.
-    fn store(
-        &mut self,
-        id: OpId,
-        op: &Op,
-        admins: &std::collections::HashSet<String>,
-    ) -> Result<(), Error> {
-        let refused = |why: &str| {
-            Err(Error::NotApplied(format!(
-                "governance operation {id}: {why}"
-            )))
-        };
-        let founding = matches!(op.body.action, Action::Found { .. });
-        let founded = self
-            .log
-            .ops
-            .values()
-            .any(|o| matches!(o.body.action, Action::Found { .. }));
-        if founding && (founded || op.body.author != self.founder) {
-            return refused("a mesh is founded once, by its founder");
-        }
-        if !founding && !admins.contains(&op.body.author) {
-            return refused("signed by a key no operation held here made an admin");
+    /// Keeps one checked operation whose deps are held and whose author may sign (the caller
+    /// checked both); a founding only as the mesh's first and only one.
+    fn store(&mut self, id: OpId, op: &Op) -> Result<(), Error> {
+        if matches!(op.body.action, Action::Found { .. })
+            && (self.founding().is_some() || op.body.author != self.founder)
+        {
+            return Err(Error::NotApplied(format!(
+                "governance operation {id}: a mesh is founded once, by its founder"
+            )));
         }
         self.log.insert(id, op.clone())?;
         Ok(())

@@ -86,9 +86,13 @@ impl Mesh {
             }
             SyncRequest::Roster => Ok(SyncResponse::Roster(self.inner.state.roster())),
             SyncRequest::RosterChanged => {
-                // Pulled, not pushed: the peer's roster is fetched in this node's own catch-up.
+                // Pulled, not pushed: the peer's roster is fetched in this node's own catch-up,
+                // now unless one with that peer is running (then retried within a second), so a
+                // flood of these starts at most one catch-up at a time.
                 self.inner.state.mark_dirty(peer);
-                tokio::spawn(self.clone().sync_with(peer));
+                if !self.inner.state.syncing(&peer) {
+                    tokio::spawn(self.clone().sync_with(peer));
+                }
                 Ok(SyncResponse::Noted)
             }
             SyncRequest::Fetch {

@@ -97,6 +97,16 @@ impl State {
         self.lock().roster.by_peer(peer).map(|m| m.org)
     }
 
+    /// The organization of the removed member with this peer id, without copying the roster.
+    pub(crate) fn removed_org_of(&self, peer: &str) -> Option<String> {
+        let st = self.lock();
+        let removed = st.roster.removed_keys();
+        removed
+            .into_iter()
+            .find(|m| m.peer_id == peer)
+            .map(|m| m.org)
+    }
+
     /// A copy of the roster.
     pub(crate) fn roster(&self) -> Roster {
         self.lock().roster.clone()
@@ -157,6 +167,11 @@ impl State {
     /// Forgets what `peer` was sent (it may have restarted without it).
     pub(crate) fn forget_peer(&self, peer: &PeerId) {
         self.lock().announced.remove(peer);
+    }
+
+    /// Whether a catch-up with `peer` is running.
+    pub(crate) fn syncing(&self, peer: &PeerId) -> bool {
+        self.lock().syncing.contains(peer)
     }
 
     /// Marks a catch-up with `peer` as running; false if one already is.

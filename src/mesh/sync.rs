@@ -244,13 +244,7 @@ impl Mesh {
             // Pass it on within a second (RETRY_EVERY), not at the next periodic round: after a
             // partition heals, the authors of what changed may be banned by the other side and
             // cannot carry it themselves.
-            let me = self.inner.net.local_peer_id();
-            for m in state.roster().iter() {
-                match m.peer_id.parse::<PeerId>() {
-                    Ok(p) if p != peer && p != me => state.mark_dirty(p),
-                    _ => {}
-                }
-            }
+            self.mark_members_dirty(Some(peer));
         }
         let mine = state.roster().digest();
         // Once per pair of rosters: two that cannot agree (an item one side refuses) must not

@@ -8,6 +8,7 @@ mod audit;
 mod flu;
 mod lost_child;
 mod procs;
+mod removal;
 mod single;
 
 use anyhow::Result;

@@ -185,11 +185,14 @@ fn a_member_forging_roster_entries_is_refused_by_every_node() -> Result<()> {
         let h = member_of(&list, "hospital").context("hospital listed")?;
         ensure!(h["state"] == "active", "{}: the founder was removed", n.org);
         ensure!(list.len() == 3, "{}: {list:?}", n.org);
-        let log = n.log_tail();
+        let refused = wait("the refusal in the log", Duration::from_secs(10), || {
+            Ok(n.log_tail().contains("roster item refused"))
+        });
         ensure!(
-            log.contains("roster item refused"),
-            "{}: no refusal logged:\n{log}",
-            n.org
+            refused.is_ok(),
+            "{}: no refusal logged:\n{}",
+            n.org,
+            n.log_tail()
         );
     }
     Ok(())
