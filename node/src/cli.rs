@@ -68,6 +68,9 @@ pub enum Command {
     /// The mesh's members and their roles; removing one or changing a role (admins).
     #[command(subcommand)]
     Member(MemberCmd),
+    /// This node's keys.
+    #[command(subcommand)]
+    Key(KeyCmd),
     /// Manage apps and their tokens.
     #[command(subcommand)]
     App(AppCmd),
@@ -156,6 +159,14 @@ pub enum MemberCmd {
         #[arg(value_parser = ["admin", "member"])]
         role: String,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyCmd {
+    /// Replace this node's ed25519 and X25519 keys (admin token). The mesh learns the new keys
+    /// from a rotation signed with the old one; the node restarts under its new peer id. Run it
+    /// while the other members are connected: it reports which ones took the rotation.
+    Rotate,
 }
 
 #[derive(Subcommand, Debug)]

@@ -24,6 +24,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Join { invitation } => join(&cli, invitation),
         Command::Peers => peers(&cli),
         Command::Member(m) => crate::members::run(&cli, m),
+        Command::Key(crate::cli::KeyCmd::Rotate) => crate::members::key_rotate(&cli),
         Command::App(cmd) => crate::apps::run(&cli, cmd),
         Command::Admin(cmd) => crate::apps::admin(&cli, cmd),
         Command::Dataset(DatasetCmd::Create(a)) => dataset_create(&cli, a),

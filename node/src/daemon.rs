@@ -50,15 +50,40 @@ pub fn init_tracing() {
         .try_init();
 }
 
-/// Runs the node until SIGTERM or ctrl-c.
+/// Runs the node until SIGTERM or ctrl-c; after a key rotation, runs it again under its new
+/// keys (the same process, executed anew).
 pub fn run(cli: &Cli, args: &RunArgs) -> Result<()> {
     init_tracing();
     let cfg = layered_config(cli, args)?;
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    rt.block_on(serve(&cli.home, cfg))
+    let restart = rt.block_on(serve(&cli.home, cfg))?;
+    drop(rt);
+    if restart {
+        return restart_self();
+    }
+    Ok(())
 }
 
-async fn serve(home: &Path, cfg: Config) -> Result<()> {
+/// Replaces this process with a fresh run of the same command: every file, socket and lock of
+/// the old run is gone, and the process id (what a supervisor watches) stays.
+#[cfg(unix)]
+fn restart_self() -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().context("finding this program to restart it")?;
+    tracing::info!("restarting with the new keys");
+    let err = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .exec();
+    Err(err).context("restarting the node after its key rotation; start it again by hand")
+}
+
+#[cfg(not(unix))]
+fn restart_self() -> Result<()> {
+    anyhow::bail!("the keys were rotated: start the node again to use them")
+}
+
+/// Serves until a signal (false) or a key rotation asks for a restart (true).
+async fn serve(home: &Path, cfg: Config) -> Result<bool> {
     let api = cfg.api;
     let home2 = home.to_owned();
     let node = tokio::task::spawn_blocking(move || Node::open_home(&home2, cfg))
@@ -81,19 +106,20 @@ async fn serve(home: &Path, cfg: Config) -> Result<()> {
         Err(e) => tracing::warn!(error = %e, "computation flows not resumed"),
     }
     let sweeper = tokio::spawn(sweep_retention(node.clone()));
-    fogmesh::api::serve(
-        listener,
-        node.clone(),
-        Some(mesh.clone()),
-        shutdown_signal(),
-    )
-    .await?;
+    let restart = node.clone();
+    let stop = async move {
+        tokio::select! {
+            () = shutdown_signal() => {}
+            () = restart.restart_requested() => tracing::info!("keys rotated: restarting"),
+        }
+    };
+    fogmesh::api::serve(listener, node.clone(), Some(mesh.clone()), stop).await?;
     sweeper.abort();
     mesh.shutdown().await;
     tracing::info!("shutting down: snapshotting datasets and flushing");
     node.shutdown().await?;
     let _ = std::fs::remove_file(home.join(API_ADDR_FILE));
-    Ok(())
+    Ok(node.restart_pending())
 }
 
 /// Applies every owned dataset's age limit, revokes expired grants (so the expired grantee gets

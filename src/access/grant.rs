@@ -19,6 +19,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use super::owner::Signers;
 use crate::apps::Action;
 use crate::codec::{Malformed, Reader, Writer};
 use crate::identity::{AuthorId, Identity};
@@ -27,9 +28,14 @@ use crate::naming::{self, DatasetId};
 /// Domain-separation tag prefixed to the signed bytes of a grant.
 pub const GRANT_DOMAIN: &[u8] = b"fogmesh/grant/v1\0";
 /// Largest encoded grant accepted.
-pub const MAX_GRANT_BYTES: usize = 1024;
+pub const MAX_GRANT_BYTES: usize = 2048;
+/// Most keys of the grantee's organization one grant states a cut for.
+pub const MAX_CUTS: usize = 16;
 const MAGIC: &[u8; 3] = b"FMG";
+/// Version 1: one cut, for the grantee organization's only key; version 2 adds per-key cuts
+/// (written once the grantee rotated a key).
 const VERSION: u8 = 1;
+const VERSION_CUTS: u8 = 2;
 /// The app name that stands for every app of the grantee organization.
 pub const ANY_APP: &str = "*";
 
@@ -223,6 +229,10 @@ pub struct Grant {
     pub cut: u64,
     /// When it was signed (ms).
     pub issued: u64,
+    /// Once the grantee's organization rotated its key: the cut of each of its keys (`cut` is
+    /// then that of none but those listed). Empty: `cut` is that of its first key.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cuts: Vec<(AuthorId, u64)>,
 }
 
 impl Grant {
@@ -239,7 +249,22 @@ impl Grant {
         if self.seq == 0 {
             return Err(Error::Invalid("grant sequence starts at 1".into()));
         }
+        if self.cuts.len() > MAX_CUTS {
+            return Err(Error::Invalid(format!("more than {MAX_CUTS} key cuts")));
+        }
         Ok(())
+    }
+
+    /// The sequence up to which envelopes of grantee key `author` stay valid whatever this
+    /// grant says; `first` is the first key the grantee's organization had.
+    pub fn cut_of(&self, author: &AuthorId, first: &AuthorId) -> u64 {
+        if self.cuts.is_empty() {
+            return if author == first { self.cut } else { 0 };
+        }
+        self.cuts
+            .iter()
+            .find(|(k, _)| k == author)
+            .map_or(0, |(_, c)| *c)
     }
 
     /// Whether it is in force at `now_ms` (not a revocation, not expired).
@@ -254,7 +279,12 @@ impl Grant {
 
     fn body(&self) -> Writer {
         let mut w = Writer::default();
-        w.bytes(MAGIC).u8(VERSION);
+        let version = if self.cuts.is_empty() {
+            VERSION
+        } else {
+            VERSION_CUTS
+        };
+        w.bytes(MAGIC).u8(version);
         w.str(&self.id).str(&self.dataset.to_string());
         w.str(&self.grantee.org).str(&self.grantee.app);
         w.u8(self.rights.0);
@@ -268,6 +298,12 @@ impl Grant {
             .u64(self.epoch)
             .u64(self.cut)
             .u64(self.issued);
+        if !self.cuts.is_empty() {
+            w.u8(self.cuts.len() as u8);
+            for (k, c) in &self.cuts {
+                w.bytes(k.as_bytes()).u64(*c);
+            }
+        }
         w
     }
 
@@ -308,8 +344,12 @@ impl SignedGrant {
             return Err(Error::TooLarge(bytes.len()));
         }
         let mut r = Reader(bytes);
-        if r.take(3)? != MAGIC || r.u8()? != VERSION {
+        if r.take(3)? != MAGIC {
             return Err(Malformed("grant header").into());
+        }
+        let version = r.u8()?;
+        if version != VERSION && version != VERSION_CUTS {
+            return Err(Malformed("grant version").into());
         }
         let id = r.str()?.to_owned();
         let dataset = DatasetId::parse(r.str()?).map_err(|_| Malformed("grant dataset"))?;
@@ -332,7 +372,20 @@ impl SignedGrant {
             epoch: r.u64()?,
             cut: r.u64()?,
             issued: r.u64()?,
+            cuts: Vec::new(),
         };
+        let mut grant = grant;
+        if version == VERSION_CUTS {
+            let n = usize::from(r.u8()?);
+            if n == 0 || n > MAX_CUTS {
+                return Err(Malformed("grant key cuts").into());
+            }
+            for _ in 0..n {
+                grant
+                    .cuts
+                    .push((AuthorId::from_bytes(r.array()?), r.u64()?));
+            }
+        }
         let signature = r.array::<64>()?;
         r.finish()?;
         grant.validate().map_err(|_| Malformed("grant fields"))?;
@@ -340,8 +393,9 @@ impl SignedGrant {
     }
 
     /// Checks that `owner` (the dataset owner's node key) signed it.
-    pub fn verify(&self, owner: &AuthorId) -> Result<(), Error> {
-        if owner.verify(&self.grant.signed_bytes(), &self.signature) {
+    pub fn verify(&self, owner: &(impl Signers + ?Sized)) -> Result<(), Error> {
+        let issued = Some(self.grant.issued);
+        if owner.signed(&self.grant.signed_bytes(), &self.signature, issued) {
             Ok(())
         } else {
             Err(Error::Signature(self.grant.id.clone()))
@@ -372,7 +426,41 @@ mod tests {
             epoch: 2,
             cut: 17,
             issued: 1_800_000_000_000,
+            cuts: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_grant_with_key_cuts_round_trips_and_every_byte_flip_is_rejected() {
+        let owner = Identity::from_seed([1; 32]);
+        let mut g = sample(4);
+        g.cuts = vec![
+            (AuthorId::from_bytes([7; 32]), 12),
+            (AuthorId::from_bytes([8; 32]), 3),
+        ];
+        let wire = g.clone().sign(&owner).encode();
+        let back = SignedGrant::decode_verified(&wire, &owner.author()).expect("decodes");
+        assert_eq!(back.grant, g);
+        assert_eq!(
+            back.grant.cut_of(
+                &AuthorId::from_bytes([8; 32]),
+                &AuthorId::from_bytes([7; 32])
+            ),
+            3
+        );
+        for i in 0..wire.len() {
+            let mut bad = wire.clone();
+            bad[i] ^= 0x01;
+            assert!(
+                SignedGrant::decode_verified(&bad, &owner.author()).is_err(),
+                "byte {i}"
+            );
+        }
+        // A version-1 grant's cut is its grantee's first key's only.
+        let v1 = sample(5);
+        let first = AuthorId::from_bytes([7; 32]);
+        assert_eq!(v1.cut_of(&first, &first), 17);
+        assert_eq!(v1.cut_of(&AuthorId::from_bytes([8; 32]), &first), 0);
     }
 
     #[test]

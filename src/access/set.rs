@@ -13,6 +13,7 @@ use crate::identity::AuthorId;
 use crate::naming::DatasetId;
 
 use super::grant::{self, Grant, Grantee, SignedGrant};
+use super::owner::Signers;
 use super::wrap::{self, WrappedKey};
 
 /// Most grantees one dataset may have.
@@ -41,6 +42,17 @@ pub enum Error {
     /// Too many items.
     #[error("access bundle of {0}: {1}")]
     TooMany(String, &'static str),
+}
+
+/// The author of an envelope as write authority needs it.
+#[derive(Debug, Clone, Copy)]
+pub struct Writer<'a> {
+    /// Its organization.
+    pub org: &'a str,
+    /// The key that signed the envelope.
+    pub key: &'a AuthorId,
+    /// The first key its organization had (a version-1 grant's cut is that key's).
+    pub first_key: &'a AuthorId,
 }
 
 /// A dataset's grants and wrapped keys.
@@ -75,7 +87,11 @@ impl AccessSet {
 
     /// Adds a grant signed by `owner` unless an equal or newer one stands for its grantee.
     /// Returns whether it changed anything.
-    pub fn merge_grant(&mut self, g: SignedGrant, owner: &AuthorId) -> Result<bool, grant::Error> {
+    pub fn merge_grant(
+        &mut self,
+        g: SignedGrant,
+        owner: &(impl Signers + ?Sized),
+    ) -> Result<bool, grant::Error> {
         g.verify(owner)?;
         if g.grant.dataset != self.dataset {
             return Err(grant::Error::Dataset {
@@ -111,7 +127,11 @@ impl AccessSet {
     }
 
     /// Adds a wrapped key signed by `owner`; returns whether it was new.
-    pub fn merge_wrap(&mut self, w: WrappedKey, owner: &AuthorId) -> Result<bool, wrap::Error> {
+    pub fn merge_wrap(
+        &mut self,
+        w: WrappedKey,
+        owner: &(impl Signers + ?Sized),
+    ) -> Result<bool, wrap::Error> {
         w.verify(owner)?;
         if w.dataset != self.dataset {
             return Err(wrap::Error::Signature(w.dataset.to_string()));
@@ -179,13 +199,13 @@ impl AccessSet {
     /// `millis` carries write authority: a live write grant of the organization issued at or
     /// before that epoch and not expired at that time, or a sequence the owner vouched for (at
     /// or below a standing grant's `cut`) when it signed.
-    pub fn may_write(&self, org: &str, epoch: u64, seq: u64, millis: u64) -> bool {
+    pub fn may_write(&self, writer: Writer<'_>, epoch: u64, seq: u64, millis: u64) -> bool {
         self.grants
             .values()
             .map(|g| &g.grant)
-            .filter(|g| g.grantee.org == org)
+            .filter(|g| g.grantee.org == writer.org)
             .any(|g| {
-                seq <= g.cut
+                seq <= g.cut_of(writer.key, writer.first_key)
                     || (g.rights.allows(Action::Write)
                         && g.epoch <= epoch
                         && g.not_after.is_none_or(|t| millis <= t))
@@ -240,7 +260,11 @@ impl AccessSet {
     /// Merges an encoded bundle signed by `owner`. Items already held or superseded are skipped;
     /// the first item that does not decode or verify fails the merge (after the good ones before
     /// it). Returns how many items were new.
-    pub fn merge_bundle(&mut self, b: &Bundle, owner: &AuthorId) -> Result<usize, Error> {
+    pub fn merge_bundle(
+        &mut self,
+        b: &Bundle,
+        owner: &(impl Signers + ?Sized),
+    ) -> Result<usize, Error> {
         let id = self.dataset.to_string();
         if b.grants.len() > MAX_GRANTS {
             return Err(Error::TooMany(id, "grants"));
@@ -281,6 +305,7 @@ mod tests {
             epoch,
             cut,
             issued: 0,
+            cuts: Vec::new(),
         }
     }
 
@@ -337,23 +362,50 @@ mod tests {
         let me = owner.author();
         s.merge_grant(grant(1, "pharmacy/*", "read,write", 2, 0).sign(&owner), &me)
             .expect("grant");
-        assert!(s.may_write("pharmacy", 2, 1, 500));
+        let (k1, k2) = (AuthorId::from_bytes([1; 32]), AuthorId::from_bytes([2; 32]));
+        let pharmacy = Writer {
+            org: "pharmacy",
+            key: &k1,
+            first_key: &k1,
+        };
+        let insurer = Writer {
+            org: "insurer",
+            ..pharmacy
+        };
+        assert!(s.may_write(pharmacy, 2, 1, 500));
         assert!(
-            !s.may_write("pharmacy", 1, 1, 500),
+            !s.may_write(pharmacy, 1, 1, 500),
             "before the grant's epoch"
         );
-        assert!(!s.may_write("pharmacy", 2, 1, 1_001), "after expiry");
-        assert!(!s.may_write("insurer", 2, 1, 500), "no grant");
+        assert!(!s.may_write(pharmacy, 2, 1, 1_001), "after expiry");
+        assert!(!s.may_write(insurer, 2, 1, 500), "no grant");
         // Revoked at epoch 3, after the owner had accepted 40 of its envelopes.
         s.merge_grant(grant(2, "pharmacy/*", "", 3, 40).sign(&owner), &me)
             .expect("revoke");
-        assert!(s.may_write("pharmacy", 2, 40, 500), "vouched for");
+        assert!(s.may_write(pharmacy, 2, 40, 500), "vouched for");
         assert!(
-            !s.may_write("pharmacy", 2, 41, 500),
+            !s.may_write(pharmacy, 2, 41, 500),
             "written after the revocation"
         );
-        assert!(!s.may_write("pharmacy", 3, 41, 500));
+        assert!(!s.may_write(pharmacy, 3, 41, 500));
         assert!(s.key_holders(500).is_empty());
+        // The pharmacy rotated to k2: a version-1 cut vouches for its first key only.
+        let rotated = Writer {
+            key: &k2,
+            ..pharmacy
+        };
+        assert!(
+            !s.may_write(rotated, 2, 1, 500),
+            "the new key's seq 1 is not vouched for"
+        );
+        // A later grant states each key's cut.
+        let mut g = grant(3, "pharmacy/*", "", 4, 0);
+        g.cuts = vec![(k1, 45), (k2, 3)];
+        s.merge_grant(g.sign(&owner), &me).expect("revoke again");
+        assert!(s.may_write(pharmacy, 2, 45, 500));
+        assert!(!s.may_write(pharmacy, 2, 46, 500));
+        assert!(s.may_write(rotated, 4, 3, 500));
+        assert!(!s.may_write(rotated, 4, 4, 500));
     }
 
     #[test]

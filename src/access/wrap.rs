@@ -12,6 +12,7 @@ use hpke::kdf::HkdfSha256;
 use hpke::kem::X25519HkdfSha256;
 use hpke::{Deserializable, Kem, OpModeR, OpModeS, Serializable};
 
+use super::owner::Signers;
 use crate::codec::{Malformed, Reader, Writer};
 use crate::identity::{AuthorId, Identity};
 use crate::naming::DatasetId;
@@ -169,8 +170,8 @@ impl WrappedKey {
     }
 
     /// Checks that `owner` signed it.
-    pub fn verify(&self, owner: &AuthorId) -> Result<(), Error> {
-        if owner.verify(&self.signed_bytes(), &self.signature) {
+    pub fn verify(&self, owner: &(impl Signers + ?Sized)) -> Result<(), Error> {
+        if owner.signed(&self.signed_bytes(), &self.signature, None) {
             Ok(())
         } else {
             Err(Error::Signature(self.dataset.to_string()))

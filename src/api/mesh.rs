@@ -129,3 +129,12 @@ pub async fn set_role(
         json!({ "org": org, "role": role, "operation": op.id() }),
     ))
 }
+
+/// Rotates this node's keys; the node restarts with them once the answer is sent.
+pub async fn rotate_key(
+    State(s): State<ApiState>,
+    Caller(c): Caller,
+) -> ApiResult<impl IntoResponse> {
+    admin(&c, "rotating the node's keys")?;
+    Ok(Json(mesh(&s)?.rotate_key().await?))
+}

@@ -83,6 +83,7 @@ pub fn router_with(
         .route("/v1/members", get(mesh::members))
         .route("/v1/members/{org}", delete(mesh::remove_member))
         .route("/v1/members/{org}/role", post(mesh::set_role))
+        .route("/v1/key/rotate", post(mesh::rotate_key))
         .route("/v1/audit", get(audit::list))
         .route("/v1/audit/verify", get(audit::verify))
         .route("/v1/audit/events", get(audit::events))

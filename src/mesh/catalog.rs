@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::access::Signers;
 use crate::dataset::{Meta, Visibility};
 use crate::identity::Identity;
 
@@ -57,15 +58,17 @@ impl SignedMeta {
         if self.meta.visibility != Visibility::Shared {
             return Err(Error::Private(id));
         }
-        let owner = roster
-            .by_org(self.meta.id.owner())
-            .and_then(|m| m.author_id())
-            .ok_or_else(|| Error::UnknownOwner(id.clone()))?;
+        // Signed with its owner's current key, or with one it retired since (when created before).
+        let owner = roster.signing_keys(self.meta.id.owner());
+        if owner.keys().next().is_none() {
+            return Err(Error::UnknownOwner(id));
+        }
         let sig: Option<[u8; 64]> = hex::decode(&self.signature)
             .ok()
             .and_then(|s| s.try_into().ok());
+        let created = Some(self.meta.created);
         match sig {
-            Some(sig) if owner.verify(&signed_bytes(&self.meta), &sig) => Ok(()),
+            Some(sig) if owner.signed(&signed_bytes(&self.meta), &sig, created) => Ok(()),
             _ => Err(Error::Signature(id)),
         }
     }

@@ -12,6 +12,7 @@
 //! | `admit` | an admin | a new organization joins with the keys in its entry, as `member` or `admin` |
 //! | `role` | an admin | an organization's role changes |
 //! | `remove` | an admin | an organization is removed; its key may never be admitted again |
+//! | `rotate` | the organization itself, with its current key | its keys are replaced; `proof` is the new key's signature |
 //!
 //! # Resolution (the rule every node applies)
 //!
@@ -20,12 +21,16 @@
 //!    greatest height of its deps), then by hash. Each is checked against the state built by the
 //!    operations before it: its author must be a member, an admin for `admit`, `role` and
 //!    `remove`; `admit` needs an organization name and a key not seen before (removed ones
-//!    included); `role` and `remove` need a current member.
+//!    included); `role` and `remove` need a current member. Every operation but `found` must
+//!    be signed with its author's current key: a key its organization rotated away signs
+//!    nothing more. `rotate` needs a key not seen before, for the signer's own organization.
 //! 3. **Strong remove and demote.** Once an organization is removed by operation R, every
 //!    operation its key signed that R did not see (concurrent with R, or after it) is dropped,
 //!    except its removal of the admin that signed R: two admins that remove each other
 //!    concurrently are both removed. Likewise every operation a key signed that its last demotion
-//!    did not see. Dropping an operation can undo what it did, so resolution repeats until the
+//!    did not see (a `rotate` excepted: it needs no admin). Likewise, once an organization
+//!    rotates its key in operation T, every operation the retired key signed that T did not
+//!    see. Dropping an operation can undo what it did, so resolution repeats until the
 //!    set of dropped operations is stable; should the passes cycle, the union of the cycle's
 //!    dropped sets is dropped.
 //! 4. **Conflicting admissions.** Then, two admissions of one organization name or one key, both
@@ -54,10 +59,15 @@ use crate::identity::{AuthorId, Identity};
 
 mod resolve;
 
-pub use resolve::admin_keys;
+pub use resolve::{admin_keys, keys_by_org};
 
 /// Domain-separation tag of governance operations.
 pub const OP_DOMAIN: &[u8] = b"fogmesh/governance/v1\0";
+/// Domain-separation tag of the new key's proof in a `rotate`.
+pub const ROTATE_DOMAIN: &[u8] = b"fogmesh/rotate/v1\0";
+/// Most key rotations one organization may store: a member that is no admin may sign these,
+/// so they are capped for it not to fill the log.
+pub const MAX_ROTATIONS: usize = 64;
 /// Most operations a mesh's governance may hold.
 pub const MAX_OPS: usize = 4096;
 /// Most deps one operation may name.
@@ -128,6 +138,17 @@ pub enum Action {
         /// The organization.
         org: String,
     },
+    /// An organization replaces its keys, signed with its current key.
+    Rotate {
+        /// Its entry with the new keys (and its addresses).
+        member: Member,
+        /// Envelopes the retired key signs are history up to this HLC time; later ones are
+        /// refused.
+        until: u64,
+        /// Hex signature by the new key over [`ROTATE_DOMAIN`], the mesh, the organization and
+        /// the retired key: nobody rotates to a key it does not hold.
+        proof: String,
+    },
 }
 
 impl Action {
@@ -138,8 +159,34 @@ impl Action {
             Self::Admit { .. } => "admit",
             Self::Role { .. } => "role",
             Self::Remove { .. } => "remove",
+            Self::Rotate { .. } => "rotate",
         }
     }
+}
+
+fn proof_message(mesh: &str, org: &str, retired: &str) -> Vec<u8> {
+    [
+        ROTATE_DOMAIN,
+        mesh.as_bytes(),
+        b"\0",
+        org.as_bytes(),
+        b"\0",
+        retired.as_bytes(),
+    ]
+    .concat()
+}
+
+/// The new key's proof for a rotation of `org`'s key `retired` (hex) to `new`.
+pub fn rotation_proof(mesh: &str, org: &str, retired: &str, new: &Identity) -> String {
+    hex::encode(new.sign(&proof_message(mesh, org, retired)))
+}
+
+fn proof_ok(mesh: &str, retired: &str, member: &Member, proof: &str) -> bool {
+    let (Some(new), Ok(sig)) = (member.author_id(), hex::decode(proof)) else {
+        return false;
+    };
+    <[u8; 64]>::try_from(sig)
+        .is_ok_and(|s| new.verify(&proof_message(mesh, &member.org, retired), &s))
 }
 
 /// What an operation's author signs.
@@ -242,7 +289,9 @@ impl Op {
             return Err(invalid("a dep is not an operation id"));
         }
         match &self.body.action {
-            Action::Found { member } | Action::Admit { member, .. } => {
+            Action::Found { member }
+            | Action::Admit { member, .. }
+            | Action::Rotate { member, .. } => {
                 if member.mesh != mesh {
                     return Err(invalid("its entry names another mesh"));
                 }
@@ -255,6 +304,11 @@ impl Op {
         if let Action::Admit { invitation, .. } = &self.body.action {
             if invitation.len() > 128 {
                 return Err(invalid("invitation hash too long"));
+            }
+        }
+        if let Action::Rotate { member, proof, .. } = &self.body.action {
+            if !proof_ok(mesh, &self.body.author, member, proof) {
+                return Err(invalid("the new key's proof does not verify"));
             }
         }
         let ok = match (
@@ -290,12 +344,31 @@ pub struct Entry {
     pub removed_by: Option<OpId>,
     /// The last operation that made it a plain member, if any.
     pub demoted_by: Option<OpId>,
+    /// Keys it rotated away, oldest first.
+    pub retired: Vec<Retired>,
+}
+
+/// A key an organization rotated away.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Retired {
+    /// Its entry with the retired keys.
+    pub member: Member,
+    /// Envelopes signed with it are history up to this HLC time.
+    pub until: u64,
+    /// The `rotate` operation.
+    pub by: OpId,
 }
 
 impl Entry {
     /// Whether it is a current member.
     pub fn active(&self) -> bool {
         self.removed_by.is_none()
+    }
+
+    /// Every identity key it had: the current one, then the retired ones.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.member.author.as_str())
+            .chain(self.retired.iter().map(|r| r.member.author.as_str()))
     }
 }
 
@@ -364,3 +437,10 @@ impl Log {
 #[cfg(test)]
 #[path = "govern_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "govern_rotation_tests.rs"]
+mod rotation_tests;
+
+#[cfg(test)]
+use tests as tests_support;

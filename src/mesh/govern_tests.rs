@@ -1,15 +1,15 @@
 use super::*;
 use crate::mesh::roster::Roster;
 
-const NOW: u64 = 1_000_000;
+pub(super) const NOW: u64 = 1_000_000;
 
-fn member(seed: u8, org: &str) -> (Identity, Member) {
+pub(super) fn member(seed: u8, org: &str) -> (Identity, Member) {
     let id = Identity::from_seed([seed; 32]);
     let m = Member::of(&id, "flu", org, vec![], 10).expect("member");
     (id, m)
 }
 
-fn admit(r: &mut Roster, by: &Identity, m: Member, role: Role) -> Op {
+pub(super) fn admit(r: &mut Roster, by: &Identity, m: Member, role: Role) -> Op {
     let action = Action::Admit {
         member: m,
         role,
@@ -18,13 +18,13 @@ fn admit(r: &mut Roster, by: &Identity, m: Member, role: Role) -> Op {
     r.sign_and_apply(action, by, NOW).expect("admit")
 }
 
-fn remove(r: &mut Roster, by: &Identity, org: &str) -> Op {
+pub(super) fn remove(r: &mut Roster, by: &Identity, org: &str) -> Op {
     let action = Action::Remove { org: org.into() };
     r.sign_and_apply(action, by, NOW).expect("remove")
 }
 
 /// hospital (founder) with pharmacy and agency as admins and insurer as a member.
-fn mesh() -> (Vec<Identity>, Roster) {
+pub(super) fn mesh() -> (Vec<Identity>, Roster) {
     let (a, ma) = member(1, "hospital");
     let mut r = Roster::found(ma, &a).expect("found");
     let (b, mb) = member(2, "pharmacy");
@@ -39,7 +39,7 @@ fn mesh() -> (Vec<Identity>, Roster) {
 /// Every order in which `ops` can reach a node that holds `base`, one at a time, each time with
 /// what the sender held already (a peer serves its whole roster): an operation whose deps have
 /// not arrived is not kept, and comes again with the next delivery.
-fn every_order(base: &Roster, ops: &[Op]) -> Vec<Roster> {
+pub(super) fn every_order(base: &Roster, ops: &[Op]) -> Vec<Roster> {
     let mut out = Vec::new();
     permute(ops.to_vec(), 0, &mut |order: &[Op]| {
         let mut r = base.clone();
@@ -53,7 +53,7 @@ fn every_order(base: &Roster, ops: &[Op]) -> Vec<Roster> {
     out
 }
 
-fn permute(mut v: Vec<Op>, k: usize, f: &mut dyn FnMut(&[Op])) {
+pub(super) fn permute(mut v: Vec<Op>, k: usize, f: &mut dyn FnMut(&[Op])) {
     if k == v.len() {
         return f(&v);
     }
@@ -192,7 +192,7 @@ fn concurrent_admissions_and_role_changes_converge_in_every_order() {
 // Regression tests from the attacker review of governed membership: each built the attack that
 // worked before the fix and asserts that it no longer does.
 
-fn admit_action(m: Member, role: Role) -> Action {
+pub(super) fn admit_action(m: Member, role: Role) -> Action {
     Action::Admit {
         member: m,
         role,
@@ -201,7 +201,7 @@ fn admit_action(m: Member, role: Role) -> Action {
 }
 
 /// A roster holding `base`'s operations plus `extra`, as a peer would serve it.
-fn served(base: &Roster, extra: &[Op]) -> Roster {
+pub(super) fn served(base: &Roster, extra: &[Op]) -> Roster {
     let mut r = base.clone();
     for op in extra {
         r.log.ops.insert(op.id(), op.clone());
@@ -209,7 +209,7 @@ fn served(base: &Roster, extra: &[Op]) -> Roster {
     r
 }
 
-fn found_id(r: &Roster) -> OpId {
+pub(super) fn found_id(r: &Roster) -> OpId {
     let found = r
         .log
         .ops

@@ -144,12 +144,7 @@ impl Mesh {
         // finishing last would restore its ban list and member keys.
         let _one = self.inner.refreshing.lock().await;
         let roster = self.inner.state.roster();
-        let removed = roster.removed_keys();
-        let keys = roster
-            .iter()
-            .filter_map(|m| member_keys(&m, false))
-            .chain(removed.iter().filter_map(|m| member_keys(m, true)))
-            .collect();
+        let keys = roster.entries().filter_map(member_keys).collect();
         self.inner.node.set_members(keys).await?;
         let mut members = HashSet::new();
         for m in roster.iter() {
@@ -162,11 +157,13 @@ impl Mesh {
             }
         }
         self.inner.net.set_members(members).await.map_err(net_err)?;
-        self.inner.net.ban(peers(&removed)).await.map_err(net_err)?;
-        for m in &removed {
-            let n = self.inner.node.revoke_org(&m.org).await?;
+        let banned = roster.removed_keys();
+        self.inner.net.ban(peers(&banned)).await.map_err(net_err)?;
+        for e in roster.entries().filter(|e| !e.active()) {
+            let org = &e.member.org;
+            let n = self.inner.node.revoke_org(org).await?;
             if n > 0 {
-                tracing::warn!(org = %m.org, grants = n, "grants of a removed member revoked");
+                tracing::warn!(%org, grants = n, "grants of a removed member revoked");
             }
         }
         Ok(())

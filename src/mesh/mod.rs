@@ -28,6 +28,7 @@ mod members;
 pub mod proto;
 pub mod query;
 pub mod roster;
+mod rotate;
 mod serve;
 mod state;
 mod sync;
@@ -43,6 +44,7 @@ use crate::error::{Error, Result};
 use crate::net;
 use crate::node::Node;
 
+pub use rotate::Rotated;
 pub use state::Progress;
 use state::State;
 
@@ -123,6 +125,7 @@ impl Mesh {
                 refreshing: tokio::sync::Mutex::new(()),
             }),
         };
+        mesh.apply_own_rotations().await?;
         mesh.refresh_members().await?;
         mesh.restore_invitations().await?;
         let tasks = vec![
@@ -325,14 +328,26 @@ impl Mesh {
     }
 }
 
-/// A roster entry's keys, if they parse.
-fn member_keys(m: &roster::Member, removed: bool) -> Option<crate::node::MemberKeys> {
+/// A governance entry's keys, retired ones included, if they parse.
+fn member_keys(e: &govern::Entry) -> Option<crate::node::MemberKeys> {
+    let m = &e.member;
     let agreement = hex::decode(&m.agreement_key).ok()?.try_into().ok()?;
+    let retired = e
+        .retired
+        .iter()
+        .filter_map(|r| {
+            Some(crate::node::RetiredKey {
+                author: r.member.author_id()?,
+                until: r.until,
+            })
+        })
+        .collect();
     Some(crate::node::MemberKeys {
         org: m.org.clone(),
         author: m.author_id()?,
         agreement,
-        removed,
+        removed: !e.active(),
+        retired,
     })
 }
 

@@ -232,6 +232,8 @@ pub struct Listed {
     pub admitted_by: OpId,
     /// Governance operation that removed it.
     pub removed_by: Option<OpId>,
+    /// Identity keys it rotated away (hex), oldest first.
+    pub retired_keys: Vec<String>,
 }
 
 impl Roster {
@@ -289,6 +291,33 @@ impl Roster {
         let op = Op::sign(&self.mesh, action, self.heads(), id, now_ms);
         self.apply(op.clone())?;
         Ok(op)
+    }
+
+    /// Signs the rotation of `old`'s key (this node's organization's current one) to `new`,
+    /// with `addresses`, and applies it. `until`: the HLC time after which envelopes signed
+    /// with `old` are refused.
+    pub fn rotate(
+        &mut self,
+        old: &Identity,
+        new: &Identity,
+        addresses: Vec<String>,
+        until: u64,
+        now_ms: u64,
+    ) -> Result<Op, Error> {
+        let org = self
+            .iter()
+            .find(|m| m.author == old.author().to_string())
+            .map(|m| m.org)
+            .ok_or_else(|| Error::NotApplied("this node's key is not a current member's".into()))?;
+        let member = Member::of(new, &self.mesh, &org, addresses, now_ms)?;
+        let retired = old.author().to_string();
+        let proof = govern::rotation_proof(&self.mesh, &org, &retired, new);
+        let action = Action::Rotate {
+            member,
+            until,
+            proof,
+        };
+        self.sign_and_apply(action, old, now_ms)
     }
 
     fn resolve(&mut self) {
@@ -371,8 +400,12 @@ impl Roster {
             for (id, op) in pending {
                 let deps_held = op.body.deps.iter().all(|d| self.log.ops.contains_key(d));
                 // An author made an admin by an operation later in this batch: try again after it.
-                let founding = matches!(op.body.action, Action::Found { .. });
-                if !deps_held || (!founding && !admins.contains(&op.body.author)) {
+                let may_sign = match &op.body.action {
+                    Action::Found { .. } => true,
+                    Action::Rotate { member, .. } => self.may_rotate(&member.org, &op.body.author),
+                    _ => admins.contains(&op.body.author),
+                };
+                if !deps_held || !may_sign {
                     rest.push((id, op));
                     continue;
                 }
@@ -390,7 +423,8 @@ impl Roster {
                             }
                             Action::Role {
                                 role: Role::Admin, ..
-                            } => {
+                            }
+                            | Action::Rotate { .. } => {
                                 admins = govern::admin_keys(&self.founder, self.log.ops.values());
                             }
                             _ => {}
@@ -419,6 +453,23 @@ impl Roster {
         (changed, errors)
     }
 
+    /// Whether a rotation of `org` signed by `author` may be stored: the key is one `org` had,
+    /// and `org` stored fewer than [`govern::MAX_ROTATIONS`].
+    fn may_rotate(&self, org: &str, author: &str) -> bool {
+        let rotations = self
+            .log
+            .ops
+            .values()
+            .filter(
+                |o| matches!(&o.body.action, Action::Rotate { member, .. } if member.org == org),
+            )
+            .count();
+        rotations < govern::MAX_ROTATIONS
+            && govern::keys_by_org(self.log.ops.values())
+                .get(org)
+                .is_some_and(|keys| keys.iter().any(|k| k == author))
+    }
+
     /// Keeps one checked operation whose deps are held and whose author may sign (the caller
     /// checked both); a founding only as the mesh's first and only one.
     fn store(&mut self, id: OpId, op: &Op) -> Result<(), Error> {
@@ -444,7 +495,7 @@ impl Roster {
         if r.state
             .entries
             .values()
-            .all(|e| e.member.author != r.founder)
+            .all(|e| e.keys().all(|k| k != r.founder))
         {
             return Err(Error::Invalid("the roster lacks its founder".into()));
         }
@@ -466,6 +517,23 @@ impl Roster {
     pub fn by_org(&self, org: &str) -> Option<Member> {
         let e = self.state.entries.get(org).filter(|e| e.active())?;
         Some(self.current(e))
+    }
+
+    /// Every key `org` signed with, each with the time (ms) up to which what it signed counts
+    /// (`u64::MAX` for its current key).
+    pub fn signing_keys(&self, org: &str) -> crate::access::OwnerKeys {
+        let mut keys = crate::access::OwnerKeys::default();
+        if let Some(e) = self.state.entries.get(org).filter(|e| e.active()) {
+            for r in &e.retired {
+                if let Some(k) = r.member.author_id() {
+                    keys.add(k, crate::hlc::Timestamp(r.until).millis());
+                }
+            }
+            if let Some(k) = e.member.author_id() {
+                keys.add(k, u64::MAX);
+            }
+        }
+        keys
     }
 
     /// The governance entry of `org`, removed ones included.
@@ -493,14 +561,20 @@ impl Roster {
         self.iter().map(|m| m.org).collect()
     }
 
-    /// Identity keys of removed members: never to be let in again.
+    /// Identity keys of removed members, and keys members rotated away: never to be let in
+    /// again.
     pub fn removed_keys(&self) -> Vec<Member> {
-        self.state
-            .entries
-            .values()
-            .filter(|e| !e.active())
+        let removed = self.state.entries.values().filter(|e| !e.active());
+        let retired = self.state.entries.values().flat_map(|e| &e.retired);
+        removed
             .map(|e| e.member.clone())
+            .chain(retired.map(|r| r.member.clone()))
             .collect()
+    }
+
+    /// The governance entries of every organization ever admitted, removed ones included.
+    pub fn entries(&self) -> impl Iterator<Item = &Entry> {
+        self.state.entries.values()
     }
 
     /// Every organization ever admitted, with role and state.
@@ -520,6 +594,7 @@ impl Roster {
                     addresses: m.addresses,
                     admitted_by: e.admitted_by.clone(),
                     removed_by: e.removed_by.clone(),
+                    retired_keys: e.retired.iter().map(|r| r.member.author.clone()).collect(),
                 }
             })
             .collect()

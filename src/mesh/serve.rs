@@ -82,9 +82,15 @@ impl Mesh {
                     .map_err(|e| e.to_string())?;
                 proto::cap("hello access", access.len(), proto::MAX_DATASETS)
                     .map_err(|e| e.to_string())?;
-                Ok(self.hello(&org, roster, &datasets, &access))
+                let answer = self.hello(&org, roster, &datasets, &access);
+                // The answer carries the roster, or the peer's is the same.
+                self.inner.state.note_roster_served(peer);
+                Ok(answer)
             }
-            SyncRequest::Roster => Ok(SyncResponse::Roster(self.inner.state.roster())),
+            SyncRequest::Roster => {
+                self.inner.state.note_roster_served(peer);
+                Ok(SyncResponse::Roster(self.inner.state.roster()))
+            }
             SyncRequest::RosterChanged => {
                 // Pulled, not pushed: the peer's roster is fetched in this node's own catch-up,
                 // now unless one with that peer is running (then retried within a second), so a

@@ -44,6 +44,8 @@ struct Inner {
     dirty: HashSet<PeerId>,
     /// The last pair of roster digests (mine, theirs) each peer was asked to pull for.
     nudged: HashMap<PeerId, ([u8; 32], [u8; 32])>,
+    /// When each peer last received this node's roster (or showed it held the same).
+    served: HashMap<PeerId, std::time::Instant>,
 }
 
 /// Shared mesh state behind one lock, never held across an await; roster changes are also
@@ -84,6 +86,7 @@ impl State {
             syncing: HashSet::new(),
             dirty: HashSet::new(),
             nudged: HashMap::new(),
+            served: HashMap::new(),
         };
         Ok(Self(Mutex::new(inner), tokio::sync::Mutex::new(())))
     }
@@ -105,6 +108,16 @@ impl State {
             .into_iter()
             .find(|m| m.peer_id == peer)
             .map(|m| m.org)
+    }
+
+    /// Notes that `peer` now holds this node's roster as it is.
+    pub(crate) fn note_roster_served(&self, peer: PeerId) {
+        self.lock().served.insert(peer, std::time::Instant::now());
+    }
+
+    /// Whether `peer` received this node's roster after `since`.
+    pub(crate) fn roster_served_since(&self, peer: &PeerId, since: std::time::Instant) -> bool {
+        self.lock().served.get(peer).is_some_and(|t| *t >= since)
     }
 
     /// A copy of the roster.

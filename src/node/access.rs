@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::access::{AccessSet, Bundle, EpochKey};
+use crate::access::{AccessSet, Bundle, EpochKey, OwnerKeys, Writer};
 use crate::apps::{Action, App};
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
@@ -34,6 +34,47 @@ pub struct MemberKeys {
     pub agreement: [u8; 32],
     /// Removed from the mesh: what it signed before still verifies, but it gets no keys.
     pub removed: bool,
+    /// Identity keys it rotated away, oldest first.
+    pub retired: Vec<RetiredKey>,
+}
+
+/// An identity key an organization rotated away.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetiredKey {
+    /// The key.
+    pub author: AuthorId,
+    /// What it signed is history up to this HLC time; envelopes it dates later are refused.
+    pub until: u64,
+}
+
+impl MemberKeys {
+    /// Whether `author` is one of its keys.
+    fn has(&self, author: &AuthorId) -> bool {
+        self.author == *author || self.retired.iter().any(|r| r.author == *author)
+    }
+
+    /// Whether an envelope by `author` dated `hlc` is its own: signed with its current key, or
+    /// with a retired one no later than its rotation.
+    fn signed(&self, author: &AuthorId, hlc: u64) -> bool {
+        self.author == *author
+            || self
+                .retired
+                .iter()
+                .any(|r| r.author == *author && hlc <= r.until)
+    }
+
+    /// The first key it had.
+    fn first_key(&self) -> &AuthorId {
+        self.retired.first().map_or(&self.author, |r| &r.author)
+    }
+
+    /// Every key it signed with, each with the time (ms) up to which its grants count.
+    fn owner_keys(&self, into: &mut OwnerKeys) {
+        for r in &self.retired {
+            into.add(r.author, hlc::Timestamp(r.until).millis());
+        }
+        into.add(self.author, u64::MAX);
+    }
 }
 
 /// Member nodes by organization.
@@ -44,16 +85,19 @@ impl Directory {
     fn org_of(&self, author: &AuthorId) -> Option<&str> {
         self.0
             .values()
-            .find(|m| m.author == *author)
+            .find(|m| m.has(author))
             .map(|m| m.org.as_str())
     }
 }
 
-/// What is stored per dataset: the owner's key (checked against the roster when first learnt)
-/// and the encoded access set.
+/// What is stored per dataset: the owner's key (checked against the roster when first learnt),
+/// the keys its organization rotated to since (each checked when learnt) and the encoded
+/// access set.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Stored {
     owner: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    rotated: Vec<String>,
     bundle: Bundle,
 }
 
@@ -62,23 +106,32 @@ impl Stored {
     pub(crate) fn empty(owner: AuthorId) -> Self {
         Self {
             owner: owner.to_string(),
+            rotated: Vec::new(),
             bundle: Bundle::default(),
         }
     }
 
     /// Decodes the stored set (already verified when merged; checked again all the same).
     pub(crate) fn open(self, id: &DatasetId) -> Result<(AuthorId, AccessSet)> {
-        let owner = AuthorId::from_hex(&self.owner)
-            .ok_or_else(|| Error::Internal(format!("{id}: stored owner key is malformed")))?;
+        let malformed = || Error::Internal(format!("{id}: stored owner key is malformed"));
+        let owner = AuthorId::from_hex(&self.owner).ok_or_else(malformed)?;
+        let mut keys = OwnerKeys::one(owner);
+        for k in &self.rotated {
+            keys.add(AuthorId::from_hex(k).ok_or_else(malformed)?, u64::MAX);
+        }
         let mut set = AccessSet::new(id.clone());
-        set.merge_bundle(&self.bundle, &owner)
+        set.merge_bundle(&self.bundle, &keys)
             .map_err(|e| Error::Internal(format!("{id}: stored access state: {e}")))?;
         Ok((owner, set))
     }
 }
 
-/// The epoch keys wrapped for `me` in `set` that open.
+/// The epoch keys wrapped for `me` in `set` that open, for its current key or a retired one.
 pub(crate) fn my_keys(set: &AccessSet, me: &Identity) -> std::collections::BTreeMap<u64, EpochKey> {
+    me.all().flat_map(|id| wrapped_for(set, id)).collect()
+}
+
+fn wrapped_for(set: &AccessSet, me: &Identity) -> Vec<(u64, EpochKey)> {
     let author = me.author();
     set.wraps_for(&author)
         .filter_map(|w| match w.unwrap_key(me) {
@@ -117,15 +170,6 @@ impl Node {
             .collect()
     }
 
-    /// The identity key of `org`'s node, if it is a known member.
-    pub(crate) fn member_key(&self, org: &str) -> Option<AuthorId> {
-        if org == self.inner.config.org {
-            return Some(self.inner.identity.author());
-        }
-        let dir = self.directory();
-        dir.0.get(org).map(|m| m.author)
-    }
-
     /// Whether `org`'s node must hold the keys of dataset `id` (a live read or write grant).
     pub fn holds_keys(&self, id: &crate::naming::DatasetId, org: &str) -> bool {
         self.held(id).is_some_and(|ds| {
@@ -160,6 +204,54 @@ impl Node {
         }
         let dir = self.directory();
         dir.org_of(author).map(str::to_owned)
+    }
+
+    /// The cuts a grant to `org` on `ds` states: the envelopes of each of its keys this node
+    /// holds, as `(cut, cuts)` of [`crate::access::Grant`] (`cuts` only once `org` rotated a
+    /// key; at most [`crate::access::grant::MAX_CUTS`], the newest keys').
+    pub(super) fn grantee_cuts(&self, ds: &Dataset, org: &str) -> (u64, Vec<(AuthorId, u64)>) {
+        let vv = ds.version_vector();
+        let dir = self.directory();
+        let Some(m) = dir.0.get(org) else {
+            return (0, Vec::new());
+        };
+        let cut = vv.get(&m.author);
+        if m.retired.is_empty() {
+            return (cut, Vec::new());
+        }
+        let mut cuts: Vec<(AuthorId, u64)> = std::iter::once(m.author)
+            .chain(m.retired.iter().rev().map(|r| r.author))
+            .map(|k| (k, vv.get(&k)))
+            .filter(|(_, c)| *c > 0)
+            .take(crate::access::grant::MAX_CUTS)
+            .collect();
+        if cuts.is_empty() {
+            // Stated all the same, so that no key's cut falls back to the first key's.
+            cuts.push((m.author, 0));
+        }
+        (cut, cuts)
+    }
+
+    /// The keys that sign `ds`'s grants and wrapped keys: the key it was learnt with, and every
+    /// key its owner organization had (a retired one's grants count up to its rotation).
+    pub(crate) fn owner_keys(&self, ds: &Dataset) -> OwnerKeys {
+        let mut keys = OwnerKeys::default();
+        let owner = ds.meta.id.owner();
+        let dir = self.directory();
+        let member = dir.0.get(owner);
+        if !member.is_some_and(|m| m.has(&ds.owner_key)) {
+            keys.add(ds.owner_key, u64::MAX);
+        }
+        if let Some(m) = member {
+            m.owner_keys(&mut keys);
+        }
+        if owner == self.inner.config.org {
+            // What this node signed with any of its keys, it signed.
+            for id in self.inner.identity.all() {
+                keys.add(id.author(), u64::MAX);
+            }
+        }
+        keys
     }
 
     /// The epoch keys of dataset `id` that this node's stored access state lets it open: read
@@ -202,7 +294,7 @@ impl Node {
             let mut set = lock(&ds.access);
             let mut next = set.clone();
             let n = next
-                .merge_bundle(bundle, &ds.owner_key)
+                .merge_bundle(bundle, &self.owner_keys(&ds))
                 .map_err(|e| Error::Invalid(e.to_string()))?;
             *set = next;
             n
@@ -219,11 +311,24 @@ impl Node {
         let keys = {
             // Stored under the lock: two changes at once must not leave the older on disk.
             let set = lock(&ds.access);
+            let key = ds.meta.id.to_string();
+            // Every key that ever signed part of it, so that the store opens it again.
+            let before = self
+                .inner
+                .store
+                .get_json::<Stored>(Table::Access, key.as_bytes())?;
+            let mut rotated: Vec<String> = before.map(|s| s.rotated).unwrap_or_default();
+            for k in self.owner_keys(ds).keys().filter(|k| **k != ds.owner_key) {
+                let k = k.to_string();
+                if !rotated.contains(&k) {
+                    rotated.push(k);
+                }
+            }
             let stored = Stored {
                 owner: ds.owner_key.to_string(),
+                rotated,
                 bundle: set.bundle(),
             };
-            let key = ds.meta.id.to_string();
             self.inner
                 .store
                 .put_json(Table::Access, key.as_bytes(), &stored)?;
@@ -247,16 +352,25 @@ impl Node {
     pub(crate) fn authorized(&self, ds: &Dataset, envs: Vec<Envelope>) -> Vec<Envelope> {
         let set = lock(&ds.access);
         let horizon = hlc::wall_millis().saturating_add(MAX_CLOCK_SKEW_MS);
+        let dir = self.directory();
         let (ok, refused): (Vec<_>, Vec<_>) = envs.into_iter().partition(|env| {
             let millis = hlc::Timestamp(env.hlc).millis();
             // A time far ahead would drag every clock forward and break grant expiry checks.
-            millis <= horizon
-                && (env.author == ds.owner_key
-                    || self
-                        .org_of_author(&env.author)
-                        .is_some_and(|org| set.may_write(&org, env.epoch, env.seq, millis)))
+            if millis > horizon {
+                return false;
+            }
+            // A key its organization rotated away writes nothing dated after the rotation.
+            let Some(m) = dir.0.values().find(|m| m.signed(&env.author, env.hlc)) else {
+                return env.author == ds.owner_key && !dir.0.values().any(|m| m.has(&env.author));
+            };
+            let writer = Writer {
+                org: &m.org,
+                key: &env.author,
+                first_key: m.first_key(),
+            };
+            m.org == ds.meta.id.owner() || set.may_write(writer, env.epoch, env.seq, millis)
         });
-        drop(set);
+        drop((set, dir));
         for env in &refused {
             tracing::warn!(dataset = %ds.meta.id, author = %env.author, seq = env.seq, "envelope refused: no write authority, or dated more than an hour ahead");
             let labels = vec![("dataset".to_owned(), ds.meta.id.to_string())];

@@ -135,9 +135,9 @@ impl Node {
         not_after: Option<u64>,
         rotate: bool,
     ) -> Result<Grant> {
-        let cut = self
-            .member_key(&grantee.org)
-            .map_or(0, |a| ds.version_vector().get(&a));
+        // Held while signing: a rotation's `until` is later than every grant the old key signed.
+        let _signing = self.signing_now()?;
+        let (cut, cuts) = self.grantee_cuts(ds, &grantee.org);
         let me = &self.inner.identity;
         let mut set = lock(&ds.access);
         let epoch = set.epoch() + u64::from(rotate);
@@ -153,6 +153,7 @@ impl Node {
             epoch,
             cut,
             issued: now,
+            cuts,
         };
         grant
             .validate()
@@ -188,6 +189,22 @@ impl Node {
         };
         let me = &self.inner.identity;
         let mut added = 0;
+        // Keys wrapped for a key this node rotated away: wrapped again for its current key.
+        for (epoch, key) in &keys {
+            if !lock(&ds.access).has_wrap(*epoch, &me.author()) {
+                let w = WrappedKey::wrap(
+                    me,
+                    &ds.meta.id,
+                    *epoch,
+                    key,
+                    me.author(),
+                    &me.agreement_public(),
+                )
+                .map_err(|e| Error::Internal(e.to_string()))?;
+                let fresh = lock(&ds.access).merge_wrap(w, &me.author());
+                added += usize::from(fresh.map_err(|e| Error::Internal(e.to_string()))?);
+            }
+        }
         for m in members.iter().filter(|m| m.org != self.inner.config.org) {
             for (epoch, key) in &keys {
                 if lock(&ds.access).has_wrap(*epoch, &m.author) {

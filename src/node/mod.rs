@@ -10,6 +10,7 @@ mod grants;
 pub mod home;
 mod replica;
 mod retention;
+mod rotate;
 mod sequencer;
 mod subscription;
 mod view;
@@ -34,13 +35,14 @@ use crate::record::{self, Record};
 use crate::store::{Store, Table};
 use crate::view::query::Query;
 
-pub use access::MemberKeys;
+pub use access::{MemberKeys, RetiredKey};
 pub use apps::{NewApp, RotatedAdmin};
 pub use audit::AuditListing;
 use dataset::Dataset;
 pub use dataset::{Batch, Event, EVENTS_CAP};
 pub use grants::{parse_ttl, GrantRequest, GrantView, MAX_GRANT_TTL_MS};
 pub use retention::SWEEP_EVERY as RETENTION_SWEEP;
+pub use rotate::Begun;
 pub use subscription::Subscription;
 pub use view::{
     answer as aggregate_answer, AggregateAnswer, Match, Refusal, Source, MAX_SEARCH_MATCHES,
@@ -107,6 +109,13 @@ struct Inner {
     apps: RwLock<apps::Registry>,
     /// Held through an admin token rotation, so that two never interleave.
     admin_rotation: tokio::sync::Mutex<()>,
+    /// True once a key rotation stopped signing with the current key (held for writing while
+    /// it does, for reading by every write).
+    signing_stopped: tokio::sync::RwLock<bool>,
+    /// Set when the node must restart (its keys changed).
+    restart: watch::Sender<bool>,
+    /// The signed rotations of the keys this node rotated away.
+    rotations: Vec<Vec<u8>>,
     /// Bumped whenever what an app may read can have changed (an app removed, rotated or given
     /// other rights; a grant issued, revoked or received): open event streams check again at
     /// once instead of at their next event.
@@ -124,8 +133,17 @@ pub struct Node {
 impl Node {
     /// Opens the node whose home directory is `home` (created by [`home::init`]).
     pub fn open_home(home: &Path, config: Config) -> Result<Self> {
-        let identity = Identity::load(home)?;
-        Self::open_in(identity, config, &home.join(home::DATA_DIR), Some(home))
+        let loaded = crate::identity::rotation::load(home)?;
+        let mut node = Self::open_in(
+            loaded.identity,
+            config,
+            &home.join(home::DATA_DIR),
+            Some(home),
+        )?;
+        if let Some(inner) = Arc::get_mut(&mut node.inner) {
+            inner.rotations = loaded.rotations;
+        }
+        Ok(node)
     }
 
     /// Opens a node with explicit parts: restores every dataset from `data_dir`.
@@ -176,6 +194,9 @@ impl Node {
             home: home.map(Path::to_owned),
             apps: RwLock::new(apps),
             admin_rotation: tokio::sync::Mutex::new(()),
+            signing_stopped: tokio::sync::RwLock::new(false),
+            restart: watch::channel(false).0,
+            rotations: Vec::new(),
             access_epoch: watch::channel(0).0,
             audit,
         };
@@ -327,6 +348,7 @@ impl Node {
     /// Writes a validated batch to `ds` as this node's author and waits until it is durable.
     async fn write(&self, ds: Arc<Dataset>, batch: Batch) -> Result<Vec<String>> {
         let count = (batch.records.len() + batch.delete.len()) as u64;
+        let _signing = self.signing().await?;
         let hlc = self.inner.clock.tick().0;
         let (node, ds2) = (self.clone(), ds.clone());
         let written = tokio::task::spawn_blocking(move || {

@@ -18,6 +18,7 @@ fn keys(b: &TestNode, org: &str) -> MemberKeys {
         author: b.node.identity().author(),
         agreement: b.node.identity().agreement_public(),
         removed: false,
+        retired: Vec::new(),
     }
 }
 

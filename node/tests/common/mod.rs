@@ -230,6 +230,14 @@ impl TestNode {
             .spawn()
             .context("spawning fogmesh run")?;
         self.child = Some(child);
+        self.await_serving()
+    }
+
+    /// Waits until the running process serves `GET /v1/node` on the address it wrote to
+    /// `api.addr` (again, after it restarted itself: the caller removes the old `api.addr`
+    /// first, or waits for the node to remove it).
+    pub fn await_serving(&mut self) -> Result<()> {
+        let addr_file = self.home.join("api.addr");
         let deadline = Instant::now() + START_DEADLINE;
         self.addr = loop {
             if let Some(status) = self.child_mut().try_wait()? {

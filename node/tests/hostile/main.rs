@@ -32,6 +32,7 @@ mod checks;
 mod common;
 mod governance;
 mod raw;
+mod rotation;
 mod wire;
 
 use checks::*;

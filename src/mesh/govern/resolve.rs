@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use super::{Action, Entry, Log, Op, OpId, Role, State, MAX_PASSES};
+use super::{Action, Entry, Log, Op, OpId, Retired, Role, State, MAX_PASSES};
 use crate::mesh::roster::Member;
 
 impl Log {
@@ -153,11 +153,25 @@ impl Log {
             Some(r) if self.removes_remover(op, r, st) && !anc.of(id).contains(r.as_str()) => {}
             Some(_) => return Err("its author had been removed".into()),
         }
+        if signer.member.author != author {
+            return Err(format!(
+                "signed with a key {} had retired",
+                signer.member.org
+            ));
+        }
+        if let Action::Rotate {
+            member,
+            until,
+            proof: _,
+        } = &op.body.action
+        {
+            return rotate(st, id, author, member, *until);
+        }
         if signer.role != Role::Admin {
             return Err(format!("{} is not an admin", signer.member.org));
         }
         match &op.body.action {
-            Action::Found { .. } => Err("unreachable".into()),
+            Action::Found { .. } | Action::Rotate { .. } => Err("unreachable".into()),
             Action::Admit { member, role, .. } => {
                 if st.entries.len() >= crate::mesh::roster::MAX_MEMBERS {
                     return Err("the roster is full".into());
@@ -194,12 +208,33 @@ impl Log {
     fn strong_remove(&self, st: &State, anc: &Ancestors<'_>) -> BTreeMap<OpId, String> {
         let mut out = BTreeMap::new();
         for e in st.entries.values() {
+            let keys: HashSet<&str> = e.keys().collect();
+            for r in &e.retired {
+                // Rotation is strong too: a retired key signs nothing its rotation did not see.
+                let seen = anc.of(&r.by);
+                for (id, op) in &self.ops {
+                    if op.body.author == r.member.author
+                        && !seen.contains(id.as_str())
+                        && *id != r.by
+                    {
+                        out.insert(
+                            id.clone(),
+                            format!("signed with a key {} had retired", e.member.org),
+                        );
+                    }
+                }
+            }
             if let Some(d) = &e.demoted_by {
                 // Demotion is strong too: what the demoted key signed that the demotion did not
-                // see needed an admin, and it no longer was one.
+                // see needed an admin, and it no longer was one (a rotation needs none).
                 let seen = anc.of(d);
                 for (id, op) in &self.ops {
-                    if op.body.author == e.member.author && !seen.contains(id.as_str()) && id != d {
+                    let rotation = matches!(op.body.action, Action::Rotate { .. });
+                    if keys.contains(op.body.author.as_str())
+                        && !rotation
+                        && !seen.contains(id.as_str())
+                        && id != d
+                    {
                         out.insert(
                             id.clone(),
                             format!("signed by {} concurrently with its demotion", e.member.org),
@@ -210,7 +245,7 @@ impl Log {
             let Some(r) = &e.removed_by else { continue };
             let seen = anc.of(r);
             for (id, op) in &self.ops {
-                let concurrent = op.body.author == e.member.author
+                let concurrent = keys.contains(op.body.author.as_str())
                     && !self.removes_remover(op, r, st)
                     && !seen.contains(id.as_str())
                     && id != r;
@@ -232,9 +267,7 @@ impl Log {
             return false;
         };
         let remover = self.ops.get(removal).map(|r| r.body.author.as_str());
-        st.entries
-            .get(org)
-            .is_some_and(|e| Some(e.member.author.as_str()) == remover)
+        remover.and_then(|k| st.keys.get(k)) == Some(org)
     }
 
     /// Why admission `id` of a name or key already admitted by `earlier` does not count. When
@@ -263,39 +296,64 @@ impl Log {
     }
 }
 
-/// Keys that any of `ops` makes an admin, and the founder's. Only these sign operations, so an
-/// operation by any other key is not even kept: a member that is no admin cannot fill the log.
+/// Every key each organization was admitted or rotated with, as far as `ops` show: a
+/// rotation counts only when signed by a key its organization already had (so an
+/// over-approximation for filters, never a key an outsider chose).
+pub fn keys_by_org<'a>(ops: impl Iterator<Item = &'a Op> + Clone) -> HashMap<String, Vec<String>> {
+    let mut keys: HashMap<String, Vec<String>> = HashMap::new();
+    for op in ops.clone() {
+        if let Action::Found { member } | Action::Admit { member, .. } = &op.body.action {
+            keys.entry(member.org.clone())
+                .or_default()
+                .push(member.author.clone());
+        }
+    }
+    let rotations: Vec<&Op> = ops
+        .filter(|o| matches!(o.body.action, Action::Rotate { .. }))
+        .collect();
+    let mut taken = vec![false; rotations.len()];
+    let mut progress = true;
+    while progress {
+        progress = false;
+        for (i, op) in rotations.iter().enumerate() {
+            let Action::Rotate { member, .. } = &op.body.action else {
+                continue;
+            };
+            let held = keys.entry(member.org.clone()).or_default();
+            if !taken[i] && held.contains(&op.body.author) {
+                held.push(member.author.clone());
+                taken[i] = true;
+                progress = true;
+            }
+        }
+    }
+    keys
+}
+
+/// Keys that any of `ops` makes an admin (every key of an organization made one), and the
+/// founder's. Only these sign operations other than a member's own rotation, so an operation
+/// by any other key is not even kept: a member that is no admin cannot fill the log.
 pub fn admin_keys<'a>(founder: &str, ops: impl Iterator<Item = &'a Op> + Clone) -> HashSet<String> {
     // Every key an organization name was ever admitted with: an over-approximation is fine for a
     // filter, while the last one alone would let a second admission shadow the real key.
-    let mut keys: HashMap<&str, Vec<&str>> = HashMap::new();
-    for op in ops.clone() {
-        if let Action::Found { member } | Action::Admit { member, .. } = &op.body.action {
-            keys.entry(member.org.as_str())
-                .or_default()
-                .push(member.author.as_str());
-        }
-    }
+    let keys = keys_by_org(ops.clone());
     let mut out: HashSet<String> = HashSet::from([founder.to_owned()]);
     for op in ops {
-        match &op.body.action {
-            Action::Admit {
+        let admin_org = match &op.body.action {
+            Action::Found { member }
+            | Action::Admit {
                 member,
                 role: Role::Admin,
                 ..
-            } => {
-                out.insert(member.author.clone());
-            }
+            } => Some(&member.org),
             Action::Role {
                 org,
                 role: Role::Admin,
-            } => out.extend(
-                keys.get(org.as_str())
-                    .into_iter()
-                    .flatten()
-                    .map(|k| (*k).to_owned()),
-            ),
-            _ => {}
+            } => Some(org),
+            _ => None,
+        };
+        if let Some(org) = admin_org {
+            out.extend(keys.get(org).into_iter().flatten().cloned());
         }
     }
     out
@@ -345,7 +403,34 @@ fn entry(member: &Member, role: Role, id: &OpId) -> Entry {
         admitted_by: id.clone(),
         removed_by: None,
         demoted_by: None,
+        retired: Vec::new(),
     }
+}
+
+/// Replaces the keys of the organization whose current key `author` is.
+fn rotate(
+    st: &mut State,
+    id: &OpId,
+    author: &str,
+    member: &Member,
+    until: u64,
+) -> Result<(), String> {
+    if st.keys.contains_key(&member.author) {
+        return Err("its new key was admitted or rotated before".into());
+    }
+    let org = st.keys.get(author).cloned().unwrap_or_default();
+    if member.org != org {
+        return Err(format!("{org} may rotate only its own key"));
+    }
+    let e = current(st, &org)?;
+    let old = std::mem::replace(&mut e.member, member.clone());
+    e.retired.push(Retired {
+        member: old,
+        until,
+        by: id.clone(),
+    });
+    st.keys.insert(member.author.clone(), org);
+    Ok(())
 }
 
 fn current<'a>(st: &'a mut State, org: &str) -> Result<&'a mut Entry, String> {

@@ -1,5 +1,6 @@
 //! Node identity: one ed25519 key (signs envelopes; its libp2p PeerId names the node) and one
 //! X25519 key (receives wrapped dataset keys). Both live in the node's home directory, mode 0600.
+//! Keys rotated away stay beside them ([`rotation`]), to open what was wrapped for them.
 
 use std::fmt;
 use std::fs;
@@ -8,6 +9,8 @@ use std::path::Path;
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use zeroize::Zeroizing;
+
+pub mod rotation;
 
 /// File name of the ed25519 secret key inside the home directory.
 pub const IDENTITY_FILE: &str = "identity.key";
@@ -72,6 +75,12 @@ impl AuthorId {
     }
 }
 
+impl serde::Serialize for AuthorId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
 impl fmt::Debug for AuthorId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "AuthorId({})", hex::encode(&self.0[..8]))
@@ -88,6 +97,8 @@ impl fmt::Display for AuthorId {
 pub struct Identity {
     signing: SigningKey,
     agreement: x25519_dalek::StaticSecret,
+    /// Keys this node rotated away, oldest first: they still open keys wrapped for them.
+    past: Vec<Identity>,
 }
 
 impl fmt::Debug for Identity {
@@ -105,6 +116,7 @@ impl Identity {
         Self {
             signing: SigningKey::generate(&mut rng),
             agreement: x25519_dalek::StaticSecret::random_from_rng(rng),
+            past: Vec::new(),
         }
     }
 
@@ -115,6 +127,7 @@ impl Identity {
         Self {
             signing: SigningKey::from_bytes(&seed),
             agreement: x25519_dalek::StaticSecret::from(second),
+            past: Vec::new(),
         }
     }
 
@@ -131,7 +144,24 @@ impl Identity {
         Ok(Self {
             signing: SigningKey::from_bytes(&signing),
             agreement: x25519_dalek::StaticSecret::from(*agreement),
+            past: Vec::new(),
         })
+    }
+
+    /// The same keys, with `past` as the keys rotated away.
+    pub fn with_past(mut self, past: Vec<Identity>) -> Self {
+        self.past = past;
+        self
+    }
+
+    /// Keys this node rotated away, oldest first.
+    pub fn past(&self) -> &[Identity] {
+        &self.past
+    }
+
+    /// This identity, then every key it rotated away.
+    pub fn all(&self) -> impl Iterator<Item = &Identity> {
+        std::iter::once(self).chain(self.past.iter())
     }
 
     /// This node's author id (its ed25519 public key).

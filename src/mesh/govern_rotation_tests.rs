@@ -1,0 +1,191 @@
+//! Key rotation in governance: the new key takes over, the retired one signs nothing more, and
+//! concurrent rotations, removals and operations converge in every delivery order.
+
+use super::tests_support::*;
+use super::*;
+use crate::mesh::roster::{Error as RosterError, Roster};
+
+fn rotate(r: &mut Roster, old: &Identity, seed: u8) -> (Identity, Op) {
+    let new = Identity::from_seed([seed; 32]);
+    let op = r.rotate(old, &new, vec![], 77, NOW).expect("rotate");
+    (new, op)
+}
+
+fn remove_action(org: &str) -> Action {
+    Action::Remove { org: org.into() }
+}
+
+#[test]
+fn a_rotation_replaces_the_keys_and_the_retired_key_signs_nothing_more() {
+    let (ids, mut r) = mesh();
+    let old = &ids[1];
+    let (new, op) = rotate(&mut r, old, 20);
+    let m = r.by_org("pharmacy").expect("still a member");
+    assert_eq!(m.author, new.author().to_string());
+    assert_eq!(m.agreement_key, hex::encode(new.agreement_public()));
+    let e = r.entry("pharmacy").expect("entry");
+    assert_eq!(e.retired.len(), 1);
+    assert_eq!(e.retired[0].member.author, old.author().to_string());
+    assert_eq!(e.retired[0].until, 77);
+    assert_eq!(e.role, Role::Admin, "the role is kept");
+    // The retired key signs nothing more; the new one signs as the admin it is.
+    let by_old = r.sign_and_apply(remove_action("insurer"), old, NOW);
+    assert!(matches!(by_old, Err(RosterError::NotApplied(why)) if why.contains("retired")));
+    r.sign_and_apply(remove_action("insurer"), &new, NOW)
+        .expect("the new key removes");
+    // A node that learns it all from a peer keeps every operation, the new key's included.
+    let fresh = Roster::verified(&r, NOW).expect("verified");
+    assert_eq!(fresh.digest(), r.digest());
+    assert!(fresh.log.ops.contains_key(&op.id()));
+    assert!(fresh.by_org("insurer").is_none());
+}
+
+#[test]
+fn a_rotation_needs_the_new_keys_proof_a_fresh_key_and_its_own_organization() {
+    let (ids, r) = mesh();
+    let new = Identity::from_seed([21; 32]);
+    let mut m = Member::of(&new, "flu", "pharmacy", vec![], NOW).expect("member");
+    // The proof signed by another key than the one named.
+    let wrong = rotation_proof("flu", "pharmacy", &ids[1].author().to_string(), &ids[3]);
+    let forged = Op::sign(
+        "flu",
+        Action::Rotate {
+            member: m.clone(),
+            until: 1,
+            proof: wrong,
+        },
+        r.heads(),
+        &ids[1],
+        NOW,
+    );
+    assert!(matches!(forged.check("flu"), Err(Error::Invalid { .. })));
+    // The agency's key rotating the pharmacy's entry.
+    let proof = rotation_proof("flu", "pharmacy", &ids[2].author().to_string(), &new);
+    let action = Action::Rotate {
+        member: m.clone(),
+        until: 1,
+        proof,
+    };
+    let mut other = r.clone();
+    let res = other.sign_and_apply(action, &ids[2], NOW);
+    assert!(matches!(res, Err(RosterError::NotApplied(why)) if why.contains("only its own")));
+    // Rotating to a key another member holds.
+    m = Member::of(&ids[2], "flu", "pharmacy", vec![], NOW).expect("member");
+    let proof = rotation_proof("flu", "pharmacy", &ids[1].author().to_string(), &ids[2]);
+    let action = Action::Rotate {
+        member: m,
+        until: 1,
+        proof,
+    };
+    let mut taken = r.clone();
+    let res = taken.sign_and_apply(action, &ids[1], NOW);
+    assert!(matches!(res, Err(RosterError::NotApplied(why)) if why.contains("before")));
+}
+
+#[test]
+fn concurrent_rotations_of_one_key_converge_on_one_in_every_order() {
+    let (ids, base) = mesh();
+    let (mut on_a, mut on_b) = (base.clone(), base.clone());
+    let (_, r1) = rotate(&mut on_a, &ids[1], 22);
+    let (_, r2) = rotate(&mut on_b, &ids[1], 23);
+    let mut on_c = base.clone();
+    let rm = remove(&mut on_c, &ids[0], "insurer");
+    let all = every_order(&base, &[r1, r2, rm]);
+    for r in &all {
+        assert_eq!(r.digest(), all[0].digest());
+        assert_eq!(r.entry("pharmacy").expect("entry").retired.len(), 1);
+        assert!(r.by_org("insurer").is_none());
+    }
+}
+
+#[test]
+fn what_a_retired_key_signed_concurrently_with_its_rotation_is_dropped() {
+    let (ids, base) = mesh();
+    let (mut on_a, mut on_b) = (base.clone(), base.clone());
+    let (_, rot) = rotate(&mut on_a, &ids[1], 24);
+    let late = remove(&mut on_b, &ids[1], "insurer");
+    let all = every_order(&base, &[rot, late.clone()]);
+    for r in &all {
+        assert_eq!(r.digest(), all[0].digest());
+        assert!(
+            r.by_org("insurer").is_some(),
+            "the old key's removal is dropped"
+        );
+        assert!(r.dropped().contains_key(&late.id()));
+    }
+}
+
+#[test]
+fn a_removal_concurrent_with_a_rotation_removes_the_organization_and_both_keys() {
+    let (ids, base) = mesh();
+    let (mut on_a, mut on_b) = (base.clone(), base.clone());
+    let (new, rot) = rotate(&mut on_a, &ids[3], 25);
+    let rm = remove(&mut on_b, &ids[0], "insurer");
+    let all = every_order(&base, &[rot, rm]);
+    for r in &all {
+        assert_eq!(r.digest(), all[0].digest());
+        assert!(r.by_org("insurer").is_none());
+        let banned: Vec<String> = r.removed_keys().into_iter().map(|m| m.author).collect();
+        assert!(banned.contains(&ids[3].author().to_string()));
+        assert!(
+            r.log
+                .ops
+                .values()
+                .all(|o| o.body.author != new.author().to_string()),
+            "the new key signed nothing"
+        );
+    }
+}
+
+#[test]
+fn a_plain_member_rotates_but_cannot_fill_the_log_or_rotate_another_entry() {
+    let (ids, base) = mesh();
+    let mut r = base.clone();
+    let mut key = Identity::from_seed([4; 32]);
+    for i in 0..MAX_ROTATIONS {
+        let (next, _) = rotate(&mut r, &key, 100 + i as u8);
+        key = next;
+    }
+    // One more is applied here but no peer stores it.
+    let (_, extra) = rotate(&mut r, &key, 200);
+    let mut peer = base.clone();
+    let (_, errors) = peer.merge(&r, NOW);
+    assert_eq!(
+        peer.entry("insurer").expect("entry").retired.len(),
+        MAX_ROTATIONS
+    );
+    assert!(!peer.log.ops.contains_key(&extra.id()));
+    assert!(!errors.is_empty());
+    // A member's key signing a rotation of the founder's entry is not even stored.
+    let thief = Identity::from_seed([201; 32]);
+    let m = Member::of(&thief, "flu", "hospital", vec![], NOW).expect("member");
+    let proof = rotation_proof("flu", "hospital", &ids[3].author().to_string(), &thief);
+    let op = Op::sign(
+        "flu",
+        Action::Rotate {
+            member: m,
+            until: 1,
+            proof,
+        },
+        base.heads(),
+        &ids[3],
+        NOW,
+    );
+    let mut victim = base.clone();
+    let (changed, _) = victim.merge(&served(&base, &[op]), NOW);
+    assert_eq!(changed, 0);
+    assert!(
+        !admin_keys(&victim.founder, victim.log.ops.values()).contains(&thief.author().to_string())
+    );
+}
+
+#[test]
+fn the_founder_rotates_and_still_governs() {
+    let (ids, mut r) = mesh();
+    let (new, _) = rotate(&mut r, &ids[0], 26);
+    r.sign_and_apply(remove_action("insurer"), &new, NOW)
+        .expect("the founder's new key removes");
+    let fresh = Roster::verified(&r, NOW).expect("a roster whose founder rotated verifies");
+    assert_eq!(fresh.digest(), r.digest());
+    assert!(fresh.is_admin("hospital"));
+}
