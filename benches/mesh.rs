@@ -626,6 +626,7 @@ async fn apply_pages(
         author: src_id.author(),
         agreement: src_id.agreement_public(),
         removed: false,
+        retired: Vec::new(),
     }])
     .await?;
     node.adopt_dataset(meta, src_id.author()).await?;

@@ -6,6 +6,9 @@ use crate::naming::{self, DatasetId};
 
 /// Longest schema document accepted, in bytes of JSON.
 pub const SCHEMA_MAX_BYTES: usize = 16 * 1024;
+/// Deepest nesting of arrays and objects a schema may have (serde_json's and the wire codec's
+/// own limits are about 128, and a description travels and is stored inside other messages).
+pub const SCHEMA_MAX_DEPTH: usize = 32;
 /// Most reader organizations one dataset may name.
 pub const MAX_READERS: usize = 256;
 
@@ -96,7 +99,7 @@ pub struct Meta {
 }
 
 /// Why a dataset spec was refused.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
     /// A bad dataset or reader name.
     #[error(transparent)]
@@ -110,12 +113,15 @@ pub enum Error {
     /// Schema too large.
     #[error("schema is {0} bytes; the limit is {SCHEMA_MAX_BYTES}")]
     SchemaTooLarge(usize),
+    /// Schema nested too deeply.
+    #[error("schema nests {0} levels of arrays and objects; the limit is {SCHEMA_MAX_DEPTH}")]
+    SchemaTooDeep(usize),
 }
 
-impl Spec {
-    /// Validates the spec and makes the metadata of a dataset owned by `owner`.
-    pub fn into_meta(self, owner: &str, now_ms: u64) -> Result<Meta, Error> {
-        let id = DatasetId::new(owner, &self.name)?;
+impl Meta {
+    /// Checks what a description carries that its owner chose: reader names and count, the
+    /// schema's size and depth. Run where one enters: the owner's API, and a peer's catalog.
+    pub fn check(&self) -> Result<(), Error> {
         if self.visibility == Visibility::Private && !self.readers.is_empty() {
             return Err(Error::PrivateReaders);
         }
@@ -125,14 +131,28 @@ impl Spec {
         for r in &self.readers {
             naming::validate_ident("reader organization", r)?;
         }
-        let schema_len = self.schema.as_ref().map_or(0, |s| s.to_string().len());
-        if schema_len > SCHEMA_MAX_BYTES {
-            return Err(Error::SchemaTooLarge(schema_len));
+        if let Some(schema) = &self.schema {
+            let depth = crate::record::json_depth(schema);
+            if depth > SCHEMA_MAX_DEPTH {
+                return Err(Error::SchemaTooDeep(depth));
+            }
+            let len = schema.to_string().len();
+            if len > SCHEMA_MAX_BYTES {
+                return Err(Error::SchemaTooLarge(len));
+            }
         }
+        Ok(())
+    }
+}
+
+impl Spec {
+    /// Validates the spec and makes the metadata of a dataset owned by `owner`.
+    pub fn into_meta(self, owner: &str, now_ms: u64) -> Result<Meta, Error> {
+        let id = DatasetId::new(owner, &self.name)?;
         let mut readers = self.readers;
         readers.sort();
         readers.dedup();
-        Ok(Meta {
+        let meta = Meta {
             id,
             visibility: self.visibility,
             priority: self.priority,
@@ -143,7 +163,9 @@ impl Spec {
                 .encrypted
                 .unwrap_or(self.visibility == Visibility::Shared),
             created: now_ms,
-        })
+        };
+        meta.check()?;
+        Ok(meta)
     }
 }
 

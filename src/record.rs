@@ -148,12 +148,20 @@ fn kind(v: &Value) -> &'static str {
     }
 }
 
-fn depth(v: &Value) -> usize {
-    match v {
-        Value::Array(a) => 1 + a.iter().map(depth).max().unwrap_or(0),
-        Value::Object(o) => 1 + o.values().map(depth).max().unwrap_or(0),
-        _ => 0,
+/// How deeply `v` nests arrays and objects (a scalar: 0), without recursion.
+pub fn json_depth(v: &Value) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(v, 0)];
+    while let Some((v, d)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match v {
+            Value::Array(a) => Box::new(a.iter()),
+            Value::Object(o) => Box::new(o.values()),
+            _ => continue,
+        };
+        deepest = deepest.max(d + 1);
+        stack.extend(children.map(|c| (c, d + 1)));
     }
+    deepest
 }
 
 /// Checks one input record (its position in the batch goes into the message).
@@ -166,7 +174,7 @@ pub fn validate(index: usize, input: &Input) -> Result<(), Error> {
         });
     }
     // Depth first: serde_json's own recursion limit is 128, ours is far lower.
-    if depth(&input.data) > DATA_MAX_DEPTH {
+    if json_depth(&input.data) > DATA_MAX_DEPTH {
         return Err(Error::TooDeep {
             index,
             max: DATA_MAX_DEPTH,

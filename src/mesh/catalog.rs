@@ -37,6 +37,14 @@ pub enum Error {
     /// Private datasets never travel.
     #[error("dataset {0} is private")]
     Private(String),
+    /// A description its owner's API would have refused (a schema nested too deeply, say).
+    #[error("dataset {id}: {source}")]
+    Invalid {
+        /// The dataset.
+        id: String,
+        /// What is wrong.
+        source: crate::dataset::Error,
+    },
 }
 
 fn signed_bytes(meta: &Meta) -> Vec<u8> {
@@ -57,6 +65,9 @@ impl SignedMeta {
         let id = self.meta.id.to_string();
         if self.meta.visibility != Visibility::Shared {
             return Err(Error::Private(id));
+        }
+        if let Err(source) = self.meta.check() {
+            return Err(Error::Invalid { id, source });
         }
         // Signed with its owner's current key, or with one it retired since (when created before).
         let owner = roster.signing_keys(self.meta.id.owner());

@@ -30,6 +30,7 @@ pub mod query;
 pub mod roster;
 mod rotate;
 mod serve;
+pub mod shape;
 mod state;
 mod sync;
 

@@ -225,6 +225,11 @@ pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
 
 /// Decodes a message; `what` names it in the error.
 pub fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, Error> {
+    // Counted before anything is allocated: a flood of tiny items or a deep nest is refused.
+    super::shape::check(bytes).map_err(|e| Error {
+        what,
+        detail: e.to_string(),
+    })?;
     cbor4ii::serde::from_slice(bytes).map_err(|e| Error {
         what,
         detail: e.to_string(),

@@ -199,14 +199,26 @@ impl Mesh {
             .map_err(|e| e.to_string())?;
         proto::cap("push access", push.access.len(), proto::MAX_DATASETS)
             .map_err(|e| e.to_string())?;
-        for sm in push.catalog {
-            self.adopt(sm).await?;
-        }
+        self.adopt_all(push.catalog).await;
         self.merge_access(&push.access).await?;
         let accepted = self.apply_encoded(peer, &push.envelopes).await?;
         Ok(PushAck {
             accepted: accepted as u32,
         })
+    }
+
+    /// Adopts every description that verifies; one that does not is refused alone (logged),
+    /// and the rest of the message still applies. Returns how many were new.
+    pub(crate) async fn adopt_all(&self, catalog: Vec<SignedMeta>) -> usize {
+        let mut adopted = 0;
+        for sm in catalog {
+            let id = sm.meta.id.to_string();
+            match self.adopt(sm).await {
+                Ok(fresh) => adopted += usize::from(fresh),
+                Err(e) => tracing::warn!(dataset = %id, error = %e, "dataset description refused"),
+            }
+        }
+        adopted
     }
 
     /// Adopts a remote dataset's description if it verifies and this node is entitled to it.

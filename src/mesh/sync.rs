@@ -217,10 +217,7 @@ impl Mesh {
         if let Some(r) = roster {
             self.reconcile_roster(peer, &r).await?;
         }
-        let mut adopted = 0;
-        for sm in catalog {
-            adopted += usize::from(self.adopt(sm).await?);
-        }
+        let adopted = self.adopt_all(catalog).await;
         self.merge_access(&access).await?;
         for (id, bytes) in vectors {
             self.fetch_missing(peer, &id, &vector(&bytes)?).await?;

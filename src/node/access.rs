@@ -353,10 +353,14 @@ impl Node {
         let set = lock(&ds.access);
         let horizon = hlc::wall_millis().saturating_add(MAX_CLOCK_SKEW_MS);
         let dir = self.directory();
+        // An epoch the owner never made would be waited for for ever (and block snapshots);
+        // one made since reaches this node with the access state, and the envelope comes again
+        // in catch-up.
+        let newest = set.epoch();
         let (ok, refused): (Vec<_>, Vec<_>) = envs.into_iter().partition(|env| {
             let millis = hlc::Timestamp(env.hlc).millis();
             // A time far ahead would drag every clock forward and break grant expiry checks.
-            if millis > horizon {
+            if millis > horizon || env.epoch > newest {
                 return false;
             }
             // A key its organization rotated away writes nothing dated after the rotation.
@@ -372,7 +376,7 @@ impl Node {
         });
         drop((set, dir));
         for env in &refused {
-            tracing::warn!(dataset = %ds.meta.id, author = %env.author, seq = env.seq, "envelope refused: no write authority, or dated more than an hour ahead");
+            tracing::warn!(dataset = %ds.meta.id, author = %env.author, seq = env.seq, epoch = env.epoch, "envelope refused: no write authority, an epoch its owner has not made, or dated more than an hour ahead");
             let labels = vec![("dataset".to_owned(), ds.meta.id.to_string())];
             self.inner
                 .metrics

@@ -129,28 +129,9 @@ impl Dataset {
         me: &Identity,
         stored: super::access::Stored,
     ) -> Result<(Self, u64)> {
-        let author = &me.author();
-        let (mut state, mut max_hlc) = match store.snapshot(&meta.id)? {
-            Some(snap) => (State::from_snapshot(snap, author)?, 0),
-            None => (State::empty(author), 0),
-        };
         let (owner_key, access) = stored.open(&meta.id)?;
-        state.keys = super::access::my_keys(&access, me);
-        let mut pending: Vec<Envelope> = Vec::with_capacity(RESTORE_CHUNK);
-        store.for_each_envelope_after(&meta.id, &state.vv.clone(), |env| {
-            max_hlc = max_hlc.max(env.hlc);
-            pending.push(env);
-            if pending.len() == RESTORE_CHUNK {
-                state
-                    .apply_stored(&meta, std::mem::take(&mut pending))
-                    .map_err(to_store_err)?;
-            }
-            Ok(())
-        })?;
-        state.apply_stored(&meta, pending)?;
-        let last = store.last_seq(&meta.id, author)?;
-        state.next_seq = state.vv.get(author).max(last) + 1;
-        state.materialize();
+        let keys = super::access::my_keys(&access, me);
+        let (state, max_hlc) = State::load(&meta, store, &me.author(), keys)?;
         Ok((Self::with_state(meta, owner_key, access, state), max_hlc))
     }
 
@@ -385,6 +366,124 @@ impl State {
             vv: snap.vv,
             ..Self::empty(author)
         })
+    }
+
+    /// The state the store holds for `meta`: its latest snapshot and the envelopes stored after
+    /// it, opened with `keys`; with the highest HLC seen. Should a stored change make Automerge
+    /// fail, the document is rebuilt change by change and each change that cannot apply is
+    /// quarantined ([`Store::quarantine`]), so the dataset opens whatever a peer sent.
+    pub(super) fn load(
+        meta: &Meta,
+        store: &Store,
+        author: &AuthorId,
+        keys: BTreeMap<u64, EpochKey>,
+    ) -> Result<(Self, u64)> {
+        match Self::load_at_once(meta, store, author, keys.clone()) {
+            Err(Error::Doc(crate::view::doc::Error::Panicked(why))) => {
+                tracing::error!(dataset = %meta.id, %why, "a stored change breaks the document: rebuilding it change by change");
+                Self::load_one_by_one(meta, store, author, keys)
+            }
+            other => other,
+        }
+    }
+
+    fn start(meta: &Meta, store: &Store, author: &AuthorId, keys: BTreeMap<u64, EpochKey>) -> Result<Self> {
+        let mut state = match store.snapshot(&meta.id)? {
+            Some(snap) => Self::from_snapshot(snap, author)?,
+            None => Self::empty(author),
+        };
+        state.keys = keys;
+        Ok(state)
+    }
+
+    fn finish_load(&mut self, meta: &Meta, store: &Store, author: &AuthorId) -> Result<()> {
+        let last = store.last_seq(&meta.id, author)?;
+        self.next_seq = self.vv.get(author).max(last) + 1;
+        self.materialize();
+        Ok(())
+    }
+
+    /// [`Self::load`] applying each stored change alone, once its dependencies are in (so that
+    /// Automerge holds none back and a failure names its change), quarantining the ones that
+    /// name missing objects or fail.
+    fn load_one_by_one(
+        meta: &Meta,
+        store: &Store,
+        author: &AuthorId,
+        keys: BTreeMap<u64, EpochKey>,
+    ) -> Result<(Self, u64)> {
+        'again: loop {
+            let mut state = Self::start(meta, store, author, keys.clone())?;
+            let mut max_hlc = 0;
+            let mut pending: Vec<(Envelope, automerge::Change)> = Vec::new();
+            store.for_each_envelope_after(&meta.id, &state.vv.clone(), |env| {
+                max_hlc = max_hlc.max(env.hlc);
+                state.vv.advance(env.author, env.seq);
+                if let Ok(Some(plain)) = state.open_payload(meta, &env) {
+                    if let Ok(c) = super::replica::change_of(&env, plain) {
+                        pending.push((env, c));
+                    }
+                }
+                Ok(())
+            })?;
+            let mut progress = true;
+            while progress {
+                progress = false;
+                let mut rest = Vec::new();
+                for (env, c) in pending {
+                    if !c.deps().iter().all(|d| state.doc.has_change(d)) {
+                        rest.push((env, c));
+                        continue;
+                    }
+                    progress = true;
+                    let refused = !state.doc.missing_objects(std::slice::from_ref(&c), true).is_empty();
+                    let why = if refused {
+                        "names an object the document lacks"
+                    } else {
+                        match state.doc.apply_all(vec![c]) {
+                            Err(crate::view::doc::Error::Panicked(_)) => "automerge failed on it",
+                            _ => continue,
+                        }
+                    };
+                    tracing::warn!(dataset = %meta.id, author = %env.author, seq = env.seq, why, "stored envelope quarantined");
+                    store.quarantine(&meta.id, &env.author, env.seq, why)?;
+                    if !refused {
+                        continue 'again;
+                    }
+                }
+                pending = rest;
+            }
+            // What is left waits for changes no one here holds: Automerge holds it back.
+            state
+                .doc
+                .apply_all(pending.into_iter().map(|(_, c)| c).collect())?;
+            state.finish_load(meta, store, author)?;
+            return Ok((state, max_hlc));
+        }
+    }
+
+    fn load_at_once(
+        meta: &Meta,
+        store: &Store,
+        author: &AuthorId,
+        keys: BTreeMap<u64, EpochKey>,
+    ) -> Result<(Self, u64)> {
+        let mut state = Self::start(meta, store, author, keys)?;
+        let mut max_hlc = 0;
+        let mut pending: Vec<Envelope> = Vec::with_capacity(RESTORE_CHUNK);
+        store.for_each_envelope_after(&meta.id, &state.vv.clone(), |env| {
+            max_hlc = max_hlc.max(env.hlc);
+            pending.push(env);
+            if pending.len() == RESTORE_CHUNK {
+                state
+                    .apply_stored(meta, std::mem::take(&mut pending))
+                    .map_err(to_store_err)?;
+            }
+            Ok(())
+        })?;
+        state.apply_stored(meta, pending)?;
+        state.finish_load(meta, store, author)?;
+        Ok((state, max_hlc))
     }
 
     fn apply_stored(&mut self, meta: &Meta, envs: Vec<Envelope>) -> Result<()> {

@@ -12,7 +12,7 @@ use crate::store::Store;
 use crate::version::VersionVector;
 use crate::view::doc;
 
-use super::dataset::{Dataset, Event};
+use super::dataset::{Dataset, Event, State};
 
 /// What applying a group of remote envelopes did.
 #[derive(Debug, Default)]
@@ -29,7 +29,9 @@ pub(crate) struct Applied {
 
 impl Dataset {
     /// Stores and applies envelopes of this dataset from other authors (not yet flushed).
-    /// Envelopes already held are skipped, so duplicates and replays are harmless.
+    /// Envelopes already held are skipped, so duplicates and replays are harmless. A change
+    /// Automerge cannot take (one that names an object the document lacks, or one it fails on)
+    /// is quarantined alone: never stored, refused when it comes again, its author reported.
     pub(crate) fn apply_remote(
         &self,
         store: &Store,
@@ -43,45 +45,10 @@ impl Dataset {
                 self.meta.id
             )));
         }
-        let mut changes = Vec::with_capacity(envs.len());
-        let mut fresh: Vec<Envelope> = Vec::with_capacity(envs.len());
-        let mut authors: Vec<AuthorId> = Vec::new();
-        let mut seen = std::collections::HashSet::new();
         let mut invalid = Vec::new();
-        for env in envs {
-            if env.dataset != self.meta.id
-                || env.seq <= st.vv.get(&env.author)
-                || !seen.insert((env.author, env.seq))
-                || store.has_envelope(&env.dataset, &env.author, env.seq)?
-            {
-                continue;
-            }
-            // One envelope that does not open, or carries a change that is not its author's,
-            // is dropped alone: the rest of the batch (perhaps relayed by an honest member)
-            // still applies. Its author is reported.
-            let change = match st.open_payload(&self.meta, &env) {
-                Ok(Some(plain)) => change_of(&env, plain).map(Some),
-                Ok(None) => Ok(None),
-                Err(e) => Err(Error::Invalid(format!(
-                    "envelope {} #{}: {e}",
-                    env.author, env.seq
-                ))),
-            };
-            match change {
-                Ok(Some(c)) => changes.push(c),
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(dataset = %self.meta.id, error = %e, "envelope dropped");
-                    invalid.push(env.author);
-                    continue;
-                }
-            }
-            if !authors.contains(&env.author) {
-                authors.push(env.author);
-            }
-            fresh.push(env);
-        }
-        let new = fresh.len();
+        let mut batch = self.opened(store, &mut st, envs, &mut invalid)?;
+        self.refuse_missing_objects(store, &st, &mut batch, &mut invalid)?;
+        let new = batch.len();
         if new == 0 {
             return Ok(Applied {
                 invalid,
@@ -89,16 +56,30 @@ impl Dataset {
             });
         }
         // Apply first: a change Automerge refuses is never stored, so it cannot break a restart.
+        let changes: Vec<Change> = batch.iter().filter_map(|(_, c)| c.clone()).collect();
         let applied = if changes.is_empty() {
             doc::Applied::default()
         } else {
-            st.doc.apply(changes).map_err(|e| {
-                Error::Invalid(format!(
-                    "{}: a remote change does not apply: {e}",
-                    self.meta.id
-                ))
-            })?
+            match st.doc.apply(changes) {
+                Ok(a) => a,
+                Err(doc::Error::Panicked(why)) => {
+                    tracing::error!(dataset = %self.meta.id, %why, "a remote change broke the document: rebuilding it and finding the change");
+                    batch = self.recover(store, &mut st, batch, &mut invalid)?;
+                    doc::Applied {
+                        everything: true,
+                        ..doc::Applied::default()
+                    }
+                }
+                Err(e) => {
+                    return Err(Error::Invalid(format!(
+                        "{}: a remote change does not apply: {e}",
+                        self.meta.id
+                    )))
+                }
+            }
         };
+        let fresh: Vec<Envelope> = batch.into_iter().map(|(e, _)| e).collect();
+        let mut authors: Vec<AuthorId> = Vec::new();
         let me = st.doc.actor().to_bytes().to_vec();
         for env in &fresh {
             if let Err(e) = store.put_envelope(env) {
@@ -110,11 +91,14 @@ impl Dataset {
                 // This node's own history coming back (its store was lost): never reuse a number.
                 st.next_seq = st.next_seq.max(env.seq + 1);
             }
+            if !authors.contains(&env.author) {
+                authors.push(env.author);
+            }
         }
         for author in authors {
             advance_contiguous(store, &self.meta.id, &mut st.vv, author)?;
         }
-        st.since_snapshot += new as u64;
+        st.since_snapshot += fresh.len() as u64;
         let events = if applied.everything {
             // Records no decoded change names may have changed (see `Applied::everything`):
             // compare everything once.
@@ -123,11 +107,181 @@ impl Dataset {
             st.reread(&applied.touched)
         };
         Ok(Applied {
-            new,
+            new: fresh.len(),
             events,
             snapshot_due: st.since_snapshot >= snapshot_every,
             invalid,
         })
+    }
+
+    /// The envelopes of `envs` new to this node, each with its change when it opens (`None`:
+    /// sealed under a key this node lacks). One that does not open, or carries a change that is
+    /// not its author's, is dropped alone and its author reported.
+    fn opened(
+        &self,
+        store: &Store,
+        st: &mut State,
+        envs: Vec<Envelope>,
+        invalid: &mut Vec<AuthorId>,
+    ) -> Result<Vec<(Envelope, Option<Change>)>> {
+        let mut out = Vec::with_capacity(envs.len());
+        let mut seen = std::collections::HashSet::new();
+        for env in envs {
+            if env.dataset != self.meta.id
+                || env.seq <= st.vv.get(&env.author)
+                || !seen.insert((env.author, env.seq))
+                || store.has_envelope(&env.dataset, &env.author, env.seq)?
+                || store.is_quarantined(&env.dataset, &env.author, env.seq)?
+            {
+                continue;
+            }
+            let change = match st.open_payload(&self.meta, &env) {
+                Ok(Some(plain)) => change_of(&env, plain).map(Some),
+                Ok(None) => Ok(None),
+                Err(e) => Err(Error::Invalid(format!(
+                    "envelope {} #{}: {e}",
+                    env.author, env.seq
+                ))),
+            };
+            match change {
+                Ok(c) => out.push((env, c)),
+                Err(e) => {
+                    tracing::warn!(dataset = %self.meta.id, error = %e, "envelope dropped");
+                    invalid.push(env.author);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Quarantines the changes of `batch` that name an object the document lacks.
+    fn refuse_missing_objects(
+        &self,
+        store: &Store,
+        st: &State,
+        batch: &mut Vec<(Envelope, Option<Change>)>,
+        invalid: &mut Vec<AuthorId>,
+    ) -> Result<()> {
+        let idx: Vec<usize> = (0..batch.len()).filter(|i| batch[*i].1.is_some()).collect();
+        let changes: Vec<Change> = idx.iter().filter_map(|i| batch[*i].1.clone()).collect();
+        let refused = st.doc.missing_objects(&changes, true);
+        let mut drop: Vec<usize> = Vec::new();
+        for (k, why) in refused {
+            let i = idx[k];
+            let env = &batch[i].0;
+            self.quarantine(store, env.author, env.seq, &why.to_string())?;
+            invalid.push(env.author);
+            drop.push(i);
+        }
+        let mut i = 0;
+        batch.retain(|_| {
+            i += 1;
+            !drop.contains(&(i - 1))
+        });
+        Ok(())
+    }
+
+    /// Sets one envelope aside for good (see [`Store::quarantine`]), naming its author.
+    fn quarantine(&self, store: &Store, author: AuthorId, seq: u64, why: &str) -> Result<()> {
+        tracing::warn!(dataset = %self.meta.id, %author, seq, why, "envelope quarantined: its change cannot be applied");
+        store.quarantine(&self.meta.id, &author, seq, why)?;
+        Ok(())
+    }
+
+    /// After Automerge failed inside on `batch`: rebuilds the document from the store, then
+    /// applies the batch's changes one at a time. A change that fails again is quarantined,
+    /// unless it let through changes the document held back that name missing objects: those
+    /// are quarantined (and deleted from the store) instead. Returns the envelopes to store.
+    fn recover(
+        &self,
+        store: &Store,
+        st: &mut State,
+        batch: Vec<(Envelope, Option<Change>)>,
+        invalid: &mut Vec<AuthorId>,
+    ) -> Result<Vec<(Envelope, Option<Change>)>> {
+        let shown = std::mem::take(&mut st.records);
+        self.rebuild(store, st)?;
+        let mut kept = Vec::with_capacity(batch.len());
+        for (env, change) in batch {
+            let Some(change) = change else {
+                kept.push((env, None));
+                continue;
+            };
+            match st.doc.apply(vec![change.clone()]) {
+                Ok(_) => kept.push((env, Some(change))),
+                Err(doc::Error::Panicked(_)) => {
+                    self.rebuild(store, st)?;
+                    let mut candidates = vec![change.clone()];
+                    candidates.extend(self.held_back(store, st)?);
+                    let released: Vec<usize> = st
+                        .doc
+                        .missing_objects(&candidates, false)
+                        .into_iter()
+                        .map(|(k, _)| k)
+                        .filter(|k| *k > 0)
+                        .collect();
+                    if released.is_empty() {
+                        self.quarantine(store, env.author, env.seq, "automerge failed on it")?;
+                        invalid.push(env.author);
+                        continue;
+                    }
+                    for k in released {
+                        let c = &candidates[k];
+                        let Some(author) = AuthorId::from_slice(&c.actor_id().to_bytes()) else {
+                            continue;
+                        };
+                        let why = "names an object the document lacks (released by a later change)";
+                        self.quarantine(store, author, c.seq(), why)?;
+                        invalid.push(author);
+                    }
+                    self.rebuild(store, st)?;
+                    if st.doc.apply(vec![change.clone()]).is_ok() {
+                        kept.push((env, Some(change)));
+                    } else {
+                        self.rebuild(store, st)?;
+                        self.quarantine(store, env.author, env.seq, "automerge failed on it")?;
+                        invalid.push(env.author);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(dataset = %self.meta.id, author = %env.author, seq = env.seq, error = %e, "remote change refused");
+                    invalid.push(env.author);
+                }
+            }
+        }
+        st.records = shown;
+        Ok(kept)
+    }
+
+    /// The stored changes the document holds back (stored, opened, not applied).
+    fn held_back(&self, store: &Store, st: &mut State) -> Result<Vec<Change>> {
+        let mut envs = Vec::new();
+        store.for_each_envelope_after(&self.meta.id, &st.vv.clone(), |env| {
+            envs.push(env);
+            Ok(())
+        })?;
+        let mut out = Vec::new();
+        for env in envs {
+            if let Ok(Some(plain)) = st.open_payload(&self.meta, &env) {
+                if let Ok(c) = change_of(&env, plain) {
+                    if !st.doc.has_change(&c.hash()) {
+                        out.push(c);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Replaces the document (and what derives from it) with what the store holds.
+    fn rebuild(&self, store: &Store, st: &mut State) -> Result<()> {
+        let author = AuthorId::from_slice(&st.doc.actor().to_bytes())
+            .ok_or_else(|| Error::Internal("document actor is not a key".into()))?;
+        let (fresh, _) = State::load(&self.meta, store, &author, st.keys.clone())?;
+        let keep_next = st.next_seq;
+        *st = fresh;
+        st.next_seq = st.next_seq.max(keep_next);
+        Ok(())
     }
 
     /// Takes epoch keys newly unwrapped for this node and applies the stored envelopes that
@@ -162,7 +316,22 @@ impl Dataset {
         if let Some(e) = bad {
             tracing::warn!(dataset = %self.meta.id, error = %e, "a stored envelope does not open");
         }
-        st.doc.apply_all(changes)?;
+        let refused = st.doc.missing_objects(&changes, true);
+        if refused.is_empty() {
+            match st.doc.apply_all(changes) {
+                Err(doc::Error::Panicked(why)) => {
+                    tracing::error!(dataset = %self.meta.id, %why, "a change opened with a new key broke the document: rebuilding it");
+                }
+                other => {
+                    other?;
+                    return Ok(st.rematerialize());
+                }
+            }
+        }
+        // A change that cannot apply: rebuilt from the store, which finds and quarantines it.
+        let shown = std::mem::take(&mut st.records);
+        self.rebuild(store, &mut st)?;
+        st.records = shown;
         Ok(st.rematerialize())
     }
 

@@ -93,7 +93,7 @@ impl Node {
         tokio::task::spawn_blocking(move || rotation::finish(&home))
             .await
             .map_err(|e| Error::Internal(e.to_string()))??;
-        let _ = self.inner.restart.send(true);
+        self.inner.restart.send_replace(true);
         Ok(())
     }
 

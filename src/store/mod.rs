@@ -59,6 +59,10 @@ pub enum Table {
     Access,
 }
 
+fn quarantine_key(dataset: &DatasetId, author: &AuthorId, seq: u64) -> Vec<u8> {
+    format!("quarantine/{dataset}/{author}/{seq:020}").into_bytes()
+}
+
 /// A saved document and the version vector it covers.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
@@ -229,6 +233,35 @@ impl Store {
         let key = keys::envelope(&env.dataset, &env.author, env.seq);
         self.envelopes.insert(key, env.encode())?;
         Ok(())
+    }
+
+    /// Sets envelope `seq` of `author` in `dataset` aside for good: it is deleted if stored,
+    /// noted with `why`, and refused whenever it comes again (not yet flushed).
+    pub fn quarantine(
+        &self,
+        dataset: &DatasetId,
+        author: &AuthorId,
+        seq: u64,
+        why: &str,
+    ) -> Result<(), Error> {
+        self.envelopes.remove(keys::envelope(dataset, author, seq))?;
+        let note = serde_json::json!({
+            "dataset": dataset.to_string(),
+            "author": author.to_string(),
+            "seq": seq,
+            "why": why,
+        });
+        self.put_json(Table::Meta, &quarantine_key(dataset, author, seq), &note)
+    }
+
+    /// True when envelope `seq` of `author` in `dataset` was quarantined.
+    pub fn is_quarantined(
+        &self,
+        dataset: &DatasetId,
+        author: &AuthorId,
+        seq: u64,
+    ) -> Result<bool, Error> {
+        Ok(self.meta.contains_key(quarantine_key(dataset, author, seq))?)
     }
 
     /// The highest sequence stored for `author` in `dataset` (0 if none).

@@ -29,10 +29,20 @@ use super::touched;
 use super::waiting::Waiting;
 use crate::record::Record;
 
-/// An Automerge failure on a document.
+/// A failure on a document.
 #[derive(Debug, thiserror::Error)]
-#[error("automerge: {0}")]
-pub struct Error(#[from] pub automerge::AutomergeError);
+pub enum Error {
+    /// Automerge refused.
+    #[error("automerge: {0}")]
+    Automerge(#[from] automerge::AutomergeError),
+    /// A remote change names an object the document lacks and its own history does not make
+    /// (Automerge 0.12 panics on such a change instead of refusing it).
+    #[error("the change names object {0}, which neither the document nor the change's history holds")]
+    MissingObject(String),
+    /// Automerge panicked: the document may be half-changed and must be rebuilt from the store.
+    #[error("automerge failed applying a change ({0}); the document is rebuilt from the store")]
+    Panicked(String),
+}
 
 /// One record, validated and with id and time assigned, ready to write.
 #[derive(Debug, Clone)]
@@ -73,6 +83,35 @@ const PARALLEL_PAGES: usize = 4;
 
 /// A page key (shared: many records name the same page).
 type PageKey = Arc<str>;
+
+/// Objects made by change `i` of a batch and by the changes of the batch it depends on, directly
+/// or not, as (counter, actor).
+fn made_in_history(
+    i: usize,
+    decoded: &[automerge::ExpandedChange],
+    by_hash: &HashMap<ChangeHash, usize>,
+    batch: &[automerge::Change],
+) -> std::collections::HashSet<(u64, ActorId)> {
+    let mut made = std::collections::HashSet::new();
+    let mut seen = std::collections::HashSet::from([i]);
+    let mut stack = vec![i];
+    while let Some(j) = stack.pop() {
+        let c = &decoded[j];
+        for (k, op) in c.operations.iter().enumerate() {
+            if matches!(op.action, automerge::legacy::OpType::Make(_)) {
+                made.insert((c.start_op.get() + k as u64, c.actor_id.clone()));
+            }
+        }
+        for d in batch[j].deps() {
+            if let Some(&k) = by_hash.get(d) {
+                if seen.insert(k) {
+                    stack.push(k);
+                }
+            }
+        }
+    }
+    made
+}
 
 /// True when a root key names a page.
 pub(super) fn is_page_key(key: &str) -> bool {
@@ -191,9 +230,11 @@ impl Doc {
         self.ensure_indexed();
         // Copies (of the compact form) of what may wait, to name its records when it applies.
         let copies = changes.clone();
-        if let Err(e) = self.am.apply_changes(changes) {
-            self.waiting.resync(&self.am);
-            return Err(e.into());
+        if let Err(e) = self.apply_isolated(changes) {
+            if !matches!(e, Error::Panicked(_)) {
+                self.waiting.resync(&self.am);
+            }
+            return Err(e);
         }
         let released = self.waiting.after_apply(&self.am, copies);
         let mut everything = released.unknown;
@@ -229,14 +270,81 @@ impl Doc {
     /// from the store, or opening changes whose key just arrived.
     pub fn apply_all(&mut self, changes: Vec<automerge::Change>) -> Result<(), Error> {
         let hashes: Vec<ChangeHash> = changes.iter().map(|c| c.hash()).collect();
-        let applied = self.am.apply_changes(changes);
+        let applied = self.apply_isolated(changes);
+        if let Err(e @ Error::Panicked(_)) = applied {
+            return Err(e);
+        }
         let am = &self.am;
         let queued = hashes
             .iter()
             .any(|h| am.get_change_meta_by_hash(h).is_none());
         self.waiting.after_apply_unkept(am, queued);
         self.unindexed = true;
-        Ok(applied?)
+        applied
+    }
+
+    /// Whether the document holds the change `hash`.
+    pub fn has_change(&self, hash: &ChangeHash) -> bool {
+        self.am.get_change_meta_by_hash(hash).is_some()
+    }
+
+    /// Hands `changes` to Automerge, turning a panic into [`Error::Panicked`] (the document is
+    /// then unusable: its owner rebuilds it from the store).
+    fn apply_isolated(&mut self, changes: Vec<automerge::Change>) -> Result<(), Error> {
+        let am = &mut self.am;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| am.apply_changes(changes))) {
+            Ok(r) => Ok(r?),
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".into());
+                Err(Error::Panicked(what))
+            }
+        }
+    }
+
+    /// Refuses, before Automerge sees them, changes of `batch` that name an object neither the
+    /// document nor the change's own history (within the batch) makes: Automerge 0.12 panics on
+    /// an operation on an object missing from its index. With `ready_only`, a change whose
+    /// dependencies are not all in the document or the batch is not judged (its history may
+    /// make the object; Automerge holds it back). Returns the index and reason of each refused
+    /// change; the others are safe on that count.
+    pub fn missing_objects(
+        &self,
+        batch: &[automerge::Change],
+        ready_only: bool,
+    ) -> Vec<(usize, Error)> {
+        let decoded: Vec<automerge::ExpandedChange> = batch.iter().map(|c| c.decode()).collect();
+        let by_hash: HashMap<ChangeHash, usize> =
+            batch.iter().enumerate().map(|(i, c)| (c.hash(), i)).collect();
+        let mut out = Vec::new();
+        for (i, change) in decoded.iter().enumerate() {
+            let ready = batch[i].deps().iter().all(|d| {
+                by_hash.contains_key(d) || self.am.get_change_meta_by_hash(d).is_some()
+            });
+            if ready_only && !ready {
+                continue;
+            }
+            let made = made_in_history(i, &decoded, &by_hash, batch);
+            let missing = change.operations.iter().find_map(|op| {
+                let automerge::legacy::ObjectId::Id(id) = &op.obj else {
+                    return None;
+                };
+                let key = (id.counter(), id.actor().clone());
+                let known = made.contains(&key)
+                    || self
+                        .am
+                        .import(&format!("{}@{}", id.counter(), id.actor().to_hex_string()))
+                        .is_ok();
+                (!known).then(|| format!("{}@{}", id.counter(), id.actor().to_hex_string()))
+            });
+            if let Some(obj) = missing {
+                out.push((i, Error::MissingObject(obj)));
+            }
+        }
+        out
     }
 
     /// Rebuilds the index from the document.

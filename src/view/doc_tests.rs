@@ -378,3 +378,51 @@ mod convergence {
         }
     }
 }
+
+/// The change from the review: a write into a map, its dependency (the change that made the map)
+/// dropped and the change re-encoded. Automerge 0.12 panics applying it to a document without
+/// that map ("Obj ... Missing from Index").
+fn orphaned_write() -> automerge::Change {
+    let mut src = Doc::new(&[9; 32]);
+    src.write(&[up("r1", json!({"a": 1}))], &[]).expect("first");
+    let second = src
+        .write(&[up("r1", json!({"a": 2}))], &[])
+        .expect("second")
+        .expect("a change");
+    let change = automerge::Change::from_bytes(second).expect("decodes");
+    let mut expanded = change.decode();
+    expanded.deps.clear();
+    automerge::Change::from(expanded)
+}
+
+#[test]
+fn a_change_on_an_object_the_document_lacks_is_refused_before_automerge_sees_it() {
+    let bad = orphaned_write();
+    let mut victim = Doc::new(&[1; 32]);
+    victim.write(&[up("v1", json!({"x": 1}))], &[]).expect("write");
+    let refused = victim.missing_objects(std::slice::from_ref(&bad), true);
+    assert!(
+        matches!(refused.as_slice(), [(0, Error::MissingObject(_))]),
+        "{refused:?}"
+    );
+    // A change whose objects its own history (in the same batch) makes is fine.
+    let mut src = Doc::new(&[8; 32]);
+    let c1 = src.write(&[up("r1", json!({"a": 1}))], &[]).expect("w").expect("c");
+    let c2 = src.write(&[up("r1", json!({"a": 2}))], &[]).expect("w").expect("c");
+    let pair: Vec<automerge::Change> = [c2, c1]
+        .into_iter()
+        .map(|b| automerge::Change::from_bytes(b).expect("decodes"))
+        .collect();
+    assert!(victim.missing_objects(&pair, true).is_empty());
+    victim.apply(pair).expect("applies");
+    assert_eq!(victim.read("r1").expect("r1").data["a"], json!(2));
+}
+
+#[test]
+fn a_panic_inside_automerge_is_caught_and_reported() {
+    let bad = orphaned_write();
+    let mut victim = Doc::new(&[1; 32]);
+    victim.write(&[up("v1", json!({"x": 1}))], &[]).expect("write");
+    let res = victim.apply(vec![bad]);
+    assert!(matches!(res, Err(Error::Panicked(_))), "{res:?}");
+}

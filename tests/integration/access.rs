@@ -490,3 +490,56 @@ async fn a_prefix_limited_grant_confines_reads_and_writes_and_a_revoked_app_stre
         m.mesh.shutdown().await;
     }
 }
+
+/// A grant narrowed to a name prefix while the grantee's app has a stream open: the stream
+/// follows the standing grant from the next event on, not the one it opened with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_narrowed_grant_narrows_an_open_event_stream() {
+    let nodes = spawn_mesh(2).await;
+    let (hospital, pharmacy) = (&nodes[0], &nodes[1]);
+    let ds = shared(hospital, "wards", &[]).await;
+    let keep = grant_req(&ds, "pharmacy/other", &[Action::Read]);
+    hospital.node.grant(&hospital.admin, keep).await.expect("grant");
+    let rec = |id: &str, name: &str| fogmesh::node::Batch {
+        records: vec![fogmesh::record::Input {
+            id: Some(id.into()),
+            name: name.into(),
+            data: serde_json::json!({ "beds": 1 }),
+            time: None,
+        }],
+        delete: vec![],
+    };
+    publish(hospital, &ds, rec("h1", "district-1/a")).await;
+    let wide = grant_req(&ds, "pharmacy/restock", &[Action::Read]);
+    hospital.node.grant(&hospital.admin, wide).await.expect("grant");
+    let p = &pharmacy.node;
+    let restock = p
+        .add_app(&pharmacy.admin, "restock", vec![])
+        .await
+        .expect("app")
+        .app;
+    let q = Query::default();
+    wait_for("restock reads everything", || async {
+        p.query(&restock, &ds, &q).is_ok_and(|r| r.len() == 1)
+    })
+    .await;
+    let mut stream = p.subscribe(&restock, &ds).expect("subscribe");
+
+    let mut narrow = grant_req(&ds, "pharmacy/restock", &[Action::Read]);
+    narrow.prefix = Some("district-7".into());
+    hospital.node.grant(&hospital.admin, narrow).await.expect("narrow");
+    wait_for("the narrowed grant at the pharmacy", || async {
+        p.query(&restock, &ds, &q).is_ok_and(|r| r.is_empty())
+    })
+    .await;
+    publish(hospital, &ds, rec("h2", "district-1/b")).await;
+    publish(hospital, &ds, rec("h8", "district-7/c")).await;
+    let first = tokio::time::timeout(std::time::Duration::from_secs(10), stream.recv())
+        .await
+        .expect("an event")
+        .expect("open stream");
+    assert!(
+        matches!(first.as_ref(), fogmesh::node::Event::Upsert { record } if record.id == "h8"),
+        "the stream still carries records outside the narrowed prefix: {first:?}"
+    );
+}

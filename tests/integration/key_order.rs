@@ -23,7 +23,8 @@ fn keys(b: &TestNode, org: &str) -> MemberKeys {
 }
 
 /// A hospital owning sealed dataset "beds" with two records written in order (h1 then h7),
-/// the pharmacy granted read, and a pharmacy node that knows the dataset but holds nothing.
+/// the pharmacy granted read, and a pharmacy node that knows the dataset and its epoch but holds
+/// no key and no record.
 /// Returns the two envelopes in write order.
 async fn setup() -> (TestNode, TestNode, DatasetId, Vec<Envelope>) {
     let (h, p) = (
@@ -35,6 +36,9 @@ async fn setup() -> (TestNode, TestNode, DatasetId, Vec<Envelope>) {
     p.node.set_members(members).await.expect("members");
     let spec = shared_spec("beds", &[]);
     let ds = h.node.create_dataset(&h.admin, spec).await.expect("ds").id;
+    // The access state as it was before the grant: it names the epoch, but holds no key for
+    // the pharmacy (an envelope of an epoch the receiver has never heard of is refused).
+    let before_grant = h.node.access_bundle(&ds).expect("bundle");
     let grant = GrantRequest {
         dataset: ds.to_string(),
         to: "pharmacy/*".into(),
@@ -67,6 +71,10 @@ async fn setup() -> (TestNode, TestNode, DatasetId, Vec<Envelope>) {
         .collect();
     assert_eq!(envs.len(), 2);
     p.node.adopt_dataset(meta, owner).await.expect("adopt");
+    p.node
+        .merge_access(&ds, &before_grant)
+        .await
+        .expect("access without keys");
     (h, p, ds, envs)
 }
 

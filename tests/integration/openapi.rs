@@ -43,6 +43,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/members"),
     ("DELETE", "/v1/members/{org}"),
     ("POST", "/v1/members/{org}/role"),
+    ("POST", "/v1/key/rotate"),
     ("GET", "/v1/audit"),
     ("GET", "/v1/audit/verify"),
     ("GET", "/v1/audit/events"),
@@ -1086,5 +1087,15 @@ async fn the_member_routes_answer_as_documented() {
         (&members[0]["org"], &members[0]["role"]),
         (&json!("hospital"), &json!("admin"))
     );
+    // Last: a rotation stops this node's signing until it restarts.
+    let rotate = "/v1/key/rotate";
+    let cases: Vec<Case<'_>> = vec![
+        ("POST", rotate, rotate, &reader, None, StatusCode::FORBIDDEN),
+        ("POST", rotate, rotate, admin, None, StatusCode::OK),
+        ("POST", rotate, rotate, admin, None, StatusCode::CONFLICT),
+    ];
+    let bodies = run_cases(&doc, &router, cases).await;
+    assert_eq!(bodies[1]["org"], "hospital");
+    assert!(m.node.restart_pending(), "the node asks to be restarted");
     m.mesh.shutdown().await;
 }

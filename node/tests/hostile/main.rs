@@ -32,6 +32,7 @@ mod checks;
 mod common;
 mod governance;
 mod raw;
+mod replication;
 mod rotation;
 mod wire;
 

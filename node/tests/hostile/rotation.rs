@@ -170,6 +170,17 @@ fn after_a_key_rotation_new_writes_verify_everywhere_and_the_old_key_signs_nothi
             .is_some_and(|a| a.iter().any(|o| o == "hospital")),
         "the hospital did not take the rotation before the restart: {rotated}"
     );
+    let audit = pharmacy.get("/v1/audit?action=key-rotate")?;
+    let noted = audit["entries"][0]["detail"].as_str().unwrap_or_default();
+    ensure!(
+        noted.contains(&new_key),
+        "the rotation is not in the audit log: {audit}"
+    );
+    let verify = pharmacy.get("/v1/audit/verify")?;
+    ensure!(
+        verify["ok"] == true,
+        "the audit chain does not verify after the restart: {verify}"
+    );
     for n in [&hospital, &pharmacy] {
         wait("the new key on the roster", Duration::from_secs(20), || {
             let list = n.get("/v1/members")?;
