@@ -1,55 +1,53 @@
-//! Who signs a dataset's access items (grants and wrapped keys): the owner's key, or, once the
-//! owner's organization rotated its key, any key it had. A retired key's grants count only up to
-//! the rotation; wrapped keys carry no date, so any key the organization had verifies them (a
-//! thief of a retired key could only wrap a key of its own choosing, disclosing nothing).
+//! Who signs a dataset's access items (grants and wrapped keys): the owner organization's
+//! current key. Once it rotated its key, items its retired keys signed stay where they are held
+//! (they were checked when they came), but no new one is taken: the owner signs its whole access
+//! state again with its new key when it restarts, and those copies supersede the old ones
+//! everywhere. So the thief of a retired key cannot add a grant or wrap a key of its choosing.
 
 use crate::identity::AuthorId;
 
 /// Checks a signature over an access item.
 pub trait Signers {
-    /// Whether one of the keys signed `msg` with `sig`; `issued_ms` is the item's signing time
-    /// when it has one (a grant), checked against a retired key's rotation.
-    fn signed(&self, msg: &[u8], sig: &[u8; 64], issued_ms: Option<u64>) -> bool;
+    /// Whether a key that may sign new items signed `msg` with `sig`.
+    fn signed(&self, msg: &[u8], sig: &[u8; 64]) -> bool;
 }
 
 impl Signers for AuthorId {
-    fn signed(&self, msg: &[u8], sig: &[u8; 64], _issued_ms: Option<u64>) -> bool {
+    fn signed(&self, msg: &[u8], sig: &[u8; 64]) -> bool {
         self.verify(msg, sig)
     }
 }
 
-/// The keys an owner organization signed with: each with the time (ms) up to which its grants
-/// count (`u64::MAX` for the current key).
+/// The keys an owner organization signed with, each marked current (signs new items) or
+/// retired (what it signed is kept where held, nothing new is taken).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct OwnerKeys(Vec<(AuthorId, u64)>);
+pub struct OwnerKeys(Vec<(AuthorId, bool)>);
 
 impl OwnerKeys {
-    /// One key, valid without limit.
+    /// One current key.
     pub fn one(key: AuthorId) -> Self {
-        Self(vec![(key, u64::MAX)])
+        Self(vec![(key, true)])
     }
 
-    /// Adds `key`, valid up to `until_ms`; a key held already keeps the later limit.
-    pub fn add(&mut self, key: AuthorId, until_ms: u64) {
+    /// Adds `key`, current or retired; a key added twice is current if either says so.
+    pub fn add(&mut self, key: AuthorId, current: bool) {
         match self.0.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, u)) => *u = (*u).max(until_ms),
-            None => self.0.push((key, until_ms)),
+            Some((_, c)) => *c |= current,
+            None => self.0.push((key, current)),
         }
     }
 
-    /// The keys, in the order added.
+    /// Every key, current and retired, in the order added.
     pub fn keys(&self) -> impl Iterator<Item = &AuthorId> {
         self.0.iter().map(|(k, _)| k)
     }
 }
 
 impl Signers for OwnerKeys {
-    fn signed(&self, msg: &[u8], sig: &[u8; 64], issued_ms: Option<u64>) -> bool {
-        // Newest first: most items are signed with the current key.
+    fn signed(&self, msg: &[u8], sig: &[u8; 64]) -> bool {
         self.0
             .iter()
-            .rev()
-            .any(|(k, until)| issued_ms.is_none_or(|t| t <= *until) && k.verify(msg, sig))
+            .any(|(k, current)| *current && k.verify(msg, sig))
     }
 }
 
@@ -59,19 +57,18 @@ mod tests {
     use crate::identity::Identity;
 
     #[test]
-    fn a_retired_key_signs_only_what_it_signed_before_its_rotation() {
+    fn a_retired_key_signs_nothing_new() {
         let (old, new) = (Identity::from_seed([1; 32]), Identity::from_seed([2; 32]));
         let mut keys = OwnerKeys::one(new.author());
-        keys.add(old.author(), 1_000);
-        let sig = old.sign(b"grant");
-        assert!(keys.signed(b"grant", &sig, Some(1_000)));
-        assert!(
-            !keys.signed(b"grant", &sig, Some(1_001)),
-            "signed after the rotation"
-        );
-        assert!(keys.signed(b"grant", &sig, None), "an undated item");
-        assert!(keys.signed(b"grant", &new.sign(b"grant"), Some(5_000)));
+        keys.add(old.author(), false);
+        assert!(!keys.signed(b"grant", &old.sign(b"grant")));
+        assert!(keys.signed(b"grant", &new.sign(b"grant")));
         let outsider = Identity::from_seed([3; 32]);
-        assert!(!keys.signed(b"grant", &outsider.sign(b"grant"), None));
+        assert!(!keys.signed(b"grant", &outsider.sign(b"grant")));
+        assert_eq!(
+            keys.keys().count(),
+            2,
+            "both are kept, to open what is held"
+        );
     }
 }

@@ -82,7 +82,8 @@ impl AccessSet {
 
     /// The sequence number the owner's next grant takes.
     pub fn next_seq(&self) -> u64 {
-        self.grants.values().map(|g| g.grant.seq).max().unwrap_or(0) + 1
+        let top = self.grants.values().map(|g| g.grant.seq).max().unwrap_or(0);
+        top.saturating_add(1)
     }
 
     /// Adds a grant signed by `owner` unless an equal or newer one stands for its grantee.
@@ -92,6 +93,10 @@ impl AccessSet {
         g: SignedGrant,
         owner: &(impl Signers + ?Sized),
     ) -> Result<bool, grant::Error> {
+        // Held already: it was checked when it came (perhaps signed by a key retired since).
+        if self.grants.get(&g.grant.grantee) == Some(&g) {
+            return Ok(false);
+        }
         g.verify(owner)?;
         if g.grant.dataset != self.dataset {
             return Err(grant::Error::Dataset {
@@ -126,19 +131,28 @@ impl AccessSet {
         Ok(true)
     }
 
-    /// Adds a wrapped key signed by `owner`; returns whether it was new.
+    /// Adds a wrapped key signed by `owner`; returns whether it was new. One signed with a
+    /// current key replaces the one its slot holds if that one is not (its owner re-signed it
+    /// after a key rotation).
     pub fn merge_wrap(
         &mut self,
         w: WrappedKey,
         owner: &(impl Signers + ?Sized),
     ) -> Result<bool, wrap::Error> {
+        let key = (w.epoch, w.recipient);
+        if self.wraps.get(&key) == Some(&w) {
+            return Ok(false);
+        }
         w.verify(owner)?;
         if w.dataset != self.dataset {
             return Err(wrap::Error::Signature(w.dataset.to_string()));
         }
-        let key = (w.epoch, w.recipient);
-        if self.wraps.contains_key(&key) {
-            return Ok(false);
+        if let Some(held) = self.wraps.get(&key) {
+            if held.verify(owner).is_ok() {
+                return Ok(false);
+            }
+            self.wraps.insert(key, w);
+            return Ok(true);
         }
         if self.wraps.len() >= MAX_WRAPS {
             return Err(wrap::Error::Hpke(
@@ -153,6 +167,11 @@ impl AccessSet {
     /// The standing grant of every grantee, revocations included.
     pub fn grants(&self) -> impl Iterator<Item = &SignedGrant> {
         self.grants.values()
+    }
+
+    /// Every wrapped key.
+    pub fn wraps(&self) -> impl Iterator<Item = &WrappedKey> {
+        self.wraps.values()
     }
 
     /// The standing grant with id `id`.
@@ -314,6 +333,48 @@ mod tests {
         (AccessSet::new(ds), Identity::from_seed([1; 32]))
     }
 
+    /// From an attacker review: the thief of a key the owner rotated away cannot add a grant or
+    /// wrap a key of its choosing (for a future epoch, to make members seal under it); what the
+    /// retired key signed before stays where it is held; the owner's re-signed copies replace it.
+    #[test]
+    fn a_retired_owner_key_adds_nothing_and_re_signed_copies_replace_its_items() {
+        use crate::access::{EpochKey, OwnerKeys};
+        let (mut s, old) = set();
+        let new = Identity::from_seed([9; 32]);
+        let member = Identity::from_seed([5; 32]);
+        let (key, epoch_key) = (member.author(), EpochKey::generate());
+        let ds = s.dataset.clone();
+        let wrap = |by: &Identity, epoch| {
+            WrappedKey::wrap(by, &ds, epoch, &epoch_key, key, &member.agreement_public())
+                .expect("wrap")
+        };
+        let held_grant = grant(1, "pharmacy/*", "read", 1, 0).sign(&old);
+        let held_wrap = wrap(&old, 1);
+        s.merge_grant(held_grant.clone(), &old.author())
+            .expect("grant");
+        s.merge_wrap(held_wrap.clone(), &old.author())
+            .expect("wrap");
+        let mut keys = OwnerKeys::one(new.author());
+        keys.add(old.author(), false);
+        // What it signed before: held, harmless.
+        assert_eq!(s.merge_grant(held_grant.clone(), &keys), Ok(false));
+        assert_eq!(s.merge_wrap(held_wrap.clone(), &keys), Ok(false));
+        // Anything new it signs: refused.
+        assert!(s.merge_wrap(wrap(&old, 1_000_000), &keys).is_err());
+        let forged = grant(u64::MAX, "mallory/*", "read,write", 1_000_000, 0).sign(&old);
+        assert!(s.merge_grant(forged, &keys).is_err());
+        assert_eq!(s.epoch(), 1);
+        // The owner's copies under its new key replace the old ones.
+        assert!(s
+            .merge_wrap(held_wrap.resigned(&new), &keys)
+            .expect("re-signed"));
+        assert!(s.wraps().all(|w| w.signed_by(&new.author())));
+        let again = held_grant.grant.reissued(2, 5).sign(&new);
+        assert!(s.merge_grant(again, &keys).expect("re-issued"));
+        assert!(s.grants().all(|g| g.verify(&new.author()).is_ok()));
+        assert_eq!(s.next_seq(), 3);
+    }
+
     #[test]
     fn a_superseded_grant_cannot_be_replayed() {
         let (mut s, owner) = set();
@@ -433,6 +494,9 @@ mod tests {
         assert_eq!(copy.wraps_for(&reader.author()).count(), 1);
         assert_eq!(copy.epoch(), 1);
         let mallory = Identity::from_seed([9; 32]);
-        assert!(copy.merge_bundle(&s.bundle(), &mallory.author()).is_err());
+        let (mut fresh, _) = set();
+        assert!(fresh.merge_bundle(&s.bundle(), &mallory.author()).is_err());
+        // What is held already was checked when it came: merging it again changes nothing.
+        assert_eq!(copy.merge_bundle(&s.bundle(), &mallory.author()), Ok(0));
     }
 }

@@ -140,6 +140,18 @@ impl WrappedKey {
         [WRAP_DOMAIN, &self.body().0].concat()
     }
 
+    /// The same wrapped key signed by `owner` (after the owner rotated its key).
+    pub fn resigned(&self, owner: &Identity) -> Self {
+        let mut w = self.clone();
+        w.signature = owner.sign(&w.signed_bytes());
+        w
+    }
+
+    /// Whether `key` signed it.
+    pub fn signed_by(&self, key: &AuthorId) -> bool {
+        key.verify(&self.signed_bytes(), &self.signature)
+    }
+
     /// Wire bytes.
     pub fn encode(&self) -> Vec<u8> {
         let mut w = self.body();
@@ -171,7 +183,7 @@ impl WrappedKey {
 
     /// Checks that `owner` signed it.
     pub fn verify(&self, owner: &(impl Signers + ?Sized)) -> Result<(), Error> {
-        if owner.signed(&self.signed_bytes(), &self.signature, None) {
+        if owner.signed(&self.signed_bytes(), &self.signature) {
             Ok(())
         } else {
             Err(Error::Signature(self.dataset.to_string()))

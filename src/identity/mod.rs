@@ -97,7 +97,7 @@ impl fmt::Display for AuthorId {
 pub struct Identity {
     signing: SigningKey,
     agreement: x25519_dalek::StaticSecret,
-    /// Keys this node rotated away, oldest first: they still open keys wrapped for them.
+    /// Keys this node rotated away: they still open keys wrapped for them.
     past: Vec<Identity>,
 }
 
@@ -154,7 +154,7 @@ impl Identity {
         self
     }
 
-    /// Keys this node rotated away, oldest first.
+    /// Keys this node rotated away (in no particular order).
     pub fn past(&self) -> &[Identity] {
         &self.past
     }

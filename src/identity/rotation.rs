@@ -49,6 +49,7 @@ pub fn stage(home: &Path) -> Result<Identity, Error> {
     let new = Identity::generate();
     new.save(&dir)?;
     sync_dir(&dir)?;
+    sync_dir(home)?;
     Ok(new)
 }
 
@@ -71,6 +72,10 @@ pub fn discard(home: &Path) -> Result<(), Error> {
 /// Puts a committed rotation's keys in place; idempotent.
 pub fn finish(home: &Path) -> Result<(), Error> {
     let dir = home.join(ROTATING_DIR);
+    if !dir.join(IDENTITY_FILE).exists() || !dir.join(AGREEMENT_FILE).exists() {
+        // The staged keys go only in the cleanup, after they replaced the current ones.
+        return cleanup(&dir);
+    }
     let new = Identity::load(&dir)?;
     let current = Identity::load(home)?;
     if current.author() != new.author() {
@@ -80,7 +85,19 @@ pub fn finish(home: &Path) -> Result<(), Error> {
         replace(&dir.join(file), &home.join(file))?;
     }
     sync_dir(home)?;
-    remove_dir(&dir)
+    cleanup(&dir)
+}
+
+/// Removes a finished rotation's directory: the rotation first, so that a kill half-way leaves
+/// either a whole rotation or none to finish.
+fn cleanup(dir: &Path) -> Result<(), Error> {
+    let marker = dir.join(ROTATION_FILE);
+    match fs::remove_file(&marker) {
+        Ok(()) => sync_dir(dir)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(&marker)(e)),
+    }
+    remove_dir(dir)
 }
 
 /// Copies the home's current keys and the rotation to `retired/<author>/`, in one rename.
@@ -119,7 +136,7 @@ fn replace(from: &Path, to: &Path) -> Result<(), Error> {
 }
 
 /// What a home holds: its current keys (with every retired one as [`Identity::past`]) and
-/// the signed rotations that retired them, oldest directory name first.
+/// the signed rotations that retired them (in no particular order).
 pub struct Loaded {
     /// The current identity.
     pub identity: Identity,
@@ -197,6 +214,24 @@ mod tests {
         assert_eq!(loaded.identity.author(), old.author());
         assert!(loaded.identity.past().is_empty());
         assert!(!dir.path().join(ROTATING_DIR).exists());
+    }
+
+    #[test]
+    fn a_kill_during_the_cleanup_leaves_a_home_that_loads_with_the_new_keys() {
+        let (dir, _) = home();
+        let new = stage(dir.path()).expect("stage");
+        commit(dir.path(), b"op").expect("commit");
+        finish(dir.path()).expect("finish");
+        // As if killed while deleting `rotating/`: the marker survived, a staged key did not.
+        let rot = dir.path().join(ROTATING_DIR);
+        fs::create_dir(&rot).expect("dir");
+        fs::write(rot.join(ROTATION_FILE), b"op").expect("marker");
+        new.save(&rot).expect("keys");
+        fs::remove_file(rot.join(IDENTITY_FILE)).expect("one gone");
+        let loaded = load(dir.path()).expect("load");
+        assert_eq!(loaded.identity.author(), new.author());
+        assert_eq!(loaded.identity.past().len(), 1);
+        assert!(!rot.exists());
     }
 
     #[test]

@@ -7,7 +7,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::access::Signers;
 use crate::dataset::{Meta, Visibility};
 use crate::identity::Identity;
 
@@ -71,15 +70,20 @@ impl SignedMeta {
         }
         // Signed with its owner's current key, or with one it retired since (when created before).
         let owner = roster.signing_keys(self.meta.id.owner());
-        if owner.keys().next().is_none() {
+        if owner.is_empty() {
             return Err(Error::UnknownOwner(id));
         }
         let sig: Option<[u8; 64]> = hex::decode(&self.signature)
             .ok()
             .and_then(|s| s.try_into().ok());
-        let created = Some(self.meta.created);
+        let msg = signed_bytes(&self.meta);
+        let signed = |sig: &[u8; 64]| {
+            owner
+                .iter()
+                .any(|(k, until)| self.meta.created <= *until && k.verify(&msg, sig))
+        };
         match sig {
-            Some(sig) if owner.signed(&signed_bytes(&self.meta), &sig, created) => Ok(()),
+            Some(sig) if signed(&sig) => Ok(()),
             _ => Err(Error::Signature(id)),
         }
     }

@@ -33,7 +33,10 @@
 //!    see. Dropping an operation can undo what it did, so resolution repeats until the
 //!    set of dropped operations is stable; should the passes cycle, the union of the cycle's
 //!    dropped sets is dropped.
-//! 4. **Conflicting admissions.** Then, two admissions of one organization name or one key, both
+//! 4. **Equivocating rotations.** Two `rotate` operations signed with one key where neither saw
+//!    the other mean the key is in two hands (a thief's and its organization's): both are
+//!    dropped and the organization is removed, as if by the lower of the two.
+//! 5. **Conflicting admissions.** Then, two admissions of one organization name or one key, both
 //!    signed with authority, where neither saw the other, are both dropped (and step 3 settles
 //!    again around that): no admin can take over a member's name, and with it the keys wrapped
 //!    for it, by signing a second admission that sorts first. An admission of the founder's name
@@ -385,6 +388,9 @@ pub struct State {
     keys: HashMap<String, String>,
     /// Admissions found in conflict in this pass (dropped in the next ones).
     conflicts: BTreeMap<OpId, String>,
+    /// Organizations whose key signed two rotations that did not see each other, with the
+    /// lower of the two ids: removed by the rule (found in one pass, applied in the next).
+    equivocated: BTreeMap<String, OpId>,
 }
 
 impl State {

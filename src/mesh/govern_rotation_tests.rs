@@ -83,19 +83,113 @@ fn a_rotation_needs_the_new_keys_proof_a_fresh_key_and_its_own_organization() {
 }
 
 #[test]
-fn concurrent_rotations_of_one_key_converge_on_one_in_every_order() {
+fn two_rotations_of_one_key_that_did_not_see_each_other_remove_the_organization_in_every_order() {
     let (ids, base) = mesh();
     let (mut on_a, mut on_b) = (base.clone(), base.clone());
     let (_, r1) = rotate(&mut on_a, &ids[1], 22);
     let (_, r2) = rotate(&mut on_b, &ids[1], 23);
     let mut on_c = base.clone();
     let rm = remove(&mut on_c, &ids[0], "insurer");
-    let all = every_order(&base, &[r1, r2, rm]);
+    let all = every_order(&base, &[r1.clone(), r2.clone(), rm]);
     for r in &all {
         assert_eq!(r.digest(), all[0].digest());
-        assert_eq!(r.entry("pharmacy").expect("entry").retired.len(), 1);
+        let e = r.entry("pharmacy").expect("entry");
+        assert!(e.retired.is_empty(), "neither rotation stands");
+        assert_eq!(e.removed_by.as_ref(), Some(&r1.id().min(r2.id())));
+        assert!(r.dropped()[&r1.id()].contains("two hands"));
         assert!(r.by_org("insurer").is_none());
     }
+}
+
+fn key(i: u16) -> Identity {
+    let mut seed = [0xEE; 32];
+    seed[0] = (i & 0xff) as u8;
+    seed[1] = (i >> 8) as u8;
+    Identity::from_seed(seed)
+}
+
+/// A rotation of `org`'s key `old` to `new`, with the deps the signer chose.
+fn rotation(org: &str, old: &Identity, new: &Identity, deps: Vec<OpId>) -> Op {
+    let m = Member::of(new, "flu", org, vec![], NOW).expect("member");
+    let proof = rotation_proof("flu", org, &old.author().to_string(), new);
+    let action = Action::Rotate {
+        member: m,
+        until: u64::MAX,
+        proof,
+    };
+    Op::sign("flu", action, deps, old, NOW)
+}
+
+/// From an attacker review: a thief of a key its organization rotated away signs a rotation
+/// naming only old operations, so that it sorts first. It must not take the entry over: the
+/// key is in two hands, and the organization is removed.
+#[test]
+fn a_backdated_rotation_by_a_stolen_retired_key_does_not_take_the_entry_over() {
+    let (ids, mut r) = mesh();
+    let legit = Identity::from_seed([30; 32]);
+    r.rotate(&ids[3], &legit, vec![], 1_000, NOW)
+        .expect("insurer rotates");
+    let admission = r
+        .log
+        .ops
+        .iter()
+        .find(|(_, o)| matches!(&o.body.action, Action::Admit { member, .. } if member.org == "insurer"))
+        .map(|(id, _)| id.clone())
+        .expect("admission");
+    let thief = key(2);
+    let forged = rotation("insurer", &ids[3], &thief, vec![admission]);
+    let mut victim = r.clone();
+    victim.merge(&served(&r, &[forged]), NOW);
+    let e = victim.entry("insurer").expect("entry");
+    assert_ne!(e.member.author, thief.author().to_string());
+    assert!(
+        victim.by_org("insurer").is_none(),
+        "a key in two hands removes its organization"
+    );
+}
+
+/// From an attacker review: many concurrent rotations of one key reach two nodes in different
+/// halves; what each stores must not depend on that, so they converge.
+#[test]
+fn concurrent_rotations_delivered_in_halves_converge() {
+    let (ids, base) = mesh();
+    let ops: Vec<Op> = (0..2 * MAX_ROTATIONS as u16)
+        .map(|i| rotation("insurer", &ids[3], &key(100 + i), base.heads()))
+        .collect();
+    let (first, second) = ops.split_at(MAX_ROTATIONS);
+    let (mut x, mut y) = (base.clone(), base.clone());
+    x.merge(&served(&base, first), NOW);
+    y.merge(&served(&base, second), NOW);
+    let (xc, yc) = (x.clone(), y.clone());
+    x.merge(&yc, NOW);
+    y.merge(&xc, NOW);
+    assert_eq!(x.digest(), y.digest());
+    assert!(x.by_org("insurer").is_none());
+}
+
+/// From an attacker review: a retired key's rotations, which resolution drops, do not use up
+/// its organization's rotations.
+#[test]
+fn a_retired_key_cannot_use_up_its_organizations_rotations() {
+    let (ids, mut r) = mesh();
+    let k1 = key(1);
+    r.rotate(&ids[3], &k1, vec![], 1_000, NOW).expect("rotate");
+    let junk: Vec<Op> = (0..MAX_ROTATIONS as u16)
+        .map(|i| rotation("insurer", &ids[3], &key(300 + i), r.heads()))
+        .collect();
+    let mut peer = r.clone();
+    peer.merge(&served(&r, &junk), NOW);
+    let mut own = peer.clone();
+    let legit = own
+        .rotate(&k1, &key(2), vec![], 2_000, NOW)
+        .expect("applies locally");
+    let mut other = peer.clone();
+    other.merge(&own, NOW);
+    assert!(other.log.ops.contains_key(&legit.id()));
+    assert_eq!(
+        other.by_org("insurer").expect("member").author,
+        key(2).author().to_string()
+    );
 }
 
 #[test]
@@ -146,8 +240,11 @@ fn a_plain_member_rotates_but_cannot_fill_the_log_or_rotate_another_entry() {
         let (next, _) = rotate(&mut r, &key, 100 + i as u8);
         key = next;
     }
-    // One more is applied here but no peer stores it.
-    let (_, extra) = rotate(&mut r, &key, 200);
+    // One more is refused here, and no peer stores it.
+    let next = Identity::from_seed([200; 32]);
+    assert!(r.rotate(&key, &next, vec![], 77, NOW).is_err());
+    let extra = rotation("insurer", &key, &next, r.heads());
+    r.log.ops.insert(extra.id(), extra.clone());
     let mut peer = base.clone();
     let (_, errors) = peer.merge(&r, NOW);
     assert_eq!(

@@ -136,6 +136,11 @@ impl Mesh {
             tokio::spawn(mesh.clone().run_periodic()).abort_handle(),
         ];
         *mesh.inner.tasks.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
+        match mesh.inner.node.resign_access().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(items = n, "access state signed again with the new key"),
+            Err(e) => tracing::warn!(error = %e, "access state not signed again with the new key"),
+        }
         Ok(mesh)
     }
 

@@ -317,7 +317,16 @@ impl Roster {
             until,
             proof,
         };
-        self.sign_and_apply(action, old, now_ms)
+        let op = Op::sign(&self.mesh, action, self.heads(), old, now_ms);
+        // Peers would not store it: the node would restart with a key nobody knows.
+        if self.rotations_before(&op, &org) >= govern::MAX_ROTATIONS {
+            return Err(Error::NotApplied(format!(
+                "{org} has rotated its key {} times, the most a mesh keeps",
+                govern::MAX_ROTATIONS
+            )));
+        }
+        self.apply(op.clone())?;
+        Ok(op)
     }
 
     fn resolve(&mut self) {
@@ -393,6 +402,7 @@ impl Roster {
         }
         // Stored only once what they name is held, in as many sweeps as the chain is long.
         let mut admins = govern::admin_keys(&self.founder, self.log.ops.values());
+        let mut keys = govern::keys_by_org(self.log.ops.values());
         let mut progress = true;
         while progress && !pending.is_empty() {
             progress = false;
@@ -400,12 +410,18 @@ impl Roster {
             for (id, op) in pending {
                 let deps_held = op.body.deps.iter().all(|d| self.log.ops.contains_key(d));
                 // An author made an admin by an operation later in this batch: try again after it.
-                let may_sign = match &op.body.action {
-                    Action::Found { .. } => true,
-                    Action::Rotate { member, .. } => self.may_rotate(&member.org, &op.body.author),
-                    _ => admins.contains(&op.body.author),
-                };
-                if !deps_held || !may_sign {
+                let may_sign = deps_held
+                    && match &op.body.action {
+                        Action::Found { .. } => true,
+                        Action::Rotate { member, .. } => {
+                            let own = keys
+                                .get(&member.org)
+                                .is_some_and(|k| k.contains(&op.body.author));
+                            own && self.rotations_before(op, &member.org) < govern::MAX_ROTATIONS
+                        }
+                        _ => admins.contains(&op.body.author),
+                    };
+                if !may_sign {
                     rest.push((id, op));
                     continue;
                 }
@@ -413,6 +429,13 @@ impl Roster {
                 match self.store(id, op) {
                     Ok(()) => {
                         changed += 1;
+                        if let Action::Found { member } | Action::Admit { member, .. } =
+                            &op.body.action
+                        {
+                            keys.entry(member.org.clone())
+                                .or_default()
+                                .push(member.author.clone());
+                        }
                         match &op.body.action {
                             Action::Admit {
                                 member,
@@ -423,9 +446,16 @@ impl Roster {
                             }
                             Action::Role {
                                 role: Role::Admin, ..
-                            }
-                            | Action::Rotate { .. } => {
+                            } => {
                                 admins = govern::admin_keys(&self.founder, self.log.ops.values());
+                            }
+                            Action::Rotate { member, .. } => {
+                                keys.entry(member.org.clone())
+                                    .or_default()
+                                    .push(member.author.clone());
+                                if admins.contains(&op.body.author) {
+                                    admins.insert(member.author.clone());
+                                }
                             }
                             _ => {}
                         }
@@ -453,21 +483,27 @@ impl Roster {
         (changed, errors)
     }
 
-    /// Whether a rotation of `org` signed by `author` may be stored: the key is one `org` had,
-    /// and `org` stored fewer than [`govern::MAX_ROTATIONS`].
-    fn may_rotate(&self, org: &str, author: &str) -> bool {
-        let rotations = self
-            .log
-            .ops
-            .values()
-            .filter(
-                |o| matches!(&o.body.action, Action::Rotate { member, .. } if member.org == org),
-            )
-            .count();
-        rotations < govern::MAX_ROTATIONS
-            && govern::keys_by_org(self.log.ops.values())
-                .get(org)
-                .is_some_and(|keys| keys.iter().any(|k| k == author))
+    /// How many keys of `org` signed a rotation that the operation `op` saw (its held
+    /// ancestors): a function of the operation alone, so every node decides alike whatever else
+    /// it holds. A chain of rotations is capped at [`govern::MAX_ROTATIONS`]; rotations one key
+    /// signed count once (a thief's of a retired key use up nothing).
+    fn rotations_before(&self, op: &Op, org: &str) -> usize {
+        let mut seen = std::collections::HashSet::new();
+        let mut stack: Vec<&str> = op.body.deps.iter().map(String::as_str).collect();
+        let mut signers = std::collections::HashSet::new();
+        while let Some(id) = stack.pop() {
+            let Some((k, o)) = self.log.ops.get_key_value(id) else {
+                continue;
+            };
+            if !seen.insert(k.as_str()) {
+                continue;
+            }
+            if matches!(&o.body.action, Action::Rotate { member, .. } if member.org == org) {
+                signers.insert(o.body.author.as_str());
+            }
+            stack.extend(o.body.deps.iter().map(String::as_str));
+        }
+        signers.len()
     }
 
     /// Keeps one checked operation whose deps are held and whose author may sign (the caller
@@ -519,21 +555,22 @@ impl Roster {
         Some(self.current(e))
     }
 
-    /// Every key `org` signed with, each with the time (ms) up to which what it signed counts
-    /// (`u64::MAX` for its current key).
-    pub fn signing_keys(&self, org: &str) -> crate::access::OwnerKeys {
-        let mut keys = crate::access::OwnerKeys::default();
-        if let Some(e) = self.state.entries.get(org).filter(|e| e.active()) {
-            for r in &e.retired {
-                if let Some(k) = r.member.author_id() {
-                    keys.add(k, crate::hlc::Timestamp(r.until).millis());
-                }
-            }
-            if let Some(k) = e.member.author_id() {
-                keys.add(k, u64::MAX);
-            }
-        }
-        keys
+    /// Every key current member `org` signed with, each with the time (ms) up to which what
+    /// it signed counts (`u64::MAX` for its current key).
+    pub fn signing_keys(&self, org: &str) -> Vec<(AuthorId, u64)> {
+        let Some(e) = self.state.entries.get(org).filter(|e| e.active()) else {
+            return Vec::new();
+        };
+        let retired = e.retired.iter().filter_map(|r| {
+            let until = crate::hlc::Timestamp(r.until).millis();
+            r.member.author_id().map(|k| (k, until))
+        });
+        e.member
+            .author_id()
+            .map(|k| (k, u64::MAX))
+            .into_iter()
+            .chain(retired)
+            .collect()
     }
 
     /// The governance entry of `org`, removed ones included.

@@ -170,19 +170,20 @@ impl Mesh {
     /// one (the node stopped between committing and applying it).
     pub(crate) async fn apply_own_rotations(&self) -> Result<()> {
         let node = &self.inner.node;
+        let mut theirs = self.inner.state.roster();
+        let mut missing = 0;
         for bytes in node.rotations() {
-            let op: Op = match serde_json::from_slice(bytes) {
-                Ok(op) => op,
-                Err(e) => {
-                    tracing::warn!(error = %e, "a stored rotation does not parse");
-                    continue;
+            match serde_json::from_slice::<Op>(bytes) {
+                Ok(op) if !theirs.log.ops.contains_key(&op.id()) => {
+                    theirs.log.ops.insert(op.id(), op);
+                    missing += 1;
                 }
-            };
-            let mut theirs = self.inner.state.roster();
-            if theirs.log.ops.contains_key(&op.id()) {
-                continue;
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "a stored rotation does not parse"),
             }
-            theirs.log.ops.insert(op.id(), op);
+        }
+        // All at once: the merge stores a chain of them in order.
+        if missing > 0 {
             self.inner.state.merge_roster(node, &theirs).await?;
         }
         Ok(())

@@ -196,7 +196,14 @@ mod tests {
         assert!(check(&ok).is_ok());
         // Indefinite containers and strings.
         assert_eq!(check(&[0x9f, 0x01, 0x5f, 0x41, 0xaa, 0xff, 0xff]), Ok(3));
-        for bad in [&[][..], &[0x82, 0x01], &[0x5a, 0, 0, 0, 9, 1], &[0xff], &[0x1c], &[0x01, 0x02]] {
+        for bad in [
+            &[][..],
+            &[0x82, 0x01],
+            &[0x5a, 0, 0, 0, 9, 1],
+            &[0xff],
+            &[0x1c],
+            &[0x01, 0x02],
+        ] {
             assert!(check(bad).is_err(), "{bad:?}");
         }
     }

@@ -68,12 +68,13 @@ impl MemberKeys {
         self.retired.first().map_or(&self.author, |r| &r.author)
     }
 
-    /// Every key it signed with, each with the time (ms) up to which its grants count.
+    /// Every key it signed with: the current one signs new items, the retired ones only what
+    /// is held.
     fn owner_keys(&self, into: &mut OwnerKeys) {
         for r in &self.retired {
-            into.add(r.author, hlc::Timestamp(r.until).millis());
+            into.add(r.author, false);
         }
-        into.add(self.author, u64::MAX);
+        into.add(self.author, true);
     }
 }
 
@@ -117,7 +118,8 @@ impl Stored {
         let owner = AuthorId::from_hex(&self.owner).ok_or_else(malformed)?;
         let mut keys = OwnerKeys::one(owner);
         for k in &self.rotated {
-            keys.add(AuthorId::from_hex(k).ok_or_else(malformed)?, u64::MAX);
+            // Stored items were checked when they came: every key that signed one counts.
+            keys.add(AuthorId::from_hex(k).ok_or_else(malformed)?, true);
         }
         let mut set = AccessSet::new(id.clone());
         set.merge_bundle(&self.bundle, &keys)
@@ -233,23 +235,26 @@ impl Node {
     }
 
     /// The keys that sign `ds`'s grants and wrapped keys: the key it was learnt with, and every
-    /// key its owner organization had (a retired one's grants count up to its rotation).
+    /// key its owner organization had (only the current one signs anything new).
     pub(crate) fn owner_keys(&self, ds: &Dataset) -> OwnerKeys {
         let mut keys = OwnerKeys::default();
         let owner = ds.meta.id.owner();
-        let dir = self.directory();
-        let member = dir.0.get(owner);
-        if !member.is_some_and(|m| m.has(&ds.owner_key)) {
-            keys.add(ds.owner_key, u64::MAX);
-        }
-        if let Some(m) = member {
-            m.owner_keys(&mut keys);
-        }
         if owner == self.inner.config.org {
-            // What this node signed with any of its keys, it signed.
-            for id in self.inner.identity.all() {
-                keys.add(id.author(), u64::MAX);
+            let me = &self.inner.identity;
+            keys.add(me.author(), true);
+            for past in me.past() {
+                keys.add(past.author(), false);
             }
+            keys.add(ds.owner_key, ds.owner_key == me.author());
+            return keys;
+        }
+        let dir = self.directory();
+        match dir.0.get(owner) {
+            Some(m) => {
+                m.owner_keys(&mut keys);
+                keys.add(ds.owner_key, ds.owner_key == m.author);
+            }
+            None => keys.add(ds.owner_key, true),
         }
         keys
     }

@@ -387,7 +387,12 @@ impl State {
         }
     }
 
-    fn start(meta: &Meta, store: &Store, author: &AuthorId, keys: BTreeMap<u64, EpochKey>) -> Result<Self> {
+    fn start(
+        meta: &Meta,
+        store: &Store,
+        author: &AuthorId,
+        keys: BTreeMap<u64, EpochKey>,
+    ) -> Result<Self> {
         let mut state = match store.snapshot(&meta.id)? {
             Some(snap) => Self::from_snapshot(snap, author)?,
             None => Self::empty(author),
@@ -436,7 +441,10 @@ impl State {
                         continue;
                     }
                     progress = true;
-                    let refused = !state.doc.missing_objects(std::slice::from_ref(&c), true).is_empty();
+                    let refused = !state
+                        .doc
+                        .missing_objects(std::slice::from_ref(&c), true)
+                        .is_empty();
                     let why = if refused {
                         "names an object the document lacks"
                     } else {

@@ -227,7 +227,7 @@ impl Dataset {
                     }
                     for k in released {
                         let c = &candidates[k];
-                        let Some(author) = AuthorId::from_slice(&c.actor_id().to_bytes()) else {
+                        let Some(author) = AuthorId::from_slice(c.actor_id().to_bytes()) else {
                             continue;
                         };
                         let why = "names an object the document lacks (released by a later change)";
@@ -275,7 +275,7 @@ impl Dataset {
 
     /// Replaces the document (and what derives from it) with what the store holds.
     fn rebuild(&self, store: &Store, st: &mut State) -> Result<()> {
-        let author = AuthorId::from_slice(&st.doc.actor().to_bytes())
+        let author = AuthorId::from_slice(st.doc.actor().to_bytes())
             .ok_or_else(|| Error::Internal("document actor is not a key".into()))?;
         let (fresh, _) = State::load(&self.meta, store, &author, st.keys.clone())?;
         let keep_next = st.next_seq;

@@ -5,9 +5,14 @@
 //! [`Node::finish_key_rotation`]; see `identity::rotation` for the files.
 
 use crate::error::{Error, Result};
+use crate::hlc;
 use crate::identity::{rotation, Identity};
 
+use super::access::lock;
 use super::Node;
+
+/// Where the key that last re-signed this node's access state is noted.
+const RESIGNED_KEY: &str = "access/resigned-by";
 
 /// What a key rotation started: the staged keys and the HLC time after which the current key
 /// signs nothing.
@@ -101,6 +106,55 @@ impl Node {
     pub async fn restart_requested(&self) {
         let mut rx = self.inner.restart.subscribe();
         let _ = rx.wait_for(|r| *r).await;
+    }
+
+    /// After a key rotation: signs again, with the current key, every grant and wrapped key of
+    /// the datasets this node owns that a retired key signed (other nodes take nothing new from
+    /// a retired key, and these copies supersede the old ones everywhere). Once per key; returns
+    /// how many items were signed again.
+    pub async fn resign_access(&self) -> Result<usize> {
+        let me = &self.inner.identity;
+        let author = me.author().to_string();
+        if me.past().is_empty() || self.load_state::<String>(RESIGNED_KEY)? == Some(author.clone())
+        {
+            return Ok(0);
+        }
+        let _signing = self.signing().await?;
+        let mut total = 0;
+        for ds in self.owned_datasets() {
+            let n = {
+                let mut set = lock(&ds.access);
+                let mut n = 0;
+                let stale: Vec<_> = set
+                    .grants()
+                    .filter(|g| g.verify(&me.author()).is_err())
+                    .cloned()
+                    .collect();
+                for g in stale {
+                    let again = g.grant.reissued(set.next_seq(), hlc::wall_millis());
+                    set.merge_grant(again.sign(me), &me.author())
+                        .map_err(|e| Error::Internal(e.to_string()))?;
+                    n += 1;
+                }
+                let stale: Vec<_> = set
+                    .wraps()
+                    .filter(|w| !w.signed_by(&me.author()))
+                    .cloned()
+                    .collect();
+                for w in stale {
+                    set.merge_wrap(w.resigned(me), &me.author())
+                        .map_err(|e| Error::Internal(e.to_string()))?;
+                    n += 1;
+                }
+                n
+            };
+            if n > 0 {
+                self.access_changed(&ds).await?;
+                total += n;
+            }
+        }
+        self.save_state(RESIGNED_KEY, &author).await?;
+        Ok(total)
     }
 
     /// Whether the node asked to be restarted.

@@ -244,7 +244,8 @@ impl Store {
         seq: u64,
         why: &str,
     ) -> Result<(), Error> {
-        self.envelopes.remove(keys::envelope(dataset, author, seq))?;
+        self.envelopes
+            .remove(keys::envelope(dataset, author, seq))?;
         let note = serde_json::json!({
             "dataset": dataset.to_string(),
             "author": author.to_string(),
@@ -261,7 +262,9 @@ impl Store {
         author: &AuthorId,
         seq: u64,
     ) -> Result<bool, Error> {
-        Ok(self.meta.contains_key(quarantine_key(dataset, author, seq))?)
+        Ok(self
+            .meta
+            .contains_key(quarantine_key(dataset, author, seq))?)
     }
 
     /// The highest sequence stored for `author` in `dataset` (0 if none).

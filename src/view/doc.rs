@@ -37,7 +37,9 @@ pub enum Error {
     Automerge(#[from] automerge::AutomergeError),
     /// A remote change names an object the document lacks and its own history does not make
     /// (Automerge 0.12 panics on such a change instead of refusing it).
-    #[error("the change names object {0}, which neither the document nor the change's history holds")]
+    #[error(
+        "the change names object {0}, which neither the document nor the change's history holds"
+    )]
     MissingObject(String),
     /// Automerge panicked: the document may be half-changed and must be rebuilt from the store.
     #[error("automerge failed applying a change ({0}); the document is rebuilt from the store")]
@@ -317,13 +319,17 @@ impl Doc {
         ready_only: bool,
     ) -> Vec<(usize, Error)> {
         let decoded: Vec<automerge::ExpandedChange> = batch.iter().map(|c| c.decode()).collect();
-        let by_hash: HashMap<ChangeHash, usize> =
-            batch.iter().enumerate().map(|(i, c)| (c.hash(), i)).collect();
+        let by_hash: HashMap<ChangeHash, usize> = batch
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.hash(), i))
+            .collect();
         let mut out = Vec::new();
         for (i, change) in decoded.iter().enumerate() {
-            let ready = batch[i].deps().iter().all(|d| {
-                by_hash.contains_key(d) || self.am.get_change_meta_by_hash(d).is_some()
-            });
+            let ready = batch[i]
+                .deps()
+                .iter()
+                .all(|d| by_hash.contains_key(d) || self.am.get_change_meta_by_hash(d).is_some());
             if ready_only && !ready {
                 continue;
             }

@@ -399,7 +399,9 @@ fn orphaned_write() -> automerge::Change {
 fn a_change_on_an_object_the_document_lacks_is_refused_before_automerge_sees_it() {
     let bad = orphaned_write();
     let mut victim = Doc::new(&[1; 32]);
-    victim.write(&[up("v1", json!({"x": 1}))], &[]).expect("write");
+    victim
+        .write(&[up("v1", json!({"x": 1}))], &[])
+        .expect("write");
     let refused = victim.missing_objects(std::slice::from_ref(&bad), true);
     assert!(
         matches!(refused.as_slice(), [(0, Error::MissingObject(_))]),
@@ -407,8 +409,14 @@ fn a_change_on_an_object_the_document_lacks_is_refused_before_automerge_sees_it(
     );
     // A change whose objects its own history (in the same batch) makes is fine.
     let mut src = Doc::new(&[8; 32]);
-    let c1 = src.write(&[up("r1", json!({"a": 1}))], &[]).expect("w").expect("c");
-    let c2 = src.write(&[up("r1", json!({"a": 2}))], &[]).expect("w").expect("c");
+    let c1 = src
+        .write(&[up("r1", json!({"a": 1}))], &[])
+        .expect("w")
+        .expect("c");
+    let c2 = src
+        .write(&[up("r1", json!({"a": 2}))], &[])
+        .expect("w")
+        .expect("c");
     let pair: Vec<automerge::Change> = [c2, c1]
         .into_iter()
         .map(|b| automerge::Change::from_bytes(b).expect("decodes"))
@@ -422,7 +430,9 @@ fn a_change_on_an_object_the_document_lacks_is_refused_before_automerge_sees_it(
 fn a_panic_inside_automerge_is_caught_and_reported() {
     let bad = orphaned_write();
     let mut victim = Doc::new(&[1; 32]);
-    victim.write(&[up("v1", json!({"x": 1}))], &[]).expect("write");
+    victim
+        .write(&[up("v1", json!({"x": 1}))], &[])
+        .expect("write");
     let res = victim.apply(vec![bad]);
     assert!(matches!(res, Err(Error::Panicked(_))), "{res:?}");
 }

@@ -499,7 +499,11 @@ async fn a_narrowed_grant_narrows_an_open_event_stream() {
     let (hospital, pharmacy) = (&nodes[0], &nodes[1]);
     let ds = shared(hospital, "wards", &[]).await;
     let keep = grant_req(&ds, "pharmacy/other", &[Action::Read]);
-    hospital.node.grant(&hospital.admin, keep).await.expect("grant");
+    hospital
+        .node
+        .grant(&hospital.admin, keep)
+        .await
+        .expect("grant");
     let rec = |id: &str, name: &str| fogmesh::node::Batch {
         records: vec![fogmesh::record::Input {
             id: Some(id.into()),
@@ -511,7 +515,11 @@ async fn a_narrowed_grant_narrows_an_open_event_stream() {
     };
     publish(hospital, &ds, rec("h1", "district-1/a")).await;
     let wide = grant_req(&ds, "pharmacy/restock", &[Action::Read]);
-    hospital.node.grant(&hospital.admin, wide).await.expect("grant");
+    hospital
+        .node
+        .grant(&hospital.admin, wide)
+        .await
+        .expect("grant");
     let p = &pharmacy.node;
     let restock = p
         .add_app(&pharmacy.admin, "restock", vec![])
@@ -527,7 +535,11 @@ async fn a_narrowed_grant_narrows_an_open_event_stream() {
 
     let mut narrow = grant_req(&ds, "pharmacy/restock", &[Action::Read]);
     narrow.prefix = Some("district-7".into());
-    hospital.node.grant(&hospital.admin, narrow).await.expect("narrow");
+    hospital
+        .node
+        .grant(&hospital.admin, narrow)
+        .await
+        .expect("narrow");
     wait_for("the narrowed grant at the pharmacy", || async {
         p.query(&restock, &ds, &q).is_ok_and(|r| r.is_empty())
     })

@@ -158,18 +158,20 @@ fn a_stranger_gets_no_answers_and_is_dropped_after_the_join_window() -> Result<(
     Ok(())
 }
 
-/// Creates `hospital/flu`, shared with mallory, who may also write it. Kept in clear, so a raw
-/// client holding only mallory's identity can forge well-formed changes for it.
-fn share_flu_with_mallory(node: &TestNode) {
-    let args = [
+/// Creates `hospital/flu`, shared with mallory, who may also write it. `clear`: kept in clear,
+/// so a raw client holding only mallory's identity can forge well-formed changes for it.
+pub(crate) fn share_flu_with_mallory(node: &TestNode, clear: bool) {
+    let mut args = vec![
         "dataset",
         "create",
         "flu",
         "--shared",
-        "--clear",
         "--readers",
         "mallory",
     ];
+    if clear {
+        args.push("--clear");
+    }
     node.cli(&args).ok();
     let grant = [
         "grant",
@@ -186,7 +188,7 @@ fn share_flu_with_mallory(node: &TestNode) {
 fn a_member_sending_garbage_is_counted_disconnected_and_the_node_stays_bounded() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let node = TestNode::init(&dir.path().join("hospital"), "hospital")?;
-    share_flu_with_mallory(&node);
+    share_flu_with_mallory(&node, true);
 
     // Mallory joins for real, then its node stops and the raw client takes over its key.
     let mut mallory = TestNode::init(&dir.path().join("mallory"), "mallory")?;
@@ -386,7 +388,7 @@ fn a_change_claiming_the_owners_actor_is_refused_and_breaks_nothing() -> Result<
     use automerge::ReadDoc;
     let dir = tempfile::tempdir()?;
     let mut node = TestNode::init(&dir.path().join("hospital"), "hospital")?;
-    share_flu_with_mallory(&node);
+    share_flu_with_mallory(&node, true);
     let data = r#"{"cases":1}"#;
     node.cli(&["publish", "hospital/flu", "--name", "d1", "--data", data])
         .ok();

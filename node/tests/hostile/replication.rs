@@ -103,7 +103,10 @@ fn a_dataset_description_nested_too_deeply_is_refused_alone() -> Result<()> {
     hospital.stop()?;
     hospital.restart()?;
     let ids = listed(&hospital)?;
-    ensure!(ids.iter().any(|i| i == "mallory/fine"), "after a restart: {ids:?}");
+    ensure!(
+        ids.iter().any(|i| i == "mallory/fine"),
+        "after a restart: {ids:?}"
+    );
     Ok(())
 }
 
@@ -125,11 +128,7 @@ fn an_envelope_of_an_epoch_the_owner_never_made_is_refused() -> Result<()> {
     let invite = hospital.cli(&["invite", "--json"]).ok().json();
     let token = invite["token"].as_str().context("invite token")?.to_owned();
     mallory.cli(&["join", &token]).ok();
-    hospital
-        .cli(&["dataset", "create", "flu", "--shared", "--readers", "mallory"])
-        .ok();
-    let grant = ["grant", "hospital/flu", "--to", "mallory/*", "--rights", "read,write"];
-    hospital.cli(&grant).ok();
+    crate::share_flu_with_mallory(&hospital, false);
     mallory.stop()?;
     let key = Identity::load(&mallory.home)?;
     let (peer, addr) = target(&hospital)?;
@@ -146,7 +145,10 @@ fn an_envelope_of_an_epoch_the_owner_never_made_is_refused() -> Result<()> {
     let ack: PushAck = c
         .request(Proto::Push, frame(&proto::encode(&push)))
         .message()?;
-    ensure!(ack.accepted == 0, "an envelope of a made-up epoch was accepted");
+    ensure!(
+        ack.accepted == 0,
+        "an envelope of a made-up epoch was accepted"
+    );
     ensure!(
         rejected(&hospital, "hospital/flu")? == 1,
         "the made-up epoch was not refused as such"
@@ -168,7 +170,14 @@ fn upsert(id: &str, v: i64) -> fogmesh::view::doc::Upsert {
 
 fn envelope_of(key: &Identity, ds: &DatasetId, change: &automerge::Change) -> Envelope {
     let hlc = fogmesh::hlc::wall_millis() << 16;
-    Envelope::seal(key, ds.clone(), change.seq(), 0, hlc, change.raw_bytes().to_vec())
+    Envelope::seal(
+        key,
+        ds.clone(),
+        change.seq(),
+        0,
+        hlc,
+        change.raw_bytes().to_vec(),
+    )
 }
 
 fn push_one(c: &RawClient, env: &Envelope) -> Result<u32> {
@@ -201,12 +210,18 @@ fn changes_that_would_break_automerge_are_quarantined_and_the_node_keeps_serving
     let invite = hospital.cli(&["invite", "--json"]).ok().json();
     let token = invite["token"].as_str().context("invite token")?.to_owned();
     mallory.cli(&["join", &token]).ok();
-    let create = ["dataset", "create", "flu", "--shared", "--clear", "--readers", "mallory"];
-    hospital.cli(&create).ok();
-    let grant = ["grant", "hospital/flu", "--to", "mallory/*", "--rights", "read,write"];
-    hospital.cli(&grant).ok();
+    crate::share_flu_with_mallory(&hospital, true);
     hospital
-        .cli(&["publish", "hospital/flu", "--name", "ward/h1", "--id", "h1", "--data", r#"{"v":1}"#])
+        .cli(&[
+            "publish",
+            "hospital/flu",
+            "--name",
+            "ward/h1",
+            "--id",
+            "h1",
+            "--data",
+            r#"{"v":1}"#,
+        ])
         .ok();
     mallory.stop()?;
     let key = Identity::load(&mallory.home)?;
@@ -244,24 +259,43 @@ fn changes_that_would_break_automerge_are_quarantined_and_the_node_keeps_serving
     }
     let held = automerge::Change::from(held);
     let kept = push_one(&c, &envelope_of(&key, &ds, &held));
-    ensure!(kept.as_ref().is_ok_and(|n| *n == 1), "(b) not held back: {kept:?}\n{}", hospital.log_tail());
+    ensure!(
+        kept.as_ref().is_ok_and(|n| *n == 1),
+        "(b) not held back: {kept:?}\n{}",
+        hospital.log_tail()
+    );
     // The push that lets it through is refused too (its author is to blame), but the innocent
     // change in it is kept.
     let released = push_one(&c, &envelope_of(&key, &ds, &first));
-    ensure!(released.is_err(), "the quarantine was not counted: {released:?}");
+    ensure!(
+        released.is_err(),
+        "the quarantine was not counted: {released:?}"
+    );
     let ids = record_ids(&hospital)?;
     ensure!(
         ids.contains(&"h1".to_owned()) && ids.contains(&"m1".to_owned()),
         "records after the rebuild: {ids:?}\n{}",
         hospital.log_tail()
     );
-    ensure!(push_one(&c, &envelope_of(&key, &ds, &held))? == 0, "a quarantined change came back");
+    ensure!(
+        push_one(&c, &envelope_of(&key, &ds, &held))? == 0,
+        "a quarantined change came back"
+    );
     let log = std::fs::read_to_string(hospital.home.join("test-node.log"))?;
     ensure!(log.contains("quarantined"), "no quarantine in the log");
     ensure!(log.contains(&actor.to_string()), "the author is not named");
     drop(c);
     hospital
-        .cli(&["publish", "hospital/flu", "--name", "ward/h2", "--id", "h2", "--data", r#"{"v":2}"#])
+        .cli(&[
+            "publish",
+            "hospital/flu",
+            "--name",
+            "ward/h2",
+            "--id",
+            "h2",
+            "--data",
+            r#"{"v":2}"#,
+        ])
         .ok();
     hospital.stop()?;
     hospital.restart()?;

@@ -14,10 +14,12 @@ impl Log {
         let anc = Ancestors::new(self);
         // Strong remove and demote first; then admissions in conflict among those that still
         // had their authority are dropped, and the removals settle again around them.
-        let (mut state, mut dropped) = self.settle(&order, founder, &anc, BTreeMap::new());
+        let none = BTreeMap::new();
+        let (mut state, mut dropped) = self.settle(&order, founder, &anc, BTreeMap::new(), &none);
         let conflicts = std::mem::take(&mut state.conflicts);
+        let equivocated = std::mem::take(&mut state.equivocated);
         if !conflicts.is_empty() {
-            (state, dropped) = self.settle(&order, founder, &anc, conflicts);
+            (state, dropped) = self.settle(&order, founder, &anc, conflicts, &equivocated);
         }
         for (id, why) in &dropped {
             state.dropped.insert(id.clone(), why.clone());
@@ -38,11 +40,12 @@ impl Log {
         founder: &str,
         anc: &Ancestors<'_>,
         base: BTreeMap<OpId, String>,
+        forced: &BTreeMap<String, OpId>,
     ) -> (State, BTreeMap<OpId, String>) {
         let mut dropped = base.clone();
         let mut seen: Vec<BTreeMap<OpId, String>> = Vec::new();
         for _ in 0..MAX_PASSES {
-            let state = self.apply(order, founder, &dropped, anc);
+            let state = self.apply(order, founder, &dropped, anc, forced);
             let mut next = base.clone();
             next.extend(self.strong_remove(&state, anc));
             if next.keys().eq(dropped.keys()) {
@@ -54,11 +57,11 @@ impl Log {
                     union.extend(s.iter().map(|(k, v)| (k.clone(), v.clone())));
                 }
                 union.extend(next);
-                return (self.apply(order, founder, &union, anc), union);
+                return (self.apply(order, founder, &union, anc, forced), union);
             }
             seen.push(std::mem::replace(&mut dropped, next));
         }
-        (self.apply(order, founder, &dropped, anc), dropped)
+        (self.apply(order, founder, &dropped, anc, forced), dropped)
     }
 
     /// Every operation whose deps are all held (transitively), in the fixed order: height, then
@@ -109,6 +112,7 @@ impl Log {
         founder: &str,
         dropped: &BTreeMap<OpId, String>,
         anc: &Ancestors<'_>,
+        forced: &BTreeMap<String, OpId>,
     ) -> State {
         let mut st = State::default();
         for id in order.iter().filter(|id| !dropped.contains_key(*id)) {
@@ -120,6 +124,12 @@ impl Log {
                 Err(why) => {
                     st.dropped.insert(id.clone(), why);
                 }
+            }
+        }
+        // Organizations whose key is in two hands are removed by the rule.
+        for (org, by) in forced {
+            if let Some(e) = st.entries.get_mut(org).filter(|e| e.active()) {
+                e.removed_by = Some(by.clone());
             }
         }
         st
@@ -154,10 +164,27 @@ impl Log {
             Some(_) => return Err("its author had been removed".into()),
         }
         if signer.member.author != author {
-            return Err(format!(
-                "signed with a key {} had retired",
-                signer.member.org
-            ));
+            let org = signer.member.org.clone();
+            let prior = signer
+                .retired
+                .iter()
+                .find(|r| r.member.author == author)
+                .map(|r| r.by.clone());
+            if let (Action::Rotate { .. }, Some(prior)) = (&op.body.action, prior) {
+                let concurrent =
+                    !anc.of(id).contains(prior.as_str()) && !anc.of(&prior).contains(id.as_str());
+                if concurrent {
+                    let why = format!(
+                        "{org}'s key signed two rotations that did not see each other: it is in \
+                         two hands, and {org} is removed"
+                    );
+                    st.conflicts.insert(id.clone(), why.clone());
+                    st.conflicts.insert(prior.clone(), why.clone());
+                    st.equivocated.insert(org, prior.min(id.clone()));
+                    return Err(why);
+                }
+            }
+            return Err(format!("signed with a key {org} had retired"));
         }
         if let Action::Rotate {
             member,
@@ -211,9 +238,12 @@ impl Log {
             let keys: HashSet<&str> = e.keys().collect();
             for r in &e.retired {
                 // Rotation is strong too: a retired key signs nothing its rotation did not see.
+                // (Its other rotations are left to the check for a key in two hands.)
                 let seen = anc.of(&r.by);
                 for (id, op) in &self.ops {
+                    let rotation = matches!(op.body.action, Action::Rotate { .. });
                     if op.body.author == r.member.author
+                        && !rotation
                         && !seen.contains(id.as_str())
                         && *id != r.by
                     {
