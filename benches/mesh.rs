@@ -1009,6 +1009,8 @@ fn hello_sizes() -> (usize, f64) {
             roster,
             datasets,
             access,
+            after: None,
+            more: false,
         })
         .len()
     };

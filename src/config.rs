@@ -78,6 +78,9 @@ pub struct Config {
     pub audit_retention_days: u32,
     /// Most audit entries kept; the oldest are pruned as new ones are appended.
     pub audit_max_entries: u64,
+    /// Most datasets of one other member this node adopts; past it, that member's new
+    /// descriptions are refused (logged), so no member can fill this node with datasets.
+    pub max_datasets_per_member: usize,
 }
 
 impl Default for Config {
@@ -99,6 +102,7 @@ impl Default for Config {
             min_group_size: 5,
             audit_retention_days: 365,
             audit_max_entries: 200_000,
+            max_datasets_per_member: 10_000,
         }
     }
 }
@@ -127,6 +131,11 @@ impl Config {
             return Err(Error::Invalid(format!(
                 "audit_max_entries must be {MIN_AUDIT_ENTRIES} to {MAX_AUDIT_ENTRIES}"
             )));
+        }
+        if !(1..=1_000_000).contains(&self.max_datasets_per_member) {
+            return Err(Error::Invalid(
+                "max_datasets_per_member must be 1 to 1000000".into(),
+            ));
         }
         if !(1024..=MAX_BODY_BYTES).contains(&self.max_body_bytes) {
             return Err(Error::Invalid(format!(
@@ -199,7 +208,10 @@ impl Config {
              # Default: {ddays}\n\
              audit_retention_days = {days}\n\n\
              # Most audit entries kept; the oldest go first. Default: {dentries}\n\
-             audit_max_entries = {entries}\n",
+             audit_max_entries = {entries}\n\n\
+             # Most datasets of one other member this node adopts; past it that member's new\n\
+             # dataset descriptions are refused and logged. Default: {dadopt}\n\
+             max_datasets_per_member = {adopt}\n",
             org = q(&self.org),
             mesh = q(&self.mesh),
             dapi = d.api,
@@ -219,6 +231,8 @@ impl Config {
             days = self.audit_retention_days,
             dentries = d.audit_max_entries,
             entries = self.audit_max_entries,
+            dadopt = d.max_datasets_per_member,
+            adopt = self.max_datasets_per_member,
         )
     }
 }
@@ -250,6 +264,7 @@ mod tests {
             "min_group_size",
             "audit_retention_days",
             "audit_max_entries",
+            "max_datasets_per_member",
         ] {
             assert!(text.contains(&format!("\n{field} = ")), "{field} missing");
         }

@@ -25,6 +25,9 @@ use crate::access::Bundle;
 
 /// Most datasets one Hello may list.
 pub const MAX_DATASETS: usize = 4096;
+/// Datasets one Hello lists: a page stays far below the request cap (256 KiB) even with the
+/// longest names, so any number of datasets catches up, one page at a time.
+pub const HELLO_PAGE: usize = 500;
 /// Most envelopes one Push or one Fetch page may carry.
 pub const MAX_ENVELOPES: usize = 4096;
 /// Bytes of access sets one Hello answer carries at most (beyond the one that crosses it);
@@ -80,6 +83,13 @@ pub enum SyncRequest {
         /// Per dataset held: id and access-state digest.
         #[serde(default)]
         access: Vec<(String, [u8; 32])>,
+        /// A page of the requester's datasets (sorted by id): those after this id...
+        #[serde(default)]
+        after: Option<String>,
+        /// ...up to the last one listed when more pages follow, to the end otherwise. The
+        /// responder answers for the datasets in that range only.
+        #[serde(default)]
+        more: bool,
     },
     /// The responder's whole roster, please (a newcomer asks its inviter).
     Roster,

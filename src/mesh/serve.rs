@@ -1,6 +1,8 @@
 //! Answers to peers: joins, catch-up requests and pushes. Every frame is decoded and capped before
 //! it is used; what does not decode or verify is counted against the peer and refused.
 
+use std::collections::HashMap;
+
 use libp2p::PeerId;
 use serde_bytes::ByteBuf;
 
@@ -77,12 +79,15 @@ impl Mesh {
                 roster,
                 datasets,
                 access,
+                after,
+                more,
             } => {
                 proto::cap("hello", datasets.len(), proto::MAX_DATASETS)
                     .map_err(|e| e.to_string())?;
                 proto::cap("hello access", access.len(), proto::MAX_DATASETS)
                     .map_err(|e| e.to_string())?;
-                let answer = self.hello(&org, roster, &datasets, &access);
+                let page = Page::of(after, more, &datasets);
+                let answer = self.hello(&org, roster, &datasets, &access, &page);
                 // The answer carries the roster, or the peer's is the same.
                 self.inner.state.note_roster_served(peer);
                 Ok(answer)
@@ -110,26 +115,31 @@ impl Mesh {
         }
     }
 
-    /// Hello: the roster if it differs, the catalog the requester lacks, the vectors and access
-    /// states that differ.
+    /// Hello: the roster if it differs; for the datasets in the requester's page, the catalog it
+    /// lacks, the vectors and access states that differ.
     fn hello(
         &self,
         org: &str,
         roster: [u8; 32],
         listed: &[(String, [u8; 32])],
         access: &[(String, [u8; 32])],
+        page: &Page,
     ) -> SyncResponse {
         let mine = self.inner.state.roster();
         let roster = (mine.digest() != roster).then_some(mine);
         let (mut catalog, mut vectors, mut bundles) = (Vec::new(), Vec::new(), Vec::new());
         let mut budget = proto::HELLO_ACCESS_BYTES;
         let node = &self.inner.node;
+        let listed: HashMap<&str, &[u8; 32]> =
+            listed.iter().map(|(d, h)| (d.as_str(), h)).collect();
+        let access: HashMap<&str, &[u8; 32]> =
+            access.iter().map(|(d, h)| (d.as_str(), h)).collect();
         for (meta, vv) in node.replicas() {
-            if !catalog::entitled(&meta, org) {
+            let id = meta.id.to_string();
+            if !catalog::entitled(&meta, org) || !page.covers(&id) {
                 continue;
             }
-            let id = meta.id.to_string();
-            let theirs = access.iter().find(|(d, _)| *d == id).map(|(_, h)| *h);
+            let theirs = access.get(id.as_str()).map(|h| **h);
             // Access sets up to a byte budget per answer; the rest differ again next round.
             if node.access_digest(&meta.id) != theirs && budget > 0 {
                 if let Some(b) = node.access_bundle(&meta.id) {
@@ -138,9 +148,9 @@ impl Mesh {
                     bundles.push((id.clone(), b));
                 }
             }
-            match listed.iter().find(|(d, _)| *d == id) {
+            match listed.get(id.as_str()) {
                 None if meta.id.owner() != org => catalog.extend(self.signed(&meta)),
-                Some((_, digest)) if *digest != vv.digest() => {
+                Some(digest) if **digest != vv.digest() => {
                     vectors.push((id, ByteBuf::from(vv.encode())));
                 }
                 _ => {}
@@ -229,11 +239,19 @@ impl Mesh {
         }
         let roster = self.inner.state.roster();
         sm.verify(&roster).map_err(|e| e.to_string())?;
+        let node = &self.inner.node;
+        let owner = sm.meta.id.owner();
+        let cap = node.config().max_datasets_per_member;
+        if !node.holds(&sm.meta.id) && node.datasets_owned_by(owner) >= cap {
+            return Err(format!(
+                "{owner} already has {cap} datasets here, the most max_datasets_per_member lets \
+                 this node adopt from one member"
+            ));
+        }
         let owner_key = roster
             .by_org(sm.meta.id.owner())
             .and_then(|m| m.author_id())
             .ok_or("dataset owner left the roster")?;
-        let node = &self.inner.node;
         let fresh = node.adopt_dataset(sm.meta.clone(), owner_key).await;
         let fresh = fresh.map_err(|e| e.to_string())?;
         self.inner
@@ -356,4 +374,26 @@ impl Mesh {
 /// Decodes a peer's version vector.
 pub(crate) fn vector(bytes: &[u8]) -> Result<VersionVector, String> {
     VersionVector::decode(bytes).map_err(|e| e.to_string())
+}
+
+/// The range of dataset ids one Hello covers: after `after` (from the start without it), up to
+/// the last id it lists when more pages follow, to the end otherwise.
+pub(crate) struct Page {
+    after: Option<String>,
+    upto: Option<String>,
+}
+
+impl Page {
+    fn of(after: Option<String>, more: bool, listed: &[(String, [u8; 32])]) -> Self {
+        let upto = if more {
+            listed.iter().map(|(d, _)| d).max().cloned()
+        } else {
+            None
+        };
+        Self { after, upto }
+    }
+
+    fn covers(&self, id: &str) -> bool {
+        self.after.as_deref().is_none_or(|a| id > a) && self.upto.as_deref().is_none_or(|u| id <= u)
+    }
 }

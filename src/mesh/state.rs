@@ -19,7 +19,10 @@ const ROSTER_KEY: &str = "mesh/roster/2";
 /// Where fogmesh kept the roster before governance: a home that has it was written by an older
 /// version whose certificates cannot become governance operations.
 const OLD_ROSTER_KEY: &str = "mesh/roster";
-const CATALOG_KEY: &str = "mesh/catalog";
+/// The catalog as one value, as earlier versions kept it (moved to one key per dataset at start).
+const OLD_CATALOG_KEY: &str = "mesh/catalog";
+/// One key per remote dataset description: adopting one writes only it.
+const CATALOG_PREFIX: &str = "mesh/catalog/";
 
 /// One catch-up under way, as `fogmesh status` shows it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -74,7 +77,7 @@ impl State {
                 r
             }
         };
-        let catalog: Vec<SignedMeta> = node.load_state(CATALOG_KEY)?.unwrap_or_default();
+        let catalog = load_catalog(node).await?;
         let inner = Inner {
             roster,
             catalog: catalog
@@ -160,12 +163,11 @@ impl State {
 
     /// Remembers a verified description of a remote dataset.
     pub(crate) async fn remember(&self, node: &Node, meta: SignedMeta) -> Result<()> {
-        let all: Vec<SignedMeta> = {
-            let mut st = self.lock();
-            st.catalog.insert(meta.meta.id.clone(), meta);
-            st.catalog.values().cloned().collect()
-        };
-        node.save_state(CATALOG_KEY, &all).await
+        let key = format!("{CATALOG_PREFIX}{}", meta.meta.id);
+        self.lock()
+            .catalog
+            .insert(meta.meta.id.clone(), meta.clone());
+        node.save_state(&key, &meta).await
     }
 
     /// True the first time it is asked for (`peer`, `id`): the description must go along.
@@ -243,4 +245,17 @@ fn founding_roster(node: &Node) -> Result<Roster> {
     )
     .map_err(|e| Error::Internal(e.to_string()))?;
     Roster::found(me, node.identity()).map_err(|e| Error::Internal(e.to_string()))
+}
+
+/// The remote dataset descriptions this node keeps, moving an earlier version's single value to
+/// one key per dataset.
+async fn load_catalog(node: &Node) -> Result<Vec<SignedMeta>> {
+    if let Some(old) = node.load_state::<Vec<SignedMeta>>(OLD_CATALOG_KEY)? {
+        for sm in &old {
+            node.save_state(&format!("{CATALOG_PREFIX}{}", sm.meta.id), sm)
+                .await?;
+        }
+        node.remove_state(OLD_CATALOG_KEY).await?;
+    }
+    node.load_states(CATALOG_PREFIX)
 }

@@ -183,27 +183,56 @@ impl Mesh {
         Ok(())
     }
 
-    /// One Hello: merges the roster, adopts the catalog, fetches what the vectors say is missing.
-    /// Returns how many datasets were newly adopted.
+    /// One round of Hellos, a page of this node's shared datasets each: merges the roster,
+    /// adopts the catalog, fetches what the vectors say is missing. Returns how many datasets
+    /// were newly adopted.
     async fn hello_round(&self, peer: PeerId) -> Result<usize, String> {
-        let replicas = self.inner.node.replicas();
-        let shared: Vec<_> = replicas
-            .iter()
+        let mut shared: Vec<_> = self
+            .inner
+            .node
+            .replicas()
+            .into_iter()
             .filter(|(m, _)| m.visibility == crate::dataset::Visibility::Shared)
+            .map(|(m, vv)| (m.id.to_string(), m, vv))
             .collect();
-        let datasets = shared
-            .iter()
-            .map(|(m, vv)| (m.id.to_string(), vv.digest()))
-            .collect();
+        shared.sort_by(|a, b| a.0.cmp(&b.0));
+        let pages: Vec<_> = shared.chunks(proto::HELLO_PAGE).collect();
+        let mut after = None;
+        let mut adopted = 0;
+        for (i, page) in pages.iter().enumerate() {
+            let more = i + 1 < pages.len();
+            adopted += self.hello_page(peer, page, after.take(), more).await?;
+            after = page.last().map(|(id, _, _)| id.clone());
+        }
+        if pages.is_empty() {
+            adopted += self.hello_page(peer, &[], None, false).await?;
+        }
+        Ok(adopted)
+    }
+
+    /// One Hello for `page` of this node's shared datasets (see `SyncRequest::Hello`).
+    async fn hello_page(
+        &self,
+        peer: PeerId,
+        page: &[(String, crate::dataset::Meta, VersionVector)],
+        after: Option<String>,
+        more: bool,
+    ) -> Result<usize, String> {
         let node = &self.inner.node;
-        let access = shared
+        let datasets = page
             .iter()
-            .filter_map(|(m, _)| Some((m.id.to_string(), node.access_digest(&m.id)?)))
+            .map(|(id, _, vv)| (id.clone(), vv.digest()))
+            .collect();
+        let access = page
+            .iter()
+            .filter_map(|(id, m, _)| Some((id.clone(), node.access_digest(&m.id)?)))
             .collect();
         let hello = SyncRequest::Hello {
             roster: self.inner.state.roster().digest(),
             datasets,
             access,
+            after,
+            more,
         };
         let SyncResponse::Hello {
             roster,

@@ -517,6 +517,23 @@ impl super::Node {
         Ok(())
     }
 
+    /// Every JSON value stored under a key that starts with `prefix`, in key order.
+    pub fn load_states<T: serde::de::DeserializeOwned>(&self, prefix: &str) -> Result<Vec<T>> {
+        Ok(self
+            .inner
+            .store
+            .list_json_prefix(crate::store::Table::Meta, prefix.as_bytes())?)
+    }
+
+    /// Removes what is stored under `key`, durably.
+    pub async fn remove_state(&self, key: &str) -> Result<()> {
+        self.inner
+            .store
+            .remove(crate::store::Table::Meta, key.as_bytes())?;
+        self.inner.store.durable().await?;
+        Ok(())
+    }
+
     /// Stores `value` under `key` only if nothing is there yet; false if something was.
     pub async fn save_state_new<T: serde::Serialize>(&self, key: &str, value: &T) -> Result<bool> {
         let fresh =

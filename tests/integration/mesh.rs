@@ -53,12 +53,17 @@ pub(crate) fn logs() {
 
 /// Opens the node in `dir` with its mesh and waits until it listens.
 pub(crate) async fn open(dir: tempfile::TempDir, org: &'static str) -> Member {
+    open_with(dir, org, config(org)).await
+}
+
+/// [`open`] with a configuration of the caller's.
+pub(crate) async fn open_with(dir: tempfile::TempDir, org: &'static str, cfg: Config) -> Member {
     logs();
-    let node = Node::open_home(dir.path(), config(org)).expect("open");
+    let node = Node::open_home(dir.path(), cfg.clone()).expect("open");
     let admin = node
         .authenticate(&home::admin_token(dir.path()).expect("token"))
         .expect("admin");
-    let mesh = Mesh::start(node.clone(), mesh::net_config(&config(org)).expect("net"))
+    let mesh = Mesh::start(node.clone(), mesh::net_config(&cfg).expect("net"))
         .await
         .expect("mesh");
     let m = &mesh;
@@ -360,4 +365,102 @@ async fn an_invitation_works_once_and_non_members_get_nothing() {
     );
     assert!(second.node.datasets(&second.admin).is_empty());
     assert!(view(&second, ds).is_empty());
+}
+
+/// `n` shared datasets owned by the first of two members: the second adopts them all, and the
+/// catch-ups after that (each member listing every dataset it holds) go through without either
+/// member counting the other's requests as bad input.
+async fn a_large_catalog_catches_up(n: usize) {
+    let nodes = spawn_mesh(2).await;
+    let (owner, other) = (&nodes[0], &nodes[1]);
+    let started = Instant::now();
+    for i in 0..n {
+        let mut spec = shared_spec(&format!("surveillance-ward-report-{i:05}"), &[]);
+        spec.encrypted = Some(false);
+        owner
+            .node
+            .create_dataset(&owner.admin, spec)
+            .await
+            .expect("create");
+    }
+    eprintln!("{n} datasets created in {:?}", started.elapsed());
+    let started = Instant::now();
+    other.mesh.sync_all().await;
+    wait_for("every dataset adopted", || async move {
+        other.node.replicas().len() == n
+    })
+    .await;
+    eprintln!("adopted in {:?}", started.elapsed());
+    // Written while the other member is offline: only a catch-up whose Hello lists every
+    // dataset it holds brings these.
+    other.mesh.shutdown().await;
+    let last = format!("{}/surveillance-ward-report-{:05}", owner.org, n - 1);
+    let last = DatasetId::parse(&last).expect("id");
+    publish(owner, &last, batch("late", 0, 3)).await;
+    let net = mesh::net_config(&config(other.org)).expect("net");
+    let back = Mesh::start(other.node.clone(), net).await.expect("mesh");
+    let started = Instant::now();
+    wait_for("the records written while it was offline", || async {
+        back.sync_all().await;
+        view(other, &last).len() == 3
+    })
+    .await;
+    eprintln!("caught up in {:?}", started.elapsed());
+    for m in [owner, other] {
+        let text = m.node.metrics().render();
+        assert!(
+            !text
+                .lines()
+                .any(|l| l.starts_with("fogmesh_peer_bad_inputs_total{")),
+            "{} counted bad input:\n{text}",
+            m.org
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_catalog_of_2_000_shared_datasets_catches_up_both_ways() {
+    a_large_catalog_catches_up(2_000).await;
+}
+
+/// The figure issue 12 names (about 10 minutes in a debug build):
+/// `cargo test --release --test integration -- --ignored ten_thousand`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore]
+async fn a_catalog_of_ten_thousand_shared_datasets_catches_up_both_ways() {
+    a_large_catalog_catches_up(10_000).await;
+}
+
+/// A member adopts at most `max_datasets_per_member` datasets of another; the rest of that
+/// member's descriptions are refused, and the others' still adopted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn datasets_adopted_from_one_member_are_capped() {
+    let owner = member(ORGS[0], 1).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let seed = unique_seed(2);
+    let mut cfg = config(ORGS[1]);
+    cfg.max_datasets_per_member = 3;
+    home::init_with(dir.path(), cfg.clone(), Identity::from_seed(seed))
+        .await
+        .expect("init");
+    let capped = open_with(dir, ORGS[1], cfg).await;
+    let (token, _) = owner
+        .mesh
+        .invite(Duration::from_secs(60))
+        .await
+        .expect("invite");
+    capped.mesh.join(&token).await.expect("join");
+    for i in 0..5 {
+        shared(&owner, &format!("ds-{i}"), &[]).await;
+    }
+    let m = &capped;
+    wait_for("three adopted", || async move {
+        m.mesh.sync_all().await;
+        m.node.replicas().len() == 3
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    capped.mesh.sync_all().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(capped.node.replicas().len(), 3, "more than the cap adopted");
 }

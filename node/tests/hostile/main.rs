@@ -103,6 +103,8 @@ fn a_stranger_gets_no_answers_and_is_dropped_after_the_join_window() -> Result<(
         roster: [0; 32],
         datasets: vec![],
         access: vec![],
+        after: None,
+        more: false,
     };
     bad(
         &node,
@@ -214,6 +216,8 @@ fn a_member_sending_garbage_is_counted_disconnected_and_the_node_stays_bounded()
         roster: [0; 32],
         datasets: vec![],
         access: vec![],
+        after: None,
+        more: false,
     };
     let answer = c.request(Proto::Sync, frame(&proto::encode(&hello)));
     match answer.message::<SyncResponse>()? {
