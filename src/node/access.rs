@@ -342,14 +342,72 @@ impl Node {
         self.inner.store.durable().await?;
         let (node, ds2) = (self.clone(), ds.clone());
         let events = tokio::task::spawn_blocking(move || {
-            ds2.add_keys(&node.inner.store, keys.into_iter().collect())
+            let mut events = ds2.add_keys(&node.inner.store, keys.into_iter().collect())?;
+            events.extend(node.forget_revoked_writes(&ds2)?);
+            Ok::<_, Error>(events)
         })
         .await
         .map_err(|e| Error::Internal(e.to_string()))??;
+        self.inner.store.durable().await?;
         ds.publish_events(events);
         self.access_may_have_changed();
         let _ = self.inner.access_changes.send(ds.meta.id.clone());
         Ok(())
+    }
+
+    /// One rule for a revoked writer, the same on every node: its envelopes past the cut of the
+    /// revocation are invalid wherever they were accepted (a node that had not learnt the
+    /// revocation yet took them). Sets aside the stored ones this node holds and rebuilds the
+    /// dataset without them, so every node ends with the same records and none fetches them
+    /// again. Blocking.
+    fn forget_revoked_writes(&self, ds: &Dataset) -> Result<Vec<super::dataset::Event>> {
+        let owner = ds.meta.id.owner();
+        let mut drop = Vec::new();
+        {
+            let set = lock(&ds.access);
+            let dir = self.directory();
+            for m in dir.0.values().filter(|m| m.org != owner) {
+                // Only an organization that holds a grant without write can have lost it.
+                if !set.grants().any(|g| {
+                    g.grant.grantee.org == m.org
+                        && !g.grant.rights.allows(crate::apps::Action::Write)
+                }) {
+                    continue;
+                }
+                let keys = std::iter::once(m.author).chain(m.retired.iter().map(|r| r.author));
+                for key in keys {
+                    let writer = Writer {
+                        org: &m.org,
+                        key: &key,
+                        first_key: m.first_key(),
+                    };
+                    // Up to the highest cut the owner vouched for, every envelope stands.
+                    let vouched = set
+                        .grants()
+                        .filter(|g| g.grant.grantee.org == m.org)
+                        .map(|g| g.grant.cut_of(&key, m.first_key()))
+                        .max()
+                        .unwrap_or(0);
+                    let store = &self.inner.store;
+                    store.for_each_envelope_of(&ds.meta.id, &key, vouched, |env| {
+                        let millis = hlc::Timestamp(env.hlc).millis();
+                        if !set.may_write(writer, env.epoch, env.seq, millis) {
+                            drop.push((env.author, env.seq));
+                        }
+                        Ok(())
+                    })?;
+                }
+            }
+        }
+        if drop.is_empty() {
+            return Ok(Vec::new());
+        }
+        tracing::warn!(dataset = %ds.meta.id, envelopes = drop.len(), "envelopes of a revoked writer past its revocation's cut set aside");
+        ds.forget(
+            &self.inner.store,
+            &drop,
+            "written past the cut of its author's revocation",
+        )
     }
 
     /// Keeps the envelopes whose author may write them (the owner, or a member organization

@@ -253,6 +253,30 @@ impl Dataset {
         Ok(kept)
     }
 
+    /// Sets aside for good the stored envelopes `drop` (author and sequence), which a grant
+    /// learnt since says their author could not write, and rebuilds the document without them
+    /// (from scratch when the snapshot holds one of them). Returns record events.
+    pub(crate) fn forget(
+        &self,
+        store: &Store,
+        drop: &[(AuthorId, u64)],
+        why: &str,
+    ) -> Result<Vec<Event>> {
+        let mut st = self.lock();
+        for (author, seq) in drop {
+            self.quarantine(store, *author, *seq, why)?;
+        }
+        if let Some(snap) = store.snapshot(&self.meta.id)? {
+            if drop.iter().any(|(a, s)| snap.vv.get(a) >= *s) {
+                store.remove_snapshot(&self.meta.id)?;
+            }
+        }
+        let shown = std::mem::take(&mut st.records);
+        self.rebuild(store, &mut st)?;
+        st.records = shown;
+        Ok(st.rematerialize())
+    }
+
     /// The stored changes the document holds back (stored, opened, not applied).
     fn held_back(&self, store: &Store, st: &mut State) -> Result<Vec<Change>> {
         let mut envs = Vec::new();

@@ -311,6 +311,24 @@ impl Store {
         Ok((out, false))
     }
 
+    /// Calls `f` with every stored envelope of `author` in `dataset` with a sequence above
+    /// `after`, in sequence order.
+    pub fn for_each_envelope_of(
+        &self,
+        dataset: &DatasetId,
+        author: &AuthorId,
+        after: u64,
+        mut f: impl FnMut(Envelope) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        let (_, hi) = keys::author_range(dataset, author);
+        let lo = keys::envelope(dataset, author, after.saturating_add(1));
+        for kv in self.envelopes.range(lo..=hi) {
+            let (k, v) = kv?;
+            f(Envelope::decode(&v).map_err(|e: envelope::Error| corrupt("envelope", &k, e))?)?;
+        }
+        Ok(())
+    }
+
     /// Calls `f` with every stored envelope of `dataset` that `vv` does not cover, per author in
     /// sequence order. Seeks past covered history instead of scanning it.
     pub fn for_each_envelope_after(
@@ -361,6 +379,13 @@ impl Store {
         bytes.extend_from_slice(&snap.doc);
         self.snapshots
             .insert(dataset.to_string().as_bytes(), bytes)?;
+        Ok(())
+    }
+
+    /// Drops the snapshot of `dataset` (it holds changes set aside since): the next load replays
+    /// every stored envelope.
+    pub fn remove_snapshot(&self, dataset: &DatasetId) -> Result<(), Error> {
+        self.snapshots.remove(dataset.to_string().as_bytes())?;
         Ok(())
     }
 

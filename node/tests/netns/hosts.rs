@@ -288,6 +288,22 @@ impl NsNode {
         Ok((code.trim().parse()?, body.to_owned()))
     }
 
+    /// `GET /metrics` inside the namespace.
+    pub(crate) fn metrics(&self) -> Result<String> {
+        let admin = std::fs::read_to_string(self.home.join("admin.token"))?;
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns, "curl", "-sS", "--max-time", "30"])
+            .args(["-H", &format!("Authorization: Bearer {}", admin.trim())])
+            .arg(format!("http://{API}/metrics"));
+        let out = run_command(
+            cmd,
+            format!("ip netns exec {} curl GET /metrics", self.ns),
+            None,
+        );
+        ensure!(out.code == Some(0), "{}: {}", out.cmdline, out.stderr);
+        Ok(out.stdout)
+    }
+
     /// The organizations this node sees as members that are up.
     pub(crate) fn up_members(&self) -> Result<BTreeSet<String>> {
         let v = self.json(&["peers"])?;

@@ -35,6 +35,11 @@
 //! a merged change waited for the next `SYNC_EVERY` round).
 //! `FOGMESH_NETNS_REMOVAL_HOLD_SECS=N` holds the partition N s longer.
 //!
+//! `a_writer_revoked_across_a_partition_ends_with_the_same_records_everywhere` (in
+//! `revocation.rs`) proves the rule for a writer revoked across a partition: its writes past the
+//! revocation's cut, taken by a member on its side, are set aside on every node after the heal,
+//! and the owner stops fetching them.
+//!
 //! `FOGMESH_NETNS_PARTITION_SECS=N` writes for N s instead of 10 (to explore longer partitions);
 //! the homes and node logs are kept when a test fails, or always with `FOGMESH_NETNS_KEEP=1`.
 //!
@@ -45,6 +50,7 @@
 mod common;
 mod hosts;
 mod removal;
+mod revocation;
 
 use hosts::*;
 

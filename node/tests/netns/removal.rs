@@ -98,7 +98,7 @@ fn remove(by: &NsNode, org: &str) -> Result<String> {
 }
 
 /// Four nodes with mDNS on, joined by address-less invitations from the founder, all up.
-fn mesh_of_four(t0: Instant, net: &Net, dir: &Path) -> Result<Vec<NsNode>> {
+pub(crate) fn mesh_of_four(t0: Instant, net: &Net, dir: &Path) -> Result<Vec<NsNode>> {
     let mut nodes = Vec::new();
     for (i, org) in ORGS.into_iter().enumerate() {
         let mut node = NsNode::init(&net.node_ns[i], dir.join(org), org, true)?;
