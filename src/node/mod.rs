@@ -41,6 +41,7 @@ pub use audit::AuditListing;
 use dataset::Dataset;
 pub use dataset::{Batch, Event, EVENTS_CAP};
 pub use grants::{parse_ttl, GrantRequest, GrantView, MAX_GRANT_TTL_MS};
+pub use replica::{MAX_HELD_BYTES_PER_AUTHOR, MAX_HELD_PER_AUTHOR, MAX_HELD_PER_DATASET};
 pub use retention::SWEEP_EVERY as RETENTION_SWEEP;
 pub use rotate::Begun;
 pub use subscription::Subscription;

@@ -14,6 +14,14 @@ use crate::view::doc;
 
 use super::dataset::{Dataset, Event, State};
 
+/// Changes one author may have held back in one dataset for dependencies not yet there; past
+/// it, its further ones are dropped, not stored, and fetched again later.
+pub const MAX_HELD_PER_AUTHOR: usize = 1_000;
+/// Bytes of such changes one author may have held back in one dataset.
+pub const MAX_HELD_BYTES_PER_AUTHOR: usize = 16 * 1024 * 1024;
+/// Changes held back in one dataset, all authors together.
+pub const MAX_HELD_PER_DATASET: usize = 10_000;
+
 /// What applying a group of remote envelopes did.
 #[derive(Debug, Default)]
 pub(crate) struct Applied {
@@ -48,6 +56,7 @@ impl Dataset {
         let mut invalid = Vec::new();
         let mut batch = self.opened(store, &mut st, envs, &mut invalid)?;
         self.refuse_missing_objects(store, &st, &mut batch, &mut invalid)?;
+        self.bound_held_back(&st, &mut batch);
         let new = batch.len();
         if new == 0 {
             return Ok(Applied {
@@ -179,6 +188,50 @@ impl Dataset {
             !drop.contains(&(i - 1))
         });
         Ok(())
+    }
+
+    /// Drops (unstored, to be fetched again later) the changes of `batch` that would wait for
+    /// dependencies past what one author, or the dataset, may have waiting.
+    fn bound_held_back(&self, st: &State, batch: &mut Vec<(Envelope, Option<Change>)>) {
+        let hashes: std::collections::HashSet<automerge::ChangeHash> = batch
+            .iter()
+            .filter_map(|(_, c)| c.as_ref().map(Change::hash))
+            .collect();
+        let mut added: std::collections::HashMap<AuthorId, (usize, usize)> =
+            std::collections::HashMap::new();
+        let mut total = None;
+        let mut dropped = 0;
+        batch.retain(|(env, c)| {
+            let Some(c) = c else { return true };
+            let ready = c
+                .deps()
+                .iter()
+                .all(|d| hashes.contains(d) || st.doc.has_change(d));
+            if ready {
+                return true;
+            }
+            // What the document holds back already, counted once per author and batch.
+            let mine = added.entry(env.author).or_insert_with(|| {
+                let (n, bytes, all) = st.doc.held_by(c.actor_id());
+                total.get_or_insert(all);
+                (n, bytes)
+            });
+            let all = total.get_or_insert(0);
+            let fits = mine.0 < MAX_HELD_PER_AUTHOR
+                && mine.1 + c.raw_bytes().len() <= MAX_HELD_BYTES_PER_AUTHOR
+                && *all < MAX_HELD_PER_DATASET;
+            if fits {
+                mine.0 += 1;
+                mine.1 += c.raw_bytes().len();
+                *all += 1;
+            } else {
+                dropped += 1;
+            }
+            fits
+        });
+        if dropped > 0 {
+            tracing::warn!(dataset = %self.meta.id, dropped, "changes waiting for dependencies past the limits dropped; they are fetched again later");
+        }
     }
 
     /// Sets one envelope aside for good (see [`Store::quarantine`]), naming its author.

@@ -285,6 +285,11 @@ impl Doc {
         applied
     }
 
+    /// Changes of `actor` held back for dependencies (count, bytes), and all held back.
+    pub fn held_by(&self, actor: &ActorId) -> (usize, usize, usize) {
+        self.waiting.held_by(actor)
+    }
+
     /// Whether the document holds the change `hash`.
     pub fn has_change(&self, hash: &ChangeHash) -> bool {
         self.am.get_change_meta_by_hash(hash).is_some()

@@ -40,6 +40,13 @@ impl Waiting {
         }
     }
 
+    /// How many changes of `actor` are held, and their bytes; and how many are held in all.
+    pub fn held_by(&self, actor: &automerge::ActorId) -> (usize, usize, usize) {
+        let mine = self.held.values().filter(|c| c.actor_id() == actor);
+        let (n, bytes) = mine.fold((0, 0), |(n, b), c| (n + 1, b + c.raw_bytes().len()));
+        (n, bytes, self.held.len())
+    }
+
     /// Whether changes wait.
     pub fn any(&self) -> bool {
         !self.missing.is_empty()

@@ -464,3 +464,55 @@ async fn datasets_adopted_from_one_member_are_capped() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(capped.node.replicas().len(), 3, "more than the cap adopted");
 }
+
+/// Changes that wait for a dependency nobody sent are bounded per author: past 1,000, the rest
+/// of an author's such changes are dropped unstored (fetched again later), so one member cannot
+/// make another hold an unbounded backlog in memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn changes_waiting_for_a_dependency_are_bounded_per_author() {
+    use fogmesh::envelope::Envelope;
+    let nodes = spawn_mesh(2).await;
+    let (owner, other) = (&nodes[0], &nodes[1]);
+    let mut spec = shared_spec("cases", &[]);
+    spec.encrypted = Some(false);
+    let ds = owner
+        .node
+        .create_dataset(&owner.admin, spec)
+        .await
+        .expect("create")
+        .id;
+    wait_for("the other member holds the dataset", || async {
+        other.mesh.sync_all().await;
+        other.node.replica(&ds).is_some()
+    })
+    .await;
+    let id = Identity::from_seed(owner.seed);
+    let mut doc = fogmesh::view::doc::Doc::new(id.author().as_bytes());
+    let mut up = fogmesh::view::doc::Upsert {
+        id: "r".into(),
+        name: "ward/r".into(),
+        time: 1,
+        data: serde_json::Map::new(),
+    };
+    up.data.insert("v".into(), json!(1));
+    let base = doc.write(&[up], &[]).expect("write").expect("change");
+    let base = automerge::Change::from_bytes(base)
+        .expect("change")
+        .decode();
+    let hlc = fogmesh::hlc::wall_millis() << 16;
+    let envs: Vec<Envelope> = (1..=1_100u64)
+        .map(|seq| {
+            let mut c = base.clone();
+            c.seq = seq;
+            c.deps = vec![automerge::ChangeHash([seq as u8; 32])];
+            let c = automerge::Change::from(c);
+            Envelope::seal(&id, ds.clone(), seq, 0, hlc, c.raw_bytes().to_vec())
+        })
+        .collect();
+    let kept = other.node.apply_envelopes(&ds, envs).await.expect("apply");
+    assert_eq!(
+        kept,
+        fogmesh::node::MAX_HELD_PER_AUTHOR,
+        "held back past the bound"
+    );
+}
