@@ -379,7 +379,9 @@ impl State {
         keys: BTreeMap<u64, EpochKey>,
     ) -> Result<(Self, u64)> {
         match Self::load_at_once(meta, store, author, keys.clone()) {
-            Err(Error::Doc(crate::view::doc::Error::Panicked(why))) => {
+            // Any failure of the document (a panic, or an error Automerge returns for a stored
+            // change): rebuilt change by change, setting aside what does not apply.
+            Err(Error::Doc(why)) => {
                 tracing::error!(dataset = %meta.id, %why, "a stored change breaks the document: rebuilding it change by change");
                 Self::load_one_by_one(meta, store, author, keys)
             }
@@ -445,17 +447,23 @@ impl State {
                         .doc
                         .missing_objects(std::slice::from_ref(&c), true)
                         .is_empty();
-                    let why = if refused {
-                        "names an object the document lacks"
+                    let (why, poisoned) = if refused {
+                        (
+                            "names an object the document lacks, or does not decode",
+                            false,
+                        )
                     } else {
                         match state.doc.apply_all(vec![c]) {
-                            Err(crate::view::doc::Error::Panicked(_)) => "automerge failed on it",
-                            _ => continue,
+                            Ok(()) => continue,
+                            Err(crate::view::doc::Error::Panicked(_)) => {
+                                ("automerge failed on it", true)
+                            }
+                            Err(_) => ("automerge refused it", false),
                         }
                     };
                     tracing::warn!(dataset = %meta.id, author = %env.author, seq = env.seq, why, "stored envelope quarantined");
                     store.quarantine(&meta.id, &env.author, env.seq, why)?;
-                    if !refused {
+                    if poisoned {
                         continue 'again;
                     }
                 }

@@ -41,6 +41,9 @@ pub enum Error {
         "the change names object {0}, which neither the document nor the change's history holds"
     )]
     MissingObject(String),
+    /// A remote change that Automerge cannot even decode.
+    #[error("the change does not decode (an operation names an actor it does not declare)")]
+    Undecodable,
     /// Automerge panicked: the document may be half-changed and must be rebuilt from the store.
     #[error("automerge failed applying a change ({0}); the document is rebuilt from the store")]
     Panicked(String),
@@ -90,7 +93,7 @@ type PageKey = Arc<str>;
 /// or not, as (counter, actor).
 fn made_in_history(
     i: usize,
-    decoded: &[automerge::ExpandedChange],
+    decoded: &[Option<automerge::ExpandedChange>],
     by_hash: &HashMap<ChangeHash, usize>,
     batch: &[automerge::Change],
 ) -> std::collections::HashSet<(u64, ActorId)> {
@@ -98,7 +101,7 @@ fn made_in_history(
     let mut seen = std::collections::HashSet::from([i]);
     let mut stack = vec![i];
     while let Some(j) = stack.pop() {
-        let c = &decoded[j];
+        let Some(c) = &decoded[j] else { continue };
         for (k, op) in c.operations.iter().enumerate() {
             if matches!(op.action, automerge::legacy::OpType::Make(_)) {
                 made.insert((c.start_op.get() + k as u64, c.actor_id.clone()));
@@ -323,7 +326,12 @@ impl Doc {
         batch: &[automerge::Change],
         ready_only: bool,
     ) -> Vec<(usize, Error)> {
-        let decoded: Vec<automerge::ExpandedChange> = batch.iter().map(|c| c.decode()).collect();
+        // Automerge 0.12 panics decoding a change whose operations name an actor it does not
+        // declare: such a change is refused too.
+        let decoded: Vec<Option<automerge::ExpandedChange>> = batch
+            .iter()
+            .map(|c| std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.decode())).ok())
+            .collect();
         let by_hash: HashMap<ChangeHash, usize> = batch
             .iter()
             .enumerate()
@@ -331,6 +339,10 @@ impl Doc {
             .collect();
         let mut out = Vec::new();
         for (i, change) in decoded.iter().enumerate() {
+            let Some(change) = change else {
+                out.push((i, Error::Undecodable));
+                continue;
+            };
             let ready = batch[i]
                 .deps()
                 .iter()

@@ -436,3 +436,114 @@ fn a_panic_inside_automerge_is_caught_and_reported() {
     let res = victim.apply(vec![bad]);
     assert!(matches!(res, Err(Error::Panicked(_))), "{res:?}");
 }
+
+fn uleb(b: &[u8], i: &mut usize) -> u64 {
+    let (mut v, mut s) = (0u64, 0);
+    loop {
+        let x = b[*i];
+        *i += 1;
+        v |= u64::from(x & 0x7f) << s;
+        s += 7;
+        if x & 0x80 == 0 {
+            return v;
+        }
+    }
+}
+
+fn put_uleb(mut v: u64, out: &mut Vec<u8>) {
+    loop {
+        let x = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            out.push(x);
+            return;
+        }
+        out.push(x | 0x80);
+    }
+}
+
+/// Re-encodes an uncompressed change chunk with its "other actors" table emptied: its ops then
+/// name actor index 1, which the change no longer declares.
+fn strip_other_actors(raw: &[u8]) -> Vec<u8> {
+    use sha2::Digest;
+    assert_eq!(raw[8], 1, "an uncompressed change chunk");
+    let mut i = 9;
+    let len = uleb(raw, &mut i) as usize;
+    let body = &raw[i..i + len];
+    let mut j = 0;
+    let ndeps = uleb(body, &mut j) as usize;
+    j += 32 * ndeps;
+    let alen = uleb(body, &mut j) as usize;
+    j += alen;
+    uleb(body, &mut j); // seq
+    uleb(body, &mut j); // start op
+    uleb(body, &mut j); // time (sleb, same length rules)
+    let mlen = uleb(body, &mut j) as usize;
+    j += mlen;
+    let others_at = j;
+    let n = uleb(body, &mut j);
+    assert!(n >= 1);
+    for _ in 0..n {
+        let l = uleb(body, &mut j) as usize;
+        j += l;
+    }
+    let mut nb = body[..others_at].to_vec();
+    nb.push(0);
+    nb.extend_from_slice(&body[j..]);
+    let mut hashed = vec![1u8];
+    put_uleb(nb.len() as u64, &mut hashed);
+    hashed.extend_from_slice(&nb);
+    let sum = sha2::Sha256::digest(&hashed);
+    let mut out = raw[..4].to_vec();
+    out.extend_from_slice(&sum[..4]);
+    out.extend_from_slice(&hashed);
+    out
+}
+
+/// A change of actor [7;32] overwriting a key actor [6;32] set: its pred names actor index 1.
+fn change_with_undeclared_actor_and_dep() -> (automerge::Change, automerge::Change) {
+    undeclared_actor_pair(&[6u8; 32], &[7u8; 32])
+}
+
+/// (the change of `dep_actor` setting root "x", the change of `actor` overwriting it with its
+/// other-actor table emptied).
+fn undeclared_actor_pair(dep_actor: &[u8], actor: &[u8]) -> (automerge::Change, automerge::Change) {
+    use automerge::transaction::Transactable;
+    let mut b =
+        automerge::AutoCommit::new().with_actor(automerge::ActorId::from(dep_actor.to_vec()));
+    b.put(automerge::ROOT, "x", 1).unwrap();
+    b.commit();
+    let mut a = b
+        .fork()
+        .with_actor(automerge::ActorId::from(actor.to_vec()));
+    a.put(automerge::ROOT, "x", 2).unwrap();
+    a.commit();
+    let raw = a
+        .document()
+        .get_last_local_change()
+        .unwrap()
+        .raw_bytes()
+        .to_vec();
+    let bad = strip_other_actors(&raw);
+    let dep = b.document().get_last_local_change().unwrap();
+    (
+        dep,
+        automerge::Change::from_bytes(bad).expect("automerge accepts the change"),
+    )
+}
+
+/// From a second attacker review: a change whose operations name an actor it does not declare
+/// makes Automerge 0.12 panic while decoding it. It is refused by the check (not a panic out of
+/// it), and a document that applies it reports the failure instead of unwinding.
+#[test]
+fn a_change_naming_an_undeclared_actor_is_refused_without_a_panic() {
+    let (dep, bad) = change_with_undeclared_actor_and_dep();
+    let mut victim = Doc::new(&[1; 32]);
+    let refused = victim.missing_objects(std::slice::from_ref(&bad), false);
+    assert!(
+        matches!(refused.as_slice(), [(0, Error::Undecodable)]),
+        "{refused:?}"
+    );
+    victim.apply_all(vec![dep]).expect("its dependency applies");
+    assert!(victim.apply_all(vec![bad]).is_err());
+}

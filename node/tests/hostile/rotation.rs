@@ -154,7 +154,12 @@ fn after_a_key_rotation_new_writes_verify_everywhere_and_the_old_key_signs_nothi
     mallory.stop()?;
     let old = Identity::load(&pharmacy.home)?;
     let before_rotation = fogmesh::hlc::wall_millis() << 16;
+    let started = Instant::now();
     let rotated = pharmacy.cli(&["key", "rotate", "--json"]).ok().json();
+    eprintln!(
+        "`fogmesh key rotate` returned after {:.2} s, the node serving again under its new key",
+        started.elapsed().as_secs_f64()
+    );
     pharmacy.await_serving()?;
     eprintln!("rotated: {rotated}");
     let info = pharmacy.get("/v1/node")?;
