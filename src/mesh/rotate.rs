@@ -65,12 +65,11 @@ impl Mesh {
         {
             tracing::warn!(error = %e, "the rotation did not apply to the roster now; the node applies it when it restarts");
         }
+        // Spread as every roster change is: each connected member catches up with this node.
         self.refresh_members().await?;
         self.mark_members_dirty(None);
         let members = self.connected_members().await;
-        for (peer, _) in &members {
-            self.spawn_nudge(*peer);
-        }
+        self.retry_dirty().await;
         let (informed, not_informed) = self.await_spread(members, applied).await;
         node.finish_key_rotation().await?;
         let new = &begun.new;
@@ -128,17 +127,6 @@ impl Mesh {
                 Some((peer, self.org_of(&peer).unwrap_or_default()))
             })
             .collect()
-    }
-
-    /// Asks `peer` to pull this node's roster now.
-    fn spawn_nudge(&self, peer: PeerId) {
-        let mesh = self.clone();
-        tokio::spawn(async move {
-            let req = super::proto::SyncRequest::RosterChanged;
-            if let Err(e) = mesh.sync_request(peer, &req).await {
-                tracing::debug!(%peer, error = %e, "rotation not announced");
-            }
-        });
     }
 
     /// Waits up to [`SPREAD_WAIT`] until every one of `members` received the roster after

@@ -389,7 +389,7 @@ impl State {
         }
     }
 
-    fn start(
+    pub(super) fn start(
         meta: &Meta,
         store: &Store,
         author: &AuthorId,
@@ -403,79 +403,16 @@ impl State {
         Ok(state)
     }
 
-    fn finish_load(&mut self, meta: &Meta, store: &Store, author: &AuthorId) -> Result<()> {
+    pub(super) fn finish_load(
+        &mut self,
+        meta: &Meta,
+        store: &Store,
+        author: &AuthorId,
+    ) -> Result<()> {
         let last = store.last_seq(&meta.id, author)?;
         self.next_seq = self.vv.get(author).max(last) + 1;
         self.materialize();
         Ok(())
-    }
-
-    /// [`Self::load`] applying each stored change alone, once its dependencies are in (so that
-    /// Automerge holds none back and a failure names its change), quarantining the ones that
-    /// name missing objects or fail.
-    fn load_one_by_one(
-        meta: &Meta,
-        store: &Store,
-        author: &AuthorId,
-        keys: BTreeMap<u64, EpochKey>,
-    ) -> Result<(Self, u64)> {
-        'again: loop {
-            let mut state = Self::start(meta, store, author, keys.clone())?;
-            let mut max_hlc = 0;
-            let mut pending: Vec<(Envelope, automerge::Change)> = Vec::new();
-            store.for_each_envelope_after(&meta.id, &state.vv.clone(), |env| {
-                max_hlc = max_hlc.max(env.hlc);
-                state.vv.advance(env.author, env.seq);
-                if let Ok(Some(plain)) = state.open_payload(meta, &env) {
-                    if let Ok(c) = super::replica::change_of(&env, plain) {
-                        pending.push((env, c));
-                    }
-                }
-                Ok(())
-            })?;
-            let mut progress = true;
-            while progress {
-                progress = false;
-                let mut rest = Vec::new();
-                for (env, c) in pending {
-                    if !c.deps().iter().all(|d| state.doc.has_change(d)) {
-                        rest.push((env, c));
-                        continue;
-                    }
-                    progress = true;
-                    let refused = !state
-                        .doc
-                        .missing_objects(std::slice::from_ref(&c), true)
-                        .is_empty();
-                    let (why, poisoned) = if refused {
-                        (
-                            "names an object the document lacks, or does not decode",
-                            false,
-                        )
-                    } else {
-                        match state.doc.apply_all(vec![c]) {
-                            Ok(()) => continue,
-                            Err(crate::view::doc::Error::Panicked(_)) => {
-                                ("automerge failed on it", true)
-                            }
-                            Err(_) => ("automerge refused it", false),
-                        }
-                    };
-                    tracing::warn!(dataset = %meta.id, author = %env.author, seq = env.seq, why, "stored envelope quarantined");
-                    store.quarantine(&meta.id, &env.author, env.seq, why)?;
-                    if poisoned {
-                        continue 'again;
-                    }
-                }
-                pending = rest;
-            }
-            // What is left waits for changes no one here holds: Automerge holds it back.
-            state
-                .doc
-                .apply_all(pending.into_iter().map(|(_, c)| c).collect())?;
-            state.finish_load(meta, store, author)?;
-            return Ok((state, max_hlc));
-        }
     }
 
     fn load_at_once(

@@ -339,13 +339,8 @@ impl Store {
     ) -> Result<(), Error> {
         let mut cursor = keys::dataset_prefix(dataset);
         while let Some(author) = self.next_author(dataset, &cursor)? {
+            self.for_each_envelope_of(dataset, &author, vv.get(&author), &mut f)?;
             let (_, hi) = keys::author_range(dataset, &author);
-            let from = keys::envelope(dataset, &author, vv.get(&author) + 1);
-            for kv in self.envelopes.range(from..=hi.clone()) {
-                let (k, v) = kv?;
-                f(Envelope::decode(&v)
-                    .map_err(|e: envelope::Error| corrupt("envelope", &k, e))?)?;
-            }
             cursor = hi;
             cursor.push(0);
         }

@@ -141,3 +141,28 @@ pub(crate) fn bad(
     }
     assert_serving(node)
 }
+
+/// `fogmesh_envelopes_rejected_total{dataset="DATASET"}` from `GET /metrics` (0 when absent).
+pub(crate) fn rejected(node: &TestNode, dataset: &str) -> Result<u64> {
+    let text = node.get_text("/metrics")?;
+    let key = format!("fogmesh_envelopes_rejected_total{{dataset=\"{dataset}\"}}");
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix(&key))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0))
+}
+
+/// Pushes one envelope; how many the node took as new (an error when it answered nothing).
+pub(crate) fn push_envelope(c: &RawClient, env: &fogmesh::envelope::Envelope) -> Result<u32> {
+    use fogmesh::mesh::proto::{self, Push, PushAck};
+    let push = Push {
+        catalog: vec![],
+        access: vec![],
+        envelopes: vec![serde_bytes::ByteBuf::from(env.encode())],
+    };
+    let ack: PushAck = c
+        .request(Proto::Push, frame(&proto::encode(&push)))
+        .message()?;
+    Ok(ack.accepted)
+}

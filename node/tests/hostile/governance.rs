@@ -27,7 +27,11 @@ use crate::raw::{Proto, RawClient};
 const MESH: &str = "test-mesh";
 
 /// Polls `cond` every 100 ms for at most `limit`.
-fn wait(what: &str, limit: Duration, mut cond: impl FnMut() -> Result<bool>) -> Result<()> {
+pub(crate) fn wait(
+    what: &str,
+    limit: Duration,
+    mut cond: impl FnMut() -> Result<bool>,
+) -> Result<()> {
     let deadline = Instant::now() + limit;
     loop {
         if cond()? {
@@ -51,7 +55,7 @@ fn member_of<'a>(list: &'a [Value], org: &str) -> Option<&'a Value> {
     list.iter().find(|m| m["org"] == org)
 }
 
-fn join(node: &TestNode, new: &TestNode) -> Result<()> {
+pub(crate) fn join(node: &TestNode, new: &TestNode) -> Result<()> {
     let invite = node.cli(&["invite", "--json"]).ok().json();
     let token = invite["token"].as_str().context("invite token")?.to_owned();
     new.cli(&["join", &token]).ok();

@@ -46,9 +46,7 @@ use anyhow::{bail, ensure, Context, Result};
 use common::TestNode;
 use fogmesh::envelope::Envelope;
 use fogmesh::identity::Identity;
-use fogmesh::mesh::proto::{
-    self, JoinRequest, JoinResponse, Push, PushAck, SyncRequest, SyncResponse,
-};
+use fogmesh::mesh::proto::{self, JoinRequest, JoinResponse, Push, SyncRequest, SyncResponse};
 use fogmesh::mesh::roster::Member;
 use fogmesh::naming::DatasetId;
 use fogmesh::net::{BAD_INPUT_LIMIT, MAX_PUSH_BYTES};
@@ -232,16 +230,8 @@ fn a_member_sending_garbage_is_counted_disconnected_and_the_node_stays_bounded()
     let stray = DatasetId::parse("mallory/notes")?;
     let hlc = fogmesh::hlc::wall_millis() << 16;
     let env = Envelope::seal(&identity, stray.clone(), 1, 0, hlc, b"x".to_vec());
-    let push = Push {
-        catalog: vec![],
-        access: vec![],
-        envelopes: vec![serde_bytes::ByteBuf::from(env.encode())],
-    };
-    let ack: PushAck = c
-        .request(Proto::Push, frame(&proto::encode(&push)))
-        .message()?;
     ensure!(
-        ack.accepted == 0,
+        checks::push_envelope(&c, &env)? == 0,
         "a push of an unknown dataset was accepted"
     );
     expect_bad_inputs(&node, &c.local, 0)?;

@@ -24,7 +24,7 @@ use fogmesh::mesh::proto::{self, Push, PushAck};
 use fogmesh::naming::DatasetId;
 use serde_json::Value;
 
-use crate::checks::{frame, target};
+use crate::checks::{frame, push_envelope, rejected, target};
 use crate::common::TestNode;
 use crate::raw::{Proto, RawClient};
 
@@ -110,16 +110,6 @@ fn a_dataset_description_nested_too_deeply_is_refused_alone() -> Result<()> {
     Ok(())
 }
 
-fn rejected(node: &TestNode, dataset: &str) -> Result<u64> {
-    let text = node.get_text("/metrics")?;
-    let key = format!("fogmesh_envelopes_rejected_total{{dataset=\"{dataset}\"}}");
-    Ok(text
-        .lines()
-        .find_map(|l| l.strip_prefix(&key))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0))
-}
-
 #[test]
 fn an_envelope_of_an_epoch_the_owner_never_made_is_refused() -> Result<()> {
     let dir = tempfile::tempdir()?;
@@ -137,16 +127,8 @@ fn an_envelope_of_an_epoch_the_owner_never_made_is_refused() -> Result<()> {
     let hlc = fogmesh::hlc::wall_millis() << 16;
     let ds = DatasetId::parse("hospital/flu")?;
     let env = Envelope::seal(&key, ds, 1, 99, hlc, vec![0; 64]);
-    let push = Push {
-        catalog: vec![],
-        access: vec![],
-        envelopes: vec![serde_bytes::ByteBuf::from(env.encode())],
-    };
-    let ack: PushAck = c
-        .request(Proto::Push, frame(&proto::encode(&push)))
-        .message()?;
     ensure!(
-        ack.accepted == 0,
+        push_envelope(&c, &env)? == 0,
         "an envelope of a made-up epoch was accepted"
     );
     ensure!(
@@ -178,18 +160,6 @@ fn envelope_of(key: &Identity, ds: &DatasetId, change: &automerge::Change) -> En
         hlc,
         change.raw_bytes().to_vec(),
     )
-}
-
-fn push_one(c: &RawClient, env: &Envelope) -> Result<u32> {
-    let push = Push {
-        catalog: vec![],
-        access: vec![],
-        envelopes: vec![serde_bytes::ByteBuf::from(env.encode())],
-    };
-    let ack: PushAck = c
-        .request(Proto::Push, frame(&proto::encode(&push)))
-        .message()?;
-    Ok(ack.accepted)
 }
 
 fn record_ids(node: &TestNode) -> Result<Vec<String>> {
@@ -244,7 +214,7 @@ fn changes_that_would_break_automerge_are_quarantined_and_the_node_keeps_serving
     orphan.deps.clear();
     let orphan = automerge::Change::from(orphan);
     // Its own bad envelope: refused (no answer) and counted against the sender.
-    let refused = push_one(&c, &envelope_of(&key, &ds, &orphan));
+    let refused = push_envelope(&c, &envelope_of(&key, &ds, &orphan));
     ensure!(refused.is_err(), "(a) was answered: {refused:?}");
 
     // (b) The second, naming a made-up object instead, sent before `first`, which it depends on.
@@ -258,7 +228,7 @@ fn changes_that_would_break_automerge_are_quarantined_and_the_node_keeps_serving
         }
     }
     let held = automerge::Change::from(held);
-    let kept = push_one(&c, &envelope_of(&key, &ds, &held));
+    let kept = push_envelope(&c, &envelope_of(&key, &ds, &held));
     ensure!(
         kept.as_ref().is_ok_and(|n| *n == 1),
         "(b) not held back: {kept:?}\n{}",
@@ -266,7 +236,7 @@ fn changes_that_would_break_automerge_are_quarantined_and_the_node_keeps_serving
     );
     // The push that lets it through is refused too (its author is to blame), but the innocent
     // change in it is kept.
-    let released = push_one(&c, &envelope_of(&key, &ds, &first));
+    let released = push_envelope(&c, &envelope_of(&key, &ds, &first));
     ensure!(
         released.is_err(),
         "the quarantine was not counted: {released:?}"
@@ -278,7 +248,7 @@ fn changes_that_would_break_automerge_are_quarantined_and_the_node_keeps_serving
         hospital.log_tail()
     );
     ensure!(
-        push_one(&c, &envelope_of(&key, &ds, &held))? == 0,
+        push_envelope(&c, &envelope_of(&key, &ds, &held))? == 0,
         "a quarantined change came back"
     );
     let log = std::fs::read_to_string(hospital.home.join("test-node.log"))?;

@@ -13,36 +13,16 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use fogmesh::envelope::Envelope;
 use fogmesh::identity::Identity;
-use fogmesh::mesh::proto::{self, Push, PushAck};
 use fogmesh::naming::DatasetId;
 use serde_json::Value;
 
-use crate::checks::{frame, target};
+use crate::checks::{push_envelope as push, rejected, target};
 use crate::common::TestNode;
-use crate::raw::{Proto, RawClient};
-
-fn wait(what: &str, limit: Duration, mut cond: impl FnMut() -> Result<bool>) -> Result<()> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if cond()? {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("timed out waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn join(node: &TestNode, new: &TestNode) -> Result<()> {
-    let invite = node.cli(&["invite", "--json"]).ok().json();
-    let token = invite["token"].as_str().context("invite token")?.to_owned();
-    new.cli(&["join", &token]).ok();
-    Ok(())
-}
+use crate::governance::{join, wait};
+use crate::raw::RawClient;
 
 fn names(node: &TestNode, dataset: &str) -> Result<Vec<String>> {
     let path = format!("/v1/datasets/{dataset}/records");
@@ -83,16 +63,6 @@ fn member<'a>(list: &'a Value, org: &str) -> Result<&'a Value> {
         .with_context(|| format!("{org} not listed in {list}"))
 }
 
-fn rejected(node: &TestNode, dataset: &str) -> Result<u64> {
-    let text = node.get_text("/metrics")?;
-    let key = format!("fogmesh_envelopes_rejected_total{{dataset=\"{dataset}\"}}");
-    Ok(text
-        .lines()
-        .find_map(|l| l.strip_prefix(&key))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0))
-}
-
 /// A first Automerge change by `author`'s actor, in an envelope signed by `author`.
 fn first_change(author: &Identity, dataset: &DatasetId, hlc: u64) -> Result<Envelope> {
     use automerge::transaction::Transactable;
@@ -108,18 +78,6 @@ fn first_change(author: &Identity, dataset: &DatasetId, hlc: u64) -> Result<Enve
         .raw_bytes()
         .to_vec();
     Ok(Envelope::seal(author, dataset.clone(), 1, 0, hlc, change))
-}
-
-fn push(c: &RawClient, env: &Envelope) -> Result<u32> {
-    let push = Push {
-        catalog: vec![],
-        access: vec![],
-        envelopes: vec![serde_bytes::ByteBuf::from(env.encode())],
-    };
-    let ack: PushAck = c
-        .request(Proto::Push, frame(&proto::encode(&push)))
-        .message()?;
-    Ok(ack.accepted)
 }
 
 #[test]

@@ -1,0 +1,298 @@
+//! What a replica does with remote changes it cannot take as they come: changes Automerge
+//! cannot apply are quarantined (set aside for good, the document rebuilt from the store without
+//! them), a revoked writer's envelopes past its cut are forgotten, and changes waiting for
+//! dependencies are bounded.
+
+use automerge::Change;
+
+use crate::envelope::Envelope;
+use crate::error::{Error, Result};
+use crate::identity::AuthorId;
+use crate::store::Store;
+use crate::view::doc;
+
+use std::collections::BTreeMap;
+
+use crate::access::EpochKey;
+use crate::dataset::Meta;
+
+use super::dataset::{Dataset, Event, State};
+use super::replica::change_of;
+
+/// Changes one author may have held back in one dataset for dependencies not yet there; past
+/// it, its further ones are dropped, not stored, and fetched again later.
+pub const MAX_HELD_PER_AUTHOR: usize = 1_000;
+/// Bytes of such changes one author may have held back in one dataset.
+pub const MAX_HELD_BYTES_PER_AUTHOR: usize = 16 * 1024 * 1024;
+/// Changes held back in one dataset, all authors together.
+pub const MAX_HELD_PER_DATASET: usize = 10_000;
+
+impl Dataset {
+    /// Quarantines the changes of `batch` that name an object the document lacks.
+    pub(super) fn refuse_missing_objects(
+        &self,
+        store: &Store,
+        st: &State,
+        batch: &mut Vec<(Envelope, Option<Change>)>,
+        invalid: &mut Vec<AuthorId>,
+    ) -> Result<()> {
+        let idx: Vec<usize> = (0..batch.len()).filter(|i| batch[*i].1.is_some()).collect();
+        let changes: Vec<Change> = idx.iter().filter_map(|i| batch[*i].1.clone()).collect();
+        let refused = st.doc.missing_objects(&changes, true);
+        let mut drop: Vec<usize> = Vec::new();
+        for (k, why) in refused {
+            let i = idx[k];
+            let env = &batch[i].0;
+            self.quarantine(store, env.author, env.seq, &why.to_string())?;
+            invalid.push(env.author);
+            drop.push(i);
+        }
+        let mut i = 0;
+        batch.retain(|_| {
+            i += 1;
+            !drop.contains(&(i - 1))
+        });
+        Ok(())
+    }
+
+    /// Drops (unstored, to be fetched again later) the changes of `batch` that would wait for
+    /// dependencies past what one author, or the dataset, may have waiting.
+    pub(super) fn bound_held_back(&self, st: &State, batch: &mut Vec<(Envelope, Option<Change>)>) {
+        let hashes: std::collections::HashSet<automerge::ChangeHash> = batch
+            .iter()
+            .filter_map(|(_, c)| c.as_ref().map(Change::hash))
+            .collect();
+        let mut added: std::collections::HashMap<AuthorId, (usize, usize)> =
+            std::collections::HashMap::new();
+        let mut total = None;
+        let mut dropped = 0;
+        batch.retain(|(env, c)| {
+            let Some(c) = c else { return true };
+            let ready = c
+                .deps()
+                .iter()
+                .all(|d| hashes.contains(d) || st.doc.has_change(d));
+            if ready {
+                return true;
+            }
+            // What the document holds back already, counted once per author and batch.
+            let mine = added.entry(env.author).or_insert_with(|| {
+                let (n, bytes, all) = st.doc.held_by(c.actor_id());
+                total.get_or_insert(all);
+                (n, bytes)
+            });
+            let all = total.get_or_insert(0);
+            let fits = mine.0 < MAX_HELD_PER_AUTHOR
+                && mine.1 + c.raw_bytes().len() <= MAX_HELD_BYTES_PER_AUTHOR
+                && *all < MAX_HELD_PER_DATASET;
+            if fits {
+                mine.0 += 1;
+                mine.1 += c.raw_bytes().len();
+                *all += 1;
+            } else {
+                dropped += 1;
+            }
+            fits
+        });
+        if dropped > 0 {
+            tracing::warn!(dataset = %self.meta.id, dropped, "changes waiting for dependencies past the limits dropped; they are fetched again later");
+        }
+    }
+
+    /// Sets one envelope aside for good (see [`Store::quarantine`]), naming its author.
+    fn quarantine(&self, store: &Store, author: AuthorId, seq: u64, why: &str) -> Result<()> {
+        tracing::warn!(dataset = %self.meta.id, %author, seq, why, "envelope quarantined: its change cannot be applied");
+        store.quarantine(&self.meta.id, &author, seq, why)?;
+        Ok(())
+    }
+
+    /// After Automerge failed inside on `batch`: rebuilds the document from the store, then
+    /// applies the batch's changes one at a time. A change that fails again is quarantined,
+    /// unless it let through changes the document held back that name missing objects: those
+    /// are quarantined (and deleted from the store) instead. Returns the envelopes to store.
+    pub(super) fn recover(
+        &self,
+        store: &Store,
+        st: &mut State,
+        batch: Vec<(Envelope, Option<Change>)>,
+        invalid: &mut Vec<AuthorId>,
+    ) -> Result<Vec<(Envelope, Option<Change>)>> {
+        let shown = std::mem::take(&mut st.records);
+        self.rebuild(store, st)?;
+        let mut kept = Vec::with_capacity(batch.len());
+        for (env, change) in batch {
+            let Some(change) = change else {
+                kept.push((env, None));
+                continue;
+            };
+            match st.doc.apply(vec![change.clone()]) {
+                Ok(_) => kept.push((env, Some(change))),
+                Err(doc::Error::Panicked(_)) => {
+                    self.rebuild(store, st)?;
+                    let mut candidates = vec![change.clone()];
+                    candidates.extend(self.held_back(store, st)?);
+                    let released: Vec<usize> = st
+                        .doc
+                        .missing_objects(&candidates, false)
+                        .into_iter()
+                        .map(|(k, _)| k)
+                        .filter(|k| *k > 0)
+                        .collect();
+                    if released.is_empty() {
+                        self.quarantine(store, env.author, env.seq, "automerge failed on it")?;
+                        invalid.push(env.author);
+                        continue;
+                    }
+                    for k in released {
+                        let c = &candidates[k];
+                        let Some(author) = AuthorId::from_slice(c.actor_id().to_bytes()) else {
+                            continue;
+                        };
+                        let why = "names an object the document lacks (released by a later change)";
+                        self.quarantine(store, author, c.seq(), why)?;
+                        invalid.push(author);
+                    }
+                    self.rebuild(store, st)?;
+                    if st.doc.apply(vec![change.clone()]).is_ok() {
+                        kept.push((env, Some(change)));
+                    } else {
+                        self.rebuild(store, st)?;
+                        self.quarantine(store, env.author, env.seq, "automerge failed on it")?;
+                        invalid.push(env.author);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(dataset = %self.meta.id, author = %env.author, seq = env.seq, error = %e, "remote change refused");
+                    invalid.push(env.author);
+                }
+            }
+        }
+        st.records = shown;
+        Ok(kept)
+    }
+
+    /// Sets aside for good the stored envelopes `drop` (author and sequence), which a grant
+    /// learnt since says their author could not write, and rebuilds the document without them
+    /// (from scratch when the snapshot holds one of them). Returns record events.
+    pub(crate) fn forget(
+        &self,
+        store: &Store,
+        drop: &[(AuthorId, u64)],
+        why: &str,
+    ) -> Result<Vec<Event>> {
+        let mut st = self.lock();
+        for (author, seq) in drop {
+            self.quarantine(store, *author, *seq, why)?;
+        }
+        if let Some(snap) = store.snapshot(&self.meta.id)? {
+            if drop.iter().any(|(a, s)| snap.vv.get(a) >= *s) {
+                store.remove_snapshot(&self.meta.id)?;
+            }
+        }
+        let shown = std::mem::take(&mut st.records);
+        self.rebuild(store, &mut st)?;
+        st.records = shown;
+        Ok(st.rematerialize())
+    }
+
+    /// The stored changes the document holds back (stored, opened, not applied).
+    fn held_back(&self, store: &Store, st: &mut State) -> Result<Vec<Change>> {
+        let mut envs = Vec::new();
+        store.for_each_envelope_after(&self.meta.id, &st.vv.clone(), |env| {
+            envs.push(env);
+            Ok(())
+        })?;
+        let mut out = Vec::new();
+        for env in envs {
+            if let Ok(Some(plain)) = st.open_payload(&self.meta, &env) {
+                if let Ok(c) = change_of(&env, plain) {
+                    if !st.doc.has_change(&c.hash()) {
+                        out.push(c);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Replaces the document (and what derives from it) with what the store holds.
+    pub(super) fn rebuild(&self, store: &Store, st: &mut State) -> Result<()> {
+        let author = AuthorId::from_slice(st.doc.actor().to_bytes())
+            .ok_or_else(|| Error::Internal("document actor is not a key".into()))?;
+        let (fresh, _) = State::load(&self.meta, store, &author, st.keys.clone())?;
+        let keep_next = st.next_seq;
+        *st = fresh;
+        st.next_seq = st.next_seq.max(keep_next);
+        Ok(())
+    }
+}
+
+impl State {
+    /// [`Self::load`] applying each stored change alone, once its dependencies are in (so that
+    /// Automerge holds none back and a failure names its change), quarantining the ones that
+    /// name missing objects or fail.
+    pub(super) fn load_one_by_one(
+        meta: &Meta,
+        store: &Store,
+        author: &AuthorId,
+        keys: BTreeMap<u64, EpochKey>,
+    ) -> Result<(Self, u64)> {
+        'again: loop {
+            let mut state = Self::start(meta, store, author, keys.clone())?;
+            let mut max_hlc = 0;
+            let mut pending: Vec<(Envelope, automerge::Change)> = Vec::new();
+            store.for_each_envelope_after(&meta.id, &state.vv.clone(), |env| {
+                max_hlc = max_hlc.max(env.hlc);
+                state.vv.advance(env.author, env.seq);
+                if let Ok(Some(plain)) = state.open_payload(meta, &env) {
+                    if let Ok(c) = super::replica::change_of(&env, plain) {
+                        pending.push((env, c));
+                    }
+                }
+                Ok(())
+            })?;
+            let mut progress = true;
+            while progress {
+                progress = false;
+                let mut rest = Vec::new();
+                for (env, c) in pending {
+                    if !c.deps().iter().all(|d| state.doc.has_change(d)) {
+                        rest.push((env, c));
+                        continue;
+                    }
+                    progress = true;
+                    let refused = !state
+                        .doc
+                        .missing_objects(std::slice::from_ref(&c), true)
+                        .is_empty();
+                    let (why, poisoned) = if refused {
+                        (
+                            "names an object the document lacks, or does not decode",
+                            false,
+                        )
+                    } else {
+                        match state.doc.apply_all(vec![c]) {
+                            Ok(()) => continue,
+                            Err(crate::view::doc::Error::Panicked(_)) => {
+                                ("automerge failed on it", true)
+                            }
+                            Err(_) => ("automerge refused it", false),
+                        }
+                    };
+                    tracing::warn!(dataset = %meta.id, author = %env.author, seq = env.seq, why, "stored envelope quarantined");
+                    store.quarantine(&meta.id, &env.author, env.seq, why)?;
+                    if poisoned {
+                        continue 'again;
+                    }
+                }
+                pending = rest;
+            }
+            // What is left waits for changes no one here holds: Automerge holds it back.
+            state
+                .doc
+                .apply_all(pending.into_iter().map(|(_, c)| c).collect())?;
+            state.finish_load(meta, store, author)?;
+            return Ok((state, max_hlc));
+        }
+    }
+}
