@@ -658,6 +658,7 @@ async fn pieces(count: usize, batch: usize) -> Result<Pieces> {
     let ds = DatasetId::new("hospital", "flu-admissions")?;
     let mut d = doc::Doc::new(id.author().as_bytes());
     let mut p = Pieces::default();
+    let mut prev = fogmesh::envelope::GENESIS;
     for (seq, b) in make_batches(0, count, batch).into_iter().enumerate() {
         let t = Instant::now();
         record::validate_batch(&b, &[])?;
@@ -685,7 +686,8 @@ async fn pieces(count: usize, batch: usize) -> Result<Pieces> {
         p.change_bytes += change.len();
 
         let t = Instant::now();
-        let env = Envelope::seal(&id, ds.clone(), seq as u64 + 1, 0, ms, change);
+        let env = Envelope::seal(&id, ds.clone(), seq as u64 + 1, 0, ms, prev, change);
+        prev = env.digest();
         p.seal += t.elapsed();
 
         let t = Instant::now();

@@ -45,6 +45,7 @@ mod codec;
 pub mod config;
 pub mod dataset;
 pub mod envelope;
+pub mod equivocation;
 mod error;
 pub mod hlc;
 pub mod identity;

@@ -28,6 +28,9 @@ pub struct Metrics {
     pub peer_bad_inputs: Family<CodeLabels, Counter>,
     /// Envelopes refused for want of write authority, by dataset.
     pub envelopes_rejected: Family<CodeLabels, Counter>,
+    /// Forks proven here (an author found signing two histories of a dataset, or a lower fork
+    /// of one already known).
+    pub equivocations: Counter,
     /// Connections of removed members refused, by organization.
     pub removed_refused: Family<CodeLabels, Counter>,
     /// Entries appended to the audit log.
@@ -57,6 +60,7 @@ impl Metrics {
             api_errors: Family::default(),
             peer_bad_inputs: Family::default(),
             envelopes_rejected: Family::default(),
+            equivocations: Counter::default(),
             removed_refused: Family::default(),
             audit_entries: Counter::default(),
             audit_failures: Counter::default(),
@@ -94,6 +98,11 @@ impl Metrics {
             "envelopes_rejected",
             "Envelopes refused: the author holds no write grant for them",
             m.envelopes_rejected.clone(),
+        );
+        registry.register(
+            "equivocations",
+            "Forks proven: an author found signing two histories of a dataset",
+            m.equivocations.clone(),
         );
         registry.register(
             "removed_member_refusals",

@@ -140,6 +140,83 @@ impl VersionVector {
     }
 }
 
+/// A vector with, per author, the digest of the envelope it ends at (its chain's tip, see
+/// [`crate::envelope::Envelope::digest`]): two nodes whose frontiers are equal hold the same
+/// histories, not only the same counts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Frontier {
+    /// How far each author's history goes.
+    pub vv: VersionVector,
+    /// Per author of `vv` (when known), the digest of its envelope at that sequence.
+    pub tips: BTreeMap<AuthorId, [u8; 32]>,
+}
+
+impl Frontier {
+    /// Canonical bytes: the vector's, then the tip count (u32 BE) and per author its 32 bytes
+    /// and its tip's 32.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = self.vv.encode();
+        out.extend_from_slice(&(self.tips.len() as u32).to_be_bytes());
+        for (a, t) in &self.tips {
+            out.extend_from_slice(a.as_bytes());
+            out.extend_from_slice(t);
+        }
+        out
+    }
+
+    /// Decodes [`Self::encode`]'s output strictly: tips sorted, unique, of authors in the vector.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let count = bytes
+            .first_chunk::<4>()
+            .map(|c| u32::from_be_bytes(*c) as usize)
+            .ok_or(DecodeError("too short"))?;
+        if count > MAX_AUTHORS {
+            return Err(DecodeError("too many authors"));
+        }
+        let (vv, rest) = bytes
+            .split_at_checked(4 + count * 40)
+            .ok_or(DecodeError("too short"))?;
+        let vv = VersionVector::decode(vv)?;
+        let (n, rest) = rest
+            .split_first_chunk::<4>()
+            .ok_or(DecodeError("too short"))?;
+        let n = u32::from_be_bytes(*n) as usize;
+        if n > vv.len() || rest.len() != n * 64 {
+            return Err(DecodeError("tips do not match the vector"));
+        }
+        let mut tips = BTreeMap::new();
+        for chunk in rest.chunks_exact(64) {
+            let (a, t) = chunk.split_at(32);
+            let author = AuthorId::from_slice(a).ok_or(DecodeError("bad author"))?;
+            let fresh = tips.last_key_value().is_none_or(|(p, _)| *p < author);
+            if vv.get(&author) == 0 || !fresh {
+                return Err(DecodeError("tips not canonical"));
+            }
+            tips.insert(author, t.try_into().map_err(|_| DecodeError("bad tip"))?);
+        }
+        Ok(Self { vv, tips })
+    }
+
+    /// A short digest of the canonical bytes.
+    pub fn digest(&self) -> [u8; 32] {
+        Sha256::digest(self.encode()).into()
+    }
+
+    /// Authors held to the same sequence on both sides whose tips differ: one of the two
+    /// holds another history (see [`crate::equivocation`]).
+    pub fn diverging(&self, other: &Self) -> Vec<(AuthorId, u64)> {
+        other
+            .tips
+            .iter()
+            .filter(|(a, t)| {
+                let seq = other.vv.get(a);
+                self.vv.get(a) == seq && self.tips.get(a).is_some_and(|mine| mine != *t)
+            })
+            .map(|(a, _)| (*a, other.vv.get(a)))
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,6 +265,31 @@ mod tests {
         swapped.extend_from_slice(&bytes[4..44]);
         assert!(VersionVector::decode(&swapped).is_err(), "unsorted authors");
         assert!(VersionVector::decode(&[0xff; 4]).is_err());
+    }
+
+    #[test]
+    fn frontiers_round_trip_and_name_diverging_authors() {
+        let mut mine = Frontier::default();
+        mine.vv.set(a(1), 4);
+        mine.vv.set(a(2), 2);
+        mine.tips.insert(a(1), [1; 32]);
+        mine.tips.insert(a(2), [2; 32]);
+        let back = Frontier::decode(&mine.encode()).expect("decodes");
+        assert_eq!(back, mine);
+        let mut theirs = mine.clone();
+        theirs.tips.insert(a(1), [9; 32]);
+        theirs.vv.set(a(2), 3);
+        theirs.tips.insert(a(2), [3; 32]);
+        assert_eq!(mine.diverging(&theirs), vec![(a(1), 4)]);
+        assert_ne!(mine.digest(), theirs.digest());
+        let bytes = mine.encode();
+        assert!(Frontier::decode(&bytes[..bytes.len() - 1]).is_err());
+        let mut stray = mine.clone();
+        stray.tips.insert(a(7), [7; 32]);
+        assert!(
+            Frontier::decode(&stray.encode()).is_err(),
+            "a tip outside the vector"
+        );
     }
 
     proptest! {

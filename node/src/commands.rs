@@ -131,6 +131,16 @@ fn status(cli: &Cli) -> Result<()> {
     println!("mesh   members: {}", output_value(&mesh["members"]));
     println!();
     print_peers(&peers);
+    for e in mesh["equivocations"].as_array().into_iter().flatten() {
+        println!(
+            "EQUIVOCATION {} (key {}) signed two histories of {} at change {}: its changes there \
+             from that one on are set aside; remove the member or rotate its key",
+            e["org"].as_str().unwrap_or("an unknown key"),
+            e["author"].as_str().unwrap_or("?"),
+            e["dataset"].as_str().unwrap_or("?"),
+            e["seq"]
+        );
+    }
     for p in mesh["catching_up"].as_array().into_iter().flatten() {
         println!(
             "catching up {} from {}: {} of {} envelopes",

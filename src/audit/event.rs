@@ -58,13 +58,16 @@ pub enum Action {
     Sync,
     /// Envelopes pushed or relayed by a peer, refused (bad input, or no write authority).
     Push,
+    /// An author found signing two histories of one dataset (actor: its organization); its
+    /// envelopes from the fork on are set aside.
+    Equivocation,
     /// Any other API request, refused.
     Request,
 }
 
 impl Action {
     /// Every action, in declaration order.
-    pub const ALL: [Action; 25] = [
+    pub const ALL: [Action; 26] = [
         Action::Invite,
         Action::Join,
         Action::MemberAdmit,
@@ -89,6 +92,7 @@ impl Action {
         Action::Query,
         Action::Sync,
         Action::Push,
+        Action::Equivocation,
         Action::Request,
     ];
 
@@ -120,6 +124,7 @@ impl Action {
             Query => "query",
             Sync => "sync",
             Push => "push",
+            Equivocation => "equivocation",
             Request => "request",
         }
     }

@@ -21,6 +21,7 @@
 //! | [`query`] | federated aggregates and pushed-down searches: asking owners, answering as owner |
 
 pub mod catalog;
+pub mod forks;
 pub mod govern;
 pub mod invite;
 mod join;
@@ -85,6 +86,9 @@ pub struct Status {
     pub listen: Vec<String>,
     /// Catch-ups under way.
     pub catching_up: Vec<Progress>,
+    /// Authors proven to have signed two histories of a dataset (see
+    /// [`crate::equivocation`]).
+    pub equivocations: Vec<crate::node::Equivocation>,
 }
 
 /// Handle to the running mesh service. Clone it freely.
@@ -133,6 +137,7 @@ impl Mesh {
             tokio::spawn(mesh.clone().run_events(events)).abort_handle(),
             tokio::spawn(mesh.clone().run_outbox()).abort_handle(),
             tokio::spawn(mesh.clone().run_access()).abort_handle(),
+            tokio::spawn(mesh.clone().run_forks()).abort_handle(),
             tokio::spawn(mesh.clone().run_periodic()).abort_handle(),
         ];
         *mesh.inner.tasks.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
@@ -319,6 +324,7 @@ impl Mesh {
             members: roster.orgs(),
             listen: listen.iter().map(ToString::to_string).collect(),
             catching_up: self.inner.state.progress(),
+            equivocations: self.inner.node.equivocations(),
         })
     }
 

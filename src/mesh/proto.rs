@@ -4,13 +4,14 @@
 //! ```text
 //! /fogmesh/join/2   JoinRequest  -> JoinResponse   a new node redeems its invitation; the answer is
 //!                                                  the admin-signed admission alone
-//! /fogmesh/sync/3   SyncRequest  -> SyncResponse   Hello (roster digest, per-dataset vector
+//! /fogmesh/sync/4   SyncRequest  -> SyncResponse   Hello (roster digest, per-dataset frontier
 //!                                                  digests) -> roster if it differs, catalog, the
-//!                                                  vectors that differ; Roster -> the whole roster
+//!                                                  frontiers that differ; Roster -> the whole roster
 //!                                                  (a newcomer's first); RosterChanged (pull mine);
 //!                                                  Fetch (one author's envelopes, a byte-capped page)
 //!                                                  access state (grants, wrapped keys) that differs
-//! /fogmesh/push/2   Push         -> PushAck        new envelopes and changed access state, eagerly
+//! /fogmesh/push/3   Push         -> PushAck        new envelopes, changed access state and
+//!                                                  evidence of equivocation, eagerly
 //! /fogmesh/query/1  QueryRequest -> QueryResponse  an aggregate or a search, answered by the owner
 //!                                                  over its own data, signed
 //! ```
@@ -78,7 +79,7 @@ pub enum SyncRequest {
     Hello {
         /// Its roster digest.
         roster: [u8; 32],
-        /// Per dataset held: id and version-vector digest.
+        /// Per dataset held: id and frontier digest (`crate::version::Frontier`).
         datasets: Vec<(String, [u8; 32])>,
         /// Per dataset held: id and access-state digest.
         #[serde(default)]
@@ -117,7 +118,8 @@ pub enum SyncResponse {
         roster: Option<Roster>,
         /// Datasets the requester may hold and did not list.
         catalog: Vec<SignedMeta>,
-        /// Encoded version vectors of listed datasets whose digest differs.
+        /// Encoded frontiers (`crate::version::Frontier`) of listed datasets whose digest
+        /// differs.
         vectors: Vec<(String, serde_bytes::ByteBuf)>,
         /// Access state (grants, wrapped keys) of datasets whose access digest differs.
         #[serde(default)]
@@ -148,6 +150,10 @@ pub struct Push {
     pub access: Vec<(String, Bundle)>,
     /// Encoded envelopes.
     pub envelopes: Vec<serde_bytes::ByteBuf>,
+    /// Evidence of equivocation (`crate::equivocation::Evidence`, CBOR), at most
+    /// [`super::forks::MAX_EVIDENCE`].
+    #[serde(default)]
+    pub evidence: Vec<serde_bytes::ByteBuf>,
 }
 
 /// The receiver's answer to a push.
@@ -282,6 +288,7 @@ mod tests {
             catalog: vec![],
             access: vec![],
             envelopes: vec![serde_bytes::ByteBuf::from(vec![1, 2, 3])],
+            evidence: vec![],
         };
         let back: Push = decode("push", &encode(&push)).expect("decodes");
         assert_eq!(back.envelopes[0].as_ref(), &[1, 2, 3]);

@@ -11,7 +11,7 @@ use crate::envelope::Envelope;
 use crate::identity::AuthorId;
 use crate::naming::DatasetId;
 use crate::net::{Frame, Protocol};
-use crate::version::VersionVector;
+use crate::version::Frontier;
 
 use super::catalog::{self, SignedMeta};
 use super::proto::{self, JoinRequest, JoinResponse, Push, PushAck, SyncRequest, SyncResponse};
@@ -134,7 +134,7 @@ impl Mesh {
             listed.iter().map(|(d, h)| (d.as_str(), h)).collect();
         let access: HashMap<&str, &[u8; 32]> =
             access.iter().map(|(d, h)| (d.as_str(), h)).collect();
-        for (meta, vv) in node.replicas() {
+        for (meta, frontier) in node.frontiers() {
             let id = meta.id.to_string();
             if !catalog::entitled(&meta, org) || !page.covers(&id) {
                 continue;
@@ -150,8 +150,8 @@ impl Mesh {
             }
             match listed.get(id.as_str()) {
                 None if meta.id.owner() != org => catalog.extend(self.signed(&meta)),
-                Some(digest) if **digest != vv.digest() => {
-                    vectors.push((id, ByteBuf::from(vv.encode())));
+                Some(digest) if **digest != frontier.digest() => {
+                    vectors.push((id, ByteBuf::from(frontier.encode())));
                 }
                 _ => {}
             }
@@ -211,6 +211,7 @@ impl Mesh {
             .map_err(|e| e.to_string())?;
         self.adopt_all(push.catalog).await;
         self.merge_access(&push.access).await?;
+        self.take_pushed_evidence(&push.evidence).await?;
         let accepted = self.apply_encoded(peer, &push.envelopes).await?;
         Ok(PushAck {
             accepted: accepted as u32,
@@ -371,9 +372,9 @@ impl Mesh {
     }
 }
 
-/// Decodes a peer's version vector.
-pub(crate) fn vector(bytes: &[u8]) -> Result<VersionVector, String> {
-    VersionVector::decode(bytes).map_err(|e| e.to_string())
+/// Decodes a peer's frontier.
+pub(crate) fn frontier(bytes: &[u8]) -> Result<Frontier, String> {
+    Frontier::decode(bytes).map_err(|e| e.to_string())
 }
 
 /// The range of dataset ids one Hello covers: after `after` (from the start without it), up to

@@ -9,11 +9,11 @@ use tokio::sync::broadcast::error::RecvError;
 
 use crate::envelope::Envelope;
 use crate::net::{Frame, Protocol};
-use crate::version::VersionVector;
+use crate::version::Frontier;
 
 use super::catalog;
 use super::proto::{self, Push, PushAck, SyncRequest, SyncResponse};
-use super::serve::vector;
+use super::serve::frontier;
 use super::Mesh;
 
 /// Rounds of Hello in one catch-up: a round that adopts new datasets asks again for their vectors.
@@ -68,6 +68,7 @@ impl Mesh {
                 catalog,
                 access,
                 envelopes: vec![encoded.clone()],
+                evidence: Vec::new(),
             };
             self.spawn_push(peer, push).await;
         }
@@ -108,6 +109,7 @@ impl Mesh {
                 catalog: self.signed(&meta).into_iter().collect(),
                 access: vec![(id.to_string(), bundle.clone())],
                 envelopes: vec![],
+                evidence: Vec::new(),
             };
             self.spawn_push(peer, push).await;
         }
@@ -125,7 +127,7 @@ impl Mesh {
             .clone()
     }
 
-    async fn spawn_push(&self, peer: PeerId, push: Push) {
+    pub(super) async fn spawn_push(&self, peer: PeerId, push: Push) {
         let slots = self.peer_slots(peer);
         let (Ok(permit), Ok(slot)) = (
             self.inner.pushes.clone().acquire_owned().await,
@@ -190,10 +192,10 @@ impl Mesh {
         let mut shared: Vec<_> = self
             .inner
             .node
-            .replicas()
+            .frontiers()
             .into_iter()
             .filter(|(m, _)| m.visibility == crate::dataset::Visibility::Shared)
-            .map(|(m, vv)| (m.id.to_string(), m, vv))
+            .map(|(m, f)| (m.id.to_string(), m, f))
             .collect();
         shared.sort_by(|a, b| a.0.cmp(&b.0));
         let pages: Vec<_> = shared.chunks(proto::HELLO_PAGE).collect();
@@ -214,14 +216,14 @@ impl Mesh {
     async fn hello_page(
         &self,
         peer: PeerId,
-        page: &[(String, crate::dataset::Meta, VersionVector)],
+        page: &[(String, crate::dataset::Meta, Frontier)],
         after: Option<String>,
         more: bool,
     ) -> Result<usize, String> {
         let node = &self.inner.node;
         let datasets = page
             .iter()
-            .map(|(id, _, vv)| (id.clone(), vv.digest()))
+            .map(|(id, _, f)| (id.clone(), f.digest()))
             .collect();
         let access = page
             .iter()
@@ -249,7 +251,7 @@ impl Mesh {
         let adopted = self.adopt_all(catalog).await;
         self.merge_access(&access).await?;
         for (id, bytes) in vectors {
-            self.fetch_missing(peer, &id, &vector(&bytes)?).await?;
+            self.fetch_missing(peer, &id, &frontier(&bytes)?).await?;
         }
         Ok(adopted)
     }
@@ -281,18 +283,28 @@ impl Mesh {
         Ok(())
     }
 
-    /// Fetches every envelope `remote` holds of dataset `id` that this node lacks.
-    async fn fetch_missing(
-        &self,
-        peer: PeerId,
-        id: &str,
-        remote: &VersionVector,
-    ) -> Result<(), String> {
+    /// Fetches every envelope `remote` holds of dataset `id` that this node lacks, short of
+    /// the forks kept here (whose evidence the peer is sent instead), and the envelopes whose
+    /// tips differ at one sequence.
+    async fn fetch_missing(&self, peer: PeerId, id: &str, remote: &Frontier) -> Result<(), String> {
         let ds = crate::naming::DatasetId::parse(id).map_err(|e| e.to_string())?;
-        let Some((_, local)) = self.inner.node.replica(&ds) else {
+        let node = &self.inner.node;
+        let Some((_, local)) = node.frontiers().into_iter().find(|(m, _)| m.id == ds) else {
             return Ok(());
         };
-        let ranges = local.missing_from(remote);
+        let mut ranges: Vec<(crate::identity::AuthorId, u64, u64)> = local
+            .vv
+            .missing_from(&remote.vv)
+            .into_iter()
+            .map(|(a, after, upto)| match node.fork_of(&ds, &a) {
+                Some(f) => (a, after, upto.min(f - 1)),
+                None => (a, after, upto),
+            })
+            .filter(|(_, after, upto)| after < upto)
+            .collect();
+        for (a, seq) in self.reconcile_forks(peer, &ds, &local, remote).await {
+            ranges.push((a, seq - 1, seq));
+        }
         let missing: u64 = ranges
             .iter()
             .fold(0u64, |n, (_, a, u)| n.saturating_add(u.saturating_sub(*a)));

@@ -22,8 +22,8 @@
 //! # Protocols
 //!
 //! Three request-response protocols carry CBOR-encoded [`Frame`]s, each with its own caps:
-//! [`Protocol::Join`] (`/fogmesh/join/2`), [`Protocol::Sync`] (`/fogmesh/sync/3`) and
-//! [`Protocol::Push`] (`/fogmesh/push/2`). Identify (`/fogmesh/id/1`), ping, mDNS and a private
+//! [`Protocol::Join`] (`/fogmesh/join/2`), [`Protocol::Sync`] (`/fogmesh/sync/4`) and
+//! [`Protocol::Push`] (`/fogmesh/push/3`). Identify (`/fogmesh/id/1`), ping, mDNS and a private
 //! Kademlia (`/fogmesh/kad/1`) provide address hints and liveness; connection limits cap
 //! connections overall and per peer. Transports: TCP and QUIC, Noise, yamux, DNS.
 //!
@@ -152,9 +152,9 @@ fn default_listen() -> Vec<Multiaddr> {
 pub enum Protocol {
     /// `/fogmesh/join/2`: the one protocol a non-member may use.
     Join,
-    /// `/fogmesh/sync/3`: catch-up between members.
+    /// `/fogmesh/sync/4`: catch-up between members.
     Sync,
-    /// `/fogmesh/push/2`: eager delivery of new envelopes.
+    /// `/fogmesh/push/3`: eager delivery of new envelopes.
     Push,
     /// `/fogmesh/query/1`: federated aggregates and pushed-down searches, answered by owners.
     Query,
@@ -173,8 +173,8 @@ impl Protocol {
     pub fn name(self) -> &'static str {
         match self {
             Protocol::Join => "/fogmesh/join/2",
-            Protocol::Sync => "/fogmesh/sync/3",
-            Protocol::Push => "/fogmesh/push/2",
+            Protocol::Sync => "/fogmesh/sync/4",
+            Protocol::Push => "/fogmesh/push/3",
             Protocol::Query => "/fogmesh/query/1",
         }
     }

@@ -88,9 +88,9 @@ pub struct Traffic {
     pub accepted: u64,
     /// `/fogmesh/join/2` frames.
     pub join: FrameTraffic,
-    /// `/fogmesh/sync/3` frames.
+    /// `/fogmesh/sync/4` frames.
     pub sync: FrameTraffic,
-    /// `/fogmesh/push/2` frames.
+    /// `/fogmesh/push/3` frames.
     pub push: FrameTraffic,
     /// `/fogmesh/query/1` frames.
     pub query: FrameTraffic,

@@ -49,7 +49,7 @@ pub struct RetiredKey {
 
 impl MemberKeys {
     /// Whether `author` is one of its keys.
-    fn has(&self, author: &AuthorId) -> bool {
+    pub(super) fn has(&self, author: &AuthorId) -> bool {
         self.author == *author || self.retired.iter().any(|r| r.author == *author)
     }
 
@@ -187,7 +187,7 @@ impl Node {
             .unwrap_or_else(|| author.to_string())
     }
 
-    fn directory(&self) -> std::sync::RwLockReadGuard<'_, Directory> {
+    pub(super) fn directory(&self) -> std::sync::RwLockReadGuard<'_, Directory> {
         self.inner
             .directory
             .read()

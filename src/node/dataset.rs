@@ -67,6 +67,10 @@ pub(crate) struct State {
     pub(crate) keys: BTreeMap<u64, EpochKey>,
     /// Epochs of stored envelopes that could not be opened for want of their key.
     pub(super) missing: BTreeSet<u64>,
+    /// Per author in `vv`: the digest of its envelope at that sequence (its chain's tip).
+    pub(crate) tips: BTreeMap<AuthorId, [u8; 32]>,
+    /// Per author proven to equivocate here: the fork, from which its envelopes are refused.
+    pub(crate) forks: BTreeMap<AuthorId, u64>,
 }
 
 /// A dataset held by this node.
@@ -179,11 +183,14 @@ impl Dataset {
         let author = id.author();
         let (seq, ticket) = (made.seq, made.ticket);
         let turn = self.sequencer.in_turn(ticket, || {
-            let env = self.seal_change(id, hlc, seq, made.key, made.change);
+            let prev = self.prev_of(store, &author, seq)?;
+            let env = self.seal_change(id, (hlc, seq, prev), made.key, made.change);
             // Stored before taking the lock, which the next writer may hold for its change.
             store.put_envelope(&env)?;
             let mut st = self.lock();
-            st.vv.advance(author, seq);
+            if st.vv.advance(author, seq) {
+                st.tips.insert(author, env.digest());
+            }
             st.since_snapshot += 1;
             Ok((env, st.since_snapshot >= snapshot_every))
         });
@@ -198,13 +205,36 @@ impl Dataset {
         })
     }
 
-    /// This node's envelope for its change number `seq`: sealed with `key` (none: in clear),
-    /// signed.
+    /// The digest of `author`'s envelope `seq - 1` ([`GENESIS`](crate::envelope::GENESIS) for
+    /// the first): the chain's tip when the vector is there, else the stored envelope.
+    fn prev_of(&self, store: &Store, author: &AuthorId, seq: u64) -> Result<[u8; 32]> {
+        if seq == 1 {
+            return Ok(crate::envelope::GENESIS);
+        }
+        {
+            let st = self.lock();
+            if st.vv.get(author) == seq - 1 {
+                if let Some(tip) = st.tips.get(author) {
+                    return Ok(*tip);
+                }
+            }
+        }
+        let prev = store.envelope(&self.meta.id, author, seq - 1)?;
+        prev.map(|e| e.digest()).ok_or_else(|| {
+            Error::Internal(format!(
+                "{}: this node's envelope {} is missing from its store",
+                self.meta.id,
+                seq - 1
+            ))
+        })
+    }
+
+    /// This node's envelope for its change number `seq`, after `prev`: sealed with `key` (none:
+    /// in clear), signed.
     fn seal_change(
         &self,
         id: &Identity,
-        hlc: u64,
-        seq: u64,
+        (hlc, seq, prev): (u64, u64, [u8; 32]),
         key: Option<(u64, EpochKey)>,
         change: Vec<u8>,
     ) -> Envelope {
@@ -221,7 +251,7 @@ impl Dataset {
             }
             None => (0, change),
         };
-        Envelope::seal(id, self.meta.id.clone(), seq, epoch, hlc, payload)
+        Envelope::seal(id, self.meta.id.clone(), seq, epoch, hlc, prev, payload)
     }
 
     /// The part of a local write done under the dataset's lock: checks, the Automerge change,
@@ -240,6 +270,7 @@ impl Dataset {
                 self.meta.id
             )));
         }
+        self.may_write_here(&st)?;
         if let Some(missing) = batch.delete.iter().find(|d| !st.records.contains_key(*d)) {
             return Err(Error::NotFound(format!(
                 "record {missing} not found in {}",
@@ -274,6 +305,31 @@ impl Dataset {
             events,
             ids: ups.into_iter().map(|u| u.id).chain(batch.delete).collect(),
         }))
+    }
+
+    /// Refuses a local write that could not join this node's history: after its key was found
+    /// signing two histories here, or while one of its own changes waits for a change set aside
+    /// (its next change would carry a sequence Automerge does not expect).
+    fn may_write_here(&self, st: &State) -> Result<()> {
+        let me = AuthorId::from_slice(st.doc.actor().to_bytes());
+        let Some(me) = me else { return Ok(()) };
+        if let Some(seq) = st.forks.get(&me) {
+            return Err(Error::Unavailable(format!(
+                "{}: this node's key was found signing two histories here (from its change {seq} \
+                 on, set aside on every node); rotate the node's key (fogmesh key rotate) to \
+                 write again",
+                self.meta.id
+            )));
+        }
+        if st.doc.held_by(st.doc.actor()).0 > 0 {
+            return Err(Error::Unavailable(format!(
+                "{}: a change of this node's waits for a change that was set aside (an \
+                 equivocating or revoked writer's); rotate the node's key (fogmesh key rotate) \
+                 to write again",
+                self.meta.id
+            )));
+        }
+        Ok(())
     }
 
     /// Saves the document if no other snapshot of this dataset is under way. Blocking.
@@ -356,6 +412,8 @@ impl State {
             failed: false,
             keys: BTreeMap::new(),
             missing: BTreeSet::new(),
+            tips: BTreeMap::new(),
+            forks: BTreeMap::new(),
         }
     }
 
@@ -411,6 +469,12 @@ impl State {
     ) -> Result<()> {
         let last = store.last_seq(&meta.id, author)?;
         self.next_seq = self.vv.get(author).max(last) + 1;
+        self.forks = store.forks(&meta.id)?.into_iter().collect();
+        self.tips.clear();
+        let vv: Vec<(AuthorId, u64)> = self.vv.iter().map(|(a, s)| (*a, *s)).collect();
+        for (a, s) in vv {
+            super::forks::set_tip(store, &meta.id, &mut self.tips, a, s)?;
+        }
         self.materialize();
         Ok(())
     }

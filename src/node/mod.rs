@@ -6,6 +6,7 @@ mod apps;
 mod audit;
 mod dataset;
 mod flow;
+mod forks;
 mod grants;
 pub mod home;
 mod quarantine;
@@ -41,6 +42,7 @@ pub use apps::{NewApp, RotatedAdmin};
 pub use audit::AuditListing;
 use dataset::Dataset;
 pub use dataset::{Batch, Event, EVENTS_CAP};
+pub use forks::Equivocation;
 pub use grants::{parse_ttl, GrantRequest, GrantView, MAX_GRANT_TTL_MS};
 pub use quarantine::{MAX_HELD_BYTES_PER_AUTHOR, MAX_HELD_PER_AUTHOR, MAX_HELD_PER_DATASET};
 pub use retention::SWEEP_EVERY as RETENTION_SWEEP;
@@ -103,6 +105,8 @@ struct Inner {
     directory: RwLock<access::Directory>,
     /// Datasets whose access state changed, for the mesh to push.
     access_changes: broadcast::Sender<DatasetId>,
+    /// Forks newly proven here (dataset, author), for the mesh to pass the evidence on.
+    forks_found: broadcast::Sender<(DatasetId, crate::identity::AuthorId)>,
     /// Running computation flows.
     flows: flow::Flows,
     /// The home directory, for a node opened from one (the admin token file lives there).
@@ -192,6 +196,7 @@ impl Node {
             outbox: broadcast::channel(OUTBOX_CAP).0,
             directory: RwLock::default(),
             access_changes: broadcast::channel(OUTBOX_CAP).0,
+            forks_found: broadcast::channel(OUTBOX_CAP).0,
             flows: flow::Flows::default(),
             home: home.map(Path::to_owned),
             apps: RwLock::new(apps),

@@ -6,6 +6,7 @@ use automerge::Change;
 
 use crate::access::EpochKey;
 use crate::envelope::Envelope;
+use crate::equivocation::Evidence;
 use crate::error::{Error, Result};
 use crate::identity::AuthorId;
 use crate::store::Store;
@@ -25,6 +26,8 @@ pub(crate) struct Applied {
     pub(crate) snapshot_due: bool,
     /// Authors of envelopes dropped because they did not open or their change was not theirs.
     pub(crate) invalid: Vec<AuthorId>,
+    /// Evidence of equivocation found in the batch.
+    pub(crate) evidence: Vec<Evidence>,
 }
 
 impl Dataset {
@@ -45,14 +48,15 @@ impl Dataset {
                 self.meta.id
             )));
         }
-        let mut invalid = Vec::new();
-        let mut batch = self.opened(store, &mut st, envs, &mut invalid)?;
+        let (mut invalid, mut evidence) = (Vec::new(), Vec::new());
+        let mut batch = self.opened(store, &mut st, envs, &mut invalid, &mut evidence)?;
         self.refuse_missing_objects(store, &st, &mut batch, &mut invalid)?;
         self.bound_held_back(&st, &mut batch);
         let new = batch.len();
         if new == 0 {
             return Ok(Applied {
                 invalid,
+                evidence,
                 ..Applied::default()
             });
         }
@@ -97,7 +101,18 @@ impl Dataset {
             }
         }
         for author in authors {
+            let before = st.vv.get(&author);
             advance_contiguous(store, &self.meta.id, &mut st.vv, author)?;
+            let now = st.vv.get(&author);
+            if now != before {
+                let tip = fresh.iter().find(|e| e.author == author && e.seq == now);
+                match tip {
+                    Some(e) => {
+                        st.tips.insert(author, e.digest());
+                    }
+                    None => super::forks::set_tip(store, &self.meta.id, &mut st.tips, author, now)?,
+                }
+            }
         }
         st.since_snapshot += fresh.len() as u64;
         let events = if applied.everything {
@@ -112,25 +127,41 @@ impl Dataset {
             events,
             snapshot_due: st.since_snapshot >= snapshot_every,
             invalid,
+            evidence,
         })
     }
 
     /// The envelopes of `envs` new to this node, each with its change when it opens (`None`:
     /// sealed under a key this node lacks). One that does not open, or carries a change that is
-    /// not its author's, is dropped alone and its author reported.
+    /// not its author's, is dropped alone and its author reported. One that conflicts with its
+    /// author's history held here yields evidence of equivocation and is dropped; so are the
+    /// envelopes of an author from its fork on.
     fn opened(
         &self,
         store: &Store,
         st: &mut State,
         envs: Vec<Envelope>,
         invalid: &mut Vec<AuthorId>,
+        evidence: &mut Vec<Evidence>,
     ) -> Result<Vec<(Envelope, Option<Change>)>> {
+        let mut accepted = super::forks::Accepted::new();
         let mut out = Vec::with_capacity(envs.len());
-        let mut seen = std::collections::HashSet::new();
         for env in envs {
-            if env.dataset != self.meta.id
-                || env.seq <= st.vv.get(&env.author)
-                || !seen.insert((env.author, env.seq))
+            let key = (env.author, env.seq);
+            let forked = |st: &State| st.forks.get(&env.author).is_some_and(|s| env.seq >= *s);
+            if env.dataset != self.meta.id || accepted.contains_key(&key) || forked(st) {
+                continue;
+            }
+            if let Some(ev) = self.check_chain(store, st, &env, (&accepted, &out))? {
+                if let Ok(fork) = ev.check() {
+                    let at = st.forks.entry(fork.author).or_insert(fork.seq);
+                    *at = (*at).min(fork.seq);
+                }
+                evidence.push(ev);
+                invalid.push(env.author);
+                continue;
+            }
+            if env.seq <= st.vv.get(&env.author)
                 || store.has_envelope(&env.dataset, &env.author, env.seq)?
                 || store.is_quarantined(&env.dataset, &env.author, env.seq)?
             {
@@ -145,13 +176,18 @@ impl Dataset {
                 ))),
             };
             match change {
-                Ok(c) => out.push((env, c)),
+                Ok(c) => {
+                    accepted.insert(key, (env.digest(), out.len()));
+                    out.push((env, c));
+                }
                 Err(e) => {
                     tracing::warn!(dataset = %self.meta.id, error = %e, "envelope dropped");
                     invalid.push(env.author);
                 }
             }
         }
+        // Envelopes accepted before their author's fork showed later in the batch.
+        out.retain(|(e, _)| !st.forks.get(&e.author).is_some_and(|s| e.seq >= *s));
         Ok(out)
     }
 
@@ -263,6 +299,21 @@ impl super::Node {
         self.held(id).map(|d| (d.meta.clone(), d.version_vector()))
     }
 
+    /// Metadata and frontier (vector and chain tips) of every dataset held.
+    pub fn frontiers(&self) -> Vec<(crate::dataset::Meta, crate::version::Frontier)> {
+        self.all_datasets()
+            .into_iter()
+            .map(|d| {
+                let st = d.lock();
+                let frontier = crate::version::Frontier {
+                    vv: st.vv.clone(),
+                    tips: st.tips.clone(),
+                };
+                (d.meta.clone(), frontier)
+            })
+            .collect()
+    }
+
     /// Metadata and version vector of every dataset held, private ones included.
     pub fn replicas(&self) -> Vec<(crate::dataset::Meta, crate::version::VersionVector)> {
         self.all_datasets()
@@ -326,12 +377,15 @@ impl super::Node {
             return Ok((0, vec![]));
         }
         let (node, ds2) = (self.clone(), ds.clone());
-        let applied = tokio::task::spawn_blocking(move || {
+        let mut applied = tokio::task::spawn_blocking(move || {
             let i = &node.inner;
             ds2.apply_remote(&i.store, envs, i.config.snapshot_every)
         })
         .await
         .map_err(|e| Error::Internal(e.to_string()))??;
+        for ev in std::mem::take(&mut applied.evidence) {
+            self.take_evidence(ev).await?;
+        }
         if !applied.invalid.is_empty() {
             let labels = vec![("dataset".to_owned(), id.to_string())];
             let m = &self.inner.metrics.envelopes_rejected;

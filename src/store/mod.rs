@@ -2,12 +2,14 @@
 //!
 //! Trees: `datasets` (id -> metadata JSON), `envelopes` (dataset, author, big-endian sequence ->
 //! envelope bytes), `snapshots` (dataset -> version vector + saved Automerge document), `apps`
-//! (token hash -> app JSON), `meta` (node-level values), and `audit`, whose layout
+//! (token hash -> app JSON), `meta` (node-level values), `evidence` (dataset, author -> the fork
+//! and the evidence of an equivocation, see [`evidence`]), and `audit`, whose layout
 //! [`crate::audit`] keeps. Writes land in sled's memory first;
 //! [`Store::durable`] returns once a flush that covers them has reached the disk. Flushes are grouped
 //! by [`commit`], so many writers share one fsync.
 
 mod commit;
+pub mod evidence;
 mod keys;
 
 use std::path::Path;
@@ -82,6 +84,7 @@ pub struct Store {
     apps: sled::Tree,
     meta: sled::Tree,
     access: sled::Tree,
+    evidence: sled::Tree,
     // Last, so it is dropped last: its thread then holds the final database handle, and sled's
     // closing flush runs there, where a hang cannot block the process (see `commit::CLOSE_WAIT`).
     flusher: commit::Flusher,
@@ -119,6 +122,7 @@ impl Store {
             apps: db.open_tree("apps")?,
             meta: db.open_tree("meta")?,
             access: db.open_tree("access")?,
+            evidence: db.open_tree("evidence")?,
             flusher: commit::Flusher::spawn(db.clone()),
             db,
         })
@@ -286,6 +290,22 @@ impl Store {
         Ok(self
             .envelopes
             .contains_key(keys::envelope(dataset, author, seq))?)
+    }
+
+    /// Envelope `seq` of `author` in `dataset`, if stored.
+    pub fn envelope(
+        &self,
+        dataset: &DatasetId,
+        author: &AuthorId,
+        seq: u64,
+    ) -> Result<Option<Envelope>, Error> {
+        let key = keys::envelope(dataset, author, seq);
+        match self.envelopes.get(&key)? {
+            Some(v) => Ok(Some(
+                Envelope::decode(&v).map_err(|e| corrupt("envelope", &key, e))?,
+            )),
+            None => Ok(None),
+        }
     }
 
     /// Encoded envelopes of `author` in `dataset` with sequence `after + 1 ..= upto`, in order, up

@@ -2,7 +2,15 @@ use super::*;
 use crate::identity::Identity;
 
 fn env(id: &Identity, ds: &DatasetId, seq: u64) -> Envelope {
-    Envelope::seal(id, ds.clone(), seq, 0, seq, vec![seq as u8; 4])
+    Envelope::seal(
+        id,
+        ds.clone(),
+        seq,
+        0,
+        seq,
+        crate::envelope::GENESIS,
+        vec![seq as u8; 4],
+    )
 }
 
 #[test]

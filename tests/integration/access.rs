@@ -226,6 +226,7 @@ fn forged(pharmacy: &Member, ds: &DatasetId) -> Envelope {
         1,
         *epoch,
         hlc,
+        fogmesh::envelope::GENESIS,
         seal::seal(key, slot, &change),
     )
 }

@@ -500,13 +500,16 @@ async fn changes_waiting_for_a_dependency_are_bounded_per_author() {
         .expect("change")
         .decode();
     let hlc = fogmesh::hlc::wall_millis() << 16;
+    let mut prev = fogmesh::envelope::GENESIS;
     let envs: Vec<Envelope> = (1..=1_100u64)
         .map(|seq| {
             let mut c = base.clone();
             c.seq = seq;
             c.deps = vec![automerge::ChangeHash([seq as u8; 32])];
             let c = automerge::Change::from(c);
-            Envelope::seal(&id, ds.clone(), seq, 0, hlc, c.raw_bytes().to_vec())
+            let env = Envelope::seal(&id, ds.clone(), seq, 0, hlc, prev, c.raw_bytes().to_vec());
+            prev = env.digest();
+            env
         })
         .collect();
     let kept = other.node.apply_envelopes(&ds, envs).await.expect("apply");

@@ -160,6 +160,7 @@ pub(crate) fn push_envelope(c: &RawClient, env: &fogmesh::envelope::Envelope) ->
         catalog: vec![],
         access: vec![],
         envelopes: vec![serde_bytes::ByteBuf::from(env.encode())],
+        evidence: vec![],
     };
     let ack: PushAck = c
         .request(Proto::Push, frame(&proto::encode(&push)))

@@ -2,7 +2,7 @@
 //! client: TCP, Noise, yamux and request-response streams whose bytes it chooses itself, so it can
 //! send well-framed nonsense as well as bytes that are no frame at all.
 //!
-//! The wire (src/net/codec.rs): each of `/fogmesh/join/2`, `/fogmesh/sync/3` and `/fogmesh/push/2`
+//! The wire (src/net/codec.rs): each of `/fogmesh/join/2`, `/fogmesh/sync/4` and `/fogmesh/push/3`
 //! opens one yamux stream per request; after multistream-select the requester writes one CBOR byte
 //! string (a `net::Frame`) whose payload is the CBOR of a `mesh::proto` message, closes its side and
 //! reads the answer to the end of the stream. A refused request gets no answer: the node closes the
@@ -30,6 +30,7 @@
 mod checks;
 #[path = "../common/mod.rs"]
 mod common;
+mod equivocation;
 mod governance;
 mod raw;
 mod replication;
@@ -44,7 +45,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use common::TestNode;
-use fogmesh::envelope::Envelope;
+use fogmesh::envelope::{Envelope, GENESIS};
 use fogmesh::identity::Identity;
 use fogmesh::mesh::proto::{self, JoinRequest, JoinResponse, Push, SyncRequest, SyncResponse};
 use fogmesh::mesh::roster::Member;
@@ -229,7 +230,7 @@ fn a_member_sending_garbage_is_counted_disconnected_and_the_node_stays_bounded()
     }
     let stray = DatasetId::parse("mallory/notes")?;
     let hlc = fogmesh::hlc::wall_millis() << 16;
-    let env = Envelope::seal(&identity, stray.clone(), 1, 0, hlc, b"x".to_vec());
+    let env = Envelope::seal(&identity, stray.clone(), 1, 0, hlc, GENESIS, b"x".to_vec());
     ensure!(
         checks::push_envelope(&c, &env)? == 0,
         "a push of an unknown dataset was accepted"
@@ -280,6 +281,7 @@ fn a_member_sending_garbage_is_counted_disconnected_and_the_node_stays_bounded()
         1,
         0,
         hlc,
+        GENESIS,
         b"change".to_vec(),
     );
     env.signature[7] ^= 0x20;
@@ -287,6 +289,7 @@ fn a_member_sending_garbage_is_counted_disconnected_and_the_node_stays_bounded()
         catalog: vec![],
         access: vec![],
         envelopes: vec![serde_bytes::ByteBuf::from(env.encode())],
+        evidence: vec![],
     };
     bad(
         &node,
@@ -304,12 +307,14 @@ fn a_member_sending_garbage_is_counted_disconnected_and_the_node_stays_bounded()
         1,
         0,
         hlc,
+        GENESIS,
         random_bytes(256),
     );
     let push = Push {
         catalog: vec![],
         access: vec![],
         envelopes: vec![serde_bytes::ByteBuf::from(env.encode())],
+        evidence: vec![],
     };
     bad(
         &node,
@@ -415,12 +420,14 @@ fn a_change_claiming_the_owners_actor_is_refused_and_breaks_nothing() -> Result<
         1,
         0,
         hlc,
+        GENESIS,
         change,
     );
     let push = Push {
         catalog: vec![],
         access: vec![],
         envelopes: vec![serde_bytes::ByteBuf::from(env.encode())],
+        evidence: vec![],
     };
     let answer = c.request(Proto::Push, frame(&proto::encode(&push)));
     eprintln!("answer to the forged push: {answer:?}");

@@ -41,8 +41,8 @@ impl Proto {
     pub(crate) fn name(self) -> &'static str {
         match self {
             Proto::Join => "/fogmesh/join/2",
-            Proto::Sync => "/fogmesh/sync/3",
-            Proto::Push => "/fogmesh/push/2",
+            Proto::Sync => "/fogmesh/sync/4",
+            Proto::Push => "/fogmesh/push/3",
             Proto::Query => "/fogmesh/query/1",
         }
     }

@@ -17,7 +17,7 @@
 
 use anyhow::{ensure, Context, Result};
 use fogmesh::dataset::{Meta, Priority, Retention, Visibility};
-use fogmesh::envelope::Envelope;
+use fogmesh::envelope::{Envelope, GENESIS};
 use fogmesh::identity::Identity;
 use fogmesh::mesh::catalog::SignedMeta;
 use fogmesh::mesh::proto::{self, Push, PushAck};
@@ -85,6 +85,7 @@ fn a_dataset_description_nested_too_deeply_is_refused_alone() -> Result<()> {
         ],
         access: vec![],
         envelopes: vec![],
+        evidence: vec![],
     };
     let ack: PushAck = c
         .request(Proto::Push, frame(&proto::encode(&push)))
@@ -126,7 +127,7 @@ fn an_envelope_of_an_epoch_the_owner_never_made_is_refused() -> Result<()> {
     c.connect()?;
     let hlc = fogmesh::hlc::wall_millis() << 16;
     let ds = DatasetId::parse("hospital/flu")?;
-    let env = Envelope::seal(&key, ds, 1, 99, hlc, vec![0; 64]);
+    let env = Envelope::seal(&key, ds, 1, 99, hlc, GENESIS, vec![0; 64]);
     ensure!(
         push_envelope(&c, &env)? == 0,
         "an envelope of a made-up epoch was accepted"
@@ -150,7 +151,12 @@ fn upsert(id: &str, v: i64) -> fogmesh::view::doc::Upsert {
     }
 }
 
-fn envelope_of(key: &Identity, ds: &DatasetId, change: &automerge::Change) -> Envelope {
+fn envelope_of(
+    key: &Identity,
+    ds: &DatasetId,
+    change: &automerge::Change,
+    prev: [u8; 32],
+) -> Envelope {
     let hlc = fogmesh::hlc::wall_millis() << 16;
     Envelope::seal(
         key,
@@ -158,6 +164,7 @@ fn envelope_of(key: &Identity, ds: &DatasetId, change: &automerge::Change) -> En
         change.seq(),
         0,
         hlc,
+        prev,
         change.raw_bytes().to_vec(),
     )
 }
@@ -213,8 +220,9 @@ fn changes_that_would_break_automerge_are_quarantined_and_the_node_keeps_serving
     let mut orphan = third.decode();
     orphan.deps.clear();
     let orphan = automerge::Change::from(orphan);
+    let first_env = envelope_of(&key, &ds, &first, GENESIS);
     // Its own bad envelope: refused (no answer) and counted against the sender.
-    let refused = push_envelope(&c, &envelope_of(&key, &ds, &orphan));
+    let refused = push_envelope(&c, &envelope_of(&key, &ds, &orphan, [3; 32]));
     ensure!(refused.is_err(), "(a) was answered: {refused:?}");
 
     // (b) The second, naming a made-up object instead, sent before `first`, which it depends on.
@@ -228,7 +236,8 @@ fn changes_that_would_break_automerge_are_quarantined_and_the_node_keeps_serving
         }
     }
     let held = automerge::Change::from(held);
-    let kept = push_envelope(&c, &envelope_of(&key, &ds, &held));
+    let held_env = envelope_of(&key, &ds, &held, first_env.digest());
+    let kept = push_envelope(&c, &held_env);
     ensure!(
         kept.as_ref().is_ok_and(|n| *n == 1),
         "(b) not held back: {kept:?}\n{}",
@@ -236,7 +245,7 @@ fn changes_that_would_break_automerge_are_quarantined_and_the_node_keeps_serving
     );
     // The push that lets it through is refused too (its author is to blame), but the innocent
     // change in it is kept.
-    let released = push_envelope(&c, &envelope_of(&key, &ds, &first));
+    let released = push_envelope(&c, &first_env);
     ensure!(
         released.is_err(),
         "the quarantine was not counted: {released:?}"
@@ -248,7 +257,7 @@ fn changes_that_would_break_automerge_are_quarantined_and_the_node_keeps_serving
         hospital.log_tail()
     );
     ensure!(
-        push_envelope(&c, &envelope_of(&key, &ds, &held))? == 0,
+        push_envelope(&c, &held_env)? == 0,
         "a quarantined change came back"
     );
     let log = std::fs::read_to_string(hospital.home.join("test-node.log"))?;

@@ -77,7 +77,15 @@ fn first_change(author: &Identity, dataset: &DatasetId, hlc: u64) -> Result<Enve
         .context("change")?
         .raw_bytes()
         .to_vec();
-    Ok(Envelope::seal(author, dataset.clone(), 1, 0, hlc, change))
+    Ok(Envelope::seal(
+        author,
+        dataset.clone(),
+        1,
+        0,
+        hlc,
+        fogmesh::envelope::GENESIS,
+        change,
+    ))
 }
 
 #[test]

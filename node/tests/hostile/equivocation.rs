@@ -1,0 +1,233 @@
+//! Equivocation on the real wire: a member with write rights signs two different envelopes
+//! with one sequence number and pushes one to each of two nodes.
+//!
+//! - `two_histories_signed_by_one_member_are_found_and_set_aside_on_every_node`: hospital
+//!   (owner of `hospital/flu`), pharmacy (a reader) and mallory (may write). Mallory's key signs
+//!   X (its change 1) and X2 (change 2, after X) for the hospital, and Y (another change 1) for
+//!   the pharmacy. When the two catch up, the node holding Y fetches X2, which names X as its
+//!   predecessor: that pair is evidence. Both nodes then list mallory as equivocating (mesh
+//!   status, audit log, metrics), hold the same records (mallory's from its fork on set aside,
+//!   the hospital's kept), refuse mallory's next envelope in that dataset, and keep all of it
+//!   across a restart.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use fogmesh::envelope::{Envelope, GENESIS};
+use fogmesh::identity::Identity;
+use fogmesh::naming::DatasetId;
+use serde_json::Value;
+
+use crate::checks::{push_envelope, target};
+use crate::common::TestNode;
+use crate::governance::{join, wait};
+use crate::raw::RawClient;
+
+fn ids(node: &TestNode) -> Result<Vec<String>> {
+    let v = node.get("/v1/datasets/hospital/flu/records")?;
+    let mut out: Vec<String> = v["records"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["id"].as_str().map(str::to_owned))
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+fn upsert(id: &str, v: i64) -> fogmesh::view::doc::Upsert {
+    let Value::Object(data) = serde_json::json!({ "v": v }) else {
+        unreachable!()
+    };
+    fogmesh::view::doc::Upsert {
+        id: id.into(),
+        name: format!("ward/{id}"),
+        time: 1,
+        data,
+    }
+}
+
+/// Mallory's changes to `hospital/flu`, each sealed after `prev`.
+struct Forger {
+    key: Identity,
+    ds: DatasetId,
+    hlc: u64,
+}
+
+impl Forger {
+    fn envelope(
+        &self,
+        doc: &mut fogmesh::view::doc::Doc,
+        id: &str,
+        prev: [u8; 32],
+    ) -> Result<Envelope> {
+        let change = doc.write(&[upsert(id, 1)], &[])?.context("a change")?;
+        let seq = automerge::Change::from_bytes(change.clone())?.seq();
+        Ok(Envelope::seal(
+            &self.key,
+            self.ds.clone(),
+            seq,
+            0,
+            self.hlc,
+            prev,
+            change,
+        ))
+    }
+}
+
+fn equivocators(node: &TestNode) -> Result<Vec<Value>> {
+    let v = node.get("/v1/mesh")?;
+    Ok(v["equivocations"].as_array().cloned().unwrap_or_default())
+}
+
+fn metric(node: &TestNode, name: &str) -> Result<u64> {
+    let text = node.get_text("/metrics")?;
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0))
+}
+
+#[test]
+fn two_histories_signed_by_one_member_are_found_and_set_aside_on_every_node() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut hospital = TestNode::init(&dir.path().join("hospital"), "hospital")?;
+    let mut pharmacy = TestNode::init(&dir.path().join("pharmacy"), "pharmacy")?;
+    let mut mallory = TestNode::init(&dir.path().join("mallory"), "mallory")?;
+    for n in [&pharmacy, &mallory] {
+        join(&hospital, n)?;
+    }
+    let create = ["dataset", "create", "flu", "--shared", "--clear"];
+    hospital
+        .cli(&[&create[..], &["--readers", "pharmacy,mallory"]].concat())
+        .ok();
+    let grant = [
+        "grant",
+        "hospital/flu",
+        "--to",
+        "mallory/*",
+        "--rights",
+        "read,write",
+    ];
+    hospital.cli(&grant).ok();
+    let data = r#"{"v":1}"#;
+    let publish = [
+        "publish",
+        "hospital/flu",
+        "--name",
+        "ward/h1",
+        "--id",
+        "h1",
+        "--data",
+        data,
+    ];
+    hospital.cli(&publish).ok();
+    wait("the pharmacy to read h1", Duration::from_secs(30), || {
+        Ok(ids(&pharmacy).unwrap_or_default() == ["h1"])
+    })?;
+    mallory.stop()?;
+
+    let forger = Forger {
+        key: Identity::load(&mallory.home)?,
+        ds: DatasetId::parse("hospital/flu")?,
+        hlc: fogmesh::hlc::wall_millis() << 16,
+    };
+    let actor = forger.key.author();
+    let mut one = fogmesh::view::doc::Doc::new(actor.as_bytes());
+    let mut other = fogmesh::view::doc::Doc::new(actor.as_bytes());
+    let x = forger.envelope(&mut one, "m1", GENESIS)?;
+    let x2 = forger.envelope(&mut one, "m2", x.digest())?;
+    let y = forger.envelope(&mut other, "m9", GENESIS)?;
+    ensure!(x.seq == 1 && y.seq == 1 && x2.seq == 2);
+
+    let to = |node: &TestNode| -> Result<RawClient> {
+        let (peer, addr) = target(node)?;
+        let mut c = RawClient::new(forger.key.libp2p_keypair()?, peer, addr)?;
+        c.connect()?;
+        Ok(c)
+    };
+    let (h, p) = (to(&hospital)?, to(&pharmacy)?);
+    ensure!(push_envelope(&h, &x)? == 1 && push_envelope(&h, &x2)? == 1);
+    ensure!(push_envelope(&p, &y)? == 1, "the pharmacy did not take Y");
+    ensure!(
+        ids(&hospital)? == ["h1", "m1", "m2"],
+        "{:?}",
+        ids(&hospital)?
+    );
+    ensure!(ids(&pharmacy)? == ["h1", "m9"], "{:?}", ids(&pharmacy)?);
+    drop((h, p));
+
+    // The two meet again (a restart makes them catch up at once instead of within 30 s).
+    pharmacy.stop()?;
+    let started = Instant::now();
+    pharmacy.restart()?;
+    for n in [&hospital, &pharmacy] {
+        wait("the equivocation found", Duration::from_secs(40), || {
+            Ok(!equivocators(n)?.is_empty() && ids(n)? == ["h1"])
+        })
+        .with_context(|| format!("{}: {:?}\n{}", n.org, ids(n), n.log_tail()))?;
+    }
+    eprintln!(
+        "both nodes found the fork and set mallory's envelopes aside {:.2} s after the pharmacy \
+         restarted",
+        started.elapsed().as_secs_f64()
+    );
+    for n in [&hospital, &pharmacy] {
+        let listed = equivocators(n)?;
+        ensure!(
+            listed.len() == 1
+                && listed[0]["org"] == "mallory"
+                && listed[0]["seq"] == 1
+                && listed[0]["dataset"] == "hospital/flu"
+                && listed[0]["author"] == actor.to_string().as_str(),
+            "{}: {listed:?}",
+            n.org
+        );
+        let audit = n.get("/v1/audit?action=equivocation")?;
+        ensure!(
+            audit["entries"][0]["actor"] == "mallory",
+            "{}: not in the audit log: {audit}",
+            n.org
+        );
+        ensure!(
+            metric(n, "fogmesh_equivocations_total")? >= 1,
+            "{}: metric",
+            n.org
+        );
+    }
+
+    // Mallory's next envelope there is refused; the hospital still writes.
+    let x3 = forger.envelope(&mut one, "m3", x2.digest())?;
+    ensure!(
+        push_envelope(&to(&hospital)?, &x3)? == 0,
+        "an equivocator's envelope was taken"
+    );
+    let publish2 = [
+        "publish",
+        "hospital/flu",
+        "--name",
+        "ward/h2",
+        "--id",
+        "h2",
+        "--data",
+        data,
+    ];
+    hospital.cli(&publish2).ok();
+    wait("the pharmacy to read h2", Duration::from_secs(30), || {
+        Ok(ids(&pharmacy)? == ["h1", "h2"])
+    })?;
+
+    hospital.stop()?;
+    hospital.restart()?;
+    ensure!(
+        ids(&hospital)? == ["h1", "h2"],
+        "after a restart: {:?}",
+        ids(&hospital)?
+    );
+    ensure!(
+        equivocators(&hospital)?.len() == 1,
+        "the fork was forgotten on restart"
+    );
+    Ok(())
+}

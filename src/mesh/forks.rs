@@ -1,0 +1,117 @@
+//! Equivocation across the mesh: evidence found here is pushed to the members the dataset is
+//! shared with; a member whose history of an author runs past a fork kept here is sent the
+//! evidence instead of being fetched from; tips that differ at one sequence are fetched, so the
+//! node that holds the other version finds the fork (see [`crate::equivocation`]).
+
+use libp2p::PeerId;
+use serde_bytes::ByteBuf;
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::equivocation::Evidence;
+use crate::identity::AuthorId;
+use crate::naming::DatasetId;
+use crate::version::Frontier;
+
+use super::catalog;
+use super::proto::{self, Push};
+use super::Mesh;
+
+/// Most pieces of evidence one push may carry.
+pub const MAX_EVIDENCE: usize = 64;
+
+impl Mesh {
+    /// Pushes the evidence of every fork proven here to the connected members entitled to its
+    /// dataset.
+    pub(crate) async fn run_forks(self) {
+        let mut rx = self.inner.node.subscribe_forks();
+        loop {
+            match rx.recv().await {
+                Ok((id, author)) => self.push_evidence(&id, &author, None).await,
+                Err(RecvError::Lagged(_)) => self.sync_all().await,
+                Err(RecvError::Closed) => return,
+            }
+        }
+    }
+
+    /// Pushes the evidence kept against `author` in `id` to `only`, or to every connected
+    /// member entitled to the dataset.
+    pub(crate) async fn push_evidence(
+        &self,
+        id: &DatasetId,
+        author: &AuthorId,
+        only: Option<PeerId>,
+    ) {
+        let (Some(meta), Some(ev)) = (self.held_meta(id), self.inner.node.evidence(id, author))
+        else {
+            return;
+        };
+        let peers: Vec<PeerId> = match only {
+            Some(p) => vec![p],
+            None => match self.inner.net.peers().await {
+                Ok(ps) => ps
+                    .into_iter()
+                    .filter(|p| p.up && p.member)
+                    .filter_map(|p| p.peer.parse().ok())
+                    .collect(),
+                Err(_) => return,
+            },
+        };
+        let bytes = ByteBuf::from(ev.encode());
+        for peer in peers {
+            if !self
+                .org_of(&peer)
+                .is_some_and(|org| catalog::entitled(&meta, &org))
+            {
+                continue;
+            }
+            let push = Push {
+                catalog: Vec::new(),
+                access: Vec::new(),
+                envelopes: Vec::new(),
+                evidence: vec![bytes.clone()],
+            };
+            self.spawn_push(peer, push).await;
+        }
+    }
+
+    /// Takes the evidence a peer pushed. Evidence that does not check is the peer's bad input.
+    pub(crate) async fn take_pushed_evidence(&self, list: &[ByteBuf]) -> Result<(), String> {
+        proto::cap("push evidence", list.len(), MAX_EVIDENCE).map_err(|e| e.to_string())?;
+        for bytes in list {
+            let ev = Evidence::decode(bytes).map_err(|e| e.to_string())?;
+            if let Some(fork) = self
+                .inner
+                .node
+                .take_evidence(ev)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                tracing::info!(dataset = %fork.dataset, author = %fork.author, seq = fork.seq, "evidence of equivocation received");
+            }
+        }
+        Ok(())
+    }
+
+    /// What catch-up with `peer` does about forks in dataset `id`, given the peer's frontier:
+    /// evidence for the authors it holds past a fork kept here, and the single envelopes whose
+    /// tips differ at one sequence (to be fetched, which finds the fork). Returns those.
+    pub(crate) async fn reconcile_forks(
+        &self,
+        peer: PeerId,
+        id: &DatasetId,
+        local: &Frontier,
+        remote: &Frontier,
+    ) -> Vec<(AuthorId, u64)> {
+        let node = &self.inner.node;
+        for (author, seq) in remote.vv.iter() {
+            if node.fork_of(id, author).is_some_and(|f| *seq >= f) {
+                self.push_evidence(id, author, Some(peer)).await;
+            }
+        }
+        local
+            .diverging(remote)
+            .into_iter()
+            .filter(|(a, s)| node.fork_of(id, a).is_none_or(|f| *s < f))
+            .collect()
+    }
+}
