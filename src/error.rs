@@ -1,5 +1,6 @@
 //! The crate's error: each module's own error, plus the outcomes of authorization and lookup.
 
+use crate::naming::DatasetId;
 use crate::{apps, audit, config, dataset, identity, naming, record, store, view};
 
 /// Everything a [`crate::Node`] operation can fail with. The HTTP API maps each variant to a
@@ -51,11 +52,10 @@ pub enum Error {
     /// The configuration is unusable.
     #[error(transparent)]
     Config(#[from] config::Error),
-    /// Something needed is not available now: a dataset stopped accepting writes after a
-    /// storage failure (restart the node), a key that has not arrived yet (retry shortly), ...
-    /// The message says which.
-    #[error("{0}")]
-    Unavailable(String),
+    /// Something needed is not available now; the reason says what, and whether to retry or
+    /// to act.
+    #[error(transparent)]
+    Unavailable(#[from] Unavailable),
     /// The mesh or the network could not do what was asked (a peer unreachable, the mesh not
     /// running).
     #[error("mesh: {0}")]
@@ -63,6 +63,73 @@ pub enum Error {
     /// A background task failed.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// Why something is not available now (HTTP 503, with `reason` in the error body and, when a
+/// retry soon may succeed, a `Retry-After` header).
+#[derive(Debug, thiserror::Error)]
+pub enum Unavailable {
+    /// A write of the dataset failed to reach the store: it takes no more writes until a
+    /// restart rebuilds it from the store.
+    #[error("dataset {0} is unavailable after a storage failure; restart the node")]
+    StorageFailed(DatasetId),
+    /// An earlier write of the dataset failed to store (its later ones are refused in turn).
+    #[error("an earlier write of this dataset failed to store; restart the node")]
+    EarlierWriteFailed,
+    /// The dataset's newest epoch key has not reached this node yet.
+    #[error("{dataset}: the key of epoch {epoch} has not reached this node yet; retry shortly")]
+    KeyNotArrived {
+        /// The dataset.
+        dataset: DatasetId,
+        /// The epoch waited for.
+        epoch: u64,
+    },
+    /// The dataset's access set holds as many key epochs as it may.
+    #[error("{0}: no room for another key epoch")]
+    KeyTableFull(DatasetId),
+    /// This node's keys are being rotated; it restarts with its new keys shortly.
+    #[error("this node's keys are being rotated; it restarts with its new keys in a few seconds: retry then")]
+    Rotating,
+    /// This node's key was proven to equivocate in the dataset: it writes nothing more there.
+    #[error("{dataset}: this node's key was found signing two histories here (from its change {seq} on, set aside on every node); rotate the node's key (fogmesh key rotate) to write again")]
+    Equivocated {
+        /// The dataset.
+        dataset: DatasetId,
+        /// The fork.
+        seq: u64,
+    },
+    /// A change of this node's waits for a change that was set aside.
+    #[error("{0}: a change of this node's waits for a change that was set aside (an equivocating or revoked writer's); rotate the node's key (fogmesh key rotate) to write again")]
+    ChainBroken(DatasetId),
+    /// Admitted to a mesh, but its roster could not be fetched from the inviter.
+    #[error("admitted, but the roster could not be fetched from the inviter ({0}); run the same join again")]
+    RosterNotFetched(String),
+}
+
+impl Unavailable {
+    /// A stable machine-readable name (`storage_failed`, `key_not_arrived`, ...).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::StorageFailed(_) => "storage_failed",
+            Self::EarlierWriteFailed => "earlier_write_failed",
+            Self::KeyNotArrived { .. } => "key_not_arrived",
+            Self::KeyTableFull(_) => "key_table_full",
+            Self::Rotating => "rotating",
+            Self::Equivocated { .. } => "equivocated",
+            Self::ChainBroken(_) => "chain_broken",
+            Self::RosterNotFetched(_) => "roster_not_fetched",
+        }
+    }
+
+    /// Seconds after which a retry may succeed, for a cause that passes by itself.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            Self::KeyNotArrived { .. } => Some(1),
+            Self::Rotating => Some(5),
+            Self::RosterNotFetched(_) => Some(5),
+            _ => None,
+        }
+    }
 }
 
 /// Shorthand for results of [`Error`].

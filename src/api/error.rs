@@ -1,5 +1,6 @@
 //! `ApiError`: maps domain errors to HTTP statuses and the JSON error body
-//! `{"error": {"code": "...", "message": "..."}}`. Internal details are logged, not sent.
+//! `{"error": {"code": "...", "message": "..."}}` (a 503 of the node also names its `reason`, and
+//! carries `Retry-After` when a retry soon may succeed). Internal details are logged, not sent.
 
 use axum::extract::rejection::JsonRejection;
 use axum::http::StatusCode;
@@ -17,6 +18,8 @@ pub struct ApiError {
     pub code: &'static str,
     /// Human-readable explanation.
     pub message: String,
+    /// Why the node is unavailable, and in how many seconds to retry (a 503 of the node).
+    pub unavailable: Option<(&'static str, Option<u64>)>,
 }
 
 impl ApiError {
@@ -26,6 +29,7 @@ impl ApiError {
             status: StatusCode::BAD_REQUEST,
             code: "bad_request",
             message: message.into(),
+            unavailable: None,
         }
     }
 
@@ -35,6 +39,7 @@ impl ApiError {
             status: StatusCode::NOT_FOUND,
             code: "not_found",
             message: message.into(),
+            unavailable: None,
         }
     }
 }
@@ -57,13 +62,19 @@ impl From<Error> for ApiError {
                     status: StatusCode::INTERNAL_SERVER_ERROR,
                     code: "internal",
                     message: "internal error; the node's log has the details".into(),
+                    unavailable: None,
                 };
             }
+        };
+        let unavailable = match &e {
+            Unavailable(u) => Some((u.reason(), u.retry_after())),
+            _ => None,
         };
         Self {
             status,
             code,
             message: e.to_string(),
+            unavailable,
         }
     }
 }
@@ -86,6 +97,7 @@ impl From<JsonRejection> for ApiError {
             status,
             code,
             message: r.body_text(),
+            unavailable: None,
         }
     }
 }
@@ -98,11 +110,59 @@ pub(crate) struct Refused(pub String);
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let refused = (self.status == StatusCode::FORBIDDEN).then(|| Refused(self.message.clone()));
-        let body = json!({ "error": { "code": self.code, "message": self.message } });
+        let mut body = json!({ "error": { "code": self.code, "message": self.message } });
+        if let Some((reason, _)) = self.unavailable {
+            body["error"]["reason"] = reason.into();
+        }
         let mut res = (self.status, axum::Json(body)).into_response();
+        if let Some((_, Some(secs))) = self.unavailable {
+            res.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
         if let Some(r) = refused {
             res.extensions_mut().insert(r);
         }
         res
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Unavailable;
+    use crate::naming::DatasetId;
+
+    async fn body(res: Response) -> serde_json::Value {
+        let bytes = axum::body::to_bytes(res.into_body(), 1 << 16).await;
+        serde_json::from_slice(&bytes.expect("body")).expect("json")
+    }
+
+    #[tokio::test]
+    async fn an_unavailable_node_says_why_and_when_to_retry() {
+        let ds = DatasetId::parse("hospital/flu").expect("valid");
+        let waiting = Unavailable::KeyNotArrived {
+            dataset: ds.clone(),
+            epoch: 3,
+        };
+        let res = ApiError::from(Error::from(waiting)).into_response();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(res.headers()[axum::http::header::RETRY_AFTER], "1");
+        let b = body(res).await;
+        assert_eq!(b["error"]["reason"], "key_not_arrived");
+        assert!(b["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("epoch 3")));
+
+        let res = ApiError::from(Error::from(Unavailable::StorageFailed(ds))).into_response();
+        assert!(res.headers().get(axum::http::header::RETRY_AFTER).is_none());
+        let b = body(res).await;
+        assert_eq!(b["error"]["reason"], "storage_failed");
+        assert!(b["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("restart the node")));
+
+        let res = ApiError::from(Error::Network("the mesh is not running".into()));
+        let b = body(res.into_response()).await;
+        assert!(b["error"].get("reason").is_none(), "{b}");
     }
 }

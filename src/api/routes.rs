@@ -68,5 +68,6 @@ pub async fn method_not_allowed() -> ApiError {
         status: axum::http::StatusCode::METHOD_NOT_ALLOWED,
         code: "method_not_allowed",
         message: "this path does not serve that method; GET /v1/openapi.json lists them".into(),
+        unavailable: None,
     }
 }

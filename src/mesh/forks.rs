@@ -13,6 +13,7 @@ use crate::naming::DatasetId;
 use crate::version::Frontier;
 
 use super::catalog;
+use super::error::MeshResult;
 use super::proto::{self, Push};
 use super::Mesh;
 
@@ -75,17 +76,11 @@ impl Mesh {
     }
 
     /// Takes the evidence a peer pushed. Evidence that does not check is the peer's bad input.
-    pub(crate) async fn take_pushed_evidence(&self, list: &[ByteBuf]) -> Result<(), String> {
-        proto::cap("push evidence", list.len(), MAX_EVIDENCE).map_err(|e| e.to_string())?;
+    pub(crate) async fn take_pushed_evidence(&self, list: &[ByteBuf]) -> MeshResult<()> {
+        proto::cap("push evidence", list.len(), MAX_EVIDENCE)?;
         for bytes in list {
-            let ev = Evidence::decode(bytes).map_err(|e| e.to_string())?;
-            if let Some(fork) = self
-                .inner
-                .node
-                .take_evidence(ev)
-                .await
-                .map_err(|e| e.to_string())?
-            {
+            let ev = Evidence::decode(bytes)?;
+            if let Some(fork) = self.inner.node.take_evidence(ev).await? {
                 tracing::info!(dataset = %fork.dataset, author = %fork.author, seq = fork.seq, "evidence of equivocation received");
             }
         }

@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::hlc::wall_millis;
 use crate::net::{Frame, Protocol};
 
+use super::error::{MeshError, MeshResult};
 use super::govern::{Action, Op, Role};
 use super::invite::Invite;
 use super::proto::{self, JoinRequest, JoinResponse, SyncRequest, SyncResponse};
@@ -91,18 +92,18 @@ impl Mesh {
     /// The inviter's side: checks the secret and the newcomer, signs its admission and applies
     /// it. A newcomer already admitted with this invitation and key gets its admission again (its
     /// first answer may never have arrived).
-    pub(crate) async fn admit(&self, peer: PeerId, req: JoinRequest) -> Result<Op, String> {
+    pub(crate) async fn admit(&self, peer: PeerId, req: JoinRequest) -> MeshResult<Op> {
         let node = &self.inner.node;
         let hash = Invite::secret_hash(&req.secret);
-        let issued: Option<Issued> = node
-            .load_state(&issued_key(&hash))
-            .map_err(|e| e.to_string())?;
-        let issued = issued.ok_or("unknown invitation")?;
+        let issued: Option<Issued> = node.load_state(&issued_key(&hash))?;
+        let issued = issued.ok_or_else(|| MeshError::refused("unknown invitation"))?;
         if issued.expires < wall_millis() {
-            return Err("the invitation has expired".into());
+            return Err(MeshError::refused("the invitation has expired"));
         }
         if req.member.peer_id != peer.to_string() {
-            return Err("the member's peer id is not the connection's".into());
+            return Err(MeshError::refused(
+                "the member's peer id is not the connection's",
+            ));
         }
         let roster = self.inner.state.roster();
         if let Some(op) = readmission(&roster, &req.member, &hash) {
@@ -115,14 +116,14 @@ impl Mesh {
             } else {
                 "was removed from the mesh"
             };
-            return Err(format!("{} {what}", req.member.org));
+            return Err(MeshError::refused(format!("{} {what}", req.member.org)));
         }
         if !roster.is_admin(&node.config().org) {
-            return Err("this node is not an admin of the mesh".into());
+            return Err(MeshError::refused("this node is not an admin of the mesh"));
         }
         let fresh = node.save_state_new(&used_key(&hash), &wall_millis()).await;
-        if !fresh.map_err(|e| e.to_string())? {
-            return Err("the invitation was already used".into());
+        if !fresh? {
+            return Err(MeshError::refused("the invitation was already used"));
         }
         let org = req.member.org.clone();
         let action = Action::Admit {
@@ -130,10 +131,7 @@ impl Mesh {
             role: Role::Member,
             invitation: hash,
         };
-        let op = self
-            .sign_governance(action, Some(peer))
-            .await
-            .map_err(|e| e.to_string())?;
+        let op = self.sign_governance(action, Some(peer)).await?;
         tracing::info!(%org, %peer, "member admitted");
         Ok(op)
     }
@@ -255,14 +253,14 @@ impl Mesh {
                 return Err(Error::Forbidden(format!("the inviter refused: {reason}")))
             }
         }
-        let SyncResponse::Roster(roster) = self
-            .sync_request(inviter, &SyncRequest::Roster)
-            .await
-            .map_err(|e| Error::Unavailable(format!(
-                "admitted, but the roster could not be fetched from the inviter ({e}); run the same join again"
-            )))?
+        let SyncResponse::Roster(roster) =
+            self.sync_request(inviter, &SyncRequest::Roster)
+                .await
+                .map_err(|e| crate::error::Unavailable::RosterNotFetched(e.to_string()))?
         else {
-            return Err(Error::Invalid("unexpected answer to a roster request".into()));
+            return Err(Error::Invalid(
+                "unexpected answer to a roster request".into(),
+            ));
         };
         let roster =
             Roster::verified(&roster, wall_millis()).map_err(|e| Error::Invalid(e.to_string()))?;

@@ -21,6 +21,7 @@
 //! | [`query`] | federated aggregates and pushed-down searches: asking owners, answering as owner |
 
 pub mod catalog;
+pub mod error;
 pub mod forks;
 pub mod govern;
 pub mod invite;
@@ -34,6 +35,8 @@ mod serve;
 pub mod shape;
 mod state;
 mod sync;
+
+pub use error::{MeshError, MeshResult};
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -21,6 +21,7 @@ use crate::node::{self, AggregateAnswer, Match, Source};
 use crate::view::aggregate::{self, Aggregation, Groups};
 use crate::view::plan::{FilterSpec, Plan, Shape};
 
+use super::error::{MeshError, MeshResult};
 use super::proto::{self, Answer, QueryRequest, QueryResponse, ANSWER_DOMAIN};
 use super::Mesh;
 
@@ -348,13 +349,11 @@ impl Mesh {
     }
 
     /// The owner's side: answers one question from a member's app over this node's own data.
-    pub(crate) async fn on_query(
-        &self,
-        peer: PeerId,
-        bytes: &[u8],
-    ) -> std::result::Result<QueryResponse, String> {
-        let org = self.org_of(&peer).ok_or("query from a non-member")?;
-        let req: QueryRequest = proto::decode("query", bytes).map_err(|e| e.to_string())?;
+    pub(crate) async fn on_query(&self, peer: PeerId, bytes: &[u8]) -> MeshResult<QueryResponse> {
+        let org = self
+            .org_of(&peer)
+            .ok_or_else(|| MeshError::refused("query from a non-member"))?;
+        let req: QueryRequest = proto::decode("query", bytes)?;
         let asked = asked(&org, &req, &self.inner.node.config().org);
         let node = self.inner.node.clone();
         let request: [u8; 32] = Sha256::digest(bytes).into();
@@ -364,10 +363,10 @@ impl Mesh {
             .queries
             .acquire()
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| crate::Error::Internal(e.to_string()))?;
         let answered = tokio::task::spawn_blocking(move || evaluate(&node, &org, &req, request))
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| crate::Error::Internal(e.to_string()))?;
         let response = self.respond(answered);
         let ev = match &response {
             (QueryResponse::Refused(reason), _) => asked.refuse(reason),
@@ -485,33 +484,28 @@ fn evaluate(
 }
 
 /// Checks an owner's signed answer: its signature by `key` and its binding to `req`.
-fn verify(
-    key: &AuthorId,
-    req: &QueryRequest,
-    body: &[u8],
-    signature: &[u8],
-) -> std::result::Result<Answer, String> {
-    let sig: [u8; 64] = signature.try_into().map_err(|_| "signature length")?;
+fn verify(key: &AuthorId, req: &QueryRequest, body: &[u8], signature: &[u8]) -> MeshResult<Answer> {
+    let sig: [u8; 64] = signature
+        .try_into()
+        .map_err(|_| MeshError::refused("signature length"))?;
     if !key.verify(&[ANSWER_DOMAIN, body].concat(), &sig) {
-        return Err("signature does not verify".into());
+        return Err(MeshError::refused("signature does not verify"));
     }
-    let answer: Answer = proto::decode("answer", body).map_err(|e| e.to_string())?;
+    let answer: Answer = proto::decode("answer", body)?;
     let bound = match &answer {
         Answer::Groups {
             request, groups, ..
         } => {
-            proto::cap("answer groups", groups.len(), aggregate::MAX_GROUPS)
-                .map_err(|e| e.to_string())?;
+            proto::cap("answer groups", groups.len(), aggregate::MAX_GROUPS)?;
             request
         }
         Answer::Matches { request, matches } => {
-            proto::cap("answer matches", matches.len(), node::MAX_SEARCH_MATCHES)
-                .map_err(|e| e.to_string())?;
+            proto::cap("answer matches", matches.len(), node::MAX_SEARCH_MATCHES)?;
             request
         }
     };
     if *bound != digest(req) {
-        return Err("answer to another question".into());
+        return Err(MeshError::refused("answer to another question"));
     }
     Ok(answer)
 }

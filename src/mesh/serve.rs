@@ -14,6 +14,7 @@ use crate::net::{Frame, Protocol};
 use crate::version::Frontier;
 
 use super::catalog::{self, SignedMeta};
+use super::error::{MeshError, MeshResult};
 use super::proto::{self, JoinRequest, JoinResponse, Push, PushAck, SyncRequest, SyncResponse};
 use super::Mesh;
 
@@ -45,17 +46,24 @@ impl Mesh {
         };
         match result {
             Ok(bytes) => Some(Frame(bytes)),
-            Err(detail) => {
+            Err(e) if e.is_peers_fault() => {
+                let detail = e.to_string();
                 self.audit_bad(peer, protocol, &detail);
                 self.count_bad(&peer, &detail);
                 let _ = self.inner.net.report_bad(peer, detail).await;
                 None
             }
+            Err(e) => {
+                // This node's failure (a full disk, a task): the peer asks again later and is
+                // not held to blame.
+                tracing::warn!(%peer, protocol = protocol.name(), error = %e, "a request failed here; no answer sent");
+                None
+            }
         }
     }
 
-    async fn on_join(&self, peer: PeerId, bytes: &[u8]) -> Result<JoinResponse, String> {
-        let req: JoinRequest = proto::decode("join", bytes).map_err(|e| e.to_string())?;
+    async fn on_join(&self, peer: PeerId, bytes: &[u8]) -> MeshResult<JoinResponse> {
+        let req: JoinRequest = proto::decode("join", bytes)?;
         let asked = audit::Event::ok(req.member.org.clone(), audit::Action::MemberAdmit)
             .detail(format!("peer {peer}"));
         Ok(match self.admit(peer, req).await {
@@ -63,7 +71,8 @@ impl Mesh {
                 self.inner.node.audit(asked);
                 JoinResponse::Admitted { op: Box::new(op) }
             }
-            Err(reason) => {
+            Err(e) => {
+                let reason = e.to_string();
                 tracing::warn!(%peer, %reason, "join refused");
                 self.inner.node.audit(asked.refuse(&reason));
                 JoinResponse::Refused { reason }
@@ -71,9 +80,11 @@ impl Mesh {
         })
     }
 
-    async fn on_sync(&self, peer: PeerId, bytes: &[u8]) -> Result<SyncResponse, String> {
-        let org = self.org_of(&peer).ok_or("sync from a non-member")?;
-        let req: SyncRequest = proto::decode("sync", bytes).map_err(|e| e.to_string())?;
+    async fn on_sync(&self, peer: PeerId, bytes: &[u8]) -> MeshResult<SyncResponse> {
+        let org = self
+            .org_of(&peer)
+            .ok_or_else(|| MeshError::refused("sync from a non-member"))?;
+        let req: SyncRequest = proto::decode("sync", bytes)?;
         match req {
             SyncRequest::Hello {
                 roster,
@@ -82,10 +93,8 @@ impl Mesh {
                 after,
                 more,
             } => {
-                proto::cap("hello", datasets.len(), proto::MAX_DATASETS)
-                    .map_err(|e| e.to_string())?;
-                proto::cap("hello access", access.len(), proto::MAX_DATASETS)
-                    .map_err(|e| e.to_string())?;
+                proto::cap("hello", datasets.len(), proto::MAX_DATASETS)?;
+                proto::cap("hello access", access.len(), proto::MAX_DATASETS)?;
                 let page = Page::of(after, more, &datasets);
                 let answer = self.hello(&org, roster, &datasets, &access, &page);
                 // The answer carries the roster, or the peer's is the same.
@@ -178,9 +187,10 @@ impl Mesh {
         dataset: &str,
         author: &str,
         range: (u64, u64),
-    ) -> Result<SyncResponse, String> {
-        let id = DatasetId::parse(dataset).map_err(|e| e.to_string())?;
-        let author = AuthorId::from_hex(author).ok_or("fetch: bad author key")?;
+    ) -> MeshResult<SyncResponse> {
+        let id = DatasetId::parse(dataset)?;
+        let author = AuthorId::from_hex(author)
+            .ok_or_else(|| MeshError::refused("fetch: bad author key"))?;
         let meta = self.held_meta(&id);
         let Some(meta) = meta.filter(|m| catalog::entitled(m, org)) else {
             let reason = format!("dataset {id} is not shared with {org}");
@@ -192,7 +202,7 @@ impl Mesh {
             .inner
             .node
             .envelopes_between(&meta.id, &author, range, proto::PAGE_BYTES);
-        let (envs, more) = got.map_err(|e| e.to_string())?;
+        let (envs, more) = got?;
         self.audit_fetch(org, &meta, &author, range.0, envs.len());
         Ok(SyncResponse::Envelopes {
             envelopes: envs.into_iter().map(ByteBuf::from).collect(),
@@ -200,15 +210,13 @@ impl Mesh {
         })
     }
 
-    async fn on_push(&self, peer: PeerId, bytes: &[u8]) -> Result<PushAck, String> {
-        self.org_of(&peer).ok_or("push from a non-member")?;
-        let push: Push = proto::decode("push", bytes).map_err(|e| e.to_string())?;
-        proto::cap("push", push.envelopes.len(), proto::MAX_ENVELOPES)
-            .map_err(|e| e.to_string())?;
-        proto::cap("push catalog", push.catalog.len(), proto::MAX_DATASETS)
-            .map_err(|e| e.to_string())?;
-        proto::cap("push access", push.access.len(), proto::MAX_DATASETS)
-            .map_err(|e| e.to_string())?;
+    async fn on_push(&self, peer: PeerId, bytes: &[u8]) -> MeshResult<PushAck> {
+        self.org_of(&peer)
+            .ok_or_else(|| MeshError::refused("push from a non-member"))?;
+        let push: Push = proto::decode("push", bytes)?;
+        proto::cap("push", push.envelopes.len(), proto::MAX_ENVELOPES)?;
+        proto::cap("push catalog", push.catalog.len(), proto::MAX_DATASETS)?;
+        proto::cap("push access", push.access.len(), proto::MAX_DATASETS)?;
         self.adopt_all(push.catalog).await;
         self.merge_access(&push.access).await?;
         self.take_pushed_evidence(&push.evidence).await?;
@@ -233,33 +241,30 @@ impl Mesh {
     }
 
     /// Adopts a remote dataset's description if it verifies and this node is entitled to it.
-    pub(crate) async fn adopt(&self, sm: SignedMeta) -> Result<bool, String> {
+    pub(crate) async fn adopt(&self, sm: SignedMeta) -> MeshResult<bool> {
         let me = self.inner.node.config().org.clone();
         if sm.meta.id.owner() == me || !catalog::entitled(&sm.meta, &me) {
             return Ok(false);
         }
         let roster = self.inner.state.roster();
-        sm.verify(&roster).map_err(|e| e.to_string())?;
+        sm.verify(&roster)
+            .map_err(|e| MeshError::refused(e.to_string()))?;
         let node = &self.inner.node;
         let owner = sm.meta.id.owner();
         let cap = node.config().max_datasets_per_member;
         if !node.holds(&sm.meta.id) && node.datasets_owned_by(owner) >= cap {
-            return Err(format!(
+            return Err(MeshError::refused(format!(
                 "{owner} already has {cap} datasets here, the most max_datasets_per_member lets \
                  this node adopt from one member"
-            ));
+            )));
         }
         let owner_key = roster
             .by_org(sm.meta.id.owner())
             .and_then(|m| m.author_id())
-            .ok_or("dataset owner left the roster")?;
+            .ok_or_else(|| MeshError::refused("dataset owner left the roster"))?;
         let fresh = node.adopt_dataset(sm.meta.clone(), owner_key).await;
-        let fresh = fresh.map_err(|e| e.to_string())?;
-        self.inner
-            .state
-            .remember(node, sm)
-            .await
-            .map_err(|e| e.to_string())?;
+        let fresh = fresh?;
+        self.inner.state.remember(node, sm).await?;
         Ok(fresh)
     }
 
@@ -270,7 +275,7 @@ impl Mesh {
         &self,
         from: PeerId,
         encoded: &[ByteBuf],
-    ) -> Result<usize, String> {
+    ) -> MeshResult<usize> {
         let sender = self
             .inner
             .state
@@ -279,7 +284,7 @@ impl Mesh {
             .and_then(|m| m.author_id());
         let mut by_ds: std::collections::BTreeMap<DatasetId, Vec<Envelope>> = Default::default();
         for bytes in encoded {
-            let env = Envelope::decode_verified(bytes).map_err(|e| e.to_string())?;
+            let env = Envelope::decode_verified(bytes)?;
             by_ds.entry(env.dataset.clone()).or_default().push(env);
         }
         let mut new = 0;
@@ -292,10 +297,7 @@ impl Mesh {
             }
             let node = &self.inner.node;
             let (count, started) = (envs.len(), std::time::Instant::now());
-            let (n, invalid) = node
-                .apply_envelopes_checked(&id, envs)
-                .await
-                .map_err(|e| e.to_string())?;
+            let (n, invalid) = node.apply_envelopes_checked(&id, envs).await?;
             let ms = started.elapsed().as_millis() as u64;
             tracing::debug!(%from, dataset = %id, count, new = n, ms, "envelopes applied");
             new += n;
@@ -303,9 +305,9 @@ impl Mesh {
             // check what it holds without the key.
             if let Some(sender) = sender {
                 if invalid.contains(&sender) {
-                    return Err(format!(
+                    return Err(MeshError::refused(format!(
                         "{id}: an envelope of its own does not open or apply"
-                    ));
+                    )));
                 }
             }
         }
@@ -316,14 +318,14 @@ impl Mesh {
     pub(crate) async fn merge_access(
         &self,
         bundles: &[(String, crate::access::Bundle)],
-    ) -> Result<(), String> {
+    ) -> MeshResult<()> {
         for (id, bundle) in bundles {
-            let id = DatasetId::parse(id).map_err(|e| e.to_string())?;
+            let id = DatasetId::parse(id)?;
             if self.held_meta(&id).is_none() {
                 continue;
             }
             let merged = self.inner.node.merge_access(&id, bundle).await;
-            merged.map_err(|e| e.to_string())?;
+            merged?;
         }
         Ok(())
     }
@@ -373,8 +375,8 @@ impl Mesh {
 }
 
 /// Decodes a peer's frontier.
-pub(crate) fn frontier(bytes: &[u8]) -> Result<Frontier, String> {
-    Frontier::decode(bytes).map_err(|e| e.to_string())
+pub(crate) fn frontier(bytes: &[u8]) -> MeshResult<Frontier> {
+    Ok(Frontier::decode(bytes)?)
 }
 
 /// The range of dataset ids one Hello covers: after `after` (from the start without it), up to

@@ -40,7 +40,7 @@ pub struct Progress {
 struct Inner {
     roster: Roster,
     catalog: BTreeMap<DatasetId, SignedMeta>,
-    announced: HashMap<PeerId, HashSet<DatasetId>>,
+    announced: HashMap<PeerId, HashMap<DatasetId, u64>>,
     progress: BTreeMap<(String, String), Progress>,
     syncing: HashSet<PeerId>,
     /// Members that may lack something: a push to them failed, or a catch-up stopped.
@@ -170,13 +170,24 @@ impl State {
         node.save_state(&key, &meta).await
     }
 
-    /// True the first time it is asked for (`peer`, `id`): the description must go along.
-    pub(crate) fn first_push(&self, peer: PeerId, id: &DatasetId) -> bool {
-        self.lock()
-            .announced
-            .entry(peer)
-            .or_default()
-            .insert(id.clone())
+    /// What a push of an envelope of `id` sealed under `epoch` must carry to `peer`: the
+    /// dataset's description, the first time (`.0`); its access set, the first time and whenever
+    /// the epoch is newer than any sent before, so the envelope never arrives before the access
+    /// state that names its epoch (`.1`).
+    pub(crate) fn announce(&self, peer: PeerId, id: &DatasetId, epoch: u64) -> (bool, bool) {
+        let mut st = self.lock();
+        let sent = st.announced.entry(peer).or_default();
+        match sent.get_mut(id) {
+            None => {
+                sent.insert(id.clone(), epoch);
+                (true, true)
+            }
+            Some(e) if *e < epoch => {
+                *e = epoch;
+                (false, true)
+            }
+            Some(_) => (false, false),
+        }
     }
 
     /// Forgets what `peer` was sent (it may have restarted without it).

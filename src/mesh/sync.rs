@@ -12,6 +12,7 @@ use crate::net::{Frame, Protocol};
 use crate::version::Frontier;
 
 use super::catalog;
+use super::error::{MeshError, MeshResult};
 use super::proto::{self, Push, PushAck, SyncRequest, SyncResponse};
 use super::serve::frontier;
 use super::Mesh;
@@ -54,16 +55,19 @@ impl Mesh {
                 Some(org) if catalog::entitled(&meta, &org) => {}
                 _ => continue,
             }
-            let (catalog, access) = if self.inner.state.first_push(peer, &meta.id) {
-                let bundle = self.inner.node.access_bundle(&meta.id);
-                let access = bundle.map(|b| (meta.id.to_string(), b));
-                (
-                    self.signed(&meta).into_iter().collect(),
-                    access.into_iter().collect(),
-                )
-            } else {
-                (Vec::new(), Vec::new())
+            let (describe, access) = self.inner.state.announce(peer, &meta.id, env.epoch);
+            let catalog = match describe {
+                true => self.signed(&meta).into_iter().collect(),
+                false => Vec::new(),
             };
+            let access = match access {
+                true => self.inner.node.access_bundle(&meta.id),
+                false => None,
+            };
+            let access = access
+                .map(|b| (meta.id.to_string(), b))
+                .into_iter()
+                .collect();
             let push = Push {
                 catalog,
                 access,
@@ -175,7 +179,7 @@ impl Mesh {
         self.inner.state.end_sync(&peer);
     }
 
-    async fn catch_up(&self, peer: PeerId) -> Result<(), String> {
+    async fn catch_up(&self, peer: PeerId) -> MeshResult<()> {
         for _ in 0..HELLO_ROUNDS {
             let adopted = self.hello_round(peer).await?;
             if adopted == 0 {
@@ -188,7 +192,7 @@ impl Mesh {
     /// One round of Hellos, a page of this node's shared datasets each: merges the roster,
     /// adopts the catalog, fetches what the vectors say is missing. Returns how many datasets
     /// were newly adopted.
-    async fn hello_round(&self, peer: PeerId) -> Result<usize, String> {
+    async fn hello_round(&self, peer: PeerId) -> MeshResult<usize> {
         let mut shared: Vec<_> = self
             .inner
             .node
@@ -219,7 +223,7 @@ impl Mesh {
         page: &[(String, crate::dataset::Meta, Frontier)],
         after: Option<String>,
         more: bool,
-    ) -> Result<usize, String> {
+    ) -> MeshResult<usize> {
         let node = &self.inner.node;
         let datasets = page
             .iter()
@@ -243,7 +247,7 @@ impl Mesh {
             access,
         } = self.sync_request(peer, &hello).await?
         else {
-            return Err("unexpected answer to hello".into());
+            return Err(MeshError::Answer("unexpected answer to hello".into()));
         };
         if let Some(r) = roster {
             self.reconcile_roster(peer, &r).await?;
@@ -262,13 +266,13 @@ impl Mesh {
         &self,
         peer: PeerId,
         theirs: &super::roster::Roster,
-    ) -> Result<(), String> {
+    ) -> MeshResult<()> {
         let state = &self.inner.state;
         let before = state.roster();
         let changed = state.merge_roster(&self.inner.node, theirs).await;
-        if changed.map_err(|e| e.to_string())? > 0 {
+        if changed? > 0 {
             self.audit_learnt_removals(&before, &state.roster());
-            self.refresh_members().await.map_err(|e| e.to_string())?;
+            self.refresh_members().await?;
             // Pass it on within a second (RETRY_EVERY), not at the next periodic round: after a
             // partition heals, the authors of what changed may be banned by the other side and
             // cannot carry it themselves.
@@ -286,8 +290,8 @@ impl Mesh {
     /// Fetches every envelope `remote` holds of dataset `id` that this node lacks, short of
     /// the forks kept here (whose evidence the peer is sent instead), and the envelopes whose
     /// tips differ at one sequence.
-    async fn fetch_missing(&self, peer: PeerId, id: &str, remote: &Frontier) -> Result<(), String> {
-        let ds = crate::naming::DatasetId::parse(id).map_err(|e| e.to_string())?;
+    async fn fetch_missing(&self, peer: PeerId, id: &str, remote: &Frontier) -> MeshResult<()> {
+        let ds = crate::naming::DatasetId::parse(id)?;
         let node = &self.inner.node;
         let Some((_, local)) = node.frontiers().into_iter().find(|(m, _)| m.id == ds) else {
             return Ok(());
@@ -352,7 +356,7 @@ impl Mesh {
         id: &str,
         author: &str,
         (after, upto): (u64, u64),
-    ) -> Result<Option<(Vec<ByteBuf>, Option<u64>)>, String> {
+    ) -> MeshResult<Option<(Vec<ByteBuf>, Option<u64>)>> {
         let req = SyncRequest::Fetch {
             dataset: id.to_owned(),
             author: author.to_owned(),
@@ -361,10 +365,9 @@ impl Mesh {
         };
         let SyncResponse::Envelopes { envelopes, more } = self.sync_request(peer, &req).await?
         else {
-            return Err(format!("fetch of {id} refused"));
+            return Err(MeshError::Answer(format!("fetch of {id} refused")));
         };
-        proto::cap("fetch page", envelopes.len(), proto::MAX_ENVELOPES)
-            .map_err(|e| e.to_string())?;
+        proto::cap("fetch page", envelopes.len(), proto::MAX_ENVELOPES)?;
         let Some(last) = envelopes.last().and_then(|b| Envelope::decode(b).ok()) else {
             return Ok(None);
         };
@@ -377,13 +380,13 @@ impl Mesh {
         &self,
         peer: PeerId,
         req: &SyncRequest,
-    ) -> Result<SyncResponse, String> {
+    ) -> MeshResult<SyncResponse> {
         let frame = Frame(proto::encode(req));
         let answer = self.inner.net.request(peer, Protocol::Sync, frame).await;
-        let answer = answer.map_err(|e| e.to_string())?;
+        let answer = answer?;
         proto::decode("sync answer", &answer.0).map_err(|e| {
             self.count_bad(&peer, &e.to_string());
-            e.to_string()
+            e.into()
         })
     }
 }

@@ -417,13 +417,18 @@ impl Node {
         let horizon = hlc::wall_millis().saturating_add(MAX_CLOCK_SKEW_MS);
         let dir = self.directory();
         // An epoch the owner never made would be waited for for ever (and block snapshots);
-        // one made since reaches this node with the access state, and the envelope comes again
-        // in catch-up.
+        // one made since reaches this node with the access state (a writer's push carries it
+        // when its epoch is new to the receiver), and the envelope comes again in catch-up: not
+        // refused as a forgery, only set aside for now.
         let newest = set.epoch();
+        let (early, envs): (Vec<_>, Vec<_>) = envs.into_iter().partition(|e| e.epoch > newest);
+        if let Some(e) = early.first() {
+            tracing::debug!(dataset = %ds.meta.id, count = early.len(), epoch = e.epoch, newest, "envelopes of an epoch this node does not know yet set aside until catch-up");
+        }
         let (ok, refused): (Vec<_>, Vec<_>) = envs.into_iter().partition(|env| {
             let millis = hlc::Timestamp(env.hlc).millis();
             // A time far ahead would drag every clock forward and break grant expiry checks.
-            if millis > horizon || env.epoch > newest {
+            if millis > horizon {
                 return false;
             }
             // A key its organization rotated away writes nothing dated after the rotation.
@@ -439,7 +444,7 @@ impl Node {
         });
         drop((set, dir));
         for env in &refused {
-            tracing::warn!(dataset = %ds.meta.id, author = %env.author, seq = env.seq, epoch = env.epoch, "envelope refused: no write authority, an epoch its owner has not made, or dated more than an hour ahead");
+            tracing::warn!(dataset = %ds.meta.id, author = %env.author, seq = env.seq, epoch = env.epoch, "envelope refused: no write authority, or dated more than an hour ahead");
             let labels = vec![("dataset".to_owned(), ds.meta.id.to_string())];
             self.inner
                 .metrics

@@ -11,7 +11,7 @@ use tokio::sync::broadcast;
 use crate::access::{seal, AccessSet, EpochKey};
 use crate::dataset::Meta;
 use crate::envelope::Envelope;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Unavailable};
 use crate::identity::{AuthorId, Identity};
 use crate::record::{self, Record};
 use crate::store::{Snapshot, Store};
@@ -265,10 +265,7 @@ impl Dataset {
             .epoch();
         let mut st = self.lock();
         if st.failed {
-            return Err(Error::Unavailable(format!(
-                "dataset {} is unavailable after a storage failure; restart the node",
-                self.meta.id
-            )));
+            return Err(Unavailable::StorageFailed(self.meta.id.clone()).into());
         }
         self.may_write_here(&st)?;
         if let Some(missing) = batch.delete.iter().find(|d| !st.records.contains_key(*d)) {
@@ -313,21 +310,12 @@ impl Dataset {
     fn may_write_here(&self, st: &State) -> Result<()> {
         let me = AuthorId::from_slice(st.doc.actor().to_bytes());
         let Some(me) = me else { return Ok(()) };
+        let dataset = self.meta.id.clone();
         if let Some(seq) = st.forks.get(&me) {
-            return Err(Error::Unavailable(format!(
-                "{}: this node's key was found signing two histories here (from its change {seq} \
-                 on, set aside on every node); rotate the node's key (fogmesh key rotate) to \
-                 write again",
-                self.meta.id
-            )));
+            return Err(Unavailable::Equivocated { dataset, seq: *seq }.into());
         }
         if st.doc.held_by(st.doc.actor()).0 > 0 {
-            return Err(Error::Unavailable(format!(
-                "{}: a change of this node's waits for a change that was set aside (an \
-                 equivocating or revoked writer's); rotate the node's key (fogmesh key rotate) \
-                 to write again",
-                self.meta.id
-            )));
+            return Err(Unavailable::ChainBroken(dataset).into());
         }
         Ok(())
     }
@@ -537,10 +525,11 @@ impl State {
             return Ok(None);
         }
         match self.keys.last_key_value() {
-            Some((e, _)) if *e < epoch_now => Err(Error::Unavailable(format!(
-                "{}: the key of epoch {epoch_now} has not reached this node yet; retry shortly",
-                meta.id
-            ))),
+            Some((e, _)) if *e < epoch_now => Err(Unavailable::KeyNotArrived {
+                dataset: meta.id.clone(),
+                epoch: epoch_now,
+            }
+            .into()),
             Some((e, k)) => Ok(Some((*e, k.clone()))),
             None => Err(Error::Forbidden(format!(
                 "{}: this node holds no key for it (no read or write grant has reached it)",

@@ -118,10 +118,7 @@ impl Node {
         if fresh {
             Ok(())
         } else {
-            Err(Error::Unavailable(format!(
-                "{}: no room for another key epoch",
-                ds.meta.id
-            )))
+            Err(crate::error::Unavailable::KeyTableFull(ds.meta.id.clone()).into())
         }
     }
 

@@ -43,10 +43,7 @@ impl Dataset {
     ) -> Result<Applied> {
         let mut st = self.lock();
         if st.failed {
-            return Err(Error::Unavailable(format!(
-                "dataset {} is unavailable after a storage failure; restart the node",
-                self.meta.id
-            )));
+            return Err(crate::error::Unavailable::StorageFailed(self.meta.id.clone()).into());
         }
         let (mut invalid, mut evidence) = (Vec::new(), Vec::new());
         let mut batch = self.opened(store, &mut st, envs, &mut invalid, &mut evidence)?;
@@ -187,7 +184,7 @@ impl Dataset {
             }
         }
         // Envelopes accepted before their author's fork showed later in the batch.
-        out.retain(|(e, _)| !st.forks.get(&e.author).is_some_and(|s| e.seq >= *s));
+        out.retain(|(e, _)| st.forks.get(&e.author).is_none_or(|s| e.seq < *s));
         Ok(out)
     }
 

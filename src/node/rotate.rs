@@ -34,11 +34,7 @@ impl Node {
     pub(super) async fn signing(&self) -> Result<tokio::sync::RwLockReadGuard<'_, bool>> {
         let gate = self.inner.signing_stopped.read().await;
         if *gate {
-            return Err(Error::Unavailable(
-                "this node's keys are being rotated; it restarts with its new keys in a few \
-                 seconds: retry then"
-                    .into(),
-            ));
+            return Err(crate::error::Unavailable::Rotating.into());
         }
         Ok(gate)
     }
@@ -47,9 +43,7 @@ impl Node {
     pub(super) fn signing_now(&self) -> Result<tokio::sync::RwLockReadGuard<'_, bool>> {
         match self.inner.signing_stopped.try_read() {
             Ok(gate) if !*gate => Ok(gate),
-            _ => Err(Error::Unavailable(
-                "this node's keys are being rotated; retry once it has restarted".into(),
-            )),
+            _ => Err(crate::error::Unavailable::Rotating.into()),
         }
     }
 

@@ -6,7 +6,7 @@
 
 use std::sync::{Condvar, Mutex, MutexGuard};
 
-use crate::error::{Error, Result};
+use crate::error::{Result, Unavailable};
 
 /// Whose turn it is to store.
 #[derive(Debug, Default)]
@@ -51,9 +51,7 @@ impl Sequencer {
             ok: false,
         };
         if broken {
-            return Err(Error::Unavailable(
-                "an earlier write of this dataset failed to store; restart the node".into(),
-            ));
+            return Err(Unavailable::EarlierWriteFailed.into());
         }
         let result = f();
         turn.ok = result.is_ok();
@@ -98,6 +96,7 @@ impl Drop for Turn<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Error;
     use std::sync::Arc;
 
     #[test]

@@ -5,8 +5,9 @@
 //!   signed description with a 40-level schema beside a sound one: the sound one is adopted, the
 //!   deep one refused alone, and the node restarts with its catalog.
 //! - `an_envelope_of_an_epoch_the_owner_never_made_is_refused`: a member granted write on a sealed
-//!   dataset pushes a signed envelope claiming epoch 99 (the dataset has one): refused and counted,
-//!   not stored to wait for a key that will never come.
+//!   dataset pushes a signed envelope claiming epoch 99 (the dataset has one): not stored to wait
+//!   for a key that will never come, and not counted as a forgery (an honest writer's envelope of
+//!   an epoch new to the node is refused the same way until the access state naming it arrives).
 //! - `changes_that_would_break_automerge_are_quarantined_and_the_node_keeps_serving`: a member
 //!   with write rights pushes (a) the change from the review, a write into a map whose making
 //!   change it dropped (Automerge 0.12 panics on it): refused before Automerge sees it; and (b)
@@ -133,9 +134,17 @@ fn an_envelope_of_an_epoch_the_owner_never_made_is_refused() -> Result<()> {
         "an envelope of a made-up epoch was accepted"
     );
     ensure!(
-        rejected(&hospital, "hospital/flu")? == 1,
-        "the made-up epoch was not refused as such"
+        rejected(&hospital, "hospital/flu")? == 0,
+        "an epoch not known yet was counted as a forgery"
     );
+    let listed = hospital.get("/v1/datasets")?;
+    let flu = listed["datasets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|d| d["id"] == "hospital/flu")
+        .context("hospital/flu listed")?;
+    ensure!(flu["envelopes"] == 0, "the envelope was stored: {flu}");
     Ok(())
 }
 
