@@ -61,6 +61,8 @@ pub struct AccessSet {
     dataset: DatasetId,
     grants: BTreeMap<Grantee, SignedGrant>,
     wraps: BTreeMap<(u64, AuthorId), WrappedKey>,
+    /// [`Self::digest`], computed once per change (every Hello asks for it).
+    digest: std::sync::OnceLock<[u8; 32]>,
 }
 
 impl AccessSet {
@@ -70,6 +72,7 @@ impl AccessSet {
             dataset,
             grants: BTreeMap::new(),
             wraps: BTreeMap::new(),
+            digest: std::sync::OnceLock::new(),
         }
     }
 
@@ -127,6 +130,7 @@ impl AccessSet {
                 self.dataset
             )));
         }
+        self.digest = std::sync::OnceLock::new();
         self.grants.insert(g.grant.grantee.clone(), g);
         Ok(true)
     }
@@ -151,6 +155,7 @@ impl AccessSet {
             if held.verify(owner).is_ok() {
                 return Ok(false);
             }
+            self.digest = std::sync::OnceLock::new();
             self.wraps.insert(key, w);
             return Ok(true);
         }
@@ -160,6 +165,7 @@ impl AccessSet {
                 format!("already {MAX_WRAPS} wrapped keys"),
             ));
         }
+        self.digest = std::sync::OnceLock::new();
         self.wraps.insert(key, w);
         Ok(true)
     }
@@ -263,17 +269,32 @@ impl AccessSet {
         }
     }
 
-    /// A digest of the whole set: equal sets have equal digests.
+    /// A digest of the whole set: equal sets have equal digests. Computed once per change.
     pub fn digest(&self) -> [u8; 32] {
-        let mut h = Sha256::new();
-        for g in self.grants.values() {
-            h.update(g.encode());
-        }
-        h.update(b"|");
-        for w in self.wraps.values() {
-            h.update(w.encode());
-        }
-        h.finalize().into()
+        *self.digest.get_or_init(|| {
+            let mut h = Sha256::new();
+            for g in self.grants.values() {
+                h.update(g.encode());
+            }
+            h.update(b"|");
+            for w in self.wraps.values() {
+                h.update(w.encode());
+            }
+            h.finalize().into()
+        })
+    }
+
+    /// True when every item of `b` is held as it is (nothing to check or merge). An item that
+    /// does not decode is not held.
+    pub fn holds_all(&self, b: &Bundle) -> bool {
+        let grants = b.grants.iter().all(|bytes| {
+            SignedGrant::decode(bytes).is_ok_and(|g| self.grants.get(&g.grant.grantee) == Some(&g))
+        });
+        grants
+            && b.wraps.iter().all(|bytes| {
+                WrappedKey::decode(bytes)
+                    .is_ok_and(|w| self.wraps.get(&(w.epoch, w.recipient)) == Some(&w))
+            })
     }
 
     /// Merges an encoded bundle signed by `owner`. Items already held or superseded are skipped;
@@ -488,8 +509,18 @@ mod tests {
         .expect("wrap");
         assert!(s.merge_wrap(w, &me).expect("wrap merges"));
         let (mut copy, _) = set();
+        assert!(!copy.holds_all(&s.bundle()));
+        let before = copy.digest();
         assert_eq!(copy.merge_bundle(&s.bundle(), &me).expect("merge"), 2);
+        assert_ne!(copy.digest(), before, "the cached digest follows a change");
         assert_eq!(copy.digest(), s.digest());
+        assert!(copy.holds_all(&s.bundle()));
+        let mut odd = s.bundle();
+        odd.grants.push(ByteBuf::from(vec![0xff]));
+        assert!(
+            !copy.holds_all(&odd),
+            "an item that does not decode is not held"
+        );
         assert_eq!(copy.merge_bundle(&s.bundle(), &me).expect("again"), 0);
         assert_eq!(copy.wraps_for(&reader.author()).count(), 1);
         assert_eq!(copy.epoch(), 1);

@@ -174,12 +174,14 @@ impl Mesh {
                 protocol,
                 frame,
                 reply,
+                held,
             } => {
                 let mesh = self.clone();
                 tokio::spawn(async move {
                     if let Some(answer) = mesh.answer(peer, protocol, frame).await {
                         let _ = reply.send(answer);
                     }
+                    drop(held);
                 });
             }
             net::Event::Discovered { peer, addrs } if self.is_member(&peer) => {

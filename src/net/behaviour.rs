@@ -9,7 +9,7 @@ use libp2p::{
     yamux, StreamProtocol, Swarm,
 };
 
-use super::codec::FrameCodec;
+use super::codec::{Budget, FrameCodec};
 use super::traffic::Meter;
 use super::{Config, Error, Protocol, REQUEST_TIMEOUT};
 
@@ -93,12 +93,18 @@ fn kademlia(local: libp2p::PeerId) -> kad::Behaviour<kad::store::MemoryStore> {
 }
 
 fn frames(protocol: Protocol, meter: &Meter) -> FrameBehaviour {
+    let mut codec = FrameCodec::new(
+        protocol.max_request_bytes(),
+        protocol.max_response_bytes(),
+        meter.frames(protocol),
+    );
+    if protocol == Protocol::Push {
+        // Room for two of the largest pushes at once, node-wide.
+        let room = u32::try_from(2 * protocol.max_request_bytes()).unwrap_or(u32::MAX);
+        codec = codec.with_budget(Budget::new(room));
+    }
     request_response::Behaviour::with_codec(
-        FrameCodec::new(
-            protocol.max_request_bytes(),
-            protocol.max_response_bytes(),
-            meter.frames(protocol),
-        ),
+        codec,
         [(
             protocol.stream_protocol(),
             request_response::ProtocolSupport::Full,

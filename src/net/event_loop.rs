@@ -288,7 +288,7 @@ impl EventLoop {
         &mut self,
         peer: PeerId,
         protocol: Protocol,
-        frame: Frame,
+        (frame, held): (Frame, Option<super::codec::Held>),
         channel: ResponseChannel<Wire>,
     ) {
         if self.inbound.len() >= PENDING_REPLIES_CAP {
@@ -308,6 +308,7 @@ impl EventLoop {
             protocol,
             frame,
             reply: tx,
+            held,
         });
     }
 

@@ -61,6 +61,7 @@
 mod behaviour;
 mod client;
 mod codec;
+pub use codec::Held;
 mod error;
 mod event_loop;
 mod peers;
@@ -251,6 +252,9 @@ pub enum Event {
         frame: Frame,
         /// Where the response goes; it must fit [`Protocol::max_response_bytes`].
         reply: oneshot::Sender<Frame>,
+        /// The room the frame holds in its protocol's inbound budget (push): keep it until the
+        /// request is answered.
+        held: Option<Held>,
     },
     /// A connection of a banned peer (see [`Client::ban`]) was closed as it was established.
     Refused {

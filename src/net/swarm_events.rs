@@ -232,7 +232,8 @@ impl EventLoop {
             return self.bad_input(peer, Some(protocol), detail);
         }
         match request {
-            Wire::Frame(frame) => self.deliver(peer, protocol, frame, channel),
+            Wire::Frame(frame) => self.deliver(peer, protocol, (frame, None), channel),
+            Wire::Held(frame, held) => self.deliver(peer, protocol, (frame, Some(held)), channel),
             Wire::Invalid(reason) => self.bad_input(peer, Some(protocol), reason),
         }
     }
@@ -245,7 +246,7 @@ impl EventLoop {
         response: Wire,
     ) {
         let result = match response {
-            Wire::Frame(frame) => Ok(frame),
+            Wire::Frame(frame) | Wire::Held(frame, _) => Ok(frame),
             Wire::Invalid(reason) => {
                 self.bad_input(peer, Some(protocol), format!("response: {reason}"));
                 Err(Error::BadResponse { peer, reason })

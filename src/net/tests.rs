@@ -73,6 +73,7 @@ impl TestNode {
                     protocol: q,
                     frame,
                     reply,
+                    ..
                 } if p == peer && q == protocol => Some((frame, reply)),
                 _ => None,
             })

@@ -293,17 +293,26 @@ impl Node {
         let ds = self
             .held(id)
             .ok_or_else(|| Error::NotFound(format!("dataset {id} not held here")))?;
-        let new = {
+        let (node, ds2, bundle) = (self.clone(), ds.clone(), bundle.clone());
+        // Signatures are checked off the async threads.
+        let new = tokio::task::spawn_blocking(move || -> Result<usize> {
+            let owner = node.owner_keys(&ds2);
+            let mut set = lock(&ds2.access);
+            // Cheap first: a relayed bundle is mostly what is held already.
+            if set.holds_all(&bundle) {
+                return Ok(0);
+            }
             // All or nothing: a bundle with one bad item changes nothing, so the digests keep
             // differing and a good copy is fetched again.
-            let mut set = lock(&ds.access);
             let mut next = set.clone();
             let n = next
-                .merge_bundle(bundle, &self.owner_keys(&ds))
+                .merge_bundle(&bundle, &owner)
                 .map_err(|e| Error::Invalid(e.to_string()))?;
             *set = next;
-            n
-        };
+            Ok(n)
+        })
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))??;
         if new > 0 {
             self.access_changed(&ds).await?;
         }

@@ -245,6 +245,21 @@ impl Dataset {
     }
 }
 
+/// Envelopes whose count makes checking their signatures on several threads worth it.
+const PARALLEL_VERIFY: usize = 16;
+
+/// `envs` if every signature verifies. Blocking.
+fn verified(envs: Vec<Envelope>) -> Result<Vec<Envelope>> {
+    let checks = crate::parallel::map(&envs, PARALLEL_VERIFY, Envelope::verify);
+    match checks.into_iter().zip(&envs).find(|(c, _)| c.is_err()) {
+        Some((Err(e), env)) => Err(Error::Invalid(format!(
+            "envelope {} #{} of {}: {e}",
+            env.author, env.seq, env.dataset
+        ))),
+        _ => Ok(envs),
+    }
+}
+
 /// The Automerge change an envelope carries (`plain`, opened), which must be the author's own
 /// change number `seq`: a change that claims another actor or sequence could rewrite someone
 /// else's history.
@@ -360,7 +375,8 @@ impl super::Node {
     }
 
     /// Like [`Self::apply_envelopes`], and also names the authors of envelopes dropped for not
-    /// opening or carrying a change that is not theirs (counted as refused).
+    /// opening or carrying a change that is not theirs (counted as refused). Every signature is
+    /// checked first, off the async threads: one that fails refuses the whole group.
     pub async fn apply_envelopes_checked(
         &self,
         id: &crate::naming::DatasetId,
@@ -369,6 +385,9 @@ impl super::Node {
         let ds = self
             .held(id)
             .ok_or_else(|| Error::NotFound(format!("dataset {id} not held here")))?;
+        let envs = tokio::task::spawn_blocking(move || verified(envs))
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))??;
         let envs = self.authorized(&ds, envs);
         if envs.is_empty() {
             return Ok((0, vec![]));

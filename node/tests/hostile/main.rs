@@ -32,6 +32,7 @@ mod checks;
 mod common;
 mod equivocation;
 mod governance;
+mod load;
 mod raw;
 mod replication;
 mod rotation;

@@ -386,6 +386,37 @@ impl RawClient {
         }
     }
 
+    /// Sends every message of `all` on `proto` at once (one stream each, concurrently) and
+    /// waits for every outcome, in order.
+    pub(crate) fn request_many(&self, proto: Proto, all: Vec<Vec<u8>>) -> Vec<Answer> {
+        let mut waiting = Vec::with_capacity(all.len());
+        for bytes in all {
+            let (tx, rx) = oneshot::channel();
+            let cmd = Cmd::Request {
+                peer: self.target,
+                proto,
+                bytes,
+                reply: tx,
+            };
+            if self.cmds.blocking_send(cmd).is_err() {
+                return vec![Answer::Failed("driver gone".into())];
+            }
+            waiting.push(rx);
+        }
+        self.rt.block_on(async {
+            let mut out = Vec::with_capacity(waiting.len());
+            for rx in waiting {
+                let got = tokio::time::timeout(Duration::from_secs(120), rx).await;
+                out.push(match got {
+                    Ok(Ok(a)) => a,
+                    Ok(Err(_)) => Answer::Failed("driver dropped the request".into()),
+                    Err(_) => Answer::Failed("no outcome within 120 s".into()),
+                });
+            }
+            out
+        })
+    }
+
     pub(crate) fn on_note(&mut self, note: Note) -> Option<(Instant, String)> {
         match note {
             Note::Up(p, _) if p == self.target => self.up = true,
