@@ -55,6 +55,12 @@ pub const MAX_PAYLOAD: usize = 16 * 1024 * 1024;
 pub const MAX_ENCODED: usize = MAX_PAYLOAD + 1024;
 const MAGIC: &[u8; 3] = b"FME";
 
+/// True when `bytes` are an envelope of the chained codec (version 2): the only one taken from
+/// peers. Stored envelopes of version 1 stay readable here but are neither served nor taken.
+pub fn is_chained(bytes: &[u8]) -> bool {
+    bytes.len() > 3 && bytes[3] == VERSION
+}
+
 /// Why an envelope was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {

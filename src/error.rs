@@ -98,8 +98,8 @@ pub enum Unavailable {
         /// The fork.
         seq: u64,
     },
-    /// A change of this node's waits for a change that was set aside.
-    #[error("{0}: a change of this node's waits for a change that was set aside (an equivocating or revoked writer's); rotate the node's key (fogmesh key rotate) to write again")]
+    /// A change of this node's was set aside, or waits for a change that was.
+    #[error("{0}: a change of this node's was set aside, or waits for a change that was (an equivocating or revoked writer's); rotate the node's key (fogmesh key rotate) to write again")]
     ChainBroken(DatasetId),
     /// Admitted to a mesh, but its roster could not be fetched from the inviter.
     #[error("admitted, but the roster could not be fetched from the inviter ({0}); run the same join again")]

@@ -237,6 +237,16 @@ impl AccessSet {
             })
     }
 
+    /// Whether `writer` could ever have written here: some grant to its organization carries
+    /// the write right or vouches for sequences of its key.
+    pub fn ever_writes(&self, writer: Writer<'_>) -> bool {
+        self.grants
+            .values()
+            .map(|g| &g.grant)
+            .filter(|g| g.grantee.org == writer.org)
+            .any(|g| g.rights.allows(Action::Write) || g.cut_of(writer.key, writer.first_key) > 0)
+    }
+
     /// Whether the key of `epoch` is wrapped for `recipient`.
     pub fn has_wrap(&self, epoch: u64, recipient: &AuthorId) -> bool {
         self.wraps.contains_key(&(epoch, *recipient))

@@ -3,6 +3,8 @@
 //! evidence instead of being fetched from; tips that differ at one sequence are fetched, so the
 //! node that holds the other version finds the fork (see [`crate::equivocation`]).
 
+use std::collections::BTreeMap;
+
 use libp2p::PeerId;
 use serde_bytes::ByteBuf;
 use tokio::sync::broadcast::error::RecvError;
@@ -13,7 +15,7 @@ use crate::naming::DatasetId;
 use crate::version::Frontier;
 
 use super::catalog;
-use super::error::MeshResult;
+use super::error::{MeshError, MeshResult};
 use super::proto::{self, Push};
 use super::Mesh;
 
@@ -75,11 +77,15 @@ impl Mesh {
         }
     }
 
-    /// Takes the evidence a peer pushed. Evidence that does not check is the peer's bad input.
+    /// Takes the evidence a peer pushed: the lowest fork per dataset and author (the others
+    /// would change nothing). Evidence that does not check is the peer's bad input.
     pub(crate) async fn take_pushed_evidence(&self, list: &[ByteBuf]) -> MeshResult<()> {
         proto::cap("push evidence", list.len(), MAX_EVIDENCE)?;
-        for bytes in list {
-            let ev = Evidence::decode(bytes)?;
+        let list = list.to_vec();
+        let lowest = tokio::task::spawn_blocking(move || lowest_forks(&list))
+            .await
+            .map_err(|e| MeshError::Node(crate::Error::Internal(e.to_string())))??;
+        for ev in lowest {
             if let Some(fork) = self.inner.node.take_evidence(ev).await? {
                 tracing::info!(dataset = %fork.dataset, author = %fork.author, seq = fork.seq, "evidence of equivocation received");
             }
@@ -109,4 +115,24 @@ impl Mesh {
             .filter(|(a, s)| node.fork_of(id, a).is_none_or(|f| *s < f))
             .collect()
     }
+}
+
+/// The pieces of `list` that prove the lowest fork of each dataset and author, all checked.
+fn lowest_forks(list: &[ByteBuf]) -> MeshResult<Vec<Evidence>> {
+    let mut lowest: BTreeMap<(DatasetId, AuthorId), (u64, Evidence)> = BTreeMap::new();
+    for bytes in list {
+        let ev = Evidence::decode(bytes)?;
+        let fork = ev.check()?;
+        let slot = lowest.entry((fork.dataset, fork.author));
+        match slot {
+            std::collections::btree_map::Entry::Occupied(mut o) if fork.seq < o.get().0 => {
+                o.insert((fork.seq, ev));
+            }
+            std::collections::btree_map::Entry::Occupied(_) => {}
+            std::collections::btree_map::Entry::Vacant(v) => {
+                v.insert((fork.seq, ev));
+            }
+        }
+    }
+    Ok(lowest.into_values().map(|(_, ev)| ev).collect())
 }

@@ -19,6 +19,8 @@ use super::Mesh;
 
 /// Rounds of Hello in one catch-up: a round that adopts new datasets asks again for their vectors.
 const HELLO_ROUNDS: usize = 3;
+/// How many of a peer's envelopes before a differing chain tip are fetched to find the fork.
+const FORK_WINDOW: u64 = 256;
 
 impl Mesh {
     /// Pushes every envelope this node writes, as it becomes durable.
@@ -306,8 +308,11 @@ impl Mesh {
             })
             .filter(|(_, after, upto)| after < upto)
             .collect();
+        // Tips that differ at one sequence: the two histories parted there or before. The
+        // peer's last envelopes up to there are fetched at once, so the lowest fork among them
+        // is found in one round (and one rebuild), not one sequence per round.
         for (a, seq) in self.reconcile_forks(peer, &ds, &local, remote).await {
-            ranges.push((a, seq - 1, seq));
+            ranges.push((a, seq.saturating_sub(FORK_WINDOW), seq));
         }
         let missing: u64 = ranges
             .iter()

@@ -64,7 +64,7 @@ impl MemberKeys {
     }
 
     /// The first key it had.
-    fn first_key(&self) -> &AuthorId {
+    pub(super) fn first_key(&self) -> &AuthorId {
         self.retired.first().map_or(&self.author, |r| &r.author)
     }
 

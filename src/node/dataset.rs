@@ -71,6 +71,9 @@ pub(crate) struct State {
     pub(crate) tips: BTreeMap<AuthorId, [u8; 32]>,
     /// Per author proven to equivocate here: the fork, from which its envelopes are refused.
     pub(crate) forks: BTreeMap<AuthorId, u64>,
+    /// A change of this node's was set aside (quarantined): its next change could not join
+    /// its history, so it writes here again only under a rotated key.
+    pub(super) own_set_aside: bool,
 }
 
 /// A dataset held by this node.
@@ -305,8 +308,8 @@ impl Dataset {
     }
 
     /// Refuses a local write that could not join this node's history: after its key was found
-    /// signing two histories here, or while one of its own changes waits for a change set aside
-    /// (its next change would carry a sequence Automerge does not expect).
+    /// signing two histories here, or once one of its own changes was set aside or waits for a
+    /// change set aside (its next change would carry a sequence Automerge does not expect).
     fn may_write_here(&self, st: &State) -> Result<()> {
         let me = AuthorId::from_slice(st.doc.actor().to_bytes());
         let Some(me) = me else { return Ok(()) };
@@ -314,7 +317,7 @@ impl Dataset {
         if let Some(seq) = st.forks.get(&me) {
             return Err(Unavailable::Equivocated { dataset, seq: *seq }.into());
         }
-        if st.doc.held_by(st.doc.actor()).0 > 0 {
+        if st.own_set_aside || st.doc.held_by(st.doc.actor()).0 > 0 {
             return Err(Unavailable::ChainBroken(dataset).into());
         }
         Ok(())
@@ -402,6 +405,7 @@ impl State {
             missing: BTreeSet::new(),
             tips: BTreeMap::new(),
             forks: BTreeMap::new(),
+            own_set_aside: false,
         }
     }
 
@@ -455,8 +459,11 @@ impl State {
         store: &Store,
         author: &AuthorId,
     ) -> Result<()> {
+        // A sequence of ours that was set aside is never used again: a peer may hold it.
         let last = store.last_seq(&meta.id, author)?;
-        self.next_seq = self.vv.get(author).max(last) + 1;
+        let set_aside = store.last_quarantined(&meta.id, author)?;
+        self.next_seq = self.vv.get(author).max(last).max(set_aside) + 1;
+        self.own_set_aside = set_aside > 0;
         self.forks = store.forks(&meta.id)?.into_iter().collect();
         self.tips.clear();
         let vv: Vec<(AuthorId, u64)> = self.vv.iter().map(|(a, s)| (*a, *s)).collect();

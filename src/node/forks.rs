@@ -132,11 +132,13 @@ impl Dataset {
 
 impl Node {
     /// Takes evidence of equivocation, found here or sent by a peer: checks it, and if it
-    /// proves a lower fork than the one kept for its dataset and author, keeps it, applies the
-    /// rule (the author's envelopes there from the fork on are set aside), names the author in
-    /// the audit log and the metrics, and passes it on to the mesh. Returns the fork when it
-    /// changed anything. Evidence of a dataset not held here, or of a key that is neither a
-    /// member's nor the dataset owner's, is ignored.
+    /// proves a lower fork than the one kept for its dataset and author, keeps it and applies
+    /// the rule (the author's envelopes there from the fork on are set aside). The first proof
+    /// against an author in a dataset names it in the audit log and the metrics and is passed on
+    /// to the mesh; a lower one later is kept quietly (catch-up passes it on to the members
+    /// that hold past it), so a key incriminating itself again and again costs each node one
+    /// audit entry. Returns the fork when it changed anything. Evidence of a dataset not held
+    /// here, or against a key that could never write in it, is ignored.
     pub async fn take_evidence(&self, ev: Evidence) -> Result<Option<Fork>> {
         let fork = ev
             .check()
@@ -144,38 +146,63 @@ impl Node {
         let Some(ds) = self.held(&fork.dataset) else {
             return Ok(None);
         };
-        let known =
-            fork.author == ds.owner_key || self.directory().0.values().any(|m| m.has(&fork.author));
-        if !known {
+        if !self.ever_writes(&ds, &fork.author) {
             return Ok(None);
         }
         let node = self.clone();
         let bytes = ev.encode();
         let f = fork.clone();
-        let events = tokio::task::spawn_blocking(move || {
+        let taken = tokio::task::spawn_blocking(move || {
             let store = &node.inner.store;
-            let kept = store.evidence(&f.dataset, &f.author)?;
-            if kept.is_some_and(|(seq, _)| seq <= f.seq) {
+            let kept = store.evidence(&f.dataset, &f.author)?.map(|(seq, _)| seq);
+            if kept.is_some_and(|seq| seq <= f.seq) {
                 return Ok::<_, Error>(None);
             }
             store.put_evidence(&f.dataset, &f.author, f.seq, &bytes)?;
-            Ok(Some(ds.apply_fork(store, f.author, f.seq)?))
+            Ok(Some((
+                kept.is_none(),
+                ds.apply_fork(store, f.author, f.seq)?,
+            )))
         })
         .await
         .map_err(|e| Error::Internal(e.to_string()))??;
-        let Some(events) = events else {
+        let Some((first, events)) = taken else {
             return Ok(None);
         };
-        self.inner.store.durable().await?;
+        if first || !events.is_empty() {
+            self.inner.store.durable().await?;
+        }
         if let Some(ds) = self.held(&fork.dataset) {
             ds.publish_events(events);
         }
-        self.name_equivocation(&fork);
-        let _ = self
-            .inner
-            .forks_found
-            .send((fork.dataset.clone(), fork.author));
+        if first {
+            self.name_equivocation(&fork);
+            let _ = self
+                .inner
+                .forks_found
+                .send((fork.dataset.clone(), fork.author));
+        } else {
+            tracing::info!(dataset = %fork.dataset, author = %fork.author, seq = fork.seq, "equivocation: a lower fork proven");
+        }
         Ok(Some(fork))
+    }
+
+    /// Whether `author` could ever write in `ds`: the owner's key, a key of the owner's
+    /// organization, or a member's key its organization was granted writing with.
+    fn ever_writes(&self, ds: &Dataset, author: &AuthorId) -> bool {
+        let dir = self.directory();
+        let Some(m) = dir.0.values().find(|m| m.has(author)) else {
+            return *author == ds.owner_key;
+        };
+        if m.org == ds.meta.id.owner() {
+            return true;
+        }
+        let writer = crate::access::set::Writer {
+            org: &m.org,
+            key: author,
+            first_key: m.first_key(),
+        };
+        super::access::lock(&ds.access).ever_writes(writer)
     }
 
     fn name_equivocation(&self, fork: &Fork) {

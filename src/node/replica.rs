@@ -146,16 +146,21 @@ impl Dataset {
         for env in envs {
             let key = (env.author, env.seq);
             let forked = |st: &State| st.forks.get(&env.author).is_some_and(|s| env.seq >= *s);
-            if env.dataset != self.meta.id || accepted.contains_key(&key) || forked(st) {
+            if env.dataset != self.meta.id || forked(st) {
                 continue;
             }
             if let Some(ev) = self.check_chain(store, st, &env, (&accepted, &out))? {
+                // Evidence any node can check is kept and passed on; otherwise (an envelope
+                // held of the earlier codec, too large to quote) the newcomer is dropped alone.
                 if let Ok(fork) = ev.check() {
                     let at = st.forks.entry(fork.author).or_insert(fork.seq);
                     *at = (*at).min(fork.seq);
+                    evidence.push(ev);
                 }
-                evidence.push(ev);
                 invalid.push(env.author);
+                continue;
+            }
+            if accepted.contains_key(&key) {
                 continue;
             }
             if env.seq <= st.vv.get(&env.author)
@@ -249,15 +254,22 @@ impl Dataset {
 const PARALLEL_VERIFY: usize = 16;
 
 /// `envs` if every signature verifies. Blocking.
-fn verified(envs: Vec<Envelope>) -> Result<Vec<Envelope>> {
+/// `envs` with their signatures checked (one that fails refuses them all), less the envelopes
+/// of the codec before chains (no `prev`), which are refused alone with their authors named: an
+/// envelope without a `prev` would escape the chain check.
+fn verified(envs: Vec<Envelope>) -> Result<(Vec<Envelope>, Vec<AuthorId>)> {
     let checks = crate::parallel::map(&envs, PARALLEL_VERIFY, Envelope::verify);
-    match checks.into_iter().zip(&envs).find(|(c, _)| c.is_err()) {
-        Some((Err(e), env)) => Err(Error::Invalid(format!(
+    if let Some((Err(e), env)) = checks.into_iter().zip(&envs).find(|(c, _)| c.is_err()) {
+        return Err(Error::Invalid(format!(
             "envelope {} #{} of {}: {e}",
             env.author, env.seq, env.dataset
-        ))),
-        _ => Ok(envs),
+        )));
     }
+    let (chained, unchained): (Vec<_>, Vec<_>) = envs.into_iter().partition(|e| e.prev.is_some());
+    if let Some(env) = unchained.first() {
+        tracing::warn!(dataset = %env.dataset, author = %env.author, count = unchained.len(), "envelopes of the codec before chains refused");
+    }
+    Ok((chained, unchained.into_iter().map(|e| e.author).collect()))
 }
 
 /// The Automerge change an envelope carries (`plain`, opened), which must be the author's own
@@ -385,12 +397,12 @@ impl super::Node {
         let ds = self
             .held(id)
             .ok_or_else(|| Error::NotFound(format!("dataset {id} not held here")))?;
-        let envs = tokio::task::spawn_blocking(move || verified(envs))
+        let (envs, unchained) = tokio::task::spawn_blocking(move || verified(envs))
             .await
             .map_err(|e| Error::Internal(e.to_string()))??;
         let envs = self.authorized(&ds, envs);
         if envs.is_empty() {
-            return Ok((0, vec![]));
+            return Ok((0, unchained));
         }
         let (node, ds2) = (self.clone(), ds.clone());
         let mut applied = tokio::task::spawn_blocking(move || {
@@ -399,8 +411,12 @@ impl super::Node {
         })
         .await
         .map_err(|e| Error::Internal(e.to_string()))??;
+        applied.invalid.extend(unchained);
         for ev in std::mem::take(&mut applied.evidence) {
-            self.take_evidence(ev).await?;
+            // The envelopes are stored: a failure here must not fail their apply.
+            if let Err(e) = self.take_evidence(ev).await {
+                tracing::warn!(dataset = %id, error = %e, "evidence of equivocation not kept");
+            }
         }
         if !applied.invalid.is_empty() {
             let labels = vec![("dataset".to_owned(), id.to_string())];

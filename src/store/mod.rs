@@ -271,6 +271,19 @@ impl Store {
             .contains_key(quarantine_key(dataset, author, seq))?)
     }
 
+    /// The highest sequence of `author` in `dataset` that was quarantined (0 if none).
+    pub fn last_quarantined(&self, dataset: &DatasetId, author: &AuthorId) -> Result<u64, Error> {
+        let prefix = format!("quarantine/{dataset}/{author}/");
+        Ok(match self.meta.scan_prefix(prefix.as_bytes()).next_back() {
+            Some(kv) => {
+                let key = kv?.0;
+                let seq = std::str::from_utf8(&key[prefix.len()..]).ok();
+                seq.and_then(|s| s.parse().ok()).unwrap_or(0)
+            }
+            None => 0,
+        })
+    }
+
     /// The highest sequence stored for `author` in `dataset` (0 if none).
     pub fn last_seq(&self, dataset: &DatasetId, author: &AuthorId) -> Result<u64, Error> {
         let (lo, hi) = keys::author_range(dataset, author);
@@ -322,6 +335,10 @@ impl Store {
         let (mut out, mut bytes) = (Vec::new(), 0usize);
         for kv in self.envelopes.range(from..=to) {
             let (_, v) = kv?;
+            if !envelope::is_chained(&v) {
+                // Peers refuse envelopes of the codec before chains; they stay local.
+                continue;
+            }
             if !out.is_empty() && bytes + v.len() > max_bytes {
                 return Ok((out, true));
             }

@@ -3,6 +3,7 @@
 mod access;
 mod audit;
 mod common;
+mod equivocation;
 mod federated;
 mod flows;
 mod governance;

@@ -89,11 +89,20 @@ fn metric(node: &TestNode, name: &str) -> Result<u64> {
         .unwrap_or(0))
 }
 
-#[test]
-fn two_histories_signed_by_one_member_are_found_and_set_aside_on_every_node() -> Result<()> {
+/// Three nodes of one mesh: the hospital owns clear shared `hospital/flu` (record h1, read by
+/// the pharmacy and mallory; mallory may write), and mallory's node is stopped: its key is the
+/// forger's.
+struct Scene {
+    _dir: tempfile::TempDir,
+    hospital: TestNode,
+    pharmacy: TestNode,
+    forger: Forger,
+}
+
+fn scene() -> Result<Scene> {
     let dir = tempfile::tempdir()?;
-    let mut hospital = TestNode::init(&dir.path().join("hospital"), "hospital")?;
-    let mut pharmacy = TestNode::init(&dir.path().join("pharmacy"), "pharmacy")?;
+    let hospital = TestNode::init(&dir.path().join("hospital"), "hospital")?;
+    let pharmacy = TestNode::init(&dir.path().join("pharmacy"), "pharmacy")?;
     let mut mallory = TestNode::init(&dir.path().join("mallory"), "mallory")?;
     for n in [&pharmacy, &mallory] {
         join(&hospital, n)?;
@@ -111,28 +120,56 @@ fn two_histories_signed_by_one_member_are_found_and_set_aside_on_every_node() ->
         "read,write",
     ];
     hospital.cli(&grant).ok();
-    let data = r#"{"v":1}"#;
-    let publish = [
-        "publish",
-        "hospital/flu",
-        "--name",
-        "ward/h1",
-        "--id",
-        "h1",
-        "--data",
-        data,
-    ];
-    hospital.cli(&publish).ok();
+    publish(&hospital, "h1");
     wait("the pharmacy to read h1", Duration::from_secs(30), || {
         Ok(ids(&pharmacy).unwrap_or_default() == ["h1"])
     })?;
     mallory.stop()?;
-
     let forger = Forger {
         key: Identity::load(&mallory.home)?,
         ds: DatasetId::parse("hospital/flu")?,
         hlc: fogmesh::hlc::wall_millis() << 16,
     };
+    Ok(Scene {
+        _dir: dir,
+        hospital,
+        pharmacy,
+        forger,
+    })
+}
+
+/// The hospital writes record `id`.
+fn publish(hospital: &TestNode, id: &str) {
+    let name = format!("ward/{id}");
+    let args = [
+        "publish",
+        "hospital/flu",
+        "--name",
+        &name,
+        "--id",
+        id,
+        "--data",
+        r#"{"v":1}"#,
+    ];
+    hospital.cli(&args).ok();
+}
+
+/// A raw connection to `node` under the forger's key.
+fn to(forger: &Forger, node: &TestNode) -> Result<RawClient> {
+    let (peer, addr) = target(node)?;
+    let mut c = RawClient::new(forger.key.libp2p_keypair()?, peer, addr)?;
+    c.connect()?;
+    Ok(c)
+}
+
+#[test]
+fn two_histories_signed_by_one_member_are_found_and_set_aside_on_every_node() -> Result<()> {
+    let Scene {
+        _dir,
+        mut hospital,
+        mut pharmacy,
+        forger,
+    } = scene()?;
     let actor = forger.key.author();
     let mut one = fogmesh::view::doc::Doc::new(actor.as_bytes());
     let mut other = fogmesh::view::doc::Doc::new(actor.as_bytes());
@@ -141,12 +178,7 @@ fn two_histories_signed_by_one_member_are_found_and_set_aside_on_every_node() ->
     let y = forger.envelope(&mut other, "m9", GENESIS)?;
     ensure!(x.seq == 1 && y.seq == 1 && x2.seq == 2);
 
-    let to = |node: &TestNode| -> Result<RawClient> {
-        let (peer, addr) = target(node)?;
-        let mut c = RawClient::new(forger.key.libp2p_keypair()?, peer, addr)?;
-        c.connect()?;
-        Ok(c)
-    };
+    let to = |node: &TestNode| to(&forger, node);
     let (h, p) = (to(&hospital)?, to(&pharmacy)?);
     ensure!(push_envelope(&h, &x)? == 1 && push_envelope(&h, &x2)? == 1);
     ensure!(push_envelope(&p, &y)? == 1, "the pharmacy did not take Y");
@@ -203,17 +235,7 @@ fn two_histories_signed_by_one_member_are_found_and_set_aside_on_every_node() ->
         push_envelope(&to(&hospital)?, &x3)? == 0,
         "an equivocator's envelope was taken"
     );
-    let publish2 = [
-        "publish",
-        "hospital/flu",
-        "--name",
-        "ward/h2",
-        "--id",
-        "h2",
-        "--data",
-        data,
-    ];
-    hospital.cli(&publish2).ok();
+    publish(&hospital, "h2");
     wait("the pharmacy to read h2", Duration::from_secs(30), || {
         Ok(ids(&pharmacy)? == ["h1", "h2"])
     })?;
@@ -228,6 +250,49 @@ fn two_histories_signed_by_one_member_are_found_and_set_aside_on_every_node() ->
     ensure!(
         equivocators(&hospital)?.len() == 1,
         "the fork was forgotten on restart"
+    );
+    Ok(())
+}
+
+/// Two long histories of one member, parted at its first change and of the same length: no
+/// envelope of one names a predecessor held of the other, only the chain tips differ. The fork
+/// must be found at its first sequence in one catch-up, not one sequence per 30 s round.
+#[test]
+fn two_long_histories_parted_at_the_start_are_found_at_once() -> Result<()> {
+    const LEN: usize = 40;
+    let Scene {
+        _dir,
+        hospital,
+        mut pharmacy,
+        forger,
+    } = scene()?;
+    let actor = forger.key.author();
+    let (h, p) = (to(&forger, &hospital)?, to(&forger, &pharmacy)?);
+    for (raw, tag) in [(&h, "x"), (&p, "y")] {
+        let mut doc = fogmesh::view::doc::Doc::new(actor.as_bytes());
+        let mut prev = GENESIS;
+        for i in 0..LEN {
+            let env = forger.envelope(&mut doc, &format!("{tag}{i}"), prev)?;
+            prev = env.digest();
+            ensure!(push_envelope(raw, &env)? == 1, "{tag}{i} not taken");
+        }
+    }
+    drop((h, p));
+    ensure!(ids(&hospital)?.len() == LEN + 1 && ids(&pharmacy)?.len() == LEN + 1);
+    pharmacy.stop()?;
+    let started = Instant::now();
+    pharmacy.restart()?;
+    for n in [&hospital, &pharmacy] {
+        wait("the fork at sequence 1", Duration::from_secs(25), || {
+            let listed = equivocators(n)?;
+            Ok(listed.len() == 1 && listed[0]["seq"] == 1 && ids(n)? == ["h1"])
+        })
+        .with_context(|| format!("{}: {:?}\n{}", n.org, equivocators(n), n.log_tail()))?;
+    }
+    eprintln!(
+        "histories of {LEN} parted at sequence 1: both nodes found the fork there {:.2} s after \
+         the pharmacy restarted",
+        started.elapsed().as_secs_f64()
     );
     Ok(())
 }

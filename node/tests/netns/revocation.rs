@@ -23,6 +23,15 @@ const CONVERGE: Duration = Duration::from_secs(30);
 /// How long the owner's refusals are watched after convergence: more than one periodic
 /// catch-up round (30 s).
 const QUIET: Duration = Duration::from_secs(35);
+/// The hospital grants the pharmacy reading and writing.
+const GRANT_WRITE: [&str; 6] = [
+    "grant",
+    DATASET,
+    "--to",
+    "pharmacy/*",
+    "--rights",
+    "read,write",
+];
 
 #[test]
 fn a_writer_revoked_across_a_partition_ends_with_the_same_records_everywhere() -> Result<()> {
@@ -49,7 +58,7 @@ fn refused(n: &NsNode) -> Result<u64> {
 fn revocation_race(t0: Instant, dir: &Path) -> Result<()> {
     let tag = format!("{}v", std::process::id());
     let net = Net::create(&tag, crate::ORGS.len())?;
-    let nodes = crate::removal::mesh_of_four(t0, &net, dir)?;
+    let mut nodes = crate::removal::mesh_of_four(t0, &net, dir)?;
     let readers = "pharmacy,agency,insurer";
     nodes[HOSPITAL].json(&[
         "dataset",
@@ -59,15 +68,7 @@ fn revocation_race(t0: Instant, dir: &Path) -> Result<()> {
         "--readers",
         readers,
     ])?;
-    let grant = [
-        "grant",
-        DATASET,
-        "--to",
-        "pharmacy/*",
-        "--rights",
-        "read,write",
-    ];
-    let granted = nodes[HOSPITAL].json(&grant)?;
+    let granted = nodes[HOSPITAL].json(&GRANT_WRITE)?;
     let grant_id = granted["id"].as_str().context("grant id")?.to_owned();
     let wrote = wait_for(CONVERGE, || {
         Ok(nodes[PHARMACY]
@@ -157,5 +158,55 @@ fn revocation_race(t0: Instant, dir: &Path) -> Result<()> {
     );
     let views: Vec<Value> = nodes.iter().map(|n| json!(ids(n).ok())).collect();
     say(t0, format!("views: {views:?}"));
+    regrant_after_set_aside(t0, &mut nodes)?;
     crate::stop_and_clean(nodes, net, &tag)
+}
+
+/// The pharmacy's own writes past the cut were set aside: granted writing again, it must refuse
+/// to write (its next change could not join its history, and its next sequence number may be
+/// held by the agency) and say to rotate its key, before and after a restart, rather than sign
+/// a change under a sequence it used before.
+fn regrant_after_set_aside(t0: Instant, nodes: &mut [NsNode]) -> Result<()> {
+    nodes[HOSPITAL].json(&GRANT_WRITE)?;
+    let write = |n: &NsNode| {
+        let data = json!({ "n": 9 }).to_string();
+        n.cli(&[
+            "publish",
+            DATASET,
+            "--id",
+            "again",
+            "--name",
+            "pharmacy/again",
+            "--data",
+            &data,
+        ])
+    };
+    let mut said = String::new();
+    let refused = wait_for(CONVERGE, || {
+        let out = write(&nodes[PHARMACY]);
+        ensure!(
+            out.code != Some(0),
+            "the pharmacy wrote after its own writes were set aside"
+        );
+        said = out.stderr;
+        Ok(said.contains("rotate the node's key"))
+    })?;
+    ensure!(
+        refused.is_some(),
+        "granted again, the pharmacy did not refuse writing for its set-aside history: {said}"
+    );
+    nodes[PHARMACY].stop()?;
+    nodes[PHARMACY].start()?;
+    let out = write(&nodes[PHARMACY]);
+    ensure!(
+        out.code != Some(0) && out.stderr.contains("rotate the node's key"),
+        "after a restart the pharmacy wrote (or failed otherwise) after its own writes were set \
+         aside: {out:?}"
+    );
+    say(
+        t0,
+        "granted again, the pharmacy refuses to write (its own writes were set aside: rotate its \
+         key), before and after a restart",
+    );
+    Ok(())
 }
