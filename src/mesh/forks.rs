@@ -1,7 +1,7 @@
 //! Equivocation across the mesh: evidence found here is pushed to the members the dataset is
-//! shared with; a member whose history of an author runs past a fork kept here is sent the
-//! evidence instead of being fetched from; tips that differ at one sequence are fetched, so the
-//! node that holds the other version finds the fork (see [`crate::equivocation`]).
+//! shared with, and taken from theirs; catch-up sends it to a member whose history of an author
+//! runs past a fork kept here, and fetches the envelopes before tips that differ, so the node
+//! that holds the other version finds the fork (`mesh::plan`; see [`crate::equivocation`]).
 
 use std::collections::BTreeMap;
 
@@ -12,7 +12,6 @@ use tokio::sync::broadcast::error::RecvError;
 use crate::equivocation::Evidence;
 use crate::identity::AuthorId;
 use crate::naming::DatasetId;
-use crate::version::Frontier;
 
 use super::catalog;
 use super::error::{MeshError, MeshResult};
@@ -91,29 +90,6 @@ impl Mesh {
             }
         }
         Ok(())
-    }
-
-    /// What catch-up with `peer` does about forks in dataset `id`, given the peer's frontier:
-    /// evidence for the authors it holds past a fork kept here, and the single envelopes whose
-    /// tips differ at one sequence (to be fetched, which finds the fork). Returns those.
-    pub(crate) async fn reconcile_forks(
-        &self,
-        peer: PeerId,
-        id: &DatasetId,
-        local: &Frontier,
-        remote: &Frontier,
-    ) -> Vec<(AuthorId, u64)> {
-        let node = &self.inner.node;
-        for (author, seq) in remote.vv.iter() {
-            if node.fork_of(id, author).is_some_and(|f| *seq >= f) {
-                self.push_evidence(id, author, Some(peer)).await;
-            }
-        }
-        local
-            .diverging(remote)
-            .into_iter()
-            .filter(|(a, s)| node.fork_of(id, a).is_none_or(|f| *s < f))
-            .collect()
     }
 }
 

@@ -13,14 +13,13 @@ use crate::version::Frontier;
 
 use super::catalog;
 use super::error::{MeshError, MeshResult};
+use super::plan::{self, Catchup, Page, Range};
 use super::proto::{self, Push, PushAck, SyncRequest, SyncResponse};
 use super::serve::frontier;
 use super::Mesh;
 
 /// Rounds of Hello in one catch-up: a round that adopts new datasets asks again for their vectors.
 const HELLO_ROUNDS: usize = 3;
-/// How many of a peer's envelopes before a differing chain tip are fetched to find the fork.
-const FORK_WINDOW: u64 = 256;
 
 impl Mesh {
     /// Pushes every envelope this node writes, as it becomes durable.
@@ -290,95 +289,76 @@ impl Mesh {
     }
 
     /// Fetches every envelope `remote` holds of dataset `id` that this node lacks, short of
-    /// the forks kept here (whose evidence the peer is sent instead), and the envelopes whose
-    /// tips differ at one sequence.
+    /// the forks kept here (whose evidence the peer is sent instead), and the envelopes before
+    /// tips that differ: the plan is [`Catchup`]'s, this drives it over the network.
     async fn fetch_missing(&self, peer: PeerId, id: &str, remote: &Frontier) -> MeshResult<()> {
         let ds = crate::naming::DatasetId::parse(id)?;
         let node = &self.inner.node;
         let Some((_, local)) = node.frontiers().into_iter().find(|(m, _)| m.id == ds) else {
             return Ok(());
         };
-        let mut ranges: Vec<(crate::identity::AuthorId, u64, u64)> = local
-            .vv
-            .missing_from(&remote.vv)
-            .into_iter()
-            .map(|(a, after, upto)| match node.fork_of(&ds, &a) {
-                Some(f) => (a, after, upto.min(f - 1)),
-                None => (a, after, upto),
-            })
-            .filter(|(_, after, upto)| after < upto)
-            .collect();
-        // Tips that differ at one sequence: the two histories parted there or before. The
-        // peer's last envelopes up to there are fetched at once, so the lowest fork among them
-        // is found in one round (and one rebuild), not one sequence per round.
-        for (a, seq) in self.reconcile_forks(peer, &ds, &local, remote).await {
-            ranges.push((a, seq.saturating_sub(FORK_WINDOW), seq));
+        let fork_of = |a: &crate::identity::AuthorId| node.fork_of(&ds, a);
+        for author in plan::past_forks(remote, fork_of) {
+            self.push_evidence(&ds, &author, Some(peer)).await;
         }
-        let missing: u64 = ranges
-            .iter()
-            .fold(0u64, |n, (_, a, u)| n.saturating_add(u.saturating_sub(*a)));
-        let mut progress = super::Progress {
-            dataset: id.to_owned(),
-            from: peer.to_string(),
-            fetched: 0,
-            missing,
+        let mut plan = Catchup::new(&local, remote, fork_of);
+        let mut asked = plan.next();
+        // One page is applied while the next is on its way.
+        let mut page = match asked {
+            Some(r) => Some(self.request_page(peer, id, r).await?),
+            None => None,
         };
-        for (author, after, upto) in ranges {
-            let author = author.to_string();
-            let fetch = |after| self.request_page(peer, id, &author, (after, upto));
-            // One page is applied while the next is on its way.
-            let mut page = if after < upto {
-                fetch(after).await?
-            } else {
-                None
+        while let (Some(range), Some((envelopes, summary))) = (asked, page.take()) {
+            asked = plan.on_page(&range, summary);
+            let fetch_next = async {
+                match asked {
+                    Some(r) => self.request_page(peer, id, r).await.map(Some),
+                    None => Ok(None),
+                }
             };
-            while let Some((envelopes, next)) = page {
-                let fetch_next = async {
-                    match next.filter(|a| *a < upto) {
-                        Some(a) => fetch(a).await,
-                        None => Ok(None),
-                    }
-                };
-                let (applied, fetched) =
-                    tokio::join!(self.apply_encoded(peer, &envelopes), fetch_next);
-                applied?;
-                progress.fetched += envelopes.len() as u64;
-                self.inner.state.set_progress(progress.clone());
-                page = fetched?;
-            }
+            let (applied, fetched) = tokio::join!(self.apply_encoded(peer, &envelopes), fetch_next);
+            applied?;
+            let (fetched_n, missing) = plan.progress();
+            self.inner.state.set_progress(super::Progress {
+                dataset: id.to_owned(),
+                from: peer.to_string(),
+                fetched: fetched_n,
+                missing,
+            });
+            page = fetched?;
         }
-        if progress.fetched > 0 {
-            tracing::debug!(%peer, dataset = id, fetched = progress.fetched, "fetched missing envelopes");
+        let (fetched, _) = plan.progress();
+        if fetched > 0 {
+            tracing::debug!(%peer, dataset = id, fetched, "fetched missing envelopes");
         }
         Ok(())
     }
 
-    /// One page of `author`'s envelopes of dataset `id` with sequence in `(after, upto]`: the
-    /// envelopes and, if more remain, the sequence to ask after next. `None` for an empty page.
+    /// One page of the envelopes of `range` of dataset `id`, and what it answered.
     async fn request_page(
         &self,
         peer: PeerId,
         id: &str,
-        author: &str,
-        (after, upto): (u64, u64),
-    ) -> MeshResult<Option<(Vec<ByteBuf>, Option<u64>)>> {
+        range: Range,
+    ) -> MeshResult<(Vec<ByteBuf>, Page)> {
         let req = SyncRequest::Fetch {
             dataset: id.to_owned(),
-            author: author.to_owned(),
-            after,
-            upto,
+            author: range.author.to_string(),
+            after: range.after,
+            upto: range.upto,
         };
         let SyncResponse::Envelopes { envelopes, more } = self.sync_request(peer, &req).await?
         else {
             return Err(MeshError::Answer(format!("fetch of {id} refused")));
         };
         proto::cap("fetch page", envelopes.len(), proto::MAX_ENVELOPES)?;
-        let Some(last) = envelopes.last().and_then(|b| Envelope::decode(b).ok()) else {
-            return Ok(None);
+        let last = envelopes.last().and_then(|b| Envelope::decode(b).ok());
+        let summary = Page {
+            count: envelopes.len(),
+            last: last.map(|e| e.seq),
+            more,
         };
-        // A page that does not move forward ends the range (a peer cannot keep us looping).
-        let next = (more && last.seq > after).then_some(last.seq);
-        Ok(Some((envelopes, next)))
+        Ok((envelopes, summary))
     }
 
     pub(super) async fn sync_request(

@@ -330,18 +330,12 @@ impl Dataset {
         }
         let (doc, vv, local) = {
             let mut st = self.lock();
-            if st.doc.waiting() || !st.missing.is_empty() {
-                // The version vector covers changes the document does not hold yet; a snapshot
-                // now would lose them on restore.
+            let Some(vv) = st.saved_cover() else {
                 self.snapshotting.store(false, Ordering::Release);
                 return Ok(false);
-            }
+            };
             st.since_snapshot = 0;
-            (
-                st.doc.automerge().clone(),
-                st.vv.clone(),
-                self.sequencer.issued(),
-            )
+            (st.doc.automerge().clone(), vv, self.sequencer.issued())
         };
         // The copy may hold local changes still on their way to the store: saved before them,
         // it would restore changes whose envelopes a crash lost. (Their envelopes lie after
@@ -393,6 +387,27 @@ fn to_store_err(e: Error) -> crate::store::Error {
 }
 
 impl State {
+    /// The envelopes a snapshot of the document now covers: the version vector less, per
+    /// author, its changes held back for dependencies (a saved document does not keep them; a
+    /// restore replays them from the store and they wait again). `None` when the document
+    /// waits for epoch keys, or holds back changes not known here.
+    fn saved_cover(&self) -> Option<VersionVector> {
+        if !self.missing.is_empty() {
+            return None;
+        }
+        let mut vv = self.vv.clone();
+        if !self.doc.waiting() {
+            return Some(vv);
+        }
+        for (actor, seq) in self.doc.lowest_held()? {
+            let author = AuthorId::from_slice(actor.to_bytes())?;
+            if vv.get(&author) >= seq {
+                vv.set(author, seq - 1);
+            }
+        }
+        Some(vv)
+    }
+
     fn empty(author: &AuthorId) -> Self {
         Self {
             doc: Doc::new(author.as_bytes()),

@@ -118,6 +118,46 @@ fn made_in_history(
     made
 }
 
+/// Per change of `batch`, whether its whole history is at hand: every dependency is in the
+/// document (`held`) or is a change of the batch whose history is at hand. (A dependency in the
+/// batch is not enough: its own may be missing, and then so are the objects its history makes.)
+fn ready_in(
+    batch: &[automerge::Change],
+    by_hash: &HashMap<ChangeHash, usize>,
+    held: impl Fn(&ChangeHash) -> bool,
+) -> Vec<bool> {
+    let mut ready: Vec<Option<bool>> = vec![None; batch.len()];
+    for start in 0..batch.len() {
+        // Depth-first, deciding a change once all its dependencies in the batch are decided.
+        let mut stack = vec![start];
+        while let Some(&j) = stack.last() {
+            if ready[j].is_some() {
+                stack.pop();
+                continue;
+            }
+            let (mut bad, mut pending) = (false, Vec::new());
+            for d in batch[j].deps() {
+                match by_hash.get(d) {
+                    Some(&k) => match ready[k] {
+                        Some(true) => {}
+                        Some(false) => bad = true,
+                        None => pending.push(k),
+                    },
+                    None if held(d) => {}
+                    None => bad = true,
+                }
+            }
+            if bad || pending.is_empty() {
+                ready[j] = Some(!bad);
+                stack.pop();
+            } else {
+                stack.extend(pending);
+            }
+        }
+    }
+    ready.into_iter().map(|r| r == Some(true)).collect()
+}
+
 /// True when a root key names a page.
 pub(super) fn is_page_key(key: &str) -> bool {
     key.starts_with(PAGE_PREFIX)
@@ -274,16 +314,12 @@ impl Doc {
     /// the next write, apply or [`Doc::read_all`]); the caller re-reads every record: restoring
     /// from the store, or opening changes whose key just arrived.
     pub fn apply_all(&mut self, changes: Vec<automerge::Change>) -> Result<(), Error> {
-        let hashes: Vec<ChangeHash> = changes.iter().map(|c| c.hash()).collect();
+        let copies = changes.clone();
         let applied = self.apply_isolated(changes);
         if let Err(e @ Error::Panicked(_)) = applied {
             return Err(e);
         }
-        let am = &self.am;
-        let queued = hashes
-            .iter()
-            .any(|h| am.get_change_meta_by_hash(h).is_none());
-        self.waiting.after_apply_unkept(am, queued);
+        self.waiting.after_apply_all(&self.am, copies);
         self.unindexed = true;
         applied
     }
@@ -291,6 +327,12 @@ impl Doc {
     /// Changes of `actor` held back for dependencies (count, bytes), and all held back.
     pub fn held_by(&self, actor: &ActorId) -> (usize, usize, usize) {
         self.waiting.held_by(actor)
+    }
+
+    /// Per actor, the lowest sequence of its changes held back for dependencies (a saved
+    /// document does not hold them); `None` when that is not known.
+    pub fn lowest_held(&self) -> Option<HashMap<ActorId, u64>> {
+        self.waiting.lowest_held()
     }
 
     /// Whether the document holds the change `hash`.
@@ -337,17 +379,16 @@ impl Doc {
             .enumerate()
             .map(|(i, c)| (c.hash(), i))
             .collect();
+        let ready = ready_in(batch, &by_hash, |d| {
+            self.am.get_change_meta_by_hash(d).is_some()
+        });
         let mut out = Vec::new();
         for (i, change) in decoded.iter().enumerate() {
             let Some(change) = change else {
                 out.push((i, Error::Undecodable));
                 continue;
             };
-            let ready = batch[i]
-                .deps()
-                .iter()
-                .all(|d| by_hash.contains_key(d) || self.am.get_change_meta_by_hash(d).is_some());
-            if ready_only && !ready {
+            if ready_only && !ready[i] {
                 continue;
             }
             let made = made_in_history(i, &decoded, &by_hash, batch);

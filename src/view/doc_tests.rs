@@ -143,14 +143,21 @@ fn a_change_that_arrives_before_its_dependency_waits_and_says_so() {
         "the waiting change applied with its dependency"
     );
     assert_eq!(b.read("r1").expect("r1").data["x"], 2);
-    // A change left waiting by `apply_all` (restore, a key's arrival) was not decoded: when
-    // it applies, everything is re-read.
+    // A change left waiting by `apply_all` (restore, a key's arrival) is kept like one left
+    // by `apply`: it is known held back (a snapshot leaves it out), and named when it applies.
     let mut c = Doc::new(&[3; 32]);
     c.apply_all(change(c2)).expect("apply_all");
     assert!(c.waiting() && c.read_all().is_empty());
+    let held = c.lowest_held().expect("known");
+    assert_eq!(
+        held.get(&automerge::ActorId::from(&[1u8; 32][..])),
+        Some(&2)
+    );
     let late = c.apply(change(c1)).expect("a");
-    assert!(late.everything && !late.waiting);
+    assert!(!late.everything && !late.waiting);
+    assert_eq!(late.touched, ["r1", "r2"]);
     assert_eq!(c.ids(), ["r1", "r2"]);
+    assert_eq!(c.lowest_held().expect("known").len(), 0);
 }
 
 fn change(bytes: Option<Vec<u8>>) -> Vec<automerge::Change> {
@@ -423,6 +430,31 @@ fn a_change_on_an_object_the_document_lacks_is_refused_before_automerge_sees_it(
         .collect();
     assert!(victim.missing_objects(&pair, true).is_empty());
     victim.apply(pair).expect("applies");
+    assert_eq!(victim.read("r1").expect("r1").data["a"], json!(2));
+}
+
+/// Found by the seeded simulation: an honest change updating an old record, arriving with its
+/// predecessor but before the change that made the record's page, was refused (its dependency
+/// was in the batch, so it counted as ready, though that dependency's own was missing). Such a
+/// change waits; it is judged once its whole history is at hand.
+#[test]
+fn a_change_whose_history_is_not_all_at_hand_is_not_judged() {
+    let mut src = Doc::new(&[8; 32]);
+    let mut next = |id: &str, a: i64| {
+        let made = src.write(&[up(id, json!({ "a": a }))], &[]).expect("w");
+        automerge::Change::from_bytes(made.expect("c")).expect("decodes")
+    };
+    let (c1, c2, c3) = (next("r1", 1), next("r2", 1), next("r1", 2));
+    let mut victim = Doc::new(&[1; 32]);
+    let early = vec![c3, c2];
+    assert!(
+        victim.missing_objects(&early, true).is_empty(),
+        "a change waiting for its history was refused"
+    );
+    victim.apply(early).expect("waits");
+    assert!(victim.waiting());
+    victim.apply(vec![c1]).expect("applies");
+    assert!(!victim.waiting());
     assert_eq!(victim.read("r1").expect("r1").data["a"], json!(2));
 }
 

@@ -2,9 +2,11 @@
 //! apply released, so that their records can be named then.
 //!
 //! Automerge queues a change whose dependencies it lacks and applies it, silently, during the
-//! apply that brings the last of them. A change received by `Doc::apply` is kept here as received
-//! (not decoded: the compact form) until it applies; changes queued by `Doc::apply_all` (a restore
-//! or a key's arrival) are not, so their release is only known to be possible ("unknown").
+//! apply that brings the last of them. A change that waits is kept here as received (not
+//! decoded: the compact form) until it applies, so its records can be named then and a snapshot
+//! can leave it out (a saved document does not keep Automerge's queue). Only a document loaded
+//! with a queue holds changes not known here ("unknown": their release is only known to be
+//! possible).
 
 use std::collections::{HashMap, HashSet};
 
@@ -79,15 +81,31 @@ impl Waiting {
         Released { ready, unknown }
     }
 
-    /// After Automerge applied changes that were not kept (`Doc::apply_all`, whose caller re-reads
-    /// everything): `queued` is whether any of them waits now.
-    pub fn after_apply_unkept(&mut self, am: &Automerge, queued: bool) {
+    /// After Automerge applied `given` without finding what they touch (`Doc::apply_all`, whose
+    /// caller re-reads everything): the ones that wait now are kept like any held change.
+    pub fn after_apply_all(&mut self, am: &Automerge, given: Vec<Change>) {
         self.missing = missing(am);
         self.held.retain(|h, _| !has(am, h));
-        if queued {
-            self.unknown = self.missing.clone();
+        for c in given {
+            if !has(am, &c.hash()) {
+                self.held.insert(c.hash(), c);
+            }
         }
         self.forget_released_unknown();
+    }
+
+    /// Per actor, the lowest sequence of its changes held back; `None` when changes may wait
+    /// that are not known here (a document loaded with a queue).
+    pub fn lowest_held(&self) -> Option<HashMap<automerge::ActorId, u64>> {
+        if !self.unknown.is_empty() {
+            return None;
+        }
+        let mut out: HashMap<automerge::ActorId, u64> = HashMap::new();
+        for c in self.held.values() {
+            let at = out.entry(c.actor_id().clone()).or_insert(c.seq());
+            *at = (*at).min(c.seq());
+        }
+        Some(out)
     }
 
     /// After a local write or a failed apply, which can make Automerge drop queued changes

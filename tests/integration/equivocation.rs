@@ -44,7 +44,7 @@ fn owner_docs() -> (Identity, Doc, Doc) {
 }
 
 /// Hospital (seed 1) owns clear shared dataset "flu"; the pharmacy (seed 2) holds a replica.
-async fn setup() -> (TestNode, TestNode, DatasetId) {
+pub(crate) async fn clear_replica() -> (TestNode, TestNode, DatasetId) {
     let (h, p) = (
         test_node("hospital", 1).await,
         test_node("pharmacy", 2).await,
@@ -66,7 +66,7 @@ async fn setup() -> (TestNode, TestNode, DatasetId) {
 /// than the one held is refused alone, its author named, and nothing of it is kept.
 #[tokio::test]
 async fn an_envelope_of_the_codec_before_chains_is_refused() {
-    let (_h, p, ds) = setup().await;
+    let (_h, p, ds) = clear_replica().await;
     let (owner, mut a, mut b) = owner_docs();
     let x = Envelope::seal(&owner, ds.clone(), 1, 0, 1, GENESIS, change(&mut a, "x", 1));
     let _ = change(&mut b, "y", 1);
@@ -89,7 +89,7 @@ async fn an_envelope_of_the_codec_before_chains_is_refused() {
 /// set aside.
 #[tokio::test]
 async fn two_large_versions_of_one_sequence_are_proven_and_the_apply_succeeds() {
-    let (_h, p, ds) = setup().await;
+    let (_h, p, ds) = clear_replica().await;
     let (owner, mut a, mut b) = owner_docs();
     let x = Envelope::seal(
         &owner,
@@ -123,7 +123,7 @@ async fn two_large_versions_of_one_sequence_are_proven_and_the_apply_succeeds() 
 /// broadcast to the mesh); the lowest fork is still kept.
 #[tokio::test]
 async fn evidence_at_ever_lower_sequences_names_the_author_once() {
-    let (_h, p, ds) = setup().await;
+    let (_h, p, ds) = clear_replica().await;
     let owner = Identity::from_seed([1; 32]);
     let mut found = p.node.subscribe_forks();
     let mut changed = 0;
@@ -148,7 +148,7 @@ async fn evidence_at_ever_lower_sequences_names_the_author_once() {
 /// Evidence against a key that could never write in the dataset is ignored.
 #[tokio::test]
 async fn evidence_against_a_key_without_write_authority_is_ignored() {
-    let (_h, p, ds) = setup().await;
+    let (_h, p, ds) = clear_replica().await;
     let stranger = Identity::from_seed([9; 32]);
     let a = Envelope::seal(&stranger, ds.clone(), 3, 0, 1, [1; 32], b"a".to_vec());
     let b = Envelope::seal(&stranger, ds.clone(), 3, 0, 1, [1; 32], b"b".to_vec());

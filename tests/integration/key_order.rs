@@ -143,3 +143,70 @@ async fn every_order_of_two_records_and_their_key_ends_with_both_readable() {
         assert_eq!(ids(&p, &ds), ["h1", "h7"], "order {order:?}");
     }
 }
+
+/// A change whose dependency no member holds (here a made-up hash) waits for good; it must not
+/// keep the dataset from being snapshotted, so a restart does not replay its whole history. The
+/// snapshot covers the history up to the waiting change, and after a restart the change still
+/// waits (it was replayed from the store, not lost) while everything before it shows.
+#[tokio::test]
+async fn a_change_waiting_for_a_dependency_nobody_holds_does_not_stop_snapshots() {
+    use automerge::{Change, ChangeHash};
+    use fogmesh::envelope::GENESIS;
+    use fogmesh::identity::Identity;
+    use fogmesh::view::doc::{Doc, Upsert};
+
+    let (_h, p, ds) = crate::equivocation::clear_replica().await;
+
+    let owner = Identity::from_seed([1; 32]);
+    let mut doc = Doc::new(owner.author().as_bytes());
+    let mut prev = GENESIS;
+    let mut envs = Vec::new();
+    for i in 1..=4u64 {
+        let up = Upsert {
+            id: format!("r{i}"),
+            name: format!("ward/r{i}"),
+            time: 1,
+            data: serde_json::Map::new(),
+        };
+        let mut change = doc.write(&[up], &[]).expect("write").expect("a change");
+        if i == 4 {
+            // Its dependencies name a change nobody has.
+            let mut expanded = Change::from_bytes(change).expect("change").decode();
+            expanded.deps.push(ChangeHash([7; 32]));
+            change = Change::from(expanded).raw_bytes().to_vec();
+        }
+        let env = Envelope::seal(&owner, ds.clone(), i, 0, i, prev, change);
+        prev = env.digest();
+        envs.push(env);
+    }
+    assert_eq!(p.node.apply_envelopes(&ds, envs).await.expect("apply"), 4);
+    assert_eq!(ids(&p, &ds), ["r1", "r2", "r3"], "r4 waits");
+    p.node.shutdown().await.expect("shutdown");
+    let TestNode {
+        node,
+        admin_token,
+        dir,
+        ..
+    } = p;
+    drop(node);
+    let store = fogmesh::store::Store::open(&dir.path().join(fogmesh::node::home::DATA_DIR))
+        .expect("store");
+    let snap = store
+        .snapshot(&ds)
+        .expect("read")
+        .expect("a snapshot was taken");
+    assert_eq!(
+        snap.vv.get(&owner.author()),
+        3,
+        "the snapshot covers r1..r3 only"
+    );
+    drop(store);
+    let p = crate::common::open(dir, crate::common::test_config("pharmacy"), admin_token);
+    assert_eq!(ids(&p, &ds), ["r1", "r2", "r3"], "after the restart");
+    let (_, vv) = p.node.replica(&ds).expect("held");
+    assert_eq!(
+        vv.get(&owner.author()),
+        4,
+        "the waiting change was replayed, not lost"
+    );
+}

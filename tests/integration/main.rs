@@ -11,4 +11,5 @@ mod http;
 mod key_order;
 mod mesh;
 mod openapi;
+mod simulation;
 mod tokens;

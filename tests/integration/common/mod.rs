@@ -56,7 +56,7 @@ pub async fn test_node_with(config: Config, seed: u8) -> TestNode {
 }
 
 /// Opens the node of home `dir` and authenticates its admin.
-fn open(dir: tempfile::TempDir, config: Config, admin_token: String) -> TestNode {
+pub fn open(dir: tempfile::TempDir, config: Config, admin_token: String) -> TestNode {
     let node = Node::open_home(dir.path(), config).expect("open");
     let admin = node.authenticate(&admin_token).expect("admin");
     TestNode {
