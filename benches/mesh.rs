@@ -775,9 +775,9 @@ fn own_envelopes(m: &Member, ds: &DatasetId) -> Result<Vec<Envelope>> {
     let mut out = Vec::new();
     let mut after = 0;
     while after < upto {
-        let (page, _) = m
-            .node
-            .envelopes_between(ds, &author, (after, upto), 16 << 20)?;
+        let (page, _) =
+            m.node
+                .envelopes_between(ds, &author, (after, upto), (16 << 20, usize::MAX))?;
         ensure!(!page.is_empty(), "no envelopes after #{after}");
         for bytes in page {
             let env = Envelope::decode(&bytes)?;

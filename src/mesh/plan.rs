@@ -91,7 +91,9 @@ impl Catchup {
                     upto: seq,
                 }),
         );
-        let missing = ranges.iter().map(|r| r.upto - r.after).sum();
+        let missing = ranges
+            .iter()
+            .fold(0u64, |n, r| n.saturating_add(r.upto - r.after));
         Self {
             ranges,
             fetched: 0,
@@ -107,7 +109,7 @@ impl Catchup {
     /// Takes the answer to `asked` and returns the page to ask for next. A page that does not
     /// move forward ends its range, so a peer cannot keep this node asking.
     pub fn on_page(&mut self, asked: &Range, page: Page) -> Option<Range> {
-        self.fetched += page.count as u64;
+        self.fetched = self.fetched.saturating_add(page.count as u64);
         if self.ranges.front() != Some(asked) {
             return self.next();
         }
@@ -206,6 +208,24 @@ mod tests {
         // An empty page ends the range, and the catch-up.
         assert_eq!(plan.on_page(&r, page(0, None, false)), None);
         assert_eq!(plan.progress(), (5, 13));
+    }
+
+    #[test]
+    fn a_frontier_at_the_end_of_the_sequence_space_does_not_overflow() {
+        let mut remote = Frontier::default();
+        remote.vv.set(a(1), u64::MAX);
+        remote.vv.set(a(2), u64::MAX);
+        let mut plan = Catchup::new(&Frontier::default(), &remote, |_| None);
+        assert_eq!(plan.progress(), (0, u64::MAX));
+        let r = plan.next().expect("first");
+        let huge = Page {
+            count: usize::MAX,
+            last: Some(u64::MAX - 1),
+            more: true,
+        };
+        plan.on_page(&r, huge);
+        plan.on_page(&r, huge);
+        assert_eq!(plan.progress().0, u64::MAX);
     }
 
     #[test]

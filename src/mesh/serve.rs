@@ -198,10 +198,12 @@ impl Mesh {
             self.inner.node.audit(ev);
             return Ok(SyncResponse::Refused(reason));
         };
-        let got = self
-            .inner
-            .node
-            .envelopes_between(&meta.id, &author, range, proto::PAGE_BYTES);
+        let got = self.inner.node.envelopes_between(
+            &meta.id,
+            &author,
+            range,
+            (proto::PAGE_BYTES, proto::MAX_ENVELOPES),
+        );
         let (envs, more) = got?;
         self.audit_fetch(org, &meta, &author, range.0, envs.len());
         Ok(SyncResponse::Envelopes {

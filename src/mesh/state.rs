@@ -45,6 +45,9 @@ struct Inner {
     syncing: HashSet<PeerId>,
     /// Members that may lack something: a push to them failed, or a catch-up stopped.
     dirty: HashSet<PeerId>,
+    /// Members marked dirty while a catch-up with them ran: that catch-up may have passed what
+    /// changed, so its completion leaves them dirty (caught up again within a second).
+    dirty_again: HashSet<PeerId>,
     /// The last pair of roster digests (mine, theirs) each peer was asked to pull for.
     nudged: HashMap<PeerId, ([u8; 32], [u8; 32])>,
     /// When each peer last received this node's roster (or showed it held the same).
@@ -88,6 +91,7 @@ impl State {
             progress: BTreeMap::new(),
             syncing: HashSet::new(),
             dirty: HashSet::new(),
+            dirty_again: HashSet::new(),
             nudged: HashMap::new(),
             served: HashMap::new(),
         };
@@ -210,14 +214,28 @@ impl State {
         self.lock().nudged.insert(peer, (mine, theirs)) != Some((mine, theirs))
     }
 
-    /// Notes that `peer` may lack envelopes (retried every `RETRY_EVERY`).
-    pub(crate) fn mark_dirty(&self, peer: PeerId) {
-        self.lock().dirty.insert(peer);
+    /// Forgets that `peer` was asked to pull (the request failed: ask again next time).
+    pub(crate) fn forget_nudge(&self, peer: &PeerId) {
+        self.lock().nudged.remove(peer);
     }
 
-    /// Notes that a catch-up with `peer` completed.
+    /// Notes that `peer` may lack something, or have something new (a catch-up with it is
+    /// retried every `RETRY_EVERY` until one completes that started after this).
+    pub(crate) fn mark_dirty(&self, peer: PeerId) {
+        let mut st = self.lock();
+        st.dirty.insert(peer);
+        if st.syncing.contains(&peer) {
+            st.dirty_again.insert(peer);
+        }
+    }
+
+    /// Notes that a catch-up with `peer` completed: clean, unless it was marked dirty while
+    /// the catch-up ran.
     pub(crate) fn mark_clean(&self, peer: &PeerId) {
-        self.lock().dirty.remove(peer);
+        let mut st = self.lock();
+        if !st.dirty_again.remove(peer) {
+            st.dirty.remove(peer);
+        }
     }
 
     /// The members marked dirty.
@@ -229,6 +247,7 @@ impl State {
     pub(crate) fn end_sync(&self, peer: &PeerId) {
         let mut st = self.lock();
         st.syncing.remove(peer);
+        st.dirty_again.remove(peer);
         let from = peer.to_string();
         st.progress.retain(|(_, f), _| *f != from);
     }

@@ -283,7 +283,12 @@ impl Mesh {
         // Once per pair of rosters: two that cannot agree (an item one side refuses) must not
         // make the two nodes ask each other to pull for ever.
         if mine != theirs.digest() && state.first_nudge(peer, mine, theirs.digest()) {
-            self.sync_request(peer, &SyncRequest::RosterChanged).await?;
+            if let Err(e) = self.sync_request(peer, &SyncRequest::RosterChanged).await {
+                // Not asked after all: ask again in the retry, or the peer would learn the
+                // change only in its next periodic round.
+                state.forget_nudge(&peer);
+                return Err(e);
+            }
         }
         Ok(())
     }
@@ -352,7 +357,9 @@ impl Mesh {
             return Err(MeshError::Answer(format!("fetch of {id} refused")));
         };
         proto::cap("fetch page", envelopes.len(), proto::MAX_ENVELOPES)?;
+        // Paging goes on only from an envelope of the range asked for.
         let last = envelopes.last().and_then(|b| Envelope::decode(b).ok());
+        let last = last.filter(|e| e.author == range.author && e.dataset.to_string() == id);
         let summary = Page {
             count: envelopes.len(),
             last: last.map(|e| e.seq),

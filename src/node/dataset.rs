@@ -348,7 +348,12 @@ impl Dataset {
             &self.meta.id,
             &Snapshot {
                 vv,
-                doc: doc.save(),
+                // Without the changes held back: the vector leaves them out, and one set aside
+                // later must not come back from the snapshot.
+                doc: doc.save_with_options(automerge::SaveOptions {
+                    retain_orphans: false,
+                    ..Default::default()
+                }),
             },
         );
         self.snapshotting.store(false, Ordering::Release);
@@ -389,7 +394,7 @@ fn to_store_err(e: Error) -> crate::store::Error {
 impl State {
     /// The envelopes a snapshot of the document now covers: the version vector less, per
     /// author, its changes held back for dependencies (a saved document does not keep them; a
-    /// restore replays them from the store and they wait again). `None` when the document
+    /// restore replays them from the store and they wait again; the snapshot is saved without them). `None` when the document
     /// waits for epoch keys, or holds back changes not known here.
     fn saved_cover(&self) -> Option<VersionVector> {
         if !self.missing.is_empty() {

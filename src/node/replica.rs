@@ -440,18 +440,18 @@ impl super::Node {
     }
 
     /// Encoded envelopes of `author` in dataset `id` with sequence in `(after, upto]`, at most
-    /// `max_bytes` (but at least one); the flag says more remain.
+    /// `limits` (bytes, count; at least one); the flag says more remain.
     pub fn envelopes_between(
         &self,
         id: &crate::naming::DatasetId,
         author: &AuthorId,
         range: (u64, u64),
-        max_bytes: usize,
+        limits: (usize, usize),
     ) -> Result<(Vec<Vec<u8>>, bool)> {
         Ok(self
             .inner
             .store
-            .envelopes_between(id, author, range, max_bytes)?)
+            .envelopes_between(id, author, range, limits)?)
     }
 }
 

@@ -322,28 +322,30 @@ impl Store {
     }
 
     /// Encoded envelopes of `author` in `dataset` with sequence `after + 1 ..= upto`, in order, up
-    /// to `max_bytes` in total (at least one if any exists). The flag is true when more remain.
+    /// to `max_bytes` in total (at least one if any exists) and `max_count`. The flag is true
+    /// when more remain.
     pub fn envelopes_between(
         &self,
         dataset: &DatasetId,
         author: &AuthorId,
         (after, upto): (u64, u64),
-        max_bytes: usize,
+        (max_bytes, max_count): (usize, usize),
     ) -> Result<(Vec<Vec<u8>>, bool), Error> {
         let from = keys::envelope(dataset, author, after.saturating_add(1));
         let to = keys::envelope(dataset, author, upto);
         let (mut out, mut bytes) = (Vec::new(), 0usize);
         for kv in self.envelopes.range(from..=to) {
             let (_, v) = kv?;
-            if !envelope::is_chained(&v) {
-                // Peers refuse envelopes of the codec before chains; they stay local.
-                continue;
-            }
-            if !out.is_empty() && bytes + v.len() > max_bytes {
+            let full = out.len() >= max_count || bytes + v.len() > max_bytes;
+            if full && bytes > 0 {
                 return Ok((out, true));
             }
+            // What is read counts, served or not: a range of skipped envelopes costs a page.
             bytes += v.len();
-            out.push(v.to_vec());
+            if envelope::is_chained(&v) {
+                out.push(v.to_vec());
+            }
+            // Peers refuse envelopes of the codec before chains; they stay local.
         }
         Ok((out, false))
     }

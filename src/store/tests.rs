@@ -128,3 +128,26 @@ fn a_rekeyed_value_is_under_the_new_key_only() {
         ]
     );
 }
+
+/// A page stops at its count as well as its bytes (a peer refuses a page of more envelopes than
+/// its cap, however small they are); at least one envelope is served.
+#[test]
+fn a_page_of_envelopes_stops_at_its_count_and_its_bytes() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = Store::open(dir.path()).expect("open");
+    let ds = DatasetId::parse("h/flu").expect("id");
+    let a = Identity::from_seed([1; 32]);
+    for s in 1..=30 {
+        store.put_envelope(&env(&a, &ds, s)).expect("put");
+    }
+    let page = |range, limits| {
+        let (envs, more) = store
+            .envelopes_between(&ds, &a.author(), range, limits)
+            .expect("page");
+        (envs.len(), more)
+    };
+    assert_eq!(page((0, 30), (usize::MAX, 10)), (10, true));
+    assert_eq!(page((20, 30), (usize::MAX, 10)), (10, false));
+    assert_eq!(page((0, 30), (1, 10)), (1, true), "at least one");
+    assert_eq!(page((0, 30), (usize::MAX, usize::MAX)), (30, false));
+}

@@ -4,9 +4,9 @@
 //! Automerge queues a change whose dependencies it lacks and applies it, silently, during the
 //! apply that brings the last of them. A change that waits is kept here as received (not
 //! decoded: the compact form) until it applies, so its records can be named then and a snapshot
-//! can leave it out (a saved document does not keep Automerge's queue). Only a document loaded
-//! with a queue holds changes not known here ("unknown": their release is only known to be
-//! possible).
+//! can leave it out (snapshots are saved without Automerge's queue). Only a document loaded with
+//! a queue (saved with it) holds changes not known here ("unknown": their release is only known
+//! to be possible).
 
 use std::collections::{HashMap, HashSet};
 

@@ -22,7 +22,7 @@ fn stored(m: &Member, ds: &DatasetId) -> Vec<Envelope> {
     for (author, upto) in vv.iter() {
         let (pages, _) = m
             .node
-            .envelopes_between(ds, author, (0, *upto), usize::MAX)
+            .envelopes_between(ds, author, (0, *upto), (usize::MAX, usize::MAX))
             .expect("stored envelopes");
         out.extend(pages.iter().map(|b| Envelope::decode(b).expect("decodes")));
     }

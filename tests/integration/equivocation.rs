@@ -156,3 +156,57 @@ async fn evidence_against_a_key_without_write_authority_is_ignored() {
     assert_eq!(p.node.take_evidence(ev).await.expect("apply"), None);
     assert!(p.node.equivocations().is_empty());
 }
+
+/// Found by review: a snapshot taken while a change waits must not carry it (Automerge's
+/// `save` keeps waiting changes by default). Otherwise, once that change is set aside (its
+/// author forked there), the rebuild from the snapshot brings it back, and it applies when its
+/// dependency arrives, on this node only.
+#[tokio::test]
+async fn a_waiting_change_set_aside_after_a_snapshot_stays_aside() {
+    let (_h, p, ds) = clear_replica().await;
+    let (owner, mut doc, mut other) = owner_docs();
+    let mut prev = GENESIS;
+    let mut envs = Vec::new();
+    for i in 1..=4u64 {
+        let env = Envelope::seal(
+            &owner,
+            ds.clone(),
+            i,
+            0,
+            i,
+            prev,
+            change(&mut doc, &format!("r{i}"), 1),
+        );
+        prev = env.digest();
+        envs.push(env);
+    }
+    // 1, 2 and 4 arrive; 4 waits for 3. The restart snapshots.
+    let some = vec![envs[0].clone(), envs[1].clone(), envs[3].clone()];
+    assert_eq!(p.node.apply_envelopes(&ds, some).await.expect("apply"), 3);
+    let (dir, admin_token) = crate::common::stop(p).await;
+    let p = crate::common::open(dir, crate::common::test_config("pharmacy"), admin_token);
+    // Another change 4 signed by the owner: 4 on is set aside; then 3 arrives.
+    let other4 = Envelope::seal(
+        &owner,
+        ds.clone(),
+        4,
+        0,
+        4,
+        [9; 32],
+        change(&mut other, "x", 1),
+    );
+    let ev = Evidence::same_seq(&envs[3], &other4).expect("evidence");
+    let fork = p.node.take_evidence(ev).await.expect("take");
+    assert_eq!(fork.map(|f| f.seq), Some(4));
+    let three = vec![envs[2].clone()];
+    assert_eq!(
+        p.node.apply_envelopes(&ds, three).await.expect("apply 3"),
+        1
+    );
+    let rows = p
+        .node
+        .query(&p.admin, &ds, &fogmesh::view::query::Query::default())
+        .expect("query");
+    let ids: Vec<String> = rows.into_iter().map(|r| r.id).collect();
+    assert_eq!(ids, ["r1", "r2", "r3"], "the set-aside change 4 came back");
+}

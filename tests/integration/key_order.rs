@@ -63,7 +63,7 @@ async fn setup() -> (TestNode, TestNode, DatasetId, Vec<Envelope>) {
     let owner = h.node.identity().author();
     let (pages, _) = h
         .node
-        .envelopes_between(&ds, &owner, (0, vv.get(&owner)), usize::MAX)
+        .envelopes_between(&ds, &owner, (0, vv.get(&owner)), (usize::MAX, usize::MAX))
         .expect("envelopes");
     let envs: Vec<Envelope> = pages
         .iter()
@@ -181,14 +181,7 @@ async fn a_change_waiting_for_a_dependency_nobody_holds_does_not_stop_snapshots(
     }
     assert_eq!(p.node.apply_envelopes(&ds, envs).await.expect("apply"), 4);
     assert_eq!(ids(&p, &ds), ["r1", "r2", "r3"], "r4 waits");
-    p.node.shutdown().await.expect("shutdown");
-    let TestNode {
-        node,
-        admin_token,
-        dir,
-        ..
-    } = p;
-    drop(node);
+    let (dir, admin_token) = crate::common::stop(p).await;
     let store = fogmesh::store::Store::open(&dir.path().join(fogmesh::node::home::DATA_DIR))
         .expect("store");
     let snap = store

@@ -19,6 +19,9 @@ const ORGS: [&str; 5] = ["hospital", "pharmacy", "drugmaker", "agency", "insurer
 /// Deadline of every convergence wait: generous, because a 2-core CI machine under load is slow;
 /// passing runs take a fraction of a second.
 const CONVERGE: Duration = Duration::from_secs(90);
+/// How soon every member of a new mesh must list every other: half of `mesh::SYNC_EVERY`, so a
+/// change that waits for the periodic round fails the test.
+const ROSTER_CONVERGE: Duration = Duration::from_secs(15);
 
 pub(crate) struct Member {
     pub(crate) org: &'static str,
@@ -118,8 +121,13 @@ pub(crate) async fn spawn_mesh(n: usize) -> Vec<Member> {
         m.mesh.join(&token).await.expect("join");
         all.push(m);
     }
+    // Within half a periodic round: each joiner learns of the later ones when the inviter's
+    // change reaches it (a nudge to pull, retried within a second), not at its next 30 s round.
+    // (A nudge that arrived while a catch-up with the inviter was running used to be cleared
+    // when that catch-up completed, leaving the joiner to its next round: the "timed out
+    // waiting for full roster" flake under load.)
     for m in &all {
-        wait_for("full roster", || async move {
+        wait_within("full roster", ROSTER_CONVERGE, || async move {
             m.mesh.status().await.expect("status").members.len() == n
         })
         .await;
@@ -128,12 +136,21 @@ pub(crate) async fn spawn_mesh(n: usize) -> Vec<Member> {
 }
 
 /// Polls `cond` until it holds; fails after `CONVERGE`.
-pub(crate) async fn wait_for<F, Fut>(what: &str, mut cond: F)
+pub(crate) async fn wait_for<F, Fut>(what: &str, cond: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = Instant::now() + CONVERGE;
+    wait_within(what, CONVERGE, cond).await;
+}
+
+/// Polls `cond` until it holds; fails after `limit`.
+async fn wait_within<F, Fut>(what: &str, limit: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
     while !cond().await {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(25)).await;

@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use fogmesh::apps::Action;
 use fogmesh::envelope::Envelope;
 use fogmesh::mesh::plan::{Catchup, Page};
-use fogmesh::mesh::proto::PAGE_BYTES;
+use fogmesh::mesh::proto::{MAX_ENVELOPES, PAGE_BYTES};
 use fogmesh::naming::DatasetId;
 use fogmesh::node::{Batch, GrantRequest, MemberKeys};
 use fogmesh::record::Input;
@@ -251,7 +251,7 @@ impl Sim {
         acked.extend(delete.into_iter().map(|id| (id, None)));
         let (pages, _) = writer
             .node
-            .envelopes_between(ds, &key, (before, before + 1), usize::MAX)
+            .envelopes_between(ds, &key, (before, before + 1), (usize::MAX, usize::MAX))
             .expect("its envelope");
         let env = Envelope::decode(&pages[0]).expect("decodes");
         for to in (0..self.nodes.len()).filter(|to| *to != at) {
@@ -317,7 +317,7 @@ impl Sim {
                         &meta.id,
                         &range.author,
                         (range.after, range.upto),
-                        SIM_PAGE_BYTES.min(PAGE_BYTES),
+                        (SIM_PAGE_BYTES.min(PAGE_BYTES), MAX_ENVELOPES),
                     )
                     .expect("page");
                 self.tally.pages += 1;

@@ -35,6 +35,19 @@ pub fn test_config(org: &str) -> Config {
 
 /// Closes `t`'s node and opens its home again (as [`test_node`] made it for `org`).
 pub fn reopen(t: TestNode, org: &str) -> TestNode {
+    let (dir, admin_token) = close(t);
+    open(dir, test_config(org), admin_token)
+}
+
+/// Shuts the node down cleanly (snapshots and flushes) and closes it; its home and admin token
+/// remain, for [`open`].
+pub async fn stop(t: TestNode) -> (tempfile::TempDir, String) {
+    t.node.shutdown().await.expect("shutdown");
+    close(t)
+}
+
+/// Closes the node as it is; its home and admin token remain.
+fn close(t: TestNode) -> (tempfile::TempDir, String) {
     let TestNode {
         node,
         admin_token,
@@ -42,7 +55,7 @@ pub fn reopen(t: TestNode, org: &str) -> TestNode {
         ..
     } = t;
     drop(node);
-    open(dir, test_config(org), admin_token)
+    (dir, admin_token)
 }
 
 /// Opens a node with `config` and a seeded identity in a fresh temporary directory.
