@@ -2,7 +2,7 @@
 //! vector, and its live event channel. All CRDT work happens here, on blocking threads.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::Serialize;
@@ -14,7 +14,7 @@ use crate::envelope::Envelope;
 use crate::error::{Error, Result, Unavailable};
 use crate::identity::{AuthorId, Identity};
 use crate::record::{self, Record};
-use crate::store::{Snapshot, Store};
+use crate::store::Store;
 use crate::version::VersionVector;
 use crate::view::doc::{Doc, Upsert};
 
@@ -22,8 +22,6 @@ use super::sequencer::Sequencer;
 
 /// Events buffered per dataset for slow subscribers before they are told they lagged.
 pub const EVENTS_CAP: usize = 1024;
-/// Stored envelopes applied to a document per Automerge call when restoring.
-const RESTORE_CHUNK: usize = 256;
 
 /// A change to a dataset, as subscribers see it.
 #[derive(Debug, Clone, Serialize)]
@@ -85,9 +83,9 @@ pub struct Dataset {
     pub(crate) access: Mutex<AccessSet>,
     state: Mutex<State>,
     events: broadcast::Sender<Arc<Event>>,
-    snapshotting: AtomicBool,
+    pub(super) snapshotting: AtomicBool,
     /// Storing turns of this node's own envelopes.
-    sequencer: Sequencer,
+    pub(super) sequencer: Sequencer,
 }
 
 /// A local change made under the dataset's lock, not yet sealed, signed or stored.
@@ -323,43 +321,6 @@ impl Dataset {
         Ok(())
     }
 
-    /// Saves the document if no other snapshot of this dataset is under way. Blocking.
-    pub(crate) fn snapshot(&self, store: &Store) -> Result<bool> {
-        if self.snapshotting.swap(true, Ordering::AcqRel) {
-            return Ok(false);
-        }
-        let (doc, vv, local) = {
-            let mut st = self.lock();
-            let Some(vv) = st.saved_cover() else {
-                self.snapshotting.store(false, Ordering::Release);
-                return Ok(false);
-            };
-            st.since_snapshot = 0;
-            (st.doc.automerge().clone(), vv, self.sequencer.issued())
-        };
-        // The copy may hold local changes still on their way to the store: saved before them,
-        // it would restore changes whose envelopes a crash lost. (Their envelopes lie after
-        // `vv`, so a restore replays them again, harmlessly.)
-        if !self.sequencer.wait_stored(local) {
-            self.snapshotting.store(false, Ordering::Release);
-            return Ok(false);
-        }
-        let result = store.put_snapshot(
-            &self.meta.id,
-            &Snapshot {
-                vv,
-                // Without the changes held back: the vector leaves them out, and one set aside
-                // later must not come back from the snapshot.
-                doc: doc.save_with_options(automerge::SaveOptions {
-                    retain_orphans: false,
-                    ..Default::default()
-                }),
-            },
-        );
-        self.snapshotting.store(false, Ordering::Release);
-        result.map(|_| true).map_err(Into::into)
-    }
-
     /// Record count and version-vector total, for listings.
     pub(crate) fn stats(&self) -> (usize, u64) {
         let st = self.lock();
@@ -383,37 +344,8 @@ fn upsert(i: record::Input, default_time: u64) -> Upsert {
     }
 }
 
-fn to_store_err(e: Error) -> crate::store::Error {
-    crate::store::Error::Corrupt {
-        what: "envelope payload",
-        key: String::new(),
-        detail: e.to_string(),
-    }
-}
-
 impl State {
-    /// The envelopes a snapshot of the document now covers: the version vector less, per
-    /// author, its changes held back for dependencies (a saved document does not keep them; a
-    /// restore replays them from the store and they wait again; the snapshot is saved without them). `None` when the document
-    /// waits for epoch keys, or holds back changes not known here.
-    fn saved_cover(&self) -> Option<VersionVector> {
-        if !self.missing.is_empty() {
-            return None;
-        }
-        let mut vv = self.vv.clone();
-        if !self.doc.waiting() {
-            return Some(vv);
-        }
-        for (actor, seq) in self.doc.lowest_held()? {
-            let author = AuthorId::from_slice(actor.to_bytes())?;
-            if vv.get(&author) >= seq {
-                vv.set(author, seq - 1);
-            }
-        }
-        Some(vv)
-    }
-
-    fn empty(author: &AuthorId) -> Self {
+    pub(super) fn empty(author: &AuthorId) -> Self {
         Self {
             doc: Doc::new(author.as_bytes()),
             records: BTreeMap::new(),
@@ -427,119 +359,6 @@ impl State {
             forks: BTreeMap::new(),
             own_set_aside: false,
         }
-    }
-
-    fn from_snapshot(snap: Snapshot, author: &AuthorId) -> Result<Self> {
-        let doc = Doc::load(&snap.doc, author.as_bytes())?;
-        Ok(Self {
-            doc,
-            vv: snap.vv,
-            ..Self::empty(author)
-        })
-    }
-
-    /// The state the store holds for `meta`: its latest snapshot and the envelopes stored after
-    /// it, opened with `keys`; with the highest HLC seen. Should a stored change make Automerge
-    /// fail, the document is rebuilt change by change and each change that cannot apply is
-    /// quarantined ([`Store::quarantine`]), so the dataset opens whatever a peer sent.
-    pub(super) fn load(
-        meta: &Meta,
-        store: &Store,
-        author: &AuthorId,
-        keys: BTreeMap<u64, EpochKey>,
-    ) -> Result<(Self, u64)> {
-        match Self::load_at_once(meta, store, author, keys.clone()) {
-            // Any failure of the document (a panic, or an error Automerge returns for a stored
-            // change): rebuilt change by change, setting aside what does not apply.
-            Err(Error::Doc(why)) => {
-                tracing::error!(dataset = %meta.id, %why, "a stored change breaks the document: rebuilding it change by change");
-                Self::load_one_by_one(meta, store, author, keys)
-            }
-            other => other,
-        }
-    }
-
-    pub(super) fn start(
-        meta: &Meta,
-        store: &Store,
-        author: &AuthorId,
-        keys: BTreeMap<u64, EpochKey>,
-    ) -> Result<Self> {
-        let mut state = match store.snapshot(&meta.id)? {
-            Some(snap) => Self::from_snapshot(snap, author)?,
-            None => Self::empty(author),
-        };
-        state.keys = keys;
-        Ok(state)
-    }
-
-    pub(super) fn finish_load(
-        &mut self,
-        meta: &Meta,
-        store: &Store,
-        author: &AuthorId,
-    ) -> Result<()> {
-        // A sequence of ours that was set aside is never used again: a peer may hold it.
-        let last = store.last_seq(&meta.id, author)?;
-        let set_aside = store.last_quarantined(&meta.id, author)?;
-        self.next_seq = self.vv.get(author).max(last).max(set_aside) + 1;
-        self.own_set_aside = set_aside > 0;
-        self.forks = store.forks(&meta.id)?.into_iter().collect();
-        self.tips.clear();
-        let vv: Vec<(AuthorId, u64)> = self.vv.iter().map(|(a, s)| (*a, *s)).collect();
-        for (a, s) in vv {
-            super::forks::set_tip(store, &meta.id, &mut self.tips, a, s)?;
-        }
-        self.materialize();
-        Ok(())
-    }
-
-    fn load_at_once(
-        meta: &Meta,
-        store: &Store,
-        author: &AuthorId,
-        keys: BTreeMap<u64, EpochKey>,
-    ) -> Result<(Self, u64)> {
-        let mut state = Self::start(meta, store, author, keys)?;
-        let mut max_hlc = 0;
-        let mut pending: Vec<Envelope> = Vec::with_capacity(RESTORE_CHUNK);
-        store.for_each_envelope_after(&meta.id, &state.vv.clone(), |env| {
-            max_hlc = max_hlc.max(env.hlc);
-            pending.push(env);
-            if pending.len() == RESTORE_CHUNK {
-                state
-                    .apply_stored(meta, std::mem::take(&mut pending))
-                    .map_err(to_store_err)?;
-            }
-            Ok(())
-        })?;
-        state.apply_stored(meta, pending)?;
-        state.finish_load(meta, store, author)?;
-        Ok((state, max_hlc))
-    }
-
-    fn apply_stored(&mut self, meta: &Meta, envs: Vec<Envelope>) -> Result<()> {
-        let mut changes = Vec::with_capacity(envs.len());
-        for env in envs {
-            // Only a contiguous run advances the vector: after a gap, later envelopes wait in
-            // the document until the gap is filled by catch-up.
-            self.vv.advance(env.author, env.seq);
-            // An envelope stored while its key was missing was never checked: one that does
-            // not open or carries a change that is not its author's is skipped, not fatal.
-            let change = match self.open_payload(meta, &env) {
-                Ok(Some(plain)) => super::replica::change_of(&env, plain),
-                Ok(None) => continue,
-                Err(e) => Err(Error::Invalid(e)),
-            };
-            match change {
-                Ok(c) => changes.push(c),
-                Err(e) => {
-                    tracing::warn!(dataset = %meta.id, author = %env.author, seq = env.seq, error = %e, "stored envelope skipped")
-                }
-            }
-        }
-        // The caller reads every record back once all are applied (`materialize`).
-        Ok(self.doc.apply_all(changes)?)
     }
 
     /// The key new local writes are sealed with (the newest epoch held), `None` for a dataset
@@ -593,7 +412,7 @@ impl State {
             .map_err(|e| e.to_string())
     }
 
-    fn materialize(&mut self) {
+    pub(super) fn materialize(&mut self) {
         self.records = self
             .doc
             .read_all()

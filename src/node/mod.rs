@@ -14,6 +14,7 @@ mod replica;
 mod retention;
 mod rotate;
 mod sequencer;
+mod snapshot;
 mod subscription;
 mod view;
 

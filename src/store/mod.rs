@@ -61,8 +61,13 @@ pub enum Table {
     Access,
 }
 
+/// The prefix of `author`'s quarantine notes in `dataset`; each key adds the sequence.
+fn quarantine_prefix(dataset: &DatasetId, author: &AuthorId) -> String {
+    format!("quarantine/{dataset}/{author}/")
+}
+
 fn quarantine_key(dataset: &DatasetId, author: &AuthorId, seq: u64) -> Vec<u8> {
-    format!("quarantine/{dataset}/{author}/{seq:020}").into_bytes()
+    format!("{}{seq:020}", quarantine_prefix(dataset, author)).into_bytes()
 }
 
 /// A saved document and the version vector it covers.
@@ -273,7 +278,7 @@ impl Store {
 
     /// The highest sequence of `author` in `dataset` that was quarantined (0 if none).
     pub fn last_quarantined(&self, dataset: &DatasetId, author: &AuthorId) -> Result<u64, Error> {
-        let prefix = format!("quarantine/{dataset}/{author}/");
+        let prefix = quarantine_prefix(dataset, author);
         Ok(match self.meta.scan_prefix(prefix.as_bytes()).next_back() {
             Some(kv) => {
                 let key = kv?.0;

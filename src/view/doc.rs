@@ -314,12 +314,27 @@ impl Doc {
     /// the next write, apply or [`Doc::read_all`]); the caller re-reads every record: restoring
     /// from the store, or opening changes whose key just arrived.
     pub fn apply_all(&mut self, changes: Vec<automerge::Change>) -> Result<(), Error> {
-        let copies = changes.clone();
+        // Only a change whose history is not all at hand can wait: only those are copied (a
+        // restore hands over every stored change).
+        let by_hash: HashMap<ChangeHash, usize> = changes
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.hash(), i))
+            .collect();
+        let ready = ready_in(&changes, &by_hash, |d| {
+            self.am.get_change_meta_by_hash(d).is_some()
+        });
+        let may_wait: Vec<automerge::Change> = changes
+            .iter()
+            .zip(ready)
+            .filter(|(_, ready)| !ready)
+            .map(|(c, _)| c.clone())
+            .collect();
         let applied = self.apply_isolated(changes);
         if let Err(e @ Error::Panicked(_)) = applied {
             return Err(e);
         }
-        self.waiting.after_apply_all(&self.am, copies);
+        self.waiting.after_apply_all(&self.am, may_wait);
         self.unindexed = true;
         applied
     }

@@ -81,8 +81,9 @@ impl Waiting {
         Released { ready, unknown }
     }
 
-    /// After Automerge applied `given` without finding what they touch (`Doc::apply_all`, whose
-    /// caller re-reads everything): the ones that wait now are kept like any held change.
+    /// After Automerge applied changes without finding what they touch (`Doc::apply_all`, whose
+    /// caller re-reads everything): of `given`, those that could wait, the ones that wait now
+    /// are kept like any held change.
     pub fn after_apply_all(&mut self, am: &Automerge, given: Vec<Change>) {
         self.missing = missing(am);
         self.held.retain(|h, _| !has(am, h));
