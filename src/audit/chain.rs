@@ -17,8 +17,8 @@ const DOMAIN: &[u8] = b"fogmesh/audit/v1\0";
 /// The hash before the first entry ever appended.
 pub const GENESIS: [u8; 32] = [0; 32];
 
-/// The last entry appended: written with it in one batch, so a log whose tail is cut off
-/// afterwards no longer reaches it.
+/// The last entry appended: written right after it (a head one entry behind, left by a crash, is
+/// moved on at the next open), so a log whose tail is cut off afterwards no longer reaches it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Head {
     /// Its seq.

@@ -1,5 +1,5 @@
-//! The log itself: appending (one writer at a time, behind a lock held for one in-memory sled
-//! batch), listing with filters, verification, pruning by count and age, and following.
+//! The log itself: appending (one writer at a time, behind a lock held for a few single-key
+//! in-memory sled writes), listing with filters, verification, pruning by count and age, and following.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -19,7 +19,7 @@ const DAY_MS: u64 = 86_400_000;
 /// Old entries removed by one append, at most (a lowered `max_entries` is reached over several
 /// appends or by [`Log::prune`], so one append stays cheap).
 const PRUNE_PER_APPEND: u64 = 64;
-/// Entries removed per batch by [`Log::prune`].
+/// Entries removed per step of [`Log::prune`].
 const PRUNE_BATCH: usize = 10_000;
 
 /// How much of the log is kept.
@@ -97,6 +97,7 @@ impl Log {
     /// Opens the log in `store`'s `audit` tree.
     pub fn open(store: &Store, limits: Limits) -> Result<Self, Error> {
         let tree = store.open_tree("audit")?;
+        mend(&tree)?;
         let tip = load_tip(&tree)?;
         Ok(Self {
             tree,
@@ -128,60 +129,69 @@ impl Log {
         self.append(event, now_ms).map(Recorded::Appended)
     }
 
-    /// Appends `event` as the next entry, with the head, and the oldest entries beyond
-    /// `max_entries` removed, in one batch.
+    /// Appends `event` as the next entry, moves the head to it, and removes the oldest entries
+    /// beyond `max_entries` (at most [`PRUNE_PER_APPEND`]). Each step is one single-key write,
+    /// in an order that a crash between any two leaves a log [`Log::open`] mends: an entry past
+    /// the head, or entries before the anchor.
     fn append(&self, event: Event, now_ms: u64) -> Result<Arc<Entry>, Error> {
         let mut tip = lock(&self.tip);
         let time = now_ms.max(tip.last_time);
         let entry = chain::link(event, tip.next, time, &tip.last_hash);
         let hash = chain::unhex(&entry.hash).unwrap_or(GENESIS);
-        let mut batch = sled::Batch::default();
-        batch.insert(&entry_key(entry.seq), json(&entry));
+        self.tree.insert(entry_key(entry.seq), json(&entry))?;
+        tip.next = entry.seq.saturating_add(1);
+        tip.last_hash = hash;
+        tip.last_time = time;
         let head = Head {
             seq: entry.seq,
             hash,
         };
-        batch.insert(HEAD_KEY, json(&head));
-        let kept = entry.seq.saturating_add(1).saturating_sub(tip.first);
+        self.tree.insert(HEAD_KEY, json(&head))?;
+        let kept = tip.next.saturating_sub(tip.first);
         let excess = kept.saturating_sub(self.limits.max_entries);
-        let first = match excess.min(PRUNE_PER_APPEND) {
-            0 => tip.first,
-            n => self.prune_into(&mut batch, tip.first, tip.first + n, &entry),
-        };
-        self.tree.apply_batch(batch)?;
-        *tip = Tip {
-            next: entry.seq.saturating_add(1),
-            last_hash: hash,
-            last_time: time,
-            first,
-        };
+        if let n @ 1.. = excess.min(PRUNE_PER_APPEND) {
+            let upto = tip.first + n;
+            match self.link_into(upto, &entry) {
+                Some(prev) => {
+                    self.cut(&mut tip, upto, prev)?;
+                }
+                None => tracing::warn!(
+                    seq = upto,
+                    "audit entry unreadable; the log is not pruned past it"
+                ),
+            }
+        }
+        drop(tip);
         let entry = Arc::new(entry);
         // No follower listening is not an error.
         let _ = self.events.send(entry.clone());
         Ok(entry)
     }
 
-    /// Adds to `batch` the removal of entries `from..upto` and the anchor at `upto`; returns the
-    /// first entry kept: `upto`, or `from` when the link into `upto` cannot be read (a damaged
-    /// log is not pruned past the damage). `appending` is the entry the batch appends.
-    fn prune_into(&self, batch: &mut sled::Batch, from: u64, upto: u64, appending: &Entry) -> u64 {
+    /// The link into entry `upto` (its `prev`), which becomes the anchor when the entries before
+    /// it go; `appending` is the entry being appended. `None` when entry `upto` cannot be read:
+    /// a damaged log is not pruned past the damage.
+    fn link_into(&self, upto: u64, appending: &Entry) -> Option<[u8; 32]> {
         let prev = if upto == appending.seq {
             Some(appending.prev.clone())
         } else {
             self.entry(upto).ok().flatten().map(|e| e.prev)
         };
-        let Some(prev) = prev.as_deref().and_then(chain::unhex) else {
-            tracing::warn!(
-                seq = upto,
-                "audit entry unreadable; the log is not pruned past it"
-            );
-            return from;
-        };
-        for seq in from..upto {
-            batch.remove(&entry_key(seq));
+        prev.as_deref().and_then(chain::unhex)
+    }
+
+    /// Removes the entries before `upto`: the anchor moves first, then the entries go one by one
+    /// (entries left before the anchor by a crash are removed at the next open). Returns how
+    /// many went.
+    fn cut(&self, tip: &mut Tip, upto: u64, prev: [u8; 32]) -> Result<usize, Error> {
+        self.tree
+            .insert(ANCHOR_KEY, json(&Anchor { seq: upto, prev }))?;
+        for seq in tip.first..upto {
+            self.tree.remove(entry_key(seq))?;
         }
-        batch.insert(ANCHOR_KEY, json(&Anchor { seq: upto, prev }));
-        upto
+        let n = upto.saturating_sub(tip.first) as usize;
+        tip.first = upto;
+        Ok(n)
     }
 
     /// Entry `seq`, if kept.
@@ -234,8 +244,19 @@ impl Log {
         Ok(out)
     }
 
-    /// Checks every kept entry against its hash, its predecessor, the anchor and the head.
+    /// Checks every kept entry against its hash, its predecessor, the anchor and the head. The
+    /// walk runs beside appends and pruning; a walk that finds a fault is run again with them
+    /// held off, so what it reports is in the log and not a step caught half-way.
     pub fn verify(&self) -> Result<Verification, Error> {
+        let v = self.walk()?;
+        if v.ok {
+            return Ok(v);
+        }
+        let _held = lock(&self.tip);
+        self.walk()
+    }
+
+    fn walk(&self) -> Result<Verification, Error> {
         let anchor = self.stored(ANCHOR_KEY, "anchor")?.unwrap_or_default();
         let head = self.stored::<Head>(HEAD_KEY, "head")?;
         let lo = entry_key(0);
@@ -279,7 +300,7 @@ impl Log {
         }
     }
 
-    /// One batch of [`Log::prune`].
+    /// One step of [`Log::prune`].
     fn prune_some(&self, cutoff: u64) -> Result<usize, Error> {
         let mut tip = lock(&self.tip);
         let over = tip
@@ -311,15 +332,7 @@ impl Log {
         if upto == tip.first {
             return Ok(0);
         }
-        let mut batch = sled::Batch::default();
-        for seq in tip.first..upto {
-            batch.remove(&entry_key(seq));
-        }
-        batch.insert(ANCHOR_KEY, json(&Anchor { seq: upto, prev }));
-        self.tree.apply_batch(batch)?;
-        let n = (upto - tip.first) as usize;
-        tip.first = upto;
-        Ok(n)
+        self.cut(&mut tip, upto, prev)
     }
 
     /// New entries from now on, for followers. A follower that falls [`EVENTS_CAP`] entries
@@ -357,6 +370,39 @@ fn tolerant<T: DeserializeOwned>(
         );
     }
     Ok(decoded.ok())
+}
+
+/// Finishes what a crash cut short (see [`Log::append`]): removes entries left before the
+/// anchor, and moves the head to an entry appended just after it that links to it.
+fn mend(tree: &sled::Tree) -> Result<(), Error> {
+    let anchor: Anchor = tolerant(tree, ANCHOR_KEY, "anchor")?.unwrap_or_default();
+    let stale: Vec<sled::IVec> = tree
+        .range(entry_key(0)..entry_key(anchor.seq))
+        .keys()
+        .collect::<Result<_, _>>()?;
+    for key in stale {
+        tree.remove(key)?;
+    }
+    let head: Option<Head> = tolerant(tree, HEAD_KEY, "head")?;
+    let (next, link) = head.map_or((anchor.seq, anchor.prev), |h| {
+        (h.seq.saturating_add(1), h.hash)
+    });
+    let Some(kv) = tree
+        .range(entry_key(next)..=entry_key(u64::MAX))
+        .next_back()
+    else {
+        return Ok(());
+    };
+    let (key, value) = kv?;
+    let Ok(last) = serde_json::from_slice::<Entry>(&value) else {
+        return Ok(());
+    };
+    let linked = chain::unhex(&last.prev) == Some(link);
+    if let (Some(hash), true, true) = (chain::unhex(&last.hash), linked, seq_of(&key) == Some(next))
+    {
+        tree.insert(HEAD_KEY, json(&Head { seq: next, hash }))?;
+    }
+    Ok(())
 }
 
 /// Where the chain ends (the head, or a later entry stored) and where the kept entries begin.

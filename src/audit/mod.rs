@@ -12,11 +12,13 @@
 //! | key | value |
 //! |---|---|
 //! | `e` seq\[8, big-endian\] | entry JSON |
-//! | `h` | the head: the last entry's seq and hash, written in the same batch as that entry |
+//! | `h` | the head: the last entry's seq and hash, written right after that entry |
 //! | `a` | the anchor: the first kept entry's seq and its predecessor's hash, once older entries were pruned |
 //!
 //! The head lets [`Log::verify`] tell a truncated tail from a short log; the anchor lets a
-//! pruned log still verify. Someone who rewrites the whole tree (entries, head and anchor) with
+//! pruned log still verify. Every write is to one key (sled's multi-key batches take a global
+//! lock, see docs/architecture.md); a crash between two leaves an entry just past the head or
+//! entries before the anchor, which [`Log::open`] mends. Someone who rewrites the whole tree (entries, head and anchor) with
 //! recomputed hashes is not detected: see docs/security.md.
 //!
 //! ```

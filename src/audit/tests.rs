@@ -374,3 +374,60 @@ fn actions_round_trip_through_their_names() {
     }
     assert_eq!(Action::parse("Grant"), None);
 }
+
+#[test]
+fn a_crash_between_the_steps_of_an_append_or_a_prune_is_mended_on_open() {
+    let limits = Limits {
+        max_entries: 4,
+        max_age_days: 365,
+    };
+    let f = fixture(limits);
+    fill(&f.log, 4);
+    let early: Vec<_> = (1..=2).map(|seq| stored(&f.log, seq)).collect();
+    fill(&f.log, 2);
+    let head = f.log.tree.get(b"h").expect("get").expect("head");
+    fill(&f.log, 1);
+    // The crash came after the last entry was appended and the anchor moved, before the head
+    // moved and the old entries went.
+    f.log.tree.insert(b"h", head).expect("insert");
+    for (seq, v) in (1..).zip(&early) {
+        put(&f.log, seq, v);
+    }
+    assert!(!f.log.verify().expect("verify").ok);
+    let Fixture { log, store, dir } = f;
+    drop(log);
+    let log = Log::open(&store, limits).expect("reopen");
+    let v = log.verify().expect("verify");
+    assert!(v.ok, "{v:?}");
+    assert_eq!((v.first, v.head, v.entries), (4, Some(7), 4), "{v:?}");
+    // Two entries past the head are not a step cut short: verification names them.
+    let head = log.tree.get(b"h").expect("get").expect("head");
+    fill(&log, 2);
+    log.tree.insert(b"h", head).expect("insert");
+    drop(log);
+    let log = Log::open(&store, limits).expect("reopen");
+    assert_bad(&log, 8, Problem::Corrupt);
+    drop(dir);
+}
+
+#[test]
+fn a_verification_beside_appends_and_pruning_finds_nothing_wrong() {
+    let limits = Limits {
+        max_entries: 50,
+        max_age_days: 365,
+    };
+    let f = Arc::new(fixture(limits));
+    let writer = {
+        let f = f.clone();
+        std::thread::spawn(move || fill(&f.log, 2_000))
+    };
+    let mut checks = 0;
+    while !writer.is_finished() {
+        let v = f.log.verify().expect("verify");
+        assert!(v.ok, "{v:?}");
+        checks += 1;
+    }
+    writer.join().expect("writer");
+    assert!(checks > 0);
+    assert!(f.log.verify().expect("verify").ok);
+}

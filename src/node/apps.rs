@@ -2,8 +2,8 @@
 //! listing, changing rights, rotating and removing, and rotating the admin token.
 //!
 //! The registry in memory is what requests are authenticated against, so a change takes effect
-//! for the next request, before it is even durable; the store keeps it across restarts (apps
-//! keyed by token hash). Every change also wakes the node's open event streams
+//! for the next request, before it is even durable; the store keeps it across restarts (each app
+//! under its name, with its token's hash, so every change, a rotation too, is one write). Every change also wakes the node's open event streams
 //! ([`super::Subscription`]): a stream of a removed app, of a rotated token or of an app that lost
 //! its right ends at once, not at its next event.
 
@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::{RwLockReadGuard, RwLockWriteGuard};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::apps::{self, App, Right};
 use crate::error::{Error, Result};
@@ -76,6 +76,40 @@ const ADMIN_ROTATE: &str =
 const ADMIN_REMOVE: &str = "it cannot be removed: the node would have no operator";
 const ADMIN_RIGHTS: &str = "it may do everything; its rights cannot be changed";
 
+/// An app as the store keeps it: under [`app_key`], with its token's hash (hex). Earlier versions
+/// kept it under the hash, without this field.
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    #[serde(flatten)]
+    app: App,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    token_hash: Option<String>,
+}
+
+fn app_key(name: &str) -> Vec<u8> {
+    format!("app/{name}").into_bytes()
+}
+
+fn parse_hash(hex_hash: &str) -> Option<[u8; 32]> {
+    hex::decode(hex_hash).ok()?.try_into().ok()
+}
+
+/// `app` with the token id of `hash`.
+fn identified(mut app: App, hash: &[u8; 32]) -> App {
+    app.token_id = apps::token_id(hash);
+    app
+}
+
+/// Stores `app` with token hash `hash` (not yet durable): one write, whatever changed.
+fn put(store: &Store, hash: &[u8; 32], app: &App) -> Result<()> {
+    let stored = Stored {
+        app: app.clone(),
+        token_hash: Some(hex::encode(hash)),
+    };
+    store.put_json(Table::Apps, &app_key(&app.name), &stored)?;
+    Ok(())
+}
+
 /// The registered apps, by token hash and by name.
 #[derive(Debug, Default)]
 pub(super) struct Registry {
@@ -86,22 +120,40 @@ pub(super) struct Registry {
 }
 
 impl Registry {
-    /// Every app in the store, with its token id taken from the key it is stored under.
+    /// Every app in the store. Apps a home of an earlier version keeps under their token hash
+    /// are moved under their name (a copy left by a move cut short is removed).
     pub(super) fn load(store: &Store) -> Result<Self> {
         let mut reg = Self::default();
-        for (key, mut app) in store.list_json_keyed::<App>(Table::Apps)? {
-            let Ok(hash) = <[u8; 32]>::try_from(key.as_slice()) else {
-                // No token hashes to it, so no request could ever authenticate as it.
-                tracing::warn!(app = %app.name, "an app stored under a malformed key is ignored");
-                continue;
-            };
-            app.token_id = apps::token_id(&hash);
-            if reg.by_name.contains_key(&app.name) {
-                tracing::warn!(app = %app.name, "two stored apps share a name; only one is reachable by name");
+        let mut legacy = Vec::new();
+        for (key, stored) in store.list_json_keyed::<Stored>(Table::Apps)? {
+            match stored.token_hash.as_deref().map(parse_hash) {
+                Some(Some(hash)) => reg.insert(hash, identified(stored.app, &hash)),
+                Some(None) => {
+                    // No token hashes to it, so no request could ever authenticate as it.
+                    tracing::warn!(app = %stored.app.name, "an app with a malformed token hash is ignored");
+                }
+                None => legacy.push((key, stored.app)),
             }
-            reg.insert(hash, app);
+        }
+        for (key, app) in legacy {
+            reg.migrate(store, &key, app)?;
         }
         Ok(reg)
+    }
+
+    /// Moves an app stored under its token hash `key` (earlier versions) under its name.
+    fn migrate(&mut self, store: &Store, key: &[u8], app: App) -> Result<()> {
+        let Ok(hash) = <[u8; 32]>::try_from(key) else {
+            tracing::warn!(app = %app.name, "an app stored under a malformed key is ignored");
+            return Ok(());
+        };
+        if !self.by_name.contains_key(&app.name) {
+            let app = identified(app, &hash);
+            put(store, &hash, &app)?;
+            self.insert(hash, app);
+        }
+        store.remove(Table::Apps, key)?;
+        Ok(())
     }
 
     fn insert(&mut self, hash: [u8; 32], app: App) {
@@ -194,7 +246,7 @@ impl Node {
                 app.name
             )));
         }
-        self.inner.store.put_json(Table::Apps, &hash, &app)?;
+        put(&self.inner.store, &hash, &app)?;
         reg.insert(hash, app.clone());
         Ok(NewApp { app, token })
     }
@@ -212,7 +264,7 @@ impl Node {
     pub async fn remove_app(&self, caller: &App, name: &str) -> Result<App> {
         let what = ("removing an app", ADMIN_REMOVE);
         self.change_app(caller, name, what, |node, reg, hash, app| {
-            node.inner.store.remove(Table::Apps, &hash)?;
+            node.inner.store.remove(Table::Apps, &app_key(&app.name))?;
             // Where earlier versions kept the name taken.
             let legacy = format!("app-name/{}", app.name);
             node.inner.store.remove(Table::Meta, legacy.as_bytes())?;
@@ -249,7 +301,7 @@ impl Node {
         let what = ("changing an app's rights", ADMIN_RIGHTS);
         self.change_app(caller, name, what, |node, reg, hash, mut app| {
             app.set_rights(rights)?;
-            node.inner.store.put_json(Table::Apps, &hash, &app)?;
+            put(&node.inner.store, &hash, &app)?;
             reg.insert(hash, app.clone());
             let change = AppChange::Rights {
                 name: app.name.clone(),
@@ -341,9 +393,7 @@ impl Node {
     ) -> Result<NewApp> {
         let hash = apps::token_hash(&token);
         app.token_id = apps::token_id(&hash);
-        self.inner
-            .store
-            .rekey_json(Table::Apps, &old, &hash, &app)?;
+        put(&self.inner.store, &hash, &app)?;
         reg.by_token.remove(&old);
         reg.insert(hash, app.clone());
         Ok(NewApp { app, token })
@@ -379,5 +429,44 @@ fn rotated(app: &App) -> AppChange {
     AppChange::Rotated {
         name: app.name.clone(),
         token_id: app.token_id.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn legacy(store: &Store, token: &str, name: &str) -> [u8; 32] {
+        let hash = apps::token_hash(token);
+        let app = App::new(name, vec![], 1).expect("app");
+        store.put_json(Table::Apps, &hash, &app).expect("put");
+        hash
+    }
+
+    #[test]
+    fn apps_kept_under_their_token_hash_are_moved_under_their_name() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = Store::open(dir.path()).expect("open");
+        let old = legacy(&store, "fm-old", "planner");
+        // A move cut short: the app under its name already, and its old copy.
+        let fresh = apps::token_hash("fm-new");
+        let rotated = identified(App::new("lab", vec![], 1).expect("app"), &fresh);
+        put(&store, &fresh, &rotated).expect("put");
+        legacy(&store, "fm-stale", "lab");
+
+        let reg = Registry::load(&store).expect("load");
+        assert_eq!(reg.named("planner").map(|(h, _)| h), Some(old));
+        assert_eq!(reg.named("lab").map(|(h, _)| h), Some(fresh));
+        assert!(!reg.by_token.contains_key(&apps::token_hash("fm-stale")));
+        let keys: Vec<Vec<u8>> = store
+            .list_json_keyed::<Stored>(Table::Apps)
+            .expect("list")
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(keys, vec![app_key("lab"), app_key("planner")]);
+        let again = Registry::load(&store).expect("reload");
+        assert_eq!(again.named("planner").map(|(h, _)| h), Some(old));
+        assert_eq!(again.by_token.len(), 2);
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! Trees: `datasets` (id -> metadata JSON), `envelopes` (dataset, author, big-endian sequence ->
 //! envelope bytes), `snapshots` (dataset -> version vector + saved Automerge document), `apps`
-//! (token hash -> app JSON), `meta` (node-level values), `evidence` (dataset, author -> the fork
+//! (`app/` name -> app JSON with its token hash), `meta` (node-level values), `evidence` (dataset, author -> the fork
 //! and the evidence of an equivocation, see [`evidence`]), and `audit`, whose layout
 //! [`crate::audit`] keeps. Writes land in sled's memory first;
 //! [`Store::durable`] returns once a flush that covers them has reached the disk. Flushes are grouped
@@ -53,7 +53,7 @@ pub enum Error {
 pub enum Table {
     /// Dataset metadata.
     Datasets,
-    /// Registered apps, keyed by token hash.
+    /// Registered apps, keyed by name.
     Apps,
     /// Node-level values.
     Meta,
@@ -183,23 +183,6 @@ impl Store {
                 Ok((k.to_vec(), value))
             })
             .collect()
-    }
-
-    /// Moves a JSON value from key `old` to key `new` (with `value` as its content) in one
-    /// atomic step: no reader and no crash sees both keys, or neither (not yet flushed).
-    pub fn rekey_json<T: Serialize>(
-        &self,
-        t: Table,
-        old: &[u8],
-        new: &[u8],
-        value: &T,
-    ) -> Result<(), Error> {
-        let bytes = serde_json::to_vec(value).map_err(|e| corrupt("json", new, e))?;
-        let mut batch = sled::Batch::default();
-        batch.remove(old);
-        batch.insert(new, bytes);
-        self.table(t).apply_batch(batch)?;
-        Ok(())
     }
 
     /// Every JSON value of a table whose key starts with `prefix`, in key order.

@@ -110,25 +110,6 @@ fn json_tables_insert_new_only_once() {
     assert_eq!(store.list_json::<u32>(Table::Apps).expect("list"), vec![1]);
 }
 
-#[test]
-fn a_rekeyed_value_is_under_the_new_key_only() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let store = Store::open(dir.path()).expect("open");
-    store.put_json(Table::Apps, b"old", &"v1").expect("put");
-    store.put_json(Table::Apps, b"other", &"o").expect("put");
-    store
-        .rekey_json(Table::Apps, b"old", b"new", &"v2")
-        .expect("rekey");
-    let all: Vec<(Vec<u8>, String)> = store.list_json_keyed(Table::Apps).expect("list");
-    assert_eq!(
-        all,
-        vec![
-            (b"new".to_vec(), "v2".to_owned()),
-            (b"other".to_vec(), "o".to_owned())
-        ]
-    );
-}
-
 /// A page stops at its count as well as its bytes (a peer refuses a page of more envelopes than
 /// its cap, however small they are); at least one envelope is served.
 #[test]
