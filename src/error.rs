@@ -37,9 +37,9 @@ pub enum Error {
     /// The thing already exists.
     #[error("{0}")]
     Conflict(String),
-    /// Storage failed.
+    /// Storage failed (a failed disk is [`Unavailable::DiskFailed`]).
     #[error(transparent)]
-    Store(#[from] store::Error),
+    Store(store::Error),
     /// The audit log failed.
     #[error(transparent)]
     Audit(#[from] audit::Error),
@@ -65,10 +65,23 @@ pub enum Error {
     Internal(String),
 }
 
+impl From<store::Error> for Error {
+    fn from(e: store::Error) -> Self {
+        match e {
+            store::Error::DiskFailed(why) => Unavailable::DiskFailed(why).into(),
+            other => Self::Store(other),
+        }
+    }
+}
+
 /// Why something is not available now (HTTP 503, with `reason` in the error body and, when a
 /// retry soon may succeed, a `Retry-After` header).
 #[derive(Debug, thiserror::Error)]
 pub enum Unavailable {
+    /// The node's disk failed a write or a flush (full, or an I/O error): nothing more is
+    /// acknowledged until the node restarts, which it does by itself once space is back.
+    #[error("this node's disk failed ({0}): writes are refused and nothing more is acknowledged; reads go on. Free space in the node's home: the node restarts itself once its disk takes writes again")]
+    DiskFailed(String),
     /// A write of the dataset failed to reach the store: it takes no more writes until a
     /// restart rebuilds it from the store.
     #[error("dataset {0} is unavailable after a storage failure; restart the node")]
@@ -110,6 +123,7 @@ impl Unavailable {
     /// A stable machine-readable name (`storage_failed`, `key_not_arrived`, ...).
     pub fn reason(&self) -> &'static str {
         match self {
+            Self::DiskFailed(_) => "disk_failed",
             Self::StorageFailed(_) => "storage_failed",
             Self::EarlierWriteFailed => "earlier_write_failed",
             Self::KeyNotArrived { .. } => "key_not_arrived",
@@ -125,6 +139,7 @@ impl Unavailable {
     pub fn retry_after(&self) -> Option<u64> {
         match self {
             Self::KeyNotArrived { .. } => Some(1),
+            Self::DiskFailed(_) => Some(30),
             Self::Rotating => Some(5),
             Self::RosterNotFetched(_) => Some(5),
             _ => None,

@@ -60,5 +60,5 @@ pub mod store;
 pub mod version;
 pub mod view;
 
-pub use error::{Error, Result};
+pub use error::{Error, Result, Unavailable};
 pub use node::Node;

@@ -3,6 +3,7 @@
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -39,6 +40,8 @@ pub struct Metrics {
     pub audit_failures: Counter,
     /// Refusals not logged: their organization was over its budget for the minute.
     pub audit_refusals_skipped: Counter,
+    /// 1 once the disk failed a write or a flush: writes are refused until a restart.
+    pub disk_failed: Gauge,
 }
 
 impl Default for Metrics {
@@ -65,6 +68,7 @@ impl Metrics {
             audit_entries: Counter::default(),
             audit_failures: Counter::default(),
             audit_refusals_skipped: Counter::default(),
+            disk_failed: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -123,6 +127,11 @@ impl Metrics {
             "audit_refusals_skipped",
             "Refusals not logged: over their organization's budget for the minute",
             m.audit_refusals_skipped.clone(),
+        );
+        registry.register(
+            "disk_failed",
+            "1 once the disk failed a write or a flush: writes refused until the node restarts",
+            m.disk_failed.clone(),
         );
         Self { registry, ..m }
     }

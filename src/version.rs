@@ -202,6 +202,40 @@ impl Frontier {
         Sha256::digest(self.encode()).into()
     }
 
+    /// Per author, the shorter of the two histories, with its tip where either side knows it.
+    pub fn meet(&self, other: &Self) -> Self {
+        let mut out = Self::default();
+        for (a, mine) in self.vv.iter() {
+            let seq = (*mine).min(other.vv.get(a));
+            if seq == 0 {
+                continue;
+            }
+            out.vv.set(*a, seq);
+            let tip = [self, other]
+                .into_iter()
+                .find(|f| f.vv.get(a) == seq)
+                .and_then(|f| f.tips.get(a));
+            if let Some(t) = tip {
+                out.tips.insert(*a, *t);
+            }
+        }
+        out
+    }
+
+    /// Moves each author on to `other`'s history where that goes further, with its tip.
+    pub fn join(&mut self, other: &Self) {
+        for (a, theirs) in other.vv.iter() {
+            if *theirs <= self.vv.get(a) {
+                continue;
+            }
+            self.vv.set(*a, *theirs);
+            match other.tips.get(a) {
+                Some(t) => self.tips.insert(*a, *t),
+                None => self.tips.remove(a),
+            };
+        }
+    }
+
     /// Authors held to the same sequence on both sides whose tips differ: one of the two
     /// holds another history (see [`crate::equivocation`]).
     pub fn diverging(&self, other: &Self) -> Vec<(AuthorId, u64)> {
@@ -224,6 +258,26 @@ mod tests {
 
     fn a(n: u8) -> AuthorId {
         AuthorId::from_bytes([n; 32])
+    }
+
+    fn frontier(ends: &[(u8, u64, u8)]) -> Frontier {
+        let mut f = Frontier::default();
+        for (n, seq, tip) in ends {
+            f.vv.set(a(*n), *seq);
+            f.tips.insert(a(*n), [*tip; 32]);
+        }
+        f
+    }
+
+    #[test]
+    fn frontiers_meet_at_the_shorter_history_and_join_at_the_longer() {
+        let durable = frontier(&[(1, 3, 13), (2, 5, 25)]);
+        let held = frontier(&[(1, 4, 14), (2, 2, 22), (3, 1, 31)]);
+        assert_eq!(held.meet(&durable), frontier(&[(1, 3, 13), (2, 2, 22)]));
+        assert_eq!(durable.meet(&held), held.meet(&durable));
+        let mut d = durable.clone();
+        d.join(&held);
+        assert_eq!(d, frontier(&[(1, 4, 14), (2, 5, 25), (3, 1, 31)]));
     }
 
     #[test]

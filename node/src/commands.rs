@@ -128,6 +128,13 @@ fn status(cli: &Cli) -> Result<()> {
     );
     println!("peer   {}", node["peer_id"].as_str().unwrap_or("?"));
     println!("api    http://{}", node["api"].as_str().unwrap_or("?"));
+    if let Some(why) = node["disk_failed"].as_str() {
+        println!(
+            "DISK FAILED ({why}): writes are refused and nothing more is acknowledged; reads go \
+             on. Free space in the node's home: the node restarts itself once its disk takes \
+             writes again"
+        );
+    }
     println!("mesh   members: {}", output_value(&mesh["members"]));
     println!();
     print_peers(&peers);

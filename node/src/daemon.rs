@@ -1,6 +1,8 @@
 //! `fogmesh run`: config layering, tracing, the HTTP API, graceful shutdown with a final flush.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use fogmesh::config::{self, Config};
@@ -50,8 +52,8 @@ pub fn init_tracing() {
         .try_init();
 }
 
-/// Runs the node until SIGTERM or ctrl-c; after a key rotation, runs it again under its new
-/// keys (the same process, executed anew).
+/// Runs the node until SIGTERM or ctrl-c; after a key rotation, or once a disk that failed
+/// takes writes again, runs it again (the same process, executed anew).
 pub fn run(cli: &Cli, args: &RunArgs) -> Result<()> {
     init_tracing();
     let cfg = layered_config(cli, args)?;
@@ -70,25 +72,23 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<()> {
 fn restart_self() -> Result<()> {
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().context("finding this program to restart it")?;
-    tracing::info!("restarting with the new keys");
+    tracing::info!("restarting");
     let err = std::process::Command::new(exe)
         .args(std::env::args_os().skip(1))
         .exec();
-    Err(err).context("restarting the node after its key rotation; start it again by hand")
+    Err(err).context("restarting the node (after a key rotation, or a disk failure that passed); start it again by hand")
 }
 
 #[cfg(not(unix))]
 fn restart_self() -> Result<()> {
-    anyhow::bail!("the keys were rotated: start the node again to use them")
+    anyhow::bail!("the keys were rotated or the disk failed: start the node again")
 }
 
-/// Serves until a signal (false) or a key rotation asks for a restart (true).
+/// Serves until a signal (false), or until a key rotation or a disk that failed and takes writes
+/// again asks for a restart (true).
 async fn serve(home: &Path, cfg: Config) -> Result<bool> {
     let api = cfg.api;
-    let home2 = home.to_owned();
-    let node = tokio::task::spawn_blocking(move || Node::open_home(&home2, cfg))
-        .await
-        .context("opening the node")??;
+    let node = open_when_disk_allows(home, cfg).await?;
     let listener = TcpListener::bind(api)
         .await
         .with_context(|| format!("binding the HTTP API to {api} (is another node using it?)"))?;
@@ -107,10 +107,13 @@ async fn serve(home: &Path, cfg: Config) -> Result<bool> {
     }
     let sweeper = tokio::spawn(sweep_retention(node.clone()));
     let restart = node.clone();
+    let disk_back = Arc::new(AtomicBool::new(false));
+    let back = disk_back.clone();
     let stop = async move {
         tokio::select! {
             () = shutdown_signal() => {}
             () = restart.restart_requested() => tracing::info!("keys rotated: restarting"),
+            () = restart.disk_back() => back.store(true, Ordering::Relaxed),
         }
     };
     fogmesh::api::serve(listener, node.clone(), Some(mesh.clone()), stop).await?;
@@ -119,7 +122,26 @@ async fn serve(home: &Path, cfg: Config) -> Result<bool> {
     tracing::info!("shutting down: snapshotting datasets and flushing");
     node.shutdown().await?;
     let _ = std::fs::remove_file(home.join(API_ADDR_FILE));
-    Ok(node.restart_pending())
+    Ok(node.restart_pending() || disk_back.load(Ordering::Relaxed))
+}
+
+/// Opens the node in `home`; while its disk is too full for the store to open, says so and tries
+/// again every [`fogmesh::node::DISK_CHECK`].
+async fn open_when_disk_allows(home: &Path, cfg: Config) -> Result<Node> {
+    use fogmesh::{Error, Unavailable};
+    loop {
+        let (home2, cfg2) = (home.to_owned(), cfg.clone());
+        let opened = tokio::task::spawn_blocking(move || Node::open_home(&home2, cfg2))
+            .await
+            .context("opening the node")?;
+        match opened {
+            Err(Error::Unavailable(Unavailable::DiskFailed(why))) => {
+                tracing::warn!(%why, home = %home.display(), "the node's disk takes no writes: free space; trying again shortly");
+                tokio::time::sleep(fogmesh::node::DISK_CHECK).await;
+            }
+            other => return Ok(other?),
+        }
+    }
 }
 
 /// Applies every owned dataset's age limit, revokes expired grants (so the expired grantee gets

@@ -1,6 +1,10 @@
-//! Crash test on the real binary: a client publishes 10,000 records in batches while the node is
-//! killed with SIGKILL at a random moment; after each restart every acknowledged record must be
-//! present and the store must open cleanly.
+//! Crash and disk-failure tests on the real binary.
+//!
+//! - A client publishes 10,000 records in batches while the node is killed with SIGKILL at a
+//!   random moment; after each restart every acknowledged record must be present and the store
+//!   must open cleanly.
+//! - A node whose home is on a small real filesystem (a tmpfs the test mounts, as root) fills
+//!   it: see [`disk`].
 //!
 //! ```text
 //! cargo test -p fogmesh-node --test crash                          # 20 cycles
@@ -8,6 +12,8 @@
 //! ```
 
 mod common;
+#[path = "crash/disk.rs"]
+mod disk;
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};

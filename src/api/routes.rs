@@ -51,7 +51,7 @@ pub async fn get_dataset(
 
 pub async fn metrics(State(s): State<ApiState>, _c: Caller) -> impl IntoResponse {
     let ct = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-    ([(header::CONTENT_TYPE, ct)], s.node.metrics().render())
+    ([(header::CONTENT_TYPE, ct)], s.node.metrics_text())
 }
 
 pub async fn openapi() -> impl IntoResponse {

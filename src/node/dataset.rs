@@ -15,7 +15,7 @@ use crate::error::{Error, Result, Unavailable};
 use crate::identity::{AuthorId, Identity};
 use crate::record::{self, Record};
 use crate::store::Store;
-use crate::version::VersionVector;
+use crate::version::{Frontier, VersionVector};
 use crate::view::doc::{Doc, Upsert};
 
 use super::sequencer::Sequencer;
@@ -72,6 +72,11 @@ pub(crate) struct State {
     /// A change of this node's was set aside (quarantined): its next change could not join
     /// its history, so it writes here again only under a rotated key.
     pub(super) own_set_aside: bool,
+    /// How far the store is known to hold each history on disk. Peers are told of and served
+    /// no further ([`State::served`]): an envelope whose flush has not returned, or failed,
+    /// could be lost in a crash, and this node would then give its sequence number to another
+    /// change.
+    pub(super) durable: Frontier,
 }
 
 /// A dataset held by this node.
@@ -142,6 +147,17 @@ impl Dataset {
 
     pub(super) fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How far this dataset's histories go now: once a flush that began after this call
+    /// returns, [`Self::settle`] them.
+    pub(crate) fn pending(&self) -> Frontier {
+        self.lock().current()
+    }
+
+    /// Records that the store holds `flushed` (from [`Self::pending`]) on disk.
+    pub(crate) fn settle(&self, flushed: &Frontier) {
+        self.lock().durable.join(flushed);
     }
 
     /// Subscribes to live events.
@@ -358,7 +374,21 @@ impl State {
             tips: BTreeMap::new(),
             forks: BTreeMap::new(),
             own_set_aside: false,
+            durable: Frontier::default(),
         }
+    }
+
+    /// How far each history held goes, with its tip.
+    pub(crate) fn current(&self) -> Frontier {
+        Frontier {
+            vv: self.vv.clone(),
+            tips: self.tips.clone(),
+        }
+    }
+
+    /// What peers are told of and served: the histories held, as far as they are on disk.
+    pub(crate) fn served(&self) -> Frontier {
+        self.current().meet(&self.durable)
     }
 
     /// The key new local writes are sealed with (the newest epoch held), `None` for a dataset

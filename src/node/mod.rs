@@ -5,6 +5,7 @@ mod access;
 mod apps;
 mod audit;
 mod dataset;
+mod disk;
 mod flow;
 mod forks;
 mod grants;
@@ -43,6 +44,7 @@ pub use apps::{NewApp, RotatedAdmin};
 pub use audit::AuditListing;
 use dataset::Dataset;
 pub use dataset::{Batch, Event, EVENTS_CAP};
+pub use disk::{DISK_CHECK, SPACE_TO_RESTART};
 pub use forks::Equivocation;
 pub use grants::{parse_ttl, GrantRequest, GrantView, MAX_GRANT_TTL_MS};
 pub use quarantine::{MAX_HELD_BYTES_PER_AUTHOR, MAX_HELD_PER_AUTHOR, MAX_HELD_PER_DATASET};
@@ -75,6 +77,9 @@ pub struct Info {
     pub listen: Vec<String>,
     /// fogmesh version.
     pub version: &'static str,
+    /// Why the disk failed the store, once it did (writes are refused from then on).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk_failed: Option<String>,
 }
 
 /// A dataset as listed: metadata plus counts.
@@ -225,6 +230,7 @@ impl Node {
             api: i.config.api.to_string(),
             listen: i.config.listen.clone(),
             version: env!("CARGO_PKG_VERSION"),
+            disk_failed: self.disk_failed(),
         }
     }
 
@@ -370,6 +376,7 @@ impl Node {
 
     /// Writes a validated batch to `ds` as this node's author and waits until it is durable.
     async fn write(&self, ds: Arc<Dataset>, batch: Batch) -> Result<Vec<String>> {
+        self.inner.store.writable()?;
         let count = (batch.records.len() + batch.delete.len()) as u64;
         let _signing = self.signing().await?;
         let hlc = self.inner.clock.tick().0;
@@ -380,7 +387,9 @@ impl Node {
         })
         .await
         .map_err(|e| Error::Internal(e.to_string()))??;
+        let pending = ds.pending();
         let took = self.inner.store.durable().await?;
+        ds.settle(&pending);
         let m = &self.inner.metrics;
         m.flush_seconds.observe(took.as_secs_f64());
         m.records_written.inc_by(count);
@@ -449,6 +458,11 @@ impl Node {
 
     /// Snapshots every dataset and flushes: call before exit so the next start replays nothing.
     pub async fn shutdown(&self) -> Result<()> {
+        if let Some(why) = self.disk_failed() {
+            // Nothing can be written: what reached the disk is what the next start finds.
+            tracing::warn!(%why, "the disk failed: shutting down without a snapshot or a flush");
+            return Ok(());
+        }
         let node = self.clone();
         tokio::task::spawn_blocking(move || {
             for ds in node.all_datasets() {

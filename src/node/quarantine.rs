@@ -221,8 +221,12 @@ impl Dataset {
             .ok_or_else(|| Error::Internal("document actor is not a key".into()))?;
         let (fresh, _) = State::load(&self.meta, store, &author, st.keys.clone())?;
         let keep_next = st.next_seq;
+        // The store may hold envelopes whose flush has not returned: what is on disk stays
+        // what writers settled, not what the store shows.
+        let durable = std::mem::take(&mut st.durable);
         *st = fresh;
         st.next_seq = st.next_seq.max(keep_next);
+        st.durable = durable;
         Ok(())
     }
 }

@@ -323,16 +323,13 @@ impl super::Node {
         self.held(id).map(|d| (d.meta.clone(), d.version_vector()))
     }
 
-    /// Metadata and frontier (vector and chain tips) of every dataset held.
+    /// Metadata and frontier (vector and chain tips) of every dataset held, as far as it is on
+    /// disk ([`Dataset::settle`]).
     pub fn frontiers(&self) -> Vec<(crate::dataset::Meta, crate::version::Frontier)> {
         self.all_datasets()
             .into_iter()
             .map(|d| {
-                let st = d.lock();
-                let frontier = crate::version::Frontier {
-                    vv: st.vv.clone(),
-                    tips: st.tips.clone(),
-                };
+                let frontier = d.lock().served();
                 (d.meta.clone(), frontier)
             })
             .collect()
@@ -397,6 +394,7 @@ impl super::Node {
         let ds = self
             .held(id)
             .ok_or_else(|| Error::NotFound(format!("dataset {id} not held here")))?;
+        self.inner.store.writable()?;
         let (envs, unchained) = tokio::task::spawn_blocking(move || verified(envs))
             .await
             .map_err(|e| Error::Internal(e.to_string()))??;
@@ -427,7 +425,9 @@ impl super::Node {
         if applied.new == 0 {
             return Ok((0, applied.invalid));
         }
+        let pending = ds.pending();
         self.inner.store.durable().await?;
+        ds.settle(&pending);
         self.inner
             .metrics
             .envelopes_stored
@@ -440,18 +440,24 @@ impl super::Node {
     }
 
     /// Encoded envelopes of `author` in dataset `id` with sequence in `(after, upto]`, at most
-    /// `limits` (bytes, count; at least one); the flag says more remain.
+    /// `limits` (bytes, count; at least one); the flag says more remain. Envelopes not yet known
+    /// to be on disk are not served (see [`Self::frontiers`]).
     pub fn envelopes_between(
         &self,
         id: &crate::naming::DatasetId,
         author: &AuthorId,
-        range: (u64, u64),
+        (after, upto): (u64, u64),
         limits: (usize, usize),
     ) -> Result<(Vec<Vec<u8>>, bool)> {
+        let on_disk = self.held(id).map_or(0, |d| d.lock().durable.vv.get(author));
+        let upto = upto.min(on_disk);
+        if upto <= after {
+            return Ok((Vec::new(), false));
+        }
         Ok(self
             .inner
             .store
-            .envelopes_between(id, author, range, limits)?)
+            .envelopes_between(id, author, (after, upto), limits)?)
     }
 }
 

@@ -149,6 +149,8 @@ impl State {
             super::forks::set_tip(store, &meta.id, &mut self.tips, a, s)?;
         }
         self.materialize();
+        // What a store opens with is on its disk.
+        self.durable = self.current();
         Ok(())
     }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::Error;
+use super::{Error, Failure};
 
 /// Most writers that may wait for a flush at once; more wait for a place in the queue.
 pub const FLUSH_QUEUE_CAP: usize = 4096;
@@ -30,6 +30,7 @@ struct Inner {
     thread: Mutex<Option<JoinHandle<()>>>,
     /// Receives once the thread has released its database handle.
     done: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+    failure: Failure,
 }
 
 /// How long dropping the last handle waits for the thread to release the database. sled 0.34 has
@@ -41,6 +42,12 @@ impl Drop for Inner {
     fn drop(&mut self) {
         if let Ok(mut tx) = self.tx.lock() {
             tx.take();
+        }
+        if self.failure.get().is_some() {
+            // sled 0.34 hangs for good in the closing flush of a store its disk failed: the
+            // thread keeps the database (and its lock) until the process ends or executes anew.
+            tracing::warn!("the disk failed this store: leaving it without a closing flush");
+            return;
         }
         let done = self.done.lock().ok().and_then(|mut d| d.take());
         let released = done.is_some_and(|d| d.recv_timeout(CLOSE_WAIT).is_ok());
@@ -55,14 +62,17 @@ impl Drop for Inner {
 }
 
 impl Flusher {
-    /// Starts the flusher thread for `db`.
-    pub fn spawn(db: sled::Db) -> Self {
+    /// Starts the flusher thread for `db`; a flush that fails is recorded in `failure`.
+    pub fn spawn(db: sled::Db, failure: Failure) -> Self {
         let (tx, rx) = mpsc::channel(FLUSH_QUEUE_CAP);
         let (done_tx, done_rx) = std::sync::mpsc::sync_channel(1);
+        let failed = failure.clone();
         let spawned = thread::Builder::new()
             .name("fogmesh-flush".into())
             .spawn(move || {
-                run(db, rx);
+                run(&db, rx, &failed);
+                // Released before saying so: the closing flush sled does here may hang.
+                drop(db);
                 let _ = done_tx.send(());
             });
         let thread = match spawned {
@@ -77,6 +87,7 @@ impl Flusher {
             tx: Mutex::new(Some(tx)),
             thread: Mutex::new(thread),
             done: Mutex::new(Some(done_rx)),
+            failure,
         };
         Self {
             inner: Arc::new(inner),
@@ -84,6 +95,7 @@ impl Flusher {
     }
 
     /// Resolves once a flush that began after this call has completed; returns its duration.
+    /// Fails at once once a flush has failed: the store takes nothing more (see [`Failure`]).
     pub async fn durable(&self) -> Result<Duration, Error> {
         let (tx, rx) = oneshot::channel();
         let queue = self.inner.tx.lock().ok().and_then(|q| q.clone());
@@ -91,28 +103,34 @@ impl Flusher {
         queue.send(tx).await.map_err(|_| Error::Closed)?;
         match rx.await {
             Ok(Ok(took)) => Ok(took),
-            Ok(Err(msg)) => Err(Error::Flush(msg)),
+            Ok(Err(msg)) => Err(Error::DiskFailed(msg)),
             Err(_) => Err(Error::Closed),
         }
     }
 }
 
-fn run(db: sled::Db, mut rx: mpsc::Receiver<Waiter>) {
+fn run(db: &sled::Db, mut rx: mpsc::Receiver<Waiter>, failure: &Failure) {
     while let Some(first) = rx.blocking_recv() {
         let mut group = vec![first];
         while let Ok(w) = rx.try_recv() {
             group.push(w);
         }
-        let start = Instant::now();
-        let result = db
-            .flush()
-            .map(|_| start.elapsed())
-            .map_err(|e| e.to_string());
-        if let Err(e) = &result {
-            tracing::error!(error = %e, "flush failed; writes in this group are not acknowledged");
-        }
+        let result = match failure.get() {
+            Some(why) => Err(why),
+            None => flush(db, failure),
+        };
         for w in group {
             let _ = w.send(result.clone());
         }
     }
+}
+
+/// One flush; a failure is recorded (the first one wins: sled's own error stays too).
+fn flush(db: &sled::Db, failure: &Failure) -> Result<Duration, String> {
+    let start = Instant::now();
+    db.flush().map(|_| start.elapsed()).map_err(|e| {
+        let why = e.to_string();
+        tracing::error!(error = %why, "flush failed: this node's writes are refused from now on, reads go on");
+        failure.set(&why)
+    })
 }

@@ -32,7 +32,7 @@ impl Store {
     ) -> Result<(), Error> {
         let mut v = seq.to_be_bytes().to_vec();
         v.extend_from_slice(evidence);
-        self.evidence.insert(key(dataset, author), v)?;
+        self.wrote(self.evidence.insert(key(dataset, author), v))?;
         Ok(())
     }
 

@@ -12,7 +12,8 @@ mod commit;
 pub mod evidence;
 mod keys;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use serde::{de::DeserializeOwned, Serialize};
@@ -27,9 +28,9 @@ pub use commit::FLUSH_QUEUE_CAP;
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// sled reported an error.
+    /// sled reported an error other than an I/O one.
     #[error("store: {0}")]
-    Sled(#[from] sled::Error),
+    Sled(sled::Error),
     /// A stored value did not decode: the store is damaged or from another version.
     #[error("store holds a corrupt {what} under {key}: {detail}")]
     Corrupt {
@@ -40,12 +41,96 @@ pub enum Error {
         /// The decoder's complaint.
         detail: String,
     },
-    /// A flush failed; the writes it covered are not acknowledged.
-    #[error("flush failed: {0}")]
-    Flush(String),
+    /// The disk failed a write or a flush (full, or an I/O error): the writes it covered are
+    /// not acknowledged, and the store takes no more until it is opened again ([`Failure`]).
+    #[error("this node's disk failed ({0}); writes are refused until the node restarts with space, reads go on")]
+    DiskFailed(String),
     /// The flusher thread is gone (the node is shutting down).
     #[error("store is shutting down")]
     Closed,
+}
+
+impl From<sled::Error> for Error {
+    /// An I/O error is the disk's: [`Error::DiskFailed`].
+    fn from(e: sled::Error) -> Self {
+        match e {
+            sled::Error::Io(io) => Self::DiskFailed(io.to_string()),
+            other => Self::Sled(other),
+        }
+    }
+}
+
+/// Whether the disk has failed this store, and why: set by the first write or flush that fails,
+/// and never cleared. sled 0.34 keeps its first I/O error too and refuses every write after it,
+/// even once space is freed; only a store opened again writes (a node restarts itself for that,
+/// see [`crate::Node::disk_back`]). Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct Failure(Arc<OnceLock<String>>);
+
+impl Failure {
+    /// Records `why` unless a failure is recorded already; returns the recorded one.
+    fn set(&self, why: &str) -> String {
+        self.0.get_or_init(|| why.to_owned()).clone()
+    }
+
+    /// The recorded failure, if any.
+    pub fn get(&self) -> Option<String> {
+        self.0.get().cloned()
+    }
+}
+
+/// Opens sled in `path`, waiting up to [`LOCK_WAIT`] for this process's own closing handle.
+fn open_db(path: &Path) -> sled::Result<sled::Db> {
+    let config = sled::Config::new()
+        .path(path)
+        .cache_capacity(256 * 1024 * 1024)
+        .flush_every_ms(Some(1_000));
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Removes the snapshot files sled 0.34 leaves when writing one fails (a full disk as it
+/// opens): it would take the newest for its snapshot and refuse to open for good ("Read
+/// corrupted data"). sled renames a snapshot once it is whole, so one still named
+/// `.generating` was never finished. True if one was removed. Called only once sled's lock
+/// was taken (it reported corruption, not a lock held), so no other process is writing one.
+fn remove_unfinished_snapshots(path: &Path) -> bool {
+    let Ok(dir) = std::fs::read_dir(path) else {
+        return false;
+    };
+    let mut removed = false;
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            tracing::warn!(file = %name, "removing a snapshot file the store never finished (a full disk?)");
+            removed |= std::fs::remove_file(entry.path()).is_ok();
+        }
+    }
+    removed
+}
+
+fn write_probe(path: &Path, bytes: usize) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path)?;
+    let chunk = vec![0u8; 1 << 20];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(chunk.len());
+        f.write_all(&chunk[..n])?;
+        left -= n;
+    }
+    f.sync_all()
 }
 
 /// The tree an application-level JSON value lives in.
@@ -90,6 +175,8 @@ pub struct Store {
     meta: sled::Tree,
     access: sled::Tree,
     evidence: sled::Tree,
+    failure: Failure,
+    path: PathBuf,
     // Last, so it is dropped last: its thread then holds the final database handle, and sled's
     // closing flush runs there, where a hang cannot block the process (see `commit::CLOSE_WAIT`).
     flusher: commit::Flusher,
@@ -104,21 +191,12 @@ impl Store {
     /// A store closed a moment ago in this process may still be locked by sled's closing
     /// threads: opening it is retried for up to [`LOCK_WAIT`].
     pub fn open(path: &Path) -> Result<Self, Error> {
-        let config = sled::Config::new()
-            .path(path)
-            .cache_capacity(256 * 1024 * 1024)
-            .flush_every_ms(Some(1_000));
-        let deadline = std::time::Instant::now() + LOCK_WAIT;
-        let db = loop {
-            match config.open() {
-                Err(sled::Error::Io(e))
-                    if e.to_string().contains("could not acquire lock")
-                        && std::time::Instant::now() < deadline =>
-                {
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                other => break other?,
+        let failure = Failure::default();
+        let db = match open_db(path) {
+            Err(sled::Error::Corruption { .. }) if remove_unfinished_snapshots(path) => {
+                open_db(path)?
             }
+            other => other?,
         };
         Ok(Self {
             datasets: db.open_tree("datasets")?,
@@ -128,7 +206,9 @@ impl Store {
             meta: db.open_tree("meta")?,
             access: db.open_tree("access")?,
             evidence: db.open_tree("evidence")?,
-            flusher: commit::Flusher::spawn(db.clone()),
+            flusher: commit::Flusher::spawn(db.clone(), failure.clone()),
+            failure,
+            path: path.to_owned(),
             db,
         })
     }
@@ -145,7 +225,7 @@ impl Store {
     /// Stores `value` as JSON under `key`.
     pub fn put_json<T: Serialize>(&self, t: Table, key: &[u8], value: &T) -> Result<(), Error> {
         let bytes = serde_json::to_vec(value).map_err(|e| corrupt("json", key, e))?;
-        self.table(t).insert(key, bytes)?;
+        self.wrote(self.table(t).insert(key, bytes))?;
         Ok(())
     }
 
@@ -202,7 +282,7 @@ impl Store {
 
     /// Removes `key` (not yet flushed).
     pub fn remove(&self, t: Table, key: &[u8]) -> Result<(), Error> {
-        self.table(t).remove(key)?;
+        self.wrote(self.table(t).remove(key))?;
         Ok(())
     }
 
@@ -214,16 +294,17 @@ impl Store {
         value: &T,
     ) -> Result<bool, Error> {
         let bytes = serde_json::to_vec(value).map_err(|e| corrupt("json", key, e))?;
-        let swapped = self
+        let cas = self
             .table(t)
-            .compare_and_swap(key, None as Option<&[u8]>, Some(bytes))?;
+            .compare_and_swap(key, None as Option<&[u8]>, Some(bytes));
+        let swapped = self.wrote(cas)?;
         Ok(swapped.is_ok())
     }
 
     /// Stores an envelope (idempotent: the same key holds the same signed bytes).
     pub fn put_envelope(&self, env: &Envelope) -> Result<(), Error> {
         let key = keys::envelope(&env.dataset, &env.author, env.seq);
-        self.envelopes.insert(key, env.encode())?;
+        self.wrote(self.envelopes.insert(key, env.encode()))?;
         Ok(())
     }
 
@@ -236,8 +317,7 @@ impl Store {
         seq: u64,
         why: &str,
     ) -> Result<(), Error> {
-        self.envelopes
-            .remove(keys::envelope(dataset, author, seq))?;
+        self.wrote(self.envelopes.remove(keys::envelope(dataset, author, seq)))?;
         let note = serde_json::json!({
             "dataset": dataset.to_string(),
             "author": author.to_string(),
@@ -399,15 +479,14 @@ impl Store {
         bytes.extend_from_slice(&(vv.len() as u32).to_be_bytes());
         bytes.extend_from_slice(&vv);
         bytes.extend_from_slice(&snap.doc);
-        self.snapshots
-            .insert(dataset.to_string().as_bytes(), bytes)?;
+        self.wrote(self.snapshots.insert(dataset.to_string().as_bytes(), bytes))?;
         Ok(())
     }
 
     /// Drops the snapshot of `dataset` (it holds changes set aside since): the next load replays
     /// every stored envelope.
     pub fn remove_snapshot(&self, dataset: &DatasetId) -> Result<(), Error> {
-        self.snapshots.remove(dataset.to_string().as_bytes())?;
+        self.wrote(self.snapshots.remove(dataset.to_string().as_bytes()))?;
         Ok(())
     }
 
@@ -434,11 +513,48 @@ impl Store {
 
     /// Waits until everything written before the call is on disk. Concurrent callers share flushes.
     pub async fn durable(&self) -> Result<Duration, Error> {
+        self.writable()?;
         self.flusher.durable().await
+    }
+
+    /// The outcome of a write: an I/O error is the disk failing this store (recorded; the
+    /// store takes no more writes).
+    fn wrote<T>(&self, r: sled::Result<T>) -> Result<T, Error> {
+        r.map_err(|e| match Error::from(e) {
+            Error::DiskFailed(why) => {
+                tracing::error!(error = %why, "a write failed: this node's writes are refused from now on, reads go on");
+                Error::DiskFailed(self.failure.set(&why))
+            }
+            other => other,
+        })
+    }
+
+    /// Fails with [`Error::DiskFailed`] once the disk has failed this store.
+    pub fn writable(&self) -> Result<(), Error> {
+        match self.failure.get() {
+            Some(why) => Err(Error::DiskFailed(why)),
+            None => Ok(()),
+        }
+    }
+
+    /// Why the disk failed this store, if it did.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.get()
+    }
+
+    /// Whether the disk takes writes again: writes, syncs and removes a file of `bytes` in the
+    /// store's directory (sled reads only its own files there). For a store the disk failed,
+    /// asked until space is back.
+    pub fn disk_takes(&self, bytes: usize) -> bool {
+        let probe = self.path.join("space-probe");
+        let wrote = write_probe(&probe, bytes);
+        let _ = std::fs::remove_file(&probe);
+        wrote.is_ok()
     }
 
     /// Flushes now, blocking the calling thread (shutdown, tests).
     pub fn flush_blocking(&self) -> Result<(), Error> {
+        self.writable()?;
         self.db.flush()?;
         Ok(())
     }

@@ -132,3 +132,40 @@ fn a_page_of_envelopes_stops_at_its_count_and_its_bytes() {
     assert_eq!(page((0, 30), (1, 10)), (1, true), "at least one");
     assert_eq!(page((0, 30), (usize::MAX, usize::MAX)), (30, false));
 }
+
+#[test]
+fn a_snapshot_file_left_unfinished_by_a_full_disk_does_not_stop_the_store_opening() {
+    let dir = tempfile::tempdir().expect("tmp");
+    {
+        let store = Store::open(dir.path()).expect("open");
+        store.put_json(Table::Meta, b"k", &7u32).expect("put");
+        store.flush_blocking().expect("flush");
+    }
+    // What sled 0.34 leaves when writing its snapshot fails: an empty file under the newest name.
+    std::fs::write(dir.path().join("snap.7FFFFFFFFFFFFFFF.generating"), b"").expect("write");
+    let store = Store::open(dir.path()).expect("reopen");
+    assert_eq!(
+        store.get_json::<u32>(Table::Meta, b"k").expect("get"),
+        Some(7)
+    );
+    assert!(!dir.path().join("snap.7FFFFFFFFFFFFFFF.generating").exists());
+}
+
+#[test]
+fn a_failed_disk_refuses_writes_until_the_store_opens_again() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = Store::open(dir.path()).expect("open");
+    assert!(store.writable().is_ok());
+    assert!(store.failure().is_none());
+    store.failure.set("No space left on device");
+    assert!(matches!(store.writable(), Err(Error::DiskFailed(_))));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("rt");
+    assert!(matches!(
+        rt.block_on(store.durable()),
+        Err(Error::DiskFailed(_))
+    ));
+    assert!(matches!(store.flush_blocking(), Err(Error::DiskFailed(_))));
+    assert!(store.disk_takes(1 << 20), "the disk itself has space");
+}

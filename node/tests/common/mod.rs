@@ -453,3 +453,25 @@ impl TestNode {
         Ok(self.get_raw(path)?.into_string()?)
     }
 }
+
+/// Polls `cond` every 100 ms for at most `limit`.
+pub fn wait(what: &str, limit: Duration, mut cond: impl FnMut() -> Result<bool>) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond()? {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("timed out waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `new` joins `node`'s mesh with an invitation `node` issues.
+pub fn join(node: &TestNode, new: &TestNode) -> Result<()> {
+    let invite = node.cli(&["invite", "--json"]).ok().json();
+    let token = invite["token"].as_str().context("invite token")?.to_owned();
+    new.cli(&["join", &token]).ok();
+    Ok(())
+}

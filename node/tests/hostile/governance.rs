@@ -26,23 +26,7 @@ use crate::raw::{Proto, RawClient};
 
 const MESH: &str = "test-mesh";
 
-/// Polls `cond` every 100 ms for at most `limit`.
-pub(crate) fn wait(
-    what: &str,
-    limit: Duration,
-    mut cond: impl FnMut() -> Result<bool>,
-) -> Result<()> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if cond()? {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("timed out waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+pub(crate) use crate::common::{join, wait};
 
 fn members(node: &TestNode) -> Result<Vec<Value>> {
     Ok(node.get("/v1/members")?["members"]
@@ -53,13 +37,6 @@ fn members(node: &TestNode) -> Result<Vec<Value>> {
 
 fn member_of<'a>(list: &'a [Value], org: &str) -> Option<&'a Value> {
     list.iter().find(|m| m["org"] == org)
-}
-
-pub(crate) fn join(node: &TestNode, new: &TestNode) -> Result<()> {
-    let invite = node.cli(&["invite", "--json"]).ok().json();
-    let token = invite["token"].as_str().context("invite token")?.to_owned();
-    new.cli(&["join", &token]).ok();
-    Ok(())
 }
 
 /// The roster as `node` serves it to a member's raw client.
