@@ -70,7 +70,8 @@ impl VersionVector {
 
     /// Sum of all sequences: how many envelopes the vector covers.
     pub fn total(&self) -> u64 {
-        self.0.values().sum()
+        // A peer's vector may name sequences near u64::MAX: the total saturates.
+        self.0.values().fold(0u64, |t, s| t.saturating_add(*s))
     }
 
     /// True when `self` holds everything `other` holds.

@@ -381,15 +381,21 @@ impl Node {
         let _signing = self.signing().await?;
         let hlc = self.inner.clock.tick().0;
         let (node, ds2) = (self.clone(), ds.clone());
-        let written = tokio::task::spawn_blocking(move || {
-            let i = &node.inner;
-            ds2.write_local(&i.identity, &i.store, hlc, batch, i.config.snapshot_every)
+        // One task from the store to the settle: a caller that goes away (a client that
+        // disconnects) must not leave a stored change untold to peers.
+        let (written, took) = tokio::spawn(async move {
+            let (n, d) = (node.clone(), ds2.clone());
+            let written = tokio::task::spawn_blocking(move || {
+                let i = &n.inner;
+                d.write_local(&i.identity, &i.store, hlc, batch, i.config.snapshot_every)
+            })
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))??;
+            let took = node.flush_and_settle(&ds2).await?;
+            Ok::<_, Error>((written, took))
         })
         .await
         .map_err(|e| Error::Internal(e.to_string()))??;
-        let pending = ds.pending();
-        let took = self.inner.store.durable().await?;
-        ds.settle(&pending);
         let m = &self.inner.metrics;
         m.flush_seconds.observe(took.as_secs_f64());
         m.records_written.inc_by(count);
@@ -404,6 +410,15 @@ impl Node {
             self.snapshot_in_background(ds);
         }
         Ok(written.ids)
+    }
+
+    /// Waits for a flush that covers what `ds` holds now, then tells peers of it
+    /// ([`Dataset::settle`]).
+    async fn flush_and_settle(&self, ds: &Dataset) -> Result<std::time::Duration> {
+        let pending = ds.pending();
+        let took = self.inner.store.durable().await?;
+        ds.settle(&pending);
+        Ok(took)
     }
 
     fn snapshot_in_background(&self, ds: Arc<Dataset>) {

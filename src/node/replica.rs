@@ -403,9 +403,19 @@ impl super::Node {
             return Ok((0, unchained));
         }
         let (node, ds2) = (self.clone(), ds.clone());
-        let mut applied = tokio::task::spawn_blocking(move || {
-            let i = &node.inner;
-            ds2.apply_remote(&i.store, envs, i.config.snapshot_every)
+        // One task from the store to the settle (see `Node::write`).
+        let mut applied = tokio::spawn(async move {
+            let (n, d) = (node.clone(), ds2.clone());
+            let applied = tokio::task::spawn_blocking(move || {
+                let i = &n.inner;
+                d.apply_remote(&i.store, envs, i.config.snapshot_every)
+            })
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))??;
+            if applied.new > 0 {
+                node.flush_and_settle(&ds2).await?;
+            }
+            Ok::<_, Error>(applied)
         })
         .await
         .map_err(|e| Error::Internal(e.to_string()))??;
@@ -425,9 +435,6 @@ impl super::Node {
         if applied.new == 0 {
             return Ok((0, applied.invalid));
         }
-        let pending = ds.pending();
-        self.inner.store.durable().await?;
-        ds.settle(&pending);
         self.inner
             .metrics
             .envelopes_stored

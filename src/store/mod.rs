@@ -28,7 +28,7 @@ pub use commit::FLUSH_QUEUE_CAP;
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// sled reported an error other than an I/O one.
+    /// sled reported an error other than a full disk.
     #[error("store: {0}")]
     Sled(sled::Error),
     /// A stored value did not decode: the store is damaged or from another version.
@@ -54,10 +54,18 @@ impl From<sled::Error> for Error {
     /// An I/O error is the disk's: [`Error::DiskFailed`].
     fn from(e: sled::Error) -> Self {
         match e {
-            sled::Error::Io(io) => Self::DiskFailed(io.to_string()),
+            // A full disk (or quota) is a failure that passes once space is freed; any other
+            // I/O error (a lock held, a missing directory, permissions) is reported as itself.
+            sled::Error::Io(io) if is_full(&io) => Self::DiskFailed(io.to_string()),
             other => Self::Sled(other),
         }
     }
+}
+
+fn is_full(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{QuotaExceeded, StorageFull};
+    // sled clones its first error with only the message kept (`raw_os_error` is lost).
+    matches!(e.kind(), StorageFull | QuotaExceeded) || e.raw_os_error() == Some(28)
 }
 
 /// Whether the disk has failed this store, and why: set by the first write or flush that fails,
