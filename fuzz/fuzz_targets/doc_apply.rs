@@ -46,12 +46,17 @@ fn note_panic(why: &str) {
 
 /// Whether `c` is Automerge's own encoding of its operations (same hash once re-encoded).
 fn canonical(c: &Change) -> bool {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Change::from(c.decode()).hash() == c.hash()))
-        .unwrap_or(false)
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        Change::from(c.decode()).hash() == c.hash()
+    }))
+    .unwrap_or(false)
 }
 
 fn snapshot(doc: &Doc) -> Vec<u8> {
-    doc.automerge().save_with_options(automerge::SaveOptions { retain_orphans: false, ..Default::default() })
+    doc.automerge().save_with_options(automerge::SaveOptions {
+        retain_orphans: false,
+        ..Default::default()
+    })
 }
 
 fn check_usable(doc: &mut Doc) {
@@ -83,15 +88,23 @@ fn check_usable(doc: &mut Doc) {
         panic!("the saved document loads (automerge): {e:?}");
     }
     let mut loaded = Doc::load(&saved, &ACTOR).expect("the saved document loads (Doc)");
-    assert_eq!(sorted(loaded.read_all()), before, "a reloaded document reads other records");
+    assert_eq!(
+        sorted(loaded.read_all()),
+        before,
+        "a reloaded document reads other records"
+    );
     // The node keeps writing locally.
     let up = Upsert {
         id: "local".into(),
         name: "d1/after".into(),
         time: 99,
-        data: serde_json::json!({"x": 1}).as_object().cloned().unwrap_or_default(),
+        data: serde_json::json!({"x": 1})
+            .as_object()
+            .cloned()
+            .unwrap_or_default(),
     };
-    doc.write(&[up], &[]).expect("a local write after remote changes");
+    doc.write(&[up], &[])
+        .expect("a local write after remote changes");
     let r = doc.read("local").expect("the local write reads back");
     assert_eq!(r.time, 99);
     let saved = snapshot(doc);

@@ -18,9 +18,16 @@ fuzz_target!(|data: &[u8]| {
     let decoded = Envelope::decode(data);
     let verified = Envelope::decode_verified(data);
     match &decoded {
-        Err(_) => assert!(verified.is_err(), "decode_verified accepted what decode refused"),
+        Err(_) => assert!(
+            verified.is_err(),
+            "decode_verified accepted what decode refused"
+        ),
         Ok(env) => {
-            assert_eq!(env.encode(), data, "decode(bytes) does not re-encode to bytes");
+            assert_eq!(
+                env.encode(),
+                data,
+                "decode(bytes) does not re-encode to bytes"
+            );
             assert!(env.seq >= 1);
             if env.seq == 1 {
                 assert!(env.prev.is_none() || env.prev == Some(GENESIS));

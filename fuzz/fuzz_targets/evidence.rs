@@ -10,13 +10,21 @@ use fogmesh::equivocation::Evidence;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(e) = Evidence::decode(data) else { return };
-    assert_eq!(Evidence::decode(&e.encode()).as_ref().ok(), Some(&e), "round trip");
+    let Ok(e) = Evidence::decode(data) else {
+        return;
+    };
+    assert_eq!(
+        Evidence::decode(&e.encode()).as_ref().ok(),
+        Some(&e),
+        "round trip"
+    );
     // `check` computes `a.seq + 1`: a first message at sequence u64::MAX panics under overflow
     // checks (src/equivocation.rs, reproducer fuzz/regressions/evidence/seq_max_overflow,
     // replayed by run.sh). With FOGMESH_FUZZ_SKIP_KNOWN (run.sh's fuzzing phase) such input is
     // left out, so that fuzzing goes on past that known bug.
-    if fogmesh_fuzz::skip_known() && Envelope::slot_of(&e.first.message).is_ok_and(|s| s.seq == u64::MAX) {
+    if fogmesh_fuzz::skip_known()
+        && Envelope::slot_of(&e.first.message).is_ok_and(|s| s.seq == u64::MAX)
+    {
         return;
     }
     let checked = e.check();

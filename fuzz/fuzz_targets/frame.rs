@@ -42,14 +42,20 @@ fn held_len(bytes: &[u8]) -> Option<(u64, usize)> {
     let len_bytes = rest.get(..extra)?;
     let mut b = [0u8; 8];
     b[8 - extra..].copy_from_slice(len_bytes);
-    let len = if extra == 0 { u64::from(head - 0x40) } else { u64::from_be_bytes(b) };
+    let len = if extra == 0 {
+        u64::from(head - 0x40)
+    } else {
+        u64::from_be_bytes(b)
+    };
     Some((len, 1 + extra))
 }
 
 fuzz_target!(|data: &[u8]| {
     for p in Protocol::ALL {
         for max in [p.max_request_bytes(), p.max_response_bytes(), 64] {
-            let Some(frame) = decode(data, max) else { continue };
+            let Some(frame) = decode(data, max) else {
+                continue;
+            };
             assert!(frame.0.len() <= max);
             let again = cbor4ii::serde::to_vec(Vec::new(), &frame).expect("encodes");
             assert!(again.len() <= frame.0.len() + FRAME_OVERHEAD);

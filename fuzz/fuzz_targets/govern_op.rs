@@ -27,11 +27,18 @@ fn fixture_key(hex_key: &str) -> Option<u8> {
 fn resign(mut op: Op) -> Op {
     if let Action::Rotate { member, proof, .. } = &mut op.body.action {
         if let Some(n) = fixture_key(&member.author) {
-            *proof = govern::rotation_proof(fogmesh_fuzz::MESH, &member.org, &op.body.author, &id(n));
+            *proof =
+                govern::rotation_proof(fogmesh_fuzz::MESH, &member.org, &op.body.author, &id(n));
         }
     }
     match fixture_key(&op.body.author) {
-        Some(n) => Op::sign(&op.body.mesh, op.body.action, op.body.deps, &id(n), op.body.time),
+        Some(n) => Op::sign(
+            &op.body.mesh,
+            op.body.action,
+            op.body.deps,
+            &id(n),
+            op.body.time,
+        ),
         None => op,
     }
 }
@@ -42,12 +49,22 @@ fn listing(r: &Roster) -> String {
 
 fn same_after_restart(r: &Roster, what: &str) {
     let rebuilt = Roster::verified(r, NOW).expect("a roster the node holds verifies");
-    assert_eq!(rebuilt.digest(), r.digest(), "{what}: a restart rebuilds another roster");
-    assert_eq!(listing(&rebuilt), listing(r), "{what}: a restart resolves other members");
+    assert_eq!(
+        rebuilt.digest(),
+        r.digest(),
+        "{what}: a restart rebuilds another roster"
+    );
+    assert_eq!(
+        listing(&rebuilt),
+        listing(r),
+        "{what}: a restart resolves other members"
+    );
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(ops) = serde_json::from_slice::<Vec<Op>>(data) else { return };
+    let Ok(ops) = serde_json::from_slice::<Vec<Op>>(data) else {
+        return;
+    };
     if ops.len() > 8 {
         return;
     }
@@ -72,20 +89,24 @@ fuzz_target!(|data: &[u8]| {
     }
     same_after_restart(&r, "apply");
     // The same operations as a peer's roster, merged.
+    same_after_restart(&merged_from(&ops), "merge");
+    // Only what `apply` took, merged: the same roster as applying it in order.
+    let m2 = merged_from(&applied);
+    assert_eq!(
+        m2.digest(),
+        r.digest(),
+        "applied in order and merged as a set differ"
+    );
+    assert_eq!(listing(&m2), listing(&r));
+});
+
+/// The fixture roster after merging a peer's roster that holds `ops`.
+fn merged_from<'a>(ops: impl IntoIterator<Item = &'a Op>) -> Roster {
     let mut other = fogmesh_fuzz::roster().clone();
-    for op in &ops {
+    for op in ops {
         other.log.ops.insert(op.id(), op.clone());
     }
     let mut merged = fogmesh_fuzz::roster().clone();
     let _ = merged.merge(&other, NOW);
-    same_after_restart(&merged, "merge");
-    // Only what `apply` took, merged: the same roster as applying it in order.
-    let mut taken = fogmesh_fuzz::roster().clone();
-    for op in &applied {
-        taken.log.ops.insert(op.id(), op.clone());
-    }
-    let mut m2 = fogmesh_fuzz::roster().clone();
-    let _ = m2.merge(&taken, NOW);
-    assert_eq!(m2.digest(), r.digest(), "applied in order and merged as a set differ");
-    assert_eq!(listing(&m2), listing(&r));
-});
+    merged
+}

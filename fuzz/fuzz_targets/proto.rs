@@ -16,9 +16,9 @@ use fogmesh::equivocation::Evidence;
 use fogmesh::mesh::catalog::SignedMeta;
 use fogmesh::mesh::proto::{self, *};
 use fogmesh::mesh::roster::Roster;
+use fogmesh::version::Frontier;
 use fogmesh::view::aggregate::{self, Aggregation};
 use fogmesh::view::plan::FilterSpec;
-use fogmesh::version::Frontier;
 use fogmesh_fuzz::{ds, id, records, roster, NOW};
 use libfuzzer_sys::fuzz_target;
 use serde::de::DeserializeOwned;
@@ -27,7 +27,8 @@ use serde::Serialize;
 fn round_trip<T: Serialize + DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Option<T> {
     let msg: T = proto::decode(what, bytes).ok()?;
     let once = proto::encode(&msg);
-    let back: T = proto::decode(what, &once).unwrap_or_else(|e| panic!("{what}: re-encoded message does not decode: {e}"));
+    let back: T = proto::decode(what, &once)
+        .unwrap_or_else(|e| panic!("{what}: re-encoded message does not decode: {e}"));
     assert_eq!(proto::encode(&back), once, "{what}: encoding is not stable");
     Some(msg)
 }
@@ -61,7 +62,8 @@ fn envelopes(e: &[serde_bytes::ByteBuf]) {
 
 fn filter(f: &FilterSpec) {
     if let Ok(compiled) = f.compile() {
-        let sent: FilterSpec = proto::decode("filter", &proto::encode(f)).expect("a filter travels");
+        let sent: FilterSpec =
+            proto::decode("filter", &proto::encode(f)).expect("a filter travels");
         assert_eq!(&sent, f);
         assert_eq!(sent.compile().as_ref(), Ok(&compiled));
         for r in records() {
@@ -71,7 +73,9 @@ fn filter(f: &FilterSpec) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&sel, bytes)) = data.split_first() else { return };
+    let Some((&sel, bytes)) = data.split_first() else {
+        return;
+    };
     match sel % 9 {
         0 => {
             if let Some(j) = round_trip::<JoinRequest>("join", bytes) {
@@ -79,28 +83,39 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         1 => {
-            if let Some(JoinResponse::Admitted { op }) = round_trip::<JoinResponse>("join answer", bytes) {
+            if let Some(JoinResponse::Admitted { op }) =
+                round_trip::<JoinResponse>("join answer", bytes)
+            {
                 if let Ok(i) = op.check(fogmesh_fuzz::MESH) {
                     assert_eq!(i, op.id());
                 }
             }
         }
         2 => match round_trip::<SyncRequest>("sync", bytes) {
-            Some(SyncRequest::Hello { datasets, access, .. }) => {
+            Some(SyncRequest::Hello {
+                datasets, access, ..
+            }) => {
                 let _ = proto::cap("hello", datasets.len(), MAX_DATASETS);
                 let _ = proto::cap("hello access", access.len(), MAX_DATASETS);
                 for (d, _) in datasets.iter().take(32) {
                     let _ = fogmesh::naming::DatasetId::parse(d);
                 }
             }
-            Some(SyncRequest::Fetch { dataset, author, .. }) => {
+            Some(SyncRequest::Fetch {
+                dataset, author, ..
+            }) => {
                 let _ = fogmesh::naming::DatasetId::parse(&dataset);
                 let _ = fogmesh::identity::AuthorId::from_hex(&author);
             }
             _ => {}
         },
         3 => match round_trip::<SyncResponse>("sync answer", bytes) {
-            Some(SyncResponse::Hello { roster: r, catalog: c, vectors, access: a }) => {
+            Some(SyncResponse::Hello {
+                roster: r,
+                catalog: c,
+                vectors,
+                access: a,
+            }) => {
                 if let Some(r) = r {
                     let _ = Roster::verified(&r, NOW);
                 }
@@ -135,11 +150,18 @@ fuzz_target!(|data: &[u8]| {
             let _ = round_trip::<PushAck>("push ack", bytes);
         }
         6 => match round_trip::<QueryRequest>("query", bytes) {
-            Some(QueryRequest::Aggregate { app, dataset, filter: f, group_by, aggregates }) => {
+            Some(QueryRequest::Aggregate {
+                app,
+                dataset,
+                filter: f,
+                group_by,
+                aggregates,
+            }) => {
                 let _ = fogmesh::naming::validate_ident("app", &app);
                 let _ = fogmesh::naming::DatasetId::parse(&dataset);
                 filter(&f);
-                if let (Ok(fl), Ok(agg)) = (f.compile(), Aggregation::parse(&group_by, &aggregates)) {
+                if let (Ok(fl), Ok(agg)) = (f.compile(), Aggregation::parse(&group_by, &aggregates))
+                {
                     let rows = records().iter().filter(|r| fl.matches(r));
                     if let Ok(mut groups) = agg.fold(rows) {
                         agg.minimize(&mut groups);
@@ -154,10 +176,14 @@ fuzz_target!(|data: &[u8]| {
             None => {}
         },
         7 => {
-            if let Some(QueryResponse::Answer { body, signature }) = round_trip::<QueryResponse>("query answer", bytes) {
+            if let Some(QueryResponse::Answer { body, signature }) =
+                round_trip::<QueryResponse>("query answer", bytes)
+            {
                 let sig: Result<[u8; 64], _> = signature.as_ref().try_into();
                 if let Ok(sig) = sig {
-                    let _ = id(1).author().verify(&[ANSWER_DOMAIN, &body].concat(), &sig);
+                    let _ = id(1)
+                        .author()
+                        .verify(&[ANSWER_DOMAIN, &body].concat(), &sig);
                 }
                 let _ = proto::decode::<Answer>("answer", &body);
             }
@@ -166,8 +192,11 @@ fuzz_target!(|data: &[u8]| {
             if let Some(Answer::Groups { groups, .. }) = round_trip::<Answer>("answer", bytes) {
                 if proto::cap("groups", groups.len(), aggregate::MAX_GROUPS).is_ok() {
                     // A requester merges owners' partial groups and finishes them.
-                    let agg = Aggregation::parse(&["field:sym".into()], &["count".into(), "avg:cases".into(), "min:cases".into()])
-                        .expect("valid aggregation");
+                    let agg = Aggregation::parse(
+                        &["field:sym".into()],
+                        &["count".into(), "avg:cases".into(), "min:cases".into()],
+                    )
+                    .expect("valid aggregation");
                     let part: aggregate::Groups = groups.into_iter().collect();
                     let all = aggregate::merge_all([&part, &part]);
                     for (k, p) in aggregate::ordered(&all) {

@@ -28,29 +28,41 @@ fn field<'a>(p: &Predicate, r: &'a fogmesh::record::Record) -> Option<Json> {
 }
 
 fn predicate(text: &str) {
-    let Ok(p) = Predicate::parse(text) else { return };
+    let Ok(p) = Predicate::parse(text) else {
+        return;
+    };
     assert!(!p.path.is_empty());
     assert!(p.op != Op::In || p.value.is_array());
     for r in records() {
         let m = p.matches(r);
         if matches!(p.op, Op::Eq | Op::Ne) && field(&p, r).is_some() {
-            let flipped = Predicate { op: if p.op == Op::Eq { Op::Ne } else { Op::Eq }, ..p.clone() };
+            let flipped = Predicate {
+                op: if p.op == Op::Eq { Op::Ne } else { Op::Eq },
+                ..p.clone()
+            };
             assert_ne!(m, flipped.matches(r), "= and != agree on {text:?}");
         }
         if field(&p, r).is_none() {
             assert!(!m, "a record without the field matched {text:?}");
         }
     }
-    let q = Query { predicates: vec![p], ..Query::default() };
+    let q = Query {
+        predicates: vec![p],
+        ..Query::default()
+    };
     if q.validate().is_ok() {
         let hits = q.run(records().iter());
         assert!(hits.len() <= q.limit);
-        assert!(hits.windows(2).all(|w| (w[0].time, &w[0].id) <= (w[1].time, &w[1].id)));
+        assert!(hits
+            .windows(2)
+            .all(|w| (w[0].time, &w[0].id) <= (w[1].time, &w[1].id)));
     }
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     let Ok(vq) = serde_json::from_str::<ViewQuery>(text) else {
         predicate(text);
         return;
@@ -61,12 +73,20 @@ fuzz_target!(|data: &[u8]| {
     let Ok(plan) = vq.plan() else { return };
     assert!(!plan.datasets.is_empty() && plan.datasets.len() <= plan::MAX_DATASETS);
     // The filter as an owner receives it.
-    let sent: FilterSpec = proto::decode("filter", &proto::encode(&plan.filter_spec)).expect("a filter travels");
+    let sent: FilterSpec =
+        proto::decode("filter", &proto::encode(&plan.filter_spec)).expect("a filter travels");
     assert_eq!(sent.compile().as_ref(), Ok(&plan.filter));
     let d = ds();
-    let matching: Vec<_> = records().iter().filter(|r| plan.filter.matches(r)).collect();
+    let matching: Vec<_> = records()
+        .iter()
+        .filter(|r| plan.filter.matches(r))
+        .collect();
     match &plan.shape {
-        Shape::Rows { select, order, limit } => {
+        Shape::Rows {
+            select,
+            order,
+            limit,
+        } => {
             let mut rows: Vec<plan::Row> = matching.iter().map(|r| (&d, *r)).collect();
             plan::order_rows(&mut rows, order, *limit);
             assert!(rows.len() <= *limit);
@@ -79,11 +99,20 @@ fuzz_target!(|data: &[u8]| {
         }
         Shape::Aggregate { aggregation, limit } => {
             assert!(*limit >= 1);
-            let Ok(mut groups) = aggregation.fold(matching.iter().copied()) else { return };
+            let Ok(mut groups) = aggregation.fold(matching.iter().copied()) else {
+                return;
+            };
             let rows: u64 = groups.values().map(|p| p.rows).sum();
-            assert_eq!(rows, matching.len() as u64, "groups do not count each record once");
+            assert_eq!(
+                rows,
+                matching.len() as u64,
+                "groups do not count each record once"
+            );
             for (k, p) in &groups {
-                assert!(aggregation.fits(k, p), "a group does not fit its own aggregation");
+                assert!(
+                    aggregation.fits(k, p),
+                    "a group does not fit its own aggregation"
+                );
                 let out = aggregation.finish(k, p);
                 assert!(out.len() <= aggregation.dims.len() + aggregation.measures.len());
             }

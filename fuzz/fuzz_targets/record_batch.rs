@@ -21,7 +21,9 @@ fn sorted(mut v: Vec<Record>) -> Vec<Record> {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(batch) = serde_json::from_slice::<Batch>(data) else { return };
+    let Ok(batch) = serde_json::from_slice::<Batch>(data) else {
+        return;
+    };
     if record::validate_batch(&batch.records, &batch.delete).is_err() {
         return;
     }
@@ -30,9 +32,15 @@ fuzz_target!(|data: &[u8]| {
         id: "base".into(),
         name: "d7/ward-3".into(),
         time: 5,
-        data: serde_json::json!({"cases": 1, "nested": {"a": [1, 2]}}).as_object().cloned().unwrap_or_default(),
+        data: serde_json::json!({"cases": 1, "nested": {"a": [1, 2]}})
+            .as_object()
+            .cloned()
+            .unwrap_or_default(),
     };
-    let first = doc.write(&[base], &[]).expect("base write").expect("a change");
+    let first = doc
+        .write(&[base], &[])
+        .expect("base write")
+        .expect("a change");
     let held: Vec<String> = doc.ids();
     // The node refuses deletes of records it does not hold (404) before writing.
     if batch.delete.iter().any(|d| !held.contains(d)) {
@@ -64,10 +72,19 @@ fuzz_target!(|data: &[u8]| {
         if existed {
             // An update sets the fields given and keeps the others.
             for (k, v) in &u.data {
-                assert_eq!(r.data.get(k), Some(v), "field {k:?} of {} reads back otherwise", u.id);
+                assert_eq!(
+                    r.data.get(k),
+                    Some(v),
+                    "field {k:?} of {} reads back otherwise",
+                    u.id
+                );
             }
         } else {
-            assert_eq!(r.data, u.data, "record {} reads back otherwise than written", u.id);
+            assert_eq!(
+                r.data, u.data,
+                "record {} reads back otherwise than written",
+                u.id
+            );
         }
     }
     for d in &batch.delete {
@@ -81,10 +98,20 @@ fuzz_target!(|data: &[u8]| {
         changes.push(automerge::Change::from_bytes(c).expect("own change parses"));
     }
     assert!(replica.missing_objects(&changes, true).is_empty());
-    replica.apply(changes).expect("a replica applies the changes");
-    assert_eq!(sorted(replica.read_all()), mine, "a replica reads other records");
+    replica
+        .apply(changes)
+        .expect("a replica applies the changes");
+    assert_eq!(
+        sorted(replica.read_all()),
+        mine,
+        "a replica reads other records"
+    );
     // A restart.
     let saved = doc.automerge().save();
     let mut loaded = Doc::load(&saved, &[7; 32]).expect("a saved document loads");
-    assert_eq!(sorted(loaded.read_all()), mine, "a reloaded document reads other records");
+    assert_eq!(
+        sorted(loaded.read_all()),
+        mine,
+        "a reloaded document reads other records"
+    );
 });

@@ -17,7 +17,9 @@ fn listing(r: &Roster) -> String {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(theirs) = proto::decode::<Roster>("roster", data) else { return };
+    let Ok(theirs) = proto::decode::<Roster>("roster", data) else {
+        return;
+    };
     if let Ok(v) = Roster::verified(&theirs, NOW) {
         let again = Roster::verified(&v, NOW).expect("a verified roster verifies");
         assert_eq!(again.digest(), v.digest(), "verification is not idempotent");
@@ -33,7 +35,11 @@ fuzz_target!(|data: &[u8]| {
     let (n, _) = mine.merge(&theirs, NOW);
     assert_eq!(n, 0, "merging one roster twice added items the second time");
     let rebuilt = Roster::verified(&mine, NOW).expect("a merged roster verifies");
-    assert_eq!(rebuilt.digest(), mine.digest(), "a restart would rebuild another roster");
+    assert_eq!(
+        rebuilt.digest(),
+        mine.digest(),
+        "a restart would rebuild another roster"
+    );
     assert_eq!(listing(&rebuilt), listing(&mine));
     assert!(mine.by_org("hospital").is_some() || mine.entry("hospital").is_some());
 });

@@ -22,8 +22,14 @@ fn check_vv(bytes: &[u8]) -> Option<VersionVector> {
 fn check_frontier(bytes: &[u8]) -> Option<Frontier> {
     let f = Frontier::decode(bytes).ok()?;
     assert_eq!(f.encode(), bytes, "frontier is not canonical");
-    assert!(f.tips.keys().all(|a| f.vv.get(a) > 0), "a tip outside the vector");
-    assert_eq!(f.digest(), Frontier::decode(&f.encode()).expect("re-decodes").digest());
+    assert!(
+        f.tips.keys().all(|a| f.vv.get(a) > 0),
+        "a tip outside the vector"
+    );
+    assert_eq!(
+        f.digest(),
+        Frontier::decode(&f.encode()).expect("re-decodes").digest()
+    );
     Some(f)
 }
 
@@ -45,7 +51,11 @@ fn algebra(a: &VersionVector, b: &VersionVector) {
     // (src/version.rs, reproducer fuzz/regressions/version/total_overflow, replayed by run.sh).
     // With FOGMESH_FUZZ_SKIP_KNOWN (run.sh's fuzzing phase) it is called only where it cannot
     // overflow, so that fuzzing goes on past that known bug.
-    if !fogmesh_fuzz::skip_known() || a.iter().try_fold(0u64, |t, (_, s)| t.checked_add(*s)).is_some() {
+    if !fogmesh_fuzz::skip_known()
+        || a.iter()
+            .try_fold(0u64, |t, (_, s)| t.checked_add(*s))
+            .is_some()
+    {
         let _ = a.total();
     }
     let _ = a.digest();
@@ -53,11 +63,17 @@ fn algebra(a: &VersionVector, b: &VersionVector) {
 
 fn frontier_algebra(x: &Frontier, y: &Frontier) {
     let m = x.meet(y);
-    assert!(x.vv.dominates(&m.vv) && y.vv.dominates(&m.vv), "meet exceeds a side");
+    assert!(
+        x.vv.dominates(&m.vv) && y.vv.dominates(&m.vv),
+        "meet exceeds a side"
+    );
     assert!(m.tips.keys().all(|a| m.vv.get(a) > 0));
     let mut j = x.clone();
     j.join(y);
-    assert!(j.vv.dominates(&x.vv) && j.vv.dominates(&y.vv), "join falls short of a side");
+    assert!(
+        j.vv.dominates(&x.vv) && j.vv.dominates(&y.vv),
+        "join falls short of a side"
+    );
     assert!(j.tips.keys().all(|a| j.vv.get(a) > 0));
     // Authors a frontier names diverging are held to the same sequence on both sides.
     for (a, seq) in x.diverging(y) {

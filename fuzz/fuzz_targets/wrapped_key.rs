@@ -9,8 +9,14 @@ use fogmesh::access::WrappedKey;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(w) = WrappedKey::decode(data) else { return };
-    assert_eq!(w.encode(), data, "decode(bytes) does not re-encode to bytes");
+    let Ok(w) = WrappedKey::decode(data) else {
+        return;
+    };
+    assert_eq!(
+        w.encode(),
+        data,
+        "decode(bytes) does not re-encode to bytes"
+    );
     let owner = fogmesh_fuzz::id(1);
     let verified = w.verify(&owner.author()).is_ok();
     assert_eq!(verified, w.signed_by(&owner.author()));

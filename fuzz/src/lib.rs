@@ -56,7 +56,8 @@ fn build_roster() -> Roster {
             role,
             invitation: format!("{:064x}", n),
         };
-        r.sign_and_apply(action, &founder, NOW - 500).expect("admit");
+        r.sign_and_apply(action, &founder, NOW - 500)
+            .expect("admit");
     }
     r
 }
@@ -78,11 +79,36 @@ pub fn records() -> &'static [Record] {
             data: data.as_object().cloned().unwrap_or_default(),
         };
         vec![
-            rec("a", "d7/ward-3", 10, json!({"cases": 3, "sym": "fever", "loc": {"x": 1}})),
-            rec("b", "d7/ward-4", 20, json!({"cases": 8, "sym": "cough", "r": 2.5})),
-            rec("c", "d70/ward-1", 30, json!({"cases": 5, "tags": ["a", "b"], "ok": true})),
-            rec("d", "d8", 40, json!({"sym": "fever", "cases": -1, "big": u64::MAX})),
-            rec("e", "d8/x/y/z", 86_400_000, json!({"cases": 1.0, "n": null, "loc": {"x": "1"}})),
+            rec(
+                "a",
+                "d7/ward-3",
+                10,
+                json!({"cases": 3, "sym": "fever", "loc": {"x": 1}}),
+            ),
+            rec(
+                "b",
+                "d7/ward-4",
+                20,
+                json!({"cases": 8, "sym": "cough", "r": 2.5}),
+            ),
+            rec(
+                "c",
+                "d70/ward-1",
+                30,
+                json!({"cases": 5, "tags": ["a", "b"], "ok": true}),
+            ),
+            rec(
+                "d",
+                "d8",
+                40,
+                json!({"sym": "fever", "cases": -1, "big": u64::MAX}),
+            ),
+            rec(
+                "e",
+                "d8/x/y/z",
+                86_400_000,
+                json!({"cases": 1.0, "n": null, "loc": {"x": "1"}}),
+            ),
         ]
     })
 }
@@ -132,7 +158,9 @@ pub fn take_last_panic() -> Option<String> {
 /// Runs `f`; a panic that escapes it is printed and aborts the process (a crash for libFuzzer).
 pub fn run_guarded(f: impl FnOnce()) {
     if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
-        let msg = LAST_PANIC.with(|p| p.borrow_mut().take()).unwrap_or_default();
+        let msg = LAST_PANIC
+            .with(|p| p.borrow_mut().take())
+            .unwrap_or_default();
         eprintln!("uncaught panic in the fuzz target: {msg}");
         std::process::abort();
     }

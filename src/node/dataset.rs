@@ -391,6 +391,11 @@ impl State {
         self.current().meet(&self.durable)
     }
 
+    /// How far `author`'s history goes in [`Self::served`].
+    pub(crate) fn served_seq(&self, author: &AuthorId) -> u64 {
+        self.vv.get(author).min(self.durable.vv.get(author))
+    }
+
     /// The key new local writes are sealed with (the newest epoch held), `None` for a dataset
     /// in clear. Fails when the dataset is sealed and this node holds no key for it.
     /// A write is refused while the dataset's access state names a newer epoch than the newest

@@ -380,22 +380,15 @@ impl Node {
         let count = (batch.records.len() + batch.delete.len()) as u64;
         let _signing = self.signing().await?;
         let hlc = self.inner.clock.tick().0;
-        let (node, ds2) = (self.clone(), ds.clone());
-        // One task from the store to the settle: a caller that goes away (a client that
-        // disconnects) must not leave a stored change untold to peers.
-        let (written, took) = tokio::spawn(async move {
-            let (n, d) = (node.clone(), ds2.clone());
-            let written = tokio::task::spawn_blocking(move || {
-                let i = &n.inner;
-                d.write_local(&i.identity, &i.store, hlc, batch, i.config.snapshot_every)
+        let (written, took) = self
+            .store_and_settle(&ds, move |node, ds| {
+                let i = &node.inner;
+                let written =
+                    ds.write_local(&i.identity, &i.store, hlc, batch, i.config.snapshot_every)?;
+                Ok((written, true))
             })
-            .await
-            .map_err(|e| Error::Internal(e.to_string()))??;
-            let took = node.flush_and_settle(&ds2).await?;
-            Ok::<_, Error>((written, took))
-        })
-        .await
-        .map_err(|e| Error::Internal(e.to_string()))??;
+            .await?;
+        let took = took.unwrap_or_default();
         let m = &self.inner.metrics;
         m.flush_seconds.observe(took.as_secs_f64());
         m.records_written.inc_by(count);
@@ -412,13 +405,30 @@ impl Node {
         Ok(written.ids)
     }
 
-    /// Waits for a flush that covers what `ds` holds now, then tells peers of it
-    /// ([`Dataset::settle`]).
-    async fn flush_and_settle(&self, ds: &Dataset) -> Result<std::time::Duration> {
-        let pending = ds.pending();
-        let took = self.inner.store.durable().await?;
-        ds.settle(&pending);
-        Ok(took)
+    /// Runs `store` (blocking; it stores into `ds` and says whether it stored anything), then,
+    /// if it did, waits for a flush that covers it and tells peers of it ([`Dataset::settle`]);
+    /// returns what `store` gave and the flush's duration. All in one task of its own: a caller
+    /// that goes away (a client that disconnects) must not leave a stored change untold.
+    async fn store_and_settle<T: Send + 'static>(
+        &self,
+        ds: &Arc<Dataset>,
+        store: impl FnOnce(&Node, &Dataset) -> Result<(T, bool)> + Send + 'static,
+    ) -> Result<(T, Option<std::time::Duration>)> {
+        let (node, ds) = (self.clone(), ds.clone());
+        let task = tokio::spawn(async move {
+            let (n, d) = (node.clone(), ds.clone());
+            let (out, stored) = tokio::task::spawn_blocking(move || store(&n, &d))
+                .await
+                .map_err(|e| Error::Internal(e.to_string()))??;
+            if !stored {
+                return Ok((out, None));
+            }
+            let pending = ds.pending();
+            let took = node.inner.store.durable().await?;
+            ds.settle(&pending);
+            Ok((out, Some(took)))
+        });
+        task.await.map_err(|e| Error::Internal(e.to_string()))?
     }
 
     fn snapshot_in_background(&self, ds: Arc<Dataset>) {

@@ -402,23 +402,14 @@ impl super::Node {
         if envs.is_empty() {
             return Ok((0, unchained));
         }
-        let (node, ds2) = (self.clone(), ds.clone());
-        // One task from the store to the settle (see `Node::write`).
-        let mut applied = tokio::spawn(async move {
-            let (n, d) = (node.clone(), ds2.clone());
-            let applied = tokio::task::spawn_blocking(move || {
-                let i = &n.inner;
-                d.apply_remote(&i.store, envs, i.config.snapshot_every)
+        let (mut applied, _) = self
+            .store_and_settle(&ds, move |node, ds| {
+                let i = &node.inner;
+                let applied = ds.apply_remote(&i.store, envs, i.config.snapshot_every)?;
+                let stored = applied.new > 0;
+                Ok((applied, stored))
             })
-            .await
-            .map_err(|e| Error::Internal(e.to_string()))??;
-            if applied.new > 0 {
-                node.flush_and_settle(&ds2).await?;
-            }
-            Ok::<_, Error>(applied)
-        })
-        .await
-        .map_err(|e| Error::Internal(e.to_string()))??;
+            .await?;
         applied.invalid.extend(unchained);
         for ev in std::mem::take(&mut applied.evidence) {
             // The envelopes are stored: a failure here must not fail their apply.
@@ -456,8 +447,8 @@ impl super::Node {
         (after, upto): (u64, u64),
         limits: (usize, usize),
     ) -> Result<(Vec<Vec<u8>>, bool)> {
-        let on_disk = self.held(id).map_or(0, |d| d.lock().durable.vv.get(author));
-        let upto = upto.min(on_disk);
+        let told = self.held(id).map_or(0, |d| d.lock().served_seq(author));
+        let upto = upto.min(told);
         if upto <= after {
             return Ok((Vec::new(), false));
         }
