@@ -68,9 +68,6 @@ for t in "${targets[@]}"; do
     log="fuzz/target/fuzz-$t.log"
     echo "== $t: fuzzing for $seconds s"
     # Fresh inputs go to the scratch corpus; the checked-in seeds are read only.
-    # FOGMESH_FUZZ_SKIP_KNOWN: step around the known bugs kept in fuzz/regressions (replayed
-    # above without it), so that the run can find others.
-    FOGMESH_FUZZ_SKIP_KNOWN=1 \
     cargo fuzz run -s none "${build_flags[@]}" "$t" "$run_corpus" "fuzz/corpus/$t" -- \
         -max_total_time="$seconds" -rss_limit_mb="$rss" -print_final_stats=1 \
         >"$log" 2>&1

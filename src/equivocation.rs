@@ -156,7 +156,7 @@ impl Evidence {
                 return Err(Error::NotAFork("the same envelope twice"));
             }
             a.seq
-        } else if b.seq == a.seq + 1 {
+        } else if a.seq.checked_add(1) == Some(b.seq) {
             match b.prev {
                 Some(p) if p != self.first.digest() => a.seq,
                 Some(_) => return Err(Error::NotAFork("the second follows the first")),
@@ -250,6 +250,17 @@ mod tests {
         let mut big = good.clone();
         big.first.message = ByteBuf::from(vec![0; MAX_MESSAGE + 1]);
         assert!(matches!(big.check(), Err(Error::Malformed(_))));
+        // From the fuzzer (fuzz/regressions/evidence/seq_max_overflow): a first message at the
+        // last sequence there is; `a.seq + 1` overflowed.
+        let last = Evidence {
+            first: Signed::of(&env(&id, u64::MAX, [9; 32], b"x")),
+            second: Signed::of(&env(&id, 1, GENESIS, b"y")),
+        };
+        assert!(matches!(last.check(), Err(Error::NotAFork(_))));
+        let found = Evidence::decode(include_bytes!(
+            "../fuzz/regressions/evidence/seq_max_overflow"
+        ));
+        assert!(found.is_ok_and(|e| e.check().is_err()));
         for garbage in [&b""[..], b"\xa0", b"\x82\x01\x02"] {
             assert!(Evidence::decode(garbage).is_err());
         }

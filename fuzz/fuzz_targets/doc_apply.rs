@@ -1,16 +1,19 @@
-//! Automerge changes from peers (an opened envelope's payload: `automerge::Change::from_bytes`)
-//! applied to a dataset's document through the live path's guard: `Doc::missing_objects`
-//! (ready changes only, as `refuse_missing_objects` does), then `Doc::apply` (or `Doc::apply_all`,
-//! the restore path), which turns an Automerge panic into `Error::Panicked`. The document is a
-//! fixed one with records (data/base_doc.bin, written by examples/seed.rs through `Doc::write`).
+//! Automerge changes from peers (an opened envelope's payload, parsed with
+//! `fogmesh::view::doc::decode_change` as the node parses it) applied to a dataset's document
+//! through the live path's guard: `Doc::refused` (ready changes only, as `refuse_unsafe` does),
+//! then `Doc::apply` (or `Doc::apply_all`, the restore path), which reports a panic inside
+//! Automerge or a change it holds unfaithfully as an error that makes the node rebuild the
+//! document from its store. The document is a fixed one with records (data/base_doc.bin,
+//! written by examples/seed.rs through `Doc::write`).
 //!
 //! Input: a mode byte (bit 0: apply_all instead of apply), then up to 8 u16-length-prefixed
 //! changes; if none of those parse, the whole rest as one change.
 //!
-//! Asserts, unless Automerge panicked inside the guard (then the node rebuilds the document
-//! from its store; the panic site is printed once per site): the document still reads, takes a
-//! local write, saves as a snapshot does, and the saved bytes load again (`Automerge::load` and
-//! `Doc::load`) to a document with the same records.
+//! Asserts, unless the apply reported a broken document (the node then rebuilds it; the panic
+//! site, if any, is printed once per site): the document still reads, takes a local write, saves
+//! as a snapshot does, and the saved bytes load again (`Automerge::load` and `Doc::load`) to a
+//! document with the same records. (Each of the fuzz/regressions/doc_apply reproducers broke
+//! one of these before the guard.)
 #![no_main]
 
 use std::collections::HashSet;
@@ -18,7 +21,7 @@ use std::sync::{Mutex, OnceLock};
 
 use automerge::{Automerge, Change};
 use fogmesh::record::Record;
-use fogmesh::view::doc::{Doc, Error, Upsert};
+use fogmesh::view::doc::{decode_change, Doc, Error, Upsert};
 use libfuzzer_sys::fuzz_target;
 
 const BASE: &[u8] = include_bytes!("../data/base_doc.bin");
@@ -44,14 +47,6 @@ fn note_panic(why: &str) {
     }
 }
 
-/// Whether `c` is Automerge's own encoding of its operations (same hash once re-encoded).
-fn canonical(c: &Change) -> bool {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        Change::from(c.decode()).hash() == c.hash()
-    }))
-    .unwrap_or(false)
-}
-
 fn snapshot(doc: &Doc) -> Vec<u8> {
     doc.automerge().save_with_options(automerge::SaveOptions {
         retain_orphans: false,
@@ -67,25 +62,10 @@ fn check_usable(doc: &mut Doc) {
     // whose checksum does not match its bytes, which `Change::from_bytes` accepts, then makes
     // the saved document fail to load with BadChecksum: see fuzz/regressions/doc_apply.)
     let saved = snapshot(doc);
-    // Known bug (fuzz/regressions/doc_apply/delete_unknown_pred_missing_ops): a change that
-    // deletes a key naming a predecessor the key does not hold applies, but a saved document has
-    // no place for that delete, and fails to load (InvalidChanges(MissingOps)). Stepped around
-    // with FOGMESH_FUZZ_SKIP_KNOWN only.
-    // Known bug (fuzz/regressions/doc_apply/load_panics_collector_assert): likewise a put whose
-    // predecessor is an op of another key; loading the saved document then panics inside
-    // Automerge (op_set2/change/collector.rs: `assert!(self.data[index].is_none())`), and
-    // `Doc::load` does not catch it. Also stepped around with FOGMESH_FUZZ_SKIP_KNOWN only.
-    // (mismatching_heads_in_context: a change whose own encoding is canonical, re-encoded in
-    // the saved document to another hash.) All one class: with FOGMESH_FUZZ_SKIP_KNOWN, any
-    // snapshot that does not load, by error or panic, ends the input quietly.
-    if fogmesh_fuzz::skip_known() {
-        let loaded = std::panic::catch_unwind(|| Automerge::load(&saved).map(|_| ()));
-        if !matches!(loaded, Ok(Ok(()))) {
-            return;
-        }
-    }
-    if let Err(e) = Automerge::load(&saved) {
-        panic!("the saved document loads (automerge): {e:?}");
+    match std::panic::catch_unwind(|| Automerge::load(&saved).map(|_| ())) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => panic!("the saved document loads (automerge): {e:?}"),
+        Err(_) => panic!("Automerge::load panicked on the saved document"),
     }
     let mut loaded = Doc::load(&saved, &ACTOR).expect("the saved document loads (Doc)");
     assert_eq!(
@@ -115,17 +95,7 @@ fuzz_target!(
     init: fogmesh_fuzz::quiet_panic_hook(),
     |data: &[u8]| fogmesh_fuzz::run_guarded(|| {
         let Some((&mode, rest)) = data.split_first() else { return };
-        // Known bug (fuzz/regressions/doc_apply/change_from_bytes_panics): `Change::from_bytes`
-        // itself panics on some bytes (automerge types.rs: an `unwrap` of a failed int
-        // conversion), and the node calls it unguarded (src/node/replica.rs, `change_of`).
-        // With FOGMESH_FUZZ_SKIP_KNOWN such input is stepped around.
-        let parse = |b: &[u8]| -> Option<Change> {
-            if fogmesh_fuzz::skip_known() {
-                std::panic::catch_unwind(|| Change::from_bytes(b.to_vec()).ok()).ok().flatten()
-            } else {
-                Change::from_bytes(b.to_vec()).ok()
-            }
-        };
+        let parse = |b: &[u8]| decode_change(b.to_vec()).ok();
         let mut changes: Vec<Change> =
             fogmesh_fuzz::split_parts(rest, 8).into_iter().filter_map(parse).collect();
         if changes.is_empty() {
@@ -135,7 +105,7 @@ fuzz_target!(
             }
         }
         let mut doc = Doc::from_automerge(base().clone().with_actor(automerge::ActorId::from(&ACTOR[..])));
-        let refused: Vec<usize> = doc.missing_objects(&changes, true).into_iter().map(|(i, _)| i).collect();
+        let refused: Vec<usize> = doc.refused(&changes, true).into_iter().map(|(i, _)| i).collect();
         let ok: Vec<Change> = changes
             .into_iter()
             .enumerate()
@@ -143,15 +113,6 @@ fuzz_target!(
             .map(|(_, c)| c)
             .collect();
         if ok.is_empty() {
-            return;
-        }
-        // Known bug (fuzz/regressions/doc_apply/noncanonical_change_heads): a change whose bytes
-        // are not Automerge's own encoding of its operations applies, but its hash (of the bytes
-        // received) is not the hash of the change a saved document re-encodes, and the snapshot
-        // no longer loads (MismatchingHeads). With FOGMESH_FUZZ_SKIP_KNOWN (run.sh's fuzzing
-        // phase) such input is left out, so that fuzzing goes on past it. The same test would
-        // refuse such a change on intake: re-encode it and compare hashes.
-        if fogmesh_fuzz::skip_known() && !ok.iter().all(canonical) {
             return;
         }
         let result = if mode & 1 == 0 {
@@ -164,6 +125,7 @@ fuzz_target!(
                 note_panic(&why);
                 return;
             }
+            Err(e) if e.broke_document() => return,
             Err(_) | Ok(()) => {}
         }
         let _ = doc.waiting();

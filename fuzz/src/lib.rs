@@ -113,14 +113,6 @@ pub fn records() -> &'static [Record] {
     })
 }
 
-/// True when `FOGMESH_FUZZ_SKIP_KNOWN` is set (run.sh sets it while fuzzing, not while replaying
-/// fuzz/regressions): targets then step around the known, reported bugs whose reproducers are
-/// in fuzz/regressions, so that a run can find others. Unset, every property is checked.
-pub fn skip_known() -> bool {
-    static S: OnceLock<bool> = OnceLock::new();
-    *S.get_or_init(|| std::env::var_os("FOGMESH_FUZZ_SKIP_KNOWN").is_some())
-}
-
 thread_local! {
     static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
 }

@@ -489,14 +489,23 @@ impl Node {
             return Ok(());
         }
         let node = self.clone();
-        tokio::task::spawn_blocking(move || {
+        let closing = tokio::task::spawn_blocking(move || {
             for ds in node.all_datasets() {
                 ds.snapshot(&node.inner.store)?;
             }
             node.inner.store.flush_blocking().map_err(Error::from)
-        })
-        .await
-        .map_err(|e| Error::Internal(e.to_string()))??;
+        });
+        // A disk that stopped taking writes can leave sled's flush waiting for good.
+        let Ok(closed) = tokio::time::timeout(crate::store::FLUSH_STALL, closing).await else {
+            let why = format!(
+                "the closing snapshot and flush did not finish within {:?}",
+                crate::store::FLUSH_STALL
+            );
+            self.inner.store.mark_failed(&why);
+            tracing::warn!(%why, "shutting down without them: what reached the disk is what the next start finds");
+            return Ok(());
+        };
+        closed.map_err(|e| Error::Internal(e.to_string()))??;
         tracing::info!("node state flushed");
         Ok(())
     }

@@ -28,8 +28,8 @@ pub const MAX_HELD_BYTES_PER_AUTHOR: usize = 16 * 1024 * 1024;
 pub const MAX_HELD_PER_DATASET: usize = 10_000;
 
 impl Dataset {
-    /// Quarantines the changes of `batch` that name an object the document lacks.
-    pub(super) fn refuse_missing_objects(
+    /// Quarantines the changes of `batch` the document's guard refuses (see [`doc::Doc::refused`]).
+    pub(super) fn refuse_unsafe(
         &self,
         store: &Store,
         st: &State,
@@ -38,7 +38,7 @@ impl Dataset {
     ) -> Result<()> {
         let idx: Vec<usize> = (0..batch.len()).filter(|i| batch[*i].1.is_some()).collect();
         let changes: Vec<Change> = idx.iter().filter_map(|i| batch[*i].1.clone()).collect();
-        let refused = st.doc.missing_objects(&changes, true);
+        let refused = st.doc.refused(&changes, true);
         let mut drop: Vec<usize> = Vec::new();
         for (k, why) in refused {
             let i = idx[k];
@@ -127,39 +127,24 @@ impl Dataset {
             };
             match st.doc.apply(vec![change.clone()]) {
                 Ok(_) => kept.push((env, Some(change))),
-                Err(doc::Error::Panicked(_)) => {
+                Err(e) if e.broke_document() => {
                     self.rebuild(store, st)?;
-                    let mut candidates = vec![change.clone()];
-                    candidates.extend(self.held_back(store, st)?);
-                    let released: Vec<usize> = st
-                        .doc
-                        .missing_objects(&candidates, false)
-                        .into_iter()
-                        .map(|(k, _)| k)
-                        .filter(|k| *k > 0)
-                        .collect();
-                    if released.is_empty() {
-                        self.quarantine(store, env.author, env.seq, "automerge failed on it")?;
-                        invalid.push(env.author);
-                        continue;
-                    }
-                    for k in released {
-                        let c = &candidates[k];
-                        let Some(author) = AuthorId::from_slice(c.actor_id().to_bytes()) else {
-                            continue;
-                        };
-                        let why = "names an object the document lacks (released by a later change)";
-                        self.quarantine(store, author, c.seq(), why)?;
-                        invalid.push(author);
-                    }
-                    self.rebuild(store, st)?;
-                    if st.doc.apply(vec![change.clone()]).is_ok() {
-                        kept.push((env, Some(change)));
-                    } else {
+                    let others = self.released_breakers(store, st, &change, &e)?;
+                    if !others.is_empty() {
+                        let why = "breaks the document (released by a later change)";
+                        for (author, seq) in others {
+                            self.quarantine(store, author, seq, why)?;
+                            invalid.push(author);
+                        }
                         self.rebuild(store, st)?;
-                        self.quarantine(store, env.author, env.seq, "automerge failed on it")?;
-                        invalid.push(env.author);
+                        if st.doc.apply(vec![change.clone()]).is_ok() {
+                            kept.push((env, Some(change)));
+                            continue;
+                        }
+                        self.rebuild(store, st)?;
                     }
+                    self.quarantine(store, env.author, env.seq, &e.to_string())?;
+                    invalid.push(env.author);
                 }
                 Err(e) => {
                     tracing::warn!(dataset = %self.meta.id, author = %env.author, seq = env.seq, error = %e, "remote change refused");
@@ -193,6 +178,37 @@ impl Dataset {
         self.rebuild(store, &mut st)?;
         st.records = shown;
         Ok(st.rematerialize())
+    }
+
+    /// Held-back changes that `change`, applied after them, let through and that broke the
+    /// document (`e`): ones the guard refuses once their history is at hand, and ones Automerge
+    /// held unfaithfully. As (author, sequence).
+    fn released_breakers(
+        &self,
+        store: &Store,
+        st: &mut State,
+        change: &Change,
+        e: &doc::Error,
+    ) -> Result<Vec<(AuthorId, u64)>> {
+        let mut out = Vec::new();
+        if let doc::Error::Unfaithful(list) = e {
+            let others = list
+                .iter()
+                .filter(|(a, s)| (a, *s) != (change.actor_id(), change.seq()));
+            out.extend(others.filter_map(|(a, s)| Some((AuthorId::from_slice(a.to_bytes())?, *s))));
+        }
+        let mut candidates = vec![change.clone()];
+        candidates.extend(self.held_back(store, st)?);
+        for (k, _) in st.doc.refused(&candidates, false) {
+            let c = &candidates[k];
+            match AuthorId::from_slice(c.actor_id().to_bytes()) {
+                Some(author) if k > 0 && !out.contains(&(author, c.seq())) => {
+                    out.push((author, c.seq()))
+                }
+                _ => {}
+            }
+        }
+        Ok(out)
     }
 
     /// The stored changes the document holds back (stored, opened, not applied).
@@ -265,26 +281,17 @@ impl State {
                         continue;
                     }
                     progress = true;
-                    let refused = !state
-                        .doc
-                        .missing_objects(std::slice::from_ref(&c), true)
-                        .is_empty();
+                    let refused = !state.doc.refused(std::slice::from_ref(&c), true).is_empty();
                     let (why, poisoned) = if refused {
-                        (
-                            "names an object the document lacks, or does not decode",
-                            false,
-                        )
+                        ("the guard refuses it".to_owned(), false)
                     } else {
                         match state.doc.apply_all(vec![c]) {
                             Ok(()) => continue,
-                            Err(crate::view::doc::Error::Panicked(_)) => {
-                                ("automerge failed on it", true)
-                            }
-                            Err(_) => ("automerge refused it", false),
+                            Err(e) => (e.to_string(), e.broke_document()),
                         }
                     };
                     tracing::warn!(dataset = %meta.id, author = %env.author, seq = env.seq, why, "stored envelope quarantined");
-                    store.quarantine(&meta.id, &env.author, env.seq, why)?;
+                    store.quarantine(&meta.id, &env.author, env.seq, &why)?;
                     if poisoned {
                         continue 'again;
                     }

@@ -47,7 +47,7 @@ impl Dataset {
         }
         let (mut invalid, mut evidence) = (Vec::new(), Vec::new());
         let mut batch = self.opened(store, &mut st, envs, &mut invalid, &mut evidence)?;
-        self.refuse_missing_objects(store, &st, &mut batch, &mut invalid)?;
+        self.refuse_unsafe(store, &st, &mut batch, &mut invalid)?;
         self.bound_held_back(&st, &mut batch);
         let new = batch.len();
         if new == 0 {
@@ -64,7 +64,7 @@ impl Dataset {
         } else {
             match st.doc.apply(changes) {
                 Ok(a) => a,
-                Err(doc::Error::Panicked(why)) => {
+                Err(why) if why.broke_document() => {
                     tracing::error!(dataset = %self.meta.id, %why, "a remote change broke the document: rebuilding it and finding the change");
                     batch = self.recover(store, &mut st, batch, &mut invalid)?;
                     doc::Applied {
@@ -225,10 +225,10 @@ impl Dataset {
         if let Some(e) = bad {
             tracing::warn!(dataset = %self.meta.id, error = %e, "a stored envelope does not open");
         }
-        let refused = st.doc.missing_objects(&changes, true);
+        let refused = st.doc.refused(&changes, true);
         if refused.is_empty() {
             match st.doc.apply_all(changes) {
-                Err(doc::Error::Panicked(why)) => {
+                Err(why) if why.broke_document() => {
                     tracing::error!(dataset = %self.meta.id, %why, "a change opened with a new key broke the document: rebuilding it");
                 }
                 other => {
@@ -277,7 +277,7 @@ fn verified(envs: Vec<Envelope>) -> Result<(Vec<Envelope>, Vec<AuthorId>)> {
 /// else's history.
 pub(super) fn change_of(env: &Envelope, plain: Vec<u8>) -> Result<Change> {
     let bad = |why: String| Error::Invalid(format!("envelope {} #{}: {why}", env.author, env.seq));
-    let change = Change::from_bytes(plain).map_err(|e| bad(format!("not a change: {e}")))?;
+    let change = crate::view::doc::decode_change(plain).map_err(|e| bad(e.to_string()))?;
     if change.actor_id().to_bytes() != env.author.as_bytes() {
         return Err(bad("the change's actor is not the envelope's author".into()));
     }

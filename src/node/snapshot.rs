@@ -40,20 +40,25 @@ impl Dataset {
             self.snapshotting.store(false, Ordering::Release);
             return Ok(false);
         }
-        let result = store.put_snapshot(
-            &self.meta.id,
-            &Snapshot {
-                vv,
-                // Without the changes held back: the vector leaves them out, and one set aside
-                // later must not come back from the snapshot.
-                doc: doc.save_with_options(automerge::SaveOptions {
-                    retain_orphans: false,
-                    ..Default::default()
-                }),
-            },
-        );
+        // Without the changes held back: the vector leaves them out, and one set aside later
+        // must not come back from the snapshot.
+        let saved = doc.save_with_options(automerge::SaveOptions {
+            retain_orphans: false,
+            ..Default::default()
+        });
+        // A snapshot is stored only if it loads: Automerge checks more on load than on apply,
+        // and a member's change the guard missed must not cost the next restart its snapshot.
+        let result = match crate::view::doc::load(&saved) {
+            Ok(_) => store
+                .put_snapshot(&self.meta.id, &Snapshot { vv, doc: saved })
+                .map(|_| true),
+            Err(e) => {
+                tracing::error!(dataset = %self.meta.id, error = %e, "a snapshot of the document would not load: not stored, the previous one kept");
+                Ok(false)
+            }
+        };
         self.snapshotting.store(false, Ordering::Release);
-        result.map(|_| true).map_err(Into::into)
+        result.map_err(Into::into)
     }
 }
 
@@ -124,7 +129,15 @@ impl State {
         keys: BTreeMap<u64, EpochKey>,
     ) -> Result<Self> {
         let mut state = match store.snapshot(&meta.id)? {
-            Some(snap) => Self::from_snapshot(snap, author)?,
+            Some(snap) => match Self::from_snapshot(snap, author) {
+                Ok(state) => state,
+                // The store keeps every envelope a snapshot covers: it is only a head start.
+                Err(e) => {
+                    tracing::error!(dataset = %meta.id, error = %e, "the snapshot does not load: removed, the dataset is rebuilt from its envelopes");
+                    store.remove_snapshot(&meta.id)?;
+                    Self::empty(author)
+                }
+            },
             None => Self::empty(author),
         };
         state.keys = keys;

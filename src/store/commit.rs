@@ -15,6 +15,11 @@ use super::{Error, Failure};
 /// Most writers that may wait for a flush at once; more wait for a place in the queue.
 pub const FLUSH_QUEUE_CAP: usize = 4096;
 
+/// How long a writer waits for its flush before the disk counts as failed. A disk that fills can
+/// leave sled's flush waiting for good (seen in the nemesis soak once sled's own background
+/// flusher had failed for lack of space), and a write must not wait for ever.
+pub const FLUSH_STALL: Duration = Duration::from_secs(30);
+
 type Waiter = oneshot::Sender<Result<Duration, String>>;
 
 /// Handle to the flusher thread. When the last handle is dropped the thread is told to stop and
@@ -96,15 +101,28 @@ impl Flusher {
 
     /// Resolves once a flush that began after this call has completed; returns its duration.
     /// Fails at once once a flush has failed: the store takes nothing more (see [`Failure`]).
+    /// A flush that does not finish within [`FLUSH_STALL`] marks the disk failed.
     pub async fn durable(&self) -> Result<Duration, Error> {
+        if let Some(why) = self.inner.failure.get() {
+            return Err(Error::DiskFailed(why));
+        }
         let (tx, rx) = oneshot::channel();
         let queue = self.inner.tx.lock().ok().and_then(|q| q.clone());
         let queue = queue.ok_or(Error::Closed)?;
-        queue.send(tx).await.map_err(|_| Error::Closed)?;
-        match rx.await {
-            Ok(Ok(took)) => Ok(took),
-            Ok(Err(msg)) => Err(Error::DiskFailed(msg)),
-            Err(_) => Err(Error::Closed),
+        let waited = tokio::time::timeout(FLUSH_STALL, async move {
+            queue.send(tx).await.map_err(|_| Error::Closed)?;
+            match rx.await {
+                Ok(Ok(took)) => Ok(took),
+                Ok(Err(msg)) => Err(Error::DiskFailed(msg)),
+                Err(_) => Err(Error::Closed),
+            }
+        });
+        match waited.await {
+            Ok(result) => result,
+            Err(_) => {
+                let why = format!("a flush did not finish within {FLUSH_STALL:?}");
+                Err(Error::DiskFailed(self.inner.failure.set(&why)))
+            }
         }
     }
 }
@@ -128,9 +146,7 @@ fn run(db: &sled::Db, mut rx: mpsc::Receiver<Waiter>, failure: &Failure) {
 /// One flush; a failure is recorded (the first one wins: sled's own error stays too).
 fn flush(db: &sled::Db, failure: &Failure) -> Result<Duration, String> {
     let start = Instant::now();
-    db.flush().map(|_| start.elapsed()).map_err(|e| {
-        let why = e.to_string();
-        tracing::error!(error = %why, "flush failed: this node's writes are refused from now on, reads go on");
-        failure.set(&why)
-    })
+    db.flush()
+        .map(|_| start.elapsed())
+        .map_err(|e| failure.set(&format!("flush failed: {e}")))
 }

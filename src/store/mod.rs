@@ -23,7 +23,7 @@ use crate::identity::AuthorId;
 use crate::naming::DatasetId;
 use crate::version::{self, VersionVector};
 
-pub use commit::FLUSH_QUEUE_CAP;
+pub use commit::{FLUSH_QUEUE_CAP, FLUSH_STALL};
 
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
@@ -78,7 +78,15 @@ pub struct Failure(Arc<OnceLock<String>>);
 impl Failure {
     /// Records `why` unless a failure is recorded already; returns the recorded one.
     fn set(&self, why: &str) -> String {
-        self.0.get_or_init(|| why.to_owned()).clone()
+        let mut first = false;
+        let kept = self.0.get_or_init(|| {
+            first = true;
+            why.to_owned()
+        });
+        if first {
+            tracing::error!(%why, "the disk failed: writes are refused until it has space and the node restarts itself; reads go on");
+        }
+        kept.clone()
     }
 
     /// The recorded failure, if any.
@@ -529,10 +537,7 @@ impl Store {
     /// store takes no more writes).
     fn wrote<T>(&self, r: sled::Result<T>) -> Result<T, Error> {
         r.map_err(|e| match Error::from(e) {
-            Error::DiskFailed(why) => {
-                tracing::error!(error = %why, "a write failed: this node's writes are refused from now on, reads go on");
-                Error::DiskFailed(self.failure.set(&why))
-            }
+            Error::DiskFailed(why) => Error::DiskFailed(self.failure.set(&why)),
             other => other,
         })
     }
@@ -543,6 +548,12 @@ impl Store {
             Some(why) => Err(Error::DiskFailed(why)),
             None => Ok(()),
         }
+    }
+
+    /// Records that the disk failed this store (a wait on it that never ended); returns the
+    /// failure recorded first.
+    pub(crate) fn mark_failed(&self, why: &str) -> String {
+        self.failure.set(why)
     }
 
     /// Why the disk failed this store, if it did.

@@ -25,6 +25,8 @@ use automerge::{hydrate, ActorId, Automerge, ChangeHash, ObjId, ObjType, ReadDoc
 use serde_json::{Map, Value as Json};
 
 use super::amjson::{from_record_map, new_record, put_json};
+use super::guard;
+pub use super::guard::{decode_change, load};
 use super::touched;
 use super::waiting::Waiting;
 use crate::record::Record;
@@ -44,9 +46,35 @@ pub enum Error {
     /// A remote change that Automerge cannot even decode.
     #[error("the change does not decode (an operation names an actor it does not declare)")]
     Undecodable,
+    /// Bytes from a peer that are not an Automerge change.
+    #[error("not an Automerge change: {0}")]
+    NotAChange(String),
+    /// A remote change whose bytes are not Automerge's own encoding of its operations: it
+    /// would apply, but a saved document would not load.
+    #[error("the change is not encoded as Automerge encodes it (a saved document would not load)")]
+    NotCanonical,
+    /// A remote change that no fogmesh node makes: an operation fogmesh documents never hold,
+    /// or operation counters that do not follow its dependencies' (a saved document holding
+    /// it would not load).
+    #[error("the change is not one a fogmesh node makes: {0}")]
+    Foreign(String),
     /// Automerge panicked: the document may be half-changed and must be rebuilt from the store.
     #[error("automerge failed applying a change ({0}); the document is rebuilt from the store")]
     Panicked(String),
+    /// Changes (actor, sequence) applied, but the document does not hold them as Automerge would
+    /// write them again, so a saved document would not load: it must be rebuilt from the store.
+    #[error("{} change(s) applied unfaithfully (first: {}); the document is rebuilt from the store", .0.len(), .0.first().map(|(a, s)| format!("{a} #{s}")).unwrap_or_default())]
+    Unfaithful(Vec<(ActorId, u64)>),
+    /// A saved document that Automerge failed on while loading.
+    #[error("automerge failed loading the saved document: {0}")]
+    Unloadable(String),
+}
+
+impl Error {
+    /// Whether the document this came from is unusable and must be rebuilt from the store.
+    pub fn broke_document(&self) -> bool {
+        matches!(self, Self::Panicked(_) | Self::Unfaithful(_))
+    }
 }
 
 /// One record, validated and with id and time assigned, ready to write.
@@ -89,75 +117,6 @@ const PARALLEL_PAGES: usize = 4;
 /// A page key (shared: many records name the same page).
 type PageKey = Arc<str>;
 
-/// Objects made by change `i` of a batch and by the changes of the batch it depends on, directly
-/// or not, as (counter, actor).
-fn made_in_history(
-    i: usize,
-    decoded: &[Option<automerge::ExpandedChange>],
-    by_hash: &HashMap<ChangeHash, usize>,
-    batch: &[automerge::Change],
-) -> std::collections::HashSet<(u64, ActorId)> {
-    let mut made = std::collections::HashSet::new();
-    let mut seen = std::collections::HashSet::from([i]);
-    let mut stack = vec![i];
-    while let Some(j) = stack.pop() {
-        let Some(c) = &decoded[j] else { continue };
-        for (k, op) in c.operations.iter().enumerate() {
-            if matches!(op.action, automerge::legacy::OpType::Make(_)) {
-                made.insert((c.start_op.get() + k as u64, c.actor_id.clone()));
-            }
-        }
-        for d in batch[j].deps() {
-            if let Some(&k) = by_hash.get(d) {
-                if seen.insert(k) {
-                    stack.push(k);
-                }
-            }
-        }
-    }
-    made
-}
-
-/// Per change of `batch`, whether its whole history is at hand: every dependency is in the
-/// document (`held`) or is a change of the batch whose history is at hand. (A dependency in the
-/// batch is not enough: its own may be missing, and then so are the objects its history makes.)
-fn ready_in(
-    batch: &[automerge::Change],
-    by_hash: &HashMap<ChangeHash, usize>,
-    held: impl Fn(&ChangeHash) -> bool,
-) -> Vec<bool> {
-    let mut ready: Vec<Option<bool>> = vec![None; batch.len()];
-    for start in 0..batch.len() {
-        // Depth-first, deciding a change once all its dependencies in the batch are decided.
-        let mut stack = vec![start];
-        while let Some(&j) = stack.last() {
-            if ready[j].is_some() {
-                stack.pop();
-                continue;
-            }
-            let (mut bad, mut pending) = (false, Vec::new());
-            for d in batch[j].deps() {
-                match by_hash.get(d) {
-                    Some(&k) => match ready[k] {
-                        Some(true) => {}
-                        Some(false) => bad = true,
-                        None => pending.push(k),
-                    },
-                    None if held(d) => {}
-                    None => bad = true,
-                }
-            }
-            if bad || pending.is_empty() {
-                ready[j] = Some(!bad);
-                stack.pop();
-            } else {
-                stack.extend(pending);
-            }
-        }
-    }
-    ready.into_iter().map(|r| r == Some(true)).collect()
-}
-
 /// True when a root key names a page.
 pub(super) fn is_page_key(key: &str) -> bool {
     key.starts_with(PAGE_PREFIX)
@@ -185,7 +144,7 @@ impl Doc {
 
     /// Loads a saved document; its new changes are authored by `actor`.
     pub fn load(bytes: &[u8], actor: &[u8]) -> Result<Self, Error> {
-        let am = Automerge::load(bytes)?.with_actor(ActorId::from(actor));
+        let am = guard::load(bytes)?.with_actor(ActorId::from(actor));
         Ok(Self::from_automerge(am))
     }
 
@@ -276,7 +235,7 @@ impl Doc {
         // Copies (of the compact form) of what may wait, to name its records when it applies.
         let copies = changes.clone();
         if let Err(e) = self.apply_isolated(changes) {
-            if !matches!(e, Error::Panicked(_)) {
+            if !e.broke_document() {
                 self.waiting.resync(&self.am);
             }
             return Err(e);
@@ -321,7 +280,7 @@ impl Doc {
             .enumerate()
             .map(|(i, c)| (c.hash(), i))
             .collect();
-        let ready = ready_in(&changes, &by_hash, |d| {
+        let ready = guard::ready_in(&changes, &by_hash, |d| {
             self.am.get_change_meta_by_hash(d).is_some()
         });
         let may_wait: Vec<automerge::Change> = changes
@@ -331,8 +290,10 @@ impl Doc {
             .map(|(c, _)| c.clone())
             .collect();
         let applied = self.apply_isolated(changes);
-        if let Err(e @ Error::Panicked(_)) = applied {
-            return Err(e);
+        if let Err(e) = &applied {
+            if e.broke_document() {
+                return applied;
+            }
         }
         self.waiting.after_apply_all(&self.am, may_wait);
         self.unindexed = true;
@@ -355,75 +316,18 @@ impl Doc {
         self.am.get_change_meta_by_hash(hash).is_some()
     }
 
-    /// Hands `changes` to Automerge, turning a panic into [`Error::Panicked`] (the document is
-    /// then unusable: its owner rebuilds it from the store).
+    /// Hands `changes` to Automerge through the guard ([`guard::apply`]).
     fn apply_isolated(&mut self, changes: Vec<automerge::Change>) -> Result<(), Error> {
-        let am = &mut self.am;
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| am.apply_changes(changes))) {
-            Ok(r) => Ok(r?),
-            Err(panic) => {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "a panic".into());
-                Err(Error::Panicked(what))
-            }
-        }
+        guard::apply(&mut self.am, changes)
     }
 
-    /// Refuses, before Automerge sees them, changes of `batch` that name an object neither the
-    /// document nor the change's own history (within the batch) makes: Automerge 0.12 panics on
-    /// an operation on an object missing from its index. With `ready_only`, a change whose
-    /// dependencies are not all in the document or the batch is not judged (its history may
-    /// make the object; Automerge holds it back). Returns the index and reason of each refused
-    /// change; the others are safe on that count.
-    pub fn missing_objects(
-        &self,
-        batch: &[automerge::Change],
-        ready_only: bool,
-    ) -> Vec<(usize, Error)> {
-        // Automerge 0.12 panics decoding a change whose operations name an actor it does not
-        // declare: such a change is refused too.
-        let decoded: Vec<Option<automerge::ExpandedChange>> = batch
-            .iter()
-            .map(|c| std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.decode())).ok())
-            .collect();
-        let by_hash: HashMap<ChangeHash, usize> = batch
-            .iter()
-            .enumerate()
-            .map(|(i, c)| (c.hash(), i))
-            .collect();
-        let ready = ready_in(batch, &by_hash, |d| {
-            self.am.get_change_meta_by_hash(d).is_some()
-        });
-        let mut out = Vec::new();
-        for (i, change) in decoded.iter().enumerate() {
-            let Some(change) = change else {
-                out.push((i, Error::Undecodable));
-                continue;
-            };
-            if ready_only && !ready[i] {
-                continue;
-            }
-            let made = made_in_history(i, &decoded, &by_hash, batch);
-            let missing = change.operations.iter().find_map(|op| {
-                let automerge::legacy::ObjectId::Id(id) = &op.obj else {
-                    return None;
-                };
-                let key = (id.counter(), id.actor().clone());
-                let known = made.contains(&key)
-                    || self
-                        .am
-                        .import(&format!("{}@{}", id.counter(), id.actor().to_hex_string()))
-                        .is_ok();
-                (!known).then(|| format!("{}@{}", id.counter(), id.actor().to_hex_string()))
-            });
-            if let Some(obj) = missing {
-                out.push((i, Error::MissingObject(obj)));
-            }
-        }
-        out
+    /// Refuses, before Automerge sees them, changes of `batch` it would fail on or keep
+    /// unfaithfully ([`guard::refused`]). With `ready_only`, a change whose dependencies are not
+    /// all in the document or the batch is judged only on what it is alone (its history may
+    /// make an object it names; Automerge holds it back). Returns the index and reason of each
+    /// refused change.
+    pub fn refused(&self, batch: &[automerge::Change], ready_only: bool) -> Vec<(usize, Error)> {
+        guard::refused(&self.am, batch, ready_only)
     }
 
     /// Rebuilds the index from the document.

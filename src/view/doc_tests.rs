@@ -409,7 +409,7 @@ fn a_change_on_an_object_the_document_lacks_is_refused_before_automerge_sees_it(
     victim
         .write(&[up("v1", json!({"x": 1}))], &[])
         .expect("write");
-    let refused = victim.missing_objects(std::slice::from_ref(&bad), true);
+    let refused = victim.refused(std::slice::from_ref(&bad), true);
     assert!(
         matches!(refused.as_slice(), [(0, Error::MissingObject(_))]),
         "{refused:?}"
@@ -428,7 +428,7 @@ fn a_change_on_an_object_the_document_lacks_is_refused_before_automerge_sees_it(
         .into_iter()
         .map(|b| automerge::Change::from_bytes(b).expect("decodes"))
         .collect();
-    assert!(victim.missing_objects(&pair, true).is_empty());
+    assert!(victim.refused(&pair, true).is_empty());
     victim.apply(pair).expect("applies");
     assert_eq!(victim.read("r1").expect("r1").data["a"], json!(2));
 }
@@ -448,7 +448,7 @@ fn a_change_whose_history_is_not_all_at_hand_is_not_judged() {
     let mut victim = Doc::new(&[1; 32]);
     let early = vec![c3, c2];
     assert!(
-        victim.missing_objects(&early, true).is_empty(),
+        victim.refused(&early, true).is_empty(),
         "a change waiting for its history was refused"
     );
     victim.apply(early).expect("waits");
@@ -571,7 +571,7 @@ fn undeclared_actor_pair(dep_actor: &[u8], actor: &[u8]) -> (automerge::Change, 
 fn a_change_naming_an_undeclared_actor_is_refused_without_a_panic() {
     let (dep, bad) = change_with_undeclared_actor_and_dep();
     let mut victim = Doc::new(&[1; 32]);
-    let refused = victim.missing_objects(std::slice::from_ref(&bad), false);
+    let refused = victim.refused(std::slice::from_ref(&bad), false);
     assert!(
         matches!(refused.as_slice(), [(0, Error::Undecodable)]),
         "{refused:?}"

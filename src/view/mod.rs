@@ -4,6 +4,7 @@ pub mod aggregate;
 pub mod amjson;
 pub mod doc;
 pub mod flow;
+mod guard;
 pub mod plan;
 pub mod query;
 mod touched;

@@ -475,3 +475,75 @@ pub fn join(node: &TestNode, new: &TestNode) -> Result<()> {
     new.cli(&["join", &token]).ok();
     Ok(())
 }
+
+/// A tmpfs mounted for a test (as root), unmounted when dropped.
+pub struct Tmpfs(pub PathBuf);
+
+impl Tmpfs {
+    /// Mounts a `mib` MiB tmpfs on `dir`, keeping what `dir` holds, or says why it cannot.
+    pub fn mount(dir: &Path, mib: u64) -> Result<Self, String> {
+        let uid = Command::new("id")
+            .arg("-u")
+            .output()
+            .map_err(|e| e.to_string())?;
+        if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+            return Err("not root: mounting a small filesystem needs root".into());
+        }
+        let kept = dir.with_extension("kept");
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        std::fs::rename(dir, &kept).map_err(|e| e.to_string())?;
+        std::fs::create_dir(dir).map_err(|e| e.to_string())?;
+        let size = format!("size={mib}m");
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &size, "tmpfs"])
+            .arg(dir)
+            .status()
+            .map_err(|e| format!("mount: {e}"))?;
+        if !st.success() {
+            return Err(format!("mount -t tmpfs failed ({st})"));
+        }
+        let mount = Self(dir.to_owned());
+        let copied = Command::new("cp")
+            .arg("-a")
+            .arg(kept.join("."))
+            .arg(dir)
+            .status()
+            .map_err(|e| format!("cp: {e}"))?;
+        if !copied.success() {
+            return Err("copying the directory onto the tmpfs failed".into());
+        }
+        Ok(mount)
+    }
+
+    /// Bytes free on it.
+    pub fn available(&self) -> Result<u64> {
+        let out = Command::new("df")
+            .args(["--output=avail", "-B1"])
+            .arg(&self.0)
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let last = text.lines().last().context("df output")?;
+        Ok(last.trim().parse()?)
+    }
+
+    /// Fills it with a ballast file at `path`, leaving `leave` bytes free (nothing to do when
+    /// less is free already).
+    pub fn fill(&self, path: &Path, leave: u64) -> Result<()> {
+        let size = self.available()?.saturating_sub(leave);
+        if size == 0 {
+            return Ok(());
+        }
+        let st = Command::new("fallocate")
+            .args(["-l", &size.to_string()])
+            .arg(path)
+            .status()?;
+        ensure!(st.success(), "fallocate failed");
+        Ok(())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}

@@ -13,14 +13,13 @@
 //! nodes end with every acknowledged record, no sequence number reused (no equivocation found)
 //! and no panic in either log.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::{json, Value};
 
-use crate::common::{init_args, join, run_cli, s, wait, TestNode};
+use crate::common::{init_args, join, run_cli, s, wait, TestNode, Tmpfs};
 
 /// Size of the filesystem the hospital's home lives on.
 const FS_MIB: u64 = 64;
@@ -30,62 +29,6 @@ const LEFT_MIB: u64 = 6;
 const BATCH: usize = 20;
 /// How long the node may take to find space back and restart (it looks every 5 s).
 const RECOVERY: Duration = Duration::from_secs(60);
-
-/// A tmpfs mounted for the test, unmounted when dropped.
-struct Mount(PathBuf);
-
-impl Mount {
-    /// Mounts a `FS_MIB` tmpfs on `dir`, keeping what `dir` holds, or says why it cannot.
-    fn new(dir: &Path) -> Result<Self, String> {
-        let uid = Command::new("id")
-            .arg("-u")
-            .output()
-            .map_err(|e| e.to_string())?;
-        if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
-            return Err("not root: mounting a small filesystem needs root".into());
-        }
-        let kept = dir.with_extension("kept");
-        std::fs::rename(dir, &kept).map_err(|e| e.to_string())?;
-        std::fs::create_dir(dir).map_err(|e| e.to_string())?;
-        let size = format!("size={FS_MIB}m");
-        let st = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &size, "tmpfs"])
-            .arg(dir)
-            .status()
-            .map_err(|e| format!("mount: {e}"))?;
-        if !st.success() {
-            return Err(format!("mount -t tmpfs failed ({st})"));
-        }
-        let mount = Self(dir.to_owned());
-        let copied = Command::new("cp")
-            .arg("-a")
-            .arg(kept.join("."))
-            .arg(dir)
-            .status()
-            .map_err(|e| format!("cp: {e}"))?;
-        if !copied.success() {
-            return Err("copying the store onto the tmpfs failed".into());
-        }
-        Ok(mount)
-    }
-
-    /// Bytes free on it.
-    fn available(&self) -> Result<u64> {
-        let out = Command::new("df")
-            .args(["--output=avail", "-B1"])
-            .arg(&self.0)
-            .output()?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        let last = text.lines().last().context("df output")?;
-        Ok(last.trim().parse()?)
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
 
 /// Gives the node in `home` a fixed libp2p port: a node that restarts comes back where its peers
 /// look for it (a node whose disk failed cannot record a peer's new address).
@@ -142,17 +85,6 @@ fn metric(node: &TestNode, name: &str) -> Result<f64> {
         .sum())
 }
 
-fn ballast(mount: &Mount, path: &Path) -> Result<()> {
-    let free = mount.available()?;
-    let size = free.saturating_sub(LEFT_MIB << 20);
-    let st = Command::new("fallocate")
-        .args(["-l", &size.to_string()])
-        .arg(path)
-        .status()?;
-    ensure!(st.success(), "fallocate failed");
-    Ok(())
-}
-
 /// Writes until the disk fails; returns the ids acknowledged and the ids of the refused write.
 fn fill(hospital: &TestNode) -> Result<(Vec<String>, Vec<String>)> {
     let mut acked = Vec::new();
@@ -202,7 +134,7 @@ fn a_full_disk_refuses_writes_keeps_reads_blames_no_peer_and_recovers_by_itself(
     let init = run_cli(&init_args(s(&home), "hospital"), None);
     ensure!(init.code == Some(0), "init: {}", init.stderr);
     fix_port(&home)?;
-    let mount = match Mount::new(&home.join("data")) {
+    let mount = match Tmpfs::mount(&home.join("data"), FS_MIB) {
         Ok(m) => m,
         Err(why) => {
             eprintln!("SKIPPED a_full_disk_...: {why}");
@@ -243,7 +175,7 @@ fn a_full_disk_refuses_writes_keeps_reads_blames_no_peer_and_recovers_by_itself(
     )?;
 
     let weight = mount.0.join("ballast");
-    ballast(&mount, &weight)?;
+    mount.fill(&weight, LEFT_MIB << 20)?;
     let (mut acked, refused) = fill(&hospital)?;
     acked.extend((1_000_000..1_000_000 + BATCH).map(|i| format!("r{i}")));
     eprintln!("disk failed after {} acknowledged records", acked.len());

@@ -188,11 +188,11 @@ fn record_ids(node: &TestNode) -> Result<Vec<String>> {
         .collect())
 }
 
-#[test]
-fn changes_that_would_break_automerge_are_quarantined_and_the_node_keeps_serving() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let mut hospital = TestNode::init(&dir.path().join("hospital"), "hospital")?;
-    let mut mallory = TestNode::init(&dir.path().join("mallory"), "mallory")?;
+/// A hospital that shares hospital/flu (record h1) with mallory, who may write; mallory's
+/// node stopped, and a raw connection to the hospital holding mallory's keys.
+fn mallory_writes_flu(dir: &std::path::Path) -> Result<(TestNode, Identity, DatasetId, RawClient)> {
+    let hospital = TestNode::init(&dir.join("hospital"), "hospital")?;
+    let mut mallory = TestNode::init(&dir.join("mallory"), "mallory")?;
     let invite = hospital.cli(&["invite", "--json"]).ok().json();
     let token = invite["token"].as_str().context("invite token")?.to_owned();
     mallory.cli(&["join", &token]).ok();
@@ -215,6 +215,42 @@ fn changes_that_would_break_automerge_are_quarantined_and_the_node_keeps_serving
     let (peer, addr) = target(&hospital)?;
     let mut c = RawClient::new(key.libp2p_keypair()?, peer, addr)?;
     c.connect()?;
+    Ok((hospital, key, ds, c))
+}
+
+/// The hospital's log names a quarantine and its author.
+fn quarantine_logged(hospital: &TestNode, author: &fogmesh::identity::AuthorId) -> Result<()> {
+    let log = std::fs::read_to_string(hospital.home.join("test-node.log"))?;
+    ensure!(log.contains("quarantined"), "no quarantine in the log");
+    ensure!(log.contains(&author.to_string()), "the author is not named");
+    Ok(())
+}
+
+/// The hospital writes h2, restarts, and lists its records' ids, sorted.
+fn write_and_restart(hospital: &mut TestNode) -> Result<Vec<String>> {
+    hospital
+        .cli(&[
+            "publish",
+            "hospital/flu",
+            "--name",
+            "ward/h2",
+            "--id",
+            "h2",
+            "--data",
+            r#"{"v":2}"#,
+        ])
+        .ok();
+    hospital.stop()?;
+    hospital.restart()?;
+    let mut ids = record_ids(hospital)?;
+    ids.sort();
+    Ok(ids)
+}
+
+#[test]
+fn changes_that_would_break_automerge_are_quarantined_and_the_node_keeps_serving() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (mut hospital, key, ds, c) = mallory_writes_flu(dir.path())?;
 
     // Three changes of mallory's: `first` makes record m1, the next two update it.
     let actor = key.author();
@@ -269,25 +305,77 @@ fn changes_that_would_break_automerge_are_quarantined_and_the_node_keeps_serving
         push_envelope(&c, &held_env)? == 0,
         "a quarantined change came back"
     );
-    let log = std::fs::read_to_string(hospital.home.join("test-node.log"))?;
-    ensure!(log.contains("quarantined"), "no quarantine in the log");
-    ensure!(log.contains(&actor.to_string()), "the author is not named");
+    quarantine_logged(&hospital, &actor)?;
     drop(c);
-    hospital
-        .cli(&[
-            "publish",
-            "hospital/flu",
-            "--name",
-            "ward/h2",
-            "--id",
-            "h2",
-            "--data",
-            r#"{"v":2}"#,
-        ])
-        .ok();
-    hospital.stop()?;
-    hospital.restart()?;
-    let ids = record_ids(&hospital)?;
+    let ids = write_and_restart(&mut hospital)?;
     ensure!(ids.len() == 3, "after a restart: {ids:?}");
+    Ok(())
+}
+
+/// Mallory's change updating `field` of record m1 after `first` made it, with the update's
+/// predecessor swapped for the operation that set `other` in `first`: a predecessor of another
+/// key. Automerge 0.12 applies such a change, and a document saved after it does not load (it
+/// fails, or panics inside Automerge: fuzz/regressions/doc_apply/load_panics_collector_assert).
+fn crossed_predecessor(
+    first: &automerge::Change,
+    update: &automerge::Change,
+    field: &str,
+    other: &str,
+) -> Result<automerge::Change> {
+    let made = first.decode();
+    let at = made
+        .operations
+        .iter()
+        .position(|op| op.key == automerge::legacy::Key::Map(other.into()))
+        .context("the first change sets the other key")?;
+    let foreign = automerge::legacy::OpId::new(made.start_op.get() + at as u64, &made.actor_id);
+    let mut bad = update.decode();
+    let op = bad
+        .operations
+        .iter_mut()
+        .find(|op| op.key == automerge::legacy::Key::Map(field.into()))
+        .context("the update sets the field")?;
+    op.pred = vec![foreign].into();
+    Ok(automerge::Change::from(bad))
+}
+
+/// Found by fuzzing (issue 13): a member's change that Automerge applies but cannot keep (here a
+/// predecessor of another key) used to leave a document whose snapshot does not load, so the
+/// node did not open after a restart. Over the real wire: it is quarantined with its author
+/// named, the record keeps its value, the node keeps taking writes, the change is refused when
+/// it comes again, and the node restarts (from the snapshot its shutdown saved) with every
+/// record.
+#[test]
+fn a_change_automerge_applies_but_cannot_save_is_quarantined() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (mut hospital, key, ds, c) = mallory_writes_flu(dir.path())?;
+    let mut doc = fogmesh::view::doc::Doc::new(key.author().as_bytes());
+    let first = doc.write(&[upsert("m1", 1)], &[])?.context("a change")?;
+    let update = doc.write(&[upsert("m1", 2)], &[])?.context("a change")?;
+    let (first, update) = (
+        automerge::Change::from_bytes(first)?,
+        automerge::Change::from_bytes(update)?,
+    );
+    let first_env = envelope_of(&key, &ds, &first, GENESIS);
+    ensure!(push_envelope(&c, &first_env)? == 1, "the first change");
+    let bad = crossed_predecessor(&first, &update, "v", "name")?;
+    let bad_env = envelope_of(&key, &ds, &bad, first_env.digest());
+    let pushed = push_envelope(&c, &bad_env);
+    ensure!(!matches!(pushed, Ok(n) if n > 0), "taken: {pushed:?}");
+    let m1 = hospital.get("/v1/datasets/hospital/flu/records/m1")?;
+    ensure!(m1["data"]["v"] == 1, "m1 after the bad change: {m1}");
+    ensure!(
+        !matches!(push_envelope(&c, &bad_env), Ok(n) if n > 0),
+        "a quarantined change came back"
+    );
+    quarantine_logged(&hospital, &key.author())?;
+    drop(c);
+    let ids = write_and_restart(&mut hospital)?;
+    ensure!(ids == ["h1", "h2", "m1"], "after a restart: {ids:?}");
+    let log = std::fs::read_to_string(hospital.home.join("test-node.log"))?;
+    ensure!(
+        !log.contains("snapshot does not load") && !log.contains("would not load"),
+        "a snapshot did not load"
+    );
     Ok(())
 }

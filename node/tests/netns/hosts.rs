@@ -34,6 +34,8 @@ pub(crate) struct Net {
     pub(crate) bridge_ns: String,
     pub(crate) node_ns: Vec<String>,
     pub(crate) created: Vec<String>,
+    /// The third octet of every node's address.
+    pub(crate) subnet: u32,
 }
 
 impl Net {
@@ -44,6 +46,7 @@ impl Net {
             bridge_ns: format!("fm{tag}-br"),
             node_ns: (0..n).map(|i| format!("fm{tag}-n{i}")).collect(),
             created: Vec::new(),
+            subnet: std::process::id() % 250,
         };
         let br = net.bridge_ns.clone();
         ip(&["netns", "add", &br])?;
@@ -65,7 +68,7 @@ impl Net {
             ])?;
             ip(&["-n", &br, "link", "set", bridge, "up"])?;
         }
-        let subnet = std::process::id() % 250;
+        let subnet = net.subnet;
         for (i, ns) in net.node_ns.clone().iter().enumerate() {
             ip(&["netns", "add", ns])?;
             net.created.push(ns.clone());
@@ -84,6 +87,11 @@ impl Net {
             ip(&["-n", ns, "route", "add", "default", "dev", "eth0"])?;
         }
         Ok(net)
+    }
+
+    /// Node `i`'s address.
+    pub(crate) fn addr(&self, i: usize) -> String {
+        format!("10.77.{}.{}", self.subnet, i + 1)
     }
 
     /// Plugs node `i`'s veth into `bridge` (`br0`: everyone; `br1`: the other side).
@@ -126,6 +134,8 @@ pub(crate) struct NsNode {
     pub(crate) home: PathBuf,
     pub(crate) peer_id: String,
     pub(crate) child: Option<Child>,
+    /// Environment for `fogmesh run` (e.g. libfaketime's, to skew its clock).
+    pub(crate) env: Vec<(String, String)>,
 }
 
 impl NsNode {
@@ -154,6 +164,7 @@ impl NsNode {
             home,
             peer_id: String::new(),
             child: None,
+            env: Vec::new(),
         };
         let id = node.json(&["id"])?;
         node.peer_id = id["peer_id"].as_str().context("peer_id")?.to_owned();
@@ -194,6 +205,7 @@ impl NsNode {
         let child = fogmesh_in_netns(&self.ns)
             .args(["run", "--home", s(&self.home)])
             .env("RUST_LOG", "info,fogmesh=debug")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))
@@ -239,6 +251,23 @@ impl NsNode {
                 let _ = child.wait();
                 bail!("{} ignored SIGTERM", self.org)
             }
+        }
+    }
+
+    /// SIGKILL: the process ends at once, with whatever its store had not flushed.
+    pub(crate) fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends `signal` (`-STOP`, `-CONT`) to the running process.
+    pub(crate) fn signal(&self, signal: &str) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill")
+                .args([signal, &c.id().to_string()])
+                .status();
         }
     }
 

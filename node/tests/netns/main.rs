@@ -49,6 +49,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 mod hosts;
+mod nemesis;
 mod removal;
 mod revocation;
 

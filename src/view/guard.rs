@@ -1,0 +1,263 @@
+//! The guard between a dataset's document and the changes other members send. Automerge 0.12
+//! trusts a change's operations: some malformed ones make it panic, and others apply but leave a
+//! document whose saved form no longer loads (a predecessor that is not an operation of the same
+//! key, a delete of an operation it never held, bytes that are not Automerge's own encoding of
+//! the change). Every remote change is judged here before Automerge sees it and checked here
+//! after it applied (fuzz/ found each of these; docs/reliability.md).
+
+use std::collections::{HashMap, HashSet};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use automerge::{ActorId, Automerge, Change, ChangeHash, ExpandedChange};
+
+use super::doc::Error;
+
+/// Applies `changes`, then checks that the document holds each change it applied as Automerge
+/// would write it again, which is what a saved document is made of. A panic inside Automerge is
+/// [`Error::Panicked`]; a change held unfaithfully is [`Error::Unfaithful`], naming it. After
+/// either, the document is unusable: its owner rebuilds it from the store.
+pub(super) fn apply(am: &mut Automerge, changes: Vec<Change>) -> Result<(), Error> {
+    let before = am.get_heads();
+    let applied = match catch_unwind(AssertUnwindSafe(|| am.apply_changes(changes))) {
+        Ok(r) => r,
+        Err(panic) => return Err(Error::Panicked(panic_text(&*panic))),
+    };
+    // Checked on an error too: the changes before the refused one applied.
+    faithful(am, &before)?;
+    Ok(applied?)
+}
+
+/// Checks that every change the document took after `before` is rebuilt from its operations
+/// with its own hash.
+fn faithful(am: &Automerge, before: &[ChangeHash]) -> Result<(), Error> {
+    if am.get_heads() == before {
+        return Ok(());
+    }
+    let rebuilt = catch_unwind(AssertUnwindSafe(|| am.get_changes(before)))
+        .map_err(|panic| Error::Panicked(panic_text(&*panic)))?;
+    let wrong: Vec<(ActorId, u64)> = rebuilt
+        .iter()
+        .filter(|c| am.get_change_meta_by_hash(&c.hash()).is_none())
+        .map(|c| (c.actor_id().clone(), c.seq()))
+        .collect();
+    if wrong.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Unfaithful(wrong))
+    }
+}
+
+/// The message of a caught panic.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into())
+}
+
+/// Loads a saved document. Automerge 0.12 can panic loading bytes it saved itself from a
+/// document that took a malformed change; that is an error here.
+pub fn load(bytes: &[u8]) -> Result<Automerge, Error> {
+    match catch_unwind(|| Automerge::load(bytes)) {
+        Ok(loaded) => Ok(loaded?),
+        Err(panic) => Err(Error::Unloadable(panic_text(&*panic))),
+    }
+}
+
+/// Parses a change from a peer's bytes. Automerge 0.12 panics on some crafted bytes (an
+/// unchecked integer conversion) instead of refusing them: such bytes are refused like any
+/// other that is not a change.
+pub fn decode_change(bytes: Vec<u8>) -> Result<Change, Error> {
+    match catch_unwind(|| Change::from_bytes(bytes)) {
+        Ok(Ok(change)) => Ok(change),
+        Ok(Err(e)) => Err(Error::NotAChange(e.to_string())),
+        Err(panic) => Err(Error::NotAChange(format!(
+            "automerge failed on it: {}",
+            panic_text(&*panic)
+        ))),
+    }
+}
+
+/// The changes of `batch` to refuse before Automerge sees them, by index, with the reason: one
+/// that does not decode (Automerge 0.12 panics decoding operations that name an actor the change
+/// does not declare), one whose bytes are not Automerge's own encoding of its operations (it
+/// would apply, and a saved document would not load), and one that names an object neither
+/// `am` nor the change's own history (within the batch) makes (Automerge 0.12 panics on it).
+/// With `ready_only`, that last test is left out for a change whose dependencies are not all in
+/// the document or the batch (its history may make the object; Automerge holds it back).
+pub(super) fn refused(am: &Automerge, batch: &[Change], ready_only: bool) -> Vec<(usize, Error)> {
+    let decoded: Vec<Option<ExpandedChange>> = batch
+        .iter()
+        .map(|c| catch_unwind(AssertUnwindSafe(|| c.decode())).ok())
+        .collect();
+    let by_hash: HashMap<ChangeHash, usize> = batch
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.hash(), i))
+        .collect();
+    let ready = ready_in(batch, &by_hash, |d| am.get_change_meta_by_hash(d).is_some());
+    let mut out = Vec::new();
+    for (i, change) in decoded.iter().enumerate() {
+        let Some(change) = change else {
+            out.push((i, Error::Undecodable));
+            continue;
+        };
+        if !canonical(change, batch[i].hash()) {
+            out.push((i, Error::NotCanonical));
+            continue;
+        }
+        if let Some(what) = foreign_operation(change) {
+            out.push((i, Error::Foreign(what)));
+            continue;
+        }
+        if let Some(why) = counters_go_back(am, change, &decoded, &by_hash, batch, i) {
+            out.push((i, Error::Foreign(why)));
+            continue;
+        }
+        if ready_only && !ready[i] {
+            continue;
+        }
+        let made = made_in_history(i, &decoded, &by_hash, batch);
+        if let Some(obj) = missing_object(am, change, &made) {
+            out.push((i, Error::MissingObject(obj)));
+        }
+    }
+    out
+}
+
+/// An operation no fogmesh document holds (records are maps, lists and scalars): text marks,
+/// counters and their increments, text and table objects. Automerge checks some of these only
+/// when it loads a saved document (a mark end without its start passes an apply), so they are
+/// refused whole.
+fn foreign_operation(change: &ExpandedChange) -> Option<String> {
+    use automerge::legacy::OpType;
+    change.operations.iter().find_map(|op| match &op.action {
+        OpType::Make(automerge::ObjType::Map | automerge::ObjType::List) | OpType::Delete => None,
+        OpType::Put(automerge::ScalarValue::Counter(_)) => Some("a counter".into()),
+        OpType::Put(_) => None,
+        other => Some(format!("{other:?}")),
+    })
+}
+
+/// Why the operation counters of change `i` do not follow those of its dependencies, if they do
+/// not: Automerge numbers a change's operations after every operation of the document it was
+/// made on, and a saved document whose counters go back does not load.
+fn counters_go_back(
+    am: &Automerge,
+    change: &ExpandedChange,
+    decoded: &[Option<ExpandedChange>],
+    by_hash: &HashMap<ChangeHash, usize>,
+    batch: &[Change],
+    i: usize,
+) -> Option<String> {
+    let start = change.start_op.get();
+    batch[i].deps().iter().find_map(|d| {
+        let max_op = match by_hash.get(d) {
+            Some(&k) => decoded[k]
+                .as_ref()
+                .map(|c| c.start_op.get() + c.operations.len() as u64 - 1)?,
+            None => am.get_change_meta_by_hash(d)?.max_op,
+        };
+        (start <= max_op).then(|| {
+            format!("operations numbered from {start}, not after its dependency's {max_op}")
+        })
+    })
+}
+
+/// Whether `change`, encoded again by Automerge, has the hash `hash` of the bytes received.
+fn canonical(change: &ExpandedChange, hash: ChangeHash) -> bool {
+    catch_unwind(AssertUnwindSafe(|| {
+        Change::from(change.clone()).hash() == hash
+    }))
+    .unwrap_or(false)
+}
+
+/// The first object `change` operates on that neither `am` holds nor `made` lists.
+fn missing_object(
+    am: &Automerge,
+    change: &ExpandedChange,
+    made: &HashSet<(u64, ActorId)>,
+) -> Option<String> {
+    change.operations.iter().find_map(|op| {
+        let automerge::legacy::ObjectId::Id(id) = &op.obj else {
+            return None;
+        };
+        let name = format!("{}@{}", id.counter(), id.actor().to_hex_string());
+        let known = made.contains(&(id.counter(), id.actor().clone())) || am.import(&name).is_ok();
+        (!known).then_some(name)
+    })
+}
+
+/// Objects made by change `i` of a batch and by the changes of the batch it depends on, directly
+/// or not, as (counter, actor).
+fn made_in_history(
+    i: usize,
+    decoded: &[Option<ExpandedChange>],
+    by_hash: &HashMap<ChangeHash, usize>,
+    batch: &[Change],
+) -> HashSet<(u64, ActorId)> {
+    let mut made = HashSet::new();
+    let mut seen = HashSet::from([i]);
+    let mut stack = vec![i];
+    while let Some(j) = stack.pop() {
+        let Some(c) = &decoded[j] else { continue };
+        for (k, op) in c.operations.iter().enumerate() {
+            if matches!(op.action, automerge::legacy::OpType::Make(_)) {
+                made.insert((c.start_op.get() + k as u64, c.actor_id.clone()));
+            }
+        }
+        for d in batch[j].deps() {
+            if let Some(&k) = by_hash.get(d) {
+                if seen.insert(k) {
+                    stack.push(k);
+                }
+            }
+        }
+    }
+    made
+}
+
+/// Per change of `batch`, whether its whole history is at hand: every dependency is in the
+/// document (`held`) or is a change of the batch whose history is at hand. (A dependency in the
+/// batch is not enough: its own may be missing, and then so are the objects its history makes.)
+pub(super) fn ready_in(
+    batch: &[Change],
+    by_hash: &HashMap<ChangeHash, usize>,
+    held: impl Fn(&ChangeHash) -> bool,
+) -> Vec<bool> {
+    let mut ready: Vec<Option<bool>> = vec![None; batch.len()];
+    for start in 0..batch.len() {
+        // Depth-first, deciding a change once all its dependencies in the batch are decided.
+        let mut stack = vec![start];
+        while let Some(&j) = stack.last() {
+            if ready[j].is_some() {
+                stack.pop();
+                continue;
+            }
+            let (mut bad, mut pending) = (false, Vec::new());
+            for d in batch[j].deps() {
+                match by_hash.get(d) {
+                    Some(&k) => match ready[k] {
+                        Some(true) => {}
+                        Some(false) => bad = true,
+                        None => pending.push(k),
+                    },
+                    None if held(d) => {}
+                    None => bad = true,
+                }
+            }
+            if bad || pending.is_empty() {
+                ready[j] = Some(!bad);
+                stack.pop();
+            } else {
+                stack.extend(pending);
+            }
+        }
+    }
+    ready.into_iter().map(|r| r == Some(true)).collect()
+}
+
+#[cfg(test)]
+#[path = "guard_tests.rs"]
+mod tests;
