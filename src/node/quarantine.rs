@@ -17,7 +17,6 @@ use crate::access::EpochKey;
 use crate::dataset::Meta;
 
 use super::dataset::{Dataset, Event, State};
-use super::replica::change_of;
 
 /// Changes one author may have held back in one dataset for dependencies not yet there; past
 /// it, its further ones are dropped, not stored, and fetched again later.
@@ -106,54 +105,73 @@ impl Dataset {
         Ok(())
     }
 
-    /// After Automerge failed inside on `batch`: rebuilds the document from the store, then
-    /// applies the batch's changes one at a time. A change that fails again is quarantined,
-    /// unless it let through changes the document held back that name missing objects: those
-    /// are quarantined (and deleted from the store) instead. Returns the envelopes to store.
+    /// After Automerge failed inside on `batch`: rebuilds the document from the store and
+    /// applies the batch's changes again one at a time, with what each lets through that waited
+    /// ([`doc::Doc::apply_stepwise`]). The change that breaks the document (one of the batch, or
+    /// one that waited) is quarantined and everything is tried again without it. Returns the
+    /// envelopes to store.
     pub(super) fn recover(
         &self,
         store: &Store,
         st: &mut State,
-        batch: Vec<(Envelope, Option<Change>)>,
+        mut batch: Vec<(Envelope, Option<Change>)>,
         invalid: &mut Vec<AuthorId>,
     ) -> Result<Vec<(Envelope, Option<Change>)>> {
         let shown = std::mem::take(&mut st.records);
-        self.rebuild(store, st)?;
-        let mut kept = Vec::with_capacity(batch.len());
-        for (env, change) in batch {
-            let Some(change) = change else {
-                kept.push((env, None));
-                continue;
-            };
-            match st.doc.apply(vec![change.clone()]) {
-                Ok(_) => kept.push((env, Some(change))),
-                Err(e) if e.broke_document() => {
-                    self.rebuild(store, st)?;
-                    let others = self.released_breakers(store, st, &change, &e)?;
-                    if !others.is_empty() {
-                        let why = "breaks the document (released by a later change)";
-                        for (author, seq) in others {
-                            self.quarantine(store, author, seq, why)?;
-                            invalid.push(author);
-                        }
-                        self.rebuild(store, st)?;
-                        if st.doc.apply(vec![change.clone()]).is_ok() {
-                            kept.push((env, Some(change)));
-                            continue;
-                        }
-                        self.rebuild(store, st)?;
+        // Each round quarantines one change, so this ends.
+        'again: loop {
+            self.rebuild(store, st)?;
+            let mut refused = Vec::new();
+            for (env, change) in &batch {
+                let Some(change) = change else { continue };
+                let culprit = match st.doc.apply_stepwise(vec![change.clone()]) {
+                    Ok(applied) => {
+                        refused.extend(applied.refused);
+                        continue;
                     }
-                    self.quarantine(store, env.author, env.seq, &e.to_string())?;
-                    invalid.push(env.author);
-                }
-                Err(e) => {
-                    tracing::warn!(dataset = %self.meta.id, author = %env.author, seq = env.seq, error = %e, "remote change refused");
-                    invalid.push(env.author);
-                }
+                    Err(doc::Error::BrokeOn(actor, seq, why)) => {
+                        (actor_key(&actor)?, seq, why.to_string())
+                    }
+                    Err(e) => (env.author, env.seq, e.to_string()),
+                };
+                self.quarantine_one(store, culprit, &mut batch, invalid)?;
+                continue 'again;
             }
+            self.quarantine_refused(store, &refused, &mut batch, invalid)?;
+            break;
         }
         st.records = shown;
-        Ok(kept)
+        Ok(batch)
+    }
+
+    /// Quarantines the changes that waited and that the guard refused once their history was at
+    /// hand ([`doc::Applied::refused`]): stored ones are set aside, ones of `batch` dropped from it.
+    pub(super) fn quarantine_refused(
+        &self,
+        store: &Store,
+        refused: &[doc::Refused],
+        batch: &mut Vec<(Envelope, Option<Change>)>,
+        invalid: &mut Vec<AuthorId>,
+    ) -> Result<()> {
+        for r in refused {
+            let why = format!("refused once its dependencies arrived: {}", r.why);
+            self.quarantine_one(store, (actor_key(&r.actor)?, r.seq, why), batch, invalid)?;
+        }
+        Ok(())
+    }
+
+    /// Quarantines one change (author, sequence, why), stored or of `batch`.
+    fn quarantine_one(
+        &self,
+        store: &Store,
+        (author, seq, why): (AuthorId, u64, String),
+        batch: &mut Vec<(Envelope, Option<Change>)>,
+        invalid: &mut Vec<AuthorId>,
+    ) -> Result<()> {
+        self.quarantine(store, author, seq, &why)?;
+        batch.retain(|(e, _)| (e.author, e.seq) != (author, seq));
+        invalid.push(author);
+        Ok(())
     }
 
     /// Sets aside for good the stored envelopes `drop` (author and sequence), which a grant
@@ -178,57 +196,6 @@ impl Dataset {
         self.rebuild(store, &mut st)?;
         st.records = shown;
         Ok(st.rematerialize())
-    }
-
-    /// Held-back changes that `change`, applied after them, let through and that broke the
-    /// document (`e`): ones the guard refuses once their history is at hand, and ones Automerge
-    /// held unfaithfully. As (author, sequence).
-    fn released_breakers(
-        &self,
-        store: &Store,
-        st: &mut State,
-        change: &Change,
-        e: &doc::Error,
-    ) -> Result<Vec<(AuthorId, u64)>> {
-        let mut out = Vec::new();
-        if let doc::Error::Unfaithful(list) = e {
-            let others = list
-                .iter()
-                .filter(|(a, s)| (a, *s) != (change.actor_id(), change.seq()));
-            out.extend(others.filter_map(|(a, s)| Some((AuthorId::from_slice(a.to_bytes())?, *s))));
-        }
-        let mut candidates = vec![change.clone()];
-        candidates.extend(self.held_back(store, st)?);
-        for (k, _) in st.doc.refused(&candidates, false) {
-            let c = &candidates[k];
-            match AuthorId::from_slice(c.actor_id().to_bytes()) {
-                Some(author) if k > 0 && !out.contains(&(author, c.seq())) => {
-                    out.push((author, c.seq()))
-                }
-                _ => {}
-            }
-        }
-        Ok(out)
-    }
-
-    /// The stored changes the document holds back (stored, opened, not applied).
-    fn held_back(&self, store: &Store, st: &mut State) -> Result<Vec<Change>> {
-        let mut envs = Vec::new();
-        store.for_each_envelope_after(&self.meta.id, &st.vv.clone(), |env| {
-            envs.push(env);
-            Ok(())
-        })?;
-        let mut out = Vec::new();
-        for env in envs {
-            if let Ok(Some(plain)) = st.open_payload(&self.meta, &env) {
-                if let Ok(c) = change_of(&env, plain) {
-                    if !st.doc.has_change(&c.hash()) {
-                        out.push(c);
-                    }
-                }
-            }
-        }
-        Ok(out)
     }
 
     /// Replaces the document (and what derives from it) with what the store holds.
@@ -285,6 +252,7 @@ impl State {
                     let (why, poisoned) = if refused {
                         ("the guard refuses it".to_owned(), false)
                     } else {
+                        // Nothing waits in the document here: nothing is let through.
                         match state.doc.apply_all(vec![c]) {
                             Ok(()) => continue,
                             Err(e) => (e.to_string(), e.broke_document()),
@@ -298,7 +266,7 @@ impl State {
                 }
                 pending = rest;
             }
-            // What is left waits for changes no one here holds: Automerge holds it back.
+            // What is left waits for changes no one here holds.
             state
                 .doc
                 .apply_all(pending.into_iter().map(|(_, c)| c).collect())?;
@@ -306,4 +274,10 @@ impl State {
             return Ok((state, max_hlc));
         }
     }
+}
+
+/// The author key an Automerge actor of a fogmesh document is.
+fn actor_key(actor: &automerge::ActorId) -> Result<AuthorId> {
+    AuthorId::from_slice(actor.to_bytes())
+        .ok_or_else(|| Error::Internal("a document actor is not a key".into()))
 }

@@ -64,22 +64,18 @@ impl Dataset {
         } else {
             match st.doc.apply(changes) {
                 Ok(a) => a,
-                Err(why) if why.broke_document() => {
-                    tracing::error!(dataset = %self.meta.id, %why, "a remote change broke the document: rebuilding it and finding the change");
+                Err(why) => {
+                    tracing::error!(dataset = %self.meta.id, %why, "a remote change failed: rebuilding the document and finding the change");
                     batch = self.recover(store, &mut st, batch, &mut invalid)?;
                     doc::Applied {
                         everything: true,
                         ..doc::Applied::default()
                     }
                 }
-                Err(e) => {
-                    return Err(Error::Invalid(format!(
-                        "{}: a remote change does not apply: {e}",
-                        self.meta.id
-                    )))
-                }
             }
         };
+        // Changes that waited and that the guard refuses now that their history is here.
+        self.quarantine_refused(store, &applied.refused, &mut batch, &mut invalid)?;
         let fresh: Vec<Envelope> = batch.into_iter().map(|(e, _)| e).collect();
         let mut authors: Vec<AuthorId> = Vec::new();
         let me = st.doc.actor().to_bytes().to_vec();
@@ -228,11 +224,10 @@ impl Dataset {
         let refused = st.doc.refused(&changes, true);
         if refused.is_empty() {
             match st.doc.apply_all(changes) {
-                Err(why) if why.broke_document() => {
-                    tracing::error!(dataset = %self.meta.id, %why, "a change opened with a new key broke the document: rebuilding it");
+                Err(why) => {
+                    tracing::error!(dataset = %self.meta.id, %why, "a change opened with a new key failed: rebuilding the document");
                 }
-                other => {
-                    other?;
+                Ok(()) => {
                     return Ok(st.rematerialize());
                 }
             }

@@ -65,6 +65,10 @@ pub enum Error {
     /// write them again, so a saved document would not load: it must be rebuilt from the store.
     #[error("{} change(s) applied unfaithfully (first: {}); the document is rebuilt from the store", .0.len(), .0.first().map(|(a, s)| format!("{a} #{s}")).unwrap_or_default())]
     Unfaithful(Vec<(ActorId, u64)>),
+    /// Applying the change (actor, sequence) alone failed (see [`Doc::apply_stepwise`]): the
+    /// change to quarantine; the document is to be rebuilt.
+    #[error("change #{1} of {0} broke the document: {2}")]
+    BrokeOn(ActorId, u64, Box<Error>),
     /// A saved document that Automerge failed on while loading.
     #[error("automerge failed loading the saved document: {0}")]
     Unloadable(String),
@@ -73,7 +77,10 @@ pub enum Error {
 impl Error {
     /// Whether the document this came from is unusable and must be rebuilt from the store.
     pub fn broke_document(&self) -> bool {
-        matches!(self, Self::Panicked(_) | Self::Unfaithful(_))
+        matches!(
+            self,
+            Self::Panicked(_) | Self::Unfaithful(_) | Self::BrokeOn(..)
+        )
     }
 }
 
@@ -102,6 +109,20 @@ pub struct Applied {
     /// or changes applied that waited since a restore or a key's arrival (whose operations this
     /// document did not keep). Re-read every record.
     pub everything: bool,
+    /// Changes that waited for dependencies and that the guard refuses now that their history
+    /// is at hand: not applied, to be quarantined.
+    pub refused: Vec<Refused>,
+}
+
+/// A change the guard refused, by author and sequence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// Its author.
+    pub actor: ActorId,
+    /// Its sequence number.
+    pub seq: u64,
+    /// Why it was refused.
+    pub why: String,
 }
 
 /// The prefix of every page key; record ids never contain `.`, so no id looks like a page.
@@ -213,9 +234,9 @@ impl Doc {
             }
         }
         let (hash, _) = tx.commit();
-        if self.waiting.any() {
-            // A local change can make Automerge drop queued changes of the same actor.
-            self.waiting.resync(&self.am);
+        let change = hash.and_then(|h| self.am.get_change_by_hash(&h));
+        if let Some(c) = &change {
+            self.waiting.forget_actor(c.actor_id());
         }
         for id in created {
             place(&mut self.pages, id, page.clone());
@@ -223,28 +244,48 @@ impl Doc {
         for id in deletes {
             self.pages.remove(id);
         }
-        Ok(hash
-            .and_then(|h| self.am.get_change_by_hash(&h))
-            .map(|c| c.raw_bytes().to_vec()))
+        Ok(change.map(|c| c.raw_bytes().to_vec()))
     }
 
     /// Applies changes from other authors, and reports the records they touch (found from the
-    /// changes' own operations, see `touched`).
+    /// changes' own operations, see `touched`). A change whose dependencies are not all in the
+    /// document waits, outside Automerge, until they are; one that waited is judged by the guard
+    /// again when it is let through, and reported in [`Applied::refused`] if refused. After an
+    /// error, the document is to be rebuilt from the store (what waited may be lost from it).
     pub fn apply(&mut self, changes: Vec<automerge::Change>) -> Result<Applied, Error> {
+        self.apply_with(changes, false)
+    }
+
+    /// [`Doc::apply`], handing Automerge one change at a time, so that a change that breaks the
+    /// document or does not apply, given or let through, is named ([`Error::BrokeOn`]). Slower:
+    /// for finding the culprit after a batch failed. After an error of either, the document is to
+    /// be rebuilt from the store (what waited may be lost from it).
+    pub fn apply_stepwise(&mut self, changes: Vec<automerge::Change>) -> Result<Applied, Error> {
+        self.apply_with(changes, true)
+    }
+
+    fn apply_with(
+        &mut self,
+        changes: Vec<automerge::Change>,
+        stepwise: bool,
+    ) -> Result<Applied, Error> {
         self.ensure_indexed();
-        // Copies (of the compact form) of what may wait, to name its records when it applies.
-        let copies = changes.clone();
-        if let Err(e) = self.apply_isolated(changes) {
-            if !e.broke_document() {
-                self.waiting.resync(&self.am);
+        let (ready, refused) = self.take_ready(changes);
+        // Copies (of the compact form), to name the records of what applied.
+        let copies = ready.clone();
+        if stepwise {
+            for c in ready {
+                let (actor, seq) = (c.actor_id().clone(), c.seq());
+                guard::apply(&mut self.am, vec![c])
+                    .map_err(|e| Error::BrokeOn(actor, seq, Box::new(e)))?;
             }
-            return Err(e);
+        } else {
+            guard::apply(&mut self.am, ready)?;
         }
-        let released = self.waiting.after_apply(&self.am, copies);
-        let mut everything = released.unknown;
+        let mut everything = self.waiting.legacy_released(&self.am);
         // Decoding each change, and finding the records it touches (a read), spread over threads
         // when a catch-up page brings many changes.
-        let decoded = crate::parallel::map(&released.ready, PARALLEL_CHANGES, |c| c.decode());
+        let decoded = crate::parallel::map(&copies, PARALLEL_CHANGES, |c| c.decode());
         let am = &self.am;
         let found = crate::parallel::map(&decoded, PARALLEL_CHANGES, |c| touched::scan(am, c));
         let mut ids = BTreeSet::new();
@@ -266,38 +307,61 @@ impl Doc {
             touched: ids.into_iter().collect(),
             waiting: self.waiting.any(),
             everything,
+            refused,
         })
     }
 
     /// Applies changes without finding what they touch or keeping the index (rebuilt once, before
     /// the next write, apply or [`Doc::read_all`]); the caller re-reads every record: restoring
-    /// from the store, or opening changes whose key just arrived.
+    /// from the store, or opening changes whose key just arrived. Changes that waited are not
+    /// judged again here (a restore lets long runs through): one that fails is caught by the
+    /// apply, and the caller rebuilds change by change.
     pub fn apply_all(&mut self, changes: Vec<automerge::Change>) -> Result<(), Error> {
-        // Only a change whose history is not all at hand can wait: only those are copied (a
-        // restore hands over every stored change).
-        let by_hash: HashMap<ChangeHash, usize> = changes
-            .iter()
-            .enumerate()
-            .map(|(i, c)| (c.hash(), i))
-            .collect();
-        let ready = guard::ready_in(&changes, &by_hash, |d| {
-            self.am.get_change_meta_by_hash(d).is_some()
-        });
-        let may_wait: Vec<automerge::Change> = changes
-            .iter()
-            .zip(ready)
-            .filter(|(_, ready)| !ready)
-            .map(|(c, _)| c.clone())
-            .collect();
-        let applied = self.apply_isolated(changes);
-        if let Err(e) = &applied {
-            if e.broke_document() {
-                return applied;
-            }
-        }
-        self.waiting.after_apply_all(&self.am, may_wait);
+        let ready = self.waiting.take_ready(&self.am, changes);
+        // Set first: after an error, some of the changes may have applied.
         self.unindexed = true;
-        applied
+        guard::apply(&mut self.am, ready.changes)?;
+        self.waiting.legacy_released(&self.am);
+        Ok(())
+    }
+
+    /// Of `changes` and the changes waiting, those whose history is at hand, dependencies first;
+    /// the rest wait. When changes that waited are among them, the guard judges them all again
+    /// with their history at hand: the ones it refuses are returned apart, and what depends on
+    /// them waits.
+    fn take_ready(
+        &mut self,
+        changes: Vec<automerge::Change>,
+    ) -> (Vec<automerge::Change>, Vec<Refused>) {
+        let ready = self.waiting.take_ready(&self.am, changes);
+        let mut changes = ready.changes;
+        let mut refused = Vec::new();
+        if !ready.released {
+            return (changes, refused);
+        }
+        loop {
+            let bad: HashMap<usize, Error> = guard::refused(&self.am, &changes, false)
+                .into_iter()
+                .collect();
+            if bad.is_empty() {
+                return (changes, refused);
+            }
+            let mut kept = Vec::with_capacity(changes.len());
+            for (i, c) in changes.into_iter().enumerate() {
+                match bad.get(&i) {
+                    Some(why) => refused.push(Refused {
+                        actor: c.actor_id().clone(),
+                        seq: c.seq(),
+                        why: why.to_string(),
+                    }),
+                    None => kept.push(c),
+                }
+            }
+            let order = super::waiting::ordered(&self.am, kept.iter());
+            let mut slots: Vec<Option<automerge::Change>> = kept.into_iter().map(Some).collect();
+            changes = order.iter().filter_map(|&i| slots[i].take()).collect();
+            self.waiting.put_back(slots.into_iter().flatten().collect());
+        }
     }
 
     /// Changes of `actor` held back for dependencies (count, bytes), and all held back.
@@ -314,11 +378,6 @@ impl Doc {
     /// Whether the document holds the change `hash`.
     pub fn has_change(&self, hash: &ChangeHash) -> bool {
         self.am.get_change_meta_by_hash(hash).is_some()
-    }
-
-    /// Hands `changes` to Automerge through the guard ([`guard::apply`]).
-    fn apply_isolated(&mut self, changes: Vec<automerge::Change>) -> Result<(), Error> {
-        guard::apply(&mut self.am, changes)
     }
 
     /// Refuses, before Automerge sees them, changes of `batch` it would fail on or keep

@@ -83,7 +83,7 @@ pub fn decode_change(bytes: Vec<u8>) -> Result<Change, Error> {
 /// that does not decode (Automerge 0.12 panics decoding operations that name an actor the change
 /// does not declare), one whose bytes are not Automerge's own encoding of its operations (it
 /// would apply, and a saved document would not load), and one that names an object neither
-/// `am` nor the change's own history (within the batch) makes (Automerge 0.12 panics on it).
+/// `am` nor a change of the batch makes (Automerge 0.12 panics on it).
 /// With `ready_only`, that last test is left out for a change whose dependencies are not all in
 /// the document or the batch (its history may make the object; Automerge holds it back).
 pub(super) fn refused(am: &Automerge, batch: &[Change], ready_only: bool) -> Vec<(usize, Error)> {
@@ -96,8 +96,12 @@ pub(super) fn refused(am: &Automerge, batch: &[Change], ready_only: bool) -> Vec
         .enumerate()
         .map(|(i, c)| (c.hash(), i))
         .collect();
-    let ready = ready_in(batch, &by_hash, |d| am.get_change_meta_by_hash(d).is_some());
+    let mut ready = vec![false; batch.len()];
+    for i in super::waiting::ordered(am, batch.iter()) {
+        ready[i] = true;
+    }
     let mut out = Vec::new();
+    let mut made = None;
     for (i, change) in decoded.iter().enumerate() {
         let Some(change) = change else {
             out.push((i, Error::Undecodable));
@@ -118,8 +122,8 @@ pub(super) fn refused(am: &Automerge, batch: &[Change], ready_only: bool) -> Vec
         if ready_only && !ready[i] {
             continue;
         }
-        let made = made_in_history(i, &decoded, &by_hash, batch);
-        if let Some(obj) = missing_object(am, change, &made) {
+        let made = made.get_or_insert_with(|| made_in_batch(&decoded));
+        if let Some(obj) = missing_object(am, change, made) {
             out.push((i, Error::MissingObject(obj)));
         }
     }
@@ -189,73 +193,20 @@ fn missing_object(
     })
 }
 
-/// Objects made by change `i` of a batch and by the changes of the batch it depends on, directly
-/// or not, as (counter, actor).
-fn made_in_history(
-    i: usize,
-    decoded: &[Option<ExpandedChange>],
-    by_hash: &HashMap<ChangeHash, usize>,
-    batch: &[Change],
-) -> HashSet<(u64, ActorId)> {
+/// Objects made by the changes of a batch, as (counter, actor). (Not only by a change's own
+/// history: that costs time in the square of a chain's length. A change naming an object made
+/// by a change of the batch it does not follow makes Automerge fail inside, which the apply
+/// catches, and is then found and quarantined alone.)
+fn made_in_batch(decoded: &[Option<ExpandedChange>]) -> HashSet<(u64, ActorId)> {
     let mut made = HashSet::new();
-    let mut seen = HashSet::from([i]);
-    let mut stack = vec![i];
-    while let Some(j) = stack.pop() {
-        let Some(c) = &decoded[j] else { continue };
+    for c in decoded.iter().flatten() {
         for (k, op) in c.operations.iter().enumerate() {
             if matches!(op.action, automerge::legacy::OpType::Make(_)) {
                 made.insert((c.start_op.get() + k as u64, c.actor_id.clone()));
             }
         }
-        for d in batch[j].deps() {
-            if let Some(&k) = by_hash.get(d) {
-                if seen.insert(k) {
-                    stack.push(k);
-                }
-            }
-        }
     }
     made
-}
-
-/// Per change of `batch`, whether its whole history is at hand: every dependency is in the
-/// document (`held`) or is a change of the batch whose history is at hand. (A dependency in the
-/// batch is not enough: its own may be missing, and then so are the objects its history makes.)
-pub(super) fn ready_in(
-    batch: &[Change],
-    by_hash: &HashMap<ChangeHash, usize>,
-    held: impl Fn(&ChangeHash) -> bool,
-) -> Vec<bool> {
-    let mut ready: Vec<Option<bool>> = vec![None; batch.len()];
-    for start in 0..batch.len() {
-        // Depth-first, deciding a change once all its dependencies in the batch are decided.
-        let mut stack = vec![start];
-        while let Some(&j) = stack.last() {
-            if ready[j].is_some() {
-                stack.pop();
-                continue;
-            }
-            let (mut bad, mut pending) = (false, Vec::new());
-            for d in batch[j].deps() {
-                match by_hash.get(d) {
-                    Some(&k) => match ready[k] {
-                        Some(true) => {}
-                        Some(false) => bad = true,
-                        None => pending.push(k),
-                    },
-                    None if held(d) => {}
-                    None => bad = true,
-                }
-            }
-            if bad || pending.is_empty() {
-                ready[j] = Some(!bad);
-                stack.pop();
-            } else {
-                stack.extend(pending);
-            }
-        }
-    }
-    ready.into_iter().map(|r| r == Some(true)).collect()
 }
 
 #[cfg(test)]

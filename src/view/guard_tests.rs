@@ -208,3 +208,114 @@ fn changes_no_fogmesh_node_makes_are_refused() {
         "{refused:?}"
     );
 }
+
+/// From the third attacker review: a change that waits for an honest change, and makes Automerge
+/// fail once that change lets it through, is judged when it is let through and refused alone;
+/// the honest change applies. (Automerge's own queue released it inside the honest change's
+/// apply, which was then blamed.)
+#[test]
+fn a_change_that_waited_is_judged_when_let_through_and_refused_alone() {
+    use automerge::transaction::Transactable;
+    let mut honest = Doc::new(&[4; 32]);
+    let up = super::super::doc::Upsert {
+        id: "a".into(),
+        name: "ward/a".into(),
+        time: 1,
+        data: serde_json::Map::new(),
+    };
+    let first = honest.write(&[up], &[]).expect("write").expect("a change");
+    let first = decode_change(first).expect("first");
+    // A member makes a map (change by actor 8, never sent), writes into it (actor 7), and sends
+    // that write alone, re-encoded to depend on the honest change instead of on the map.
+    let mut mallory = Automerge::new();
+    mallory.apply_changes([first.clone()]).expect("honest");
+    let mut maker = mallory
+        .fork()
+        .with_actor(automerge::ActorId::from(&[8u8; 32][..]));
+    let mut tx = maker.transaction();
+    let map = tx
+        .put_object(automerge::ROOT, "x", automerge::ObjType::Map)
+        .expect("map");
+    tx.commit();
+    let mut writer = maker
+        .fork()
+        .with_actor(automerge::ActorId::from(&[7u8; 32][..]));
+    let mut tx = writer.transaction();
+    tx.put(&map, "k", 1).expect("put");
+    tx.commit();
+    let mut bad = writer.get_last_local_change().expect("a change").decode();
+    bad.deps = vec![first.hash()];
+    let bad = Change::from(bad);
+
+    // Automerge alone fails on it once the honest change lets it through.
+    let mut plain = Automerge::new();
+    plain.apply_changes([bad.clone()]).expect("queued");
+    let unguarded = catch_unwind(std::panic::AssertUnwindSafe(|| {
+        plain.apply_changes([first.clone()])
+    }));
+    assert!(
+        !matches!(unguarded, Ok(Ok(()))),
+        "Automerge no longer fails on it: the test no longer shows the guard at work"
+    );
+
+    let mut victim = Doc::new(&[5; 32]);
+    assert!(
+        victim.refused(std::slice::from_ref(&bad), true).is_empty(),
+        "its history is not at hand yet: judged alone it passes"
+    );
+    assert!(victim.apply(vec![bad]).expect("waits").waiting);
+    let applied = victim
+        .apply(vec![first])
+        .expect("the honest change applies");
+    assert_eq!(applied.touched, ["a"]);
+    assert!(!applied.waiting);
+    let [refused] = applied.refused.as_slice() else {
+        panic!("{:?}", applied.refused)
+    };
+    assert_eq!((refused.actor.to_bytes(), refused.seq), (&[7u8; 32][..], 1));
+    assert!(refused.why.contains("object"), "{}", refused.why);
+    let saved = victim.automerge().save();
+    let loaded = Doc::load(&saved, &[5; 32]).expect("loads");
+    assert_eq!(loaded.ids(), ["a"]);
+}
+
+/// A change that waited and that Automerge fails on though the guard passes it (here a gap in
+/// its author's sequence) breaks the document; applied step by step after that, the change that
+/// broke it is named, not the honest change that let it through.
+#[test]
+fn applied_step_by_step_the_change_that_breaks_the_document_is_named() {
+    let mut author = Doc::new(&[7; 32]);
+    let up = |id: &str| super::super::doc::Upsert {
+        id: id.into(),
+        name: format!("ward/{id}"),
+        time: 1,
+        data: serde_json::Map::new(),
+    };
+    let first = author
+        .write(&[up("a")], &[])
+        .expect("write")
+        .expect("a change");
+    let first = decode_change(first).expect("first");
+    let second = author
+        .write(&[up("b")], &[])
+        .expect("write")
+        .expect("a change");
+    // Numbered 3, as if a change 2 existed.
+    let mut gap = decode_change(second).expect("second").decode();
+    gap.seq = 3;
+    let gap = Change::from(gap);
+
+    let mut victim = Doc::new(&[5; 32]);
+    assert!(victim.refused(std::slice::from_ref(&gap), false).is_empty());
+    assert!(victim.apply(vec![gap]).expect("waits").waiting);
+    match victim.apply_stepwise(vec![first]) {
+        Err(Error::BrokeOn(actor, seq, why)) => {
+            assert_eq!((actor.to_bytes(), seq), (&[7u8; 32][..], 3), "{why}");
+            assert!(why.broke_document(), "{why}");
+        }
+        Ok(applied) => {
+            panic!("Automerge took a sequence gap: the test shows nothing ({applied:?})")
+        }
+        Err(e) => panic!("{e}"),
+    }
+}

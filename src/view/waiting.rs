@@ -1,49 +1,47 @@
-//! Remote changes that Automerge holds back until a dependency arrives, and which of them a later
-//! apply released, so that their records can be named then.
+//! Remote changes whose dependencies the document lacks: kept here, never handed to Automerge,
+//! until every one of their dependencies is in the document.
 //!
-//! Automerge queues a change whose dependencies it lacks and applies it, silently, during the
-//! apply that brings the last of them. A change that waits is kept here as received (not
-//! decoded: the compact form) until it applies, so its records can be named then and a snapshot
-//! can leave it out (snapshots are saved without Automerge's queue). Only a document loaded with
-//! a queue (saved with it) holds changes not known here ("unknown": their release is only known
-//! to be possible).
+//! Automerge would queue such a change and apply it silently during the apply that brings the
+//! last of them, so a malformed change that waited would be applied, and blamed, with the honest
+//! change that released it. Here a change is handed over only once its history is at hand, and
+//! the guard judges it then (`Doc::apply`), alone if need be. A change that waits is kept as
+//! received (the compact form), and a snapshot leaves it out.
+//!
+//! A document saved by an earlier build may still hold a queue of Automerge's own ("legacy"):
+//! what it releases is not known here, only that a release happened (everything is read again).
 
 use std::collections::{HashMap, HashSet};
 
-use automerge::{Automerge, Change, ChangeHash, ReadDoc};
+use automerge::{ActorId, Automerge, Change, ChangeHash, ReadDoc};
 
-/// What waits in a document.
+/// What waits for a document.
 #[derive(Debug, Default)]
 pub(super) struct Waiting {
-    /// Changes held back, kept as received, by hash.
+    /// Changes waiting for dependencies, as received, by hash.
     held: HashMap<ChangeHash, Change>,
-    /// The hashes missing when changes that are not in `held` were queued (empty: none are).
-    unknown: HashSet<ChangeHash>,
-    /// The hashes missing now (empty: nothing waits).
-    missing: HashSet<ChangeHash>,
+    /// The hashes Automerge's own queue misses (a document loaded with one; empty otherwise).
+    legacy: HashSet<ChangeHash>,
 }
 
-/// What an apply let through.
-pub(super) struct Released {
-    /// The given changes that are in the document now, and the held ones that applied with them.
-    pub ready: Vec<Change>,
-    /// Changes that are not in `held` may have applied too.
-    pub unknown: bool,
+/// The changes that may be handed to Automerge now.
+pub(super) struct Ready {
+    /// Every given or held change whose history is at hand, dependencies before dependents.
+    pub changes: Vec<Change>,
+    /// Whether any of them waited here before (its history was not all checked when it came).
+    pub released: bool,
 }
 
 impl Waiting {
     /// The state of a document just loaded or created.
     pub fn of(am: &Automerge) -> Self {
-        let missing = missing(am);
         Self {
             held: HashMap::new(),
-            unknown: missing.clone(),
-            missing,
+            legacy: missing(am),
         }
     }
 
-    /// How many changes of `actor` are held, and their bytes; and how many are held in all.
-    pub fn held_by(&self, actor: &automerge::ActorId) -> (usize, usize, usize) {
+    /// How many changes of `actor` wait, and their bytes; and how many wait in all.
+    pub fn held_by(&self, actor: &ActorId) -> (usize, usize, usize) {
         let mine = self.held.values().filter(|c| c.actor_id() == actor);
         let (n, bytes) = mine.fold((0, 0), |(n, b), c| (n + 1, b + c.raw_bytes().len()));
         (n, bytes, self.held.len())
@@ -51,90 +49,133 @@ impl Waiting {
 
     /// Whether changes wait.
     pub fn any(&self) -> bool {
-        !self.missing.is_empty()
+        !self.held.is_empty() || !self.legacy.is_empty()
     }
 
-    /// After Automerge applied `given` (copies of what it was handed).
-    pub fn after_apply(&mut self, am: &Automerge, given: Vec<Change>) -> Released {
-        let before = std::mem::replace(&mut self.missing, missing(am));
-        // A queued change applies only once something it waited for arrives.
-        let released = before.iter().any(|h| !self.missing.contains(h));
-        let mut ready = Vec::with_capacity(given.len());
-        for c in given {
-            match has(am, &c.hash()) {
-                true => ready.push(c),
-                false => {
-                    self.held.insert(c.hash(), c);
-                }
+    /// Takes `given` and what waits, and returns those whose history is at hand (`am` or other
+    /// ready changes hold every dependency), in an order Automerge applies them in; the rest
+    /// wait. A change the document holds already is dropped.
+    pub fn take_ready(&mut self, am: &Automerge, given: Vec<Change>) -> Ready {
+        let mut pool: Vec<(Change, bool)> = given.into_iter().map(|c| (c, false)).collect();
+        if !self.held.is_empty() {
+            pool.extend(self.held.drain().map(|(_, c)| (c, true)));
+        }
+        pool.retain(|(c, _)| !has(am, &c.hash()));
+        let mut seen = HashSet::new();
+        pool.retain(|(c, _)| seen.insert(c.hash()));
+        // In the same order whatever order they came in (the held ones come out of a map): an
+        // author's changes by number, so that the outcome does not depend on arrival.
+        pool.sort_by(|(a, _), (b, _)| (a.actor_id(), a.seq()).cmp(&(b.actor_id(), b.seq())));
+        let order = ordered(am, pool.iter().map(|(c, _)| c));
+        let mut slots: Vec<Option<(Change, bool)>> = pool.into_iter().map(Some).collect();
+        let mut ready = Ready {
+            changes: Vec::with_capacity(order.len()),
+            released: false,
+        };
+        for i in order {
+            if let Some((c, was_held)) = slots[i].take() {
+                ready.released |= was_held;
+                ready.changes.push(c);
             }
         }
-        if released && !self.held.is_empty() {
-            let now: Vec<ChangeHash> = self.held.keys().filter(|h| has(am, h)).copied().collect();
-            ready.extend(now.iter().filter_map(|h| self.held.remove(h)));
+        for (c, _) in slots.into_iter().flatten() {
+            self.held.insert(c.hash(), c);
         }
-        let unknown = self.unknown.iter().any(|h| !self.missing.contains(h));
-        if unknown {
-            // Unknown changes may still wait, now for what is missing now.
-            self.unknown = self.missing.clone();
-        }
-        self.forget_released_unknown();
-        Released { ready, unknown }
+        ready
     }
 
-    /// After Automerge applied changes without finding what they touch (`Doc::apply_all`, whose
-    /// caller re-reads everything): of `given`, those that could wait, the ones that wait now
-    /// are kept like any held change.
-    pub fn after_apply_all(&mut self, am: &Automerge, given: Vec<Change>) {
-        self.missing = missing(am);
-        self.held.retain(|h, _| !has(am, h));
-        for c in given {
-            if !has(am, &c.hash()) {
-                self.held.insert(c.hash(), c);
-            }
+    /// Puts back changes taken as ready but not applied (their history turned out not to be
+    /// at hand after all: a dependency was refused).
+    pub fn put_back(&mut self, changes: Vec<Change>) {
+        for c in changes {
+            self.held.insert(c.hash(), c);
         }
-        self.forget_released_unknown();
     }
 
-    /// Per actor, the lowest sequence of its changes held back; `None` when changes may wait
-    /// that are not known here (a document loaded with a queue).
-    pub fn lowest_held(&self) -> Option<HashMap<automerge::ActorId, u64>> {
-        if !self.unknown.is_empty() {
+    /// After Automerge applied changes: whether its own queue (a legacy document) released any.
+    pub fn legacy_released(&mut self, am: &Automerge) -> bool {
+        if self.legacy.is_empty() {
+            return false;
+        }
+        let now = missing(am);
+        let released = self.legacy.iter().any(|h| !now.contains(h));
+        self.legacy = now;
+        released
+    }
+
+    /// After a local change of `actor`: its changes that wait belong to a history this document
+    /// no longer continues (the node lost its store and wrote again), so they can never apply.
+    pub fn forget_actor(&mut self, actor: &ActorId) {
+        self.held.retain(|_, c| c.actor_id() != actor);
+    }
+
+    /// Per actor, the lowest sequence of its waiting changes; `None` when changes may wait that
+    /// are not known here (a legacy document).
+    pub fn lowest_held(&self) -> Option<HashMap<ActorId, u64>> {
+        if !self.legacy.is_empty() {
             return None;
         }
-        let mut out: HashMap<automerge::ActorId, u64> = HashMap::new();
+        let mut out: HashMap<ActorId, u64> = HashMap::new();
         for c in self.held.values() {
             let at = out.entry(c.actor_id().clone()).or_insert(c.seq());
             *at = (*at).min(c.seq());
         }
         Some(out)
     }
+}
 
-    /// After a local write or a failed apply, which can make Automerge drop queued changes
-    /// (a conflicting branch of the same actor): forgets held changes no longer queued.
-    pub fn resync(&mut self, am: &Automerge) {
-        if !self.held.is_empty() {
-            let hashes: Vec<ChangeHash> = self.held.keys().copied().collect();
-            // A hash neither applied nor queued is reported missing itself.
-            let gone: HashSet<ChangeHash> = am.get_missing_deps(&hashes).into_iter().collect();
-            self.held.retain(|h, _| !gone.contains(h) && !has(am, h));
+/// Indexes into `changes` of those whose history is at hand, each after the ones of `changes`
+/// it depends on. (A dependency among `changes` is not enough: its own may be missing.)
+pub(super) fn ordered<'a>(am: &Automerge, changes: impl Iterator<Item = &'a Change>) -> Vec<usize> {
+    let changes: Vec<&Change> = changes.collect();
+    let by_hash: HashMap<ChangeHash, usize> = changes
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.hash(), i))
+        .collect();
+    // None: not decided; Some(false): not ready; Some(true): ready and placed in `out`.
+    let mut ready: Vec<Option<bool>> = vec![None; changes.len()];
+    let mut out = Vec::with_capacity(changes.len());
+    // Hashes cannot form a cycle (each names its dependencies' hashes), so this ends.
+    for start in 0..changes.len() {
+        // Depth-first, deciding a change once all its dependencies among `changes` are decided.
+        let mut stack = vec![start];
+        while let Some(&j) = stack.last() {
+            if ready[j].is_some() {
+                stack.pop();
+                continue;
+            }
+            let (mut bad, mut pending) = (false, Vec::new());
+            for d in changes[j].deps() {
+                match by_hash.get(d) {
+                    Some(&k) => match ready[k] {
+                        Some(true) => {}
+                        Some(false) => bad = true,
+                        None => pending.push(k),
+                    },
+                    None if has(am, d) => {}
+                    None => bad = true,
+                }
+            }
+            if bad || pending.is_empty() {
+                ready[j] = Some(!bad);
+                if !bad {
+                    out.push(j);
+                }
+                stack.pop();
+            } else {
+                stack.extend(pending);
+            }
         }
-        self.missing = missing(am);
-        self.forget_released_unknown();
     }
-
-    fn forget_released_unknown(&mut self) {
-        if self.missing.is_empty() {
-            self.unknown.clear();
-            self.held.clear();
-        }
-    }
+    out
 }
 
 fn missing(am: &Automerge) -> HashSet<ChangeHash> {
     am.get_missing_deps(&[]).into_iter().collect()
 }
 
-/// Whether `hash` is applied (queued changes are not).
+/// Whether `hash` is applied (a legacy queue's changes are not).
 fn has(am: &Automerge, hash: &ChangeHash) -> bool {
     am.get_change_meta_by_hash(hash).is_some()
 }

@@ -527,18 +527,24 @@ impl Tmpfs {
     }
 
     /// Fills it with a ballast file at `path`, leaving `leave` bytes free (nothing to do when
-    /// less is free already).
+    /// less is free already). A writer on the filesystem can take space between the measure and
+    /// the fill: the fill is then measured and tried again.
     pub fn fill(&self, path: &Path, leave: u64) -> Result<()> {
-        let size = self.available()?.saturating_sub(leave);
-        if size == 0 {
-            return Ok(());
+        for _ in 0..5 {
+            let size = self.available()?.saturating_sub(leave);
+            if size == 0 {
+                return Ok(());
+            }
+            let st = Command::new("fallocate")
+                .args(["-l", &size.to_string()])
+                .arg(path)
+                .status()?;
+            if st.success() {
+                return Ok(());
+            }
+            let _ = std::fs::remove_file(path);
         }
-        let st = Command::new("fallocate")
-            .args(["-l", &size.to_string()])
-            .arg(path)
-            .status()?;
-        ensure!(st.success(), "fallocate failed");
-        Ok(())
+        bail!("fallocate failed five times on {}", self.0.display())
     }
 }
 
@@ -546,4 +552,22 @@ impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
     }
+}
+
+/// `text` without ANSI colour sequences (the node colours its log even into a file).
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

@@ -379,3 +379,57 @@ fn a_change_automerge_applies_but_cannot_save_is_quarantined() -> Result<()> {
     );
     Ok(())
 }
+
+/// From the third attacker review: a member's change that waits for another (here its change 3,
+/// depending on its change 1, with no change 2: a sequence gap Automerge fails on) used to be
+/// let through by Automerge's own queue inside the apply of the change it waited for, and that
+/// change, valid, was quarantined for it. Over the real wire: changes that wait are kept out of
+/// Automerge, the one that breaks the document is found and quarantined alone, with its author
+/// and number named, and the change that let it through is kept.
+#[test]
+fn a_change_that_waited_and_breaks_the_document_is_quarantined_not_the_one_it_waited_for(
+) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (mut hospital, key, ds, c) = mallory_writes_flu(dir.path())?;
+    let mut doc = fogmesh::view::doc::Doc::new(key.author().as_bytes());
+    let first = doc.write(&[upsert("m1", 1)], &[])?.context("a change")?;
+    let second = doc.write(&[upsert("m2", 1)], &[])?.context("a change")?;
+    let first = automerge::Change::from_bytes(first)?;
+    let mut gap = automerge::Change::from_bytes(second)?.decode();
+    gap.seq = 3;
+    let gap = automerge::Change::from(gap);
+    let first_env = envelope_of(&key, &ds, &first, GENESIS);
+    let gap_env = envelope_of(&key, &ds, &gap, first_env.digest());
+    ensure!(push_envelope(&c, &gap_env)? == 1, "the change that waits");
+    ensure!(
+        record_ids(&hospital)?.len() == 1,
+        "nothing of mallory's shows yet"
+    );
+    // The push is answered or the peer dropped for the change that broke the document.
+    let _ = push_envelope(&c, &first_env);
+    let m1 = hospital.get("/v1/datasets/hospital/flu/records/m1")?;
+    ensure!(
+        m1["data"]["v"] == 1,
+        "the change let through was kept: {m1}"
+    );
+    let log = crate::common::strip_ansi(&std::fs::read_to_string(
+        hospital.home.join("test-node.log"),
+    )?);
+    let line = log
+        .lines()
+        .find(|l| l.contains("quarantined"))
+        .context("no quarantine in the log")?;
+    ensure!(
+        line.contains(&key.author().to_string()) && line.contains("seq=3"),
+        "the change that broke the document is not the one named: {line}"
+    );
+    ensure!(
+        !log.lines()
+            .any(|l| l.contains("quarantined") && l.contains("seq=1")),
+        "the change that let it through was quarantined"
+    );
+    drop(c);
+    let ids = write_and_restart(&mut hospital)?;
+    ensure!(ids == ["h1", "h2", "m1"], "after a restart: {ids:?}");
+    Ok(())
+}

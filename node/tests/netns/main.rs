@@ -48,6 +48,7 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+pub(crate) use common::strip_ansi;
 mod hosts;
 mod nemesis;
 mod removal;
@@ -187,24 +188,6 @@ fn write_side(nodes: &[&NsNode], side: &str, until: Instant) -> Result<Vec<Strin
         n += 1;
     }
     Ok(acked)
-}
-
-/// `text` without ANSI colour sequences (the node colours its log even into a file).
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// Per node, from its log since `marks`: which members it disconnected for bad input, which

@@ -285,8 +285,9 @@ struct Nemesis<'a> {
 }
 
 impl Nemesis<'_> {
-    /// Reads every running node's peak resident memory.
+    /// Reads every running node's resident memory and its peak, noted in the history (MiB).
     fn sample(&mut self) {
+        let mut now = BTreeMap::new();
         for n in self.nodes.iter() {
             let Some(pid) = n.child.as_ref().map(std::process::Child::id) else {
                 continue;
@@ -294,8 +295,11 @@ impl Nemesis<'_> {
             if let Some(kib) = proc_status_kib(pid, "VmHWM") {
                 let peak = self.peak.entry(n.org).or_default();
                 *peak = (*peak).max(kib);
+                let rss = proc_status_kib(pid, "VmRSS").unwrap_or(0);
+                now.insert(n.org, json!({ "rss": rss >> 10, "peak": kib >> 10 }));
             }
         }
+        self.run.note("memory", json!(now));
     }
 
     fn step(&mut self) -> Result<()> {
@@ -720,7 +724,9 @@ fn after_revocation(run: &Run, nodes: &[NsNode]) -> Result<()> {
     }
     let reached = wait_for(CONVERGE, || {
         for n in &writers {
-            let view = n.view()?;
+            // All of it: a page of 10,000 misses the newest writes behind those a skewed clock
+            // dated later.
+            let view = view_all(n)?;
             if !ids.iter().all(|id| view.contains_key(id)) {
                 return Ok(false);
             }
