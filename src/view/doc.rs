@@ -27,6 +27,7 @@ use serde_json::{Map, Value as Json};
 use super::amjson::{from_record_map, new_record, put_json};
 use super::guard;
 pub use super::guard::{decode_change, load};
+use super::lineage::Lineage;
 use super::touched;
 use super::waiting::Waiting;
 use crate::record::Record;
@@ -69,6 +70,10 @@ pub enum Error {
     /// change to quarantine; the document is to be rebuilt.
     #[error("change #{1} of {0} broke the document: {2}")]
     BrokeOn(ActorId, u64, Box<Error>),
+    /// A remote change numbered n whose history lacks its author's change n-1 (n-1 given):
+    /// Automerge never makes one, and a saved document holding it may not load.
+    #[error("the change's history lacks its author's change #{0} (Automerge never makes one; a saved document holding it may not load)")]
+    SkipsPrevious(u64),
     /// A saved document that Automerge failed on while loading.
     #[error("automerge failed loading the saved document: {0}")]
     Unloadable(String),
@@ -152,6 +157,8 @@ pub struct Doc {
     pages: HashMap<String, Vec<PageKey>>,
     /// Changes that wait in the document for dependencies it lacks (see [`Applied::waiting`]).
     waiting: Waiting,
+    /// Each author's last change in the document (see [`Error::SkipsPrevious`]).
+    lineage: Lineage,
     /// Changes were applied without keeping the index (see [`Doc::apply_all`]): it is rebuilt
     /// before the next write, apply or [`Doc::read_all`].
     unindexed: bool,
@@ -173,6 +180,7 @@ impl Doc {
     pub fn from_automerge(am: Automerge) -> Self {
         let mut doc = Self {
             waiting: Waiting::of(&am),
+            lineage: Lineage::of(&am),
             am,
             pages: HashMap::new(),
             unindexed: false,
@@ -237,6 +245,7 @@ impl Doc {
         let change = hash.and_then(|h| self.am.get_change_by_hash(&h));
         if let Some(c) = &change {
             self.waiting.forget_actor(c.actor_id());
+            self.lineage.applied([c]);
         }
         for id in created {
             place(&mut self.pages, id, page.clone());
@@ -282,7 +291,8 @@ impl Doc {
         } else {
             guard::apply(&mut self.am, ready)?;
         }
-        let mut everything = self.waiting.legacy_released(&self.am);
+        self.lineage.applied(&copies);
+        let mut everything = self.legacy_released();
         // Decoding each change, and finding the records it touches (a read), spread over threads
         // when a catch-up page brings many changes.
         let decoded = crate::parallel::map(&copies, PARALLEL_CHANGES, |c| c.decode());
@@ -320,9 +330,22 @@ impl Doc {
         let ready = self.waiting.take_ready(&self.am, changes);
         // Set first: after an error, some of the changes may have applied.
         self.unindexed = true;
+        let mut lines = Lineage::default();
+        lines.applied(&ready.changes);
         guard::apply(&mut self.am, ready.changes)?;
-        self.waiting.legacy_released(&self.am);
+        self.lineage.absorb(lines);
+        self.legacy_released();
         Ok(())
+    }
+
+    /// After changes applied: whether Automerge's own queue (a legacy document) released any
+    /// (not known here: the lineage is read again).
+    fn legacy_released(&mut self) -> bool {
+        let released = self.waiting.legacy_released(&self.am);
+        if released {
+            self.lineage = Lineage::of(&self.am);
+        }
+        released
     }
 
     /// Of `changes` and the changes waiting, those whose history is at hand, dependencies first;
@@ -340,9 +363,10 @@ impl Doc {
             return (changes, refused);
         }
         loop {
-            let bad: HashMap<usize, Error> = guard::refused(&self.am, &changes, false)
-                .into_iter()
-                .collect();
+            let bad: HashMap<usize, Error> =
+                guard::refused(&self.am, &self.lineage, &changes, false)
+                    .into_iter()
+                    .collect();
             if bad.is_empty() {
                 return (changes, refused);
             }
@@ -386,7 +410,7 @@ impl Doc {
     /// make an object it names; Automerge holds it back). Returns the index and reason of each
     /// refused change.
     pub fn refused(&self, batch: &[automerge::Change], ready_only: bool) -> Vec<(usize, Error)> {
-        guard::refused(&self.am, batch, ready_only)
+        guard::refused(&self.am, &self.lineage, batch, ready_only)
     }
 
     /// Rebuilds the index from the document.

@@ -11,6 +11,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use automerge::{ActorId, Automerge, Change, ChangeHash, ExpandedChange};
 
 use super::doc::Error;
+use super::lineage::{Batch, Lineage};
 
 /// Applies `changes`, then checks that the document holds each change it applied as Automerge
 /// would write it again, which is what a saved document is made of. A panic inside Automerge is
@@ -84,9 +85,16 @@ pub fn decode_change(bytes: Vec<u8>) -> Result<Change, Error> {
 /// does not declare), one whose bytes are not Automerge's own encoding of its operations (it
 /// would apply, and a saved document would not load), and one that names an object neither
 /// `am` nor a change of the batch makes (Automerge 0.12 panics on it).
-/// With `ready_only`, that last test is left out for a change whose dependencies are not all in
+/// A change whose history is at hand is also refused if that history lacks its author's
+/// previous change ([`Lineage`]).
+/// With `ready_only`, the object test is left out for a change whose dependencies are not all in
 /// the document or the batch (its history may make the object; Automerge holds it back).
-pub(super) fn refused(am: &Automerge, batch: &[Change], ready_only: bool) -> Vec<(usize, Error)> {
+pub(super) fn refused(
+    am: &Automerge,
+    lineage: &Lineage,
+    batch: &[Change],
+    ready_only: bool,
+) -> Vec<(usize, Error)> {
     let decoded: Vec<Option<ExpandedChange>> = batch
         .iter()
         .map(|c| catch_unwind(AssertUnwindSafe(|| c.decode())).ok())
@@ -102,6 +110,7 @@ pub(super) fn refused(am: &Automerge, batch: &[Change], ready_only: bool) -> Vec
     }
     let mut out = Vec::new();
     let mut made = None;
+    let mut lines = None;
     for (i, change) in decoded.iter().enumerate() {
         let Some(change) = change else {
             out.push((i, Error::Undecodable));
@@ -120,6 +129,11 @@ pub(super) fn refused(am: &Automerge, batch: &[Change], ready_only: bool) -> Vec
             continue;
         }
         if ready_only && !ready[i] {
+            continue;
+        }
+        let lines = lines.get_or_insert_with(|| Batch::of(batch));
+        if ready[i] && lineage.skips_previous(am, lines, &batch[i]) {
+            out.push((i, Error::SkipsPrevious(batch[i].seq() - 1)));
             continue;
         }
         let made = made.get_or_insert_with(|| made_in_batch(&decoded));

@@ -279,42 +279,142 @@ fn a_change_that_waited_is_judged_when_let_through_and_refused_alone() {
     assert_eq!(loaded.ids(), ["a"]);
 }
 
-/// A change that waited and that Automerge fails on though the guard passes it (here a gap in
-/// its author's sequence) breaks the document; applied step by step after that, the change that
-/// broke it is named, not the honest change that let it through.
-#[test]
-fn applied_step_by_step_the_change_that_breaks_the_document_is_named() {
-    let mut author = Doc::new(&[7; 32]);
-    let up = |id: &str| super::super::doc::Upsert {
+fn upsert(id: &str) -> super::super::doc::Upsert {
+    super::super::doc::Upsert {
         id: id.into(),
         name: format!("ward/{id}"),
         time: 1,
         data: serde_json::Map::new(),
+    }
+}
+
+/// `n` changes of a document authored by `actor`, one record each.
+fn changes_by(actor: u8, n: usize) -> Vec<Change> {
+    let mut author = Doc::new(&[actor; 32]);
+    (0..n)
+        .map(|k| {
+            let bytes = author.write(&[upsert(&format!("{actor}-{k}"))], &[]);
+            decode_change(bytes.expect("write").expect("a change")).expect("decodes")
+        })
+        .collect()
+}
+
+/// `change` with its dependencies and number replaced, encoded again.
+fn renumbered(change: &Change, seq: u64, deps: Vec<automerge::ChangeHash>) -> Change {
+    let mut expanded = change.decode();
+    expanded.seq = seq;
+    expanded.deps = deps;
+    Change::from(expanded)
+}
+
+/// From the fourth attacker review: a change numbered n whose history lacks its author's change
+/// n-1 applied where n-1 was held (and a document holding it saves in a form that does not load)
+/// and broke the document, so was quarantined, where n-1 was not held yet: nodes differed for
+/// good. It is now refused by its history alone, the same on every node, whatever it found held.
+#[test]
+fn a_change_whose_history_skips_its_authors_previous_change_is_refused_everywhere() {
+    let c = changes_by(7, 3);
+    // Change 3 names only change 1: change 2 is its author's, but not in its history.
+    let third = renumbered(&c[2], 3, vec![c[0].hash()]);
+    let skips = |refused: &[(usize, Error)]| matches!(refused, [(0, Error::SkipsPrevious(2))]);
+
+    // Automerge alone takes it after change 2, and the document no longer loads.
+    let mut plain = Automerge::new();
+    plain
+        .apply_changes([c[0].clone(), c[1].clone(), third.clone()])
+        .expect("Automerge applies it");
+    assert!(
+        Automerge::load(&plain.save()).is_err(),
+        "Automerge loads it now: the test shows nothing"
+    );
+
+    let mut holds_two = Doc::new(&[5; 32]);
+    holds_two
+        .apply(vec![c[0].clone(), c[1].clone()])
+        .expect("applies");
+    let refused = holds_two.refused(std::slice::from_ref(&third), true);
+    assert!(skips(&refused), "{refused:?}");
+
+    let mut holds_one = Doc::new(&[6; 32]);
+    holds_one.apply(vec![c[0].clone()]).expect("applies");
+    let refused = holds_one.refused(std::slice::from_ref(&third), true);
+    assert!(skips(&refused), "{refused:?}");
+    let refused = holds_one.refused(&[c[1].clone(), third.clone()], true);
+    assert!(
+        matches!(refused.as_slice(), [(1, Error::SkipsPrevious(2))]),
+        "{refused:?}"
+    );
+
+    // One that held it back, its history not at hand, refuses it when that history comes.
+    let mut held = Doc::new(&[4; 32]);
+    assert!(held.refused(std::slice::from_ref(&third), true).is_empty());
+    assert!(held.apply(vec![third]).expect("waits").waiting);
+    let applied = held.apply(vec![c[0].clone()]).expect("applies");
+    let [refused] = applied.refused.as_slice() else {
+        panic!("{applied:?}")
     };
-    let first = author
-        .write(&[up("a")], &[])
+    assert_eq!((refused.actor.to_bytes(), refused.seq), (&[7u8; 32][..], 3));
+    held.apply(vec![c[1].clone()]).expect("applies");
+    holds_two.apply(vec![]).expect("nothing");
+    assert_eq!(held.ids(), holds_two.ids());
+    assert_eq!(held.ids(), ["7-0", "7-1"]);
+    Doc::load(&held.automerge().save(), &[4; 32]).expect("its snapshot loads");
+
+    // A change 3 whose history holds change 2 though it names another change only: its author
+    // took a change of another (made after its change 2) before writing it.
+    let mut author = Doc::new(&[7; 32]);
+    author.apply(c[..2].to_vec()).expect("its own");
+    let mut other = Doc::new(&[8; 32]);
+    other.apply(c[..2].to_vec()).expect("applies");
+    let between = other
+        .write(&[upsert("8-0")], &[])
         .expect("write")
         .expect("a change");
-    let first = decode_change(first).expect("first");
-    let second = author
-        .write(&[up("b")], &[])
+    let between = decode_change(between).expect("decodes");
+    author.apply(vec![between.clone()]).expect("applies");
+    let honest = author
+        .write(&[upsert("7-2")], &[])
         .expect("write")
         .expect("a change");
-    // Numbered 3, as if a change 2 existed.
-    let mut gap = decode_change(second).expect("second").decode();
-    gap.seq = 3;
-    let gap = Change::from(gap);
+    let honest = decode_change(honest).expect("decodes");
+    // Automerge names the author's previous change itself; without it, the history still
+    // holds it (through the other's change), found by the search.
+    assert!(honest.deps().contains(&c[1].hash()));
+    let honest = renumbered(&honest, 3, vec![between.hash()]);
+    let mut plain = Automerge::new();
+    plain
+        .apply_changes([c[0].clone(), c[1].clone(), between.clone(), honest.clone()])
+        .expect("applies");
+    Automerge::load(&plain.save()).expect("and loads");
+    let refused = holds_one.refused(&[c[1].clone(), between, honest], true);
+    assert!(refused.is_empty(), "{refused:?}");
+}
+
+/// A change that waited and that Automerge fails on though the guard passes it (here a second
+/// change numbered 1 by an author whose change 1 the document holds: over the wire, the
+/// envelope layer finds that as equivocation first) fails the apply; applied step by step after
+/// that, the change that failed is named, not the honest change that let it through.
+#[test]
+fn applied_step_by_step_the_change_that_breaks_the_document_is_named() {
+    let first = changes_by(7, 1).remove(0);
+    let honest = changes_by(4, 1).remove(0);
+    let mut again = first.decode();
+    again.deps = vec![honest.hash()];
+    again.start_op = std::num::NonZeroU64::new(100).expect("not zero");
+    let again = Change::from(again);
 
     let mut victim = Doc::new(&[5; 32]);
-    assert!(victim.refused(std::slice::from_ref(&gap), false).is_empty());
-    assert!(victim.apply(vec![gap]).expect("waits").waiting);
-    match victim.apply_stepwise(vec![first]) {
+    victim.apply(vec![first]).expect("applies");
+    assert!(victim
+        .refused(std::slice::from_ref(&again), false)
+        .is_empty());
+    assert!(victim.apply(vec![again]).expect("waits").waiting);
+    match victim.apply_stepwise(vec![honest]) {
         Err(Error::BrokeOn(actor, seq, why)) => {
-            assert_eq!((actor.to_bytes(), seq), (&[7u8; 32][..], 3), "{why}");
-            assert!(why.broke_document(), "{why}");
+            assert_eq!((actor.to_bytes(), seq), (&[7u8; 32][..], 1), "{why}");
         }
         Ok(applied) => {
-            panic!("Automerge took a sequence gap: the test shows nothing ({applied:?})")
+            panic!("Automerge took a second change 1: the test shows nothing ({applied:?})")
         }
         Err(e) => panic!("{e}"),
     }

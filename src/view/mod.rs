@@ -5,6 +5,7 @@ pub mod amjson;
 pub mod doc;
 pub mod flow;
 mod guard;
+mod lineage;
 pub mod plan;
 pub mod query;
 mod touched;

@@ -204,6 +204,56 @@ async fn a_change_waiting_for_a_dependency_nobody_holds_does_not_stop_snapshots(
     );
 }
 
+/// The owner's first `n` changes to a clear dataset, one record `r{i}` each.
+fn owner_changes(n: u64) -> (fogmesh::identity::Identity, Vec<Vec<u8>>) {
+    let owner = fogmesh::identity::Identity::from_seed([1; 32]);
+    let mut doc = fogmesh::view::doc::Doc::new(owner.author().as_bytes());
+    let changes = (1..=n)
+        .map(|i| {
+            let up = fogmesh::view::doc::Upsert {
+                id: format!("r{i}"),
+                name: format!("ward/r{i}"),
+                time: 1,
+                data: serde_json::Map::new(),
+            };
+            doc.write(&[up], &[]).expect("write").expect("a change")
+        })
+        .collect();
+    (owner, changes)
+}
+
+/// `changes` sealed as the owner's envelopes 1, 2, ... of `ds`, chained.
+fn chained(
+    owner: &fogmesh::identity::Identity,
+    ds: &DatasetId,
+    changes: Vec<Vec<u8>>,
+) -> Vec<Envelope> {
+    let mut prev = fogmesh::envelope::GENESIS;
+    (1..)
+        .zip(changes)
+        .map(|(i, change)| {
+            let env = Envelope::seal(owner, ds.clone(), i, 0, i, prev, change);
+            prev = env.digest();
+            env
+        })
+        .collect()
+}
+
+/// Halves the stored snapshot of `ds` (in the store at `data`, the node stopped), so that it no
+/// longer loads; `also` may store more first.
+fn damage_snapshot(
+    data: &std::path::Path,
+    ds: &DatasetId,
+    also: impl FnOnce(&fogmesh::store::Store),
+) {
+    let store = fogmesh::store::Store::open(data).expect("store");
+    also(&store);
+    let mut snap = store.snapshot(ds).expect("read").expect("a snapshot");
+    snap.doc.truncate(snap.doc.len() / 2);
+    store.put_snapshot(ds, &snap).expect("damaged");
+    store.flush_blocking().expect("flush");
+}
+
 /// A snapshot is a head start, not the data: one that does not load (damaged bytes, or one saved
 /// before the guard from a document that had taken a member's malformed change, which made
 /// Automerge fail or panic on load) is removed and the dataset rebuilt from its envelopes, with
@@ -211,32 +261,15 @@ async fn a_change_waiting_for_a_dependency_nobody_holds_does_not_stop_snapshots(
 #[tokio::test]
 async fn a_snapshot_that_does_not_load_is_replaced_from_the_envelopes() {
     let (_h, p, ds) = crate::equivocation::clear_replica().await;
-    let owner = fogmesh::identity::Identity::from_seed([1; 32]);
-    let mut doc = fogmesh::view::doc::Doc::new(owner.author().as_bytes());
-    let mut prev = fogmesh::envelope::GENESIS;
-    let mut envs = Vec::new();
-    for i in 1..=3u64 {
-        let up = fogmesh::view::doc::Upsert {
-            id: format!("r{i}"),
-            name: format!("ward/r{i}"),
-            time: 1,
-            data: serde_json::Map::new(),
-        };
-        let change = doc.write(&[up], &[]).expect("write").expect("a change");
-        let env = Envelope::seal(&owner, ds.clone(), i, 0, i, prev, change);
-        prev = env.digest();
-        envs.push(env);
-    }
+    let (owner, changes) = owner_changes(3);
+    let envs = chained(&owner, &ds, changes);
     assert_eq!(p.node.apply_envelopes(&ds, envs).await.expect("apply"), 3);
     let (dir, admin_token) = crate::common::stop(p).await;
     let data = dir.path().join(fogmesh::node::home::DATA_DIR);
-    let store = fogmesh::store::Store::open(&data).expect("store");
-    let mut snap = store.snapshot(&ds).expect("read").expect("a snapshot");
-    assert_eq!(snap.vv.get(&owner.author()), 3);
-    snap.doc.truncate(snap.doc.len() / 2);
-    store.put_snapshot(&ds, &snap).expect("damaged");
-    store.flush_blocking().expect("flush");
-    drop(store);
+    damage_snapshot(&data, &ds, |store| {
+        let snap = store.snapshot(&ds).expect("read").expect("a snapshot");
+        assert_eq!(snap.vv.get(&owner.author()), 3);
+    });
 
     let p = crate::common::open(dir, crate::common::test_config("pharmacy"), admin_token);
     assert_eq!(
@@ -249,5 +282,45 @@ async fn a_snapshot_that_does_not_load_is_replaced_from_the_envelopes() {
     let snap = store.snapshot(&ds).expect("read").expect("a new snapshot");
     let loaded = fogmesh::view::doc::Doc::load(&snap.doc, &[5; 32]).expect("it loads");
     assert_eq!(loaded.automerge().get_heads().len(), 1);
+    drop((store, dir));
+}
+
+/// From the fourth attacker review: a store written before the guard refused a change whose
+/// history lacks its author's previous change holds such a change, and every snapshot taken
+/// since fails to load. The restart rebuilds the dataset change by change, judging each: that
+/// change is quarantined, every other record is kept, and the next snapshot loads.
+#[tokio::test]
+async fn a_stored_change_that_skips_its_authors_previous_change_is_set_aside_on_restart() {
+    let (_h, p, ds) = crate::equivocation::clear_replica().await;
+    let (owner, mut changes) = owner_changes(4);
+    // Change 4's history lacks change 3: it names change 1 only.
+    let first = automerge::Change::from_bytes(changes[0].clone()).expect("a change");
+    let mut skipping = automerge::Change::from_bytes(changes[3].clone())
+        .expect("a change")
+        .decode();
+    skipping.deps = vec![first.hash()];
+    changes[3] = automerge::Change::from(skipping).raw_bytes().to_vec();
+    let mut envs = chained(&owner, &ds, changes);
+    let skipping = envs.pop().expect("four");
+    assert_eq!(p.node.apply_envelopes(&ds, envs).await.expect("apply"), 3);
+    let (dir, admin_token) = crate::common::stop(p).await;
+    let data = dir.path().join(fogmesh::node::home::DATA_DIR);
+    // As an earlier build stored it, with a snapshot (of a document holding it) that does not
+    // load.
+    damage_snapshot(&data, &ds, |store| {
+        store.put_envelope(&skipping).expect("stored")
+    });
+
+    let p = crate::common::open(dir, crate::common::test_config("pharmacy"), admin_token);
+    assert_eq!(ids(&p, &ds), ["r1", "r2", "r3"], "the others are kept");
+    let (dir, _) = crate::common::stop(p).await;
+    let store = fogmesh::store::Store::open(&data).expect("store");
+    assert_eq!(
+        store.last_quarantined(&ds, &owner.author()).expect("read"),
+        4,
+        "the change that skips is set aside"
+    );
+    let snap = store.snapshot(&ds).expect("read").expect("a new snapshot");
+    fogmesh::view::doc::Doc::load(&snap.doc, &[5; 32]).expect("it loads");
     drop((store, dir));
 }
