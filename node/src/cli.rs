@@ -37,7 +37,7 @@ impl Cli {
     /// Parses the process's arguments like `Cli::parse` (usage errors exit 2), noting whether
     /// `--token` was typed on the command line.
     pub fn from_args() -> Self {
-        let matches = Self::command().get_matches();
+        let matches = crate::help::with_examples(Self::command()).get_matches();
         let mut cli = Self::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
         cli.token_on_command_line = matches.value_source("token") == Some(ValueSource::CommandLine);
         cli
@@ -146,12 +146,12 @@ pub struct RunArgs {
 pub enum MemberCmd {
     /// Every organization ever admitted: role, active or removed, peer id, addresses.
     List,
-    /// Remove an organization from the mesh (admins). Example: `fogmesh member remove insurer`.
+    /// Remove an organization from the mesh (admins).
     Remove {
         /// The organization.
         org: String,
     },
-    /// Change an organization's role (admins). Example: `fogmesh member role pharmacy admin`.
+    /// Change an organization's role (admins).
     Role {
         /// The organization.
         org: String,
@@ -344,6 +344,36 @@ pub struct PublishArgs {
     pub batch: usize,
 }
 
+/// Rows by time, oldest or newest first.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum Order {
+    Asc,
+    Desc,
+}
+
+impl Order {
+    /// The same order as an `order_by` of the query plan.
+    pub fn by_time(self) -> &'static str {
+        match self {
+            Self::Asc => "time",
+            Self::Desc => "-time",
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Asc => "asc",
+            Self::Desc => "desc",
+        }
+    }
+}
+
+impl std::fmt::Display for Order {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 pub enum Format {
     Table,
@@ -395,8 +425,8 @@ pub struct QueryArgs {
     #[arg(long, allow_hyphen_values = true)]
     pub order_by: Option<String>,
     /// asc or desc by time (single-dataset form; same as --order-by time / -time).
-    #[arg(long)]
-    pub order: Option<String>,
+    #[arg(long, value_enum, conflicts_with = "order_by")]
+    pub order: Option<Order>,
     /// Group by (comma-separated): field:PATH, segment:N, bucket:DURATION (e.g. bucket:1d).
     #[arg(long, value_delimiter = ',')]
     pub group_by: Vec<String>,

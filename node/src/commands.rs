@@ -1,7 +1,7 @@
 //! Client and local commands. Each prints a human answer, or with `--json` exactly one JSON
 //! document (NDJSON for streams).
 
-use std::io::{BufRead, Write};
+use std::io::BufRead;
 
 use anyhow::{bail, Context, Result};
 use fogmesh::config::Config;
@@ -362,10 +362,44 @@ fn print_ids(cli: &Cli, v: &Value, n: usize) -> Result<()> {
     Ok(())
 }
 
+/// Progress of a long publish: a live count and rate on a terminal, drawn on stderr; nothing
+/// when stderr is a pipe or a file (the summary line at the end says it all).
+fn publish_progress() -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new_spinner();
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{spinner} published {human_pos} records ({per_sec})",
+    ) {
+        bar.set_style(style);
+    }
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    bar
+}
+
 fn publish_stdin(cli: &Cli, c: &Client, path: &str, batch: usize) -> Result<()> {
-    let (mut ids, mut pending) = (Vec::new(), Vec::new());
-    let stdin = std::io::stdin();
-    for (n, line) in stdin.lock().lines().enumerate() {
+    let mut ids = Vec::new();
+    let progress = publish_progress();
+    let sent = send_lines(c, path, batch, &mut ids, &progress);
+    // Cleared before any error is printed, so the error is not drawn over.
+    progress.finish_and_clear();
+    sent?;
+    if cli.json {
+        output::json(&json!({ "ids": ids }));
+    } else {
+        eprintln!("published {}", records(ids.len()));
+    }
+    Ok(())
+}
+
+/// Sends stdin's NDJSON records in batches of `batch`, collecting the ids acknowledged.
+fn send_lines(
+    c: &Client,
+    path: &str,
+    batch: usize,
+    ids: &mut Vec<Value>,
+    progress: &indicatif::ProgressBar,
+) -> Result<()> {
+    let mut pending = Vec::new();
+    for (n, line) in std::io::stdin().lock().lines().enumerate() {
         let line = line.context("reading stdin")?;
         if line.trim().is_empty() {
             continue;
@@ -374,16 +408,12 @@ fn publish_stdin(cli: &Cli, c: &Client, path: &str, batch: usize) -> Result<()> 
             .with_context(|| format!("stdin line {}: not JSON", n + 1))?;
         pending.push(rec);
         if pending.len() == batch {
-            send_batch(c, path, &mut pending, &mut ids)?;
+            send_batch(c, path, &mut pending, ids)?;
+            progress.set_position(ids.len() as u64);
         }
     }
     if !pending.is_empty() {
-        send_batch(c, path, &mut pending, &mut ids)?;
-    }
-    if cli.json {
-        output::json(&json!({ "ids": ids }));
-    } else {
-        eprintln!("published {}", records(ids.len()));
+        send_batch(c, path, &mut pending, ids)?;
     }
     Ok(())
 }
@@ -399,10 +429,6 @@ fn send_batch(
         .post(path, &json!({ "records": recs }))
         .with_context(|| format!("after {} records were acknowledged", ids.len()))?;
     ids.extend(v["ids"].as_array().cloned().unwrap_or_default());
-    if ids.len() >= 5_000 {
-        eprint!("\rpublished {}", records(ids.len()));
-        let _ = std::io::stderr().flush();
-    }
     Ok(())
 }
 

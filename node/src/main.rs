@@ -7,6 +7,7 @@ mod client;
 mod commands;
 mod daemon;
 mod demo;
+mod help;
 mod members;
 mod output;
 mod view;

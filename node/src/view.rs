@@ -6,7 +6,7 @@ use std::io::{BufRead, Write};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
-use crate::cli::{Cli, FlowArgs, Format, QueryArgs, SearchArgs};
+use crate::cli::{Cli, FlowArgs, Format, Order, QueryArgs, SearchArgs};
 use crate::client::Client;
 use crate::commands::{records, records_path, urlencode};
 use crate::output;
@@ -56,30 +56,35 @@ pub(crate) fn flow_remove(cli: &Cli, name: &str) -> Result<()> {
 }
 
 pub(crate) fn query(cli: &Cli, a: &QueryArgs) -> Result<()> {
+    let format = if cli.json { Format::Json } else { a.format };
+    // Rows as NDJSON stream from `/v1/query`, whatever the limit (the records page of one
+    // dataset stops at 10,000).
+    let streamed = format == Format::Ndjson && a.aggregates.is_empty();
     let simple = a.datasets.len() == 1
         && a.filter.segments.is_empty()
         && a.select.is_empty()
         && a.order_by.is_none()
         && a.group_by.is_empty()
         && a.aggregates.is_empty()
-        && !a.federated;
+        && !a.federated
+        && !streamed;
     if simple {
         return query_records(cli, a);
     }
-    if a.order.is_some() {
+    if a.order.is_some() && a.datasets.len() > 1 {
         bail!("--order goes with one dataset; use --order-by time or --order-by -time");
     }
+    let order_by = a.order_by.as_deref().or(a.order.map(Order::by_time));
     let mut body = json!({
         "datasets": a.datasets, "select": a.select,
-        "order_by": a.order_by, "limit": a.limit, "group_by": a.group_by,
+        "order_by": order_by, "limit": a.limit, "group_by": a.group_by,
         "aggregates": a.aggregates, "federated": a.federated, "timeout_ms": a.timeout_ms,
     });
     if let (Some(b), Value::Object(f)) = (body.as_object_mut(), a.filter.to_json()) {
         b.extend(f);
     }
-    let format = if cli.json { Format::Json } else { a.format };
-    if format == Format::Ndjson && a.aggregates.is_empty() {
-        // Rows stream: print each line as it arrives.
+    if streamed {
+        // Print each line as it arrives.
         let reader = Client::from_cli(cli)?.post_stream("/v1/query", &body)?;
         let mut out = std::io::stdout().lock();
         for line in reader.lines() {
@@ -183,8 +188,8 @@ fn form_query(a: &QueryArgs) -> String {
     if let Some(l) = a.limit {
         s.append_pair("limit", &l.to_string());
     }
-    if let Some(o) = &a.order {
-        s.append_pair("order", o);
+    if let Some(o) = a.order {
+        s.append_pair("order", &o.to_string());
     }
     s.finish()
 }

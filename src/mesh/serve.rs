@@ -252,20 +252,11 @@ impl Mesh {
         sm.verify(&roster)
             .map_err(|e| MeshError::refused(e.to_string()))?;
         let node = &self.inner.node;
-        let owner = sm.meta.id.owner();
-        let cap = node.config().max_datasets_per_member;
-        if !node.holds(&sm.meta.id) && node.datasets_owned_by(owner) >= cap {
-            return Err(MeshError::refused(format!(
-                "{owner} already has {cap} datasets here, the most max_datasets_per_member lets \
-                 this node adopt from one member"
-            )));
-        }
         let owner_key = roster
             .by_org(sm.meta.id.owner())
             .and_then(|m| m.author_id())
             .ok_or_else(|| MeshError::refused("dataset owner left the roster"))?;
-        let fresh = node.adopt_dataset(sm.meta.clone(), owner_key).await;
-        let fresh = fresh?;
+        let fresh = node.adopt_dataset(sm.meta.clone(), owner_key).await?;
         self.inner.state.remember(node, sm).await?;
         Ok(fresh)
     }

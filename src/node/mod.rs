@@ -292,16 +292,6 @@ impl Node {
         self.held(id).is_some()
     }
 
-    /// How many datasets owned by `org` this node holds.
-    pub fn datasets_owned_by(&self, org: &str) -> usize {
-        let map = self
-            .inner
-            .datasets
-            .read()
-            .unwrap_or_else(|e| e.into_inner());
-        map.keys().filter(|id| id.owner() == org).count()
-    }
-
     /// Datasets the caller holds any right on, with counts.
     pub fn datasets(&self, caller: &App) -> Vec<DatasetInfo> {
         let mut out: Vec<DatasetInfo> = self

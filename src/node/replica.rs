@@ -339,7 +339,8 @@ impl super::Node {
     }
 
     /// Starts holding a dataset owned elsewhere (known from the mesh catalog), whose owner node
-    /// has identity key `owner_key`. Returns false if it is already held.
+    /// has identity key `owner_key`. Returns false if it is already held; refuses
+    /// ([`Error::Forbidden`]) a dataset past `max_datasets_per_member` of its owner's.
     pub async fn adopt_dataset(
         &self,
         meta: crate::dataset::Meta,
@@ -354,6 +355,14 @@ impl super::Node {
             let mut map = self.write_datasets();
             if map.contains_key(&meta.id) {
                 return Ok(false);
+            }
+            // Counted under the same lock: two adoptions at once must not both pass the cap.
+            let (owner, cap) = (meta.id.owner(), self.inner.config.max_datasets_per_member);
+            if map.keys().filter(|id| id.owner() == owner).count() >= cap {
+                return Err(Error::Forbidden(format!(
+                    "{owner} already has {cap} datasets here, the most max_datasets_per_member \
+                     lets this node adopt from one member"
+                )));
             }
             let stored = super::access::Stored::empty(owner_key);
             store.put_json(crate::store::Table::Access, key.as_bytes(), &stored)?;

@@ -448,19 +448,24 @@ async fn a_catalog_of_ten_thousand_shared_datasets_catches_up_both_ways() {
     a_large_catalog_catches_up(10_000).await;
 }
 
+/// A member of its own that adopts at most `cap` datasets of any other.
+async fn capped_member(cap: usize) -> Member {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let seed = unique_seed(2);
+    let mut cfg = config(ORGS[1]);
+    cfg.max_datasets_per_member = cap;
+    home::init_with(dir.path(), cfg.clone(), Identity::from_seed(seed))
+        .await
+        .expect("init");
+    open_with(dir, ORGS[1], cfg).await
+}
+
 /// A member adopts at most `max_datasets_per_member` datasets of another; the rest of that
 /// member's descriptions are refused, and the others' still adopted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn datasets_adopted_from_one_member_are_capped() {
     let owner = member(ORGS[0], 1).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let seed = unique_seed(2);
-    let mut cfg = config(ORGS[1]);
-    cfg.max_datasets_per_member = 3;
-    home::init_with(dir.path(), cfg.clone(), Identity::from_seed(seed))
-        .await
-        .expect("init");
-    let capped = open_with(dir, ORGS[1], cfg).await;
+    let capped = capped_member(3).await;
     let (token, _) = owner
         .mesh
         .invite(Duration::from_secs(60))
@@ -479,6 +484,38 @@ async fn datasets_adopted_from_one_member_are_capped() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     capped.mesh.sync_all().await;
     tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(capped.node.replicas().len(), 3, "more than the cap adopted");
+}
+
+/// Adoptions that race (a push and a catch-up bringing descriptions at once) still stop at the
+/// cap: each counts what is held under the lock it adopts under. Before, two could both see
+/// room for one more and both adopt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn adoptions_at_once_stop_at_the_cap() {
+    let owner = member(ORGS[0], 1).await;
+    let capped = capped_member(3).await;
+    let key = owner.node.identity().author();
+    let mut metas = Vec::new();
+    for i in 0..8 {
+        let id = shared(&owner, &format!("ds-{i}"), &[]).await;
+        metas.push(owner.node.replica(&id).expect("held").0);
+    }
+    let tries = metas.into_iter().map(|meta| {
+        let node = capped.node.clone();
+        tokio::spawn(async move { node.adopt_dataset(meta, key).await })
+    });
+    let (mut adopted, mut refused) = (0, 0);
+    for t in futures::future::join_all(tries).await {
+        match t.expect("task") {
+            Ok(true) => adopted += 1,
+            Err(fogmesh::Error::Forbidden(why)) => {
+                assert!(why.contains("max_datasets_per_member"), "{why}");
+                refused += 1;
+            }
+            other => panic!("unexpected: {other:?}"),
+        }
+    }
+    assert_eq!((adopted, refused), (3, 5));
     assert_eq!(capped.node.replicas().len(), 3, "more than the cap adopted");
 }
 

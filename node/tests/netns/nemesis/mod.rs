@@ -33,19 +33,23 @@
 //! `FOGMESH_NEMESIS_SEED` the seed of its choices (printed, to replay a run). The long run:
 //! `FOGMESH_NEMESIS_SECS=1800 cargo test -p fogmesh-node --test netns nemesis -- --nocapture`.
 
-use std::collections::{BTreeMap, BTreeSet};
+mod checker;
+mod history;
+
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::common::{proc_status_kib, run_cli_in_netns, s, Tmpfs};
 use crate::hosts::{Net, NsNode};
 use crate::{say, strip_ansi, wait_for, DATASET};
+use checker::{after_revocation, check, confidential, report};
+use history::{Ack, Run};
 
 const ORGS: [&str; 5] = ["hospital", "pharmacy", "maker", "agency", "insurer"];
 const OWNER: usize = 0;
@@ -59,6 +63,9 @@ const WRITERS: [usize; 3] = [0, 1, 3];
 const DISK_MIB: u64 = 1024;
 /// How long the views may take to agree after the heal.
 const CONVERGE: Duration = Duration::from_secs(120);
+/// How long the nodes may take to serve again after the heal (a node whose disk failed restarts
+/// itself).
+const SERVE: Duration = Duration::from_secs(90);
 /// No node's resident memory may pass this.
 const MEMORY_MIB: u64 = 512;
 /// libfaketime, from Debian's `faketime` package.
@@ -82,50 +89,6 @@ impl Rng {
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
         self.0 % n
-    }
-}
-
-/// A write a node acknowledged.
-struct Ack {
-    org: String,
-    data: Value,
-    /// When, since the run began.
-    at: Duration,
-}
-
-/// What one run did: the writes acknowledged, and its history file.
-struct Run {
-    t0: Instant,
-    acked: Mutex<BTreeMap<String, Ack>>,
-    history: Mutex<std::fs::File>,
-}
-
-impl Run {
-    fn new(t0: Instant, path: &Path) -> Result<Self> {
-        Ok(Self {
-            t0,
-            acked: Mutex::new(BTreeMap::new()),
-            history: Mutex::new(std::fs::File::create(path)?),
-        })
-    }
-
-    /// Appends one event to the history.
-    fn note(&self, kind: &str, what: Value) {
-        use std::io::Write;
-        let t = self.t0.elapsed().as_secs_f64();
-        let line = json!({ "t": t, "kind": kind, "what": what });
-        let mut f = self.history.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = writeln!(f, "{line}");
-    }
-
-    /// Prints and notes `what`.
-    fn say(&self, kind: &str, what: String) {
-        say(self.t0, &what);
-        self.note(kind, json!(what));
-    }
-
-    fn acked(&self) -> MutexGuard<'_, BTreeMap<String, Ack>> {
-        self.acked.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -219,48 +182,6 @@ fn grant_id(owner: &NsNode, org: &str) -> Result<String> {
         .find(|g| g["grantee"] == to.as_str() && g["state"] == "active")
         .and_then(|g| g["id"].as_str().map(str::to_owned))
         .with_context(|| format!("no active grant to {to}: {grants}"))
-}
-
-/// Whether `n` lists `org`'s grants on the dataset as all revoked.
-fn lists_revoked(n: &NsNode, org: &str) -> Result<bool> {
-    let grants = n.json(&["grants"])?;
-    let to = format!("{org}/*");
-    let mine: Vec<&Value> = grants["grants"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|g| g["grantee"] == to.as_str())
-        .collect();
-    Ok(!mine.is_empty() && mine.iter().all(|g| g["state"] != "active"))
-}
-
-/// Every record `n` holds, id -> record (streamed: more than one page).
-fn view_all(n: &NsNode) -> Result<BTreeMap<String, Value>> {
-    let args = [
-        "query",
-        DATASET,
-        "--order-by",
-        "id",
-        "--format",
-        "ndjson",
-        "--limit",
-        "1000000",
-    ];
-    let out = n.cli(&args);
-    ensure!(
-        out.code == Some(0),
-        "`{}` failed: {}",
-        out.cmdline,
-        out.stderr
-    );
-    let mut all = BTreeMap::new();
-    for line in out.stdout.lines().filter(|l| !l.trim().is_empty()) {
-        let r: Value = serde_json::from_str(line).with_context(|| line.to_owned())?;
-        if let Some(id) = r["id"].as_str() {
-            all.insert(id.to_owned(), r);
-        }
-    }
-    Ok(all)
 }
 
 fn skewed(ahead: &str) -> Vec<(String, String)> {
@@ -394,7 +315,35 @@ impl Nemesis<'_> {
                 n.start()?;
             }
         }
+        self.await_serving()?;
         self.run.note("heal", json!({}));
+        Ok(())
+    }
+
+    /// Waits until every node answers with a working disk: a node whose disk failed restarts
+    /// itself once the ballast is gone (within [`fogmesh::node::DISK_CHECK`] and a restart), and
+    /// does not answer meanwhile.
+    fn await_serving(&self) -> Result<()> {
+        let mut last = String::new();
+        let up = wait_for(SERVE, || {
+            for n in self.nodes.iter() {
+                let out = n.cli(&["status", "--json"]);
+                if out.code != Some(0) {
+                    last = format!("{} does not answer: {}", n.org, out.stderr);
+                    return Ok(false);
+                }
+                let status: serde_json::Value = serde_json::from_str(&out.stdout)?;
+                if let Some(why) = status["node"]["disk_failed"].as_str() {
+                    last = format!("{}'s disk failed: {why}", n.org);
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        })?;
+        ensure!(
+            up.is_some(),
+            "not every node served within {SERVE:?} of the heal: {last}"
+        );
         Ok(())
     }
 }
@@ -606,149 +555,4 @@ fn run_nemesis(nemesis: &mut Nemesis, secs: u64, maker_on: &AtomicBool) -> Resul
     }
     nemesis.heal()?;
     revoked_at.context("the run ended before the revocation")
-}
-
-/// Prints and notes what the run did.
-fn report(run: &Run, nodes: &[NsNode], failed: &[u64], done: &BTreeMap<&str, u32>) {
-    let acked = run.acked();
-    let count = |org: &str| acked.values().filter(|a| a.org == org).count();
-    let per: Vec<String> = ORGS.iter().map(|o| format!("{o} {}", count(o))).collect();
-    let disk_failed = strip_ansi(&nodes[DISK].log())
-        .matches("the disk failed:")
-        .count();
-    let what = format!(
-        "healed; writes acknowledged: {} ({}); not acknowledged (node down, paused or its disk \
-         full), per writer: {failed:?}; faults injected: {done:?}; agency's disk failed {} \
-         time(s)",
-        acked.len(),
-        per.join(", "),
-        disk_failed,
-    );
-    drop(acked);
-    run.say("report", what);
-}
-
-/// Every reader but the revoked one holds every acknowledged write with its data, and their
-/// views are identical.
-fn check(run: &Run, nodes: &[NsNode]) -> Result<()> {
-    let readers: Vec<&NsNode> = nodes.iter().filter(|n| n.org != ORGS[REVOKED]).collect();
-    let acked = run.acked();
-    let mut last = String::new();
-    let took = wait_for(CONVERGE, || {
-        let views: Vec<BTreeMap<String, Value>> =
-            readers.iter().map(|n| view_all(n)).collect::<Result<_>>()?;
-        for (n, view) in readers.iter().zip(&views) {
-            let missing: Vec<&String> = acked.keys().filter(|id| !view.contains_key(*id)).collect();
-            if let Some(first) = missing.first() {
-                last = format!(
-                    "{} misses {} acknowledged writes, e.g. {first}",
-                    n.org,
-                    missing.len()
-                );
-                return Ok(false);
-            }
-            if let Some((id, _)) = acked.iter().find(|(id, a)| view[*id]["data"] != a.data) {
-                last = format!("{} holds {id} as {}", n.org, view[id]);
-                return Ok(false);
-            }
-        }
-        let content = |v: &BTreeMap<String, Value>| -> BTreeSet<(String, String)> {
-            v.iter()
-                .map(|(k, r)| (k.clone(), r["data"].to_string()))
-                .collect()
-        };
-        if views.windows(2).any(|w| content(&w[0]) != content(&w[1])) {
-            last = "the readers' views differ".into();
-            return Ok(false);
-        }
-        Ok(true)
-    })?;
-    let took = took.with_context(|| format!("not converged within {CONVERGE:?}: {last}"))?;
-    let what = format!(
-        "every reader holds all {} acknowledged writes (0 lost), identical views (0 divergent), \
-         found in {:.1} s",
-        acked.len(),
-        took.as_secs_f64()
-    );
-    drop(acked);
-    run.say("check", what);
-    Ok(())
-}
-
-/// The owner's writes acknowledged after the revocation returned are not in insurer's view.
-fn confidential(run: &Run, nodes: &[NsNode], revoked_at: Duration) -> Result<()> {
-    let insurer = view_all(&nodes[REVOKED])?;
-    let acked = run.acked();
-    let after: Vec<&String> = acked
-        .iter()
-        .filter(|(_, a)| a.org == ORGS[OWNER] && a.at > revoked_at)
-        .map(|(id, _)| id)
-        .collect();
-    let leaked: Vec<&&String> = after
-        .iter()
-        .filter(|id| insurer.contains_key(**id))
-        .collect();
-    ensure!(
-        leaked.is_empty(),
-        "insurer reads {} of the owner's writes made after its revocation, e.g. {:?}",
-        leaked.len(),
-        leaked.first()
-    );
-    let what = format!(
-        "insurer reads none of the owner's {} writes acknowledged after its revocation (it \
-         reads {} records)",
-        after.len(),
-        insurer.len()
-    );
-    drop(acked);
-    run.say("check", what);
-    Ok(())
-}
-
-/// Once every writer lists insurer revoked, one write by each reaches every reader but insurer.
-fn after_revocation(run: &Run, nodes: &[NsNode]) -> Result<()> {
-    let writers: Vec<&NsNode> = nodes.iter().filter(|n| n.org != ORGS[REVOKED]).collect();
-    let known = wait_for(CONVERGE, || {
-        for n in &writers {
-            if !lists_revoked(n, ORGS[REVOKED])? {
-                return Ok(false);
-            }
-        }
-        Ok(true)
-    })?;
-    ensure!(known.is_some(), "not every writer learnt of the revocation");
-    let mut ids = Vec::new();
-    for n in &writers {
-        let id = format!("after-{}", n.org);
-        ids.push(n.publish(&id, "after", &json!({ "org": n.org }))?);
-    }
-    let reached = wait_for(CONVERGE, || {
-        for n in &writers {
-            // All of it: a page of 10,000 misses the newest writes behind those a skewed clock
-            // dated later.
-            let view = view_all(n)?;
-            if !ids.iter().all(|id| view.contains_key(id)) {
-                return Ok(false);
-            }
-        }
-        Ok(true)
-    })?;
-    ensure!(
-        reached.is_some(),
-        "writes after the revocation did not reach every reader"
-    );
-    // Given time to arrive anyway, were any a leak.
-    std::thread::sleep(Duration::from_secs(3));
-    let insurer = view_all(&nodes[REVOKED])?;
-    let leaked: Vec<&String> = ids.iter().filter(|id| insurer.contains_key(*id)).collect();
-    ensure!(
-        leaked.is_empty(),
-        "the revoked reader holds writes made after it was revoked: {leaked:?}"
-    );
-    run.say(
-        "check",
-        "writes after every writer learnt of the revocation reached every reader, not insurer"
-            .into(),
-    );
-    Ok(())
 }
