@@ -109,6 +109,14 @@ pub enum Command {
     Audit(AuditArgs),
 }
 
+impl Command {
+    /// A client command: it talks to the node over one HTTP request or stream and prints, so a
+    /// closed stdout may simply end it. `run` and `demo` serve or drive nodes over sockets.
+    pub fn writes_to_a_pipe_only(&self) -> bool {
+        !matches!(self, Self::Run(_) | Self::Demo(_))
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct InitArgs {
     /// Organization name, e.g. hospital.

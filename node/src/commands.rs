@@ -135,6 +135,15 @@ fn status(cli: &Cli) -> Result<()> {
              writes again"
         );
     }
+    let mib = |v: &Value| {
+        v.as_u64()
+            .map_or("?".into(), |b| format!("{:.1} MiB", b as f64 / 1048576.0))
+    };
+    println!(
+        "store  {} on disk; memory {} resident",
+        mib(&node["store_bytes"]),
+        mib(&node["memory_bytes"])
+    );
     println!("mesh   members: {}", output_value(&mesh["members"]));
     println!();
     print_peers(&peers);

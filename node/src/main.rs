@@ -16,6 +16,11 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::from_args();
+    if cli.command.writes_to_a_pipe_only() {
+        // `fogmesh query ... | head` ends quietly when head does, like any Unix tool, instead
+        // of panicking on the closed pipe. Not for the node or the demo: they write to sockets.
+        sigpipe::reset();
+    }
     match commands::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -50,6 +50,9 @@ pub async fn get_dataset(
 }
 
 pub async fn metrics(State(s): State<ApiState>, _c: Caller) -> impl IntoResponse {
+    if let Some(mesh) = &s.mesh {
+        mesh.observe().await;
+    }
     let ct = "application/openmetrics-text; version=1.0.0; charset=utf-8";
     ([(header::CONTENT_TYPE, ct)], s.node.metrics_text())
 }

@@ -27,6 +27,7 @@ pub mod govern;
 pub mod invite;
 mod join;
 mod members;
+mod observe;
 pub mod plan;
 pub mod proto;
 pub mod query;

@@ -368,6 +368,24 @@ impl Mesh {
             .await
             .map_err(|e| crate::Error::Internal(e.to_string()))?;
         let response = self.respond(answered);
+        let kind = match asked.action {
+            audit::Action::Search => "search",
+            _ => "aggregate",
+        };
+        let outcome = match &response.0 {
+            QueryResponse::Refused(_) => "refused",
+            _ => "answered",
+        };
+        let labels = vec![
+            ("kind".to_owned(), kind.to_owned()),
+            ("outcome".to_owned(), outcome.to_owned()),
+        ];
+        self.inner
+            .node
+            .metrics()
+            .questions
+            .get_or_create(&labels)
+            .inc();
         let ev = match &response {
             (QueryResponse::Refused(reason), _) => asked.refuse(reason),
             (_, n) if asked.action == audit::Action::Search => asked.detail(format!("{n} matches")),

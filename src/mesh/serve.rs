@@ -206,6 +206,7 @@ impl Mesh {
         );
         let (envs, more) = got?;
         self.audit_fetch(org, &meta, &author, range.0, envs.len());
+        self.inner.node.metrics().pages_served.inc();
         Ok(SyncResponse::Envelopes {
             envelopes: envs.into_iter().map(ByteBuf::from).collect(),
             more,
@@ -294,6 +295,7 @@ impl Mesh {
             let (n, invalid) = node.apply_envelopes_checked(&id, envs).await?;
             let ms = started.elapsed().as_millis() as u64;
             tracing::debug!(%from, dataset = %id, count, new = n, ms, "envelopes applied");
+            node.metrics().envelopes_received.inc_by(n as u64);
             new += n;
             // Bad input only when the sender wrote the bad envelope itself: a relay cannot
             // check what it holds without the key.

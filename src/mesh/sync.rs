@@ -143,6 +143,8 @@ impl Mesh {
         let net = self.inner.net.clone();
         let state_mesh = self.clone();
         tokio::spawn(async move {
+            let metrics = state_mesh.inner.node.metrics();
+            metrics.pushes.inc();
             let answer = net
                 .request(peer, Protocol::Push, Frame(proto::encode(&push)))
                 .await;
@@ -150,6 +152,7 @@ impl Mesh {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "bad push ack"),
                 Err(e) => {
+                    metrics.push_failures.inc();
                     // It may have restarted without the description; send it again next time,
                     // and catch it up as soon as it answers again.
                     state_mesh.inner.state.forget_peer(&peer);

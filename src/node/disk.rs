@@ -39,13 +39,6 @@ impl Node {
             }
         }
     }
-
-    /// The Prometheus text exposition of the node's metrics, gauges brought up to date.
-    pub fn metrics_text(&self) -> String {
-        let m = &self.inner.metrics;
-        m.disk_failed.set(i64::from(self.disk_failed().is_some()));
-        m.render()
-    }
 }
 
 #[cfg(test)]

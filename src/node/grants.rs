@@ -406,6 +406,11 @@ impl Node {
     /// Standing grants of every dataset held (admin only), revocations included.
     pub fn grants(&self, caller: &App) -> Result<Vec<GrantView>> {
         Self::require_admin(caller, "listing grants")?;
+        Ok(self.grant_views())
+    }
+
+    /// Standing grants of every dataset held, revocations included, by dataset and sequence.
+    pub(super) fn grant_views(&self) -> Vec<GrantView> {
         let now = hlc::wall_millis();
         let mut out = Vec::new();
         for ds in self.all_datasets() {
@@ -422,7 +427,7 @@ impl Node {
             }
         }
         out.sort_by(|a, b| (&a.grant.dataset, a.grant.seq).cmp(&(&b.grant.dataset, b.grant.seq)));
-        Ok(out)
+        out
     }
 }
 

@@ -10,6 +10,7 @@ mod flow;
 mod forks;
 mod grants;
 pub mod home;
+mod observe;
 mod quarantine;
 mod replica;
 mod retention;
@@ -80,6 +81,10 @@ pub struct Info {
     /// Why the disk failed the store, once it did (writes are refused from then on).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub disk_failed: Option<String>,
+    /// Bytes the store takes on disk.
+    pub store_bytes: u64,
+    /// Resident memory of the node process, bytes (0 where the system does not tell).
+    pub memory_bytes: u64,
 }
 
 /// A dataset as listed: metadata plus counts.
@@ -231,6 +236,8 @@ impl Node {
             listen: i.config.listen.clone(),
             version: env!("CARGO_PKG_VERSION"),
             disk_failed: self.disk_failed(),
+            store_bytes: i.store.size_on_disk(),
+            memory_bytes: observe::resident_bytes(),
         }
     }
 

@@ -60,7 +60,7 @@ async fn audit(r: &Router, token: &str, query: &str) -> Vec<Value> {
     b["entries"].as_array().cloned().expect("entries")
 }
 
-fn router(m: &Member) -> (Router, watch::Sender<bool>) {
+pub(crate) fn router(m: &Member) -> (Router, watch::Sender<bool>) {
     let (tx, rx) = watch::channel(false);
     (
         fogmesh::api::router_with(m.node.clone(), Some(m.mesh.clone()), rx),
@@ -68,7 +68,7 @@ fn router(m: &Member) -> (Router, watch::Sender<bool>) {
     )
 }
 
-fn token(m: &Member) -> String {
+pub(crate) fn token(m: &Member) -> String {
     fogmesh::node::home::admin_token(m.dir.path()).expect("token")
 }
 
@@ -112,6 +112,11 @@ async fn grants_revocations_apps_federated_answers_and_refusals_are_audited() {
     assert_eq!(s, StatusCode::OK, "{b}");
     let refused = post(&pr, "/v1/query", &analyst, federated()).await;
     assert_eq!(refused["sources"][0]["status"], "refused", "{refused}");
+    let text = crate::observe::scrape(h).await;
+    for outcome in ["answered", "refused"] {
+        let series = format!("fogmesh_questions_total{{kind=\"aggregate\",outcome=\"{outcome}\"}}");
+        assert_eq!(crate::observe::sample(&text, &series), Some(1.0), "{text}");
+    }
     let planner = post(
         &hr,
         "/v1/apps",

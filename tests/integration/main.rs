@@ -10,6 +10,7 @@ mod governance;
 mod http;
 mod key_order;
 mod mesh;
+mod observe;
 mod openapi;
 mod simulation;
 mod tokens;

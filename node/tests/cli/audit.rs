@@ -37,15 +37,7 @@ fn edit_audit_entry(home: &std::path::Path, seq: u64, field: &str, to: &str) {
 fn audit_lists_filters_follows_and_verify_names_an_edited_entry() {
     let dir = tempfile::tempdir().unwrap();
     let mut node = TestNode::init(&dir.path().join("h"), "hospital").unwrap();
-    node.cli(&[
-        "dataset",
-        "create",
-        "flu",
-        "--shared",
-        "--readers",
-        "agency",
-    ])
-    .ok();
+    node.create_flu("agency", &[]);
     let app = node.cli(&[
         "app",
         "add",

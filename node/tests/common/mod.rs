@@ -359,6 +359,15 @@ impl TestNode {
         all.extend(["--home", s(&self.home)]);
         run_cli(&all, Some(stdin))
     }
+
+    /// `fogmesh dataset create flu --shared --readers READERS` with `more` arguments, which must
+    /// succeed: the dataset most process tests write.
+    pub fn create_flu(&self, readers: &str, more: &[&str]) -> Out {
+        let mut args = ["dataset", "create", "flu", "--shared", "--readers"].to_vec();
+        args.push(readers);
+        args.extend(more);
+        self.cli(&args).ok()
+    }
 }
 
 impl Drop for TestNode {

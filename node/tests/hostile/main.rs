@@ -169,18 +169,7 @@ fn a_stranger_gets_no_answers_and_is_dropped_after_the_join_window() -> Result<(
 /// Creates `hospital/flu`, shared with mallory, who may also write it. `clear`: kept in clear,
 /// so a raw client holding only mallory's identity can forge well-formed changes for it.
 pub(crate) fn share_flu_with_mallory(node: &TestNode, clear: bool) {
-    let mut args = vec![
-        "dataset",
-        "create",
-        "flu",
-        "--shared",
-        "--readers",
-        "mallory",
-    ];
-    if clear {
-        args.push("--clear");
-    }
-    node.cli(&args).ok();
+    node.create_flu("mallory", if clear { &["--clear"] } else { &[] });
     let grant = [
         "grant",
         "hospital/flu",

@@ -1,0 +1,235 @@
+//! The node held to outside tools, as an operator would plug it in: systemd's own checks of the
+//! unit in `packaging/`, and a real Prometheus server scraping `/metrics`. Each test is skipped,
+//! saying why, where its tool is missing (`.ci/run` installs both from Debian's packages).
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{ChildGuard, TestNode};
+use serde_json::Value;
+
+/// Whether `tool --version` runs; if not, says the test is skipped.
+fn have(tool: &str, package: &str, test: &str) -> bool {
+    let ok = Command::new(tool)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        eprintln!("SKIPPED {test}: {tool} is missing (Debian package `{package}`)");
+    }
+    ok
+}
+
+/// The systemd unit in packaging/ passes `systemd-analyze verify` without a warning and its
+/// sandboxing rates "OK" or better in `systemd-analyze security` (exposure at most 2.0 of 10).
+/// Skipped, with the reason printed, where systemd-analyze is missing.
+#[test]
+fn the_systemd_unit_verifies_and_is_sandboxed() {
+    if !have(
+        "systemd-analyze",
+        "systemd",
+        "the_systemd_unit_verifies_and_is_sandboxed",
+    ) {
+        return;
+    }
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../packaging/fogmesh.service"
+    ))
+    .expect("packaging/fogmesh.service");
+    assert!(unit.contains("ExecStart=/usr/local/bin/fogmesh run --home /var/lib/fogmesh"));
+    // Verified with the binary just built where `cargo install` would put it.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fogmesh.service");
+    let here = unit.replace("/usr/local/bin/fogmesh", env!("CARGO_BIN_EXE_fogmesh"));
+    std::fs::write(&path, here).unwrap();
+    let analyze = |args: &[&str]| {
+        let out = Command::new("systemd-analyze")
+            .args(args)
+            .arg(&path)
+            .output()
+            .expect("systemd-analyze");
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.success(), text(&out.stdout), text(&out.stderr))
+    };
+    let (ok, _, warnings) = analyze(&["verify"]);
+    assert!(ok && warnings.trim().is_empty(), "{warnings}");
+    let (_, report, err) = analyze(&["security", "--offline=yes"]);
+    let level = report
+        .lines()
+        .chain(err.lines())
+        .find_map(|l| {
+            l.split("Overall exposure level for fogmesh.service: ")
+                .nth(1)
+        })
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no exposure level in:\n{report}\n{err}"));
+    eprintln!("systemd-analyze security: exposure {level} of 10");
+    assert!(level <= 2.0, "exposure {level}:\n{report}");
+}
+
+/// A free loopback port (bound, then released for the tool to take).
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+/// `GET /api/v1/query?query=Q` on the Prometheus server at `port`: the result vector.
+fn prom_query(port: u16, q: &str) -> Vec<Value> {
+    let url = format!("http://127.0.0.1:{port}/api/v1/query");
+    let answer = ureq::get(&url)
+        .query("query", q)
+        .call()
+        .ok()
+        .and_then(|r| r.into_json::<Value>().ok());
+    answer
+        .and_then(|v| v["data"]["result"].as_array().cloned())
+        .unwrap_or_default()
+}
+
+/// A sample's value.
+fn value(sample: &Value) -> f64 {
+    sample["value"][1]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// A real Prometheus server scrapes a running node's `/metrics` with the admin token (its own
+/// `up` is 1: the exposition parsed), and reads the figures `fogmesh status` shows: the records
+/// of the dataset, the datasets owned, the store's bytes.
+#[test]
+fn a_prometheus_server_scrapes_the_node_and_reads_what_status_shows() {
+    let test = "a_prometheus_server_scrapes_the_node_and_reads_what_status_shows";
+    if !have("prometheus", "prometheus", test) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::init(&dir.path().join("h"), "hospital").unwrap();
+    node.create_flu("agency", &[]);
+    let lines: String = (0..25)
+        .map(|i| {
+            format!(
+                "{{\"name\":\"d{}/ward\",\"data\":{{\"cases\":{i}}}}}\n",
+                i % 3
+            )
+        })
+        .collect();
+    node.cli_stdin(&["publish", "hospital/flu"], lines.as_bytes())
+        .ok();
+    node.cli(&[
+        "grant",
+        "hospital/flu",
+        "--to",
+        "agency/*",
+        "--rights",
+        "read",
+    ])
+    .ok();
+    let status = node.cli(&["status", "--json"]).ok().json();
+    assert_eq!(status["datasets"][0]["records"], 25, "{status}");
+    assert!(status["node"]["store_bytes"].as_u64() > Some(0), "{status}");
+
+    let port = free_port();
+    let config = dir.path().join("prometheus.yml");
+    let token = node.home.join("admin.token");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: fogmesh\n    \
+             metrics_path: /metrics\n    authorization:\n      type: Bearer\n      \
+             credentials_file: {}\n    static_configs:\n      - targets: [\"{}\"]\n",
+            token.display(),
+            node.addr
+        ),
+    )
+    .unwrap();
+    let server = Command::new("prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("tsdb").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("prometheus");
+    let _server = ChildGuard(server);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let records = loop {
+        let found = prom_query(port, "fogmesh_records");
+        if !found.is_empty() {
+            break found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus scraped nothing in 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let up = prom_query(port, "up{job=\"fogmesh\"}");
+    assert_eq!(up.iter().map(value).collect::<Vec<_>>(), [1.0], "{up:?}");
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0]["metric"]["dataset"], "hospital/flu");
+    assert_eq!(value(&records[0]), 25.0, "status said 25");
+    let owned = prom_query(port, "fogmesh_datasets{role=\"owned\"}");
+    assert_eq!(owned.iter().map(value).collect::<Vec<_>>(), [1.0]);
+    let grants = prom_query(port, "fogmesh_grants{state=\"active\"}");
+    assert_eq!(grants.iter().map(value).collect::<Vec<_>>(), [1.0]);
+    let bytes = prom_query(port, "fogmesh_store_bytes");
+    assert!(bytes.first().map(value) > Some(0.0), "{bytes:?}");
+    let written = prom_query(port, "fogmesh_records_written_total");
+    assert_eq!(written.iter().map(value).collect::<Vec<_>>(), [25.0]);
+    dashboard_queries_hold(port, &node.get_text("/metrics").expect("metrics"));
+}
+
+/// Every query of the Grafana dashboard in docs/ is PromQL this Prometheus accepts (all nodes
+/// selected), and names only metric families the node exposes.
+fn dashboard_queries_hold(port: u16, exposition: &str) {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/grafana-dashboard.json"
+    );
+    let dash: Value = serde_json::from_str(&std::fs::read_to_string(path).expect("dashboard"))
+        .expect("dashboard JSON");
+    let families: Vec<&str> = exposition
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next())
+        .collect();
+    let mut checked = 0;
+    for panel in dash["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"]
+                .as_str()
+                .expect("expr")
+                .replace("$instance", ".*");
+            let url = format!("http://127.0.0.1:{port}/api/v1/query");
+            let answer: Value = ureq::get(&url)
+                .query("query", &expr)
+                .call()
+                .unwrap_or_else(|e| panic!("{expr}: {e}"))
+                .into_json()
+                .expect("JSON");
+            assert_eq!(answer["status"], "success", "{expr}: {answer}");
+            for name in expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("fogmesh_"))
+            {
+                let base = ["_total", "_bucket"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s))
+                    .unwrap_or(name);
+                assert!(
+                    families.contains(&base),
+                    "{name} (in {expr}) is not exposed"
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 12, "only {checked} queries");
+}

@@ -1,0 +1,66 @@
+//! What the node measures of itself at each scrape of `/metrics`: the gauges, read from the same
+//! places `GET /v1/node`, `GET /v1/datasets` and `GET /v1/grants` (and so `fogmesh status`) read.
+
+use crate::metrics::{label, set_bounded};
+
+use super::Node;
+
+impl Node {
+    /// The Prometheus text exposition of the node's metrics, gauges brought up to date (the
+    /// mesh's are brought up to date by `Mesh::observe`).
+    pub fn metrics_text(&self) -> String {
+        let m = &self.inner.metrics;
+        let info = self.info();
+        m.disk_failed.set(i64::from(info.disk_failed.is_some()));
+        m.store_bytes.set(gauge(info.store_bytes));
+        m.memory_bytes.set(gauge(info.memory_bytes));
+        self.observe_datasets();
+        m.grants.clear();
+        for g in self.grant_views() {
+            m.grants.get_or_create(&label("state", g.state)).inc();
+        }
+        m.render()
+    }
+
+    /// Datasets by role, records and envelopes by dataset.
+    fn observe_datasets(&self) {
+        let m = &self.inner.metrics;
+        let me = &self.inner.config.org;
+        let (mut owned, mut replicas) = (0, 0);
+        let (mut records, mut envelopes) = (Vec::new(), Vec::new());
+        for d in self.all_datasets() {
+            if d.meta.id.owner() == me.as_str() {
+                owned += 1;
+            } else {
+                replicas += 1;
+            }
+            let (r, e) = d.stats();
+            let id = d.meta.id.to_string();
+            records.push((id.clone(), gauge(r as u64)));
+            envelopes.push((id, gauge(e)));
+        }
+        m.datasets.get_or_create(&label("role", "owned")).set(owned);
+        m.datasets
+            .get_or_create(&label("role", "replica"))
+            .set(replicas);
+        set_bounded(&m.records, "dataset", records);
+        set_bounded(&m.envelopes, "dataset", envelopes);
+    }
+}
+
+/// A count as a gauge's value.
+fn gauge(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Resident memory of this process in bytes, from `/proc/self/status` (0 elsewhere).
+pub(crate) fn resident_bytes() -> u64 {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return 0;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kib| kib * 1024)
+}
