@@ -24,6 +24,11 @@ pub const OTHER: &str = "_other";
 /// A gauge of fractional values (seconds).
 pub type FloatGauge = Gauge<f64, AtomicU64>;
 
+/// A count as a gauge's value (saturating).
+pub fn count(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
 /// One label.
 pub fn label(name: &str, value: &str) -> CodeLabels {
     vec![(name.to_owned(), value.to_owned())]
@@ -51,6 +56,9 @@ impl std::ops::Deref for FlushHistogram {
 pub struct Metrics {
     registry: Registry,
     instruments: Instruments,
+    /// Held while a scrape brings the gauges up to date and renders them: two at once would
+    /// each clear and refill the same families.
+    pub scrape: tokio::sync::Mutex<()>,
 }
 
 impl std::ops::Deref for Metrics {
@@ -140,6 +148,7 @@ impl Metrics {
         Self {
             registry: instruments.register(),
             instruments,
+            scrape: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -320,7 +329,10 @@ impl Instruments {
 pub fn set_bounded(family: &Family<CodeLabels, Gauge>, name: &str, mut values: Vec<(String, i64)>) {
     values.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     family.clear();
-    let rest: i64 = values.iter().skip(LABELLED).map(|(_, v)| v).sum();
+    let rest = values
+        .iter()
+        .skip(LABELLED)
+        .fold(0i64, |sum, (_, v)| sum.saturating_add(*v));
     for (value, n) in values.iter().take(LABELLED) {
         family.get_or_create(&label(name, value)).set(*n);
     }

@@ -1,7 +1,7 @@
 //! The mesh's gauges, brought up to date at each scrape of `/metrics` from the same reads
 //! `GET /v1/mesh` and `GET /v1/peers` (and so `fogmesh status`) answer with.
 
-use crate::metrics::{label, set_bounded, LABELLED, OTHER};
+use crate::metrics::{count, label, set_bounded, LABELLED, OTHER};
 
 use super::Mesh;
 
@@ -10,33 +10,38 @@ impl Mesh {
     /// catch-ups under way and what they still have to fetch.
     pub async fn observe(&self) {
         let m = self.inner.node.metrics();
-        let status = match self.status().await {
-            Ok(s) => s,
-            Err(e) => return tracing::debug!(error = %e, "mesh status unavailable for metrics"),
+        let (status, peers) = match (self.status().await, self.peers().await) {
+            (Ok(s), Ok(p)) => (s, p),
+            (Err(e), _) | (_, Err(e)) => {
+                // Nothing stale: the mesh is stopping, or its task is gone.
+                m.peers_up.set(0);
+                m.peer_rtt_seconds.clear();
+                return tracing::debug!(error = %e, "mesh state unavailable for metrics");
+            }
         };
-        m.members.set(status.members.len() as i64);
-        m.catchups.set(status.catching_up.len() as i64);
+        m.members.set(count(status.members.len() as u64));
+        m.catchups.set(count(status.catching_up.len() as u64));
         let mut remaining: Vec<(String, i64)> = Vec::new();
         for p in &status.catching_up {
-            let left = p.missing.saturating_sub(p.fetched) as i64;
+            // `missing` comes from a peer's version vector: near u64::MAX from a hostile one.
+            let left = count(p.missing.saturating_sub(p.fetched));
             match remaining.iter_mut().find(|(d, _)| *d == p.dataset) {
-                Some((_, n)) => *n += left,
+                Some((_, n)) => *n = n.saturating_add(left),
                 None => remaining.push((p.dataset.clone(), left)),
             }
         }
         set_bounded(&m.catchup_remaining, "dataset", remaining);
-        let Ok(peers) = self.peers().await else {
-            return;
-        };
-        let up: Vec<_> = peers
+        let mut up: Vec<_> = peers
             .iter()
             .filter(|p| p.net.up && !p.org.is_empty())
             .collect();
-        m.peers_up.set(up.len() as i64);
+        up.sort_by(|a, b| a.org.cmp(&b.org));
+        m.peers_up.set(count(up.len() as u64));
         m.peer_rtt_seconds.clear();
         for (i, p) in up.iter().enumerate() {
             let Some(ms) = p.net.rtt_ms else { continue };
-            // Past the bound, the slowest round trip stands for the rest.
+            // The first organizations by name each under its own label; past the bound, the
+            // slowest round trip of the rest stands for them.
             let org = if i < LABELLED { p.org.as_str() } else { OTHER };
             let g = m.peer_rtt_seconds.get_or_create(&label("org", org));
             g.set(g.get().max(ms / 1e3));

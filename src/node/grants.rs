@@ -406,13 +406,32 @@ impl Node {
     /// Standing grants of every dataset held (admin only), revocations included.
     pub fn grants(&self, caller: &App) -> Result<Vec<GrantView>> {
         Self::require_admin(caller, "listing grants")?;
-        Ok(self.grant_views())
+        let mut out = Vec::new();
+        self.each_grant(|g, state| {
+            out.push(GrantView {
+                grant: g.clone(),
+                state,
+            })
+        });
+        out.sort_by(|a, b| (&a.grant.dataset, a.grant.seq).cmp(&(&b.grant.dataset, b.grant.seq)));
+        Ok(out)
     }
 
-    /// Standing grants of every dataset held, revocations included, by dataset and sequence.
-    pub(super) fn grant_views(&self) -> Vec<GrantView> {
+    /// How many grants of the datasets held are in each state (for the metrics).
+    pub(super) fn grant_states(&self) -> Vec<(&'static str, i64)> {
+        let mut counts = vec![("active", 0), ("expired", 0), ("revoked", 0)];
+        self.each_grant(|_, state| {
+            if let Some((_, n)) = counts.iter_mut().find(|(s, _)| *s == state) {
+                *n += 1;
+            }
+        });
+        counts
+    }
+
+    /// Calls `f` with every standing grant of every dataset held, revocations included, and
+    /// its state: `active`, `expired` or `revoked`.
+    fn each_grant(&self, mut f: impl FnMut(&Grant, &'static str)) {
         let now = hlc::wall_millis();
-        let mut out = Vec::new();
         for ds in self.all_datasets() {
             for g in lock(&ds.access).grants() {
                 let state = match &g.grant {
@@ -420,14 +439,9 @@ impl Node {
                     g if !g.live(now) => "expired",
                     _ => "active",
                 };
-                out.push(GrantView {
-                    grant: g.grant.clone(),
-                    state,
-                });
+                f(&g.grant, state);
             }
         }
-        out.sort_by(|a, b| (&a.grant.dataset, a.grant.seq).cmp(&(&b.grant.dataset, b.grant.seq)));
-        out
     }
 }
 

@@ -1,7 +1,7 @@
 //! What the node measures of itself at each scrape of `/metrics`: the gauges, read from the same
 //! places `GET /v1/node`, `GET /v1/datasets` and `GET /v1/grants` (and so `fogmesh status`) read.
 
-use crate::metrics::{label, set_bounded};
+use crate::metrics::{count, label, set_bounded};
 
 use super::Node;
 
@@ -12,12 +12,12 @@ impl Node {
         let m = &self.inner.metrics;
         let info = self.info();
         m.disk_failed.set(i64::from(info.disk_failed.is_some()));
-        m.store_bytes.set(gauge(info.store_bytes));
-        m.memory_bytes.set(gauge(info.memory_bytes));
+        m.store_bytes.set(count(info.store_bytes));
+        m.memory_bytes.set(count(info.memory_bytes));
         self.observe_datasets();
         m.grants.clear();
-        for g in self.grant_views() {
-            m.grants.get_or_create(&label("state", g.state)).inc();
+        for (state, n) in self.grant_states() {
+            m.grants.get_or_create(&label("state", state)).set(n);
         }
         m.render()
     }
@@ -36,8 +36,8 @@ impl Node {
             }
             let (r, e) = d.stats();
             let id = d.meta.id.to_string();
-            records.push((id.clone(), gauge(r as u64)));
-            envelopes.push((id, gauge(e)));
+            records.push((id.clone(), count(r as u64)));
+            envelopes.push((id, count(e)));
         }
         m.datasets.get_or_create(&label("role", "owned")).set(owned);
         m.datasets
@@ -46,11 +46,6 @@ impl Node {
         set_bounded(&m.records, "dataset", records);
         set_bounded(&m.envelopes, "dataset", envelopes);
     }
-}
-
-/// A count as a gauge's value.
-fn gauge(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 /// Resident memory of this process in bytes, from `/proc/self/status` (0 elsewhere).

@@ -272,6 +272,10 @@ async fn metrics_count_the_records_written() {
     let has = |line: &str| text.lines().any(|l| l == line);
     assert!(has("fogmesh_records_written_total 4"), "{text}");
     assert!(has("fogmesh_write_batches_total 1"), "{text}");
+    // They name every dataset held: not for an app, even one that reads them all.
+    let app = api.app("reader", &["read:*"]).await;
+    let got = api.get("/metrics", &app).await;
+    assert_error(got, 403, "need the admin token");
 }
 
 // ---- 201 ----

@@ -72,6 +72,13 @@ async fn metrics_show_members_peers_what_is_held_and_what_moved() {
     // The same figure `GET /v1/datasets` (and `fogmesh status`) gives.
     let listed = pharmacy.node.datasets(&pharmacy.admin);
     assert_eq!(listed[0].records, 42);
+    // Scrapes at once (two Prometheus servers, Grafana) each read whole families.
+    let at_once = futures::future::join_all((0..8).map(|_| scrape(pharmacy))).await;
+    for text in at_once {
+        let series = "fogmesh_records{dataset=\"hospital/cases\"}";
+        assert_eq!(sample(&text, series), Some(42.0), "{text}");
+        assert_eq!(sample(&text, "fogmesh_peers_up"), Some(2.0), "{text}");
+    }
 
     // A member gone: no longer up, and its round trip no longer shown.
     let third = format!("fogmesh_peer_rtt_seconds{{org=\"{}\"}}", nodes[2].org);
