@@ -107,7 +107,7 @@ pub enum Error {
         time: u64,
     },
     /// The batch is empty or too large.
-    #[error("a batch holds 1 to {max} records; this one has {len}")]
+    #[error("a batch holds a record or a delete, and at most {max} of each; this one has {len}")]
     BatchSize {
         /// Records in the batch.
         len: usize,
@@ -197,9 +197,10 @@ pub fn validate(index: usize, input: &Input) -> Result<(), Error> {
     }
 }
 
-/// Checks a whole batch: its size, every record, and that no id appears twice.
+/// Checks a whole batch: its size (records and deletes each bounded), every record, and that
+/// no id appears twice.
 pub fn validate_batch(inputs: &[Input], deletes: &[String]) -> Result<(), Error> {
-    let len = inputs.len() + deletes.len();
+    let len = inputs.len().max(deletes.len());
     if len == 0 || len > BATCH_MAX_RECORDS {
         return Err(Error::BatchSize {
             len,

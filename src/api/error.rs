@@ -48,6 +48,8 @@ impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
         use Error::*;
         let (status, code) = match &e {
+            // The request is well formed; the node's own admin app cannot take it.
+            App(crate::apps::Error::AdminApp { .. }) => (StatusCode::CONFLICT, "conflict"),
             Name(_) | Record(_) | Query(_) | Dataset(_) | App(_) | Invalid(_) => {
                 (StatusCode::BAD_REQUEST, "bad_request")
             }

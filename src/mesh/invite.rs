@@ -38,6 +38,17 @@ pub struct Invite {
 #[error("invalid invitation token: {0}")]
 pub struct Error(pub &'static str);
 
+impl Error {
+    /// Whether the token is not of an invitation's form at all (too long, or without the
+    /// prefix), rather than of that form but not an invitation.
+    pub fn is_malformed(&self) -> bool {
+        self.0 == TOO_LONG || self.0 == NO_PREFIX
+    }
+}
+
+const TOO_LONG: &str = "too long";
+const NO_PREFIX: &str = "it must start with fm-invite-";
+
 impl Invite {
     /// The token string.
     pub fn encode(&self) -> String {
@@ -52,11 +63,9 @@ impl Invite {
     pub fn decode(token: &str) -> Result<Self, Error> {
         let token = token.trim();
         if token.len() > MAX_TOKEN_BYTES {
-            return Err(Error("too long"));
+            return Err(Error(TOO_LONG));
         }
-        let body = token
-            .strip_prefix(PREFIX)
-            .ok_or(Error("it must start with fm-invite-"))?;
+        let body = token.strip_prefix(PREFIX).ok_or(Error(NO_PREFIX))?;
         let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(body)
             .map_err(|_| Error("not base64url"))?;

@@ -163,11 +163,19 @@ impl Mesh {
 
     /// The newcomer's side: redeems `token` with the inviter and adopts the mesh's roster.
     pub async fn join(&self, token: &str) -> Result<Roster> {
-        let invite = Invite::decode(token).map_err(|e| Error::Invalid(e.to_string()))?;
+        let invite = Invite::decode(token).map_err(|e| {
+            // The token's form is the contract's to state (400); one of that form that does
+            // not decode to an invitation is refused (403).
+            if e.is_malformed() {
+                Error::Invalid(e.to_string())
+            } else {
+                Error::Forbidden(e.to_string())
+            }
+        })?;
         let cfg = self.inner.node.config();
         let mine = self.inner.state.roster();
         if invite.mesh != cfg.mesh {
-            return Err(Error::Invalid(format!(
+            return Err(Error::Conflict(format!(
                 "this node was initialized for mesh {:?}; the invitation is for {:?}",
                 cfg.mesh, invite.mesh
             )));
@@ -175,9 +183,9 @@ impl Mesh {
         let inviter: PeerId = invite
             .inviter_peer
             .parse()
-            .map_err(|_| Error::Invalid("invitation: bad inviter peer id".into()))?;
+            .map_err(|_| Error::Forbidden("invitation: bad inviter peer id".into()))?;
         if inviter == self.inner.net.local_peer_id() {
-            return Err(Error::Invalid(
+            return Err(Error::Conflict(
                 "this invitation was issued by this node: redeem it on the node that joins".into(),
             ));
         }

@@ -104,7 +104,7 @@ impl Mesh {
     async fn ask(&self, org: &str, req: &QueryRequest, timeout: Duration) -> Reply {
         let roster = self.inner.state.roster();
         let Some(member) = roster.by_org(org) else {
-            return Reply::Refused(format!("{org} is not a member"));
+            return Reply::Refused(format!("{org} is not a member of the mesh"));
         };
         let (Ok(peer), Some(key)) = (member.peer_id.parse::<PeerId>(), member.author_id()) else {
             return Reply::Refused(format!("{org}: malformed roster entry"));
@@ -269,16 +269,16 @@ impl Mesh {
         Ok(rx)
     }
 
-    /// The organizations a search goes to: those named (each must be a member) or every other
-    /// member.
+    /// The organizations a search goes to: those named or every other member. A named one that
+    /// is not a member is asked nothing and refused alone (`ask` answers for it).
     fn targets(&self, named: &[String]) -> Result<Vec<String>> {
         let roster = self.inner.state.roster();
         let me = &self.inner.node.config().org;
         if named.len() > MAX_TARGETS {
             return Err(Error::Invalid(format!("at most {MAX_TARGETS} targets")));
         }
-        if let Some(unknown) = named.iter().find(|o| roster.by_org(o).is_none()) {
-            return Err(Error::Invalid(format!("target {unknown} is not a member")));
+        for org in named {
+            crate::naming::validate_ident("target", org)?;
         }
         let all: Vec<String> = if named.is_empty() {
             roster.orgs()

@@ -68,7 +68,14 @@ impl Node {
     /// filled from the source's current records, then kept up to date.
     pub async fn add_flow(&self, caller: &App, spec: FlowSpec) -> Result<FlowSpec> {
         Self::require_admin(caller, "declaring a flow")?;
-        let flow = spec.check().map_err(Error::Invalid)?;
+        let flow = spec.check().map_err(|e| {
+            // A conflict between two fields, which the contract's schema cannot state.
+            if spec.source == spec.target {
+                Error::Conflict(e)
+            } else {
+                Error::Invalid(e)
+            }
+        })?;
         self.flow_datasets(&flow)?;
         self.flow_fits(&spec)?;
         let key = format!("{KEY_PREFIX}{}", spec.name);
@@ -180,7 +187,8 @@ impl Node {
         let org = &self.inner.config.org;
         let get = |id: &crate::naming::DatasetId, what: &str| {
             if id.owner() != org {
-                return Err(Error::Invalid(format!(
+                // Like a grant on another's dataset: not this node's to do.
+                return Err(Error::Forbidden(format!(
                     "{what} {id}: a flow runs where its data lives; both datasets must be owned by {org}"
                 )));
             }

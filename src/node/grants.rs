@@ -257,7 +257,8 @@ impl Node {
             ));
         }
         if rights.needs_keys() && ds.meta.visibility == crate::dataset::Visibility::Private {
-            return Err(Error::Invalid(format!(
+            // Well formed, but the dataset is private: a conflict with its state.
+            return Err(Error::Conflict(format!(
                 "{id} is private: its rows never leave this node, so only query can be granted"
             )));
         }

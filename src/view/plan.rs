@@ -138,7 +138,6 @@ impl FilterSpec {
         };
         query.validate().map_err(|e| match e {
             query::Error::Prefix(_) => err("name_prefix", e),
-            query::Error::Range { .. } => err("since", e),
             query::Error::TooManyPredicates(_) => err("where", e),
             other => err("query", other),
         })?;
@@ -459,10 +458,6 @@ mod tests {
             (
                 json!({"datasets": ["a/b"], "segments": ["x=3"]}),
                 "segments[0]",
-            ),
-            (
-                json!({"datasets": ["a/b"], "since": 5, "until": 1}),
-                "since",
             ),
             (json!({"datasets": ["a/b"], "limit": 0}), "limit"),
             (json!({"datasets": ["a/b"], "order_by": "-"}), "order_by"),

@@ -49,14 +49,6 @@ pub enum Error {
     /// A bad name prefix.
     #[error("name_prefix: {0}")]
     Prefix(naming::Error),
-    /// `since` after `until`.
-    #[error("since ({since}) is after until ({until})")]
-    Range {
-        /// Lower bound.
-        since: u64,
-        /// Upper bound.
-        until: u64,
-    },
 }
 
 /// Comparison operators.
@@ -116,7 +108,11 @@ impl Predicate {
         if field.is_empty() {
             return Err(err("no field before the operator"));
         }
-        let value = serde_json::from_str(raw).unwrap_or_else(|_| Json::String(raw.to_owned()));
+        let value = match serde_json::from_str(raw) {
+            Ok(v) => v,
+            Err(_) if op == Op::In => in_list(raw).unwrap_or(Json::Null),
+            Err(_) => Json::String(raw.to_owned()),
+        };
         if op == Op::In && !value.is_array() {
             return Err(err("'in' takes a JSON array, e.g. status in [\"a\",\"b\"]"));
         }
@@ -166,6 +162,17 @@ impl Predicate {
 }
 
 /// `a.b` -> `["data","a","b"]`; `id`, `name`, `time` stay top-level; `data.a` is accepted too.
+/// `[a, b, 3]` that is not JSON: its comma-separated items, each JSON or else a string.
+fn in_list(raw: &str) -> Option<Json> {
+    let inner = raw.strip_prefix('[')?.strip_suffix(']')?;
+    let items = inner.split(',').map(str::trim).filter(|i| !i.is_empty());
+    Some(Json::Array(
+        items
+            .map(|i| serde_json::from_str(i).unwrap_or_else(|_| Json::String(i.to_owned())))
+            .collect(),
+    ))
+}
+
 fn field_path(field: &str) -> Vec<String> {
     let parts: Vec<String> = field.split('.').map(str::to_owned).collect();
     match parts.first().map(String::as_str) {
@@ -261,10 +268,8 @@ impl Query {
         if let Some(p) = &self.name_prefix {
             naming::validate_record_name(p.trim_end_matches('/')).map_err(Error::Prefix)?;
         }
-        match (self.since, self.until) {
-            (Some(since), Some(until)) if since > until => Err(Error::Range { since, until }),
-            _ => Ok(()),
-        }
+        // `since` after `until` is an empty range: it matches nothing.
+        Ok(())
     }
 
     /// True when `r` passes every filter.
@@ -403,7 +408,8 @@ mod tests {
             until: Some(1),
             ..Query::default()
         };
-        assert!(matches!(q.validate(), Err(Error::Range { .. })));
+        assert_eq!(q.validate(), Ok(()), "an empty range");
+        assert!(q.run(std::iter::empty()).is_empty());
         let q = Query {
             name_prefix: Some("a/../b".into()),
             ..Query::default()
@@ -418,5 +424,12 @@ mod tests {
         assert_eq!(p.op, Op::Eq);
         let p = Predicate::parse("a<=2").expect("parses");
         assert_eq!(p.op, Op::Le);
+        // A bracketed list that is not JSON: its items, each JSON or else a string.
+        let p = Predicate::parse("status in [open, closed, 3]").expect("parses");
+        assert_eq!(p.value, json!(["open", "closed", 3]));
+        assert_eq!(
+            Predicate::parse("s in []").expect("parses").value,
+            json!([])
+        );
     }
 }

@@ -336,11 +336,7 @@ async fn a_pushed_down_search_returns_only_where_and_when_as_owners_answer() {
         limit: None,
         timeout_ms: Some(5_000),
     };
-    let mut rx = coordinator.mesh.search(&app, spec).expect("search");
-    let mut events = Vec::new();
-    while let Some(ev) = rx.recv().await {
-        events.push(ev);
-    }
+    let events = search_events(&coordinator.mesh, &app, spec.clone()).await;
     let Some(SearchEvent::Summary {
         answered,
         refused,
@@ -371,7 +367,39 @@ async fn a_pushed_down_search_returns_only_where_and_when_as_owners_answer() {
                 .is_some_and(|l| l.starts_with("street-")));
         }
     }
+    // A named target that is not a member is refused alone; the members named are searched.
+    let spec = SearchSpec {
+        targets: vec!["clinic".into(), nodes[1].org.into()],
+        ..spec
+    };
+    let events = search_events(&coordinator.mesh, &app, spec).await;
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, SearchEvent::Refused { from, reason }
+            if from == "clinic" && reason.contains("not a member"))),
+        "{events:?}"
+    );
+    assert!(
+        matches!(events.last(), Some(SearchEvent::Summary { answered, refused, .. })
+            if answered == &[nodes[1].org.to_owned()] && refused == &["clinic".to_owned()]),
+        "{events:?}"
+    );
     for m in &nodes {
         m.mesh.shutdown().await;
     }
+}
+
+/// Every event of a search, its summary last.
+async fn search_events(
+    mesh: &fogmesh::mesh::Mesh,
+    app: &fogmesh::apps::App,
+    spec: SearchSpec,
+) -> Vec<SearchEvent> {
+    let mut rx = mesh.search(app, spec).expect("search");
+    let mut events = Vec::new();
+    while let Some(ev) = rx.recv().await {
+        events.push(ev);
+    }
+    events
 }

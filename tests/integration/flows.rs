@@ -256,6 +256,17 @@ async fn a_record_flow_filters_and_projects_and_bad_flows_are_refused() {
         ..spec.clone()
     };
     assert!(err(t.node.add_flow(&t.admin, missing).await).contains("not found"));
+    // Well formed, but its two fields clash (the contract's schema cannot say it): a conflict.
+    let onto_itself = FlowSpec {
+        name: "other".into(),
+        target: spec.source.clone(),
+        ..spec.clone()
+    };
+    let got = t.node.add_flow(&t.admin, onto_itself).await;
+    assert!(
+        matches!(&got, Err(fogmesh::Error::Conflict(why)) if why.contains("own source")),
+        "{got:?}"
+    );
     let app = t
         .node
         .add_app(&t.admin, "dashboard", vec![])

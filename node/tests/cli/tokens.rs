@@ -157,7 +157,7 @@ fn app_rotate_prints_a_working_token_and_ends_the_old_tokens_watch() {
     assert!(refused.stderr.contains("401"), "{}", refused.stderr);
     let admin = node.cli(&["app", "remove", "admin"]).code(1);
     assert!(
-        admin.stderr.contains("400") && admin.stderr.contains("admin app"),
+        admin.stderr.contains("409") && admin.stderr.contains("admin app"),
         "{}",
         admin.stderr
     );
