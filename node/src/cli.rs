@@ -367,18 +367,13 @@ impl Order {
             Self::Desc => "-time",
         }
     }
-
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Asc => "asc",
-            Self::Desc => "desc",
-        }
-    }
 }
 
 impl std::fmt::Display for Order {
+    /// The value as written on the command line (clap's own name for it).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        let name = self.to_possible_value();
+        f.write_str(name.as_ref().map_or("", |v| v.get_name()))
     }
 }
 

@@ -1,4 +1,4 @@
-//! The mesh's gauges, brought up to date at each scrape of `/metrics` from the same reads
+//! The mesh's gauges, brought up to date at each scrape of `/metrics` from the same state
 //! `GET /v1/mesh` and `GET /v1/peers` (and so `fogmesh status`) answer with.
 
 use crate::metrics::{count, label, set_bounded, LABELLED, OTHER};
@@ -10,27 +10,32 @@ impl Mesh {
     /// catch-ups under way and what they still have to fetch.
     pub async fn observe(&self) {
         let m = self.inner.node.metrics();
-        let (status, peers) = match (self.status().await, self.peers().await) {
-            (Ok(s), Ok(p)) => (s, p),
-            (Err(e), _) | (_, Err(e)) => {
+        // Read from the mesh's own state: no round trip to the network task for these.
+        m.members
+            .set(count(self.inner.state.roster().orgs().len() as u64));
+        let catching_up = self.inner.state.progress();
+        m.catchups.set(count(catching_up.len() as u64));
+        let mut remaining = std::collections::BTreeMap::<String, i64>::new();
+        for p in catching_up {
+            // `missing` comes from a peer's version vector: near u64::MAX from a hostile one.
+            let left = count(p.missing.saturating_sub(p.fetched));
+            let n = remaining.entry(p.dataset).or_default();
+            *n = n.saturating_add(left);
+        }
+        set_bounded(
+            &m.catchup_remaining,
+            "dataset",
+            remaining.into_iter().collect(),
+        );
+        let peers = match self.peers().await {
+            Ok(p) => p,
+            Err(e) => {
                 // Nothing stale: the mesh is stopping, or its task is gone.
                 m.peers_up.set(0);
                 m.peer_rtt_seconds.clear();
-                return tracing::debug!(error = %e, "mesh state unavailable for metrics");
+                return tracing::debug!(error = %e, "peers unavailable for metrics");
             }
         };
-        m.members.set(count(status.members.len() as u64));
-        m.catchups.set(count(status.catching_up.len() as u64));
-        let mut remaining: Vec<(String, i64)> = Vec::new();
-        for p in &status.catching_up {
-            // `missing` comes from a peer's version vector: near u64::MAX from a hostile one.
-            let left = count(p.missing.saturating_sub(p.fetched));
-            match remaining.iter_mut().find(|(d, _)| *d == p.dataset) {
-                Some((_, n)) => *n = n.saturating_add(left),
-                None => remaining.push((p.dataset.clone(), left)),
-            }
-        }
-        set_bounded(&m.catchup_remaining, "dataset", remaining);
         let mut up: Vec<_> = peers
             .iter()
             .filter(|p| p.net.up && !p.org.is_empty())

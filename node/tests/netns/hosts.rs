@@ -282,14 +282,20 @@ impl NsNode {
     pub(crate) fn json(&self, args: &[&str]) -> Result<Value> {
         let mut all = args.to_vec();
         all.push("--json");
-        let out = self.cli(&all);
+        let out = self.cli_ok(&all)?;
+        serde_json::from_str(&out.stdout).with_context(|| out.stdout.clone())
+    }
+
+    /// `fogmesh ARGS --home H` inside the namespace, which must succeed.
+    pub(crate) fn cli_ok(&self, args: &[&str]) -> Result<Out> {
+        let out = self.cli(args);
         ensure!(
             out.code == Some(0),
             "`{}` failed: {}",
             out.cmdline,
             out.stderr
         );
-        serde_json::from_str(&out.stdout).with_context(|| out.stdout.clone())
+        Ok(out)
     }
 
     /// `POST /v1/join` inside the namespace: the HTTP status and the body.

@@ -36,13 +36,7 @@ pub(super) fn view_all(n: &NsNode) -> Result<BTreeMap<String, Value>> {
         "--limit",
         "1000000",
     ];
-    let out = n.cli(&args);
-    ensure!(
-        out.code == Some(0),
-        "`{}` failed: {}",
-        out.cmdline,
-        out.stderr
-    );
+    let out = n.cli_ok(&args)?;
     let mut all = BTreeMap::new();
     for line in out.stdout.lines().filter(|l| !l.trim().is_empty()) {
         let r: Value = serde_json::from_str(line).with_context(|| line.to_owned())?;
