@@ -472,6 +472,19 @@ fn main() {
         );
     }
     put("query", "where", b"data.loc.x >= 1");
+    let tree = json!({"datasets": ["hospital/flu"], "where": [{"or": ["cases>=2", {"not": "sym is null"}, {"and": ["loc.x<3", "time>=1"]}]}]});
+    put("query", "tree", &serde_json::to_vec(&tree).expect("json"));
+
+    // sql
+    let statements = [
+        "SELECT segment(0) AS district, bucket('1d') AS day, sum(cases) AS cases, count(*) FROM \"hospital/flu\", clinic.flu WHERE diagnosis = 'flu' OR cases >= 5 GROUP BY district, 2 ORDER BY cases DESC LIMIT 10",
+        "SELECT id, cases AS n, loc.x FROM hospital.flu WHERE NOT (sym IN ('fever', 'cough') AND cases BETWEEN 1 AND -2.5) AND x IS NOT NULL AND segment(1) = 'ward-3' AND name LIKE 'd7/%' ORDER BY n DESC LIMIT 3",
+        "SELECT * FROM \"camera-3/sightings\" WHERE coat = 'red' AND time >= 1700000000000 AND flag = TRUE",
+        "SELECT avg(temp), min(temp), max(temp) FROM a.b",
+    ];
+    for (i, s) in statements.iter().enumerate() {
+        put("sql", &format!("s{i}"), s.as_bytes());
+    }
 
     // record_batch
     let batches = [

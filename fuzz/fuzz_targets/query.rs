@@ -1,5 +1,6 @@
 //! The view query a user POSTs to /v1/query (`view::plan::ViewQuery`, JSON, `deny_unknown_fields`)
-//! checked by `plan()` (its `where` clauses through `view::query::Predicate::parse`, group-by and
+//! checked by `plan()` (its `where` conditions, and/or/not of predicates, through
+//! `view::condition::Where::compile` and `view::query::Predicate::parse`, group-by and
 //! measures through `Aggregation::parse`), then run over a few fixed records: filter, order,
 //! limit, projection, or grouping and aggregates. Inputs that are not a JSON query are used as
 //! one `where` clause.
@@ -7,11 +8,12 @@
 //! Asserts: rows are filtered, limited and ordered as asked; every row passes the filter; groups
 //! count each matching record once; every group fits the aggregation; the filter that travels to
 //! owners (CBOR) compiles to the same filter; `x != v` is the negation of `x = v` on records that
-//! have the field.
+//! have the field, not null.
 #![no_main]
 
 use fogmesh::mesh::proto;
 use fogmesh::view::aggregate;
+use fogmesh::view::condition::Where;
 use fogmesh::view::plan::{self, FilterSpec, Shape, ViewQuery};
 use fogmesh::view::query::{lookup, Op, Predicate, Query};
 use fogmesh_fuzz::{ds, records};
@@ -35,14 +37,14 @@ fn predicate(text: &str) {
     assert!(p.op != Op::In || p.value.is_array());
     for r in records() {
         let m = p.matches(r);
-        if matches!(p.op, Op::Eq | Op::Ne) && field(&p, r).is_some() {
+        if matches!(p.op, Op::Eq | Op::Ne) && field(&p, r).is_some_and(|v| !v.is_null()) {
             let flipped = Predicate {
                 op: if p.op == Op::Eq { Op::Ne } else { Op::Eq },
                 ..p.clone()
             };
             assert_ne!(m, flipped.matches(r), "= and != agree on {text:?}");
         }
-        if field(&p, r).is_none() {
+        if field(&p, r).is_none() && p.op != Op::IsNull {
             assert!(!m, "a record without the field matched {text:?}");
         }
     }
@@ -68,7 +70,9 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     for w in &vq.predicates {
-        predicate(w);
+        if let Where::Is(p) = w {
+            predicate(p);
+        }
     }
     let Ok(plan) = vq.plan() else { return };
     assert!(!plan.datasets.is_empty() && plan.datasets.len() <= plan::MAX_DATASETS);

@@ -97,6 +97,9 @@ pub enum Command {
     /// Query the shared view: records of one or several datasets, or aggregates (--agg), computed
     /// by the datasets' owners with --federated.
     Query(QueryArgs),
+    /// Query the shared view in SQL: one SELECT over one or several datasets (see
+    /// docs/queries.md for the dialect); --federated asks the owners for aggregates.
+    Sql(SqlArgs),
     /// Stream a dataset's live changes.
     Watch(WatchArgs),
     /// Push a search to other organizations' nodes: only where and when of each match comes
@@ -446,6 +449,25 @@ pub struct QueryArgs {
     #[arg(long)]
     pub limit: Option<usize>,
     /// Output format (--json implies json).
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+}
+
+#[derive(Args, Debug)]
+pub struct SqlArgs {
+    /// One SELECT; `-` reads it from stdin. Datasets are quoted "owner/name" or written
+    /// owner.name.
+    pub statement: String,
+    /// Ask each dataset's owner to compute the aggregates over its own data.
+    #[arg(long)]
+    pub federated: bool,
+    /// Wait at most this long for owners (federated), ms.
+    #[arg(long)]
+    pub timeout_ms: Option<u64>,
+    /// Print the view query the statement becomes (POST /v1/query's body), without running it.
+    #[arg(long)]
+    pub explain: bool,
+    /// Output format (--json implies json); rows stream as NDJSON whatever their number.
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,
 }

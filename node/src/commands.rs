@@ -37,6 +37,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Grants => grants(&cli),
         Command::Publish(a) => publish(&cli, a),
         Command::Query(a) => crate::view::query(&cli, a),
+        Command::Sql(a) => crate::view::sql(&cli, a),
         Command::Watch(a) => watch(&cli, a),
         Command::Search(a) => crate::view::search(&cli, a),
         Command::Demo(a) => crate::demo::run(&cli, a),

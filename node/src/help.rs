@@ -77,6 +77,12 @@ const EXAMPLES: &[(&str, &str)] = &[
          fogmesh query hospital/flu-daily --group-by segment:0 --agg count,sum:count\n\
          fogmesh query hospital/flu-cases --format ndjson --limit 1000000 > all.ndjson",
     ),
+    (
+        "sql",
+        "fogmesh sql \"SELECT segment(1) AS district, sum(cases) FROM \\\"hospital/flu-cases\\\" GROUP BY district\"\n\
+         fogmesh sql --federated \"SELECT bucket('1d') AS day, count(*) FROM \\\"hospital/flu-cases\\\" GROUP BY day\"\n\
+         fogmesh sql --explain \"SELECT id, cases FROM \\\"hospital/flu-cases\\\" WHERE cases > 3 OR district IN ('d1', 'd2')\"",
+    ),
     ("watch", "fogmesh watch hospital/flu-cases --count 10"),
     (
         "search",
@@ -136,24 +142,11 @@ mod tests {
         }
     }
 
-    /// Splits a command line as a shell would for these examples: words, '...' quoted, and
-    /// the line cut at a redirection.
+    /// Splits a command line as a shell would, cut at a redirection.
     fn words(line: &str) -> Vec<String> {
-        let (mut out, mut word, mut quoted) = (Vec::new(), String::new(), false);
-        for c in line.chars() {
-            match c {
-                '\'' => quoted = !quoted,
-                '<' | '>' if !quoted => break,
-                ' ' if !quoted => {
-                    if !word.is_empty() {
-                        out.push(std::mem::take(&mut word));
-                    }
-                }
-                c => word.push(c),
-            }
-        }
-        if !word.is_empty() {
-            out.push(word);
+        let mut out = shlex::split(line).unwrap_or_else(|| panic!("{line}: unbalanced quotes"));
+        if let Some(at) = out.iter().position(|w| w == "<" || w == ">") {
+            out.truncate(at);
         }
         out
     }

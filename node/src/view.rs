@@ -1,4 +1,5 @@
-//! The shared-view commands: `query` (rows or aggregates, federated on request), `search`
+//! The shared-view commands: `query` (rows or aggregates, federated on request), `sql` (the
+//! same in SQL), `search`
 //! (pushed down, answers as they arrive) and `flow` (computation flows).
 
 use std::io::{BufRead, Write};
@@ -6,7 +7,7 @@ use std::io::{BufRead, Write};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
-use crate::cli::{Cli, FlowArgs, Format, Order, QueryArgs, SearchArgs};
+use crate::cli::{Cli, FlowArgs, Format, Order, QueryArgs, SearchArgs, SqlArgs};
 use crate::client::Client;
 use crate::commands::{records, records_path, urlencode};
 use crate::output;
@@ -84,13 +85,7 @@ pub(crate) fn query(cli: &Cli, a: &QueryArgs) -> Result<()> {
         b.extend(f);
     }
     if streamed {
-        // Print each line as it arrives.
-        let reader = Client::from_cli(cli)?.post_stream("/v1/query", &body)?;
-        let mut out = std::io::stdout().lock();
-        for line in reader.lines() {
-            writeln!(out, "{}", line.context("reading the rows")?)?;
-        }
-        return Ok(());
+        return stream_rows(cli, "/v1/query", &body);
     }
     let v = Client::from_cli(cli)?.post("/v1/query", &body)?;
     let rows = v["groups"]
@@ -101,13 +96,76 @@ pub(crate) fn query(cli: &Cli, a: &QueryArgs) -> Result<()> {
     match format {
         Format::Json => output::json(&v),
         Format::Ndjson => rows.iter().for_each(output::ndjson),
-        Format::Table => print_view(&v, &rows),
+        Format::Table => print_view(&v, &rows, None),
     }
     Ok(())
 }
 
-/// Rows or groups as a table, then who answered (aggregates).
-fn print_view(v: &Value, rows: &[Value]) {
+pub(crate) fn sql(cli: &Cli, a: &SqlArgs) -> Result<()> {
+    let statement = if a.statement == "-" {
+        std::io::read_to_string(std::io::stdin().lock()).context("reading the statement")?
+    } else {
+        a.statement.clone()
+    };
+    // Translated here too, so that a statement outside the dialect is named before any request
+    // and --explain needs no node.
+    let t = fogmesh::view::sql::translate(&statement).context("sql")?;
+    if a.explain {
+        let mut q = serde_json::to_value(&t.query)?;
+        q["federated"] = Value::Bool(a.federated);
+        q["timeout_ms"] = json!(a.timeout_ms);
+        // What the statement leaves unset is left out, as one would write the query by hand.
+        if let Value::Object(m) = &mut q {
+            m.retain(|_, v| !v.is_null() && v.as_array().is_none_or(|a| !a.is_empty()));
+        }
+        let order: Vec<String> = t
+            .group_order
+            .iter()
+            .map(|(c, desc)| if *desc { format!("-{c}") } else { c.clone() })
+            .collect();
+        let groups = json!({ "order_by": order, "limit": t.group_limit });
+        let explained = json!({ "query": q, "columns": t.column_names(), "groups": groups });
+        output::json(&explained);
+        return Ok(());
+    }
+    let body = json!({ "sql": statement, "federated": a.federated, "timeout_ms": a.timeout_ms });
+    let format = if cli.json { Format::Json } else { a.format };
+    if format == Format::Ndjson && t.query.aggregates.is_empty() {
+        return stream_rows(cli, "/v1/sql", &body);
+    }
+    let v = Client::from_cli(cli)?.post("/v1/sql", &body)?;
+    let rows = v["rows"].as_array().cloned().unwrap_or_default();
+    match format {
+        Format::Json => output::json(&v),
+        Format::Ndjson => rows.iter().for_each(output::ndjson),
+        Format::Table => {
+            let columns: Vec<String> = v["columns"]
+                .as_array()
+                .map(|c| {
+                    c.iter()
+                        .filter_map(|s| s.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default();
+            print_view(&v, &rows, Some(columns));
+        }
+    }
+    Ok(())
+}
+
+/// Posts `body` asking for NDJSON and prints each row as it arrives.
+fn stream_rows(cli: &Cli, path: &str, body: &Value) -> Result<()> {
+    let reader = Client::from_cli(cli)?.post_stream(path, body)?;
+    let mut out = std::io::stdout().lock();
+    for line in reader.lines() {
+        writeln!(out, "{}", line.context("reading the rows")?)?;
+    }
+    Ok(())
+}
+
+/// Rows or groups as a table (columns as given, or the first row's keys), then who answered
+/// (aggregates).
+fn print_view(v: &Value, rows: &[Value], columns: Option<Vec<String>>) {
     let flat: Vec<Value> = rows
         .iter()
         .map(|r| {
@@ -118,11 +176,12 @@ fn print_view(v: &Value, rows: &[Value]) {
             r
         })
         .collect();
-    let columns: Vec<String> = flat
-        .first()
-        .and_then(Value::as_object)
-        .map(|o| o.keys().cloned().collect())
-        .unwrap_or_default();
+    let columns: Vec<String> = columns.unwrap_or_else(|| {
+        flat.first()
+            .and_then(Value::as_object)
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default()
+    });
     let columns: Vec<&str> = columns.iter().map(String::as_str).collect();
     output::table(&columns, &flat);
     match v["sources"].as_array() {

@@ -538,6 +538,55 @@ fn query_asks_the_shared_view_for_aggregates_over_two_datasets_and_for_ordered_r
         .code(1);
     assert!(bad.stderr.contains("aggregates[0]"), "{}", bad.stderr);
     assert!(bad.stdout.is_empty(), "{}", bad.stdout);
+
+    sql_asks_the_same_view(&node);
+}
+
+/// `fogmesh sql` over the datasets of the test above: groups named, ordered and limited as the
+/// statement says; rows streamed as NDJSON; a table with the statement's columns; `--explain`
+/// without a node; a part outside the dialect named, exit 1.
+fn sql_asks_the_same_view(node: &TestNode) {
+    let grouped = "SELECT segment(0) AS d, count(*) AS n, avg(cases) FROM hospital.flu, \
+                   \"hospital/beds\" GROUP BY d ORDER BY n DESC LIMIT 2";
+    let v = one_json(&node.cli(&["sql", grouped, "--json"]).ok());
+    assert_eq!(v["columns"], json!(["d", "n", "avg(cases)"]), "{v}");
+    assert_eq!(
+        v["rows"],
+        json!([{"d": "d7", "n": 3, "avg(cases)": 6.0}, {"d": "d8", "n": 2, "avg(cases)": 5.0}])
+    );
+    let table = node.cli(&["sql", grouped]).ok();
+    let header: Vec<&str> = table
+        .stdout
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    assert_eq!(header, ["D", "N", "AVG(CASES)"], "{}", table.stdout);
+
+    let rows = "SELECT id FROM hospital.flu WHERE cases > 4 OR NOT cases >= 2 ORDER BY id";
+    let nd = node.cli(&["sql", "--format", "ndjson", rows]).ok();
+    assert_eq!(
+        nd.lines(),
+        [r#"{"id":"b"}"#, r#"{"id":"c"}"#],
+        "{}",
+        nd.stdout
+    );
+
+    let explained = one_json(&run_cli(&["sql", "--explain", rows], None).ok());
+    assert_eq!(
+        explained["query"]["where"],
+        json!([{"or": ["cases>4", {"not": "cases>=2"}]}])
+    );
+
+    let bad = node
+        .cli(&[
+            "sql",
+            "SELECT * FROM hospital.flu JOIN hospital.beds ON a = b",
+        ])
+        .code(1);
+    assert!(bad.stderr.contains("sql: JOIN: "), "{}", bad.stderr);
+    assert!(bad.stdout.is_empty(), "{}", bad.stdout);
 }
 
 #[path = "cli/tokens.rs"]

@@ -74,6 +74,7 @@ pub fn router_with(
         .route("/v1/flows", get(flows::list).post(flows::add))
         .route("/v1/flows/{name}", delete(flows::remove))
         .route("/v1/query", post(view::query))
+        .route("/v1/sql", post(view::sql))
         .route("/v1/search", post(view::search))
         .route("/v1/grants/{id}", delete(grants::revoke))
         .route("/v1/peers", get(mesh::peers))

@@ -1,5 +1,5 @@
 //! Handlers for the shared view: `POST /v1/query` (rows or aggregates over several datasets,
-//! federated to owners on request) and `POST /v1/search` (a pushed-down search whose answers
+//! federated to owners on request), `POST /v1/sql` (the same, asked in SQL) and `POST /v1/search` (a pushed-down search whose answers
 //! stream as they arrive).
 
 use std::convert::Infallible;
@@ -10,16 +10,18 @@ use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::StreamExt;
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::auth::Caller;
 use super::body::JsonBody;
 use super::error::ApiError;
 use super::ApiState;
+use crate::apps::App;
 use crate::mesh::query::SearchSpec;
-use crate::node::{aggregate_answer, Source};
-use crate::view::aggregate;
+use crate::node::{aggregate_answer, AggregateAnswer, Source};
 use crate::view::plan::{Plan, Shape, ViewQuery, MAX_JSON_ROWS};
+use crate::view::{aggregate, sql};
 
 const NDJSON: &str = "application/x-ndjson";
 /// Rows per chunk of a streamed answer.
@@ -59,14 +61,77 @@ pub async fn query(
     JsonBody(q): JsonBody<ViewQuery>,
 ) -> Result<Response, ApiError> {
     let plan = q.plan().map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let ndjson_out = wants_ndjson(&headers);
+    Ok(match answer(&s, &c, &plan, ndjson_out).await? {
+        Answer::Rows(rows) if ndjson_out => ndjson(rows.into_iter()),
+        Answer::Rows(rows) => Json(json!({ "count": rows.len(), "rows": rows })).into_response(),
+        Answer::Groups(groups) => Json(groups).into_response(),
+    })
+}
+
+/// `POST /v1/sql`'s body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlRequest {
+    /// One `SELECT`.
+    sql: String,
+    /// Ask each dataset's owner to compute the aggregate.
+    #[serde(default)]
+    federated: bool,
+    /// Wait at most this long for owners (federated), ms.
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+}
+
+/// `POST /v1/sql`: one SELECT translated into a view query (off the async threads: see
+/// [`sql::translate`]), answered as `/v1/query` answers it, with the statement's column names.
+pub async fn sql(
+    State(s): State<ApiState>,
+    Caller(c): Caller,
+    headers: HeaderMap,
+    JsonBody(req): JsonBody<SqlRequest>,
+) -> Result<Response, ApiError> {
+    let statement = req.sql;
+    let mut t = tokio::task::spawn_blocking(move || sql::translate(&statement))
+        .await
+        .map_err(|e| crate::error::Error::Internal(format!("sql translation: {e}")))?
+        .map_err(|e| ApiError::bad_request(format!("sql: {e}")))?;
+    t.query.federated = req.federated;
+    t.query.timeout_ms = req.timeout_ms;
+    let plan = t
+        .query
+        .plan()
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let ndjson_out = wants_ndjson(&headers);
+    let columns = t.column_names();
+    Ok(match answer(&s, &c, &plan, ndjson_out).await? {
+        Answer::Rows(rows) if ndjson_out => ndjson(rows.into_iter().map(move |r| t.row(r))),
+        Answer::Rows(rows) => {
+            let rows: Vec<Value> = rows.into_iter().map(|r| t.row(r)).collect();
+            Json(json!({ "columns": columns, "count": rows.len(), "rows": rows })).into_response()
+        }
+        Answer::Groups(a) => {
+            let rows = t.groups(a.groups);
+            let body = json!({ "columns": columns, "count": rows.len(), "rows": rows, "sources": a.sources });
+            Json(body).into_response()
+        }
+    })
+}
+
+/// What a plan answers: rows (projected), or groups with where they came from.
+enum Answer {
+    Rows(Vec<Value>),
+    Groups(AggregateAnswer),
+}
+
+async fn answer(s: &ApiState, c: &App, plan: &Plan, ndjson_out: bool) -> Result<Answer, ApiError> {
     match &plan.shape {
         Shape::Aggregate { .. } if plan.federated => {
-            let mesh = super::mesh::mesh(&s)?;
-            Ok(Json(mesh.federated(&c, &plan).await?).into_response())
+            let mesh = super::mesh::mesh(s)?;
+            Ok(Answer::Groups(mesh.federated(c, plan).await?))
         }
-        Shape::Aggregate { .. } => local_aggregate(&s, &c, &plan).await,
+        Shape::Aggregate { .. } => local_aggregate(s, c, plan).await.map(Answer::Groups),
         Shape::Rows { limit, .. } => {
-            let ndjson_out = wants_ndjson(&headers);
             if !ndjson_out && *limit > MAX_JSON_ROWS {
                 return Err(ApiError::bad_request(format!(
                     "limit: more than {MAX_JSON_ROWS} rows stream as NDJSON; send Accept: {NDJSON}"
@@ -76,19 +141,12 @@ pub async fn query(
             let rows = tokio::task::spawn_blocking(move || node.view_rows(&app, &plan2))
                 .await
                 .map_err(|e| crate::Error::Internal(e.to_string()))??;
-            if ndjson_out {
-                return Ok(ndjson(rows.into_iter()));
-            }
-            Ok(Json(json!({ "count": rows.len(), "rows": rows })).into_response())
+            Ok(Answer::Rows(rows))
         }
     }
 }
 
-async fn local_aggregate(
-    s: &ApiState,
-    c: &crate::apps::App,
-    plan: &Plan,
-) -> Result<Response, ApiError> {
+async fn local_aggregate(s: &ApiState, c: &App, plan: &Plan) -> Result<AggregateAnswer, ApiError> {
     let Shape::Aggregate { aggregation, limit } = &plan.shape else {
         return Err(ApiError::bad_request("not an aggregate"));
     };
@@ -115,7 +173,7 @@ async fn local_aggregate(
         });
     }
     let merged = aggregate::merge_all(parts.iter());
-    Ok(Json(aggregate_answer(aggregation, &merged, sources, *limit)).into_response())
+    Ok(aggregate_answer(aggregation, &merged, sources, *limit))
 }
 
 pub async fn search(

@@ -471,12 +471,13 @@ pub fn ordered(groups: &Groups) -> Vec<(&GroupKey, &Partial)> {
 fn cmp_values(a: &[Json], b: &[Json]) -> std::cmp::Ordering {
     a.iter()
         .zip(b)
-        .map(|(x, y)| cmp_one(x, y))
+        .map(|(x, y)| cmp_value(x, y))
         .find(|o| o.is_ne())
         .unwrap_or(a.len().cmp(&b.len()))
 }
 
-fn cmp_one(a: &Json, b: &Json) -> std::cmp::Ordering {
+/// Orders two values as groups are ordered: numbers by value, then strings, booleans, null last.
+pub fn cmp_value(a: &Json, b: &Json) -> std::cmp::Ordering {
     use std::cmp::Ordering;
     let rank = |v: &Json| match v {
         Json::Number(_) => 0,

@@ -2,11 +2,13 @@
 
 pub mod aggregate;
 pub mod amjson;
+pub mod condition;
 pub mod doc;
 pub mod flow;
 mod guard;
 mod lineage;
 pub mod plan;
 pub mod query;
+pub mod sql;
 mod touched;
 mod waiting;

@@ -13,7 +13,8 @@ use crate::naming::{self, DatasetId};
 use crate::record::Record;
 
 use super::aggregate::{self, Aggregation};
-use super::query::{self, lookup, Predicate, Query};
+use super::condition::{Condition, Where};
+use super::query::{self, lookup, Query};
 
 /// Rows returned when a query names no limit.
 pub const DEFAULT_ROWS: usize = 1_000;
@@ -65,9 +66,9 @@ pub struct ViewQuery {
     /// Only times < this (ms).
     #[serde(default)]
     pub until: Option<u64>,
-    /// Field predicates `FIELD OP VALUE`, all must hold.
+    /// Conditions, all must hold: predicates `FIELD OP VALUE`, or `and`/`or`/`not` of them.
     #[serde(default, rename = "where")]
-    pub predicates: Vec<String>,
+    pub predicates: Vec<Where>,
     /// Projection: `dataset`, `id`, `name`, `time` or data fields (dotted); empty: whole records.
     #[serde(default)]
     pub select: Vec<String>,
@@ -109,36 +110,34 @@ pub struct FilterSpec {
     pub until: Option<u64>,
     /// See [`ViewQuery::predicates`].
     #[serde(default, rename = "where")]
-    pub predicates: Vec<String>,
+    pub predicates: Vec<Where>,
 }
 
 /// A compiled filter.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Filter {
     query: Query,
+    condition: Condition,
     segments: Vec<(usize, String)>,
 }
 
 impl FilterSpec {
     /// Checks and compiles it.
     pub fn compile(&self) -> Result<Filter, Error> {
-        let predicates = self
-            .predicates
-            .iter()
-            .enumerate()
-            .map(|(i, p)| Predicate::parse(p).map_err(|e| err(format!("where[{i}]"), e)))
-            .collect::<Result<Vec<_>, _>>()?;
+        let condition = Where::compile_all(&self.predicates).map_err(|e| match e.index {
+            Some(i) => err(format!("where[{i}]"), e),
+            None => err("where", e),
+        })?;
         let query = Query {
             name_prefix: self.name_prefix.clone(),
             since: self.since,
             until: self.until,
-            predicates,
+            predicates: Vec::new(),
             limit: query::MAX_LIMIT,
             order: query::Order::Asc,
         };
         query.validate().map_err(|e| match e {
             query::Error::Prefix(_) => err("name_prefix", e),
-            query::Error::TooManyPredicates(_) => err("where", e),
             other => err("query", other),
         })?;
         let segments = self
@@ -147,7 +146,11 @@ impl FilterSpec {
             .enumerate()
             .map(|(i, s)| parse_segment(s).map_err(|w| err(format!("segments[{i}]"), w)))
             .collect::<Result<_, _>>()?;
-        Ok(Filter { query, segments })
+        Ok(Filter {
+            query,
+            condition,
+            segments,
+        })
     }
 }
 
@@ -168,15 +171,14 @@ fn parse_segment(s: &str) -> Result<(usize, String), &'static str> {
 impl Filter {
     /// Whether a predicate tests a record's `id` or `name` (which single out records).
     pub fn names_records(&self) -> bool {
-        self.query
-            .predicates
-            .iter()
-            .any(|p| p.path.len() == 1 && (p.path[0] == "id" || p.path[0] == "name"))
+        self.condition
+            .any_predicate(&|p| p.path.len() == 1 && (p.path[0] == "id" || p.path[0] == "name"))
     }
 
     /// Whether `r` passes.
     pub fn matches(&self, r: &Record) -> bool {
         self.query.matches(r)
+            && self.condition.matches(r)
             && self
                 .segments
                 .iter()

@@ -4,7 +4,9 @@
 //! A predicate is written `FIELD OP VALUE`: `FIELD` is `id`, `name`, `time`, or a data field (dotted
 //! for nested objects, optionally prefixed `data.`); `OP` is one of `=`, `!=`, `<`, `<=`, `>`, `>=`,
 //! or ` in ` followed by a JSON array; `VALUE` is JSON if it parses as JSON, a string otherwise.
-//! A record without the field matches no predicate on it.
+//! `FIELD is null` and `FIELD is not null` test whether a record lacks the field (or holds JSON
+//! null). A record without the field matches no other predicate on it (the predicate is unknown,
+//! see [`super::condition`]).
 //!
 //! ```
 //! use fogmesh::view::query::Predicate;
@@ -25,6 +27,8 @@ pub const DEFAULT_LIMIT: usize = 1_000;
 pub const MAX_LIMIT: usize = 10_000;
 /// Most predicates in one query.
 pub const MAX_PREDICATES: usize = 32;
+/// Longest predicate text, bytes.
+pub const MAX_PREDICATE_LEN: usize = 1024;
 
 /// A malformed query.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -68,6 +72,10 @@ pub enum Op {
     Ge,
     /// ` in [..]`
     In,
+    /// ` is null`: the field is missing or null.
+    IsNull,
+    /// ` is not null`: the field holds a value other than null.
+    NotNull,
 }
 
 /// One `FIELD OP VALUE` clause.
@@ -95,14 +103,20 @@ impl Predicate {
     /// Parses `FIELD OP VALUE`.
     pub fn parse(text: &str) -> Result<Self, Error> {
         let err = |why| Error::Predicate {
-            text: text.to_owned(),
+            text: text.chars().take(64).collect(),
             why,
         };
+        if text.len() > MAX_PREDICATE_LEN {
+            return Err(err("longer than 1024 bytes"));
+        }
+        if let Some(p) = Self::parse_null_test(text) {
+            return p.map_err(err);
+        }
         let (pos, sym, op) = OPS
             .iter()
             .filter_map(|(sym, op)| text.find(sym).map(|p| (p, *sym, *op)))
             .min_by_key(|(p, sym, _)| (*p, usize::MAX - sym.len()))
-            .ok_or_else(|| err("no operator (=, !=, <, <=, >, >=, in)"))?;
+            .ok_or_else(|| err("no operator (=, !=, <, <=, >, >=, in, is null, is not null)"))?;
         let field = text[..pos].trim();
         let raw = text[pos + sym.len()..].trim();
         if field.is_empty() {
@@ -123,45 +137,79 @@ impl Predicate {
         })
     }
 
-    /// Evaluates the clause against a field's value (`None`: the record lacks the field).
-    pub fn matches_json(&self, v: Option<&Json>) -> bool {
-        let Some(v) = v else { return false };
+    /// `FIELD is null` or `FIELD is not null` (any case, any blanks between), if `text` is one.
+    fn parse_null_test(text: &str) -> Option<Result<Self, &'static str>> {
+        let rest = strip_word(text, "null")?;
+        let (rest, op) = match strip_word(rest, "not") {
+            Some(r) => (r, Op::NotNull),
+            None => (rest, Op::IsNull),
+        };
+        let field = strip_word(rest, "is")?.trim();
+        if field.is_empty() || field.contains(|c: char| c.is_whitespace() || "=<>!".contains(c)) {
+            return Some(Err("is null takes one field name before it"));
+        }
+        Some(Ok(Self {
+            path: field_path(field),
+            op,
+            value: Json::Null,
+        }))
+    }
+
+    /// Evaluates the clause against a field's value (`None`: the record lacks the field):
+    /// `None` where the answer is unknown: the field is missing or JSON null (as SQL's NULL, so
+    /// `x=null` and `x in [null]` are never true: test with `x is null`), or not comparable in
+    /// order.
+    pub fn eval_json(&self, v: Option<&Json>) -> Option<bool> {
+        let present = v.filter(|v| !v.is_null());
+        let order = |v: Option<&Json>| compare(v?, &self.value);
         match self.op {
-            Op::Eq => json_eq(v, &self.value),
-            Op::Ne => !json_eq(v, &self.value),
-            Op::In => self
-                .value
-                .as_array()
-                .is_some_and(|a| a.iter().any(|x| json_eq(v, x))),
-            Op::Lt => compare(v, &self.value) == Some(Ordering::Less),
-            Op::Le => matches!(
-                compare(v, &self.value),
-                Some(Ordering::Less | Ordering::Equal)
-            ),
-            Op::Gt => compare(v, &self.value) == Some(Ordering::Greater),
-            Op::Ge => matches!(
-                compare(v, &self.value),
-                Some(Ordering::Greater | Ordering::Equal)
-            ),
+            Op::IsNull => Some(present.is_none()),
+            Op::NotNull => Some(present.is_some()),
+            Op::Eq => present.map(|v| json_eq(v, &self.value)),
+            Op::Ne => present.map(|v| !json_eq(v, &self.value)),
+            Op::In => present.map(|v| {
+                self.value
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|x| json_eq(v, x)))
+            }),
+            Op::Lt => Some(order(v)? == Ordering::Less),
+            Op::Le => Some(order(v)? != Ordering::Greater),
+            Op::Gt => Some(order(v)? == Ordering::Greater),
+            Op::Ge => Some(order(v)? != Ordering::Less),
         }
     }
 
-    /// Evaluates the clause against a record.
-    pub fn matches(&self, r: &Record) -> bool {
+    /// Whether the clause holds for a field's value (`None`: the record lacks the field).
+    pub fn matches_json(&self, v: Option<&Json>) -> bool {
+        self.eval_json(v) == Some(true)
+    }
+
+    /// Evaluates the clause against a record (`None`: unknown).
+    pub fn eval(&self, r: &Record) -> Option<bool> {
         match self.path.first().map(String::as_str) {
-            Some("id") if self.path.len() == 1 => {
-                self.matches_json(Some(&Json::from(r.id.as_str())))
-            }
+            Some("id") if self.path.len() == 1 => self.eval_json(Some(&Json::from(r.id.as_str()))),
             Some("name") if self.path.len() == 1 => {
-                self.matches_json(Some(&Json::from(r.name.as_str())))
+                self.eval_json(Some(&Json::from(r.name.as_str())))
             }
-            Some("time") if self.path.len() == 1 => self.matches_json(Some(&Json::from(r.time))),
-            _ => self.matches_json(lookup(&r.data, &self.path[1..])),
+            Some("time") if self.path.len() == 1 => self.eval_json(Some(&Json::from(r.time))),
+            _ => self.eval_json(lookup(&r.data, &self.path[1..])),
         }
+    }
+
+    /// Whether the clause holds for a record.
+    pub fn matches(&self, r: &Record) -> bool {
+        self.eval(r) == Some(true)
     }
 }
 
-/// `a.b` -> `["data","a","b"]`; `id`, `name`, `time` stay top-level; `data.a` is accepted too.
+/// `s` without its last word `w` (any case), when blanks come before that word.
+fn strip_word<'a>(s: &'a str, w: &str) -> Option<&'a str> {
+    let s = s.trim_end();
+    let cut = s.len().checked_sub(w.len())?;
+    let (rest, last) = (s.get(..cut)?, s.get(cut..)?);
+    (last.eq_ignore_ascii_case(w) && rest.ends_with(char::is_whitespace)).then_some(rest)
+}
+
 /// `[a, b, 3]` that is not JSON: its comma-separated items, each JSON or else a string.
 fn in_list(raw: &str) -> Option<Json> {
     let inner = raw.strip_prefix('[')?.strip_suffix(']')?;
@@ -173,6 +221,7 @@ fn in_list(raw: &str) -> Option<Json> {
     ))
 }
 
+/// `a.b` -> `["data","a","b"]`; `id`, `name`, `time` stay top-level; `data.a` is accepted too.
 fn field_path(field: &str) -> Vec<String> {
     let parts: Vec<String> = field.split('.').map(str::to_owned).collect();
     match parts.first().map(String::as_str) {
@@ -298,6 +347,25 @@ impl Query {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn null_tests_take_any_case_and_blanks() {
+        for (text, op) in [
+            ("x is null", Op::IsNull),
+            ("\n\t x  Is \u{b} nuLL \u{c}", Op::IsNull),
+            ("a.b IS NOT NULL", Op::NotNull),
+            ("not is null", Op::IsNull),
+        ] {
+            let p = Predicate::parse(text).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+            assert_eq!(p.op, op, "{text:?}");
+        }
+        assert_eq!(Predicate::parse("x Is  nuLL").unwrap().path, ["data", "x"]);
+        for bad in ["is null", "x isnull", "x = 1 is null", "a b is null"] {
+            assert!(Predicate::parse(bad).is_err(), "{bad:?}");
+        }
+        let long = format!("x={}", "1".repeat(MAX_PREDICATE_LEN));
+        assert!(Predicate::parse(&long).is_err());
+    }
 
     fn rec(id: &str, name: &str, time: u64, data: Json) -> Record {
         let Json::Object(data) = data else {

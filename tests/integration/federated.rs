@@ -145,7 +145,7 @@ async fn a_federated_aggregate_over_four_owners_equals_computing_over_all_rows()
         let filter = if case % 2 == 0 {
             vec![]
         } else {
-            vec!["cases>=5".to_owned()]
+            vec!["cases>=5".into()]
         };
         let mut datasets = Vec::new();
         for (o, rows) in owners.iter().zip(&data) {

@@ -13,4 +13,5 @@ mod mesh;
 mod observe;
 mod openapi;
 mod simulation;
+mod sql;
 mod tokens;

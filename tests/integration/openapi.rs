@@ -24,6 +24,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/datasets/{owner}/{name}/events"),
     ("POST", "/v1/query"),
     ("POST", "/v1/search"),
+    ("POST", "/v1/sql"),
     ("GET", "/v1/flows"),
     ("POST", "/v1/flows"),
     ("DELETE", "/v1/flows/{name}"),

@@ -378,6 +378,41 @@ fn source_line(v: &Value) -> String {
         .join(", ")
 }
 
+/// The agency asks the same question in SQL, federated, for the three worst districts; the answer
+/// must agree with the view query's.
+fn sql_top_districts(t: &Timeline, apps: &Apps, cases: &BTreeMap<String, f64>) -> Result<()> {
+    const TOP: &str = "SELECT segment(0) AS district, count(*) AS cases \
+        FROM \"hospital/patients\" WHERE diagnosis = 'flu' \
+        GROUP BY district ORDER BY cases DESC LIMIT 3";
+    let v = apps
+        .monitor
+        .post("/v1/sql", &json!({"sql": TOP, "federated": true}))?;
+    let rows = v["rows"].as_array().cloned().unwrap_or_default();
+    let top: Vec<(String, f64)> = rows
+        .iter()
+        .map(|r| {
+            let d = r["district"].as_str().unwrap_or("?").to_owned();
+            (d, r["cases"].as_f64().unwrap_or(-1.0))
+        })
+        .collect();
+    let mut want: Vec<(&String, &f64)> = cases.iter().collect();
+    want.sort_by(|a, b| b.1.total_cmp(a.1).then(a.0.cmp(b.0)));
+    let agrees = top.len() == want.len().min(3)
+        && top
+            .iter()
+            .zip(&want)
+            .all(|((d, n), (wd, wn))| d == *wd && n == *wn);
+    if !agrees {
+        bail!("SQL's top districts {top:?} disagree with the view query's {want:?}");
+    }
+    let shown: Vec<String> = top.iter().map(|(d, n)| format!("{d} {n:.0}")).collect();
+    t.say(
+        "agency",
+        format!("the same in SQL (fogmesh sql --federated \"SELECT segment(0) AS district, count(*) AS cases ... ORDER BY cases DESC LIMIT 3\"): {}", shown.join(", ")),
+    );
+    Ok(())
+}
+
 fn agency_alerts(t: &Timeline, apps: &Apps) -> Result<()> {
     let sent = Instant::now();
     let v = federated(&apps.monitor, &["count"])?;
@@ -400,6 +435,7 @@ fn agency_alerts(t: &Timeline, apps: &Apps) -> Result<()> {
             fmt(&cases)
         ),
     );
+    sql_top_districts(t, apps, &cases)?;
     let alerts: Vec<Value> = cases
         .iter()
         .map(|(d, n)| {
