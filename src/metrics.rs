@@ -2,7 +2,9 @@
 //! date at each scrape from the same reads `fogmesh status` shows (`node::observe`,
 //! `mesh::observe`).
 
+use std::collections::HashSet;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Mutex, PoisonError};
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -20,6 +22,31 @@ pub const LABELLED: usize = 50;
 
 /// The label value the series past [`LABELLED`] are summed under.
 pub const OTHER: &str = "_other";
+
+/// Counters labelled by a value from outside whose variety nothing bounds (a peer id, a dataset a
+/// peer names): the first [`LABELLED`] values each get a series of their own, for as long as the
+/// node runs; later ones are summed under [`OTHER`]. A flood of new values costs one series.
+#[derive(Default)]
+pub struct CappedCounters {
+    family: Family<CodeLabels, Counter>,
+    named: Mutex<HashSet<String>>,
+}
+
+impl CappedCounters {
+    /// Adds `n` to the series `name="value"`, or `name="_other"` once the cap is reached.
+    pub fn inc_by(&self, name: &str, value: &str, n: u64) {
+        let value = {
+            let mut named = self.named.lock().unwrap_or_else(PoisonError::into_inner);
+            let room = named.len() < LABELLED;
+            if named.contains(value) || (room && named.insert(value.to_owned())) {
+                value
+            } else {
+                OTHER
+            }
+        };
+        self.family.get_or_create(&label(name, value)).inc_by(n);
+    }
+}
 
 /// A gauge of fractional values (seconds).
 pub type FloatGauge = Gauge<f64, AtomicU64>;
@@ -84,10 +111,10 @@ pub struct Instruments {
     pub snapshots: Counter,
     /// API errors by status code.
     pub api_errors: Family<CodeLabels, Counter>,
-    /// Malformed or refused input from peers, by peer id.
-    pub peer_bad_inputs: Family<CodeLabels, Counter>,
-    /// Envelopes refused for want of write authority, by dataset.
-    pub envelopes_rejected: Family<CodeLabels, Counter>,
+    /// Malformed or refused input from peers, by peer id (capped).
+    pub peer_bad_inputs: CappedCounters,
+    /// Envelopes refused for want of write authority, by dataset (capped).
+    pub envelopes_rejected: CappedCounters,
     /// Forks proven here (an author found signing two histories of a dataset, or a lower fork
     /// of one already known).
     pub equivocations: Counter,
@@ -197,12 +224,12 @@ impl Instruments {
         r.register(
             "peer_bad_inputs",
             "Malformed or refused input from peers",
-            self.peer_bad_inputs.clone(),
+            self.peer_bad_inputs.family.clone(),
         );
         r.register(
             "envelopes_rejected",
             "Envelopes refused: the author holds no write grant for them",
-            self.envelopes_rejected.clone(),
+            self.envelopes_rejected.family.clone(),
         );
         r.register(
             "equivocations",
@@ -373,5 +400,31 @@ mod tests {
             !text.contains("dataset=\"_other\"") && text.contains("o/d00\"} 3"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn capped_counters_name_the_first_values_and_sum_the_rest() {
+        let m = Metrics::new();
+        for i in 0..LABELLED + 30 {
+            m.peer_bad_inputs.inc_by("peer", &format!("p{i:03}"), 2);
+        }
+        m.peer_bad_inputs.inc_by("peer", "p000", 1);
+        m.peer_bad_inputs.inc_by("peer", "p999", 1);
+        let text = m.render();
+        let series = |prefix: &str| text.lines().filter(|l| l.starts_with(prefix)).count();
+        assert_eq!(
+            series("fogmesh_peer_bad_inputs_total{"),
+            LABELLED + 1,
+            "{text}"
+        );
+        assert!(
+            text.contains("{peer=\"p000\"} 3"),
+            "a named peer keeps its series"
+        );
+        assert!(
+            text.contains("{peer=\"_other\"} 61"),
+            "30 peers past the cap, and p999"
+        );
+        assert_eq!(series("fogmesh_envelopes_rejected_total{"), 0);
     }
 }

@@ -1,6 +1,7 @@
 //! The node held to outside tools, as an operator would plug it in: systemd's own checks of the
-//! unit in `packaging/`, and a real Prometheus server scraping `/metrics`. Each test is skipped,
-//! saying why, where its tool is missing (`.ci/run` installs both from Debian's packages).
+//! unit in `packaging/`, a real Prometheus server scraping `/metrics`, and the container recipe
+//! in `packaging/` built and run by podman. Each test is skipped, saying why, where its tool is
+//! missing (`.ci/run` installs them from Debian's packages).
 
 mod common;
 
@@ -232,4 +233,150 @@ fn dashboard_queries_hold(port: u16, exposition: &str) {
         }
     }
     assert!(checked >= 12, "only {checked} queries");
+}
+
+/// A hard resource limit of this process (`/proc/self/limits`), if it tells.
+fn hard_limit(name: &str) -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with(name))?;
+    line[name.len()..].split_whitespace().nth(1)?.parse().ok()
+}
+
+/// `podman` with the options every container of the test takes: runc (crun refuses this kind of
+/// machine's mixed cgroup v1/v2 mounts), limits within the host's hard limits (podman's default
+/// of 1,048,576 open files is above them), the host's network (loopback only).
+fn podman(args: &[&str]) -> Command {
+    let nofile = hard_limit("Max open files").unwrap_or(1024).min(65_536);
+    let nproc = hard_limit("Max processes").unwrap_or(4096).min(32_768);
+    let mut cmd = Command::new("podman");
+    let (verb, rest) = args.split_first().expect("a podman verb");
+    cmd.arg(verb);
+    if *verb == "run" {
+        cmd.args(["--runtime", "runc", "--network", "host"])
+            .arg(format!("--ulimit=nofile={nofile}:{nofile}"))
+            .arg(format!("--ulimit=nproc={nproc}:{nproc}"));
+    }
+    cmd.args(rest);
+    cmd
+}
+
+/// Runs a podman command to success, returning its stdout.
+fn podman_ok(args: &[&str]) -> String {
+    let out = podman(args).output().expect("podman");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    assert!(
+        out.status.success(),
+        "podman {args:?}: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// Removes the named container when the test ends, however it ends.
+struct Container(String);
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = Command::new("podman")
+            .args(["rm", "--force", "--time", "5", &self.0])
+            .output();
+    }
+}
+
+/// The container recipe in packaging/ builds without a daemon (podman; the base image made from
+/// Debian's packages by mmdebstrap, as on a host that reaches no image registry) and runs a node:
+/// `init` and `run` in the image as its unprivileged user, the API answers on the host's loopback,
+/// the CLI works inside, the log is plain text, and a stop is clean (exit 0, state flushed).
+/// Skipped, with the reason printed, where podman, runc or mmdebstrap is missing.
+#[test]
+fn the_container_image_builds_and_runs_a_node() {
+    let test = "the_container_image_builds_and_runs_a_node";
+    for (tool, package) in [
+        ("podman", "podman"),
+        ("runc", "runc"),
+        ("mmdebstrap", "mmdebstrap"),
+    ] {
+        if !have(tool, package, test) {
+            return;
+        }
+    }
+    let tag = "localhost/fogmesh-test:tools";
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/container.sh");
+    let built = Command::new(script)
+        .args(["--binary", env!("CARGO_BIN_EXE_fogmesh"), "--tag", tag])
+        .arg("--debootstrap")
+        .output()
+        .expect("packaging/container.sh");
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let user = podman_ok(&["image", "inspect", "--format", "{{.Config.User}}", tag]);
+    assert_eq!(user.trim(), "10001:10001", "the image runs as its own user");
+
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::chown(dir.path(), Some(10001), Some(10001)).unwrap();
+    let volume = format!("{}:/var/lib/fogmesh", dir.path().display());
+    let api = format!("127.0.0.1:{}", free_port());
+    let home = "/var/lib/fogmesh";
+    podman_ok(&[
+        "run",
+        "--rm",
+        "-v",
+        &volume,
+        tag,
+        "init",
+        "--home",
+        home,
+        "--org",
+        "hospital",
+        "--mesh",
+        "boxed",
+        "--api",
+        &api,
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--no-mdns",
+    ]);
+    let name = format!("fogmesh-tools-{}", std::process::id());
+    podman_ok(&["run", "--detach", "--name", &name, "-v", &volume, tag]);
+    let container = Container(name);
+
+    let token = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
+    let url = format!("http://{api}/v1/node");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let node = loop {
+        let answer = ureq::get(&url)
+            .set("Authorization", &format!("Bearer {}", token.trim()))
+            .call()
+            .ok()
+            .and_then(|r| r.into_json::<Value>().ok());
+        if let Some(v) = answer {
+            break v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node in the container never answered"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(node["org"], "hospital", "{node}");
+    let status = podman_ok(&["exec", &container.0, "fogmesh", "status", "--home", home]);
+    assert!(status.contains("hospital in mesh boxed"), "{status}");
+
+    podman_ok(&["stop", "--time", "30", &container.0]);
+    let code = podman_ok(&["inspect", "--format", "{{.State.ExitCode}}", &container.0]);
+    assert_eq!(code.trim(), "0", "a stop is clean");
+    let out = podman(&["logs", &container.0])
+        .output()
+        .expect("podman logs");
+    let log =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(log.contains("node state flushed"), "{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "no terminal colours in a container's log:\n{log}"
+    );
 }

@@ -278,13 +278,8 @@ impl Mesh {
 
     pub(crate) fn count_bad(&self, peer: &PeerId, detail: &str) {
         tracing::warn!(%peer, detail, "bad input from peer");
-        let labels = vec![("peer".to_owned(), peer.to_string())];
-        self.inner
-            .node
-            .metrics()
-            .peer_bad_inputs
-            .get_or_create(&labels)
-            .inc();
+        let m = &self.inner.node.metrics().peer_bad_inputs;
+        m.inc_by("peer", &peer.to_string(), 1);
     }
 
     /// Counts a connection refused because its peer was removed from the mesh.

@@ -454,12 +454,8 @@ impl Node {
         drop((set, dir));
         for env in &refused {
             tracing::warn!(dataset = %ds.meta.id, author = %env.author, seq = env.seq, epoch = env.epoch, "envelope refused: no write authority, or dated more than an hour ahead");
-            let labels = vec![("dataset".to_owned(), ds.meta.id.to_string())];
-            self.inner
-                .metrics
-                .envelopes_rejected
-                .get_or_create(&labels)
-                .inc();
+            let m = &self.inner.metrics.envelopes_rejected;
+            m.inc_by("dataset", &ds.meta.id.to_string(), 1);
         }
         self.audit_refused_envelopes(&ds.meta.id, &refused);
         ok

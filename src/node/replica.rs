@@ -422,10 +422,9 @@ impl super::Node {
             }
         }
         if !applied.invalid.is_empty() {
-            let labels = vec![("dataset".to_owned(), id.to_string())];
+            let n = applied.invalid.len() as u64;
             let m = &self.inner.metrics.envelopes_rejected;
-            m.get_or_create(&labels)
-                .inc_by(applied.invalid.len() as u64);
+            m.inc_by("dataset", &id.to_string(), n);
         }
         if applied.new == 0 {
             return Ok((0, applied.invalid));
