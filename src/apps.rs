@@ -2,7 +2,8 @@
 //! datasets each app may read, write or query.
 //!
 //! A right is written `ACTION:DATASET` where `ACTION` is `read`, `write` or `query` and `DATASET`
-//! is `owner/name`, `owner/*` (every dataset of an organization) or `*`. The admin token (created by
+//! is `owner/name`, `owner/*` (every dataset of an organization) or `*`; `metrics:*` lets an app
+//! scrape `/metrics` (a Prometheus server's token) and nothing else. The admin token (created by
 //! `fogmesh init`) may do everything, including registering apps and creating datasets.
 
 use std::fmt;
@@ -27,6 +28,9 @@ pub enum Action {
     Write,
     /// Ask for aggregates without reading rows.
     Query,
+    /// Scrape the node's metrics (`metrics:*` only: they name every dataset held). Never part of
+    /// a grant between organizations.
+    Metrics,
 }
 
 /// Which datasets a right covers.
@@ -54,7 +58,7 @@ pub struct Right {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum Error {
     /// Not `ACTION:DATASET`.
-    #[error("right {0:?} must be ACTION:DATASET with ACTION read, write or query and DATASET owner/name, owner/* or *")]
+    #[error("right {0:?} must be ACTION:DATASET with ACTION read, write or query and DATASET owner/name, owner/* or *, or metrics:*")]
     Form(String),
     /// A bad org or dataset name inside it.
     #[error("right {right:?}: {source}")]
@@ -88,6 +92,7 @@ impl Right {
             "read" => Action::Read,
             "write" => Action::Write,
             "query" => Action::Query,
+            "metrics" if scope.trim() == "*" => Action::Metrics,
             _ => return Err(Error::Form(s.to_owned())),
         };
         let name_err = |source| Error::Name {
@@ -124,6 +129,7 @@ impl fmt::Display for Right {
             Action::Read => "read",
             Action::Write => "write",
             Action::Query => "query",
+            Action::Metrics => "metrics",
         };
         match &self.scope {
             Scope::All => write!(f, "{action}:*"),
@@ -194,6 +200,11 @@ impl App {
         self.admin || self.rights.iter().any(|r| r.allows(action, dataset))
     }
 
+    /// True when the app may scrape `/metrics`: the admin, or an app holding `metrics:*`.
+    pub fn may_scrape(&self) -> bool {
+        self.admin || self.rights.iter().any(|r| r.action == Action::Metrics)
+    }
+
     /// Whether the app holds any right on `dataset`; an app that does not may not learn that it
     /// exists.
     pub fn sees(&self, dataset: &DatasetId) -> bool {
@@ -235,7 +246,12 @@ mod tests {
 
     #[test]
     fn rights_parse_and_print_back() {
-        for s in ["read:hospital/flu-cases", "write:pharmacy/*", "query:*"] {
+        for s in [
+            "read:hospital/flu-cases",
+            "write:pharmacy/*",
+            "query:*",
+            "metrics:*",
+        ] {
             assert_eq!(Right::parse(s).expect("parses").to_string(), s);
         }
         for bad in [
@@ -245,9 +261,30 @@ mod tests {
             "read:A/b",
             "read:a/b/c",
             "write:-x/*",
+            "metrics:hospital/flu",
+            "metrics:hospital/*",
+            "metrics",
         ] {
             assert!(Right::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn metrics_lets_an_app_scrape_and_nothing_else() {
+        let scraper = App::new("prometheus", vec![Right::parse("metrics:*").expect("r")], 0);
+        let scraper = scraper.expect("app");
+        assert!(scraper.may_scrape());
+        for action in [Action::Read, Action::Write, Action::Query] {
+            assert!(!scraper.may(action, &ds("hospital/flu")));
+        }
+        assert!(!scraper.sees(&ds("hospital/flu")));
+        let reader = App::new("r", vec![Right::parse("read:*").expect("r")], 0).expect("app");
+        assert!(!reader.may_scrape());
+        assert!(App {
+            admin: true,
+            ..reader
+        }
+        .may_scrape());
     }
 
     #[test]

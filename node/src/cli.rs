@@ -186,7 +186,8 @@ pub enum AppCmd {
     Add {
         /// App name, e.g. restock-planner.
         name: String,
-        /// Rights, comma-separated ACTION:DATASET (read, write, query; owner/name, owner/*, *).
+        /// Rights, comma-separated ACTION:DATASET (read, write, query; owner/name, owner/*, *), or
+        /// metrics:* (scrape /metrics, nothing else: for Prometheus).
         #[arg(long, value_delimiter = ',')]
         rights: Vec<String>,
         #[command(flatten)]

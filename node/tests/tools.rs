@@ -99,7 +99,8 @@ fn value(sample: &Value) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-/// A real Prometheus server scrapes a running node's `/metrics` with the admin token (its own
+/// A real Prometheus server scrapes a running node's `/metrics` with a `metrics:*` app's token, which
+/// sees no dataset through the API (its own
 /// `up` is 1: the exposition parsed), and reads the figures `fogmesh status` shows: the records
 /// of the dataset, the datasets owned, the store's bytes.
 #[test]
@@ -134,9 +135,33 @@ fn a_prometheus_server_scrapes_the_node_and_reads_what_status_shows() {
     assert_eq!(status["datasets"][0]["records"], 25, "{status}");
     assert!(status["node"]["store_bytes"].as_u64() > Some(0), "{status}");
 
+    // Prometheus holds a token that may only scrape.
+    let token = dir.path().join("prometheus.token");
+    let path = token.display().to_string();
+    node.cli(&[
+        "app",
+        "add",
+        "prometheus",
+        "--rights",
+        "metrics:*",
+        "--save-token",
+        &path,
+    ])
+    .ok();
+    let scraper = std::fs::read_to_string(&token).unwrap();
+    let seen = ureq::get(&node.url("/v1/datasets"))
+        .set("Authorization", &format!("Bearer {}", scraper.trim()))
+        .call()
+        .expect("datasets")
+        .into_json::<Value>()
+        .expect("json");
+    assert_eq!(
+        seen["datasets"],
+        serde_json::json!([]),
+        "the scraper sees no dataset"
+    );
     let port = free_port();
     let config = dir.path().join("prometheus.yml");
-    let token = node.home.join("admin.token");
     std::fs::write(
         &config,
         format!(

@@ -99,6 +99,8 @@ impl Rights {
             Action::Read => Self::READ,
             Action::Write => Self::WRITE,
             Action::Query => Self::QUERY,
+            // Not a right between organizations: no grant carries it.
+            Action::Metrics => 0,
         }
     }
 

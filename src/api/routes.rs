@@ -53,8 +53,9 @@ pub async fn get_dataset(
 /// and count grants, which `/v1/datasets` and `/v1/grants` show no app. One scrape at a time
 /// (each brings the gauges up to date), its reading off the async threads.
 pub async fn metrics(State(s): State<ApiState>, Caller(c): Caller) -> ApiResult<impl IntoResponse> {
-    if !c.admin {
-        let why = "metrics name every dataset held: they need the admin token";
+    if !c.may_scrape() {
+        let why =
+            "metrics name every dataset held: they need the admin token or an app with metrics:*";
         return Err(crate::Error::Forbidden(why.into()).into());
     }
     let _one = s.node.metrics().scrape.lock().await;
