@@ -1,0 +1,324 @@
+// Drives the node's dashboard in a real Chromium with playwright-core, against nodes that
+// node/tests/browser.rs started and filled. Exits non-zero, saying what failed, on any broken
+// expectation. Environment:
+//   FOGMESH_URL          the node's API, http://127.0.0.1:PORT
+//   FOGMESH_ADMIN_TOKEN  its admin token
+//   FOGMESH_APP_TOKEN    the token of an app holding read:hospital/flu only
+//   FOGMESH_EXPECT       JSON: what the test wrote (datasets and counts, peers, apps, flows, query)
+//   FOGMESH_CHROMIUM     the Chromium executable
+//   FOGMESH_SCREENSHOTS  optional: a directory to save screenshots into
+import { strict as assert } from 'node:assert';
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { chromium } from 'playwright-core';
+
+const env = (name) => {
+  const v = process.env[name];
+  if (!v) throw new Error(`${name} is not set`);
+  return v;
+};
+const BASE = env('FOGMESH_URL');
+const ADMIN = env('FOGMESH_ADMIN_TOKEN');
+const APP = env('FOGMESH_APP_TOKEN');
+const EXPECT = JSON.parse(env('FOGMESH_EXPECT'));
+const SHOTS = process.env.FOGMESH_SCREENSHOTS || '';
+const WAIT = 20_000;
+const REFRESH_MS = 5_000;
+
+const step = (what) => console.log(`- ${what}`);
+
+// ---- what the page reports: console errors, page errors, CSP violations ----
+
+const problems = [];
+let allowedStatuses = new Set();
+
+function watch(page) {
+  page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+  page.on('console', (msg) => {
+    if (msg.type() !== 'error') return;
+    const status = /status of (\d{3})/.exec(msg.text());
+    if (status && allowedStatuses.has(Number(status[1]))) return;
+    problems.push(`console error: ${msg.text()} (${msg.location().url})`);
+  });
+}
+
+const violations = [];
+
+/** Runs in the page before its own script: every securitypolicyviolation is reported. */
+const reportViolations = () => {
+  document.addEventListener('securitypolicyviolation', (e) => {
+    window.__reportCsp(`${e.violatedDirective} blocked ${e.blockedURI || 'inline'}`);
+  });
+};
+
+function takeViolations() {
+  return violations.splice(0, violations.length);
+}
+
+async function shot(page, name, target) {
+  if (!SHOTS) return;
+  mkdirSync(SHOTS, { recursive: true });
+  const path = join(SHOTS, `${name}.png`);
+  await (target ? page.locator(target).screenshot({ path }) : page.screenshot({ path }));
+  step(`screenshot ${path}`);
+}
+
+// ---- reading the page ----
+
+const statusOf = (page, id) => page.locator(`#panel-${id} > .status`);
+
+async function waitPanel(page, id, state) {
+  await page.waitForFunction(([pid, want]) => {
+    const s = document.querySelector(`#panel-${pid} > .status`);
+    return s && s.dataset.state === want;
+  }, [id, state], { timeout: WAIT }).catch(async () => {
+    const got = await statusOf(page, id).getAttribute('data-state');
+    const text = await statusOf(page, id).textContent();
+    throw new Error(`panel ${id}: state ${got} (${text}), wanted ${state}`);
+  });
+}
+
+/** A table's rows as objects keyed by its headings. */
+async function rowsOf(page, name) {
+  return page.$$eval(`table[data-table="${name}"]`, (tables) => {
+    if (tables.length === 0) return null;
+    const heads = [...tables[0].querySelectorAll('thead th')].map((th) => th.textContent);
+    return [...tables[0].querySelectorAll('tbody tr')].map((tr) => Object.fromEntries(
+      [...tr.cells].map((td, i) => [heads[i], td.textContent])));
+  });
+}
+
+async function datasetRecords(page, id) {
+  const rows = (await rowsOf(page, 'datasets')) || [];
+  const row = rows.find((r) => r.dataset === id);
+  return row ? Number(row.records) : null;
+}
+
+async function waitRecords(page, id, want) {
+  const deadline = Date.now() + WAIT;
+  while (Date.now() < deadline) {
+    if ((await datasetRecords(page, id)) === want) return;
+    await page.waitForTimeout(200);
+  }
+  assert.fail(`datasets panel: ${id} shows ${await datasetRecords(page, id)} records, wanted ${want}`);
+}
+
+async function publish(record) {
+  const res = await fetch(`${BASE}/v1/datasets/${EXPECT.live.dataset}/records`, {
+    method: 'POST',
+    headers: { Authorization: `Bearer ${ADMIN}`, 'Content-Type': 'application/json' },
+    body: JSON.stringify({ records: [record] }),
+  });
+  assert.equal(res.status, 200, `publishing: ${await res.text()}`);
+}
+
+// ---- the steps ----
+
+async function openPage(page) {
+  const res = await page.goto(`${BASE}/dashboard`);
+  assert.equal(res.status(), 200);
+  const h = res.headers();
+  assert.match(h['content-security-policy'], /^default-src 'self';/);
+  assert.doesNotMatch(h['content-security-policy'], /unsafe/);
+  assert.equal(h['x-content-type-options'], 'nosniff');
+  assert.equal(h['cache-control'], 'no-cache');
+  assert.ok(await page.locator('#signin').isVisible(), 'the sign-in form shows first');
+  assert.ok(await page.locator('#panels').isHidden(), 'no panel shows before signing in');
+}
+
+async function signIn(page, token) {
+  await page.fill('#token', token);
+  await page.click('#signin-form button[type=submit]');
+  await page.waitForSelector('#panels', { state: 'visible', timeout: WAIT });
+  assert.ok(!page.url().includes(token), 'the token is not in the URL');
+  assert.equal(await page.inputValue('#token'), '', 'the token is cleared from the form');
+  const stored = await page.evaluate(() => [sessionStorage.getItem('fogmesh.token'), localStorage.length]);
+  assert.deepEqual(stored, [token, 0], 'the token is in sessionStorage only');
+}
+
+async function wrongToken(page) {
+  allowedStatuses = new Set([401]);
+  await page.fill('#token', 'fm_not-a-token');
+  await page.click('#signin-form button[type=submit]');
+  await page.waitForFunction(() => document.getElementById('signin-error').textContent !== '');
+  assert.match(await page.textContent('#signin-error'), /401/);
+  assert.equal(await page.evaluate(() => sessionStorage.length), 0, 'a refused token is not kept');
+  allowedStatuses = new Set();
+}
+
+async function adminPanels(page) {
+  for (const id of ['node', 'health', 'peers', 'members', 'datasets', 'apps', 'grants', 'flows', 'audit']) {
+    await waitPanel(page, id, 'ok');
+  }
+  const node = await page.textContent('#panel-node .body');
+  assert.ok(node.includes(EXPECT.peer_id), `node panel shows its peer id: ${node}`);
+  for (const [id, records] of Object.entries(EXPECT.datasets)) {
+    assert.equal(await datasetRecords(page, id), records, `datasets panel: ${id}`);
+  }
+  const peers = await rowsOf(page, 'peers');
+  const peer = peers.find((p) => p['peer id'] === EXPECT.peer.id);
+  assert.ok(peer, `peers panel lists ${EXPECT.peer.id}: ${JSON.stringify(peers)}`);
+  assert.deepEqual([peer.organization, peer.state], [EXPECT.peer.org, 'up']);
+  const members = (await rowsOf(page, 'members')).map((m) => [m.organization, m.state]);
+  assert.deepEqual(members, EXPECT.members.map((o) => [o, 'active']));
+  const apps = (await rowsOf(page, 'apps')).map((a) => a.app);
+  for (const a of EXPECT.apps) assert.ok(apps.includes(a), `apps panel: ${a} in ${apps}`);
+  const grants = await rowsOf(page, 'grants');
+  assert.ok(grants.some((g) => g.grantee === EXPECT.grantee && g.state === 'active'), JSON.stringify(grants));
+  const flows = (await rowsOf(page, 'flows')).map((f) => f.flow);
+  assert.deepEqual(flows, EXPECT.flows);
+  const audit = await rowsOf(page, 'audit');
+  assert.ok(audit.some((a) => a.action === 'app-add'), `audit panel: ${JSON.stringify(audit.slice(0, 3))}`);
+  const health = Object.fromEntries((await rowsOf(page, 'health')).map((r) => [r.figure, r.value]));
+  assert.equal(health['members on the roster'], String(EXPECT.members.length), JSON.stringify(health));
+  assert.equal(health['members connected'], '1');
+  assert.equal(await page.getAttribute('#whoami', 'data-token'), 'admin');
+}
+
+async function refreshing(page) {
+  const { dataset, records } = EXPECT.live;
+  await publish({ name: 'live/added', data: { cases: -1 } });
+  await waitRecords(page, dataset, records + 1);
+  step('auto-refresh showed a record written after sign-in');
+  await page.click('#pause');
+  assert.equal(await page.textContent('#pause'), 'Resume');
+  // A refresh already under way when pausing may still finish: wait for it.
+  await page.waitForSelector('#panels[aria-busy="false"]', { timeout: WAIT });
+  const before = await page.textContent('#updated');
+  await publish({ name: 'live/added', data: { cases: -2 } });
+  await page.waitForTimeout(REFRESH_MS + 2_000);
+  assert.equal(await page.textContent('#updated'), before, 'paused: no refresh');
+  assert.equal(await datasetRecords(page, dataset), records + 1, 'paused: the old count stays');
+  await page.click('#refresh');
+  await waitRecords(page, dataset, records + 2);
+  await page.click('#pause');
+  assert.equal(await page.textContent('#pause'), 'Pause');
+  step('pause held the figures; refresh now and resume work');
+}
+
+async function runQuery(page, query) {
+  await page.fill('#query-text', JSON.stringify(query));
+  await page.click('#query-form button[type=submit]');
+  await page.waitForFunction(() => {
+    const s = document.querySelector('#panel-query > .status');
+    return s.dataset.state !== 'loading';
+  }, null, { timeout: WAIT });
+  return statusOf(page, 'query').textContent();
+}
+
+async function queries(page) {
+  const q = EXPECT.query;
+  const summary = await runQuery(page, { datasets: [q.dataset], where: [q.where], order_by: 'name' });
+  assert.equal(summary, `${q.rows} rows`);
+  const rows = await rowsOf(page, 'rows');
+  assert.equal(rows.length, q.rows);
+  assert.ok(rows.every((r) => r.dataset === q.dataset && r.name.startsWith('d')), JSON.stringify(rows[0]));
+  await shot(page, 'dashboard-query', '#panel-query');
+  const agg = await runQuery(page, { datasets: [q.dataset], group_by: ['segment:0'], aggregates: ['count'] });
+  assert.match(agg, /groups$/);
+  const groups = Object.fromEntries((await rowsOf(page, 'groups')).map((g) => [g['segment:0'], g.count]));
+  assert.equal(groups[q.group], String(q.group_count), JSON.stringify(groups));
+  // Data is text, never markup: the marker record's HTML shows as written and does not run.
+  await runQuery(page, { datasets: [q.dataset], name_prefix: 'x' });
+  const cell = await page.textContent('table[data-table="rows"] tbody');
+  assert.ok(cell.includes(q.marker), `the marker shows as text: ${cell}`);
+  assert.equal(await page.locator('#panel-query img').count(), 0, 'no element made from data');
+  assert.equal(await page.evaluate(() => window.__pwned), undefined);
+  allowedStatuses = new Set([400]);
+  const refused = await runQuery(page, { datasets: [q.dataset], nonsense: 1 });
+  assert.match(refused, /400/);
+  allowedStatuses = new Set();
+  await page.fill('#query-text', '{not json');
+  await page.click('#query-form button[type=submit]');
+  assert.match(await statusOf(page, 'query').textContent(), /not JSON/);
+}
+
+async function cspHolds(page) {
+  const ran = await page.evaluate(() => {
+    const s = document.createElement('script');
+    s.textContent = 'window.__inline = 1';
+    document.body.append(s);
+    return window.__inline;
+  });
+  assert.equal(ran, undefined, 'an inline script is blocked');
+  const deadline = Date.now() + WAIT;
+  while (violations.length === 0 && Date.now() < deadline) await page.waitForTimeout(50);
+  const seen = takeViolations();
+  assert.ok(seen.some((v) => v.startsWith('script-src')), JSON.stringify(seen));
+  // Chrome reports the blocked script on the console too: that one error was wanted.
+  const i = problems.findIndex((p) => p.includes('Content Security Policy'));
+  if (i >= 0) problems.splice(i, 1);
+}
+
+async function signOut(page) {
+  await page.click('#signout');
+  await page.waitForSelector('#signin', { state: 'visible' });
+  const left = await page.evaluate(() => [sessionStorage.getItem('fogmesh.token'), sessionStorage.length]);
+  assert.deepEqual(left, [null, 0], 'signing out forgets the token');
+  assert.equal(await page.locator('#panels table').count(), 0, 'no figure stays on the page');
+}
+
+async function appToken(page) {
+  allowedStatuses = new Set([403]);
+  await signIn(page, APP);
+  for (const id of ['apps', 'grants', 'flows', 'audit', 'health']) {
+    await waitPanel(page, id, 'forbidden');
+    assert.match(await statusOf(page, id).textContent(), /may not see .*403/);
+  }
+  for (const id of ['node', 'peers', 'members', 'datasets']) await waitPanel(page, id, 'ok');
+  const visible = (await rowsOf(page, 'datasets')).map((d) => d.dataset);
+  assert.deepEqual(visible, EXPECT.app_datasets, 'the app sees only what it may read');
+  assert.equal(await page.getAttribute('#whoami', 'data-token'), 'app');
+  await shot(page, 'dashboard-app-token');
+}
+
+async function main() {
+  const browser = await chromium.launch({
+    executablePath: env('FOGMESH_CHROMIUM'),
+    args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage'],
+  });
+  try {
+    const context = await browser.newContext({ viewport: { width: 1200, height: 860 } });
+    await context.exposeBinding('__reportCsp', (_source, v) => violations.push(v));
+    await context.addInitScript(reportViolations);
+    const page = await context.newPage();
+    watch(page);
+    step('open the page');
+    await openPage(page);
+    await shot(page, 'dashboard-signin', '#signin');
+    step('a wrong token is refused');
+    await wrongToken(page);
+    step('sign in with the admin token');
+    await signIn(page, ADMIN);
+    await adminPanels(page);
+    await shot(page, 'dashboard-overview');
+    await shot(page, 'dashboard-mesh', '#panel-peers');
+    await shot(page, 'dashboard-health', '#panel-health');
+    step('a reload keeps the session (sessionStorage)');
+    await page.reload();
+    await waitPanel(page, 'datasets', 'ok');
+    await refreshing(page);
+    step('queries');
+    await queries(page);
+    step('the Content-Security-Policy is enforced');
+    await cspHolds(page);
+    step('sign out');
+    await signOut(page);
+    step('sign in with an app token');
+    await appToken(page);
+    await signOut(page);
+    await page.reload();
+    assert.ok(await page.locator('#signin').isVisible(), 'still signed out after a reload');
+    assert.deepEqual(takeViolations(), [], 'no CSP violation');
+    assert.deepEqual(problems, [], 'no console or page error');
+    step('all good');
+  } finally {
+    await browser.close();
+  }
+}
+
+main().catch((e) => {
+  console.error(e.stack || String(e));
+  if (problems.length) console.error(`page problems:\n${problems.join('\n')}`);
+  process.exit(1);
+});
