@@ -55,11 +55,25 @@ function takeViolations() {
   return violations.splice(0, violations.length);
 }
 
-async function shot(page, name, target) {
+/** Saves a screenshot of the area the `targets` cover, or of the top of the page. */
+async function shot(page, name, ...targets) {
   if (!SHOTS) return;
   mkdirSync(SHOTS, { recursive: true });
   const path = join(SHOTS, `${name}.png`);
-  await (target ? page.locator(target).screenshot({ path }) : page.screenshot({ path }));
+  let clip = { x: 0, y: 0, width: 1200, height: 720 };
+  if (targets.length > 0) {
+    // Page coordinates, as a full-page clip takes them (boundingBox() is relative to the viewport).
+    const boxes = await Promise.all(targets.map((t) => page.locator(t).evaluate((e) => {
+      const r = e.getBoundingClientRect();
+      return { x: r.x + window.scrollX, y: r.y + window.scrollY, width: r.width, height: r.height };
+    })));
+    const x = Math.min(...boxes.map((b) => b.x));
+    const y = Math.min(...boxes.map((b) => b.y));
+    const right = Math.max(...boxes.map((b) => b.x + b.width));
+    const bottom = Math.max(...boxes.map((b) => b.y + b.height));
+    clip = { x, y, width: right - x, height: bottom - y };
+  }
+  await page.screenshot({ path, clip, fullPage: true });
   step(`screenshot ${path}`);
 }
 
@@ -172,6 +186,9 @@ async function adminPanels(page) {
   const health = Object.fromEntries((await rowsOf(page, 'health')).map((r) => [r.figure, r.value]));
   assert.equal(health['members on the roster'], String(EXPECT.members.length), JSON.stringify(health));
   assert.equal(health['members connected'], '1');
+  // A labelled family with no sample yet is 0, not "not exposed".
+  assert.equal(health['envelopes rejected (no write authority)'], '0');
+  assert.equal(health['forks proven (equivocation)'], '0');
   assert.equal(await page.getAttribute('#whoami', 'data-token'), 'admin');
 }
 
@@ -263,13 +280,13 @@ async function appToken(page) {
   await signIn(page, APP);
   for (const id of ['apps', 'grants', 'flows', 'audit', 'health']) {
     await waitPanel(page, id, 'forbidden');
-    assert.match(await statusOf(page, id).textContent(), /may not see .*403/);
+    assert.match(await statusOf(page, id).textContent(), /^Not shown to this token \(403\): ./);
   }
   for (const id of ['node', 'peers', 'members', 'datasets']) await waitPanel(page, id, 'ok');
   const visible = (await rowsOf(page, 'datasets')).map((d) => d.dataset);
   assert.deepEqual(visible, EXPECT.app_datasets, 'the app sees only what it may read');
   assert.equal(await page.getAttribute('#whoami', 'data-token'), 'app');
-  await shot(page, 'dashboard-app-token');
+  await shot(page, 'dashboard-app-token', '#panel-apps', '#panel-grants', '#panel-flows');
 }
 
 async function main() {
@@ -293,7 +310,6 @@ async function main() {
     await adminPanels(page);
     await shot(page, 'dashboard-overview');
     await shot(page, 'dashboard-mesh', '#panel-peers');
-    await shot(page, 'dashboard-health', '#panel-health');
     step('a reload keeps the session (sessionStorage)');
     await page.reload();
     await waitPanel(page, 'datasets', 'ok');

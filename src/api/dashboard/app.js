@@ -142,9 +142,9 @@
     status.textContent = message;
   }
 
-  function describe(e, what) {
+  function describe(e) {
     if (e instanceof ApiError) {
-      if (e.status === 403) return ['forbidden', `Not shown: this token may not see ${what} (403: ${e.message})`];
+      if (e.status === 403) return ['forbidden', `Not shown to this token (403): ${e.message}`];
       if (e.status === 503) return ['error', `Unavailable (503): ${e.message}`];
       return ['error', `The node answered ${e.status}: ${e.message}`];
     }
@@ -290,12 +290,15 @@
 
   // ---- health, from /metrics ----
 
-  /** Prometheus or OpenMetrics text: samples as {name, labels, value}. */
+  /** Prometheus or OpenMetrics text: samples as {name, labels, value}, and the families declared. */
   function parseMetrics(text) {
     const samples = [];
+    const families = new Set();
     const line = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)/;
     const label = /([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g;
     for (const raw of text.split('\n')) {
+      const declared = /^# TYPE (\S+) /.exec(raw);
+      if (declared) families.add(declared[1]);
       if (raw === '' || raw.startsWith('#')) continue;
       const m = line.exec(raw);
       if (!m) continue;
@@ -303,7 +306,7 @@
       for (const l of (m[2] || '').matchAll(label)) labels[l[1]] = l[2];
       samples.push({ name: m[1], labels, value: Number(m[3]) });
     }
-    return samples;
+    return { samples, families };
   }
 
   /** The figures shown; `bad` marks one that should stay 0. */
@@ -324,40 +327,41 @@
     ['records written here', 'fogmesh_records_written_total'],
   ];
 
-  function sumOf(samples, name) {
+  /** The sum of a family's samples: 0 for a family declared without samples yet (a labelled
+   * family has none until its first label), null for one the node does not declare. */
+  function sumOf({ samples, families }, name) {
     const found = samples.filter((s) => s.name === name);
-    return found.length === 0 ? null : found.reduce((a, s) => a + s.value, 0);
+    if (found.length > 0) return found.reduce((a, s) => a + s.value, 0);
+    return families.has(name.replace(/_total$/, '')) ? 0 : null;
   }
 
-  function figureRow(samples, [label, names, bad]) {
-    const values = (Array.isArray(names) ? names : [names]).map((n) => sumOf(samples, n));
+  function figureRow(metrics, [label, names, bad]) {
+    const values = (Array.isArray(names) ? names : [names]).map((n) => sumOf(metrics, n));
     const text = values.map((v) => (v === null ? 'not exposed' : String(v))).join(' / ');
     const alarm = bad && values.some((v) => v > 0);
     return { label, text, alarm };
   }
 
   async function health() {
-    const samples = parseMetrics(await api('/metrics'));
-    const rows = FIGURES.map((f) => figureRow(samples, f));
+    const metrics = parseMetrics(await api('/metrics'));
+    const rows = FIGURES.map((f) => figureRow(metrics, f));
     const t = table([
       ['figure', (r) => r.label],
       ['value', (r) => (r.alarm ? badge(r.text, 'warn') : r.text)],
     ], rows, 'health');
-    const errors = samples.filter((s) => s.name === 'fogmesh_api_errors_total');
+    const errors = metrics.samples.filter((s) => s.name === 'fogmesh_api_errors_total');
     const byStatus = errors.map((s) => `${s.labels.status}: ${s.value}`).join(', ');
     return [t, el('p', { cls: 'hint' }, `API errors by status: ${byStatus || 'none'}. `,
       'Quarantined changes are not counted in /metrics yet; see the node\'s log.')];
   }
 
+  /** Each panel's element id (`panel-ID`) and what fills it. */
   const PANELS = [
-    ['node', node, 'this node'], ['health', health, 'the metrics (admin token only)'],
-    ['peers', peers, 'the mesh'], ['members', members, 'the roster'],
-    ['datasets', datasets, 'datasets'], ['apps', apps, 'the apps (admin token only)'],
-    ['grants', grants, 'the grants (admin token only)'], ['flows', flows, 'the flows (admin token only)'],
-    ['audit', audit, 'the audit log (admin token only)'],
+    ['node', node], ['health', health], ['peers', peers], ['members', members],
+    ['datasets', datasets], ['apps', apps], ['grants', grants], ['flows', flows], ['audit', audit],
   ];
 
-  async function refreshPanel([id, load, what]) {
+  async function refreshPanel([id, load]) {
     const panel = byId(`panel-${id}`);
     const body = panel.querySelector(':scope > .body');
     try {
@@ -366,7 +370,7 @@
       setStatus(panel, 'ok', '');
     } catch (e) {
       if (e instanceof SignedOut) return;
-      const [state, message] = describe(e, what);
+      const [state, message] = describe(e);
       body.replaceChildren();
       setStatus(panel, state, message);
     }
@@ -425,16 +429,25 @@
     }
   }
 
-  /** Columns of a list of objects: every key, in order of first appearance. */
+  /** Where a column goes: a row's own fields first, then a group's dimensions, the data last. */
+  function rank(key) {
+    const fixed = ['dataset', 'id', 'name', 'time'].indexOf(key);
+    if (fixed >= 0) return fixed;
+    if (/^(segment|bucket|field):/.test(key)) return 4;
+    return key === 'data' ? 6 : 5;
+  }
+
+  /** Columns of a list of objects: every key, ranked, then in order of first appearance. */
   function keysOf(objects) {
     const keys = [];
     for (const o of objects) for (const k of Object.keys(o)) if (!keys.includes(k)) keys.push(k);
-    return keys;
+    return keys.map((k, i) => [rank(k), i, k]).sort((a, b) => a[0] - b[0] || a[1] - b[1]).map((e) => e[2]);
   }
 
   function resultTable(objects, name) {
     const shown = objects.slice(0, ROWS_SHOWN);
-    return table(keysOf(shown).map((k) => [k, (o) => o[k]]), shown, name);
+    const value = (k) => (o) => (k === 'time' && typeof o[k] === 'number' ? fmtTime(o[k]) : o[k]);
+    return table(keysOf(shown).map((k) => [k, value(k)]), shown, name);
   }
 
   function renderAnswer(answer) {
@@ -470,7 +483,7 @@
     } catch (e) {
       if (e instanceof SignedOut) return;
       body.replaceChildren();
-      setStatus(panel, ...describe(e, 'these datasets'));
+      setStatus(panel, ...describe(e));
     }
   }
 
@@ -494,7 +507,7 @@
     } catch (e) {
       error.textContent = e instanceof ApiError && e.status === 401
         ? 'The node refused this token (401): check that it is the whole token.'
-        : describe(e, 'this node')[1];
+        : describe(e)[1];
       return;
     }
     input.value = '';
