@@ -88,7 +88,7 @@ mod tests {
         routes::<()>().oneshot(req).await.unwrap()
     }
 
-    fn header_of<'a>(res: &'a Response, name: header::HeaderName) -> &'a str {
+    fn header_of(res: &Response, name: header::HeaderName) -> &str {
         res.headers()
             .get(name)
             .and_then(|v| v.to_str().ok())
