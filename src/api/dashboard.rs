@@ -4,7 +4,7 @@
 //! exactly what that token may see. See docs/dashboard.md.
 
 use axum::http::{header, HeaderName, HeaderValue};
-use axum::response::{IntoResponse, Response};
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::Router;
 
@@ -42,6 +42,10 @@ const ICON: Asset = Asset {
 pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route("/dashboard", get(|| serve(&INDEX)))
+        .route(
+            "/dashboard/",
+            get(|| async { Redirect::permanent("/dashboard") }),
+        )
         .route("/dashboard/app.js", get(|| serve(&SCRIPT)))
         .route("/dashboard/style.css", get(|| serve(&STYLE)))
         .route("/dashboard/favicon.svg", get(|| serve(&ICON)))
@@ -114,6 +118,13 @@ mod tests {
             assert_eq!(header_of(&res, header::X_CONTENT_TYPE_OPTIONS), "nosniff");
             assert_eq!(header_of(&res, header::CACHE_CONTROL), "no-cache");
         }
+    }
+
+    #[tokio::test]
+    async fn a_trailing_slash_leads_to_the_page() {
+        let res = get_path("/dashboard/").await;
+        assert_eq!(res.status(), StatusCode::PERMANENT_REDIRECT);
+        assert_eq!(header_of(&res, header::LOCATION), "/dashboard");
     }
 
     #[test]
