@@ -1,4 +1,4 @@
-//! The read-only web dashboard: `GET /dashboard` and its script, style sheet and icon, embedded in
+//! The read-only web dashboard: `GET /` (and `GET /dashboard`, the same page) and its script, style sheet and icon, embedded in
 //! the binary. The page holds no data and needs no token; its script asks the `/v1` API and
 //! `/metrics` with the bearer token the user pastes into it (kept in `sessionStorage`), so it sees
 //! exactly what that token may see. See docs/dashboard.md.
@@ -38,9 +38,12 @@ const ICON: Asset = Asset {
     content_type: "image/svg+xml",
 };
 
-/// The dashboard's routes, merged into the API's router. They take no state and no token.
+/// The dashboard's routes, merged into the API's router. They take no state and no token. The page
+/// is served at `/` and at `/dashboard` alike; its files stay under `/dashboard/`, which the page
+/// names by absolute path, so both addresses load them.
 pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
+        .route("/", get(|| serve(&INDEX)))
         .route("/dashboard", get(|| serve(&INDEX)))
         .route(
             "/dashboard/",
@@ -102,6 +105,7 @@ mod tests {
     #[tokio::test]
     async fn every_asset_is_served_with_its_type_and_the_strict_headers() {
         let cases = [
+            ("/", "text/html"),
             ("/dashboard", "text/html"),
             ("/dashboard/app.js", "text/javascript"),
             ("/dashboard/style.css", "text/css"),
