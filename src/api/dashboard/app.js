@@ -8,6 +8,13 @@
   const REFRESH_MS = 5000;
   const AUDIT_SHOWN = 25;
   const ROWS_SHOWN = 500;
+  /** Changes the live view keeps on the page, newest first. */
+  const LIVE_SHOWN = 200;
+  /** The longest event-stream line (or event) read; a longer one stops the stream. */
+  const LIVE_MAX_LINE = 1 << 20;
+  /** Series a chart draws (the rest are left out, and the chart says so), and bars. */
+  const SERIES_SHOWN = 12;
+  const BARS_SHOWN = 60;
 
   const byId = (id) => document.getElementById(id);
   let timer = null;
@@ -169,7 +176,10 @@
   }
 
   async function peers() {
-    const [status, list] = await Promise.all([apiJson('/v1/mesh'), apiJson('/v1/peers')]);
+    const [status, list, roster] = await Promise.all([
+      apiJson('/v1/mesh'), apiJson('/v1/peers'), apiJson('/v1/members').catch(() => null),
+    ]);
+    const roles = new Map(((roster && roster.members) || []).map((m) => [m.peer_id, m.role]));
     const out = [facts([
       ['mesh', status.mesh], ['members', (status.members || []).join(', ') || '—'],
       ['catch-ups under way', (status.catching_up || []).length],
@@ -178,11 +188,15 @@
     out.push(el('h3', {}, 'Peers'));
     const ps = list.peers || [];
     out.push(ps.length === 0 ? empty('No peers known yet: this node is alone in its mesh.') : table([
-      ['organization', (p) => p.org || '(not a member)'], ['peer id', (p) => mono(p.peer)],
-      ['state', peerState], ['last seen', (p) => fmtAgo(p.last_seen_ms)],
+      ['organization', (p) => p.org || '(not a member)'], ['role', (p) => roles.get(p.peer) || '—'],
+      ['peer id', (p) => mono(p.peer)], ['state', peerState], ['last seen', (p) => fmtAgo(p.last_seen_ms)],
       ['round trip', (p) => (typeof p.rtt_ms === 'number' ? `${p.rtt_ms.toFixed(1)} ms` : '—')],
       ['addresses', (p) => mono((p.addrs || []).join(' '))], ['bad inputs', (p) => p.bad_inputs],
     ], ps, 'peers'));
+    if (ps.length > 0) {
+      out.push(el('p', { cls: 'hint' }, 'Every connection is direct: fogmesh has no relay transport, '
+        + 'so no peer is reached through another.'));
+    }
     out.push(...catchUps(status.catching_up || []), ...forks(status.equivocations || []));
     return out;
   }
@@ -216,10 +230,33 @@
 
   let knownDatasets = [];
 
+  function fmtRetention(r) {
+    const parts = [];
+    if (r && typeof r.max_age_days === 'number') parts.push(`${r.max_age_days} days`);
+    if (r && typeof r.max_records === 'number') parts.push(`${r.max_records} newest`);
+    return parts.join(', ') || 'keep all';
+  }
+
+  /** A dataset's catch-ups under way, from /v1/mesh (null: the mesh did not answer). */
+  function fmtCatchUp(progress, id) {
+    if (progress === null) return '—';
+    const mine = progress.filter((c) => c.dataset === id);
+    if (mine.length === 0) return 'none under way';
+    return mine.map((c) => {
+      const total = c.fetched + c.missing;
+      const pct = total > 0 ? Math.floor((100 * c.fetched) / total) : 100;
+      return `${pct}% from ${c.from} (${c.fetched} fetched, ${c.missing} to go)`;
+    }).join('; ');
+  }
+
   async function datasets() {
-    const { datasets: list } = await apiJson('/v1/datasets');
+    const [{ datasets: list }, mesh] = await Promise.all([
+      apiJson('/v1/datasets'), apiJson('/v1/mesh').catch(() => null),
+    ]);
     knownDatasets = (list || []).map((d) => d.id);
     seedQuery();
+    liveChoices(list || []);
+    const progress = mesh ? (mesh.catching_up || []) : null;
     if (!list || list.length === 0) return empty('No datasets visible to this token.');
     return table([
       ['dataset', (d) => d.id], ['visibility', (d) => d.visibility],
@@ -227,6 +264,7 @@
       ['readable', (d) => (d.readable ? badge('yes', 'ok') : badge('ciphertext only', 'muted'))],
       ['records', (d) => d.records], ['envelopes', (d) => d.envelopes],
       ['readers', (d) => (d.readers || []).join(', ') || '—'], ['priority', (d) => d.priority],
+      ['retention', (d) => fmtRetention(d.retention)], ['catch-up', (d) => fmtCatchUp(progress, d.id)],
       ['created', (d) => fmtTime(d.created)],
     ], list, 'datasets');
   }
@@ -446,19 +484,176 @@
 
   function resultTable(objects, name) {
     const shown = objects.slice(0, ROWS_SHOWN);
-    const value = (k) => (o) => (k === 'time' && typeof o[k] === 'number' ? fmtTime(o[k]) : o[k]);
+    const value = (k) => (o) => {
+      if (k === 'time' && typeof o[k] === 'number') return fmtTime(o[k]);
+      return k.startsWith('bucket:') ? fmtDim(o[k], k) : o[k];
+    };
     return table(keysOf(shown).map((k) => [k, value(k)]), shown, name);
   }
 
-  function renderAnswer(answer) {
+  function renderAnswer(answer, query) {
     if (Array.isArray(answer.rows)) {
       const more = answer.rows.length > ROWS_SHOWN ? ` (first ${ROWS_SHOWN} shown)` : '';
       return [`${answer.count} rows${more}`, answer.rows.length ? resultTable(answer.rows, 'rows') : empty('No rows.')];
     }
     const groups = answer.groups || [];
     return [`${groups.length} groups`, el('div', {},
+      groups.length ? chart(groups, query) : null,
       groups.length ? resultTable(groups, 'groups') : empty('No groups.'),
       el('h3', {}, 'Sources'), resultTable(answer.sources || [], 'sources'))];
+  }
+
+  // ---- charts: inline SVG made with DOM calls, coloured by classes (style.css) ----
+
+  const SVG_NS = 'http://www.w3.org/2000/svg';
+  const W = 760;
+  const H = 320;
+  const M = { left: 64, right: 44, top: 14, bottom: 58 };
+
+  function svg(tag, attrs = {}, ...children) {
+    const node = document.createElementNS(SVG_NS, tag);
+    for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, String(v));
+    for (const child of children) node.append(child instanceof Node ? child : String(child));
+    return node;
+  }
+
+  const isDimension = (key) => /^(segment|bucket|field):/.test(key);
+
+  /** A bucket's label: its first millisecond as a UTC date (and time, for buckets under a day). */
+  function fmtBucket(ms, dim) {
+    if (typeof ms !== 'number') return '(none)';
+    const iso = new Date(ms).toISOString();
+    return /d$/.test(dim) ? iso.slice(0, 10) : `${iso.slice(5, 10)} ${iso.slice(11, 16)}`;
+  }
+
+  function fmtDim(value, dim) {
+    if (dim.startsWith('bucket:')) return fmtBucket(value, dim);
+    if (value === null || value === undefined) return '(none)';
+    return typeof value === 'object' ? JSON.stringify(value) : String(value);
+  }
+
+  /** Round steps for an axis from lo to hi: [lo', hi', step]. */
+  function niceScale(lo, hi) {
+    if (lo === hi) { hi = lo + 1; lo = Math.min(0, lo); }
+    const raw = (hi - lo) / 5;
+    const mag = 10 ** Math.floor(Math.log10(raw));
+    const step = [1, 2, 5, 10].map((f) => f * mag).find((s) => s >= raw);
+    return [Math.floor(lo / step) * step, Math.ceil(hi / step) * step, step];
+  }
+
+  function fmtNum(n) {
+    if (Number.isInteger(n)) return String(n);
+    return Math.abs(n) >= 100 ? n.toFixed(0) : String(Number(n.toPrecision(3)));
+  }
+
+  /** The frame: the y axis with its ticks and grid, the x axis line, the axis titles. */
+  function frame(lo, hi, step, xTitle, yTitle) {
+    const y = (v) => M.top + ((hi - v) / (hi - lo)) * (H - M.top - M.bottom);
+    const g = svg('g', { class: 'axes' });
+    for (let v = lo; v <= hi + step / 2; v += step) {
+      const at = y(v).toFixed(1);
+      g.append(svg('line', { class: 'grid', x1: M.left, x2: W - M.right, y1: at, y2: at }),
+        svg('text', { class: 'tick', x: M.left - 6, y: at, 'text-anchor': 'end', 'dominant-baseline': 'middle' }, fmtNum(Number(v.toPrecision(12)))));
+    }
+    g.append(svg('line', { class: 'axis', x1: M.left, x2: M.left, y1: M.top, y2: H - M.bottom }),
+      svg('line', { class: 'axis', x1: M.left, x2: W - M.right, y1: y(Math.max(lo, 0)), y2: y(Math.max(lo, 0)) }),
+      svg('text', { class: 'title', x: M.left + (W - M.left - M.right) / 2, y: H - 6, 'text-anchor': 'middle' }, xTitle),
+      svg('text', { class: 'title', x: 14, y: M.top + (H - M.top - M.bottom) / 2, 'text-anchor': 'middle',
+        transform: `rotate(-90 14 ${M.top + (H - M.top - M.bottom) / 2})` }, yTitle));
+    return [g, y];
+  }
+
+  function xLabel(x, text, rotate) {
+    const at = H - M.bottom + 16;
+    return svg('text', rotate
+      ? { class: 'tick', x, y: at, 'text-anchor': 'end', transform: `rotate(-30 ${x} ${at})` }
+      : { class: 'tick', x, y: at, 'text-anchor': 'middle' }, text.length > 18 ? `${text.slice(0, 17)}…` : text);
+  }
+
+  function legend(names) {
+    return el('ul', { cls: 'legend' }, ...names.map((name, i) => el('li', {},
+      el('span', { cls: `swatch series-${i % SERIES_SHOWN}` }), name)));
+  }
+
+  /** A chart of an aggregate answer: lines per series over time buckets when the groups have a
+   * bucket dimension and one other, else a bar per group; the first measure in either case. */
+  function chart(groups, query) {
+    const keys = keysOf(groups);
+    const dims = keys.filter(isDimension);
+    const wanted = (query && Array.isArray(query.aggregates)) ? query.aggregates : [];
+    const measure = wanted.find((m) => keys.includes(m)) || keys.find((k) => !isDimension(k));
+    if (!measure) return null;
+    const bucket = dims.find((d) => d.startsWith('bucket:'));
+    const figure = (dims.length === 2 && bucket)
+      ? lines(groups, bucket, dims.find((d) => d !== bucket), measure)
+      : bars(groups, dims, measure);
+    return figure && el('figure', { cls: 'chart-box' }, ...figure);
+  }
+
+  function lines(groups, bucket, by, measure) {
+    const pts = groups.filter((g) => typeof g[measure] === 'number' && typeof g[bucket] === 'number');
+    if (pts.length === 0) return null;
+    const names = [...new Set(pts.map((g) => fmtDim(g[by], by)))].sort();
+    const shown = names.slice(0, SERIES_SHOWN);
+    const xs = [...new Set(pts.map((g) => g[bucket]))].sort((a, b) => a - b);
+    const values = pts.map((g) => g[measure]);
+    const [lo, hi, step] = niceScale(Math.min(0, ...values), Math.max(...values));
+    const [axes, y] = frame(lo, hi, step, `${bucket.slice(7)} buckets (UTC)`, measure);
+    const span = W - M.left - M.right;
+    const x = (t) => M.left + (xs.length === 1 ? span / 2 : 12 + ((xs.indexOf(t)) / (xs.length - 1)) * (span - 24));
+    const every = Math.ceil(xs.length / 10);
+    const root = svg('svg', { class: 'chart', viewBox: `0 0 ${W} ${H}`, role: 'img', 'data-chart': 'lines',
+      'aria-label': `${measure} per ${by} per ${bucket.slice(7)}` }, axes);
+    xs.forEach((t, i) => { if (i % every === 0) root.append(xLabel(x(t), fmtBucket(t, bucket), xs.length > 6)); });
+    shown.forEach((name, i) => {
+      const mine = pts.filter((g) => fmtDim(g[by], by) === name).sort((a, b) => a[bucket] - b[bucket]);
+      const g = svg('g', { class: `series series-${i}`, 'data-series': name });
+      const d = mine.map((p, j) => `${j ? 'L' : 'M'}${x(p[bucket]).toFixed(1)},${y(p[measure]).toFixed(1)}`).join(' ');
+      g.append(svg('path', { class: 'line', d }));
+      for (const p of mine) {
+        g.append(svg('circle', { cx: x(p[bucket]).toFixed(1), cy: y(p[measure]).toFixed(1), r: 3.5, 'data-point': '' },
+          svg('title', {}, `${name}, ${fmtBucket(p[bucket], bucket)}: ${p[measure]}`)));
+      }
+      root.append(g);
+    });
+    const note = names.length > shown.length ? el('figcaption', { cls: 'hint' }, `The first ${shown.length} of ${names.length} series are drawn; the table has them all.`) : null;
+    return [root, legend(shown), note];
+  }
+
+  function bars(groups, dims, measure) {
+    const all = groups.filter((g) => typeof g[measure] === 'number');
+    if (all.length === 0) return null;
+    const shown = all.slice(0, BARS_SHOWN);
+    const label = (g) => dims.map((d) => fmtDim(g[d], d)).join(' / ') || 'all';
+    const values = shown.map((g) => g[measure]);
+    const [lo, hi, step] = niceScale(Math.min(0, ...values), Math.max(0, ...values));
+    const [axes, y] = frame(lo, hi, step, dims.join(', ') || 'every record', measure);
+    const slot = (W - M.left - M.right) / shown.length;
+    const root = svg('svg', { class: 'chart', viewBox: `0 0 ${W} ${H}`, role: 'img', 'data-chart': 'bars',
+      'aria-label': `${measure} per ${dims.join(', ') || 'query'}` }, axes);
+    const g = svg('g', { class: 'series series-0', 'data-series': measure });
+    const every = Math.ceil(shown.length / 20);
+    shown.forEach((grp, i) => {
+      const v = grp[measure];
+      const top = y(Math.max(v, 0));
+      const height = Math.max(Math.abs(y(0) - y(v)), 0.5);
+      const cx = M.left + slot * (i + 0.5);
+      g.append(svg('rect', { x: (cx - slot * 0.35).toFixed(1), y: top.toFixed(1), width: (slot * 0.7).toFixed(1),
+        height: height.toFixed(1), 'data-bar': '' }, svg('title', {}, `${label(grp)}: ${v}`)));
+      if (i % every === 0) root.append(xLabel(cx, label(grp), shown.length > 6));
+    });
+    root.append(g);
+    const note = all.length > shown.length ? el('figcaption', { cls: 'hint' }, `The first ${shown.length} of ${all.length} groups are drawn; the table has them all.`) : null;
+    return [root, legend([measure]), note];
+  }
+
+  /** The example query: flu cases per district per day over the flu dataset this token sees. */
+  function exampleQuery() {
+    const flu = knownDatasets.find((d) => /\/flu-cases$/.test(d))
+      || knownDatasets.find((d) => d.includes('flu')) || knownDatasets[0] || 'hospital/flu-cases';
+    const query = { datasets: [flu], where: ['diagnosis=flu'], group_by: ['segment:0', 'bucket:1d'],
+      aggregates: ['sum:cases'] };
+    byId('query-text').value = JSON.stringify(query);
   }
 
   async function runQuery(event) {
@@ -477,13 +672,155 @@
       const answer = await apiJson('/v1/query', {
         method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(query),
       });
-      const [summary, content] = renderAnswer(answer);
+      const [summary, content] = renderAnswer(answer, query);
       body.replaceChildren(content);
       setStatus(panel, 'ok', summary);
     } catch (e) {
       if (e instanceof SignedOut) return;
       body.replaceChildren();
       setStatus(panel, ...describe(e));
+    }
+  }
+
+  // ---- live view: a dataset's event stream ----
+
+  /** The stream followed: its abort controller, dataset and changes seen; null when none. */
+  let live = null;
+
+  /** The datasets the live view offers; the choice made is kept across refreshes. */
+  function liveChoices(list) {
+    const select = byId('live-dataset');
+    const ids = list.map((d) => d.id);
+    const have = [...select.options].map((o) => o.value);
+    if (ids.length === have.length && ids.every((id, i) => id === have[i])) return;
+    const chosen = select.value;
+    select.replaceChildren(...list.map((d) => {
+      const option = el('option', {}, d.readable ? d.id : `${d.id} (ciphertext only)`);
+      option.value = d.id;
+      return option;
+    }));
+    if (ids.includes(chosen)) select.value = chosen;
+  }
+
+  /** Stops the stream followed, if any; `why` goes in the panel's status. */
+  function stopLive(why) {
+    const was = live;
+    live = null;
+    byId('live-stop').disabled = true;
+    if (!was) return;
+    was.controller.abort();
+    if (why) setStatus(byId('panel-live'), 'stopped', why);
+  }
+
+  /** Reads server-sent events from `stream`, calling `onEvent(kind, data)` for each; a line or an
+   * event longer than LIVE_MAX_LINE stops it. */
+  async function readEvents(stream, onEvent) {
+    const reader = stream.getReader();
+    const decoder = new TextDecoder();
+    let buffer = '';
+    let kind = '';
+    let data = [];
+    let size = 0;
+    const tooLong = async () => {
+      await reader.cancel().catch(() => {});
+      throw new Error(`an event longer than ${LIVE_MAX_LINE} bytes: the stream was stopped`);
+    };
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      buffer += decoder.decode(value, { stream: true });
+      let nl = buffer.indexOf('\n');
+      while (nl >= 0) {
+        const line = buffer.slice(0, nl).replace(/\r$/, '');
+        buffer = buffer.slice(nl + 1);
+        nl = buffer.indexOf('\n');
+        if (line === '') {
+          if (data.length > 0) onEvent(kind || 'message', data.join('\n'));
+          kind = '';
+          data = [];
+          size = 0;
+        } else if (!line.startsWith(':')) {
+          const colon = line.indexOf(':');
+          const field = colon < 0 ? line : line.slice(0, colon);
+          const text = colon < 0 ? '' : line.slice(colon + 1).replace(/^ /, '');
+          if (field === 'event') kind = text;
+          if (field === 'data') {
+            size += text.length;
+            if (size > LIVE_MAX_LINE) await tooLong();
+            data.push(text);
+          }
+        }
+      }
+      if (buffer.length > LIVE_MAX_LINE) await tooLong();
+    }
+  }
+
+  /** One change as a list item: when it arrived, its kind, the record's name and id, its data. */
+  function change(kind, text) {
+    let ev = null;
+    try { ev = JSON.parse(text); } catch (_) { /* shown as text */ }
+    const at = el('time', {}, new Date().toLocaleTimeString());
+    if (kind === 'upsert' && ev && ev.record) {
+      const r = ev.record;
+      return el('li', { data: { kind, name: String(r.name) } }, at, ' ', badge('upsert', 'ok'), ' ',
+        el('strong', {}, r.name), ' ', mono(r.id), ' ', el('span', { cls: 'hint' }, fmtTime(r.time)),
+        el('div', {}, mono(JSON.stringify(r.data))));
+    }
+    if (kind === 'delete' && ev) {
+      return el('li', { data: { kind, name: String(ev.name) } }, at, ' ', badge('delete', 'bad'), ' ',
+        el('strong', {}, ev.name), ' ', mono(ev.id));
+    }
+    if (kind === 'lagged' && ev) {
+      return el('li', { data: { kind } }, at, ' ', badge('lagged', 'warn'),
+        ` ${ev.missed} changes were missed (the page fell behind): run a query to see the dataset as it is.`);
+    }
+    return el('li', { data: { kind } }, at, ' ', badge(kind, 'muted'), ' ', mono(text.slice(0, 500)));
+  }
+
+  async function follow(event) {
+    event.preventDefault();
+    const dataset = byId('live-dataset').value;
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    stopLive();
+    if (!dataset || !token) return;
+    const me = { controller: new AbortController(), dataset, seen: 0 };
+    live = me;
+    byId('live-stop').disabled = false;
+    const panel = byId('panel-live');
+    const list = el('ol', { cls: 'changes', data: { dataset } });
+    panel.querySelector(':scope > .body').replaceChildren(list);
+    setStatus(panel, 'loading', `Connecting to ${dataset}…`);
+    const [owner, name] = dataset.split('/').map(encodeURIComponent);
+    try {
+      const res = await fetch(`/v1/datasets/${owner}/${name}/events`, {
+        headers: { Authorization: `Bearer ${token}`, Accept: 'text/event-stream' },
+        cache: 'no-store', credentials: 'omit', referrerPolicy: 'no-referrer', signal: me.controller.signal,
+      });
+      if (!res.ok) throw errorOf(res.status, await res.text());
+      const since = new Date().toLocaleTimeString();
+      const following = () => `Following ${dataset} since ${since}: ${me.seen} changes, newest first`
+        + (me.seen > LIVE_SHOWN ? ` (the last ${LIVE_SHOWN} shown)` : '');
+      if (live === me) setStatus(panel, 'following', following());
+      await readEvents(res.body, (kind, text) => {
+        if (live !== me) return;
+        me.seen += 1;
+        list.prepend(change(kind, text));
+        while (list.children.length > LIVE_SHOWN) list.lastElementChild.remove();
+        setStatus(panel, 'following', following());
+      });
+      if (live === me) setStatus(panel, 'ended', `The node ended the stream of ${dataset} (shut down, or this token may no longer read it).`);
+    } catch (e) {
+      if (live !== me || (e && e.name === 'AbortError')) return;
+      if (e instanceof ApiError && e.status === 401) {
+        signOut('The node no longer accepts this token (rotated or removed?). Sign in again.');
+        return;
+      }
+      setStatus(panel, ...describe(e));
+    } finally {
+      if (live === me) {
+        live = null;
+        byId('live-stop').disabled = true;
+      }
     }
   }
 
@@ -523,6 +860,7 @@
 
   /** Forgets the token and every figure shown; `why`, if given, is shown on the sign-in form. */
   function signOut(why) {
+    stopLive();
     sessionStorage.removeItem(TOKEN_KEY);
     clearTimeout(timer);
     timer = null;
@@ -532,6 +870,7 @@
       setStatus(panel, 'empty', '');
     }
     byId('query-text').value = '';
+    byId('live-dataset').replaceChildren();
     nodeInfo = null;
     admin = null;
     showWho();
@@ -543,6 +882,10 @@
   function init() {
     byId('signin-form').addEventListener('submit', signIn);
     byId('query-form').addEventListener('submit', runQuery);
+    byId('query-example').addEventListener('click', exampleQuery);
+    byId('live-form').addEventListener('submit', follow);
+    byId('live-stop').addEventListener('click', () => stopLive('Stopped.'));
+    byId('live-dataset').addEventListener('change', () => stopLive('Stopped: another dataset was chosen.'));
     byId('pause').addEventListener('click', togglePause);
     byId('refresh').addEventListener('click', () => refreshAll());
     byId('signout').addEventListener('click', () => signOut());
