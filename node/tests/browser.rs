@@ -1,8 +1,9 @@
 //! The dashboard in a real browser: two `fogmesh run` nodes in one mesh, datasets, records, an app,
 //! a flow and grants written through the CLI and the API, then `node/tests/browser/dashboard.mjs`
-//! drives Debian's Chromium with playwright-core against the first node's `/dashboard` and checks
-//! that every panel shows what was written, the query box, an app token's 403s, the
-//! Content-Security-Policy, no console error, and signing out.
+//! drives Debian's Chromium with playwright-core against the first node's `/` and checks that every
+//! panel shows what was written, the query box with its charts (flu cases per district per day),
+//! the live view of a dataset, the layout at laptop and tablet sizes, an app token's 403s and what
+//! it cannot see, the Content-Security-Policy, no console error, and signing out.
 //!
 //! Skipped, saying why, where Chromium, Node.js or playwright-core is missing (`.ci/browser`
 //! installs them). `FOGMESH_SCREENSHOTS=docs/screenshots` saves screenshots (a relative path is
@@ -24,6 +25,15 @@ const SCRIPT_DEADLINE: Duration = Duration::from_secs(180);
 const FLU_RECORDS: usize = 25;
 /// Records of the private `hospital/beds`.
 const BED_RECORDS: usize = 7;
+/// Districts, wards and days of `hospital/flu-cases`: `district-{d}/ward-{w}` records over
+/// [`DAYS`] days from [`DAY0`], each a flu count, plus a cold count per district and day that the
+/// chart's `diagnosis=flu` filter leaves out.
+const DISTRICTS: u64 = 3;
+const WARDS: u64 = 2;
+const DAYS: u64 = 4;
+/// 2026-03-02T00:00:00Z, in ms.
+const DAY0: u64 = 1_772_409_600_000;
+const DAY_MS: u64 = 86_400_000;
 /// A record's data that would be markup if the page used it as HTML.
 const MARKER: &str = "<img src=x onerror=window.__pwned=1>";
 
@@ -83,10 +93,37 @@ fn flu_records(n: usize) -> String {
     lines
 }
 
+/// NDJSON records of `hospital/flu-cases`: flu cases per district, ward and day, and colds.
+fn case_records() -> String {
+    let mut lines = String::new();
+    for d in 1..=DISTRICTS {
+        for day in 0..DAYS {
+            let time = DAY0 + day * DAY_MS;
+            for w in 1..=WARDS {
+                let record = json!({"name": format!("district-{d}/ward-{w}/admissions"),
+                    "time": time + w * 3_600_000,
+                    "data": {"diagnosis": "flu", "cases": (d * 3 + day * 2 + w) % 9 + 1}});
+                lines.push_str(&format!("{record}\n"));
+            }
+            let cold = json!({"name": format!("district-{d}/ward-1/admissions"),
+                "time": time + 7_200_000, "data": {"diagnosis": "cold", "cases": 40}});
+            lines.push_str(&format!("{cold}\n"));
+        }
+    }
+    lines
+}
+
 /// The hospital's datasets, records, app, flow and grants; returns the app's token.
 fn fill(hospital: &TestNode) -> Result<String> {
     hospital.create_flu("pharmacy", &[]);
     hospital.cli(&["dataset", "create", "beds"]).ok();
+    hospital.cli(&["dataset", "create", "flu-cases"]).ok();
+    hospital
+        .cli_stdin(
+            &["publish", "hospital/flu-cases"],
+            case_records().as_bytes(),
+        )
+        .ok();
     hospital.cli(&["dataset", "create", "flu-by-district"]).ok();
     hospital
         .cli_stdin(
@@ -142,11 +179,13 @@ fn expectations(hospital: &TestNode, pharmacy: &TestNode) -> Result<Value> {
         "peer_id": id(hospital)?,
         "peer": {"id": id(pharmacy)?, "org": "pharmacy"},
         "members": ["hospital", "pharmacy"],
-        "datasets": {"hospital/flu": flu, "hospital/beds": BED_RECORDS},
+        "datasets": {"hospital/flu": flu, "hospital/beds": BED_RECORDS,
+                     "hospital/flu-cases": DISTRICTS * DAYS * (WARDS + 1)},
         "apps": ["planner"],
         "grantee": "pharmacy/*",
         "flows": ["by-district"],
         "live": {"dataset": "hospital/flu", "records": flu},
+        "chart": {"dataset": "hospital/flu-cases", "districts": DISTRICTS, "days": DAYS},
         "query": {"dataset": "hospital/flu", "where": "cases>=20", "rows": 5,
                   "group": "d0", "group_count": FLU_RECORDS.div_ceil(3), "marker": MARKER},
         "app_datasets": ["hospital/flu"],
@@ -191,8 +230,11 @@ fn run_script(browser: &Path, hospital: &TestNode, app_token: &str, expect: &Val
 /// Every panel of the dashboard shows what two real nodes hold, in a real Chromium: the node's
 /// identity, the other member up, both datasets with their record counts, the app, the grant,
 /// the flow, audit entries and health figures; a record written after sign-in appears by
-/// itself and pause holds it back; the query box's rows and groups; an app token's 403 on
-/// every admin-only panel; no console error and no CSP violation; the token gone on sign-out.
+/// itself and pause holds it back; the query box's rows and groups, a bar chart of groups and a
+/// line per district of flu cases per day (as many points as the node's own answer has groups);
+/// records written after the live view started showing in it; no horizontal overflow at
+/// 1366x768 and 768x1024; an app token's 403 on every admin-only panel and nothing of a dataset it
+/// holds no right on; no console error and no CSP violation; the token gone on sign-out.
 #[test]
 fn the_dashboard_shows_what_the_nodes_hold_in_a_real_browser() {
     let browser = match prerequisites() {

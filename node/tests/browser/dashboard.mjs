@@ -60,7 +60,7 @@ async function shot(page, name, ...targets) {
   if (!SHOTS) return;
   mkdirSync(SHOTS, { recursive: true });
   const path = join(SHOTS, `${name}.png`);
-  let clip = { x: 0, y: 0, width: 1200, height: 720 };
+  let clip = { x: 0, y: 0, width: 1200, height: 540 };
   if (targets.length > 0) {
     // Page coordinates, as a full-page clip takes them (boundingBox() is relative to the viewport).
     const boxes = await Promise.all(targets.map((t) => page.locator(t).evaluate((e) => {
@@ -126,11 +126,33 @@ async function publish(record) {
   assert.equal(res.status, 200, `publishing: ${await res.text()}`);
 }
 
+/** A view query asked of the node directly (not through the page). */
+async function queryDirect(query, token = ADMIN) {
+  const res = await fetch(`${BASE}/v1/query`, {
+    method: 'POST',
+    headers: { Authorization: `Bearer ${token}`, 'Content-Type': 'application/json' },
+    body: JSON.stringify(query),
+  });
+  return { status: res.status, body: await res.json() };
+}
+
+/** Horizontal overflow of the page at `width` x `height`: none wanted. */
+async function fits(page, width, height) {
+  await page.setViewportSize({ width, height });
+  await page.waitForTimeout(150);
+  const [scroll, inner] = await page.evaluate(() => [document.documentElement.scrollWidth, window.innerWidth]);
+  assert.ok(scroll <= inner, `at ${width}x${height} the page is ${scroll} px wide, more than ${inner}`);
+  step(`no horizontal overflow at ${width}x${height}`);
+}
+
 // ---- the steps ----
 
 async function openPage(page) {
-  const res = await page.goto(`${BASE}/dashboard`);
+  const res = await page.goto(`${BASE}/`);
   assert.equal(res.status(), 200);
+  const page2 = await fetch(`${BASE}/dashboard`);
+  assert.equal(page2.status, 200, '/dashboard serves the page too');
+  assert.equal(await page2.text(), await res.text(), '/ and /dashboard serve the same page');
   const h = res.headers();
   assert.match(h['content-security-policy'], /^default-src 'self';/);
   assert.doesNotMatch(h['content-security-policy'], /unsafe/);
@@ -230,11 +252,13 @@ async function queries(page) {
   const rows = await rowsOf(page, 'rows');
   assert.equal(rows.length, q.rows);
   assert.ok(rows.every((r) => r.dataset === q.dataset && r.name.startsWith('d')), JSON.stringify(rows[0]));
-  await shot(page, 'dashboard-query', '#panel-query');
   const agg = await runQuery(page, { datasets: [q.dataset], group_by: ['segment:0'], aggregates: ['count'] });
   assert.match(agg, /groups$/);
   const groups = Object.fromEntries((await rowsOf(page, 'groups')).map((g) => [g['segment:0'], g.count]));
   assert.equal(groups[q.group], String(q.group_count), JSON.stringify(groups));
+  // One dimension, no time bucket: a bar per group.
+  assert.equal(await page.locator('#panel-query svg[data-chart="bars"]').count(), 1, 'a bar chart');
+  assert.equal(await page.locator('#panel-query svg rect[data-bar]').count(), Object.keys(groups).length);
   // Data is text, never markup: the marker record's HTML shows as written and does not run.
   await runQuery(page, { datasets: [q.dataset], name_prefix: 'x' });
   const cell = await page.textContent('table[data-table="rows"] tbody');
@@ -248,6 +272,84 @@ async function queries(page) {
   await page.fill('#query-text', '{not json');
   await page.click('#query-form button[type=submit]');
   assert.match(await statusOf(page, 'query').textContent(), /not JSON/);
+}
+
+async function charts(page) {
+  const c = EXPECT.chart;
+  await page.click('#query-example');
+  const query = JSON.parse(await page.inputValue('#query-text'));
+  assert.deepEqual(query.datasets, [c.dataset], `the example asks the flu cases: ${JSON.stringify(query)}`);
+  assert.deepEqual(query.group_by, ['segment:0', 'bucket:1d']);
+  const direct = await queryDirect(query);
+  assert.equal(direct.status, 200, JSON.stringify(direct.body));
+  const groups = direct.body.groups;
+  const measure = query.aggregates[0];
+  const districts = [...new Set(groups.map((g) => g['segment:0']))].sort();
+  assert.equal(districts.length, c.districts, JSON.stringify(groups));
+  assert.equal(groups.length, c.districts * c.days, 'a group per district and day');
+  await page.click('#query-form button[type=submit]');
+  await page.waitForFunction(() => document.querySelector('#panel-query > .status').dataset.state !== 'loading');
+  assert.equal(await statusOf(page, 'query').textContent(), `${groups.length} groups`);
+  const svg = page.locator('#panel-query svg[data-chart="lines"]');
+  assert.equal(await svg.count(), 1, 'a line chart for a bucket and a district');
+  const series = await svg.locator('g[data-series]').evaluateAll((gs) => gs.map((g) => [
+    g.getAttribute('data-series'), g.querySelectorAll('circle[data-point]').length]));
+  assert.deepEqual(series.map(([name]) => name), districts, 'one series per district');
+  for (const [name, points] of series) {
+    const want = groups.filter((g) => g['segment:0'] === name && typeof g[measure] === 'number').length;
+    assert.equal(points, want, `${name}: a point per day`);
+  }
+  assert.equal(await svg.locator('circle[data-point]').count(), groups.length, 'a point per group');
+  const legend = await page.locator('#panel-query .legend li').allTextContents();
+  assert.deepEqual(legend, districts, 'the legend names the districts');
+  const ticks = await svg.locator('text.tick').allTextContents();
+  const day0 = new Date(Math.min(...groups.map((g) => g['bucket:1d']))).toISOString().slice(0, 10);
+  assert.ok(ticks.includes(day0), `the x axis shows dates: ${ticks}`);
+  assert.equal((await rowsOf(page, 'groups')).length, groups.length, 'the table stays');
+  await shot(page, 'dashboard-chart', '#panel-query > h2', '#panel-query .chart-box');
+}
+
+async function liveView(page) {
+  const { dataset } = EXPECT.live;
+  const options = await page.locator('#live-dataset option').evaluateAll((os) => os.map((o) => o.value));
+  for (const id of Object.keys(EXPECT.datasets)) assert.ok(options.includes(id), `the live view offers ${id}: ${options}`);
+  await page.selectOption('#live-dataset', dataset);
+  await page.click('#live-follow');
+  await waitPanel(page, 'live', 'following');
+  assert.equal(await page.locator('#panel-live .changes li').count(), 0, 'nothing before a change');
+  await publish({ name: 'live/streamed', data: { cases: 7 } });
+  await page.waitForSelector('#panel-live .changes li[data-name="live/streamed"]', { timeout: WAIT });
+  const item = await page.textContent('#panel-live .changes li');
+  assert.ok(item.includes('live/streamed') && item.includes('"cases":7'), item);
+  await publish({ name: 'live/streamed-2', data: { cases: 8 } });
+  await page.waitForSelector('#panel-live .changes li[data-name="live/streamed-2"]', { timeout: WAIT });
+  const names = await page.locator('#panel-live .changes li').evaluateAll((ls) => ls.map((l) => l.dataset.name));
+  assert.deepEqual(names, ['live/streamed-2', 'live/streamed'], 'newest first');
+  assert.match(await statusOf(page, 'live').textContent(), /2 changes/);
+  await shot(page, 'dashboard-live', '#panel-live');
+  await page.click('#live-stop');
+  await waitPanel(page, 'live', 'stopped');
+  await publish({ name: 'live/after-stop', data: { cases: 9 } });
+  await page.waitForTimeout(1_000);
+  assert.equal(await page.locator('#panel-live li[data-name="live/after-stop"]').count(), 0, 'stopped: nothing more');
+  step('the live view showed records written after it started, newest first, and stopped');
+  // Following again, then signing out, ends the stream with the session.
+  await page.click('#live-follow');
+  await waitPanel(page, 'live', 'following');
+}
+
+async function layouts(page) {
+  await fits(page, 1366, 768);
+  await fits(page, 768, 1024);
+  if (SHOTS) {
+    await page.locator('#panel-query').scrollIntoViewIfNeeded();
+    await page.evaluate(() => document.getElementById('panel-query').scrollIntoView());
+    const path = join(SHOTS, 'dashboard-tablet.png');
+    await page.screenshot({ path, clip: { x: 0, y: 0, width: 768, height: 860 } });
+    step(`screenshot ${path}`);
+  }
+  await page.setViewportSize({ width: 1200, height: 860 });
+  await page.evaluate(() => window.scrollTo(0, 0));
 }
 
 async function cspHolds(page) {
@@ -273,6 +375,9 @@ async function signOut(page) {
   const left = await page.evaluate(() => [sessionStorage.getItem('fogmesh.token'), sessionStorage.length]);
   assert.deepEqual(left, [null, 0], 'signing out forgets the token');
   assert.equal(await page.locator('#panels table').count(), 0, 'no figure stays on the page');
+  assert.equal(await page.locator('#panels svg, #panel-live li, #live-dataset option').count(), 0,
+    'no chart, change or dataset name stays');
+  assert.equal(await page.isDisabled('#live-stop'), true, 'no stream followed');
 }
 
 async function appToken(page) {
@@ -285,6 +390,18 @@ async function appToken(page) {
   for (const id of ['node', 'peers', 'members', 'datasets']) await waitPanel(page, id, 'ok');
   const visible = (await rowsOf(page, 'datasets')).map((d) => d.dataset);
   assert.deepEqual(visible, EXPECT.app_datasets, 'the app sees only what it may read');
+  const options = await page.locator('#live-dataset option').evaluateAll((os) => os.map((o) => o.value));
+  assert.deepEqual(options, EXPECT.app_datasets, 'the live view offers only what the app may read');
+  // The chart's query over a dataset the app holds no right on: refused, nothing drawn.
+  const chartQuery = { datasets: [EXPECT.chart.dataset], group_by: ['segment:0', 'bucket:1d'], aggregates: ['count'] };
+  const direct = await queryDirect(chartQuery, APP);
+  assert.ok([403, 404].includes(direct.status), `the node refuses the app: ${direct.status}`);
+  allowedStatuses = new Set([403, 404]);
+  const refused = await runQuery(page, chartQuery);
+  assert.ok(refused.includes(String(direct.status)), `the query panel says ${direct.status}: ${refused}`);
+  assert.equal(await page.locator('#panel-query svg, #panel-query table').count(), 0, 'no chart, no table');
+  const shown = await page.textContent('#panels');
+  assert.ok(!shown.includes('district-'), 'no district of the dataset the app may not read shows');
   assert.equal(await page.getAttribute('#whoami', 'data-token'), 'app');
   await shot(page, 'dashboard-app-token', '#panel-apps', '#panel-grants', '#panel-flows');
 }
@@ -310,12 +427,19 @@ async function main() {
     await adminPanels(page);
     await shot(page, 'dashboard-overview');
     await shot(page, 'dashboard-mesh', '#panel-peers');
+    await shot(page, 'dashboard-datasets', '#panel-datasets');
     step('a reload keeps the session (sessionStorage)');
     await page.reload();
     await waitPanel(page, 'datasets', 'ok');
     await refreshing(page);
     step('queries');
     await queries(page);
+    step('the chart of flu cases per district per day');
+    await charts(page);
+    step('laptop and tablet layouts');
+    await layouts(page);
+    step('the live view of a dataset');
+    await liveView(page);
     step('the Content-Security-Policy is enforced');
     await cspHolds(page);
     step('sign out');
