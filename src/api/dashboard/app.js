@@ -205,7 +205,7 @@
     if (list.length === 0) return [];
     return [el('h3', {}, 'Catching up'), table([
       ['dataset', (c) => c.dataset], ['from', (c) => mono(c.from)],
-      ['fetched', (c) => c.fetched], ['missing', (c) => c.missing],
+      ['fetched', (c) => c.fetched], ['missing when it began', (c) => c.missing],
     ], list, 'catchup')];
   }
 
@@ -242,10 +242,11 @@
     if (progress === null) return '—';
     const mine = progress.filter((c) => c.dataset === id);
     if (mine.length === 0) return 'none under way';
+    // `missing` is what was missing when the catch-up began; `fetched` counts up towards it.
     return mine.map((c) => {
-      const total = c.fetched + c.missing;
-      const pct = total > 0 ? Math.floor((100 * c.fetched) / total) : 100;
-      return `${pct}% from ${c.from} (${c.fetched} fetched, ${c.missing} to go)`;
+      const left = Math.max(c.missing - c.fetched, 0);
+      const pct = c.missing > 0 ? Math.min(Math.floor((100 * c.fetched) / c.missing), 100) : 100;
+      return `${pct}% from ${c.from} (${c.fetched} of ${c.missing} envelopes fetched, ${left} to go)`;
     }).join('; ');
   }
 
