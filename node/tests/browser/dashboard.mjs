@@ -117,11 +117,11 @@ async function waitRecords(page, id, want) {
   assert.fail(`datasets panel: ${id} shows ${await datasetRecords(page, id)} records, wanted ${want}`);
 }
 
-async function publish(record) {
+async function publish(...records) {
   const res = await fetch(`${BASE}/v1/datasets/${EXPECT.live.dataset}/records`, {
     method: 'POST',
     headers: { Authorization: `Bearer ${ADMIN}`, 'Content-Type': 'application/json' },
-    body: JSON.stringify({ records: [record] }),
+    body: JSON.stringify({ records }),
   });
   assert.equal(res.status, 200, `publishing: ${await res.text()}`);
 }
@@ -327,6 +327,15 @@ async function liveView(page) {
   assert.deepEqual(names, ['live/streamed-2', 'live/streamed'], 'newest first');
   assert.match(await statusOf(page, 'live').textContent(), /2 changes/);
   await shot(page, 'dashboard-live', '#panel-live');
+  // The page keeps the newest 200 and counts them all.
+  const burst = Array.from({ length: 210 }, (_, i) => ({ name: `live/burst-${i}`, data: { cases: 0 } }));
+  await publish(...burst);
+  await page.waitForSelector('#panel-live .changes li[data-name="live/burst-209"]', { timeout: WAIT });
+  await page.waitForFunction(() => /212 changes/.test(document.querySelector('#panel-live > .status').textContent),
+    null, { timeout: WAIT });
+  assert.equal(await page.locator('#panel-live .changes li').count(), 200, 'the newest 200 are kept');
+  assert.equal(await page.getAttribute('#panel-live .changes li:first-child', 'data-name'), 'live/burst-209');
+  assert.equal(await page.getAttribute('#panel-live .changes li:last-child', 'data-name'), 'live/burst-10');
   await page.click('#live-stop');
   await waitPanel(page, 'live', 'stopped');
   await publish({ name: 'live/after-stop', data: { cases: 9 } });
