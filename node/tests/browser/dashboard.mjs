@@ -194,7 +194,10 @@ async function adminPanels(page) {
   const peers = await rowsOf(page, 'peers');
   const peer = peers.find((p) => p['peer id'] === EXPECT.peer.id);
   assert.ok(peer, `peers panel lists ${EXPECT.peer.id}: ${JSON.stringify(peers)}`);
-  assert.deepEqual([peer.organization, peer.state], [EXPECT.peer.org, 'up']);
+  assert.deepEqual([peer.organization, peer.role, peer.state], [EXPECT.peer.org, 'member', 'up'], 'its role from the roster');
+  const flu = (await rowsOf(page, 'datasets')).find((d) => d.dataset === EXPECT.live.dataset);
+  assert.deepEqual([flu.sealed, flu.readable, flu.readers, flu.priority, flu.retention, flu['catch-up']],
+    ['yes', 'yes', EXPECT.peer.org, 'normal', 'keep all', 'none under way'], JSON.stringify(flu));
   const members = (await rowsOf(page, 'members')).map((m) => [m.organization, m.state]);
   assert.deepEqual(members, EXPECT.members.map((o) => [o, 'active']));
   const apps = (await rowsOf(page, 'apps')).map((a) => a.app);
