@@ -5,6 +5,7 @@ mod apps;
 mod audit;
 mod auth;
 mod body;
+mod dashboard;
 pub mod error;
 mod flows;
 mod grants;
@@ -90,6 +91,7 @@ pub fn router_with(
         .route("/v1/audit/events", get(audit::events))
         .route("/v1/openapi.json", get(routes::openapi))
         .route("/metrics", get(routes::metrics))
+        .merge(dashboard::routes())
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))

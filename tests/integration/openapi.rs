@@ -11,7 +11,9 @@ use tower::ServiceExt;
 
 use crate::common;
 
-/// Every (method, path) the router in `fogmesh::api::router` serves. Keep in step with it.
+/// Every (method, path) the router in `fogmesh::api::router` serves. Keep in step with it. (The
+/// dashboard's page and files, `api::dashboard`, are HTML for a browser, not API operations: they
+/// are not in the document.)
 const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/node"),
     ("GET", "/v1/datasets"),
