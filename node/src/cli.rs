@@ -551,4 +551,8 @@ pub struct DemoArgs {
     /// Run the lost-child search: a coordinator and eight camera nodes.
     #[arg(long)]
     pub lost_child: bool,
+    /// After the scenario, keep the nodes running and print each one's dashboard address and
+    /// admin token file; stop them on Enter or at the end of standard input.
+    #[arg(long, conflicts_with = "single")]
+    pub serve: bool,
 }

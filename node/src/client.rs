@@ -140,6 +140,11 @@ pub fn api_addr(cli: &Cli) -> Result<SocketAddr> {
 }
 
 impl Client {
+    /// The node's API base URL, e.g. `http://127.0.0.1:7070`.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     /// A client for the node of `cli.home`, authenticated with the token [`token`] finds.
     pub fn from_cli(cli: &Cli) -> Result<Self> {
         let addr = api_addr(cli)?;

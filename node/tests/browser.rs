@@ -6,7 +6,7 @@
 //! it cannot see, the Content-Security-Policy, no console error, and signing out.
 //!
 //! Skipped, saying why, where Chromium, Node.js or playwright-core is missing (`.ci/browser`
-//! installs them). `FOGMESH_SCREENSHOTS=docs/screenshots` saves screenshots (a relative path is
+//! installs them), unless `FOGMESH_REQUIRE_BROWSER` is set (`.ci/run` sets it): then it fails. `FOGMESH_SCREENSHOTS=docs/screenshots` saves screenshots (a relative path is
 //! taken from the repository's root).
 
 mod common;
@@ -239,6 +239,9 @@ fn run_script(browser: &Path, hospital: &TestNode, app_token: &str, expect: &Val
 fn the_dashboard_shows_what_the_nodes_hold_in_a_real_browser() {
     let browser = match prerequisites() {
         Ok(b) => b,
+        Err(why) if std::env::var_os("FOGMESH_REQUIRE_BROWSER").is_some() => {
+            panic!("FOGMESH_REQUIRE_BROWSER is set and the browser test cannot run: {why}")
+        }
         Err(why) => {
             eprintln!("SKIPPED the_dashboard_shows_what_the_nodes_hold_in_a_real_browser: {why}");
             return;

@@ -83,7 +83,7 @@ pub fn run(a: &DemoArgs) -> Result<()> {
          (homes and node logs under {})\n",
         dir.display()
     );
-    let result = scenario(&t, &dir);
+    let result = scenario(&t, &dir, a.serve);
     if a.keep || result.is_err() {
         println!("\nkept {}", dir.display());
     } else {
@@ -92,7 +92,7 @@ pub fn run(a: &DemoArgs) -> Result<()> {
     result
 }
 
-fn scenario(t: &Timeline, dir: &Path) -> Result<()> {
+fn scenario(t: &Timeline, dir: &Path, serve: bool) -> Result<()> {
     let mut orgs = start_orgs(t, dir, &ORGS, "flu-response")?;
     form_mesh(t, &orgs, false)?;
     let apps = setup(t, &orgs)?;
@@ -106,6 +106,9 @@ fn scenario(t: &Timeline, dir: &Path) -> Result<()> {
     outage(t, &mut orgs)?;
     super::removal::compromised(t, &orgs)?;
     super::audit::summary(t, &orgs, &AUDITED)?;
+    if serve {
+        super::procs::serve(t, &orgs)?;
+    }
     stop_all(&mut orgs)?;
     t.say("demo", "all five nodes stopped cleanly; done");
     Ok(())

@@ -37,7 +37,7 @@ pub fn run(a: &DemoArgs) -> Result<()> {
          (homes and node logs under {})\n",
         dir.display()
     );
-    let result = scenario(&t, &dir);
+    let result = scenario(&t, &dir, a.serve);
     if a.keep || result.is_err() {
         println!("\nkept {}", dir.display());
     } else {
@@ -64,7 +64,7 @@ fn sightings(c: usize, start: u64) -> Vec<Value> {
         .collect()
 }
 
-fn scenario(t: &Timeline, dir: &Path) -> Result<()> {
+fn scenario(t: &Timeline, dir: &Path, serve: bool) -> Result<()> {
     let mut nodes = start_orgs(t, dir, &NODES, "lost-child")?;
     form_mesh(t, &nodes, true)?;
     let coordinator = &nodes[0];
@@ -164,6 +164,9 @@ fn scenario(t: &Timeline, dir: &Path) -> Result<()> {
         "all",
         "only street, time and record id left the cameras: no coat, height or face data crossed the network",
     );
+    if serve {
+        super::procs::serve(t, &nodes)?;
+    }
     stop_all(&mut nodes)?;
     t.say("demo", "all nodes stopped cleanly; done");
     Ok(())

@@ -217,6 +217,22 @@ pub fn form_mesh(t: &Timeline, orgs: &[Org], quiet: bool) -> Result<()> {
     Ok(())
 }
 
+/// Keeps the running nodes up for a person (or a browser) to look at: prints each one's dashboard
+/// and admin token file, then waits for a line, or the end, of standard input.
+pub fn serve(t: &Timeline, orgs: &[Org]) -> Result<()> {
+    println!();
+    for o in orgs.iter().filter(|o| o.proc.is_some()) {
+        let token = o.home.join("admin.token");
+        let url = format!("{}/", o.api.base());
+        t.say(o.name, format!("dashboard {url} token {}", token.display()));
+    }
+    t.say("demo", "serving: press Enter to stop the nodes");
+    std::io::Write::flush(&mut std::io::stdout())?;
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    Ok(())
+}
+
 /// Stops every node still running.
 pub fn stop_all(orgs: &mut [Org]) -> Result<()> {
     for o in orgs {
