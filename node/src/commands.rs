@@ -170,7 +170,14 @@ fn status(cli: &Cli) -> Result<()> {
     println!();
     let rows = datasets["datasets"].as_array().cloned().unwrap_or_default();
     output::table(
-        &["id", "visibility", "priority", "records", "envelopes"],
+        &[
+            "id",
+            "visibility",
+            "priority",
+            "records",
+            "envelopes",
+            "bytes",
+        ],
         &rows,
     );
     Ok(())

@@ -3,7 +3,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::sync::broadcast;
@@ -19,6 +20,9 @@ use crate::version::{Frontier, VersionVector};
 use crate::view::doc::{Doc, Upsert};
 
 use super::sequencer::Sequencer;
+
+/// How long a count of a dataset's bytes in the store is shown before it is counted again.
+pub const SIZE_TTL: Duration = Duration::from_secs(30);
 
 /// Events buffered per dataset for slow subscribers before they are told they lagged.
 pub const EVENTS_CAP: usize = 1024;
@@ -91,6 +95,8 @@ pub struct Dataset {
     pub(super) snapshotting: AtomicBool,
     /// Storing turns of this node's own envelopes.
     pub(super) sequencer: Sequencer,
+    /// Bytes the dataset takes in the store, and when they were counted.
+    size: Mutex<Option<(Instant, u64)>>,
 }
 
 /// A local change made under the dataset's lock, not yet sealed, signed or stored.
@@ -128,6 +134,7 @@ impl Dataset {
             events: broadcast::channel(EVENTS_CAP).0,
             snapshotting: AtomicBool::new(false),
             sequencer: Sequencer::default(),
+            size: Mutex::new(None),
         }
     }
 
@@ -335,6 +342,20 @@ impl Dataset {
             return Err(Unavailable::ChainBroken(dataset).into());
         }
         Ok(())
+    }
+
+    /// Bytes the dataset takes in `store` (envelopes and snapshot), counted again once the last
+    /// count is older than [`SIZE_TTL`]: a count reads every envelope key of the dataset.
+    pub(crate) fn bytes(&self, store: &Store) -> u64 {
+        let mut size = self.size.lock().unwrap_or_else(PoisonError::into_inner);
+        match *size {
+            Some((at, bytes)) if at.elapsed() < SIZE_TTL => bytes,
+            _ => {
+                let bytes = store.dataset_bytes(&self.meta.id);
+                *size = Some((Instant::now(), bytes));
+                bytes
+            }
+        }
     }
 
     /// Record count and version-vector total, for listings.

@@ -97,6 +97,8 @@ pub struct DatasetInfo {
     pub records: usize,
     /// Envelopes (write batches, all authors) held.
     pub envelopes: u64,
+    /// Bytes it takes in the store (envelopes and snapshot), counted again at most every 30 s.
+    pub bytes: u64,
     /// Whether this node can open it: in clear, or sealed and a key reached it. A sealed
     /// dataset without a key is held as ciphertext only, to relay it.
     pub readable: bool,
@@ -299,7 +301,8 @@ impl Node {
         self.held(id).is_some()
     }
 
-    /// Datasets the caller holds any right on, with counts.
+    /// Datasets the caller holds any right on, with counts (blocking: a stale byte count reads
+    /// the dataset's envelope keys).
     pub fn datasets(&self, caller: &App) -> Vec<DatasetInfo> {
         let mut out: Vec<DatasetInfo> = self
             .all_datasets()
@@ -315,6 +318,7 @@ impl Node {
                     meta: d.meta.clone(),
                     records,
                     envelopes,
+                    bytes: d.bytes(&self.inner.store),
                     readable: !d.meta.encrypted || !d.lock().keys.is_empty(),
                 }
             })

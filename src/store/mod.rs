@@ -481,6 +481,24 @@ impl Store {
         }
     }
 
+    /// Bytes `dataset` takes in the store: its envelopes (keys and values) and its snapshot.
+    /// Reads every envelope key of the dataset: O(envelopes).
+    pub fn dataset_bytes(&self, dataset: &DatasetId) -> u64 {
+        let envelopes: u64 = self
+            .envelopes
+            .scan_prefix(keys::dataset_prefix(dataset))
+            .filter_map(Result::ok)
+            .map(|(k, v)| (k.len() + v.len()) as u64)
+            .sum();
+        let snapshot = self
+            .snapshots
+            .get(dataset.to_string().as_bytes())
+            .ok()
+            .flatten()
+            .map_or(0, |v| v.len() as u64);
+        envelopes + snapshot
+    }
+
     /// Number of envelopes stored for `dataset`.
     pub fn envelope_count(&self, dataset: &DatasetId) -> usize {
         self.envelopes

@@ -47,6 +47,10 @@ fn envelopes_after_a_vector_skip_covered_history() {
         0
     );
     assert_eq!(store.envelope_count(&ds), 10);
+    // Bytes: the dataset's own envelopes (keys and values), not the other dataset's.
+    let one = env(&a, &ds, 1);
+    let each = (keys::envelope(&ds, &one.author, 1).len() + one.encode().len()) as u64;
+    assert_eq!(store.dataset_bytes(&ds), 10 * each);
 }
 
 #[test]

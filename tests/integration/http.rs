@@ -594,6 +594,10 @@ async fn each_app_lists_only_the_datasets_it_has_rights_on() {
     assert_eq!(listed.len(), 1, "{b}");
     assert_eq!(listed[0]["id"], "hospital/flu");
     assert_eq!(listed[0]["records"], 4);
+    let bytes = listed[0]["bytes"].as_u64().expect("bytes");
+    assert!(bytes > 0, "the written envelope takes bytes: {b}");
+    let (_, one) = api.get(FLU, &reader).await;
+    assert_eq!(one["bytes"], bytes, "the dataset's own page agrees: {one}");
 
     let (s, b) = api.get("/v1/datasets", &nobody).await;
     assert_eq!((s, &b["datasets"]), (StatusCode::OK, &json!([])), "{b}");
