@@ -117,6 +117,9 @@ pub enum Unavailable {
     /// Admitted to a mesh, but its roster could not be fetched from the inviter.
     #[error("admitted, but the roster could not be fetched from the inviter ({0}); run the same join again")]
     RosterNotFetched(String),
+    /// As much of this work runs at once as may: retry shortly.
+    #[error("{0}: as many run at once as the node allows; retry in a second")]
+    Busy(&'static str),
 }
 
 impl Unavailable {
@@ -132,6 +135,7 @@ impl Unavailable {
             Self::Equivocated { .. } => "equivocated",
             Self::ChainBroken(_) => "chain_broken",
             Self::RosterNotFetched(_) => "roster_not_fetched",
+            Self::Busy(_) => "busy",
         }
     }
 
@@ -142,6 +146,7 @@ impl Unavailable {
             Self::DiskFailed(_) => Some(30),
             Self::Rotating => Some(5),
             Self::RosterNotFetched(_) => Some(5),
+            Self::Busy(_) => Some(1),
             _ => None,
         }
     }

@@ -18,6 +18,7 @@ use crate::apps::App;
 use crate::error::Error;
 use crate::mesh::govern::Role;
 use crate::mesh::Mesh;
+use crate::naming::DatasetId;
 
 type ApiResult<T> = Result<T, ApiError>;
 
@@ -42,8 +43,16 @@ pub async fn peers(State(s): State<ApiState>, _c: Caller) -> ApiResult<impl Into
     Ok(Json(json!({ "peers": mesh(&s)?.peers().await? })))
 }
 
-pub async fn status(State(s): State<ApiState>, _c: Caller) -> ApiResult<impl IntoResponse> {
-    Ok(Json(mesh(&s)?.status().await?))
+/// The mesh's status; an app sees the catch-ups and forks of the datasets it holds a right on
+/// only (the admin sees all).
+pub async fn status(State(s): State<ApiState>, Caller(c): Caller) -> ApiResult<impl IntoResponse> {
+    let mut status = mesh(&s)?.status().await?;
+    if !c.admin {
+        let sees = |ds: &str| DatasetId::parse(ds).is_ok_and(|id| s.node.may_see(&c, &id));
+        status.catching_up.retain(|p| sees(&p.dataset));
+        status.equivocations.retain(|e| sees(&e.dataset));
+    }
+    Ok(Json(status))
 }
 
 #[derive(Deserialize)]

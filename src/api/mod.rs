@@ -100,6 +100,7 @@ pub fn router_with(
             audit::record_refusals,
         ))
         .layer(middleware::from_fn_with_state(node.clone(), count_errors))
+        .layer(middleware::from_fn(guard_headers))
         .with_state(ApiState {
             node,
             mesh,
@@ -115,6 +116,24 @@ async fn count_errors(State(node): State<Node>, req: Request, next: Next) -> Res
         let labels = vec![("status".to_owned(), status.as_u16().to_string())];
         node.metrics().api_errors.get_or_create(&labels).inc();
     }
+    res
+}
+
+/// Every answer: no content sniffing; one that sets no Content-Security-Policy of its own (every
+/// one but the dashboard's page and files) may load nothing and be framed by no page, since the
+/// dashboard, which holds a token, shares the API's origin.
+async fn guard_headers(req: Request, next: Next) -> Response {
+    use axum::http::{header, HeaderValue};
+    let mut res = next.run(req).await;
+    let h = res.headers_mut();
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.entry(header::CONTENT_SECURITY_POLICY)
+        .or_insert(HeaderValue::from_static(
+            "default-src 'none'; frame-ancestors 'none'",
+        ));
     res
 }
 

@@ -18,6 +18,7 @@ use super::body::JsonBody;
 use super::error::ApiError;
 use super::ApiState;
 use crate::apps::App;
+use crate::error::{Error, Unavailable};
 use crate::mesh::query::SearchSpec;
 use crate::node::{aggregate_answer, AggregateAnswer, Source};
 use crate::view::plan::{Plan, Shape, ViewQuery, MAX_JSON_ROWS};
@@ -83,6 +84,12 @@ pub struct SqlRequest {
     timeout_ms: Option<u64>,
 }
 
+/// Statements translated at once: each takes a thread of its own (see [`sql::translate`]), so a
+/// flood of statements must not take every thread of the blocking pool.
+static TRANSLATIONS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+/// How long a statement waits for its turn before the caller is told to retry (503 `busy`).
+const TRANSLATION_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// `POST /v1/sql`: one SELECT translated into a view query (off the async threads: see
 /// [`sql::translate`]), answered as `/v1/query` answers it, with the statement's column names.
 pub async fn sql(
@@ -91,6 +98,11 @@ pub async fn sql(
     headers: HeaderMap,
     JsonBody(req): JsonBody<SqlRequest>,
 ) -> Result<Response, ApiError> {
+    let _turn = tokio::time::timeout(TRANSLATION_WAIT, TRANSLATIONS.acquire())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .ok_or(Error::Unavailable(Unavailable::Busy("SQL translation")))?;
     let statement = req.sql;
     let mut t = tokio::task::spawn_blocking(move || sql::translate(&statement))
         .await

@@ -29,7 +29,7 @@ pub struct GrantRequest {
     pub dataset: String,
     /// `org/app` or `org/*`.
     pub to: String,
-    /// Any of `read`, `write`, `query`.
+    /// Any of `read`, `write`, `query` (`metrics` is refused: it is no grant's).
     pub rights: Vec<Action>,
     /// Only records whose name lies under this prefix.
     #[serde(default)]
@@ -249,6 +249,12 @@ impl Node {
                 "{} was removed from the mesh; it can be granted nothing",
                 grantee.org
             )));
+        }
+        if req.rights.contains(&Action::Metrics) {
+            return Err(Error::Invalid(
+                "rights: read, write or query; metrics is a right of this node's apps, not of a grant"
+                    .into(),
+            ));
         }
         let rights = Rights::of(&req.rights);
         if rights.is_empty() {

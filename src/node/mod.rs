@@ -307,11 +307,7 @@ impl Node {
         let mut out: Vec<DatasetInfo> = self
             .all_datasets()
             .into_iter()
-            .filter(|d| {
-                [Action::Read, Action::Write, Action::Query]
-                    .iter()
-                    .any(|a| self.authorize(caller, *a, d).is_ok())
-            })
+            .filter(|d| self.sees(caller, d))
             .map(|d| {
                 let (records, envelopes) = d.stats();
                 DatasetInfo {
@@ -325,6 +321,18 @@ impl Node {
             .collect();
         out.sort_by(|a, b| a.meta.id.cmp(&b.meta.id));
         out
+    }
+
+    /// Whether `caller` holds any right on dataset `id` held here (an app that does not may not
+    /// learn that it exists).
+    pub fn may_see(&self, caller: &App, id: &DatasetId) -> bool {
+        self.held(id).is_some_and(|d| self.sees(caller, &d))
+    }
+
+    fn sees(&self, caller: &App, d: &Dataset) -> bool {
+        [Action::Read, Action::Write, Action::Query]
+            .iter()
+            .any(|a| self.authorize(caller, *a, d).is_ok())
     }
 
     /// The dataset `id`, if this node holds it.

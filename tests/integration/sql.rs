@@ -231,3 +231,21 @@ async fn statements_outside_the_dialect_are_400_naming_the_part() {
         .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "rows are never federated: {b}");
 }
+
+/// Many statements at once, each as long and deep as allowed (`1+1+...`, 16 KiB): each is
+/// refused alone (400) or told to retry (503 `busy`, `Retry-After`), never more than four are
+/// translated at once, and the node answers a plain statement afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_deep_statements_is_answered_and_bounded() {
+    let api = api().await;
+    let chain = vec!["1"; 8_100].join("+");
+    let statement = format!("SELECT * FROM \"hospital/flu\" WHERE cases > {chain}");
+    assert!(statement.len() <= 16 * 1024);
+    let calls = (0..48).map(|_| sql(&api, api.admin(), &statement));
+    for (s, b) in futures::future::join_all(calls).await {
+        let busy = s == StatusCode::SERVICE_UNAVAILABLE && b["error"]["reason"] == "busy";
+        assert!(s == StatusCode::BAD_REQUEST || busy, "{s}: {b}");
+    }
+    let b = ok(&api, "SELECT id FROM \"hospital/flu\" WHERE cases > 11").await;
+    assert_eq!(b["count"], 1, "{b}");
+}
