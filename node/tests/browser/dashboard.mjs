@@ -8,99 +8,15 @@
 //   FOGMESH_CHROMIUM     the Chromium executable
 //   FOGMESH_SCREENSHOTS  optional: a directory to save screenshots into
 import { strict as assert } from 'node:assert';
-import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { chromium } from 'playwright-core';
+import {
+  ADMIN, BASE, SHOTS, WAIT, allow, drive, env, problems, queryDirect, rowsOf, runQuery, shot, signIn,
+  signOut, statusOf, step, takeViolations, violations, waitPanel,
+} from './lib.mjs';
 
-const env = (name) => {
-  const v = process.env[name];
-  if (!v) throw new Error(`${name} is not set`);
-  return v;
-};
-const BASE = env('FOGMESH_URL');
-const ADMIN = env('FOGMESH_ADMIN_TOKEN');
 const APP = env('FOGMESH_APP_TOKEN');
 const EXPECT = JSON.parse(env('FOGMESH_EXPECT'));
-const SHOTS = process.env.FOGMESH_SCREENSHOTS || '';
-const WAIT = 20_000;
 const REFRESH_MS = 5_000;
-
-const step = (what) => console.log(`- ${what}`);
-
-// ---- what the page reports: console errors, page errors, CSP violations ----
-
-const problems = [];
-let allowedStatuses = new Set();
-
-function watch(page) {
-  page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
-  page.on('console', (msg) => {
-    if (msg.type() !== 'error') return;
-    const status = /status of (\d{3})/.exec(msg.text());
-    if (status && allowedStatuses.has(Number(status[1]))) return;
-    problems.push(`console error: ${msg.text()} (${msg.location().url})`);
-  });
-}
-
-const violations = [];
-
-/** Runs in the page before its own script: every securitypolicyviolation is reported. */
-const reportViolations = () => {
-  document.addEventListener('securitypolicyviolation', (e) => {
-    window.__reportCsp(`${e.violatedDirective} blocked ${e.blockedURI || 'inline'}`);
-  });
-};
-
-function takeViolations() {
-  return violations.splice(0, violations.length);
-}
-
-/** Saves a screenshot of the area the `targets` cover, or of the top of the page. */
-async function shot(page, name, ...targets) {
-  if (!SHOTS) return;
-  mkdirSync(SHOTS, { recursive: true });
-  const path = join(SHOTS, `${name}.png`);
-  let clip = { x: 0, y: 0, width: 1200, height: 540 };
-  if (targets.length > 0) {
-    // Page coordinates, as a full-page clip takes them (boundingBox() is relative to the viewport).
-    const boxes = await Promise.all(targets.map((t) => page.locator(t).evaluate((e) => {
-      const r = e.getBoundingClientRect();
-      return { x: r.x + window.scrollX, y: r.y + window.scrollY, width: r.width, height: r.height };
-    })));
-    const x = Math.min(...boxes.map((b) => b.x));
-    const y = Math.min(...boxes.map((b) => b.y));
-    const right = Math.max(...boxes.map((b) => b.x + b.width));
-    const bottom = Math.max(...boxes.map((b) => b.y + b.height));
-    clip = { x, y, width: right - x, height: bottom - y };
-  }
-  await page.screenshot({ path, clip, fullPage: true });
-  step(`screenshot ${path}`);
-}
-
-// ---- reading the page ----
-
-const statusOf = (page, id) => page.locator(`#panel-${id} > .status`);
-
-async function waitPanel(page, id, state) {
-  await page.waitForFunction(([pid, want]) => {
-    const s = document.querySelector(`#panel-${pid} > .status`);
-    return s && s.dataset.state === want;
-  }, [id, state], { timeout: WAIT }).catch(async () => {
-    const got = await statusOf(page, id).getAttribute('data-state');
-    const text = await statusOf(page, id).textContent();
-    throw new Error(`panel ${id}: state ${got} (${text}), wanted ${state}`);
-  });
-}
-
-/** A table's rows as objects keyed by its headings. */
-async function rowsOf(page, name) {
-  return page.$$eval(`table[data-table="${name}"]`, (tables) => {
-    if (tables.length === 0) return null;
-    const heads = [...tables[0].querySelectorAll('thead th')].map((th) => th.textContent);
-    return [...tables[0].querySelectorAll('tbody tr')].map((tr) => Object.fromEntries(
-      [...tr.cells].map((td, i) => [heads[i], td.textContent])));
-  });
-}
 
 async function datasetRecords(page, id) {
   const rows = (await rowsOf(page, 'datasets')) || [];
@@ -124,16 +40,6 @@ async function publish(...records) {
     body: JSON.stringify({ records }),
   });
   assert.equal(res.status, 200, `publishing: ${await res.text()}`);
-}
-
-/** A view query asked of the node directly (not through the page). */
-async function queryDirect(query, token = ADMIN) {
-  const res = await fetch(`${BASE}/v1/query`, {
-    method: 'POST',
-    headers: { Authorization: `Bearer ${token}`, 'Content-Type': 'application/json' },
-    body: JSON.stringify(query),
-  });
-  return { status: res.status, body: await res.json() };
 }
 
 /** Horizontal overflow of the page at `width` x `height`: none wanted. */
@@ -162,24 +68,14 @@ async function openPage(page) {
   assert.ok(await page.locator('#panels').isHidden(), 'no panel shows before signing in');
 }
 
-async function signIn(page, token) {
-  await page.fill('#token', token);
-  await page.click('#signin-form button[type=submit]');
-  await page.waitForSelector('#panels', { state: 'visible', timeout: WAIT });
-  assert.ok(!page.url().includes(token), 'the token is not in the URL');
-  assert.equal(await page.inputValue('#token'), '', 'the token is cleared from the form');
-  const stored = await page.evaluate(() => [sessionStorage.getItem('fogmesh.token'), localStorage.length]);
-  assert.deepEqual(stored, [token, 0], 'the token is in sessionStorage only');
-}
-
 async function wrongToken(page) {
-  allowedStatuses = new Set([401]);
+  allow(401);
   await page.fill('#token', 'fm_not-a-token');
   await page.click('#signin-form button[type=submit]');
   await page.waitForFunction(() => document.getElementById('signin-error').textContent !== '');
   assert.match(await page.textContent('#signin-error'), /401/);
   assert.equal(await page.evaluate(() => sessionStorage.length), 0, 'a refused token is not kept');
-  allowedStatuses = new Set();
+  allow();
 }
 
 async function adminPanels(page) {
@@ -238,16 +134,6 @@ async function refreshing(page) {
   step('pause held the figures; refresh now and resume work');
 }
 
-async function runQuery(page, query) {
-  await page.fill('#query-text', JSON.stringify(query));
-  await page.click('#query-form button[type=submit]');
-  await page.waitForFunction(() => {
-    const s = document.querySelector('#panel-query > .status');
-    return s.dataset.state !== 'loading';
-  }, null, { timeout: WAIT });
-  return statusOf(page, 'query').textContent();
-}
-
 async function queries(page) {
   const q = EXPECT.query;
   const summary = await runQuery(page, { datasets: [q.dataset], where: [q.where], order_by: 'name' });
@@ -268,10 +154,10 @@ async function queries(page) {
   assert.ok(cell.includes(q.marker), `the marker shows as text: ${cell}`);
   assert.equal(await page.locator('#panel-query img').count(), 0, 'no element made from data');
   assert.equal(await page.evaluate(() => window.__pwned), undefined);
-  allowedStatuses = new Set([400]);
+  allow(400);
   const refused = await runQuery(page, { datasets: [q.dataset], nonsense: 1 });
   assert.match(refused, /400/);
-  allowedStatuses = new Set();
+  allow();
   await page.fill('#query-text', '{not json');
   await page.click('#query-form button[type=submit]');
   assert.match(await statusOf(page, 'query').textContent(), /not JSON/);
@@ -381,19 +267,8 @@ async function cspHolds(page) {
   if (i >= 0) problems.splice(i, 1);
 }
 
-async function signOut(page) {
-  await page.click('#signout');
-  await page.waitForSelector('#signin', { state: 'visible' });
-  const left = await page.evaluate(() => [sessionStorage.getItem('fogmesh.token'), sessionStorage.length]);
-  assert.deepEqual(left, [null, 0], 'signing out forgets the token');
-  assert.equal(await page.locator('#panels table').count(), 0, 'no figure stays on the page');
-  assert.equal(await page.locator('#panels svg, #panel-live li, #live-dataset option').count(), 0,
-    'no chart, change or dataset name stays');
-  assert.equal(await page.isDisabled('#live-stop'), true, 'no stream followed');
-}
-
 async function appToken(page) {
-  allowedStatuses = new Set([403]);
+  allow(403);
   await signIn(page, APP);
   for (const id of ['apps', 'grants', 'flows', 'audit', 'health']) {
     await waitPanel(page, id, 'forbidden');
@@ -408,7 +283,7 @@ async function appToken(page) {
   const chartQuery = { datasets: [EXPECT.chart.dataset], group_by: ['segment:0', 'bucket:1d'], aggregates: ['count'] };
   const direct = await queryDirect(chartQuery, APP);
   assert.ok([403, 404].includes(direct.status), `the node refuses the app: ${direct.status}`);
-  allowedStatuses = new Set([403, 404]);
+  allow(403, 404);
   const refused = await runQuery(page, chartQuery);
   assert.ok(refused.includes(String(direct.status)), `the query panel says ${direct.status}: ${refused}`);
   assert.equal(await page.locator('#panel-query svg, #panel-query table').count(), 0, 'no chart, no table');
@@ -418,59 +293,37 @@ async function appToken(page) {
   await shot(page, 'dashboard-app-token', '#panel-apps', '#panel-grants', '#panel-flows');
 }
 
-async function main() {
-  const browser = await chromium.launch({
-    executablePath: env('FOGMESH_CHROMIUM'),
-    args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage'],
-  });
-  try {
-    const context = await browser.newContext({ viewport: { width: 1200, height: 860 } });
-    await context.exposeBinding('__reportCsp', (_source, v) => violations.push(v));
-    await context.addInitScript(reportViolations);
-    const page = await context.newPage();
-    watch(page);
-    step('open the page');
-    await openPage(page);
-    await shot(page, 'dashboard-signin', '#signin');
-    step('a wrong token is refused');
-    await wrongToken(page);
-    step('sign in with the admin token');
-    await signIn(page, ADMIN);
-    await adminPanels(page);
-    await shot(page, 'dashboard-overview');
-    await shot(page, 'dashboard-mesh', '#panel-peers');
-    await shot(page, 'dashboard-datasets', '#panel-datasets');
-    step('a reload keeps the session (sessionStorage)');
-    await page.reload();
-    await waitPanel(page, 'datasets', 'ok');
-    await refreshing(page);
-    step('queries');
-    await queries(page);
-    step('the chart of flu cases per district per day');
-    await charts(page);
-    step('laptop and tablet layouts');
-    await layouts(page);
-    step('the live view of a dataset');
-    await liveView(page);
-    step('the Content-Security-Policy is enforced');
-    await cspHolds(page);
-    step('sign out');
-    await signOut(page);
-    step('sign in with an app token');
-    await appToken(page);
-    await signOut(page);
-    await page.reload();
-    assert.ok(await page.locator('#signin').isVisible(), 'still signed out after a reload');
-    assert.deepEqual(takeViolations(), [], 'no CSP violation');
-    assert.deepEqual(problems, [], 'no console or page error');
-    step('all good');
-  } finally {
-    await browser.close();
-  }
-}
-
-main().catch((e) => {
-  console.error(e.stack || String(e));
-  if (problems.length) console.error(`page problems:\n${problems.join('\n')}`);
-  process.exit(1);
+drive(async (page) => {
+  step('open the page');
+  await openPage(page);
+  await shot(page, 'dashboard-signin', '#signin');
+  step('a wrong token is refused');
+  await wrongToken(page);
+  step('sign in with the admin token');
+  await signIn(page, ADMIN);
+  await adminPanels(page);
+  await shot(page, 'dashboard-overview');
+  await shot(page, 'dashboard-mesh', '#panel-peers');
+  await shot(page, 'dashboard-datasets', '#panel-datasets');
+  step('a reload keeps the session (sessionStorage)');
+  await page.reload();
+  await waitPanel(page, 'datasets', 'ok');
+  await refreshing(page);
+  step('queries');
+  await queries(page);
+  step('the chart of flu cases per district per day');
+  await charts(page);
+  step('laptop and tablet layouts');
+  await layouts(page);
+  step('the live view of a dataset');
+  await liveView(page);
+  step('the Content-Security-Policy is enforced');
+  await cspHolds(page);
+  step('sign out');
+  await signOut(page);
+  step('sign in with an app token');
+  await appToken(page);
+  await signOut(page);
+  await page.reload();
+  assert.ok(await page.locator('#signin').isVisible(), 'still signed out after a reload');
 });

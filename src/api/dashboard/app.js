@@ -648,12 +648,32 @@
     return [root, legend([measure]), note];
   }
 
-  /** The example query: flu cases per district per day over the flu dataset this token sees. */
+  /**
+   * The example queries, first match wins: flu cases per district per day, from the demo flow's
+   * daily counts (a `flu-daily` dataset, one record per district and day) or from admissions
+   * records (a `flu-cases` dataset, one per ward and time, flu and other diagnoses).
+   */
+  const EXAMPLES = [
+    { pattern: /\/flu-daily$/, query: (ds) => ({ datasets: [ds], group_by: ['segment:0', 'bucket:1d'],
+      aggregates: ['sum:count'] }) },
+    { pattern: /\/flu-cases$/, query: (ds) => ({ datasets: [ds], where: ['diagnosis=flu'],
+      group_by: ['segment:0', 'bucket:1d'], aggregates: ['sum:cases'] }) },
+  ];
+
+  /** The example query: flu cases per district per day over a flu dataset this token sees. */
   function exampleQuery() {
-    const flu = knownDatasets.find((d) => /\/flu-cases$/.test(d))
-      || knownDatasets.find((d) => d.includes('flu')) || knownDatasets[0] || 'hospital/flu-cases';
-    const query = { datasets: [flu], where: ['diagnosis=flu'], group_by: ['segment:0', 'bucket:1d'],
-      aggregates: ['sum:cases'] };
+    let query = null;
+    for (const ex of EXAMPLES) {
+      const ds = knownDatasets.find((d) => ex.pattern.test(d));
+      if (ds) {
+        query = ex.query(ds);
+        break;
+      }
+    }
+    if (!query) {
+      const flu = knownDatasets.find((d) => d.includes('flu')) || knownDatasets[0] || 'hospital/flu-cases';
+      query = EXAMPLES[EXAMPLES.length - 1].query(flu);
+    }
     byId('query-text').value = JSON.stringify(query);
   }
 
