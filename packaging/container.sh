@@ -10,9 +10,9 @@
 # --debootstrap
 #             make the base here from Debian's packages instead of pulling one (mmdebstrap,
 #             minbase bookworm, imported as localhost/fogmesh-base:bookworm and reused): for hosts
-#             that reach Debian's mirrors but no image registry
+#             that reach Debian's mirrors but no image registry. The base is made once and kept:
+#             `podman rmi localhost/fogmesh-base:bookworm` to make it again with Debian's updates
 set -euo pipefail
-cd "$(dirname "$0")/.."
 
 binary="" tag="fogmesh:latest" base="docker.io/library/debian:bookworm-slim" debootstrap=0
 while [ $# -gt 0 ]; do
@@ -25,6 +25,13 @@ while [ $# -gt 0 ]; do
   esac
 done
 command -v podman >/dev/null || { echo "podman is required (Debian package podman)" >&2; exit 1; }
+# A --binary path is the caller's; everything else is the repository's.
+if [ -n "$binary" ]; then binary=$(realpath "$binary"); fi
+cd "$(dirname "$0")/.."
+
+context=$(mktemp -d)
+rootfs=""
+trap 'rm -rf "$context" ${rootfs:+"$rootfs"}' EXIT
 
 if [ -z "$binary" ]; then
   cargo build --release --locked -p fogmesh-node
@@ -39,12 +46,9 @@ if [ "$debootstrap" = 1 ]; then
     rootfs=$(mktemp --suffix=.tar)
     mmdebstrap --quiet --variant=minbase bookworm "$rootfs"
     podman import --quiet "$rootfs" "$base" >/dev/null
-    rm -f "$rootfs"
   fi
 fi
 
-context=$(mktemp -d)
-trap 'rm -rf "$context"' EXIT
 cp "$binary" "$context/fogmesh"
 cp packaging/Containerfile "$context/Containerfile"
 mkdir "$context/home"

@@ -917,7 +917,11 @@ async fn grants_on_datasets_this_node_does_not_own_or_hold_are_refused() {
     api.shared_beds().await;
     let req = json!({"dataset": "hospital/beds", "to": "agency/*", "rights": ["query", "metrics"]});
     let got = api.post(GRANTS, api.admin(), req).await;
-    assert_error(got, 400, "metrics is a right of this node's apps, not of a grant");
+    assert_error(
+        got,
+        400,
+        "metrics is a right of this node's apps, not of a grant",
+    );
     assert!(api.grants().await.is_empty());
 }
 

@@ -94,6 +94,7 @@ async function adminPanels(page) {
   const flu = (await rowsOf(page, 'datasets')).find((d) => d.dataset === EXPECT.live.dataset);
   assert.deepEqual([flu.sealed, flu.readable, flu.readers, flu.priority, flu.retention, flu['catch-up']],
     ['yes', 'yes', EXPECT.peer.org, 'normal', 'keep all', 'none under way'], JSON.stringify(flu));
+  assert.match(flu.size, /^\d+(\.\d)? (B|KiB|MiB)$/, `the dataset's size in the store: ${JSON.stringify(flu)}`);
   const members = (await rowsOf(page, 'members')).map((m) => [m.organization, m.state]);
   assert.deepEqual(members, EXPECT.members.map((o) => [o, 'active']));
   const apps = (await rowsOf(page, 'apps')).map((a) => a.app);

@@ -96,8 +96,11 @@
   const badge = (text, kind) => el('span', { cls: `badge ${kind}` }, text);
   const empty = (text) => el('p', { cls: 'empty' }, text);
 
+  /** Whether `ms` is a time a Date can show (a peer may sign any number). */
+  const isTime = (ms) => typeof ms === 'number' && Number.isFinite(ms) && Math.abs(ms) <= 8.64e15;
+
   function fmtTime(ms) {
-    if (ms === null || ms === undefined) return '—';
+    if (!isTime(ms)) return '—';
     return new Date(ms).toISOString().replace('T', ' ').replace(/\.\d+Z$/, 'Z');
   }
 
@@ -263,7 +266,7 @@
       ['dataset', (d) => d.id], ['visibility', (d) => d.visibility],
       ['sealed', (d) => (d.encrypted ? 'yes' : 'no')],
       ['readable', (d) => (d.readable ? badge('yes', 'ok') : badge('ciphertext only', 'muted'))],
-      ['records', (d) => d.records], ['envelopes', (d) => d.envelopes],
+      ['records', (d) => d.records], ['envelopes', (d) => d.envelopes], ['size', (d) => fmtBytes(d.bytes)],
       ['readers', (d) => (d.readers || []).join(', ') || '—'], ['priority', (d) => d.priority],
       ['retention', (d) => fmtRetention(d.retention)], ['catch-up', (d) => fmtCatchUp(progress, d.id)],
       ['created', (d) => fmtTime(d.created)],
@@ -522,7 +525,7 @@
 
   /** A bucket's label: its first millisecond as a UTC date (and time, for buckets under a day). */
   function fmtBucket(ms, dim) {
-    if (typeof ms !== 'number') return '(none)';
+    if (!isTime(ms)) return '(none)';
     const iso = new Date(ms).toISOString();
     return /d$/.test(dim) ? iso.slice(0, 10) : `${iso.slice(5, 10)} ${iso.slice(11, 16)}`;
   }
@@ -533,13 +536,23 @@
     return typeof value === 'object' ? JSON.stringify(value) : String(value);
   }
 
-  /** Round steps for an axis from lo to hi: [lo', hi', step]. */
+  /** Round steps for an axis from lo to hi, zero included: [lo', hi', step], or null when the
+   * values give no drawable axis (not finite, or too large to step through). */
   function niceScale(lo, hi) {
-    if (lo === hi) { hi = lo + 1; lo = Math.min(0, lo); }
+    lo = Math.min(0, lo);
+    hi = Math.max(0, hi);
+    if (hi === lo) hi = lo + 1;
     const raw = (hi - lo) / 5;
     const mag = 10 ** Math.floor(Math.log10(raw));
     const step = [1, 2, 5, 10].map((f) => f * mag).find((s) => s >= raw);
-    return [Math.floor(lo / step) * step, Math.ceil(hi / step) * step, step];
+    const scale = [Math.floor(lo / step) * step, Math.ceil(hi / step) * step, step];
+    const drawable = scale.every(Number.isFinite) && step > 0 && (scale[1] - scale[0]) / step <= 50;
+    return drawable ? scale : null;
+  }
+
+  /** [smallest, largest] of `values`, without spreading them into arguments (thousands of groups). */
+  function extent(values) {
+    return values.reduce(([lo, hi], v) => [Math.min(lo, v), Math.max(hi, v)], [Infinity, -Infinity]);
   }
 
   function fmtNum(n) {
@@ -551,7 +564,9 @@
   function frame(lo, hi, step, xTitle, yTitle) {
     const y = (v) => M.top + ((hi - v) / (hi - lo)) * (H - M.top - M.bottom);
     const g = svg('g', { class: 'axes' });
-    for (let v = lo; v <= hi + step / 2; v += step) {
+    const ticks = Math.round((hi - lo) / step);
+    for (let i = 0; i <= ticks; i += 1) {
+      const v = lo + i * step;
       const at = y(v).toFixed(1);
       g.append(svg('line', { class: 'grid', x1: M.left, x2: W - M.right, y1: at, y2: at }),
         svg('text', { class: 'tick', x: M.left - 6, y: at, 'text-anchor': 'end', 'dominant-baseline': 'middle' }, fmtNum(Number(v.toPrecision(12)))));
@@ -597,11 +612,13 @@
     const names = [...new Set(pts.map((g) => fmtDim(g[by], by)))].sort();
     const shown = names.slice(0, SERIES_SHOWN);
     const xs = [...new Set(pts.map((g) => g[bucket]))].sort((a, b) => a - b);
-    const values = pts.map((g) => g[measure]);
-    const [lo, hi, step] = niceScale(Math.min(0, ...values), Math.max(...values));
+    const scale = niceScale(...extent(pts.map((g) => g[measure])));
+    if (!scale) return null;
+    const [lo, hi, step] = scale;
     const [axes, y] = frame(lo, hi, step, `${bucket.slice(7)} buckets (UTC)`, measure);
     const span = W - M.left - M.right;
-    const x = (t) => M.left + (xs.length === 1 ? span / 2 : 12 + ((xs.indexOf(t)) / (xs.length - 1)) * (span - 24));
+    const at = new Map(xs.map((t, i) => [t, i]));
+    const x = (t) => M.left + (xs.length === 1 ? span / 2 : 12 + (at.get(t) / (xs.length - 1)) * (span - 24));
     const every = Math.ceil(xs.length / 10);
     const root = svg('svg', { class: 'chart', viewBox: `0 0 ${W} ${H}`, role: 'img', 'data-chart': 'lines',
       'aria-label': `${measure} per ${by} per ${bucket.slice(7)}` }, axes);
@@ -626,8 +643,9 @@
     if (all.length === 0) return null;
     const shown = all.slice(0, BARS_SHOWN);
     const label = (g) => dims.map((d) => fmtDim(g[d], d)).join(' / ') || 'all';
-    const values = shown.map((g) => g[measure]);
-    const [lo, hi, step] = niceScale(Math.min(0, ...values), Math.max(0, ...values));
+    const scale = niceScale(...extent(shown.map((g) => g[measure])));
+    if (!scale) return null;
+    const [lo, hi, step] = scale;
     const [axes, y] = frame(lo, hi, step, dims.join(', ') || 'every record', measure);
     const slot = (W - M.left - M.right) / shown.length;
     const root = svg('svg', { class: 'chart', viewBox: `0 0 ${W} ${H}`, role: 'img', 'data-chart': 'bars',
@@ -733,8 +751,9 @@
     if (why) setStatus(byId('panel-live'), 'stopped', why);
   }
 
-  /** Reads server-sent events from `stream`, calling `onEvent(kind, data)` for each; a line or an
-   * event longer than LIVE_MAX_LINE stops it. */
+  /** Reads server-sent events from `stream`, calling `onEvent(kind, data)` for each. An event
+   * (or a line) longer than LIVE_MAX_LINE is dropped as it comes, never held whole, and reported
+   * as `onEvent('skipped', '')`; the stream goes on. */
   async function readEvents(stream, onEvent) {
     const reader = stream.getReader();
     const decoder = new TextDecoder();
@@ -742,9 +761,24 @@
     let kind = '';
     let data = [];
     let size = 0;
-    const tooLong = async () => {
-      await reader.cancel().catch(() => {});
-      throw new Error(`an event longer than ${LIVE_MAX_LINE} bytes: the stream was stopped`);
+    let skipping = false; // the event under way is too long: its lines are dropped
+    let midLine = false; // a too-long line is being dropped up to its end
+    const line = (text) => {
+      if (text === '') {
+        if (skipping) onEvent('skipped', '');
+        else if (data.length > 0) onEvent(kind || 'message', data.join('\n'));
+        [kind, data, size, skipping] = ['', [], 0, false];
+        return;
+      }
+      if (skipping || text.startsWith(':')) return;
+      const colon = text.indexOf(':');
+      const field = colon < 0 ? text : text.slice(0, colon);
+      const value = colon < 0 ? '' : text.slice(colon + 1).replace(/^ /, '');
+      if (field === 'event') kind = value.slice(0, 64);
+      if (field !== 'data') return;
+      size += value.length + 1;
+      if (size > LIVE_MAX_LINE) [skipping, data] = [true, []];
+      else data.push(value);
     };
     for (;;) {
       const { value, done } = await reader.read();
@@ -752,27 +786,13 @@
       buffer += decoder.decode(value, { stream: true });
       let nl = buffer.indexOf('\n');
       while (nl >= 0) {
-        const line = buffer.slice(0, nl).replace(/\r$/, '');
+        const text = buffer.slice(0, nl).replace(/\r$/, '');
         buffer = buffer.slice(nl + 1);
+        if (midLine) midLine = false;
+        else line(text);
         nl = buffer.indexOf('\n');
-        if (line === '') {
-          if (data.length > 0) onEvent(kind || 'message', data.join('\n'));
-          kind = '';
-          data = [];
-          size = 0;
-        } else if (!line.startsWith(':')) {
-          const colon = line.indexOf(':');
-          const field = colon < 0 ? line : line.slice(0, colon);
-          const text = colon < 0 ? '' : line.slice(colon + 1).replace(/^ /, '');
-          if (field === 'event') kind = text;
-          if (field === 'data') {
-            size += text.length;
-            if (size > LIVE_MAX_LINE) await tooLong();
-            data.push(text);
-          }
-        }
       }
-      if (buffer.length > LIVE_MAX_LINE) await tooLong();
+      if (buffer.length > LIVE_MAX_LINE) [buffer, midLine, skipping, data] = ['', true, true, []];
     }
   }
 
@@ -794,6 +814,10 @@
     if (kind === 'lagged' && ev) {
       return el('li', { data: { kind } }, at, ' ', badge('lagged', 'warn'),
         ` ${ev.missed} changes were missed (the page fell behind): run a query to see the dataset as it is.`);
+    }
+    if (kind === 'skipped') {
+      return el('li', { data: { kind } }, at, ' ', badge('skipped', 'warn'),
+        ` a change longer than ${LIVE_MAX_LINE} bytes was not shown: run a query to see it.`);
     }
     return el('li', { data: { kind } }, at, ' ', badge(kind, 'muted'), ' ', mono(text.slice(0, 500)));
   }
