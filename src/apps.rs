@@ -3,7 +3,7 @@
 //!
 //! A right is written `ACTION:DATASET` where `ACTION` is `read`, `write` or `query` and `DATASET`
 //! is `owner/name`, `owner/*` (every dataset of an organization) or `*`; `metrics:*` lets an app
-//! scrape `/metrics` (a Prometheus server's token) and nothing else. The admin token (created by
+//! scrape `/metrics` (a Prometheus server's token) and no dataset or grant. The admin token (created by
 //! `fogmesh init`) may do everything, including registering apps and creating datasets.
 
 use std::fmt;

@@ -187,7 +187,7 @@ pub enum AppCmd {
         /// App name, e.g. restock-planner.
         name: String,
         /// Rights, comma-separated ACTION:DATASET (read, write, query; owner/name, owner/*, *), or
-        /// metrics:* (scrape /metrics, nothing else: for Prometheus).
+        /// metrics:* (scrape /metrics, no dataset: for Prometheus).
         #[arg(long, value_delimiter = ',')]
         rights: Vec<String>,
         #[command(flatten)]
