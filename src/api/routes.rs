@@ -10,10 +10,9 @@ use super::auth::Caller;
 use super::body::JsonBody;
 use super::error::ApiError;
 use super::ApiState;
-use crate::apps::App;
 use crate::dataset::Spec;
 use crate::naming::DatasetId;
-use crate::node::DatasetInfo;
+use crate::node::Node;
 
 /// The OpenAPI document, kept beside the code it describes.
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -25,16 +24,19 @@ pub async fn node_info(State(s): State<ApiState>, _c: Caller) -> Json<crate::nod
 }
 
 pub async fn list_datasets(State(s): State<ApiState>, Caller(c): Caller) -> ApiResult<Json<Value>> {
-    let datasets = held(&s, c).await?;
+    let datasets = off_async(&s, move |node| node.datasets(&c)).await?;
     Ok(Json(json!({ "datasets": datasets })))
 }
 
-/// The datasets `c` holds a right on, read off the async threads (byte counts read the store).
-async fn held(s: &ApiState, c: App) -> Result<Vec<DatasetInfo>, ApiError> {
+/// Runs `f` on the node off the async threads (a dataset's byte count reads the store).
+async fn off_async<T: Send + 'static>(
+    s: &ApiState,
+    f: impl FnOnce(Node) -> T + Send + 'static,
+) -> Result<T, ApiError> {
     let node = s.node.clone();
-    tokio::task::spawn_blocking(move || node.datasets(&c))
+    tokio::task::spawn_blocking(move || f(node))
         .await
-        .map_err(|e| crate::Error::Internal(format!("listing datasets: {e}")).into())
+        .map_err(|e| crate::Error::Internal(format!("reading datasets: {e}")).into())
 }
 
 pub async fn create_dataset(
@@ -52,10 +54,12 @@ pub async fn get_dataset(
     Path((owner, name)): Path<(String, String)>,
 ) -> ApiResult<impl IntoResponse> {
     let id = DatasetId::new(&owner, &name).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    held(&s, c)
-        .await?
-        .into_iter()
-        .find(|d| d.meta.id == id)
+    let found = off_async(&s, {
+        let id = id.clone();
+        move |node| node.dataset_info(&c, &id)
+    })
+    .await?;
+    found
         .map(Json)
         .ok_or_else(|| ApiError::not_found(format!("dataset {id} not found")))
 }

@@ -308,19 +308,29 @@ impl Node {
             .all_datasets()
             .into_iter()
             .filter(|d| self.sees(caller, d))
-            .map(|d| {
-                let (records, envelopes) = d.stats();
-                DatasetInfo {
-                    meta: d.meta.clone(),
-                    records,
-                    envelopes,
-                    bytes: d.bytes(&self.inner.store),
-                    readable: !d.meta.encrypted || !d.lock().keys.is_empty(),
-                }
-            })
+            .map(|d| self.listed(&d))
             .collect();
         out.sort_by(|a, b| a.meta.id.cmp(&b.meta.id));
         out
+    }
+
+    /// Dataset `id` with its counts, if the caller holds a right on it (blocking, as
+    /// [`Self::datasets`]).
+    pub fn dataset_info(&self, caller: &App, id: &DatasetId) -> Option<DatasetInfo> {
+        self.held(id)
+            .filter(|d| self.sees(caller, d))
+            .map(|d| self.listed(&d))
+    }
+
+    fn listed(&self, d: &Dataset) -> DatasetInfo {
+        let (records, envelopes) = d.stats();
+        DatasetInfo {
+            meta: d.meta.clone(),
+            records,
+            envelopes,
+            bytes: d.bytes(&self.inner.store),
+            readable: !d.meta.encrypted || !d.lock().keys.is_empty(),
+        }
     }
 
     /// Whether `caller` holds any right on dataset `id` held here (an app that does not may not

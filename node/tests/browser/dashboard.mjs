@@ -10,6 +10,7 @@
 import { strict as assert } from 'node:assert';
 import { join } from 'node:path';
 import {
+  signInAsApp,
   ADMIN, BASE, SHOTS, WAIT, allow, drive, env, problems, queryDirect, rowsOf, runQuery, shot, signIn,
   signOut, statusOf, step, takeViolations, violations, waitPanel,
 } from './lib.mjs';
@@ -269,13 +270,7 @@ async function cspHolds(page) {
 }
 
 async function appToken(page) {
-  allow(403);
-  await signIn(page, APP);
-  for (const id of ['apps', 'grants', 'flows', 'audit', 'health']) {
-    await waitPanel(page, id, 'forbidden');
-    assert.match(await statusOf(page, id).textContent(), /^Not shown to this token \(403\): ./);
-  }
-  for (const id of ['node', 'peers', 'members', 'datasets']) await waitPanel(page, id, 'ok');
+  await signInAsApp(page, APP);
   const visible = (await rowsOf(page, 'datasets')).map((d) => d.dataset);
   assert.deepEqual(visible, EXPECT.app_datasets, 'the app sees only what it may read');
   const options = await page.locator('#live-dataset option').evaluateAll((os) => os.map((o) => o.value));

@@ -119,6 +119,18 @@ export async function signIn(page, token) {
   assert.deepEqual(stored, [token, 0], 'the token is in sessionStorage only');
 }
 
+/** Signs in with an app's `token`: each admin-only panel says it is not shown (403), the others
+ * load. */
+export async function signInAsApp(page, token) {
+  allow(403);
+  await signIn(page, token);
+  for (const id of ['apps', 'grants', 'flows', 'audit', 'health']) {
+    await waitPanel(page, id, 'forbidden');
+    assert.match(await statusOf(page, id).textContent(), /^Not shown to this token \(403\): ./);
+  }
+  for (const id of ['node', 'peers', 'members', 'datasets']) await waitPanel(page, id, 'ok');
+}
+
 export async function runQuery(page, query) {
   await page.fill('#query-text', JSON.stringify(query));
   await page.click('#query-form button[type=submit]');

@@ -180,7 +180,7 @@
 
   async function peers() {
     const [status, list, roster] = await Promise.all([
-      apiJson('/v1/mesh'), apiJson('/v1/peers'), apiJson('/v1/members').catch(() => null),
+      once('/v1/mesh'), apiJson('/v1/peers'), apiJson('/v1/members').catch(() => null),
     ]);
     const roles = new Map(((roster && roster.members) || []).map((m) => [m.peer_id, m.role]));
     const out = [facts([
@@ -255,7 +255,7 @@
 
   async function datasets() {
     const [{ datasets: list }, mesh] = await Promise.all([
-      apiJson('/v1/datasets'), apiJson('/v1/mesh').catch(() => null),
+      apiJson('/v1/datasets'), once('/v1/mesh').catch(() => null),
     ]);
     knownDatasets = (list || []).map((d) => d.id);
     seedQuery();
@@ -418,9 +418,17 @@
     }
   }
 
+  /** Answers asked by more than one panel, read once per refresh. */
+  let round = new Map();
+  const once = (path) => {
+    if (!round.has(path)) round.set(path, apiJson(path));
+    return round.get(path);
+  };
+
   async function refreshAll() {
     if (refreshing || !sessionStorage.getItem(TOKEN_KEY)) return;
     refreshing = true;
+    round = new Map();
     byId('panels').setAttribute('aria-busy', 'true');
     try {
       await Promise.all(PANELS.map(refreshPanel));
