@@ -116,12 +116,18 @@ pub enum Error {
     /// Schema nested too deeply.
     #[error("schema nests {0} levels of arrays and objects; the limit is {SCHEMA_MAX_DEPTH}")]
     SchemaTooDeep(usize),
+    /// A creation time past what a date shows.
+    #[error("created {0} ms lies past the end of year 9999")]
+    CreatedOutOfRange(u64),
 }
 
 impl Meta {
-    /// Checks what a description carries that its owner chose: reader names and count, the
-    /// schema's size and depth. Run where one enters: the owner's API, and a peer's catalog.
+    /// Checks what a description carries that its owner chose: its creation time, reader names
+    /// and count, the schema's size and depth. Run where one enters: the owner's API, and a peer's catalog.
     pub fn check(&self) -> Result<(), Error> {
+        if self.created > crate::record::TIME_MAX_MS {
+            return Err(Error::CreatedOutOfRange(self.created));
+        }
         if self.visibility == Visibility::Private && !self.readers.is_empty() {
             return Err(Error::PrivateReaders);
         }
@@ -191,6 +197,16 @@ mod tests {
         assert_eq!(m.id.to_string(), "hospital/flu-cases");
         assert_eq!(m.readers, ["agency", "pharmacy"]);
         assert!(m.encrypted, "shared datasets are sealed by default");
+    }
+
+    #[test]
+    fn a_description_created_past_year_9999_is_refused() {
+        let mut m = spec("flu")
+            .into_meta("hospital", crate::record::TIME_MAX_MS)
+            .expect("valid");
+        assert_eq!(m.check(), Ok(()));
+        m.created = crate::record::TIME_MAX_MS + 1;
+        assert_eq!(m.check(), Err(Error::CreatedOutOfRange(m.created)));
     }
 
     #[test]

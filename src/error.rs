@@ -120,6 +120,24 @@ pub enum Unavailable {
     /// As much of this work runs at once as may: retry shortly.
     #[error("{0}: as many run at once as the node allows; retry in a second")]
     Busy(&'static str),
+    /// The node started a moment ago and has not loaded the dataset yet.
+    #[error("{dataset} is still loading: the node started a moment ago ({loaded} of {total} datasets loaded); retry shortly")]
+    Loading {
+        /// The dataset.
+        dataset: DatasetId,
+        /// Datasets loaded so far.
+        loaded: usize,
+        /// Datasets held at the start.
+        total: usize,
+    },
+    /// The node started a moment ago: its mesh starts once every dataset is loaded.
+    #[error("the mesh starts once every dataset is loaded ({loaded} of {total}): the node started a moment ago; retry shortly")]
+    Starting {
+        /// Datasets loaded so far.
+        loaded: usize,
+        /// Datasets held at the start.
+        total: usize,
+    },
 }
 
 impl Unavailable {
@@ -136,6 +154,8 @@ impl Unavailable {
             Self::ChainBroken(_) => "chain_broken",
             Self::RosterNotFetched(_) => "roster_not_fetched",
             Self::Busy(_) => "busy",
+            Self::Loading { .. } => "loading",
+            Self::Starting { .. } => "starting",
         }
     }
 
@@ -146,7 +166,7 @@ impl Unavailable {
             Self::DiskFailed(_) => Some(30),
             Self::Rotating => Some(5),
             Self::RosterNotFetched(_) => Some(5),
-            Self::Busy(_) => Some(1),
+            Self::Busy(_) | Self::Loading { .. } | Self::Starting { .. } => Some(1),
             _ => None,
         }
     }

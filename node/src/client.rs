@@ -3,7 +3,7 @@
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use serde_json::Value;
@@ -192,46 +192,80 @@ impl Client {
 
     /// GET a JSON document.
     pub fn get(&self, path: &str) -> Result<Value> {
-        self.finish(self.req("GET", path).call())
+        self.finish(self.call(|| self.req("GET", path).call()))
     }
 
     /// POST a JSON body, returning the JSON answer.
     pub fn post(&self, path: &str, body: &Value) -> Result<Value> {
-        self.finish(self.req("POST", path).send_json(body))
+        self.finish(self.call(|| self.req("POST", path).send_json(body)))
     }
 
     /// PUT a JSON body, returning the JSON answer.
     pub fn put(&self, path: &str, body: &Value) -> Result<Value> {
-        self.finish(self.req("PUT", path).send_json(body))
+        self.finish(self.call(|| self.req("PUT", path).send_json(body)))
     }
 
     /// DELETE, returning the JSON answer.
     pub fn delete(&self, path: &str) -> Result<Value> {
-        self.finish(self.req("DELETE", path).call())
+        self.finish(self.call(|| self.req("DELETE", path).call()))
     }
 
     /// POSTs a JSON body and reads the answer as it streams (NDJSON).
     pub fn post_stream(&self, path: &str, body: &Value) -> Result<impl BufRead> {
-        let resp = self
-            .req("POST", path)
-            .set("Accept", "application/x-ndjson")
-            .send_json(body)
-            .map_err(|e| self.explain(e))?;
+        let resp = self.call(|| {
+            self.req("POST", path)
+                .set("Accept", "application/x-ndjson")
+                .send_json(body)
+        })?;
         Ok(BufReader::new(resp.into_reader()))
     }
 
     /// Opens a server-sent event stream.
     pub fn stream(&self, path: &str) -> Result<impl BufRead> {
-        let resp = self
-            .req("GET", path)
-            .set("Accept", "text/event-stream")
-            .call()
-            .map_err(|e| self.explain(e))?;
+        let resp = self.call(|| {
+            self.req("GET", path)
+                .set("Accept", "text/event-stream")
+                .call()
+        })?;
         Ok(BufReader::new(resp.into_reader()))
     }
 
-    fn finish(&self, r: Result<ureq::Response, ureq::Error>) -> Result<Value> {
-        let resp = r.map_err(|e| self.explain(e))?;
+    /// Sends a request, again while the node answers that it is still loading after its start
+    /// (`loading`, `starting`: nothing was done), for up to [`LOADING_WAIT`], saying so once.
+    fn call(
+        &self,
+        send: impl Fn() -> Result<ureq::Response, ureq::Error>,
+    ) -> Result<ureq::Response> {
+        let began = Instant::now();
+        let mut told = false;
+        loop {
+            let (code, resp) = match send() {
+                Ok(resp) => return Ok(resp),
+                Err(ureq::Error::Status(code, resp)) => (code, resp),
+                Err(e) => return Err(self.explain(e)),
+            };
+            let body: Value = resp.into_json().unwrap_or(Value::Null);
+            let err = &body["error"];
+            let reason = err["reason"].as_str().unwrap_or_default();
+            if code != 503
+                || !matches!(reason, "loading" | "starting")
+                || began.elapsed() > LOADING_WAIT
+            {
+                return Err(refusal(code, &body));
+            }
+            if !told {
+                eprintln!(
+                    "waiting: {}",
+                    err["message"].as_str().unwrap_or("the node is starting")
+                );
+                told = true;
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+
+    fn finish(&self, r: Result<ureq::Response>) -> Result<Value> {
+        let resp = r?;
         let mut body = String::new();
         resp.into_reader()
             .take(256 * 1024 * 1024)
@@ -243,12 +277,7 @@ impl Client {
     fn explain(&self, e: ureq::Error) -> anyhow::Error {
         match e {
             ureq::Error::Status(code, resp) => {
-                let body: Value = resp.into_json().unwrap_or(Value::Null);
-                let err = &body["error"];
-                match (err["code"].as_str(), err["message"].as_str()) {
-                    (Some(c), Some(m)) => anyhow!("the node answered {code} {c}: {m}"),
-                    _ => anyhow!("the node answered HTTP {code}"),
-                }
+                refusal(code, &resp.into_json().unwrap_or(Value::Null))
             }
             ureq::Error::Transport(t) => anyhow!(
                 "cannot reach the fogmesh node at {}: {t}\nIs it running? Start it with `fogmesh run --home {}`.",
@@ -256,5 +285,17 @@ impl Client {
                 self.home.display()
             ),
         }
+    }
+}
+
+/// How long a command waits for a node that is still loading its datasets after its start.
+pub const LOADING_WAIT: Duration = Duration::from_secs(120);
+
+/// The node's refusal `body` (HTTP `code`) as an error.
+fn refusal(code: u16, body: &Value) -> anyhow::Error {
+    let err = &body["error"];
+    match (err["code"].as_str(), err["message"].as_str()) {
+        (Some(c), Some(m)) => anyhow!("the node answered {code} {c}: {m}"),
+        _ => anyhow!("the node answered HTTP {code}"),
     }
 }

@@ -113,8 +113,12 @@ fn status(cli: &Cli) -> Result<()> {
     let c = Client::from_cli(cli)?;
     let node = c.get("/v1/node")?;
     let datasets = c.get("/v1/datasets")?;
-    let mesh = c.get("/v1/mesh")?;
-    let peers = c.get("/v1/peers")?;
+    // While the node loads its datasets its mesh has not started: tell that, without waiting.
+    let loading = node.get("loading").cloned();
+    let (mesh, peers) = match &loading {
+        Some(_) => (json!({}), json!({})),
+        None => (c.get("/v1/mesh")?, c.get("/v1/peers")?),
+    };
     if cli.json {
         output::json(&json!({
             "node": node, "mesh": mesh, "peers": peers["peers"], "datasets": datasets["datasets"],
@@ -145,6 +149,13 @@ fn status(cli: &Cli) -> Result<()> {
         mib(&node["store_bytes"]),
         mib(&node["memory_bytes"])
     );
+    if let Some(l) = loading {
+        println!(
+            "LOADING datasets after the start: {} of {} loaded (each answers once loaded; the \
+             mesh starts once all are)",
+            l["loaded"], l["total"]
+        );
+    }
     println!("mesh   members: {}", output_value(&mesh["members"]));
     println!();
     print_peers(&peers);

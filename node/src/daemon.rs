@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use fogmesh::api::MeshSlot;
 use fogmesh::config::{self, Config};
 use fogmesh::mesh::Mesh;
 use fogmesh::Node;
@@ -61,8 +62,10 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<()> {
     init_tracing();
     let cfg = layered_config(cli, args)?;
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    let restart = rt.block_on(serve(&cli.home, cfg))?;
-    drop(rt);
+    let restart = rt.block_on(serve(&cli.home, cfg));
+    // Not waiting for a dataset still loading (it holds nothing its store lacks).
+    rt.shutdown_timeout(std::time::Duration::from_secs(5));
+    let restart = restart?;
     if restart {
         return restart_self();
     }
@@ -88,7 +91,8 @@ fn restart_self() -> Result<()> {
 }
 
 /// Serves until a signal (false), or until a key rotation or a disk that failed and takes writes
-/// again asks for a restart (true).
+/// again asks for a restart (true). The API answers before the datasets are loaded; the mesh,
+/// flows and the retention sweep start once they are ([`start_rest`]).
 async fn serve(home: &Path, cfg: Config) -> Result<bool> {
     let api = cfg.api;
     let node = open_when_disk_allows(home, cfg).await?;
@@ -97,18 +101,19 @@ async fn serve(home: &Path, cfg: Config) -> Result<bool> {
         .with_context(|| format!("binding the HTTP API to {api} (is another node using it?)"))?;
     let bound = listener.local_addr()?;
     std::fs::write(home.join(API_ADDR_FILE), bound.to_string()).context("writing api.addr")?;
-    let net = fogmesh::mesh::net_config(node.config())?;
-    let mesh = Mesh::start(node.clone(), net)
-        .await
-        .context("starting the mesh (are the listen addresses free?)")?;
-    let info = node.info();
-    tracing::info!(org = %info.org, mesh = %info.mesh, peer_id = %info.peer_id, api = %bound, "fogmesh node running");
-    match node.resume_flows() {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(flows = n, "computation flows resumed"),
-        Err(e) => tracing::warn!(error = %e, "computation flows not resumed"),
-    }
-    let sweeper = tokio::spawn(sweep_retention(node.clone()));
+    tracing::info!(api = %bound, loading = ?node.loading(), "HTTP API answering");
+    let slot = MeshSlot::later();
+    let failed = Arc::new(tokio::sync::Notify::new());
+    let starting = tokio::spawn({
+        let (node, slot, failed) = (node.clone(), slot.clone(), failed.clone());
+        async move {
+            let started = start_rest(node, slot).await;
+            if started.is_err() {
+                failed.notify_one();
+            }
+            started
+        }
+    });
     let restart = node.clone();
     let disk_back = Arc::new(AtomicBool::new(false));
     let back = disk_back.clone();
@@ -117,15 +122,54 @@ async fn serve(home: &Path, cfg: Config) -> Result<bool> {
             () = shutdown_signal() => {}
             () = restart.restart_requested() => tracing::info!("keys rotated: restarting"),
             () = restart.disk_back() => back.store(true, Ordering::Relaxed),
+            () = failed.notified() => {}
         }
     };
-    fogmesh::api::serve(listener, node.clone(), Some(mesh.clone()), stop).await?;
-    sweeper.abort();
-    mesh.shutdown().await;
+    fogmesh::api::serve(listener, node.clone(), slot, stop).await?;
+    node.stop_loading();
+    let started = if starting.is_finished() {
+        Some(starting.await.context("starting the node")?)
+    } else {
+        starting.abort();
+        None
+    };
+    let mut outcome = Ok(());
+    match started {
+        Some(Ok((mesh, sweeper))) => {
+            sweeper.abort();
+            mesh.shutdown().await;
+        }
+        Some(Err(e)) => outcome = Err(e),
+        None => tracing::info!("stopped while loading datasets"),
+    }
     tracing::info!("shutting down: snapshotting datasets and flushing");
     node.shutdown().await?;
     let _ = std::fs::remove_file(home.join(API_ADDR_FILE));
+    outcome?;
     Ok(node.restart_pending() || disk_back.load(Ordering::Relaxed))
+}
+
+/// Loads the datasets (the API answers meanwhile), then starts the mesh, resumes the
+/// computation flows and starts the retention sweep.
+async fn start_rest(node: Node, slot: MeshSlot) -> Result<(Mesh, tokio::task::JoinHandle<()>)> {
+    let loader = node.clone();
+    tokio::task::spawn_blocking(move || loader.load_datasets())
+        .await
+        .context("loading the datasets")?
+        .context("loading the datasets")?;
+    let net = fogmesh::mesh::net_config(node.config())?;
+    let mesh = Mesh::start(node.clone(), net)
+        .await
+        .context("starting the mesh (are the listen addresses free?)")?;
+    slot.set(mesh.clone());
+    let info = node.info();
+    tracing::info!(org = %info.org, mesh = %info.mesh, peer_id = %info.peer_id, "fogmesh node running");
+    match node.resume_flows() {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(flows = n, "computation flows resumed"),
+        Err(e) => tracing::warn!(error = %e, "computation flows not resumed"),
+    }
+    Ok((mesh, tokio::spawn(sweep_retention(node))))
 }
 
 /// Opens the node in `home`; while its disk is too full for the store to open, says so and tries
@@ -134,7 +178,7 @@ async fn open_when_disk_allows(home: &Path, cfg: Config) -> Result<Node> {
     use fogmesh::{Error, Unavailable};
     loop {
         let (home2, cfg2) = (home.to_owned(), cfg.clone());
-        let opened = tokio::task::spawn_blocking(move || Node::open_home(&home2, cfg2))
+        let opened = tokio::task::spawn_blocking(move || Node::start_home(&home2, cfg2))
             .await
             .context("opening the node")?;
         match opened {

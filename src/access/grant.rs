@@ -79,6 +79,16 @@ pub enum Error {
     /// Input from a user that cannot become a grant.
     #[error("{0}")]
     Invalid(String),
+    /// A time past what a date shows (the end of year 9999).
+    #[error("grant {id}: its {what} ({ms} ms) lies past the end of year 9999")]
+    TimeOutOfRange {
+        /// Grant id.
+        id: String,
+        /// `expiry` or `issued`.
+        what: &'static str,
+        /// The time.
+        ms: u64,
+    },
 }
 
 /// What a grant allows, as a set.
@@ -238,6 +248,24 @@ pub struct Grant {
 }
 
 impl Grant {
+    /// Fails when a time it carries lies past the end of year 9999 (what a date shows): such a
+    /// grant, signed by a member, is refused alone where it enters, so that no reader has to
+    /// show or compute with it.
+    pub fn check_times(&self) -> Result<(), Error> {
+        let times = [("expiry", self.not_after), ("issued", Some(self.issued))];
+        match times.into_iter().find_map(|(what, t)| {
+            t.filter(|t| *t > crate::record::TIME_MAX_MS)
+                .map(|ms| (what, ms))
+        }) {
+            Some((what, ms)) => Err(Error::TimeOutOfRange {
+                id: self.id.clone(),
+                what,
+                ms,
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// Checks the fields a user chose.
     pub fn validate(&self) -> Result<(), Error> {
         if let Some(p) = &self.prefix {

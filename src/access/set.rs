@@ -101,6 +101,7 @@ impl AccessSet {
             return Ok(false);
         }
         g.verify(owner)?;
+        g.grant.check_times()?;
         if g.grant.dataset != self.dataset {
             return Err(grant::Error::Dataset {
                 id: g.grant.id.clone(),
@@ -362,6 +363,44 @@ mod tests {
     fn set() -> (AccessSet, Identity) {
         let ds = DatasetId::parse("hospital/flu").expect("valid");
         (AccessSet::new(ds), Identity::from_seed([1; 32]))
+    }
+
+    /// A grant the owner signed with an expiry or issue time past year 9999 (which no reader
+    /// can show: a dashboard panel went blank on one) is refused alone; one at the limit stands.
+    #[test]
+    fn a_grant_with_a_time_past_year_9999_is_refused_alone() {
+        let (mut s, owner) = set();
+        let max = crate::record::TIME_MAX_MS;
+        let mut far = grant(1, "pharmacy/*", "read", 1, 0);
+        far.not_after = Some(max + 1);
+        let refused = s.merge_grant(far.sign(&owner), &owner.author());
+        assert!(
+            matches!(
+                refused,
+                Err(grant::Error::TimeOutOfRange { what: "expiry", .. })
+            ),
+            "{refused:?}"
+        );
+        let mut late = grant(1, "pharmacy/*", "read", 1, 0);
+        late.issued = u64::MAX;
+        let refused = s.merge_grant(late.sign(&owner), &owner.author());
+        assert!(
+            matches!(
+                refused,
+                Err(grant::Error::TimeOutOfRange { what: "issued", .. })
+            ),
+            "{refused:?}"
+        );
+        assert_eq!(s.grants().count(), 0);
+        let mut edge = grant(1, "pharmacy/*", "read", 1, 0);
+        (edge.not_after, edge.issued) = (Some(max), max);
+        assert_eq!(s.merge_grant(edge.sign(&owner), &owner.author()), Ok(true));
+        assert!(s
+            .merge_grant(
+                grant(2, "agency/*", "read", 1, 0).sign(&owner),
+                &owner.author()
+            )
+            .is_ok());
     }
 
     /// From an attacker review: the thief of a key the owner rotated away cannot add a grant or

@@ -26,9 +26,14 @@ type ApiResult<T> = Result<T, ApiError>;
 const MAX_TTL_SECS: u64 = 30 * 24 * 3600;
 
 pub(super) fn mesh(s: &ApiState) -> ApiResult<&Mesh> {
-    s.mesh
-        .as_ref()
-        .ok_or_else(|| Error::Network("the mesh is not running on this node".into()).into())
+    match s.mesh.get() {
+        None => Err(Error::Network("the mesh is not running on this node".into()).into()),
+        Some(Some(mesh)) => Ok(mesh),
+        Some(None) => {
+            let (loaded, total) = s.node.loading().map_or((1, 1), |l| (l.loaded, l.total));
+            Err(Error::from(crate::error::Unavailable::Starting { loaded, total }).into())
+        }
+    }
 }
 
 fn admin(c: &App, what: &str) -> ApiResult<()> {

@@ -15,6 +15,7 @@ mod routes;
 mod view;
 
 use std::future::Future;
+use std::sync::{Arc, OnceLock};
 
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::{self, Next};
@@ -32,9 +33,39 @@ pub struct ApiState {
     /// The node served.
     pub node: Node,
     /// Its mesh service, when it runs one.
-    pub mesh: Option<crate::mesh::Mesh>,
+    pub mesh: MeshSlot,
     /// Flips to true when the server begins to shut down, ending event streams.
     pub closing: watch::Receiver<bool>,
+}
+
+/// Where the API finds the node's mesh: none (library users that serve only the local API), or
+/// one that starts once the node's datasets are loaded (answering `starting` until then).
+#[derive(Clone, Default)]
+pub struct MeshSlot(Option<Arc<OnceLock<crate::mesh::Mesh>>>);
+
+impl MeshSlot {
+    /// A mesh that [`Self::set`] provides later.
+    pub fn later() -> Self {
+        Self(Some(Arc::default()))
+    }
+
+    /// Provides the mesh of a slot made by [`Self::later`].
+    pub fn set(&self, mesh: crate::mesh::Mesh) {
+        if let Some(cell) = &self.0 {
+            let _ = cell.set(mesh);
+        }
+    }
+
+    /// The mesh once it runs: `None` when the node has none, `Some(None)` while it starts.
+    fn get(&self) -> Option<Option<&crate::mesh::Mesh>> {
+        self.0.as_ref().map(|cell| cell.get())
+    }
+}
+
+impl From<Option<crate::mesh::Mesh>> for MeshSlot {
+    fn from(mesh: Option<crate::mesh::Mesh>) -> Self {
+        Self(mesh.map(|m| Arc::new(OnceLock::from(m))))
+    }
 }
 
 /// The API's router for a node without the mesh (its mesh endpoints answer 503).
@@ -45,7 +76,7 @@ pub fn router(node: Node, closing: watch::Receiver<bool>) -> Router {
 /// The API's router, shared by the binary and the tests.
 pub fn router_with(
     node: Node,
-    mesh: Option<crate::mesh::Mesh>,
+    mesh: impl Into<MeshSlot>,
     closing: watch::Receiver<bool>,
 ) -> Router {
     let limit = node.config().max_body_bytes;
@@ -103,7 +134,7 @@ pub fn router_with(
         .layer(middleware::from_fn(guard_headers))
         .with_state(ApiState {
             node,
-            mesh,
+            mesh: mesh.into(),
             closing,
         })
 }
@@ -142,7 +173,7 @@ async fn guard_headers(req: Request, next: Next) -> Response {
 pub async fn serve(
     listener: TcpListener,
     node: Node,
-    mesh: Option<crate::mesh::Mesh>,
+    mesh: impl Into<MeshSlot>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (tx, rx) = watch::channel(false);

@@ -74,7 +74,7 @@ pub async fn metrics(State(s): State<ApiState>, Caller(c): Caller) -> ApiResult<
         return Err(crate::Error::Forbidden(why.into()).into());
     }
     let _one = s.node.metrics().scrape.lock().await;
-    if let Some(mesh) = &s.mesh {
+    if let Some(Some(mesh)) = s.mesh.get() {
         mesh.observe().await;
     }
     let node = s.node.clone();

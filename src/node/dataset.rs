@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -90,7 +90,9 @@ pub struct Dataset {
     pub(crate) owner_key: AuthorId,
     /// Grants and wrapped keys (its own lock: never taken while waiting for the state lock).
     pub(crate) access: Mutex<AccessSet>,
-    state: Mutex<State>,
+    /// Set once the dataset is loaded: at creation, or by [`Self::load`] after a start (the
+    /// node answers before every dataset is loaded).
+    state: OnceLock<Mutex<State>>,
     events: broadcast::Sender<Arc<Event>>,
     pub(super) snapshotting: AtomicBool,
     /// Storing turns of this node's own envelopes.
@@ -126,11 +128,17 @@ impl Dataset {
     }
 
     fn with_state(meta: Meta, owner_key: AuthorId, access: AccessSet, state: State) -> Self {
+        let ds = Self::unloaded(meta, owner_key, access);
+        let _ = ds.state.set(Mutex::new(state));
+        ds
+    }
+
+    fn unloaded(meta: Meta, owner_key: AuthorId, access: AccessSet) -> Self {
         Self {
             meta,
             owner_key,
             access: Mutex::new(access),
-            state: Mutex::new(state),
+            state: OnceLock::new(),
             events: broadcast::channel(EVENTS_CAP).0,
             snapshotting: AtomicBool::new(false),
             sequencer: Sequencer::default(),
@@ -138,22 +146,46 @@ impl Dataset {
         }
     }
 
-    /// Rebuilds a dataset from its access state, its latest snapshot and the envelopes stored
-    /// after it. Returns it with the highest HLC seen, so the node clock can move past it.
-    pub(crate) fn restore(
-        meta: Meta,
-        store: &Store,
-        me: &Identity,
-        stored: super::access::Stored,
-    ) -> Result<(Self, u64)> {
+    /// A dataset held in the store, with its access state, not loaded yet ([`Self::load`]).
+    pub(crate) fn stored(meta: Meta, stored: super::access::Stored) -> Result<Self> {
         let (owner_key, access) = stored.open(&meta.id)?;
-        let keys = super::access::my_keys(&access, me);
-        let (state, max_hlc) = State::load(&meta, store, &me.author(), keys)?;
-        Ok((Self::with_state(meta, owner_key, access, state), max_hlc))
+        Ok(Self::unloaded(meta, owner_key, access))
     }
 
+    /// Rebuilds the dataset's state from its latest snapshot and the envelopes stored after it,
+    /// unless it is loaded already. Returns the highest HLC seen, so the node clock can move
+    /// past it. Blocking; the node loads one dataset at a time.
+    pub(crate) fn load(&self, store: &Store, me: &Identity) -> Result<u64> {
+        if self.is_loaded() {
+            return Ok(0);
+        }
+        let keys = {
+            let access = self.access.lock().unwrap_or_else(PoisonError::into_inner);
+            super::access::my_keys(&access, me)
+        };
+        let (state, max_hlc) = State::load(&self.meta, store, &me.author(), keys)?;
+        let _ = self.state.set(Mutex::new(state));
+        Ok(max_hlc)
+    }
+
+    /// Whether this node holds a key of the dataset (read from the access set while it loads).
+    pub(crate) fn has_keys(&self, me: &Identity) -> bool {
+        if self.is_loaded() {
+            return !self.lock().keys.is_empty();
+        }
+        let access = self.access.lock().unwrap_or_else(PoisonError::into_inner);
+        !super::access::my_keys(&access, me).is_empty()
+    }
+
+    /// Whether the dataset's state is loaded (it is, unless the node is still starting).
+    pub(crate) fn is_loaded(&self) -> bool {
+        self.state.get().is_some()
+    }
+
+    /// The dataset's state, waiting until it is loaded: callers on the async threads check
+    /// [`Self::is_loaded`] first (the node refuses a dataset still loading).
     pub(super) fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.wait().lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// How far this dataset's histories go now: once a flush that began after this call

@@ -192,8 +192,10 @@ impl Node {
                     "{what} {id}: a flow runs where its data lives; both datasets must be owned by {org}"
                 )));
             }
-            self.held(id)
-                .ok_or_else(|| Error::NotFound(format!("{what} dataset {id} not found")))
+            let ds = self
+                .held(id)
+                .ok_or_else(|| Error::NotFound(format!("{what} dataset {id} not found")))?;
+            self.ready(&ds).map(|()| ds)
         };
         Ok((get(&flow.source, "source")?, get(&flow.target, "target")?))
     }

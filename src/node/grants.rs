@@ -235,8 +235,11 @@ impl Node {
                 id.owner()
             )));
         }
-        self.held(id)
-            .ok_or_else(|| Error::NotFound(format!("dataset {id} not found")))
+        let ds = self
+            .held(id)
+            .ok_or_else(|| Error::NotFound(format!("dataset {id} not found")))?;
+        self.ready(&ds)?;
+        Ok(ds)
     }
 
     /// Issues a grant on a dataset this node owns (admin only) and delivers keys.
@@ -302,6 +305,7 @@ impl Node {
                 "grant {grant_id} is already revoked"
             )));
         }
+        self.ready(&ds)?;
         let tomb = self.revoke_in(&ds, &old).await?;
         let key = format!("revoked-grant/{grant_id}");
         self.inner
@@ -358,6 +362,9 @@ impl Node {
     async fn revoke_where(&self, matches: impl Fn(&Grant) -> bool, why: &str) -> Result<usize> {
         let mut n = 0;
         for ds in self.owned_datasets() {
+            // The mesh and the sweep run once every dataset is loaded; a caller before that
+            // is refused rather than a grant left standing.
+            self.ready(&ds)?;
             let standing: Vec<Grant> = lock(&ds.access)
                 .grants()
                 .map(|g| g.grant.clone())

@@ -10,6 +10,7 @@ mod flow;
 mod forks;
 mod grants;
 pub mod home;
+mod load;
 mod observe;
 mod quarantine;
 mod replica;
@@ -48,6 +49,7 @@ pub use dataset::{Batch, Event, EVENTS_CAP};
 pub use disk::{DISK_CHECK, SPACE_TO_RESTART};
 pub use forks::Equivocation;
 pub use grants::{parse_ttl, GrantRequest, GrantView, MAX_GRANT_TTL_MS};
+pub use load::Loading;
 pub use quarantine::{MAX_HELD_BYTES_PER_AUTHOR, MAX_HELD_PER_AUTHOR, MAX_HELD_PER_DATASET};
 pub use retention::SWEEP_EVERY as RETENTION_SWEEP;
 pub use rotate::Begun;
@@ -85,6 +87,10 @@ pub struct Info {
     pub store_bytes: u64,
     /// Resident memory of the node process, bytes (0 where the system does not tell).
     pub memory_bytes: u64,
+    /// While the datasets held at the start are being loaded: how many are (absent once all
+    /// are).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loading: Option<Loading>,
 }
 
 /// A dataset as listed: metadata plus counts.
@@ -102,6 +108,10 @@ pub struct DatasetInfo {
     /// Whether this node can open it: in clear, or sealed and a key reached it. A sealed
     /// dataset without a key is held as ciphertext only, to relay it.
     pub readable: bool,
+    /// True while the dataset is still loading after the node started (its counts then read
+    /// 0, and it is refused with `loading` until it is loaded).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub loading: bool,
 }
 
 struct Inner {
@@ -111,6 +121,10 @@ struct Inner {
     store: Store,
     clock: Clock,
     datasets: RwLock<HashMap<DatasetId, Arc<Dataset>>>,
+    /// How many of the datasets held at the start are loaded ([`Node::load_datasets`]).
+    loading: watch::Sender<Loading>,
+    /// Set when the node stops before every dataset is loaded: the loading stops too.
+    load_stopped: std::sync::atomic::AtomicBool,
     metrics: Metrics,
     /// Envelopes written here, once durable, for the mesh to push.
     outbox: broadcast::Sender<Arc<Envelope>>,
@@ -150,8 +164,18 @@ pub struct Node {
 }
 
 impl Node {
-    /// Opens the node whose home directory is `home` (created by [`home::init`]).
+    /// Opens the node whose home directory is `home` (created by [`home::init`]), every dataset
+    /// loaded.
     pub fn open_home(home: &Path, config: Config) -> Result<Self> {
+        let node = Self::start_home(home, config)?;
+        node.load_datasets()?;
+        Ok(node)
+    }
+
+    /// Opens the node whose home directory is `home` without loading its datasets: it answers
+    /// at once, refusing a dataset still loading (`loading`) until [`Self::load_datasets`]
+    /// has loaded it.
+    pub fn start_home(home: &Path, config: Config) -> Result<Self> {
         let loaded = crate::identity::rotation::load(home)?;
         let mut node = Self::open_in(
             loaded.identity,
@@ -167,7 +191,9 @@ impl Node {
 
     /// Opens a node with explicit parts: restores every dataset from `data_dir`.
     pub fn open(identity: Identity, config: Config, data_dir: &Path) -> Result<Self> {
-        Self::open_in(identity, config, data_dir, None)
+        let node = Self::open_in(identity, config, data_dir, None)?;
+        node.load_datasets()?;
+        Ok(node)
     }
 
     fn open_in(
@@ -179,7 +205,6 @@ impl Node {
         config.validate()?;
         let store = Store::open(data_dir)?;
         let audit = crate::audit::Log::open(&store, config.audit_limits())?;
-        let clock = Clock::new();
         let mut datasets = HashMap::new();
         for meta in store.list_json::<Meta>(Table::Datasets)? {
             let id = meta.id.clone();
@@ -191,20 +216,21 @@ impl Node {
                 None if id.owner() == config.org => access::Stored::empty(identity.author()),
                 None => return Err(Error::Internal(format!("{id}: no access state stored"))),
             };
-            let (ds, max_hlc) = Dataset::restore(meta, &store, &identity, stored)?;
-            clock.observe(hlc::Timestamp(max_hlc));
-            datasets.insert(id, Arc::new(ds));
+            datasets.insert(id, Arc::new(Dataset::stored(meta, stored)?));
         }
         tracing::info!(datasets = datasets.len(), "store opened");
         let apps = apps::Registry::load(&store)?;
         let peer_id = identity.peer_id()?.to_string();
+        let total = datasets.len();
         let inner = Inner {
             config,
             identity,
             peer_id,
             store,
-            clock,
+            clock: Clock::new(),
             datasets: RwLock::new(datasets),
+            loading: watch::channel(Loading { loaded: 0, total }).0,
+            load_stopped: std::sync::atomic::AtomicBool::new(false),
             metrics: Metrics::new(),
             outbox: broadcast::channel(OUTBOX_CAP).0,
             directory: RwLock::default(),
@@ -240,6 +266,7 @@ impl Node {
             disk_failed: self.disk_failed(),
             store_bytes: i.store.size_on_disk(),
             memory_bytes: observe::resident_bytes(),
+            loading: self.loading(),
         }
     }
 
@@ -323,13 +350,15 @@ impl Node {
     }
 
     fn listed(&self, d: &Dataset) -> DatasetInfo {
-        let (records, envelopes) = d.stats();
+        let loading = !d.is_loaded();
+        let (records, envelopes) = if loading { (0, 0) } else { d.stats() };
         DatasetInfo {
             meta: d.meta.clone(),
             records,
             envelopes,
             bytes: d.bytes(&self.inner.store),
-            readable: !d.meta.encrypted || !d.lock().keys.is_empty(),
+            readable: !d.meta.encrypted || d.has_keys(&self.inner.identity),
+            loading,
         }
     }
 
@@ -366,7 +395,7 @@ impl Node {
         let not_found = || Error::NotFound(format!("dataset {id} not found"));
         let ds = self.held(id).ok_or_else(not_found)?;
         match self.authorize(caller, action, &ds) {
-            Ok(prefix) => Ok((ds, prefix)),
+            Ok(prefix) => self.ready(&ds).map(|()| (ds, prefix)),
             Err(false) => Err(not_found()),
             Err(true) => {
                 let verb = format!("{action:?}").to_lowercase();
@@ -509,7 +538,8 @@ impl Node {
         }
         let node = self.clone();
         let closing = tokio::task::spawn_blocking(move || {
-            for ds in node.all_datasets() {
+            // One still loading holds nothing its store lacks.
+            for ds in node.all_datasets().into_iter().filter(|d| d.is_loaded()) {
                 ds.snapshot(&node.inner.store)?;
             }
             node.inner.store.flush_blocking().map_err(Error::from)

@@ -34,7 +34,7 @@ impl Node {
             } else {
                 replicas += 1;
             }
-            let (r, e) = d.stats();
+            let (r, e) = if d.is_loaded() { d.stats() } else { (0, 0) };
             let id = d.meta.id.to_string();
             records.push((id.clone(), count(r as u64)));
             envelopes.push((id, count(e)));

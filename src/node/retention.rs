@@ -60,7 +60,8 @@ impl Node {
         let org = &self.inner.config.org;
         let mut deleted = 0;
         for ds in self.all_datasets() {
-            if ds.meta.id.owner() == org.as_str() {
+            // One still loading is trimmed at the next sweep.
+            if ds.meta.id.owner() == org.as_str() && ds.is_loaded() {
                 deleted += self.trim(ds).await?;
             }
         }

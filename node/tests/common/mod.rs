@@ -209,6 +209,12 @@ impl TestNode {
     }
 
     fn spawn(&mut self) -> Result<()> {
+        self.spawn_answering()?;
+        self.await_loaded()
+    }
+
+    /// Starts the process and waits until its API answers, not until its datasets are loaded.
+    fn spawn_answering(&mut self) -> Result<()> {
         assert!(self.child.is_none(), "node already running");
         let addr_file = self.home.join("api.addr");
         match std::fs::remove_file(&addr_file) {
@@ -230,13 +236,19 @@ impl TestNode {
             .spawn()
             .context("spawning fogmesh run")?;
         self.child = Some(child);
-        self.await_serving()
+        self.await_answering()
     }
 
     /// Waits until the running process serves `GET /v1/node` on the address it wrote to
     /// `api.addr` (again, after it restarted itself: the caller removes the old `api.addr`
-    /// first, or waits for the node to remove it).
+    /// first, or waits for the node to remove it), and has loaded its datasets.
     pub fn await_serving(&mut self) -> Result<()> {
+        self.await_answering()?;
+        self.await_loaded()
+    }
+
+    /// Waits until `api.addr` names the address the process answers `GET /v1/node` on.
+    fn await_answering(&mut self) -> Result<()> {
         let addr_file = self.home.join("api.addr");
         let deadline = Instant::now() + START_DEADLINE;
         self.addr = loop {
@@ -268,6 +280,30 @@ impl TestNode {
         })?;
         ensure!(info["org"] == self.org.as_str(), "GET /v1/node: {info}");
         Ok(())
+    }
+
+    /// Waits until `GET /v1/node` shows no loading and the mesh answers (`GET /v1/peers`): the
+    /// node answers before its datasets are loaded, and starts its mesh once they are.
+    pub fn await_loaded(&self) -> Result<()> {
+        let deadline = Instant::now() + START_DEADLINE;
+        loop {
+            let info = self.get("/v1/node")?;
+            if info.get("loading").is_none() && self.get("/v1/peers").is_ok() {
+                return Ok(());
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "still loading after {START_DEADLINE:?}: {info}; log:\n{}",
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the node again on the same home, returning as soon as its API answers (its
+    /// datasets may still be loading).
+    pub fn restart_answering(&mut self) -> Result<()> {
+        self.spawn_answering()
     }
 
     fn child_mut(&mut self) -> &mut Child {
