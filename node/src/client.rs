@@ -192,41 +192,33 @@ impl Client {
 
     /// GET a JSON document.
     pub fn get(&self, path: &str) -> Result<Value> {
-        self.finish(self.call(|| self.req("GET", path).call()))
+        self.finish(self.call("GET", path, None, None))
     }
 
     /// POST a JSON body, returning the JSON answer.
     pub fn post(&self, path: &str, body: &Value) -> Result<Value> {
-        self.finish(self.call(|| self.req("POST", path).send_json(body)))
+        self.finish(self.call("POST", path, None, Some(body)))
     }
 
     /// PUT a JSON body, returning the JSON answer.
     pub fn put(&self, path: &str, body: &Value) -> Result<Value> {
-        self.finish(self.call(|| self.req("PUT", path).send_json(body)))
+        self.finish(self.call("PUT", path, None, Some(body)))
     }
 
     /// DELETE, returning the JSON answer.
     pub fn delete(&self, path: &str) -> Result<Value> {
-        self.finish(self.call(|| self.req("DELETE", path).call()))
+        self.finish(self.call("DELETE", path, None, None))
     }
 
     /// POSTs a JSON body and reads the answer as it streams (NDJSON).
     pub fn post_stream(&self, path: &str, body: &Value) -> Result<impl BufRead> {
-        let resp = self.call(|| {
-            self.req("POST", path)
-                .set("Accept", "application/x-ndjson")
-                .send_json(body)
-        })?;
+        let resp = self.call("POST", path, Some("application/x-ndjson"), Some(body))?;
         Ok(BufReader::new(resp.into_reader()))
     }
 
     /// Opens a server-sent event stream.
     pub fn stream(&self, path: &str) -> Result<impl BufRead> {
-        let resp = self.call(|| {
-            self.req("GET", path)
-                .set("Accept", "text/event-stream")
-                .call()
-        })?;
+        let resp = self.call("GET", path, Some("text/event-stream"), None)?;
         Ok(BufReader::new(resp.into_reader()))
     }
 
@@ -234,24 +226,35 @@ impl Client {
     /// (`loading`, `starting`: nothing was done), for up to [`LOADING_WAIT`], saying so once.
     fn call(
         &self,
-        send: impl Fn() -> Result<ureq::Response, ureq::Error>,
+        method: &str,
+        path: &str,
+        accept: Option<&str>,
+        body: Option<&Value>,
     ) -> Result<ureq::Response> {
         let began = Instant::now();
         let mut told = false;
         loop {
-            let (code, resp) = match send() {
+            let mut req = self.req(method, path);
+            if let Some(a) = accept {
+                req = req.set("Accept", a);
+            }
+            let sent = match body {
+                Some(b) => req.send_json(b),
+                None => req.call(),
+            };
+            let (code, resp) = match sent {
                 Ok(resp) => return Ok(resp),
                 Err(ureq::Error::Status(code, resp)) => (code, resp),
                 Err(e) => return Err(self.explain(e)),
             };
-            let body: Value = resp.into_json().unwrap_or(Value::Null);
-            let err = &body["error"];
+            let answer: Value = resp.into_json().unwrap_or(Value::Null);
+            let err = &answer["error"];
             let reason = err["reason"].as_str().unwrap_or_default();
             if code != 503
                 || !matches!(reason, "loading" | "starting")
                 || began.elapsed() > LOADING_WAIT
             {
-                return Err(refusal(code, &body));
+                return Err(refusal(code, &answer));
             }
             if !told {
                 eprintln!(

@@ -5,8 +5,6 @@
 //!   must open cleanly.
 //! - A node whose home is on a small real filesystem (a tmpfs the test mounts, as root) fills
 //!   it: see [`disk`].
-//! - A node restarted with 30,000 records answers at once and serves each dataset once it is
-//!   loaded: see [`restart`].
 //!
 //! ```text
 //! cargo test -p fogmesh-node --test crash                          # 20 cycles
@@ -16,8 +14,6 @@
 mod common;
 #[path = "crash/disk.rs"]
 mod disk;
-#[path = "crash/restart.rs"]
-mod restart;
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};

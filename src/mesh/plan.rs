@@ -23,6 +23,7 @@
 
 use std::collections::VecDeque;
 
+use crate::dataset::Priority;
 use crate::identity::AuthorId;
 use crate::version::Frontier;
 
@@ -135,6 +136,12 @@ impl Catchup {
     }
 }
 
+/// Orders datasets to catch up: high priority first, then normal, then low; by id within one
+/// priority.
+pub fn by_priority<T>(datasets: &mut [(String, T)], priority: impl Fn(&str) -> Priority) {
+    datasets.sort_by_cached_key(|(id, _)| (std::cmp::Reverse(priority(id)), id.clone()));
+}
+
 /// The authors whose envelopes the peer holds past a fork kept here: it is sent the evidence
 /// instead of being fetched from.
 pub fn past_forks(remote: &Frontier, fork_of: impl Fn(&AuthorId) -> Option<u64>) -> Vec<AuthorId> {
@@ -149,6 +156,21 @@ pub fn past_forks(remote: &Frontier, fork_of: impl Fn(&AuthorId) -> Option<u64>)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn datasets_catch_up_most_urgent_first_then_by_id() {
+        let mut ds: Vec<(String, ())> = ["h/c", "h/alerts", "h/b", "h/a", "h/archive"]
+            .iter()
+            .map(|id| (id.to_string(), ()))
+            .collect();
+        by_priority(&mut ds, |id| match id {
+            "h/alerts" => Priority::High,
+            "h/archive" => Priority::Low,
+            _ => Priority::Normal,
+        });
+        let order: Vec<&str> = ds.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(order, ["h/alerts", "h/a", "h/b", "h/c", "h/archive"]);
+    }
 
     fn a(n: u8) -> AuthorId {
         AuthorId::from_bytes([n; 32])

@@ -208,25 +208,40 @@ impl Mesh {
         shared.sort_by(|a, b| a.0.cmp(&b.0));
         let pages: Vec<_> = shared.chunks(proto::HELLO_PAGE).collect();
         let mut after = None;
-        let mut adopted = 0;
+        let (mut adopted, mut behind) = (0, Vec::new());
         for (i, page) in pages.iter().enumerate() {
             let more = i + 1 < pages.len();
-            adopted += self.hello_page(peer, page, after.take(), more).await?;
+            adopted += self
+                .hello_page(peer, page, after.take(), more, &mut behind)
+                .await?;
             after = page.last().map(|(id, _, _)| id.clone());
         }
         if pages.is_empty() {
-            adopted += self.hello_page(peer, &[], None, false).await?;
+            adopted += self.hello_page(peer, &[], None, false, &mut behind).await?;
+        }
+        // The most urgent datasets first, whichever page named them.
+        let node = &self.inner.node;
+        plan::by_priority(&mut behind, |id| {
+            crate::naming::DatasetId::parse(id)
+                .ok()
+                .and_then(|id| node.priority(&id))
+                .unwrap_or_default()
+        });
+        for (id, bytes) in behind {
+            self.fetch_missing(peer, &id, &frontier(&bytes)?).await?;
         }
         Ok(adopted)
     }
 
-    /// One Hello for `page` of this node's shared datasets (see `SyncRequest::Hello`).
+    /// One Hello for `page` of this node's shared datasets (see `SyncRequest::Hello`); adds
+    /// the frontiers of the datasets the peer holds more of to `behind`.
     async fn hello_page(
         &self,
         peer: PeerId,
         page: &[(String, crate::dataset::Meta, Frontier)],
         after: Option<String>,
         more: bool,
+        behind: &mut Vec<(String, ByteBuf)>,
     ) -> MeshResult<usize> {
         let node = &self.inner.node;
         let datasets = page
@@ -258,9 +273,7 @@ impl Mesh {
         }
         let adopted = self.adopt_all(catalog).await;
         self.merge_access(&access).await?;
-        for (id, bytes) in vectors {
-            self.fetch_missing(peer, &id, &frontier(&bytes)?).await?;
-        }
+        behind.extend(vectors);
         Ok(adopted)
     }
 

@@ -318,6 +318,11 @@ impl super::Node {
         self.held(id).map(|d| (d.meta.clone(), d.version_vector()))
     }
 
+    /// The service priority of dataset `id`, if held.
+    pub fn priority(&self, id: &crate::naming::DatasetId) -> Option<crate::dataset::Priority> {
+        self.held(id).map(|d| d.meta.priority)
+    }
+
     /// Metadata and frontier (vector and chain tips) of every dataset held, as far as it is on
     /// disk ([`Dataset::settle`]).
     pub fn frontiers(&self) -> Vec<(crate::dataset::Meta, crate::version::Frontier)> {

@@ -179,11 +179,15 @@ impl State {
         author: &AuthorId,
         keys: BTreeMap<u64, EpochKey>,
     ) -> Result<(Self, u64)> {
+        let began = std::time::Instant::now();
         let mut state = Self::start(meta, store, author, keys)?;
+        let snapshot = began.elapsed();
         let mut max_hlc = 0;
+        let mut replayed = 0usize;
         let mut pending: Vec<Envelope> = Vec::with_capacity(RESTORE_CHUNK);
         store.for_each_envelope_after(&meta.id, &state.vv.clone(), |env| {
             max_hlc = max_hlc.max(env.hlc);
+            replayed += 1;
             pending.push(env);
             if pending.len() == RESTORE_CHUNK {
                 state
@@ -193,7 +197,17 @@ impl State {
             Ok(())
         })?;
         state.apply_stored(meta, pending)?;
+        let replay = began.elapsed() - snapshot;
         state.finish_load(meta, store, author)?;
+        tracing::debug!(
+            dataset = %meta.id,
+            records = state.records.len(),
+            snapshot_s = snapshot.as_secs_f64(),
+            replayed,
+            replay_s = replay.as_secs_f64(),
+            materialize_s = (began.elapsed() - snapshot - replay).as_secs_f64(),
+            "dataset state loaded"
+        );
         Ok((state, max_hlc))
     }
 

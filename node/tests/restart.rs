@@ -1,13 +1,21 @@
 //! A restart with data: the API answers at once; each dataset answers as soon as it is loaded,
 //! the most urgent first, and `loading` (503, `Retry-After`) until then; the mesh answers
 //! `starting` until every dataset is loaded; the CLI waits for a dataset still loading.
+//!
+//! A test binary of its own: its 30,000-record write would slow the crash test's timed cycles.
+//!
+//! ```text
+//! cargo test -p fogmesh-node --test restart -- --nocapture    # prints the times
+//! ```
+
+mod common;
 
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use serde_json::{json, Value};
 
-use crate::common::{TestNode, START_DEADLINE};
+use common::{TestNode, START_DEADLINE};
 
 /// Records in the low-priority dataset: enough that loading it takes seconds in a debug build.
 const ARCHIVE: usize = 30_000;
