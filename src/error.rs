@@ -121,23 +121,12 @@ pub enum Unavailable {
     #[error("{0}: as many run at once as the node allows; retry in a second")]
     Busy(&'static str),
     /// The node started a moment ago and has not loaded the dataset yet.
-    #[error("{dataset} is still loading: the node started a moment ago ({loaded} of {total} datasets loaded); retry shortly")]
-    Loading {
-        /// The dataset.
-        dataset: DatasetId,
-        /// Datasets loaded so far.
-        loaded: usize,
-        /// Datasets held at the start.
-        total: usize,
-    },
-    /// The node started a moment ago: its mesh starts once every dataset is loaded.
-    #[error("the mesh starts once every dataset is loaded ({loaded} of {total}): the node started a moment ago; retry shortly")]
-    Starting {
-        /// Datasets loaded so far.
-        loaded: usize,
-        /// Datasets held at the start.
-        total: usize,
-    },
+    #[error("{0} is still loading: the node started a moment ago; retry shortly")]
+    Loading(DatasetId),
+    /// The node started a moment ago: its mesh, flows, grants and writes to sealed shared
+    /// datasets wait until every dataset is loaded and the mesh runs.
+    #[error("the node started a moment ago: {0} once every dataset is loaded and the mesh runs; retry shortly")]
+    Starting(&'static str),
 }
 
 impl Unavailable {
@@ -154,8 +143,8 @@ impl Unavailable {
             Self::ChainBroken(_) => "chain_broken",
             Self::RosterNotFetched(_) => "roster_not_fetched",
             Self::Busy(_) => "busy",
-            Self::Loading { .. } => "loading",
-            Self::Starting { .. } => "starting",
+            Self::Loading(_) => "loading",
+            Self::Starting(_) => "starting",
         }
     }
 
@@ -166,7 +155,7 @@ impl Unavailable {
             Self::DiskFailed(_) => Some(30),
             Self::Rotating => Some(5),
             Self::RosterNotFetched(_) => Some(5),
-            Self::Busy(_) | Self::Loading { .. } | Self::Starting { .. } => Some(1),
+            Self::Busy(_) | Self::Loading(_) | Self::Starting(_) => Some(1),
             _ => None,
         }
     }

@@ -150,7 +150,8 @@ async fn serve(home: &Path, cfg: Config) -> Result<bool> {
 }
 
 /// Loads the datasets (the API answers meanwhile), then starts the mesh, resumes the
-/// computation flows and starts the retention sweep.
+/// computation flows, sweeps once (expired grants lose their keys before sealed writes resume)
+/// and marks the node started; then sweeps every `RETENTION_SWEEP`.
 async fn start_rest(node: Node, slot: MeshSlot) -> Result<(Mesh, tokio::task::JoinHandle<()>)> {
     let loader = node.clone();
     tokio::task::spawn_blocking(move || loader.load_datasets())
@@ -169,6 +170,8 @@ async fn start_rest(node: Node, slot: MeshSlot) -> Result<(Mesh, tokio::task::Jo
         Ok(n) => tracing::info!(flows = n, "computation flows resumed"),
         Err(e) => tracing::warn!(error = %e, "computation flows not resumed"),
     }
+    sweep(&node).await;
+    node.mark_started();
     Ok((mesh, tokio::spawn(sweep_retention(node))))
 }
 
@@ -191,28 +194,34 @@ async fn open_when_disk_allows(home: &Path, cfg: Config) -> Result<Node> {
     }
 }
 
-/// Applies every owned dataset's age limit, revokes expired grants (so the expired grantee gets
-/// no new key) and prunes the audit log past its retention, every `RETENTION_SWEEP`, for as long
-/// as the node runs.
+/// Sweeps every `RETENTION_SWEEP` after the first (which the start runs), for as long as the
+/// node runs.
 async fn sweep_retention(node: Node) {
-    let mut every = tokio::time::interval(fogmesh::node::RETENTION_SWEEP);
+    let every = fogmesh::node::RETENTION_SWEEP;
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     loop {
-        every.tick().await;
-        match node.enforce_retention().await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(records = n, "retention deleted expired records"),
-            Err(e) => tracing::warn!(error = %e, "retention sweep failed"),
-        }
-        match node.expire_grants().await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(grants = n, "expired grants revoked; keys rotated"),
-            Err(e) => tracing::warn!(error = %e, "grant expiry sweep failed"),
-        }
-        match node.prune_audit().await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(entries = n, "audit entries past retention pruned"),
-            Err(e) => tracing::warn!(error = %e, "audit pruning failed"),
-        }
+        ticks.tick().await;
+        sweep(&node).await;
+    }
+}
+
+/// Applies every owned dataset's age limit, revokes expired grants (so the expired grantee gets
+/// no new key) and prunes the audit log past its retention.
+async fn sweep(node: &Node) {
+    match node.enforce_retention().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(records = n, "retention deleted expired records"),
+        Err(e) => tracing::warn!(error = %e, "retention sweep failed"),
+    }
+    match node.expire_grants().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(grants = n, "expired grants revoked; keys rotated"),
+        Err(e) => tracing::warn!(error = %e, "grant expiry sweep failed"),
+    }
+    match node.prune_audit().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(entries = n, "audit entries past retention pruned"),
+        Err(e) => tracing::warn!(error = %e, "audit pruning failed"),
     }
 }
 

@@ -30,8 +30,7 @@ pub(super) fn mesh(s: &ApiState) -> ApiResult<&Mesh> {
         None => Err(Error::Network("the mesh is not running on this node".into()).into()),
         Some(Some(mesh)) => Ok(mesh),
         Some(None) => {
-            let (loaded, total) = s.node.loading().map_or((1, 1), |l| (l.loaded, l.total));
-            Err(Error::from(crate::error::Unavailable::Starting { loaded, total }).into())
+            Err(Error::from(crate::error::Unavailable::Starting("the mesh starts")).into())
         }
     }
 }

@@ -19,8 +19,14 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 
 type ApiResult<T> = Result<T, ApiError>;
 
-pub async fn node_info(State(s): State<ApiState>, _c: Caller) -> Json<crate::node::Info> {
-    Json(s.node.info())
+/// The node's identity and state; how many datasets load after a start is the admin's to see
+/// (it counts private ones), an app learns of the loading from its own datasets' answers.
+pub async fn node_info(State(s): State<ApiState>, Caller(c): Caller) -> Json<crate::node::Info> {
+    let mut info = s.node.info();
+    if !c.admin {
+        info.loading = None;
+    }
+    Json(info)
 }
 
 pub async fn list_datasets(State(s): State<ApiState>, Caller(c): Caller) -> ApiResult<Json<Value>> {

@@ -304,6 +304,9 @@ impl Node {
             }
             // All or nothing: a bundle with one bad item changes nothing, so the digests keep
             // differing and a good copy is fetched again.
+            bundle
+                .check_times()
+                .map_err(|e| Error::Invalid(e.to_string()))?;
             let mut next = set.clone();
             let n = next
                 .merge_bundle(&bundle, &owner)

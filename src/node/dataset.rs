@@ -153,19 +153,20 @@ impl Dataset {
     }
 
     /// Rebuilds the dataset's state from its latest snapshot and the envelopes stored after it,
-    /// unless it is loaded already. Returns the highest HLC seen, so the node clock can move
-    /// past it. Blocking; the node loads one dataset at a time.
-    pub(crate) fn load(&self, store: &Store, me: &Identity) -> Result<u64> {
+    /// unless it is loaded already; hands `seen` the highest HLC met (for the node clock to move
+    /// past it) before the dataset takes writes. Blocking; the node loads one at a time.
+    pub(crate) fn load(&self, store: &Store, me: &Identity, seen: impl FnOnce(u64)) -> Result<()> {
         if self.is_loaded() {
-            return Ok(0);
+            return Ok(());
         }
         let keys = {
             let access = self.access.lock().unwrap_or_else(PoisonError::into_inner);
             super::access::my_keys(&access, me)
         };
         let (state, max_hlc) = State::load(&self.meta, store, &me.author(), keys)?;
+        seen(max_hlc);
         let _ = self.state.set(Mutex::new(state));
-        Ok(max_hlc)
+        Ok(())
     }
 
     /// Whether this node holds a key of the dataset (read from the access set while it loads).

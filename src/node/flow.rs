@@ -68,6 +68,8 @@ impl Node {
     /// filled from the source's current records, then kept up to date.
     pub async fn add_flow(&self, caller: &App, spec: FlowSpec) -> Result<FlowSpec> {
         Self::require_admin(caller, "declaring a flow")?;
+        // The flows stored here are resumed (and so checked against) once the node started.
+        self.started("flows are declared")?;
         let flow = spec.check().map_err(|e| {
             // A conflict between two fields, which the contract's schema cannot state.
             if spec.source == spec.target {
@@ -101,6 +103,7 @@ impl Node {
     /// Stops and forgets a flow (admin only). Its target keeps what it holds.
     pub async fn remove_flow(&self, caller: &App, name: &str) -> Result<()> {
         Self::require_admin(caller, "removing a flow")?;
+        self.started("flows are removed")?;
         let running = self.inner.flows.lock().remove(name);
         let (_, task) = running.ok_or_else(|| Error::NotFound(format!("flow {name} not found")))?;
         task.abort();
@@ -116,6 +119,7 @@ impl Node {
     /// The flows declared here (admin only).
     pub fn flows(&self, caller: &App) -> Result<Vec<FlowSpec>> {
         Self::require_admin(caller, "listing flows")?;
+        self.started("flows are listed")?;
         Ok(self
             .inner
             .flows

@@ -229,6 +229,8 @@ impl Node {
 
     fn owned_for_admin(&self, caller: &App, id: &DatasetId, what: &str) -> Result<Arc<Dataset>> {
         Self::require_admin(caller, what)?;
+        // A grant's cuts come from the members' keys, which the mesh tells once it runs.
+        self.started("grants are issued and revoked")?;
         if id.owner() != self.inner.config.org {
             return Err(Error::Forbidden(format!(
                 "{what}: dataset {id} is owned by {}; only its owner grants",
@@ -292,6 +294,7 @@ impl Node {
     /// for the remaining key holders.
     pub async fn revoke(&self, caller: &App, grant_id: &str) -> Result<Grant> {
         Self::require_admin(caller, "revoking")?;
+        self.started("grants are issued and revoked")?;
         let (ds, old) = self
             .owned_datasets()
             .into_iter()

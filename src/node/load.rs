@@ -34,8 +34,10 @@ impl Node {
                 return Ok(0);
             }
             let at = Instant::now();
-            let max_hlc = ds.load(&self.inner.store, &self.inner.identity)?;
-            self.inner.clock.observe(hlc::Timestamp(max_hlc));
+            let clock = &self.inner.clock;
+            ds.load(&self.inner.store, &self.inner.identity, |max| {
+                clock.observe(hlc::Timestamp(max));
+            })?;
             self.inner.loading.send_modify(|l| l.loaded += 1);
             tracing::debug!(dataset = %ds.meta.id, seconds = at.elapsed().as_secs_f64(), "dataset loaded");
         }
@@ -67,17 +69,11 @@ impl Node {
         waiting
     }
 
-    /// How far the loading after the start is; `None` once every dataset is loaded.
+    /// How far the loading after the start is; `None` once the node has started whole (every
+    /// dataset loaded, the mesh running: [`Self::mark_started`]).
     pub fn loading(&self) -> Option<Loading> {
         let l = *self.inner.loading.borrow();
-        (l.loaded < l.total).then_some(l)
-    }
-
-    /// Waits until every dataset held at the start is loaded.
-    pub async fn loaded(&self) {
-        let mut rx = self.inner.loading.subscribe();
-        // The sender lives as long as the node.
-        let _ = rx.wait_for(|l| l.loaded >= l.total).await;
+        (!self.inner.started.load(Ordering::Acquire)).then_some(l)
     }
 
     /// Fails with `loading` while `ds` is not loaded yet.
@@ -85,13 +81,22 @@ impl Node {
         if ds.is_loaded() {
             return Ok(());
         }
-        let l = *self.inner.loading.borrow();
-        Err(Unavailable::Loading {
-            dataset: ds.meta.id.clone(),
-            loaded: l.loaded,
-            total: l.total,
+        Err(Unavailable::Loading(ds.meta.id.clone()).into())
+    }
+
+    /// Marks the node started: every dataset loaded, the mesh told the node who the members are
+    /// (grants state cuts from their keys), the flows resumed and expired grants revoked. Until
+    /// then grants, flows and writes to sealed shared datasets answer `starting`.
+    pub fn mark_started(&self) {
+        self.inner.started.store(true, Ordering::Release);
+    }
+
+    /// Fails with `starting` (naming `what`) until [`Self::mark_started`].
+    pub(super) fn started(&self, what: &'static str) -> Result<()> {
+        match self.inner.started.load(Ordering::Acquire) {
+            true => Ok(()),
+            false => Err(Unavailable::Starting(what).into()),
         }
-        .into())
     }
 }
 
@@ -177,19 +182,12 @@ mod tests {
         for id in &ids {
             let refused = node.query(&admin, id, &Query::default());
             assert!(
-                matches!(
-                    refused,
-                    Err(Error::Unavailable(Unavailable::Loading {
-                        loaded: 0,
-                        total: 4,
-                        ..
-                    }))
-                ),
+                matches!(refused, Err(Error::Unavailable(Unavailable::Loading(_)))),
                 "{id}: {refused:?}"
             );
             let write = node.publish(&admin, id, batch("ward-2")).await;
             assert!(
-                matches!(write, Err(Error::Unavailable(Unavailable::Loading { .. }))),
+                matches!(write, Err(Error::Unavailable(Unavailable::Loading(_)))),
                 "{write:?}"
             );
         }
@@ -202,7 +200,7 @@ mod tests {
         // One dataset loaded answers while the others still load.
         let first = node.load_order().remove(0);
         first
-            .load(&node.inner.store, &node.inner.identity)
+            .load(&node.inner.store, &node.inner.identity, |_| {})
             .expect("load");
         assert_eq!(
             node.query(&admin, &first.meta.id, &Query::default())
@@ -212,8 +210,25 @@ mod tests {
         );
 
         assert_eq!(node.load_datasets().expect("load"), 3);
+        assert_eq!(
+            node.loading(),
+            Some(Loading {
+                loaded: 4,
+                total: 4
+            })
+        );
+        // Flows and grants wait for the start to finish (the mesh tells the members' keys).
+        let starting =
+            |r: Result<()>| matches!(r, Err(Error::Unavailable(Unavailable::Starting(_))));
+        assert!(starting(node.flows(&admin).map(|_| ())));
+        let grant = serde_json::from_value(
+            json!({"dataset": ids[0].to_string(), "to": "pharmacy/*", "rights": ["read"]}),
+        )
+        .expect("grant request");
+        assert!(starting(node.grant(&admin, grant).await.map(|_| ())));
+        node.mark_started();
         assert_eq!(node.loading(), None);
-        node.loaded().await;
+        assert_eq!(node.flows(&admin).expect("flows").len(), 0);
         for id in &ids {
             assert_eq!(
                 node.query(&admin, id, &Query::default())

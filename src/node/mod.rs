@@ -87,8 +87,9 @@ pub struct Info {
     pub store_bytes: u64,
     /// Resident memory of the node process, bytes (0 where the system does not tell).
     pub memory_bytes: u64,
-    /// While the datasets held at the start are being loaded: how many are (absent once all
-    /// are).
+    /// While the node starts: how many of the datasets held at the start are loaded (absent
+    /// once it has started whole: every dataset loaded and its mesh running). Shown to the
+    /// admin only (it counts private datasets).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub loading: Option<Loading>,
 }
@@ -125,6 +126,9 @@ struct Inner {
     loading: watch::Sender<Loading>,
     /// Set when the node stops before every dataset is loaded: the loading stops too.
     load_stopped: std::sync::atomic::AtomicBool,
+    /// Set once the node has started whole ([`Node::mark_started`]); a node opened with its
+    /// datasets loaded starts so.
+    started: std::sync::atomic::AtomicBool,
     metrics: Metrics,
     /// Envelopes written here, once durable, for the mesh to push.
     outbox: broadcast::Sender<Arc<Envelope>>,
@@ -169,12 +173,14 @@ impl Node {
     pub fn open_home(home: &Path, config: Config) -> Result<Self> {
         let node = Self::start_home(home, config)?;
         node.load_datasets()?;
+        node.mark_started();
         Ok(node)
     }
 
     /// Opens the node whose home directory is `home` without loading its datasets: it answers
     /// at once, refusing a dataset still loading (`loading`) until [`Self::load_datasets`]
-    /// has loaded it.
+    /// has loaded it, and grants, flows and writes to sealed shared datasets (`starting`) until
+    /// [`Self::mark_started`].
     pub fn start_home(home: &Path, config: Config) -> Result<Self> {
         let loaded = crate::identity::rotation::load(home)?;
         let mut node = Self::open_in(
@@ -193,6 +199,7 @@ impl Node {
     pub fn open(identity: Identity, config: Config, data_dir: &Path) -> Result<Self> {
         let node = Self::open_in(identity, config, data_dir, None)?;
         node.load_datasets()?;
+        node.mark_started();
         Ok(node)
     }
 
@@ -231,6 +238,7 @@ impl Node {
             datasets: RwLock::new(datasets),
             loading: watch::channel(Loading { loaded: 0, total }).0,
             load_stopped: std::sync::atomic::AtomicBool::new(false),
+            started: std::sync::atomic::AtomicBool::new(false),
             metrics: Metrics::new(),
             outbox: broadcast::channel(OUTBOX_CAP).0,
             directory: RwLock::default(),
@@ -411,6 +419,10 @@ impl Node {
     /// upserted ids in batch order, then the deleted ids.
     pub async fn publish(&self, caller: &App, id: &DatasetId, batch: Batch) -> Result<Vec<String>> {
         let (ds, prefix) = self.dataset_for(caller, Action::Write, id)?;
+        if ds.meta.encrypted {
+            // Sealed under the newest key: not before expired grants lost theirs.
+            self.started("writes to a sealed shared dataset resume")?;
+        }
         record::validate_batch(&batch.records, &batch.delete)?;
         if let Some(p) = &prefix {
             within_prefix(&ds, &batch, p)?;

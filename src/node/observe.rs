@@ -34,7 +34,11 @@ impl Node {
             } else {
                 replicas += 1;
             }
-            let (r, e) = if d.is_loaded() { d.stats() } else { (0, 0) };
+            if !d.is_loaded() {
+                // No series while it loads, rather than a count of 0.
+                continue;
+            }
+            let (r, e) = d.stats();
             let id = d.meta.id.to_string();
             records.push((id.clone(), count(r as u64)));
             envelopes.push((id, count(e)));
