@@ -125,11 +125,14 @@ pub(super) fn from_record_map(id: &str, m: &hydrate::Map) -> Option<Record> {
         Some(hydrate::Value::Scalar(ScalarValue::Str(s))) => s.to_string(),
         _ => return None,
     };
+    // A writer's own node checks the time it writes; one another member wrote is read within
+    // the same range on every node (a time past year 9999 as its end, one before 1970 as 0).
     let time = match m.get("time") {
         Some(hydrate::Value::Scalar(ScalarValue::Uint(t))) => *t,
         Some(hydrate::Value::Scalar(ScalarValue::Int(t))) => u64::try_from(*t).unwrap_or(0),
         _ => 0,
-    };
+    }
+    .min(crate::record::TIME_MAX_MS);
     let data = match m.get("data").map(from_hydrated) {
         Some(Json::Object(o)) => o,
         _ => Map::new(),

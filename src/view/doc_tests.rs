@@ -27,6 +27,19 @@ fn json_round_trips_through_the_document() {
     assert_eq!((r.name.as_str(), r.time), ("d7/ward-3", 5));
 }
 
+/// A member's change can carry any time (its own node checks only what its apps write): every
+/// node reads one past year 9999 as that year's end, so no reader meets a time it cannot show.
+#[test]
+fn a_record_time_past_year_9999_reads_as_its_end() {
+    let mut doc = Doc::new(&[1; 32]);
+    let mut far = up("r1", json!({"a": 1}));
+    far.time = u64::MAX;
+    doc.write(&[far], &[]).expect("write");
+    let r = doc.read("r1").expect("present");
+    assert_eq!(r.time, crate::record::TIME_MAX_MS);
+    assert_eq!(doc.read_all()[0].time, crate::record::TIME_MAX_MS);
+}
+
 #[test]
 fn updates_patch_fields_and_deletes_remove() {
     let mut doc = Doc::new(&[1; 32]);
