@@ -36,6 +36,12 @@ pub enum Priority {
     High,
 }
 
+/// The order datasets are served in when several wait (loading after a start, catching up):
+/// high priority first, then normal, then low; by id within one priority. A sort key.
+pub fn service_order(priority: Priority, id: String) -> (std::cmp::Reverse<Priority>, String) {
+    (std::cmp::Reverse(priority), id)
+}
+
 /// How long records are kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]

@@ -139,7 +139,7 @@ impl Catchup {
 /// Orders datasets to catch up: high priority first, then normal, then low; by id within one
 /// priority.
 pub fn by_priority<T>(datasets: &mut [(String, T)], priority: impl Fn(&str) -> Priority) {
-    datasets.sort_by_cached_key(|(id, _)| (std::cmp::Reverse(priority(id)), id.clone()));
+    datasets.sort_by_cached_key(|(id, _)| crate::dataset::service_order(priority(id), id.clone()));
 }
 
 /// The authors whose envelopes the peer holds past a fork kept here: it is sent the evidence

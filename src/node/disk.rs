@@ -45,8 +45,6 @@ impl Node {
 mod tests {
     use serde_json::json;
 
-    use crate::config::Config;
-    use crate::identity::Identity;
     use crate::naming::DatasetId;
     use crate::node::{home, Batch, Node};
 
@@ -73,14 +71,7 @@ mod tests {
     #[tokio::test]
     async fn a_change_not_yet_on_disk_is_neither_told_of_nor_served() {
         let dir = tempfile::tempdir().expect("tmp");
-        let config = Config {
-            org: "hospital".into(),
-            mesh: "m".into(),
-            ..Config::default()
-        };
-        home::init_with(dir.path(), config.clone(), Identity::from_seed([1; 32]))
-            .await
-            .expect("init");
+        let config = home::for_tests(dir.path()).await;
         let node = Node::open_home(dir.path(), config).expect("open");
         let admin = node
             .authenticate(&home::admin_token(dir.path()).expect("token"))

@@ -196,10 +196,9 @@ impl Node {
                     "{what} {id}: a flow runs where its data lives; both datasets must be owned by {org}"
                 )));
             }
-            let ds = self
-                .held(id)
-                .ok_or_else(|| Error::NotFound(format!("{what} dataset {id} not found")))?;
-            self.ready(&ds).map(|()| ds)
+            self.held_loaded(id, || {
+                Error::NotFound(format!("{what} dataset {id} not found"))
+            })
         };
         Ok((get(&flow.source, "source")?, get(&flow.target, "target")?))
     }

@@ -237,11 +237,7 @@ impl Node {
                 id.owner()
             )));
         }
-        let ds = self
-            .held(id)
-            .ok_or_else(|| Error::NotFound(format!("dataset {id} not found")))?;
-        self.ready(&ds)?;
-        Ok(ds)
+        self.held_loaded(id, || Error::NotFound(format!("dataset {id} not found")))
     }
 
     /// Issues a grant on a dataset this node owns (admin only) and delivers keys.

@@ -34,6 +34,21 @@ pub struct Created {
     pub admin_token_file: String,
 }
 
+/// A home for the node's in-process tests: organization `hospital` of mesh `m`, a fixed key.
+/// Returns its configuration.
+#[cfg(test)]
+pub(crate) async fn for_tests(dir: &Path) -> Config {
+    let config = Config {
+        org: "hospital".into(),
+        mesh: "m".into(),
+        ..Config::default()
+    };
+    init_with(dir, config.clone(), Identity::from_seed([1; 32]))
+        .await
+        .expect("init");
+    config
+}
+
 /// Creates a home directory: keys, config, store and admin token. Refuses an existing home.
 pub async fn init(home: &Path, config: Config) -> Result<Created> {
     init_with(home, config, Identity::generate()).await

@@ -38,11 +38,12 @@ impl Node {
             ds.load(&self.inner.store, &self.inner.identity, |max| {
                 clock.observe(hlc::Timestamp(max));
             })?;
-            self.inner.loading.send_modify(|l| l.loaded += 1);
+            self.inner.loaded.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(dataset = %ds.meta.id, seconds = at.elapsed().as_secs_f64(), "dataset loaded");
         }
-        // Datasets created or adopted meanwhile were loaded as they came.
-        self.inner.loading.send_modify(|l| l.loaded = l.total);
+        // Every one is loaded now, also any loaded by another caller meanwhile.
+        let total = self.inner.held_at_start;
+        self.inner.loaded.store(total, Ordering::Relaxed);
         if !waiting.is_empty() {
             tracing::info!(
                 datasets = waiting.len(),
@@ -65,15 +66,30 @@ impl Node {
             .into_iter()
             .filter(|d| !d.is_loaded())
             .collect();
-        waiting.sort_by(|a, b| (b.meta.priority, &a.meta.id).cmp(&(a.meta.priority, &b.meta.id)));
+        waiting.sort_by_cached_key(|d| {
+            crate::dataset::service_order(d.meta.priority, d.meta.id.to_string())
+        });
         waiting
     }
 
     /// How far the loading after the start is; `None` once the node has started whole (every
     /// dataset loaded, the mesh running: [`Self::mark_started`]).
     pub fn loading(&self) -> Option<Loading> {
-        let l = *self.inner.loading.borrow();
+        let l = Loading {
+            loaded: self.inner.loaded.load(Ordering::Relaxed),
+            total: self.inner.held_at_start,
+        };
         (!self.inner.started.load(Ordering::Acquire)).then_some(l)
+    }
+
+    /// Dataset `id` if held and loaded: `not_found` if not held, `loading` while it loads.
+    pub(super) fn held_loaded(
+        &self,
+        id: &crate::naming::DatasetId,
+        not_found: impl FnOnce() -> crate::error::Error,
+    ) -> Result<Arc<Dataset>> {
+        let ds = self.held(id).ok_or_else(not_found)?;
+        self.ready(&ds).map(|()| ds)
     }
 
     /// Fails with `loading` while `ds` is not loaded yet.
@@ -105,9 +121,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::config::Config;
     use crate::error::Error;
-    use crate::identity::Identity;
     use crate::node::{home, Batch};
     use crate::view::query::Query;
 
@@ -119,14 +133,7 @@ mod tests {
     #[tokio::test]
     async fn a_started_node_answers_and_refuses_each_dataset_until_it_is_loaded_urgent_first() {
         let dir = tempfile::tempdir().expect("tmp");
-        let config = Config {
-            org: "hospital".into(),
-            mesh: "m".into(),
-            ..Config::default()
-        };
-        home::init_with(dir.path(), config.clone(), Identity::from_seed([1; 32]))
-            .await
-            .expect("init");
+        let config = home::for_tests(dir.path()).await;
         let token = home::admin_token(dir.path()).expect("token");
         let mut ids = Vec::new();
         {

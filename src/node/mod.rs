@@ -10,6 +10,7 @@ mod flow;
 mod forks;
 mod grants;
 pub mod home;
+mod info;
 mod load;
 mod observe;
 mod quarantine;
@@ -25,7 +26,6 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use serde::Serialize;
 use tokio::sync::{broadcast, watch};
 
 use crate::apps::{Action, App};
@@ -49,6 +49,7 @@ pub use dataset::{Batch, Event, EVENTS_CAP};
 pub use disk::{DISK_CHECK, SPACE_TO_RESTART};
 pub use forks::Equivocation;
 pub use grants::{parse_ttl, GrantRequest, GrantView, MAX_GRANT_TTL_MS};
+pub use info::{DatasetInfo, Info};
 pub use load::Loading;
 pub use quarantine::{MAX_HELD_BYTES_PER_AUTHOR, MAX_HELD_PER_AUTHOR, MAX_HELD_PER_DATASET};
 pub use retention::SWEEP_EVERY as RETENTION_SWEEP;
@@ -61,60 +62,6 @@ pub use view::{
 /// Local envelopes buffered for the mesh before it is told it lagged.
 pub const OUTBOX_CAP: usize = 1024;
 
-/// What `GET /v1/node` tells.
-#[derive(Debug, Clone, Serialize)]
-pub struct Info {
-    /// Organization.
-    pub org: String,
-    /// Mesh.
-    pub mesh: String,
-    /// libp2p PeerId (derived from the identity key).
-    pub peer_id: String,
-    /// Hex ed25519 public key: the author id on envelopes.
-    pub author: String,
-    /// Hex X25519 public key for key wrapping.
-    pub agreement_key: String,
-    /// HTTP API address.
-    pub api: String,
-    /// Configured libp2p listen addresses.
-    pub listen: Vec<String>,
-    /// fogmesh version.
-    pub version: &'static str,
-    /// Why the disk failed the store, once it did (writes are refused from then on).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub disk_failed: Option<String>,
-    /// Bytes the store takes on disk.
-    pub store_bytes: u64,
-    /// Resident memory of the node process, bytes (0 where the system does not tell).
-    pub memory_bytes: u64,
-    /// While the node starts: how many of the datasets held at the start are loaded (absent
-    /// once it has started whole: every dataset loaded and its mesh running). Shown to the
-    /// admin only (it counts private datasets).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub loading: Option<Loading>,
-}
-
-/// A dataset as listed: metadata plus counts.
-#[derive(Debug, Clone, Serialize)]
-pub struct DatasetInfo {
-    /// Metadata.
-    #[serde(flatten)]
-    pub meta: Meta,
-    /// Records currently present.
-    pub records: usize,
-    /// Envelopes (write batches, all authors) held.
-    pub envelopes: u64,
-    /// Bytes it takes in the store (envelopes and snapshot), counted again at most every 30 s.
-    pub bytes: u64,
-    /// Whether this node can open it: in clear, or sealed and a key reached it. A sealed
-    /// dataset without a key is held as ciphertext only, to relay it.
-    pub readable: bool,
-    /// True while the dataset is still loading after the node started (its counts then read
-    /// 0, and it is refused with `loading` until it is loaded).
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub loading: bool,
-}
-
 struct Inner {
     config: Config,
     identity: Identity,
@@ -122,8 +69,10 @@ struct Inner {
     store: Store,
     clock: Clock,
     datasets: RwLock<HashMap<DatasetId, Arc<Dataset>>>,
-    /// How many of the datasets held at the start are loaded ([`Node::load_datasets`]).
-    loading: watch::Sender<Loading>,
+    /// How many datasets were held at the start, and how many of them are loaded
+    /// ([`Node::load_datasets`]).
+    held_at_start: usize,
+    loaded: std::sync::atomic::AtomicUsize,
     /// Set when the node stops before every dataset is loaded: the loading stops too.
     load_stopped: std::sync::atomic::AtomicBool,
     /// Set once the node has started whole ([`Node::mark_started`]); a node opened with its
@@ -236,7 +185,8 @@ impl Node {
             store,
             clock: Clock::new(),
             datasets: RwLock::new(datasets),
-            loading: watch::channel(Loading { loaded: 0, total }).0,
+            held_at_start: total,
+            loaded: std::sync::atomic::AtomicUsize::new(0),
             load_stopped: std::sync::atomic::AtomicBool::new(false),
             started: std::sync::atomic::AtomicBool::new(false),
             metrics: Metrics::new(),
@@ -257,25 +207,6 @@ impl Node {
         Ok(Self {
             inner: Arc::new(inner),
         })
-    }
-
-    /// Identity and addresses.
-    pub fn info(&self) -> Info {
-        let i = &self.inner;
-        Info {
-            org: i.config.org.clone(),
-            mesh: i.config.mesh.clone(),
-            peer_id: i.peer_id.clone(),
-            author: i.identity.author().to_string(),
-            agreement_key: hex::encode(i.identity.agreement_public()),
-            api: i.config.api.to_string(),
-            listen: i.config.listen.clone(),
-            version: env!("CARGO_PKG_VERSION"),
-            disk_failed: self.disk_failed(),
-            store_bytes: i.store.size_on_disk(),
-            memory_bytes: observe::resident_bytes(),
-            loading: self.loading(),
-        }
     }
 
     /// The configuration the node runs with.
@@ -334,40 +265,6 @@ impl Node {
     /// Whether this node holds dataset `id`.
     pub fn holds(&self, id: &DatasetId) -> bool {
         self.held(id).is_some()
-    }
-
-    /// Datasets the caller holds any right on, with counts (blocking: a stale byte count reads
-    /// the dataset's envelope keys).
-    pub fn datasets(&self, caller: &App) -> Vec<DatasetInfo> {
-        let mut out: Vec<DatasetInfo> = self
-            .all_datasets()
-            .into_iter()
-            .filter(|d| self.sees(caller, d))
-            .map(|d| self.listed(&d))
-            .collect();
-        out.sort_by(|a, b| a.meta.id.cmp(&b.meta.id));
-        out
-    }
-
-    /// Dataset `id` with its counts, if the caller holds a right on it (blocking, as
-    /// [`Self::datasets`]).
-    pub fn dataset_info(&self, caller: &App, id: &DatasetId) -> Option<DatasetInfo> {
-        self.held(id)
-            .filter(|d| self.sees(caller, d))
-            .map(|d| self.listed(&d))
-    }
-
-    fn listed(&self, d: &Dataset) -> DatasetInfo {
-        let loading = !d.is_loaded();
-        let (records, envelopes) = if loading { (0, 0) } else { d.stats() };
-        DatasetInfo {
-            meta: d.meta.clone(),
-            records,
-            envelopes,
-            bytes: d.bytes(&self.inner.store),
-            readable: !d.meta.encrypted || d.has_keys(&self.inner.identity),
-            loading,
-        }
     }
 
     /// Whether `caller` holds any right on dataset `id` held here (an app that does not may not
