@@ -9,7 +9,7 @@
 //! Every node runs in this process, on 127.0.0.1 over TCP, mDNS off, each in a temporary home.
 //! Transport bytes are counted at the TCP sockets of each node's networking actor
 //! (`net::Config::meter`, `net::Traffic`): Noise, yamux, multistream-select, identify, ping,
-//! Kademlia and the fogmesh protocols; the fogmesh frames among them are counted by the codec.
+//! AutoNAT and the fogmesh protocols; the fogmesh frames among them are counted by the codec.
 //!
 //! 1. Write-to-visible latency in a 5-node mesh: node 0 publishes single-record batches
 //!    (`Node::publish`, durable) one after the other; each of the other 4 timestamps the record's
@@ -359,7 +359,7 @@ fn traffic_line(t: &Traffic) -> String {
     format!(
         "transport {} B (in {} / out {}; TCP connections dialed {}, accepted {}); fogmesh frames {} B \
          (sync {} B: {} req out/{} resp in, {} req in/{} resp out; push {} B; join {} B); \
-         other (Noise, yamux, multistream, identify, ping, kad) {} B",
+         other (Noise, yamux, multistream, identify, ping, autonat) {} B",
         thousands(t.total()),
         thousands(t.inbound),
         thousands(t.outbound),

@@ -62,8 +62,9 @@ pub struct Config {
     pub api: SocketAddr,
     /// libp2p listen addresses for peers.
     pub listen: Vec<String>,
-    /// Members to reach across networks (multiaddrs ending in `/p2p/<peer id>`), for Kademlia
-    /// and the first dials; on a LAN, mDNS finds members without them.
+    /// Members to reach across networks (multiaddrs ending in `/p2p/<peer id>`), for the first
+    /// dials (the signed roster carries every member's addresses after that); on a LAN, mDNS
+    /// finds members without them.
     pub bootstrap: Vec<String>,
     /// Discover members on the local network with mDNS.
     pub mdns: bool,
@@ -81,6 +82,82 @@ pub struct Config {
     /// Most datasets of one other member this node adopts; past it, that member's new
     /// descriptions are refused (logged), so no member can fill this node with datasets.
     pub max_datasets_per_member: usize,
+    /// Members serving as relays (multiaddrs ending in `/p2p/<peer id>`) to reserve a relayed
+    /// address on, for a node that members cannot dial (behind a NAT or a firewall).
+    pub relays: Vec<String>,
+    /// Turn relayed connections into direct ones by hole punching (DCUtR) where the NATs allow.
+    pub hole_punch: bool,
+    /// Whether, and within which limits, this node relays for other members.
+    pub relay: RelayServer,
+}
+
+/// The `[relay]` table: serving as a relay for members (circuit relay v2).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelayServer {
+    /// Relay for members. Only for a node whose listen addresses members can reach.
+    pub serve: bool,
+    /// Most members holding a reservation at once.
+    pub max_reservations: usize,
+    /// Most circuits relayed at once.
+    pub max_circuits: usize,
+    /// Most circuits relayed at once to or from one member.
+    pub max_circuits_per_peer: usize,
+    /// A circuit is closed after this many seconds.
+    pub max_circuit_secs: u64,
+    /// A circuit is closed after relaying this many bytes each way.
+    pub max_circuit_bytes: u64,
+}
+
+impl Default for RelayServer {
+    fn default() -> Self {
+        let d = crate::net::RelayLimits::default();
+        Self {
+            serve: false,
+            max_reservations: d.max_reservations,
+            max_circuits: d.max_circuits,
+            max_circuits_per_peer: d.max_circuits_per_peer,
+            max_circuit_secs: d.max_circuit_duration.as_secs(),
+            max_circuit_bytes: d.max_circuit_bytes,
+        }
+    }
+}
+
+impl RelayServer {
+    /// The limits the networking layer takes, if this node serves as a relay.
+    pub fn limits(&self) -> Option<crate::net::RelayLimits> {
+        self.serve.then(|| crate::net::RelayLimits {
+            max_reservations: self.max_reservations,
+            max_circuits: self.max_circuits,
+            max_circuits_per_peer: self.max_circuits_per_peer,
+            max_circuit_duration: std::time::Duration::from_secs(self.max_circuit_secs),
+            max_circuit_bytes: self.max_circuit_bytes,
+        })
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        let counts = [
+            ("max_reservations", self.max_reservations),
+            ("max_circuits", self.max_circuits),
+            ("max_circuits_per_peer", self.max_circuits_per_peer),
+        ];
+        for (name, n) in counts {
+            if !(1..=100_000).contains(&n) {
+                return Err(Error::Invalid(format!("relay.{name} must be 1 to 100000")));
+            }
+        }
+        if !(1..=86_400 * 30).contains(&self.max_circuit_secs) {
+            return Err(Error::Invalid(
+                "relay.max_circuit_secs must be 1 to 2592000 (30 days)".into(),
+            ));
+        }
+        if self.max_circuit_bytes < 1024 {
+            return Err(Error::Invalid(
+                "relay.max_circuit_bytes must be at least 1024".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for Config {
@@ -103,6 +180,9 @@ impl Default for Config {
             audit_retention_days: 365,
             audit_max_entries: 200_000,
             max_datasets_per_member: 10_000,
+            relays: Vec::new(),
+            hole_punch: true,
+            relay: RelayServer::default(),
         }
     }
 }
@@ -112,10 +192,23 @@ impl Config {
     pub fn validate(&self) -> Result<(), Error> {
         naming::validate_ident("org", &self.org).map_err(|e| Error::Invalid(e.to_string()))?;
         naming::validate_ident("mesh", &self.mesh).map_err(|e| Error::Invalid(e.to_string()))?;
-        for a in self.listen.iter().chain(&self.bootstrap) {
+        for a in self
+            .listen
+            .iter()
+            .chain(&self.bootstrap)
+            .chain(&self.relays)
+        {
             a.parse::<libp2p::Multiaddr>()
                 .map_err(|e| Error::Invalid(format!("{a:?} is not a multiaddr: {e}")))?;
         }
+        for a in self.bootstrap.iter().chain(&self.relays) {
+            if !a.contains("/p2p/") {
+                return Err(Error::Invalid(format!(
+                    "{a:?} must end in /p2p/<peer id> (bootstrap and relays name a member)"
+                )));
+            }
+        }
+        self.relay.validate()?;
         if self.snapshot_every == 0 {
             return Err(Error::Invalid("snapshot_every must be at least 1".into()));
         }
@@ -191,7 +284,8 @@ impl Config {
              # libp2p listen addresses for peers. Default: {dlisten}\n\
              listen = {listen}\n\n\
              # Members to reach across networks: multiaddrs ending in /p2p/<peer id>. On one LAN\n\
-             # mDNS finds members without them. Default: []\n\
+             # mDNS finds members without them; after the first contact the members' signed\n\
+             # roster entries carry everyone's current addresses. Default: []\n\
              bootstrap = {bootstrap}\n\n\
              # Find members on the local network by mDNS (multicast DNS). Default: {dmdns}\n\
              mdns = {mdns}\n\n\
@@ -211,7 +305,29 @@ impl Config {
              audit_max_entries = {entries}\n\n\
              # Most datasets of one other member this node adopts; past it that member's new\n\
              # dataset descriptions are refused and logged. Default: {dadopt}\n\
-             max_datasets_per_member = {adopt}\n",
+             max_datasets_per_member = {adopt}\n\n\
+             # Members serving as relays, multiaddrs ending in /p2p/<peer id>: for a node that\n\
+             # members cannot dial (behind a NAT or a firewall). It reserves a relayed address on\n\
+             # each, announces it to the members, and tries to punch a direct connection to each\n\
+             # member that reaches it there. Default: []\n\
+             relays = {relays}\n\n\
+             # Turn a relayed connection into a direct one by hole punching (DCUtR) where both\n\
+             # NATs allow; off, relayed connections stay relayed. Default: {dpunch}\n\
+             hole_punch = {punch}\n\n\
+             # Relaying for other members (only members may reserve or open circuits). Turn it on\n\
+             # only on a node whose listen addresses members can reach.\n\
+             [relay]\n\
+             # Default: {dserve}\n\
+             serve = {serve}\n\
+             # Most members holding a reservation at once. Default: {dres}\n\
+             max_reservations = {res}\n\
+             # Most circuits relayed at once, and to or from one member. Defaults: {dcirc}, {dper}\n\
+             max_circuits = {circ}\n\
+             max_circuits_per_peer = {per}\n\
+             # A circuit is closed after this many seconds or bytes each way (its ends open a\n\
+             # new one). Defaults: {dsecs}, {dbytes}\n\
+             max_circuit_secs = {secs}\n\
+             max_circuit_bytes = {bytes}\n",
             org = q(&self.org),
             mesh = q(&self.mesh),
             dapi = d.api,
@@ -233,6 +349,21 @@ impl Config {
             entries = self.audit_max_entries,
             dadopt = d.max_datasets_per_member,
             adopt = self.max_datasets_per_member,
+            relays = list(&self.relays),
+            dpunch = d.hole_punch,
+            punch = self.hole_punch,
+            dserve = d.relay.serve,
+            serve = self.relay.serve,
+            dres = d.relay.max_reservations,
+            res = self.relay.max_reservations,
+            dcirc = d.relay.max_circuits,
+            circ = self.relay.max_circuits,
+            dper = d.relay.max_circuits_per_peer,
+            per = self.relay.max_circuits_per_peer,
+            dsecs = d.relay.max_circuit_secs,
+            secs = self.relay.max_circuit_secs,
+            dbytes = d.relay.max_circuit_bytes,
+            bytes = self.relay.max_circuit_bytes,
         )
     }
 }
@@ -246,6 +377,16 @@ mod tests {
         let cfg = Config {
             org: "hospital".into(),
             mesh: "flu".into(),
+            relays: vec![
+                "/ip4/203.0.113.5/tcp/7071/p2p/12D3KooWEzi8M8oWoAB5nMBfCNTcwd3HhY8BLU3E6igutByv9tq4"
+                    .into(),
+            ],
+            hole_punch: false,
+            relay: RelayServer {
+                serve: true,
+                max_reservations: 3,
+                ..RelayServer::default()
+            },
             ..Config::default()
         };
         let text = cfg.to_commented_toml();
@@ -265,6 +406,14 @@ mod tests {
             "audit_retention_days",
             "audit_max_entries",
             "max_datasets_per_member",
+            "relays",
+            "hole_punch",
+            "serve",
+            "max_reservations",
+            "max_circuits",
+            "max_circuits_per_peer",
+            "max_circuit_secs",
+            "max_circuit_bytes",
         ] {
             assert!(text.contains(&format!("\n{field} = ")), "{field} missing");
         }
@@ -279,5 +428,38 @@ mod tests {
             ..Config::default()
         };
         assert!(cfg.validate().is_err());
+        let valid = Config {
+            org: "hospital".into(),
+            mesh: "m".into(),
+            ..Config::default()
+        };
+        assert!(valid.validate().is_ok());
+        let bad = [
+            Config {
+                relays: vec!["/ip4/203.0.113.5/tcp/7071".into()],
+                ..valid.clone()
+            },
+            Config {
+                relays: vec!["not an address".into()],
+                ..valid.clone()
+            },
+            Config {
+                relay: RelayServer {
+                    max_circuits: 0,
+                    ..RelayServer::default()
+                },
+                ..valid.clone()
+            },
+            Config {
+                relay: RelayServer {
+                    max_circuit_bytes: 10,
+                    ..RelayServer::default()
+                },
+                ..valid.clone()
+            },
+        ];
+        for cfg in bad {
+            assert!(cfg.validate().is_err(), "{cfg:?}");
+        }
     }
 }

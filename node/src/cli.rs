@@ -137,6 +137,13 @@ pub struct InitArgs {
     /// Do not discover members by mDNS on the local network.
     #[arg(long)]
     pub no_mdns: bool,
+    /// Member serving as a relay, multiaddr ending in /p2p/<peer id>, to reserve a relayed
+    /// address on when members cannot dial this node (behind a NAT; repeatable).
+    #[arg(long = "relay")]
+    pub relays: Vec<String>,
+    /// Relay for other members (this node's listen addresses must be reachable by them).
+    #[arg(long)]
+    pub serve_relay: bool,
 }
 
 #[derive(Args, Debug)]

@@ -55,6 +55,8 @@ fn init(cli: &Cli, a: &crate::cli::InitArgs) -> Result<()> {
         cfg.listen = a.listen.clone();
     }
     cfg.bootstrap = a.bootstrap.clone();
+    cfg.relays = a.relays.clone();
+    cfg.relay.serve = a.serve_relay;
     cfg.mdns = !a.no_mdns;
     if let Some(api) = cli.api {
         cfg.api = api;
@@ -157,6 +159,22 @@ fn status(cli: &Cli) -> Result<()> {
         );
     }
     println!("mesh   members: {}", output_value(&mesh["members"]));
+    if let Some(reach) = mesh["reachability"].as_str() {
+        let relayed: Vec<&str> = mesh["listen"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .filter(|a| a.contains("/p2p-circuit"))
+            .collect();
+        match relayed.is_empty() {
+            true => println!("reach  {reach} (AutoNAT)"),
+            false => println!(
+                "reach  {reach} (AutoNAT); relayed at {}",
+                relayed.join(", ")
+            ),
+        }
+    }
     println!();
     print_peers(&peers);
     for e in mesh["equivocations"].as_array().into_iter().flatten() {
@@ -202,6 +220,7 @@ fn print_peers(v: &Value) {
         .map(|p| {
             json!({
                 "org": p["org"], "state": if p["up"] == true { "up" } else { "down" },
+                "connection": p["connection"].as_str().unwrap_or_default(),
                 "last seen": p["last_seen_ms"].as_u64().map(ago).unwrap_or_default(),
                 "rtt ms": p["rtt_ms"].as_f64().map(|r| format!("{r:.2}")).unwrap_or_default(),
                 "peer": p["peer"], "addresses": output_value(&p["addrs"]),
@@ -209,7 +228,15 @@ fn print_peers(v: &Value) {
         })
         .collect();
     output::table(
-        &["org", "state", "last seen", "rtt ms", "peer", "addresses"],
+        &[
+            "org",
+            "state",
+            "connection",
+            "last seen",
+            "rtt ms",
+            "peer",
+            "addresses",
+        ],
         &rows,
     );
 }

@@ -87,8 +87,10 @@ pub struct Status {
     pub mesh: String,
     /// Organizations on the roster.
     pub members: Vec<String>,
-    /// Addresses this node listens on.
+    /// Addresses this node listens on, relayed ones (`.../p2p-circuit/...`) among them.
     pub listen: Vec<String>,
+    /// Whether members can dial this node, as AutoNAT last found.
+    pub reachability: net::Reachability,
     /// Catch-ups under way.
     pub catching_up: Vec<Progress>,
     /// Authors proven to have signed two histories of a dataset (see
@@ -321,10 +323,12 @@ impl Mesh {
     pub async fn status(&self) -> Result<Status> {
         let roster = self.inner.state.roster();
         let listen = self.inner.net.listen_addrs().await.map_err(net_err)?;
+        let reachability = self.inner.net.reachability().await.map_err(net_err)?;
         Ok(Status {
             mesh: roster.mesh.clone(),
             members: roster.orgs(),
             listen: listen.iter().map(ToString::to_string).collect(),
+            reachability,
             catching_up: self.inner.state.progress(),
             equivocations: self.inner.node.equivocations(),
         })
@@ -382,6 +386,9 @@ pub fn net_config(cfg: &crate::config::Config) -> Result<net::Config> {
     Ok(net::Config {
         listen: parse(&cfg.listen)?,
         bootstrap: parse(&cfg.bootstrap)?,
+        relays: parse(&cfg.relays)?,
+        serve_relay: cfg.relay.limits(),
+        hole_punch: cfg.hole_punch,
         mdns: cfg.mdns,
         ..net::Config::default()
     })

@@ -5,18 +5,18 @@ use libp2p::core::Transport;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{
-    connection_limits, identify, identity::Keypair, kad, mdns, noise, ping, request_response, tcp,
-    yamux, StreamProtocol, Swarm,
+    autonat, connection_limits, dcutr, identify, identity::Keypair, mdns, noise, ping, relay,
+    request_response, tcp, yamux, Swarm,
 };
 
+use super::candidates::Candidates;
 use super::codec::{Budget, FrameCodec};
+use super::reach::{self, Members};
 use super::traffic::Meter;
 use super::{Config, Error, Protocol, REQUEST_TIMEOUT};
 
 /// Identify's protocol version: peers of other applications are told apart by it.
 pub(crate) const IDENTIFY_VERSION: &str = "/fogmesh/id/1";
-/// A private DHT, so fogmesh nodes never join (or pollute) the public IPFS one.
-pub(crate) const KAD_PROTOCOL: &str = "/fogmesh/kad/1";
 
 /// One request-response behaviour per [`Protocol`], each with its own caps.
 pub(crate) type FrameBehaviour = request_response::Behaviour<FrameCodec>;
@@ -29,7 +29,11 @@ pub(crate) struct Behaviour {
     pub(crate) identify: identify::Behaviour,
     pub(crate) ping: ping::Behaviour,
     pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
-    pub(crate) kad: kad::Behaviour<kad::store::MemoryStore>,
+    pub(crate) relay_client: relay::client::Behaviour,
+    pub(crate) relay: Toggle<relay::Behaviour>,
+    pub(crate) dcutr: Toggle<dcutr::Behaviour>,
+    pub(crate) autonat: autonat::Behaviour,
+    pub(crate) candidates: Candidates,
     pub(crate) join: FrameBehaviour,
     pub(crate) sync: FrameBehaviour,
     pub(crate) push: FrameBehaviour,
@@ -37,8 +41,18 @@ pub(crate) struct Behaviour {
 }
 
 impl Behaviour {
-    fn new(key: &Keypair, config: &Config, meter: &Meter) -> Result<Self, Error> {
+    fn new(
+        key: &Keypair,
+        config: &Config,
+        meter: &Meter,
+        relay_client: relay::client::Behaviour,
+        members: &Members,
+    ) -> Result<Self, Error> {
         let local = key.public().to_peer_id();
+        let relay = config
+            .serve_relay
+            .as_ref()
+            .map(|limits| reach::relay_server(local, limits, members));
         let mdns = match config.mdns {
             true => Some(
                 mdns::tokio::Behaviour::new(mdns::Config::default(), local)
@@ -54,7 +68,14 @@ impl Behaviour {
             ),
             ping: ping::Behaviour::new(ping::Config::new()),
             mdns: mdns.into(),
-            kad: kademlia(local),
+            relay_client,
+            relay: relay.into(),
+            dcutr: config
+                .hole_punch
+                .then(|| dcutr::Behaviour::new(local))
+                .into(),
+            autonat: reach::autonat(local),
+            candidates: Candidates::default(),
             join: frames(Protocol::Join, meter),
             sync: frames(Protocol::Sync, meter),
             push: frames(Protocol::Push, meter),
@@ -82,16 +103,6 @@ fn limits(config: &Config) -> connection_limits::Behaviour {
     )
 }
 
-fn kademlia(local: libp2p::PeerId) -> kad::Behaviour<kad::store::MemoryStore> {
-    let mut config = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
-    // Only members go into the routing table (see `swarm_events::on_kad`): a stranger that
-    // connects must not become a route other members are handed.
-    config.set_kbucket_inserts(kad::BucketInserts::Manual);
-    let mut kad = kad::Behaviour::with_config(local, kad::store::MemoryStore::new(local), config);
-    kad.set_mode(Some(kad::Mode::Server));
-    kad
-}
-
 fn frames(protocol: Protocol, meter: &Meter) -> FrameBehaviour {
     let mut codec = FrameCodec::new(
         protocol.max_request_bytes(),
@@ -113,17 +124,19 @@ fn frames(protocol: Protocol, meter: &Meter) -> FrameBehaviour {
     )
 }
 
-/// Builds the swarm: TCP and QUIC, Noise, yamux, DNS, and [`Behaviour`]. Every TCP socket is
-/// wrapped so that its bytes count into `meter` (what `SwarmBuilder::with_tcp` builds, plus that
-/// wrapper); QUIC comes first so that it is tried for QUIC addresses, TCP for the others.
+/// Builds the swarm: TCP and QUIC, Noise, yamux, DNS, circuits through relays, and
+/// [`Behaviour`]. Every TCP socket is wrapped so that its bytes count into `meter` (what
+/// `SwarmBuilder::with_tcp` builds, plus that wrapper); QUIC comes first so that it is tried for
+/// QUIC addresses, TCP for the others. `members` is what the relay server (if any) admits.
 pub(crate) fn build_swarm(
     keypair: Keypair,
     config: &Config,
     meter: &Meter,
+    members: &Members,
 ) -> Result<Swarm<Behaviour>, Error> {
     let idle_timeout = config.idle_timeout;
-    let behaviour = Behaviour::new(&keypair, config, meter)?;
     let noise = noise::Config::new(&keypair).map_err(|e| Error::Build(format!("noise: {e}")))?;
+    let meter_for_frames = meter.clone();
     let meter = meter.clone();
     let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
         .map(move |socket, endpoint| meter.wrap(socket, endpoint.is_dialer()))
@@ -137,8 +150,13 @@ pub(crate) fn build_swarm(
         .map_err(|never| match never {})?
         .with_dns()
         .map_err(|e| Error::Build(format!("dns: {e}")))?
-        .with_behaviour(|_| behaviour)
-        .map_err(|never| match never {})?
+        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .map_err(|e| Error::Build(format!("relay client: {e}")))?
+        .with_behaviour(|key, relay_client| {
+            Behaviour::new(key, config, &meter_for_frames, relay_client, members)
+                .map_err(Box::<dyn std::error::Error + Send + Sync>::from)
+        })
+        .map_err(|e| Error::Build(format!("behaviour: {e}")))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(idle_timeout))
         .build();
     Ok(swarm)

@@ -6,7 +6,7 @@ use std::time::Instant;
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Error, Frame, Meter, PeerInfo, Protocol, Traffic};
+use super::{Error, Frame, Meter, PeerInfo, Protocol, Reachability, Traffic};
 
 /// What a [`Client`] asks of the event loop.
 #[derive(Debug)]
@@ -47,6 +47,9 @@ pub(crate) enum Command {
     },
     Peers {
         reply: oneshot::Sender<Vec<PeerInfo>>,
+    },
+    Reachability {
+        reply: oneshot::Sender<Reachability>,
     },
     ReportBad {
         peer: PeerId,
@@ -130,7 +133,7 @@ impl Client {
         self.call(|reply| Command::Dial { addr, reply }).await?
     }
 
-    /// Remembers `addr` for `peer`, for requests, redials and Kademlia.
+    /// Remembers `addr` for `peer`, for requests and redials.
     pub async fn add_address(&self, peer: PeerId, addr: Multiaddr) -> Result<(), Error> {
         self.call(|reply| Command::AddAddress { peer, addr, reply })
             .await
@@ -172,6 +175,11 @@ impl Client {
     /// Every member and every connected peer.
     pub async fn peers(&self) -> Result<Vec<PeerInfo>, Error> {
         self.call(|reply| Command::Peers { reply }).await
+    }
+
+    /// Whether members can dial this node, as AutoNAT last found.
+    pub async fn reachability(&self) -> Result<Reachability, Error> {
+        self.call(|reply| Command::Reachability { reply }).await
     }
 
     /// Counts a frame the mesh layer could not use against `peer`, like

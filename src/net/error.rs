@@ -22,8 +22,8 @@ pub enum Error {
         /// The transport's message.
         reason: String,
     },
-    /// A bootstrap address does not name its peer.
-    #[error("bootstrap address {addr} does not end in /p2p/<peer id>")]
+    /// A bootstrap or relay address does not name its peer.
+    #[error("member address {addr} (bootstrap or relay) does not end in /p2p/<peer id>")]
     Bootstrap {
         /// The offending address.
         addr: Multiaddr,

@@ -20,6 +20,7 @@ use super::behaviour::Behaviour;
 use super::client::Command;
 use super::codec::Wire;
 use super::peers::{split_p2p, PeerTable, BAD_INPUT_LIMIT};
+use super::reach::Reach;
 use super::{Config, Error, Event, Frame, Protocol, REQUEST_TIMEOUT};
 
 /// How often due redials and expired join windows are checked.
@@ -62,6 +63,8 @@ pub(crate) struct EventLoop {
     pub(super) pending_listeners: HashSet<ListenerId>,
     listen_waiters: Vec<oneshot::Sender<Vec<Multiaddr>>>,
     dropped_events: u64,
+    /// Relays, relayed connections and reachability.
+    pub(super) reach: Reach,
 }
 
 impl EventLoop {
@@ -70,6 +73,7 @@ impl EventLoop {
         commands: mpsc::Receiver<Command>,
         events: mpsc::Sender<Event>,
         config: &Config,
+        reach: Reach,
     ) -> Self {
         let table = PeerTable::new(*swarm.local_peer_id());
         Self {
@@ -87,25 +91,19 @@ impl EventLoop {
             pending_listeners: HashSet::new(),
             listen_waiters: Vec::new(),
             dropped_events: 0,
+            reach,
         }
     }
 
-    /// Notes the listeners to wait for, and adds and dials the bootstrap members.
-    pub(crate) fn start(
-        &mut self,
-        listeners: Vec<ListenerId>,
-        bootstrap: Vec<(PeerId, Multiaddr)>,
-    ) {
+    /// Notes the listeners to wait for, adds and dials the bootstrap members and relays, and
+    /// asks the relays for reservations.
+    pub(crate) fn start(&mut self, listeners: Vec<ListenerId>, members: Vec<(PeerId, Multiaddr)>) {
         self.pending_listeners = listeners.into_iter().collect();
-        for (peer, addr) in &bootstrap {
+        for (peer, addr) in &members {
             self.remember(*peer, addr.clone());
             self.dial_peer(*peer, vec![addr.clone()]);
         }
-        if !bootstrap.is_empty() {
-            if let Err(e) = self.swarm.behaviour_mut().kad.bootstrap() {
-                tracing::debug!(error = %e, "kademlia bootstrap not started");
-            }
-        }
+        self.reserve_due(Instant::now());
     }
 
     /// Runs until shutdown or until every [`super::Client`] is dropped; then drops the swarm.
@@ -155,13 +153,15 @@ impl EventLoop {
             // once: dial now rather than at the next tick, up to HOUSEKEEPING_INTERVAL later (a
             // restarted node would otherwise wait that long for its first catch-up).
             Command::AddAddress { peer, addr, reply } => {
-                self.remember(peer, addr);
+                self.remember(peer, addr.clone());
+                self.dial_new_address(peer, addr);
                 self.redial_due(Instant::now());
                 let _ = reply.send(());
             }
             Command::SetMembers { members, reply } => {
                 self.on_set_members(members);
                 self.redial_due(Instant::now());
+                self.reserve_due(Instant::now());
                 let _ = reply.send(());
             }
             Command::Disconnect { peer, reply } => {
@@ -182,7 +182,18 @@ impl EventLoop {
             }
             Command::ListenAddrs { reply } => self.on_listen_addrs(reply),
             Command::Peers { reply } => {
-                let _ = reply.send(self.table.infos(Instant::now(), SystemTime::now()));
+                let mut infos = self.table.infos(Instant::now(), SystemTime::now());
+                for info in &mut infos {
+                    info.connection = info
+                        .peer
+                        .parse()
+                        .ok()
+                        .and_then(|p| self.reach.connection(&p));
+                }
+                let _ = reply.send(infos);
+            }
+            Command::Reachability { reply } => {
+                let _ = reply.send(self.reach.reachability());
             }
             Command::ReportBad {
                 peer,
@@ -236,15 +247,15 @@ impl EventLoop {
         }
     }
 
-    /// Records an address the mesh layer vouches for: peer table, swarm and Kademlia.
+    /// Records an address the mesh layer vouches for: peer table and swarm.
     pub(super) fn remember(&mut self, peer: PeerId, addr: Multiaddr) {
         let addr = split_p2p(&addr).1;
         self.table.add_addrs(peer, [addr.clone()], Instant::now());
-        self.swarm.add_peer_address(peer, addr.clone());
-        self.swarm.behaviour_mut().kad.add_address(&peer, addr);
+        self.swarm.add_peer_address(peer, addr);
     }
 
     fn on_set_members(&mut self, members: HashSet<PeerId>) {
+        self.share_members(&members);
         let (added, removed) = self.table.set_members(members, Instant::now());
         for peer in removed.iter().filter(|p| self.table.is_up(p)) {
             tracing::warn!(%peer, "left the roster while connected; it will be disconnected");
@@ -342,6 +353,9 @@ impl EventLoop {
             }
         }
         self.redial_due(now);
+        self.reserve_due(now);
+        self.punch_again_due(now);
+        self.quic_to_relays_due(now);
     }
 
     /// Dials every member that is down and due for an attempt.
@@ -349,6 +363,26 @@ impl EventLoop {
         for (peer, addrs) in self.table.due_redials(now) {
             tracing::debug!(%peer, addrs = addrs.len(), "redialing member");
             self.dial_peer(peer, addrs);
+        }
+    }
+
+    /// A member that is down, at an address the mesh layer just vouched for, is dialed there
+    /// at once even while another dial of it goes on: that one may be stuck on addresses that
+    /// time out (a NATed member's private ones) while this one is its relayed address.
+    fn dial_new_address(&mut self, peer: PeerId, addr: Multiaddr) {
+        if self.table.is_member(&peer) && !self.table.is_up(&peer) {
+            self.dial_beside(peer, vec![split_p2p(&addr).1]);
+        }
+    }
+
+    /// Dials `peer` at `addrs` unless it is connected, beside any dial of it under way.
+    pub(super) fn dial_beside(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        let opts = DialOpts::peer_id(peer)
+            .condition(PeerCondition::Disconnected)
+            .addresses(qualified(peer, addrs))
+            .build();
+        if let Err(e) = self.swarm.dial(opts) {
+            tracing::debug!(%peer, error = %e, "dial not started");
         }
     }
 
@@ -398,7 +432,7 @@ impl EventLoop {
     }
 }
 
-/// `addrs` ending in `/p2p/<peer>`, the form in which Kademlia, identify and request-response
+/// `addrs` ending in `/p2p/<peer>`, the form in which identify and request-response
 /// hand the swarm their addresses. The swarm drops duplicate dial addresses only when they are
 /// equal, and `/ip4/1.2.3.4/tcp/1` differs from `/ip4/1.2.3.4/tcp/1/p2p/<peer>`: the peer table's
 /// bare addresses made every dial of a known peer open two TCP connections at once (one thrown

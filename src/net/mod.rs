@@ -23,9 +23,17 @@
 //!
 //! Three request-response protocols carry CBOR-encoded [`Frame`]s, each with its own caps:
 //! [`Protocol::Join`] (`/fogmesh/join/2`), [`Protocol::Sync`] (`/fogmesh/sync/4`) and
-//! [`Protocol::Push`] (`/fogmesh/push/3`). Identify (`/fogmesh/id/1`), ping, mDNS and a private
-//! Kademlia (`/fogmesh/kad/1`) provide address hints and liveness; connection limits cap
-//! connections overall and per peer. Transports: TCP and QUIC, Noise, yamux, DNS.
+//! [`Protocol::Push`] (`/fogmesh/push/3`). Identify (`/fogmesh/id/1`), ping and mDNS provide
+//! address hints and liveness; connection limits cap connections overall and per peer.
+//! Transports: TCP and QUIC, Noise, yamux, DNS, and circuits through relays.
+//!
+//! # Reach
+//!
+//! A node behind a NAT reserves a relayed address on the members named in [`Config::relays`]
+//! (circuit relay v2); members reach it there, and DCUtR then tries to punch a direct connection
+//! through both NATs. A node with [`Config::serve_relay`] relays for members only, within its
+//! [`RelayLimits`]. AutoNAT tells a node whether members can dial it ([`Reachability`]).
+//! [`PeerInfo::connection`] says how each peer is connected.
 //!
 //! # Traffic
 //!
@@ -59,12 +67,14 @@
 //! ```
 
 mod behaviour;
+mod candidates;
 mod client;
 mod codec;
 pub use codec::Held;
 mod error;
 mod event_loop;
 mod peers;
+mod reach;
 mod swarm_events;
 #[cfg(test)]
 mod tests;
@@ -80,6 +90,7 @@ use tokio::sync::{mpsc, oneshot};
 pub use client::Client;
 pub use error::Error;
 pub use peers::{PeerInfo, BAD_INPUT_FORGET, BAD_INPUT_LIMIT};
+pub use reach::{Connection, Reachability, RelayLimits};
 pub use traffic::{FrameTraffic, Meter, Traffic};
 
 /// Capacity of the channel of [`Event`]s from the loop to the mesh layer.
@@ -108,8 +119,16 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 pub struct Config {
     /// Addresses to listen on, e.g. `/ip4/0.0.0.0/tcp/0` and `/ip4/0.0.0.0/udp/0/quic-v1`.
     pub listen: Vec<Multiaddr>,
-    /// Known members across networks; each ends in `/p2p/<peer id>`, is added to Kademlia and dialed.
+    /// Known members across networks; each ends in `/p2p/<peer id>` and is dialed.
     pub bootstrap: Vec<Multiaddr>,
+    /// Members serving as relays to reserve a relayed address on (each ends in `/p2p/<peer id>`),
+    /// for a node that members cannot dial.
+    pub relays: Vec<Multiaddr>,
+    /// Serve as a relay for members, within these limits (`None`: do not).
+    pub serve_relay: Option<RelayLimits>,
+    /// Try to turn relayed connections into direct ones by hole punching (DCUtR). Off, this
+    /// node's relayed connections stay relayed (the other end cannot punch alone).
+    pub hole_punch: bool,
     /// Announce and discover on the LAN with mDNS.
     pub mdns: bool,
     /// A connection with no open stream is closed after this long.
@@ -131,10 +150,13 @@ impl Default for Config {
         Self {
             listen: default_listen(),
             bootstrap: Vec::new(),
+            relays: Vec::new(),
+            serve_relay: None,
+            hole_punch: true,
             mdns: true,
             idle_timeout: Duration::from_secs(60),
             max_connections: 256,
-            max_per_peer: 2,
+            max_per_peer: 3,
             join_window: Duration::from_secs(30),
             meter: None,
         }
@@ -235,7 +257,7 @@ pub enum Event {
         /// The remote peer.
         peer: PeerId,
     },
-    /// New address hints for a peer, from mDNS, identify or Kademlia. Hints, not trust.
+    /// New address hints for a peer, from mDNS or identify. Hints, not trust.
     Discovered {
         /// The peer the addresses are claimed for.
         peer: PeerId,
@@ -282,8 +304,10 @@ pub enum Event {
 pub fn spawn(keypair: Keypair, config: Config) -> Result<(Client, mpsc::Receiver<Event>), Error> {
     let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
     let bootstrap = bootstrap_peers(&config.bootstrap)?;
+    let relays = bootstrap_peers(&config.relays)?;
     let meter = config.meter.clone().unwrap_or_default();
-    let mut swarm = behaviour::build_swarm(keypair, &config, &meter)?;
+    let reach = reach::Reach::new(&config.relays, config.serve_relay.is_some());
+    let mut swarm = behaviour::build_swarm(keypair, &config, &meter, &reach.members)?;
     let mut listeners = Vec::with_capacity(config.listen.len());
     for addr in &config.listen {
         let id = swarm.listen_on(addr.clone()).map_err(|e| Error::Listen {
@@ -295,8 +319,8 @@ pub fn spawn(keypair: Keypair, config: Config) -> Result<(Client, mpsc::Receiver
     let (command_tx, command_rx) = mpsc::channel(COMMANDS_CAP);
     let (event_tx, event_rx) = mpsc::channel(EVENTS_CAP);
     let local = *swarm.local_peer_id();
-    let mut event_loop = event_loop::EventLoop::new(swarm, command_rx, event_tx, &config);
-    event_loop.start(listeners, bootstrap);
+    let mut event_loop = event_loop::EventLoop::new(swarm, command_rx, event_tx, &config, reach);
+    event_loop.start(listeners, bootstrap.into_iter().chain(relays).collect());
     runtime.spawn(event_loop.run());
     Ok((Client::new(local, command_tx, meter), event_rx))
 }

@@ -42,6 +42,9 @@ pub struct PeerInfo {
     pub addrs: Vec<String>,
     /// Bad inputs counted against it.
     pub bad_inputs: u64,
+    /// How it is connected now (`None` when it is not): a direct connection is named before a
+    /// relayed one.
+    pub connection: Option<super::Connection>,
 }
 
 /// Exponential redial backoff: `delay` doubles after every attempt up to [`BACKOFF_MAX`].
@@ -266,6 +269,16 @@ impl PeerTable {
     }
 
     /// Down members whose redial is due, with their addresses; books each one's next attempt.
+    /// The members that are down, with their addresses.
+    pub(crate) fn down_members(&self) -> Vec<(PeerId, Vec<Multiaddr>)> {
+        self.members
+            .iter()
+            .filter_map(|p| Some((p, self.entries.get(p)?)))
+            .filter(|(_, e)| e.connected_since.is_none() && !e.addrs.is_empty())
+            .map(|(p, e)| (*p, e.addrs.iter().cloned().collect()))
+            .collect()
+    }
+
     pub(crate) fn due_redials(&mut self, now: Instant) -> Vec<(PeerId, Vec<Multiaddr>)> {
         let mut due = Vec::new();
         for peer in &self.members {
@@ -319,6 +332,7 @@ impl PeerTable {
                 .map(|e| e.addrs.iter().map(|a| a.to_string()).collect())
                 .unwrap_or_default(),
             bad_inputs: entry.map_or(0, |e| e.bad_inputs),
+            connection: None,
         })
     }
 

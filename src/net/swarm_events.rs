@@ -5,10 +5,11 @@ use std::time::Instant;
 use libp2p::core::transport::ListenerId;
 use libp2p::core::ConnectedPoint;
 use libp2p::request_response::{self, InboundFailure, OutboundFailure, OutboundRequestId};
+use libp2p::swarm::ConnectionId;
 use libp2p::swarm::{ConnectionError, SwarmEvent};
-use libp2p::{identify, kad, mdns, ping, Multiaddr, PeerId};
+use libp2p::{identify, mdns, ping, Multiaddr, PeerId};
 
-use super::behaviour::{BehaviourEvent, KAD_PROTOCOL};
+use super::behaviour::BehaviourEvent;
 use super::codec::Wire;
 use super::event_loop::EventLoop;
 use super::peers::{split_p2p, MAX_ADDRS_PER_PEER};
@@ -22,16 +23,21 @@ impl EventLoop {
             SwarmEvent::Behaviour(event) => self.on_behaviour(event),
             SwarmEvent::ConnectionEstablished {
                 peer_id,
+                connection_id,
                 endpoint,
                 num_established,
                 ..
-            } => self.on_connection_established(peer_id, &endpoint, num_established.get()),
+            } => {
+                self.note_connection(connection_id, peer_id, &endpoint);
+                self.on_connection_established(peer_id, &endpoint, num_established.get())
+            }
             SwarmEvent::ConnectionClosed {
                 peer_id,
+                connection_id,
                 num_established,
                 cause,
                 ..
-            } => self.on_connection_closed(peer_id, num_established, cause),
+            } => self.on_connection_closed(peer_id, connection_id, num_established, cause),
             SwarmEvent::NewListenAddr {
                 listener_id,
                 address,
@@ -41,9 +47,20 @@ impl EventLoop {
                 reason,
                 ..
             } => {
+                if self.reach.is_relay_listener(listener_id) {
+                    let why = match &reason {
+                        Ok(()) => "closed".to_owned(),
+                        Err(e) => e.to_string(),
+                    };
+                    self.on_relay_listener_closed(listener_id, &why);
+                    return;
+                }
                 tracing::warn!(?listener_id, ?reason, "listener closed");
                 self.pending_listeners.remove(&listener_id);
                 self.flush_listen_waiters();
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                tracing::info!(%address, "no longer listening");
             }
             SwarmEvent::ListenerError { listener_id, error } => {
                 tracing::warn!(?listener_id, %error, "listener error");
@@ -88,7 +105,14 @@ impl EventLoop {
         self.emit(Event::PeerUp { peer, addr: remote });
     }
 
-    fn on_connection_closed(&mut self, peer: PeerId, left: u32, cause: Option<ConnectionError>) {
+    fn on_connection_closed(
+        &mut self,
+        peer: PeerId,
+        id: ConnectionId,
+        left: u32,
+        cause: Option<ConnectionError>,
+    ) {
+        self.forget_connection(id);
         if left > 0 || !self.table.is_up(&peer) {
             return;
         }
@@ -99,6 +123,7 @@ impl EventLoop {
 
     fn on_new_listen_addr(&mut self, listener: ListenerId, addr: Multiaddr) {
         let local = *self.swarm.local_peer_id();
+        self.announce_if_relay(&addr);
         let addr = addr.with_p2p(local).unwrap_or_else(|a| a);
         tracing::info!(%addr, "listening");
         self.emit(Event::Listening { addr });
@@ -112,7 +137,11 @@ impl EventLoop {
             BehaviourEvent::Identify(event) => self.on_identify(event),
             BehaviourEvent::Ping(event) => self.on_ping(event),
             BehaviourEvent::Mdns(event) => self.on_mdns(event),
-            BehaviourEvent::Kad(event) => self.on_kad(event),
+            BehaviourEvent::RelayClient(event) => self.on_relay_client(event),
+            BehaviourEvent::Relay(event) => self.on_relay_server(event),
+            BehaviourEvent::Dcutr(event) => self.on_dcutr(event),
+            BehaviourEvent::Autonat(event) => self.on_autonat(event),
+            BehaviourEvent::Candidates(never) => match never {},
             BehaviourEvent::Join(event) => self.on_frames(Protocol::Join, event),
             BehaviourEvent::Sync(event) => self.on_frames(Protocol::Sync, event),
             BehaviourEvent::Push(event) => self.on_frames(Protocol::Push, event),
@@ -130,15 +159,6 @@ impl EventLoop {
             .into_iter()
             .take(MAX_ADDRS_PER_PEER)
             .collect();
-        let speaks_kad = info.protocols.iter().any(|p| p.as_ref() == KAD_PROTOCOL);
-        if speaks_kad && self.table.is_member(&peer_id) {
-            for addr in &addrs {
-                self.swarm
-                    .behaviour_mut()
-                    .kad
-                    .add_address(&peer_id, addr.clone());
-            }
-        }
         self.hints(peer_id, addrs);
     }
 
@@ -162,25 +182,6 @@ impl EventLoop {
         }
         for (peer, addrs) in by_peer {
             self.hints(peer, addrs);
-        }
-    }
-
-    fn on_kad(&mut self, event: kad::Event) {
-        match event {
-            kad::Event::RoutingUpdated {
-                peer, addresses, ..
-            } => self.hints(peer, addresses.into_vec()),
-            // Buckets are filled by hand, with members only; others stay mere hints.
-            kad::Event::RoutablePeer { peer, address } => {
-                if self.table.is_member(&peer) {
-                    self.swarm
-                        .behaviour_mut()
-                        .kad
-                        .add_address(&peer, address.clone());
-                }
-                self.hints(peer, vec![address]);
-            }
-            _ => {}
         }
     }
 

@@ -286,7 +286,7 @@ async fn peers_shows_up_with_rtt_then_down_after_shutdown() {
 #[tokio::test]
 async fn member_is_reconnected_after_each_disconnect() {
     let (mut a, mut b) = member_pair(9, 10).await;
-    // The first reconnect may come from Kademlia's bootstrap; the second is the redial backoff.
+    // Each reconnect is the redial backoff's.
     for _ in 0..2 {
         b.client.disconnect(a.id()).await.unwrap();
         let down = a.down(b.id()).await;
@@ -305,9 +305,6 @@ async fn member_is_redialed_when_it_comes_back() {
     let (mut a, b) = member_pair(11, 12).await;
     let b_id = b.id();
     let tcp = b.tcp_addr().await;
-    // Let Kademlia's automatic bootstrap (500 ms after its first routing entry) run first, so
-    // that it cannot be what dials B again.
-    tokio::time::sleep(Duration::from_secs(1)).await;
     b.client.shutdown().await;
     a.down(b_id).await;
     // Same key, same port, no roster: only A's redial can bring the connection back.
@@ -374,7 +371,7 @@ async fn traffic_counts_transport_bytes_and_frames_per_protocol() {
 
 #[tokio::test]
 async fn a_member_is_dialed_over_one_connection_not_one_per_address_form() {
-    // Kademlia and identify hand the swarm addresses ending in /p2p; the peer table's addresses
+    // Identify and request-response hand the swarm addresses ending in /p2p; the peer table's addresses
     // must be given in the same form, or the swarm dials the same socket twice at once.
     let mut a = start(15, test_config());
     let meter = Meter::new();
@@ -428,4 +425,92 @@ async fn a_stranger_is_refused_at_once_when_no_invitation_is_outstanding() {
         !matches!(delivered, Ok(true)),
         "a stranger's request was delivered"
     );
+}
+
+/// Polls `cond` every 100 ms for up to `limit`; whether it held.
+async fn eventually<F: std::future::Future<Output = bool>>(
+    limit: Duration,
+    mut cond: impl FnMut() -> F,
+) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if cond().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// The relayed (`/p2p-circuit`) listen address of `node`, once it has one.
+async fn circuit_addr(node: &TestNode, limit: Duration) -> Option<Multiaddr> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        let addrs = node.client.listen_addrs().await.unwrap();
+        if let Some(a) = addrs
+            .into_iter()
+            .find(|a| a.iter().any(|p| p == AddrPart::P2pCircuit))
+        {
+            return Some(a);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+#[tokio::test]
+async fn a_member_reached_through_a_relay_is_then_hole_punched_and_strangers_get_no_reservation() {
+    let relay = start(
+        20,
+        Config {
+            serve_relay: Some(RelayLimits::default()),
+            ..test_config()
+        },
+    );
+    let relay_addr = relay.tcp_addr().await;
+    let with_relay = || Config {
+        relays: vec![relay_addr.clone()],
+        ..test_config()
+    };
+    let (a, mut b) = (start(21, with_relay()), start(22, test_config()));
+    let stranger = start(23, with_relay());
+    for (node, others) in [
+        (&relay, [a.id(), b.id()]),
+        (&a, [relay.id(), b.id()]),
+        (&b, [relay.id(), a.id()]),
+    ] {
+        node.set_members(&others).await;
+    }
+    let circuit = circuit_addr(&a, WAIT)
+        .await
+        .expect("A's reservation at the relay");
+    // B knows A only at its relayed address.
+    b.client.dial(circuit.clone()).await.unwrap();
+    let first = b
+        .next(|e| match e {
+            Event::PeerUp { peer, addr } if peer == a.id() => Some(addr),
+            _ => None,
+        })
+        .await;
+    assert!(
+        first.iter().any(|p| p == AddrPart::P2pCircuit),
+        "B first reached A through the relay, at {first}"
+    );
+    let punched = eventually(WAIT, || async {
+        b.info(a.id()).await.and_then(|i| i.connection) == Some(Connection::HolePunched)
+    })
+    .await;
+    assert!(
+        punched,
+        "DCUtR turned the relayed connection into a direct one"
+    );
+    assert_eq!(
+        a.info(b.id()).await.and_then(|i| i.connection),
+        Some(Connection::HolePunched)
+    );
+    // The relay serves members only: the stranger's reservation is refused.
+    assert_eq!(circuit_addr(&stranger, Duration::from_secs(3)).await, None);
+    for node in [relay, a, b, stranger] {
+        node.client.shutdown().await;
+    }
 }

@@ -6,13 +6,13 @@
 //! - every TCP socket the swarm dials or accepts is wrapped in [`Counted`], which adds each
 //!   successful read and write to [`Traffic::inbound`] / [`Traffic::outbound`]. These are the bytes
 //!   that cross the transport: Noise handshakes and frames, yamux headers and window updates,
-//!   multistream-select negotiations and every protocol (identify, ping, Kademlia, the three
+//!   multistream-select negotiations and every protocol (identify, ping, AutoNAT, DCUtR, relay, the
 //!   fogmesh ones). Only TCP/IP headers are left out. QUIC connections are not counted here;
 //!   their frames still are (below).
 //! - the frame codec counts, per [`Protocol`], the CBOR frame bytes it reads and writes on
 //!   request-response substreams and how many requests and responses went each way
 //!   ([`Traffic::join`], [`Traffic::sync`], [`Traffic::push`], [`Traffic::query`]). The difference between the socket
-//!   totals and the frame totals is protocol overhead plus identify, ping and Kademlia.
+//!   totals and the frame totals is protocol overhead plus identify, ping and AutoNAT.
 //!
 //! Counting costs two relaxed atomic additions per socket read or write, so it is always on.
 //! Read the totals with [`super::Client::traffic`], or, when something else spawns the actor (the

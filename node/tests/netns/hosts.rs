@@ -28,12 +28,44 @@ pub(crate) fn ip(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// The namespaces, bridges and veths of one test. Dropping it deletes every namespace it created;
-/// the bridges and veths live in those namespaces and go with them.
+/// Namespaces a test created: dropping it deletes them, last first (bridges, veths and
+/// firewall rules live in them and go with them).
+#[derive(Default)]
+pub(crate) struct Namespaces(pub(crate) Vec<String>);
+
+impl Namespaces {
+    /// `ip netns add NAME`, remembered for deletion.
+    pub(crate) fn add(&mut self, name: &str) -> Result<()> {
+        ip(&["netns", "add", name])?;
+        self.0.push(name.to_owned());
+        Ok(())
+    }
+
+    /// Deletes the namespaces now; returns the errors.
+    pub(crate) fn destroy(&mut self) -> Vec<String> {
+        let mut errors = Vec::new();
+        for ns in self.0.drain(..).rev() {
+            if let Err(e) = ip(&["netns", "del", &ns]) {
+                errors.push(e.to_string());
+            }
+        }
+        errors
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for e in self.destroy() {
+            eprintln!("cleanup: {e}");
+        }
+    }
+}
+
+/// The namespaces, bridges and veths of one test; dropping it deletes them.
 pub(crate) struct Net {
     pub(crate) bridge_ns: String,
     pub(crate) node_ns: Vec<String>,
-    pub(crate) created: Vec<String>,
+    pub(crate) created: Namespaces,
     /// The third octet of every node's address.
     pub(crate) subnet: u32,
 }
@@ -45,12 +77,11 @@ impl Net {
         let mut net = Self {
             bridge_ns: format!("fm{tag}-br"),
             node_ns: (0..n).map(|i| format!("fm{tag}-n{i}")).collect(),
-            created: Vec::new(),
+            created: Namespaces::default(),
             subnet: std::process::id() % 250,
         };
         let br = net.bridge_ns.clone();
-        ip(&["netns", "add", &br])?;
-        net.created.push(br.clone());
+        net.created.add(&br)?;
         ip(&["-n", &br, "link", "set", "lo", "up"])?;
         for bridge in ["br0", "br1"] {
             ip(&["-n", &br, "link", "add", bridge, "type", "bridge"])?;
@@ -70,8 +101,7 @@ impl Net {
         }
         let subnet = net.subnet;
         for (i, ns) in net.node_ns.clone().iter().enumerate() {
-            ip(&["netns", "add", ns])?;
-            net.created.push(ns.clone());
+            net.created.add(ns)?;
             let vb = format!("vb{i}");
             ip(&[
                 "-n", &br, "link", "add", &vb, "type", "veth", "peer", "name", "eth0", "netns", ns,
@@ -106,25 +136,6 @@ impl Net {
             bridge,
         ])
     }
-
-    /// Deletes the namespaces now; returns the errors.
-    pub(crate) fn destroy(&mut self) -> Vec<String> {
-        let mut errors = Vec::new();
-        for ns in self.created.drain(..).rev() {
-            if let Err(e) = ip(&["netns", "del", &ns]) {
-                errors.push(e.to_string());
-            }
-        }
-        errors
-    }
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        for e in self.destroy() {
-            eprintln!("cleanup: {e}");
-        }
-    }
 }
 
 /// A node in a namespace: its home, its `fogmesh run` (killed when dropped), its CLI.
@@ -140,6 +151,23 @@ pub(crate) struct NsNode {
 
 impl NsNode {
     pub(crate) fn init(ns: &str, home: PathBuf, org: &'static str, mdns: bool) -> Result<Self> {
+        let extra: &[&str] = if mdns { &[] } else { &["--no-mdns"] };
+        let node = Self::init_with(ns, home, org, extra)?;
+        let config = fogmesh::config::Config::load(&node.home.join("config.toml"))?;
+        ensure!(
+            config.bootstrap.is_empty() && config.mdns == mdns,
+            "unexpected config: {config:?}"
+        );
+        Ok(node)
+    }
+
+    /// `fogmesh init` in `ns` listening on TCP port 7071, with `extra` arguments.
+    pub(crate) fn init_with(
+        ns: &str,
+        home: PathBuf,
+        org: &'static str,
+        extra: &[&str],
+    ) -> Result<Self> {
         let mut args = vec![
             "init",
             "--home",
@@ -153,9 +181,7 @@ impl NsNode {
             "--listen",
             LISTEN,
         ];
-        if !mdns {
-            args.push("--no-mdns");
-        }
+        args.extend(extra);
         let out = run_cli_in_netns(ns, &args, None);
         ensure!(out.code == Some(0), "{}: {}", out.cmdline, out.stderr);
         let mut node = Self {
@@ -168,11 +194,6 @@ impl NsNode {
         };
         let id = node.json(&["id"])?;
         node.peer_id = id["peer_id"].as_str().context("peer_id")?.to_owned();
-        let config = fogmesh::config::Config::load(&node.home.join("config.toml"))?;
-        ensure!(
-            config.bootstrap.is_empty() && config.mdns == mdns,
-            "unexpected config: {config:?}"
-        );
         Ok(node)
     }
 

@@ -50,6 +50,7 @@
 mod common;
 pub(crate) use common::strip_ansi;
 mod hosts;
+mod nat;
 mod nemesis;
 mod removal;
 mod revocation;
@@ -280,12 +281,12 @@ fn run_scenario(name: &str, scenario: fn(Instant, &Path) -> Result<()>) -> Resul
 }
 
 /// Stops every node with SIGTERM, deletes the namespaces, and checks nothing is left behind.
-fn stop_and_clean(mut nodes: Vec<NsNode>, mut net: Net, tag: &str) -> Result<()> {
+fn stop_and_clean(mut nodes: Vec<NsNode>, mut created: Namespaces, tag: &str) -> Result<()> {
     for n in &mut nodes {
         n.stop()?;
     }
     drop(nodes);
-    let errors = net.destroy();
+    let errors = created.destroy();
     ensure!(errors.is_empty(), "cleanup: {errors:?}");
     let left = Command::new("ip").args(["netns", "list"]).output()?;
     let left = String::from_utf8_lossy(&left.stdout);
@@ -571,7 +572,7 @@ fn scenario(t0: Instant, dir: &Path) -> Result<()> {
         report
     );
 
-    stop_and_clean(nodes, net, &tag)?;
+    stop_and_clean(nodes, net.created, &tag)?;
     say(
         t0,
         "nodes stopped cleanly; namespaces, bridges and veths removed",

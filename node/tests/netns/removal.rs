@@ -233,7 +233,7 @@ fn mutual_removal(t0: Instant, dir: &Path) -> Result<()> {
     );
     bans_hold(t0, &nodes)?;
 
-    crate::stop_and_clean(nodes, net, &tag)?;
+    crate::stop_and_clean(nodes, net.created, &tag)?;
     say(
         t0,
         "nodes stopped cleanly; namespaces, bridges and veths removed",

@@ -159,7 +159,7 @@ fn revocation_race(t0: Instant, dir: &Path) -> Result<()> {
     let views: Vec<Value> = nodes.iter().map(|n| json!(ids(n).ok())).collect();
     say(t0, format!("views: {views:?}"));
     regrant_after_set_aside(t0, &mut nodes)?;
-    crate::stop_and_clean(nodes, net, &tag)
+    crate::stop_and_clean(nodes, net.created, &tag)
 }
 
 /// The pharmacy's own writes past the cut were set aside: granted writing again, it must refuse
