@@ -101,7 +101,7 @@ pub struct RelayServer {
     pub max_reservations: usize,
     /// Most circuits relayed at once.
     pub max_circuits: usize,
-    /// Most circuits relayed at once to or from one member.
+    /// Most circuits relayed at once opened by one member.
     pub max_circuits_per_peer: usize,
     /// A circuit is closed after this many seconds.
     pub max_circuit_secs: u64,
@@ -321,7 +321,7 @@ impl Config {
              serve = {serve}\n\
              # Most members holding a reservation at once. Default: {dres}\n\
              max_reservations = {res}\n\
-             # Most circuits relayed at once, and to or from one member. Defaults: {dcirc}, {dper}\n\
+             # Most circuits relayed at once, and opened by one member. Defaults: {dcirc}, {dper}\n\
              max_circuits = {circ}\n\
              max_circuits_per_peer = {per}\n\
              # A circuit is closed after this many seconds or bytes each way (its ends open a\n\

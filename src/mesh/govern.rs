@@ -328,6 +328,33 @@ impl Op {
         }
         Ok(id)
     }
+
+    /// Refuses times past the end of year 9999 ([`crate::record::TIME_MAX_MS`]): when it was
+    /// signed, its entry's `updated`, a rotation's `until`. Checked where operations arrive from
+    /// peers or are signed here, not on those a store already holds (a node that took one before
+    /// this check still opens). The same static bound on every node, so resolution stays alike.
+    pub fn check_times(&self) -> Result<(), Error> {
+        let max = crate::record::TIME_MAX_MS;
+        let (updated, until) = match &self.body.action {
+            Action::Found { member } | Action::Admit { member, .. } => (Some(member.updated), None),
+            Action::Rotate { member, until, .. } => (
+                Some(member.updated),
+                Some(crate::hlc::Timestamp(*until).millis()),
+            ),
+            Action::Role { .. } | Action::Remove { .. } => (None, None),
+        };
+        let late = [Some(self.body.time), updated, until]
+            .into_iter()
+            .flatten()
+            .any(|t| t > max);
+        match late {
+            true => Err(Error::Invalid {
+                id: self.id(),
+                detail: "a time after the end of year 9999".into(),
+            }),
+            false => Ok(()),
+        }
+    }
 }
 
 fn is_id(s: &str) -> bool {

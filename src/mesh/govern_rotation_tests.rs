@@ -112,9 +112,11 @@ fn key(i: u16) -> Identity {
 fn rotation(org: &str, old: &Identity, new: &Identity, deps: Vec<OpId>) -> Op {
     let m = Member::of(new, "flu", org, vec![], NOW).expect("member");
     let proof = rotation_proof("flu", org, &old.author().to_string(), new);
+    // The latest `until` a rotation may name: the retired key signs on to the end of year 9999.
+    let until = crate::hlc::Timestamp::new(crate::record::TIME_MAX_MS, u16::MAX).0;
     let action = Action::Rotate {
         member: m,
-        until: u64::MAX,
+        until,
         proof,
     };
     Op::sign("flu", action, deps, old, NOW)
@@ -285,4 +287,39 @@ fn the_founder_rotates_and_still_governs() {
     let fresh = Roster::verified(&r, NOW).expect("a roster whose founder rotated verifies");
     assert_eq!(fresh.digest(), r.digest());
     assert!(fresh.is_admin("hospital"));
+}
+
+/// A rotation naming an `until` or a signing time past year 9999 is refused where it arrives;
+/// the latest in that year passes.
+#[test]
+fn a_rotation_until_past_year_9999_is_refused() {
+    let (ids, _) = mesh();
+    let latest = rotation("insurer", &ids[3], &key(7), vec![]);
+    assert_eq!(latest.check_times(), Ok(()));
+    let m = Member::of(&key(7), "flu", "insurer", vec![], NOW).expect("member");
+    let proof = rotation_proof("flu", "insurer", &ids[3].author().to_string(), &key(7));
+    let until = crate::hlc::Timestamp::new(crate::record::TIME_MAX_MS + 1, 0).0;
+    let late = Op::sign(
+        "flu",
+        Action::Rotate {
+            member: m,
+            until,
+            proof,
+        },
+        vec![],
+        &ids[3],
+        NOW,
+    );
+    assert!(matches!(late.check_times(), Err(Error::Invalid { .. })));
+    let signed_late = Op::sign(
+        "flu",
+        latest.body.action.clone(),
+        vec![],
+        &ids[3],
+        crate::record::TIME_MAX_MS + 1,
+    );
+    assert!(matches!(
+        signed_late.check_times(),
+        Err(Error::Invalid { .. })
+    ));
 }

@@ -318,6 +318,13 @@ impl Mesh {
             .await?;
         match updated {
             Some(Err(e)) => Err(Error::Internal(e.to_string())),
+            // The members learn the new addresses now, not at their next round: a member
+            // behind a NAT is reachable only at the relayed address it just took.
+            Some(Ok(true)) => {
+                self.mark_members_dirty(None);
+                self.retry_dirty().await;
+                Ok(())
+            }
             _ => Ok(()),
         }
     }

@@ -260,6 +260,7 @@ impl Roster {
     /// effect (the roster is then unchanged).
     pub fn apply(&mut self, op: Op) -> Result<OpId, Error> {
         let id = op.check(&self.mesh)?;
+        op.check_times()?;
         let mut next = self.clone();
         next.log.insert(id.clone(), op)?;
         next.resolve();
@@ -329,10 +330,14 @@ impl Roster {
         if m.updated > now_ms.saturating_add(MAX_CERT_SKEW_MS) {
             return Err(Error::Future(m.org.clone()));
         }
-        // A total order, so two certificates of one date cannot leave two nodes apart.
+        // A total order, so two certificates of one date cannot leave two nodes apart. The
+        // entry an admin signed loses to the organization's own certificate if it is dated
+        // further ahead than a certificate may be: an admission dated in year 9999 must not
+        // freeze the organization's addresses.
+        let ahead = entry.member.updated > now_ms.saturating_add(MAX_CERT_SKEW_MS);
         let newer = match self.certs.get(&m.org) {
             Some(c) => (m.updated, &cert.signature) > (c.member.updated, &c.signature),
-            None => m.updated > entry.member.updated,
+            None => ahead || m.updated > entry.member.updated,
         };
         if !newer {
             return Ok(false);
@@ -359,7 +364,10 @@ impl Roster {
             if self.log.ops.contains_key(&op.id()) {
                 continue;
             }
-            match op.check(&self.mesh) {
+            match op
+                .check(&self.mesh)
+                .and_then(|id| op.check_times().map(|()| id))
+            {
                 Ok(id) => pending.push((id, op)),
                 Err(e) => errors.push(e.into()),
             }

@@ -186,3 +186,52 @@ fn a_roster_of_1024_members_fits_a_sync_answer_and_an_admission_fits_a_join_answ
     let bytes = crate::mesh::proto::encode(&answer).len();
     assert!(bytes < crate::net::MAX_JOIN_BYTES / 16, "{bytes}");
 }
+
+#[test]
+fn times_past_year_9999_are_refused_and_a_far_future_admission_does_not_freeze_addresses() {
+    let (a, mut r) = founded();
+    let max = crate::record::TIME_MAX_MS;
+    // Signed here: refused before it is applied.
+    let (_, late) = member(2, "pharmacy");
+    let mut late = late;
+    late.updated = max + 1;
+    assert!(matches!(
+        admit(&mut r, &a, late.clone(), Role::Member),
+        Err(Error::Governance(govern::Error::Invalid { .. }))
+    ));
+    // From a peer: refused alone where it arrives, the sound one beside it taken.
+    let mut peer = r.clone();
+    let (_, mi) = member(3, "insurer");
+    admit(&mut peer, &a, mi, Role::Member).expect("insurer");
+    let op = Op::sign(
+        "flu",
+        Action::Admit {
+            member: late,
+            role: Role::Member,
+            invitation: "00".into(),
+        },
+        peer.heads(),
+        &a,
+        NOW,
+    );
+    peer.log
+        .insert(op.id(), op)
+        .expect("stored as a peer would");
+    let (new, errors) = r.merge(&peer, NOW);
+    assert_eq!(new, 1, "the sound admission is taken");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(r.by_org("insurer").is_some() && r.by_org("pharmacy").is_none());
+
+    // An admission dated far ahead (within year 9999) does not freeze the member's addresses.
+    let (v, mut mv) = member(4, "agency");
+    mv.updated = max;
+    admit(&mut r, &a, mv.clone(), Role::Member).expect("dated in year 9999, still admitted");
+    let mut moved = mv;
+    moved.addresses = vec!["/ip4/10.0.0.9/tcp/7071".into()];
+    moved.updated = NOW;
+    assert_eq!(r.admit(Cert::sign(moved, &v), NOW), Ok(true));
+    assert_eq!(
+        r.by_org("agency").expect("agency").addresses,
+        ["/ip4/10.0.0.9/tcp/7071"]
+    );
+}

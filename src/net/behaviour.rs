@@ -32,7 +32,7 @@ pub(crate) struct Behaviour {
     pub(crate) relay_client: relay::client::Behaviour,
     pub(crate) relay: Toggle<relay::Behaviour>,
     pub(crate) dcutr: Toggle<dcutr::Behaviour>,
-    pub(crate) autonat: autonat::Behaviour,
+    pub(crate) autonat: Toggle<autonat::Behaviour>,
     pub(crate) candidates: Candidates,
     pub(crate) join: FrameBehaviour,
     pub(crate) sync: FrameBehaviour,
@@ -74,7 +74,7 @@ impl Behaviour {
                 .hole_punch
                 .then(|| dcutr::Behaviour::new(local))
                 .into(),
-            autonat: reach::autonat(local),
+            autonat: reach::autonat(local, config.serve_relay.is_some()).into(),
             candidates: Candidates::default(),
             join: frames(Protocol::Join, meter),
             sync: frames(Protocol::Sync, meter),
@@ -99,7 +99,8 @@ fn limits(config: &Config) -> connection_limits::Behaviour {
         connection_limits::ConnectionLimits::default()
             .with_max_pending_incoming(Some(config.max_connections))
             .with_max_established(Some(config.max_connections))
-            .with_max_established_per_peer(Some(config.max_per_peer)),
+            .with_max_established_per_peer(Some(config.max_per_peer))
+            .with_max_pending_outgoing(Some(config.max_connections)),
     )
 }
 
@@ -142,7 +143,8 @@ pub(crate) fn build_swarm(
         .map(move |socket, endpoint| meter.wrap(socket, endpoint.is_dialer()))
         .upgrade(upgrade::Version::V1Lazy)
         .authenticate(noise)
-        .multiplex(yamux::Config::default());
+        .multiplex(yamux::Config::default())
+        .timeout(REQUEST_TIMEOUT);
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_quic()

@@ -21,6 +21,8 @@ use libp2p::{Multiaddr, PeerId};
 
 /// Most candidates waiting to be handed to the swarm; more are dropped (they come again).
 const QUEUE_CAP: usize = 64;
+/// Most listen addresses kept (a relay may hand out many; direct listeners come first).
+const LISTENING_CAP: usize = 64;
 /// Most candidates remembered as handed out (each is handed out once); past it the memory
 /// starts over.
 const SEEN_CAP: usize = 256;
@@ -116,7 +118,9 @@ impl NetworkBehaviour for Candidates {
 
     fn on_swarm_event(&mut self, event: FromSwarm) {
         match event {
-            FromSwarm::NewListenAddr(new) if !self.listening.contains(new.addr) => {
+            FromSwarm::NewListenAddr(new)
+                if self.listening.len() < LISTENING_CAP && !self.listening.contains(new.addr) =>
+            {
                 self.listening.push(new.addr.clone());
             }
             FromSwarm::ExpiredListenAddr(gone) => self.listening.retain(|a| a != gone.addr),

@@ -31,6 +31,8 @@ const PENDING_REPLIES_CAP: usize = 4096;
 const PENDING_REQUESTS_CAP: usize = 4096;
 /// Most `listen_addrs` calls parked until the listeners report; more are answered at once.
 const LISTEN_WAITERS_CAP: usize = 64;
+/// Least time between two dials of one peer beside the dial under way.
+const BESIDE_EVERY: Duration = Duration::from_secs(10);
 
 /// Resolves with the local id of an inbound request and the reply, if one was sent in time.
 type ReplyFuture = BoxFuture<'static, (u64, Option<Frame>)>;
@@ -65,6 +67,8 @@ pub(crate) struct EventLoop {
     dropped_events: u64,
     /// Relays, relayed connections and reachability.
     pub(super) reach: Reach,
+    /// When each peer was last dialed beside a dial under way, at relayed addresses or not.
+    beside: HashMap<(PeerId, bool), Instant>,
 }
 
 impl EventLoop {
@@ -92,6 +96,7 @@ impl EventLoop {
             listen_waiters: Vec::new(),
             dropped_events: 0,
             reach,
+            beside: HashMap::new(),
         }
     }
 
@@ -153,8 +158,8 @@ impl EventLoop {
             // once: dial now rather than at the next tick, up to HOUSEKEEPING_INTERVAL later (a
             // restarted node would otherwise wait that long for its first catch-up).
             Command::AddAddress { peer, addr, reply } => {
-                self.remember(peer, addr.clone());
-                self.dial_new_address(peer, addr);
+                let fresh = self.remember(peer, addr);
+                self.dial_new_addresses(peer, fresh);
                 self.redial_due(Instant::now());
                 let _ = reply.send(());
             }
@@ -219,7 +224,7 @@ impl EventLoop {
             let _ = reply.send(Err(Error::Busy));
             return;
         }
-        let addrs = qualified(peer, self.table.addrs(&peer));
+        let addrs = self.dialable(peer, self.table.addrs(&peer));
         let id = self
             .swarm
             .behaviour_mut()
@@ -248,10 +253,12 @@ impl EventLoop {
     }
 
     /// Records an address the mesh layer vouches for: peer table and swarm.
-    pub(super) fn remember(&mut self, peer: PeerId, addr: Multiaddr) {
+    /// Returns the address if it was not known.
+    pub(super) fn remember(&mut self, peer: PeerId, addr: Multiaddr) -> Vec<Multiaddr> {
         let addr = split_p2p(&addr).1;
-        self.table.add_addrs(peer, [addr.clone()], Instant::now());
+        let fresh = self.table.add_addrs(peer, [addr.clone()], Instant::now());
         self.swarm.add_peer_address(peer, addr);
+        fresh
     }
 
     fn on_set_members(&mut self, members: HashSet<PeerId>) {
@@ -285,11 +292,14 @@ impl EventLoop {
         }
     }
 
-    /// The bound addresses, each ending in `/p2p/<local id>`.
+    /// The bound addresses, each ending in `/p2p/<local id>`. Of the relayed ones, only those
+    /// at a configured relay's own address: a relay chooses the addresses it hands out, and
+    /// these end in this node's signed roster entry.
     pub(super) fn listen_addrs(&self) -> Vec<Multiaddr> {
         let local = *self.swarm.local_peer_id();
         self.swarm
             .listeners()
+            .filter(|a| self.reach.announces(a))
             .map(|a| a.clone().with_p2p(local).unwrap_or_else(|a| a))
             .collect()
     }
@@ -366,30 +376,59 @@ impl EventLoop {
         }
     }
 
-    /// A member that is down, at an address the mesh layer just vouched for, is dialed there
-    /// at once even while another dial of it goes on: that one may be stuck on addresses that
-    /// time out (a NATed member's private ones) while this one is its relayed address.
-    fn dial_new_address(&mut self, peer: PeerId, addr: Multiaddr) {
-        if self.table.is_member(&peer) && !self.table.is_up(&peer) {
-            self.dial_beside(peer, vec![split_p2p(&addr).1]);
+    /// A member that is down, at addresses the mesh layer vouches for and this node did not
+    /// know, is dialed there at once even while another dial of it goes on: that one may be
+    /// stuck on addresses that time out (a NATed member's private ones) while these are its
+    /// relayed one.
+    fn dial_new_addresses(&mut self, peer: PeerId, fresh: Vec<Multiaddr>) {
+        if !fresh.is_empty() && self.table.is_member(&peer) && !self.table.is_up(&peer) {
+            self.dial_beside(peer, fresh);
         }
     }
 
-    /// Dials `peer` at `addrs` unless it is connected, beside any dial of it under way.
+    /// Dials `peer` at `addrs` unless it is connected, beside any dial of it under way; at most
+    /// once per [`BESIDE_EVERY`] per peer for direct addresses and once for relayed ones (a
+    /// relayed address must not wait for a dial of private ones to time out), so that address
+    /// churn cannot stack dials.
     pub(super) fn dial_beside(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        let now = Instant::now();
+        self.beside.retain(|_, t| now < *t + BESIDE_EVERY);
+        let (relayed, direct): (Vec<_>, Vec<_>) =
+            addrs.into_iter().partition(|a| circuit_relay(a).is_some());
+        for (is_relayed, addrs) in [(true, relayed), (false, direct)] {
+            let addrs = self.dialable(peer, addrs);
+            if addrs.is_empty() || self.beside.contains_key(&(peer, is_relayed)) {
+                continue;
+            }
+            self.beside.insert((peer, is_relayed), now);
+            self.dial_disconnected(peer, addrs);
+        }
+    }
+
+    fn dial_disconnected(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
         let opts = DialOpts::peer_id(peer)
             .condition(PeerCondition::Disconnected)
-            .addresses(qualified(peer, addrs))
+            .addresses(addrs)
             .build();
         if let Err(e) = self.swarm.dial(opts) {
             tracing::debug!(%peer, error = %e, "dial not started");
         }
     }
 
+    /// `addrs` in the form dials take, without relayed addresses through a relay that is not a
+    /// member (a hostile member could otherwise send this node to any stranger).
+    pub(super) fn dialable(&self, peer: PeerId, addrs: Vec<Multiaddr>) -> Vec<Multiaddr> {
+        let through_member = |a: &Multiaddr| match circuit_relay(a) {
+            Some(relay) => self.table.is_member(&relay),
+            None => true,
+        };
+        qualified(peer, addrs.into_iter().filter(through_member).collect())
+    }
+
     fn dial_peer(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
         let opts = DialOpts::peer_id(peer)
             .condition(PeerCondition::DisconnectedAndNotDialing)
-            .addresses(qualified(peer, addrs))
+            .addresses(self.dialable(peer, addrs))
             .extend_addresses_through_behaviour()
             .build();
         if let Err(e) = self.swarm.dial(opts) {
@@ -444,6 +483,19 @@ fn qualified(peer: PeerId, addrs: Vec<Multiaddr>) -> Vec<Multiaddr> {
         .collect()
 }
 
+/// The relay of a relayed address (the peer named before `/p2p-circuit`).
+fn circuit_relay(addr: &Multiaddr) -> Option<PeerId> {
+    let mut relay = None;
+    for part in addr.iter() {
+        match part {
+            libp2p::multiaddr::Protocol::P2p(p) => relay = Some(p),
+            libp2p::multiaddr::Protocol::P2pCircuit => return relay,
+            _ => {}
+        }
+    }
+    None
+}
+
 /// The name of an event's variant, for logs that must not dump frames.
 fn kind(event: &Event) -> &'static str {
     match event {
@@ -454,5 +506,23 @@ fn kind(event: &Event) -> &'static str {
         Event::Request { .. } => "request",
         Event::BadInput { .. } => "bad-input",
         Event::Refused { .. } => "refused",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::circuit_relay;
+
+    #[test]
+    fn the_relay_of_a_relayed_address_is_the_peer_before_the_circuit() {
+        let relay = "12D3KooWEzi8M8oWoAB5nMBfCNTcwd3HhY8BLU3E6igutByv9tq4";
+        let me = "12D3KooWGyyXDYqfE9PJ8Ttujk2wAPjGAGTZSk8sRuY5RzmCrkdF";
+        let relayed = format!("/ip4/203.0.113.5/tcp/7071/p2p/{relay}/p2p-circuit/p2p/{me}");
+        assert_eq!(
+            circuit_relay(&relayed.parse().unwrap()),
+            Some(relay.parse().unwrap())
+        );
+        let direct = format!("/ip4/203.0.113.5/tcp/7071/p2p/{me}");
+        assert_eq!(circuit_relay(&direct.parse().unwrap()), None);
     }
 }

@@ -31,6 +31,18 @@ const PUNCH_RETRY_MAX: Duration = Duration::from_secs(600);
 const RELAYED_LATELY: Duration = Duration::from_secs(5);
 /// Wait between two tries of a QUIC connection to a relay connected over TCP alone.
 const QUIC_RETRY: Duration = Duration::from_secs(30);
+/// A reservation that lasted this long starts the relay's backoff over when it ends; a relay
+/// that accepts and drops at once stays backed off.
+const RESERVATION_LASTED: Duration = Duration::from_secs(60);
+/// A relay renewing a reservation sooner than this after the last is dropped (its listener
+/// removed, its backoff kept): each renewal hands this node addresses.
+const RENEWAL_EVERY: Duration = Duration::from_secs(60);
+/// Most addresses one relay listener may report; past it the listener is removed.
+const MAX_RELAY_ADDRS: usize = 16;
+/// Least time between two rounds of dials of every member that is down, after reservations.
+const REDIAL_ALL_EVERY: Duration = Duration::from_secs(30);
+/// Least time between two reservation tries on one relay brought forward by roster changes.
+const RESERVE_AGAIN_EVERY: Duration = Duration::from_secs(10);
 
 /// How a connection to a peer was made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -63,7 +75,7 @@ pub struct RelayLimits {
     pub max_reservations: usize,
     /// Most circuits relayed at once.
     pub max_circuits: usize,
-    /// Most circuits relayed at once to or from one member.
+    /// Most circuits relayed at once opened by one member.
     pub max_circuits_per_peer: usize,
     /// A circuit is closed after this long; its ends reconnect (or have hole-punched by then).
     pub max_circuit_duration: Duration,
@@ -92,17 +104,23 @@ pub(crate) fn relay_server(
     limits: &RelayLimits,
     members: &Members,
 ) -> relay::Behaviour {
+    // libp2p refuses past `count > per_peer`: 0 allows one reservation, and `n - 1` n circuits.
     let mut config = relay::Config {
         max_reservations: limits.max_reservations,
-        max_reservations_per_peer: 1,
+        max_reservations_per_peer: 0,
         max_circuits: limits.max_circuits,
-        max_circuits_per_peer: limits.max_circuits_per_peer,
+        max_circuits_per_peer: limits.max_circuits_per_peer.saturating_sub(1),
         max_circuit_duration: limits.max_circuit_duration,
         max_circuit_bytes: limits.max_circuit_bytes,
         ..relay::Config::default()
     };
-    config.reservation_rate_limiters.push(members_only(members));
-    config.circuit_src_rate_limiters.push(members_only(members));
+    // First, so that a refused stranger spends none of the members' rate-limit tokens.
+    config
+        .reservation_rate_limiters
+        .insert(0, members_only(members));
+    config
+        .circuit_src_rate_limiters
+        .insert(0, members_only(members));
     relay::Behaviour::new(local, config)
 }
 
@@ -121,19 +139,25 @@ fn members_only(members: &Members) -> Box<dyn relay::RateLimiter> {
     })
 }
 
-/// AutoNAT (v1): members probe each other's addresses. Members may sit on private networks
-/// (a hospital's LAN), so private addresses are probed too.
-pub(crate) fn autonat(local: PeerId) -> autonat::Behaviour {
-    autonat::Behaviour::new(
-        local,
-        autonat::Config {
-            boot_delay: Duration::from_secs(5),
-            retry_interval: Duration::from_secs(30),
-            throttle_server_period: Duration::from_secs(15),
-            only_global_ips: false,
-            ..autonat::Config::default()
-        },
-    )
+/// AutoNAT (v1): members probe each other's addresses; only members are asked (they are added
+/// as servers as the roster names them). Members may sit on private networks (a hospital's
+/// LAN), so private addresses are probed too. A node serving as a relay runs none: its
+/// operator declares it reachable, and what AutoNAT confirms would become addresses the relay
+/// hands out.
+pub(crate) fn autonat(local: PeerId, serves_relay: bool) -> Option<autonat::Behaviour> {
+    (!serves_relay).then(|| {
+        autonat::Behaviour::new(
+            local,
+            autonat::Config {
+                boot_delay: Duration::from_secs(5),
+                retry_interval: Duration::from_secs(10),
+                throttle_server_period: Duration::from_secs(5),
+                only_global_ips: false,
+                use_connected: false,
+                ..autonat::Config::default()
+            },
+        )
+    })
 }
 
 /// A relay this node reserves an address on, and when to try again after a failure.
@@ -146,6 +170,13 @@ struct RelayUse {
     listener: Option<ListenerId>,
     retry_at: Option<Instant>,
     delay: Duration,
+    /// When the listener was last asked for.
+    tried_at: Option<Instant>,
+    /// When the current reservation was accepted, and last renewed.
+    reserved_at: Option<Instant>,
+    renewed_at: Option<Instant>,
+    /// Addresses the current listener reported.
+    addrs_seen: usize,
 }
 
 /// The reach state the event loop keeps.
@@ -165,6 +196,8 @@ pub(crate) struct Reach {
     pub(crate) members: Members,
     reachability: Reachability,
     serves_relay: bool,
+    /// When every member that is down was last dialed because a reservation was accepted.
+    redialed_all_at: Option<Instant>,
 }
 
 impl Reach {
@@ -180,6 +213,10 @@ impl Reach {
                     listener: None,
                     retry_at: Some(now),
                     delay: RELAY_RETRY_MIN,
+                    tried_at: None,
+                    reserved_at: None,
+                    renewed_at: None,
+                    addrs_seen: 0,
                 })
                 .collect(),
             kinds: HashMap::new(),
@@ -188,8 +225,13 @@ impl Reach {
             quic: HashMap::new(),
             quic_tried: HashMap::new(),
             members: Members::default(),
-            reachability: Reachability::Unknown,
+            // A relay runs no AutoNAT: its operator declares it reachable.
+            reachability: match serves_relay {
+                true => Reachability::Public,
+                false => Reachability::Unknown,
+            },
             serves_relay,
+            redialed_all_at: None,
         }
     }
 
@@ -225,6 +267,16 @@ impl Reach {
     pub(crate) fn is_relay_listener(&self, listener: ListenerId) -> bool {
         self.relays.iter().any(|r| r.listener == Some(listener))
     }
+
+    /// Whether this node announces `addr` (a listen address): any direct one, and a relayed one
+    /// only at a configured relay's own address.
+    pub(crate) fn announces(&self, addr: &Multiaddr) -> bool {
+        if !addr.iter().any(|p| p == AddrPart::P2pCircuit) {
+            return true;
+        }
+        let bare = super::peers::split_p2p(addr).1;
+        self.relays.iter().any(|r| r.circuit == bare)
+    }
 }
 
 impl EventLoop {
@@ -242,6 +294,8 @@ impl EventLoop {
                     let relay = &mut self.reach.relays[i];
                     relay.listener = Some(id);
                     relay.retry_at = None;
+                    relay.tried_at = Some(now);
+                    relay.addrs_seen = 0;
                 }
                 Err(e) => {
                     tracing::warn!(relay = %circuit, error = %e, "relay reservation not started");
@@ -264,6 +318,14 @@ impl EventLoop {
         };
         let relay = &mut self.reach.relays[i];
         relay.listener = None;
+        if relay
+            .reserved_at
+            .take()
+            .is_some_and(|t| t.elapsed() >= RESERVATION_LASTED)
+        {
+            relay.delay = RELAY_RETRY_MIN;
+        }
+        relay.renewed_at = None;
         tracing::warn!(
             relay = %relay.circuit,
             reason,
@@ -279,17 +341,75 @@ impl EventLoop {
         relay.delay = (relay.delay * 2).min(RELAY_RETRY_MAX);
     }
 
-    /// A relay reservation was accepted: its backoff starts over, and members that are down
-    /// are dialed at once (a dial that failed before the reservation may pass now).
+    /// A relay reservation was accepted (its backoff starts over once it has lasted), and
+    /// members that are down are dialed at once (a dial that failed before the reservation may
+    /// pass now), at most every [`REDIAL_ALL_EVERY`].
     fn on_reserved(&mut self, relay_peer: PeerId) {
-        for relay in &mut self.reach.relays {
-            if relay.peer == Some(relay_peer) {
-                relay.delay = RELAY_RETRY_MIN;
-            }
+        let now = Instant::now();
+        for relay in self
+            .reach
+            .relays
+            .iter_mut()
+            .filter(|r| r.peer == Some(relay_peer))
+        {
+            relay.reserved_at = Some(now);
+            relay.renewed_at = Some(now);
         }
+        if self
+            .reach
+            .redialed_all_at
+            .is_some_and(|t| now < t + REDIAL_ALL_EVERY)
+        {
+            return;
+        }
+        self.reach.redialed_all_at = Some(now);
         for (peer, addrs) in self.table.down_members() {
             self.dial_beside(peer, addrs);
         }
+    }
+
+    /// A reservation was renewed: one renewed sooner than [`RENEWAL_EVERY`] after the last is
+    /// dropped, its backoff kept (each renewal hands this node addresses to listen on).
+    fn on_renewed(&mut self, relay_peer: PeerId) {
+        let now = Instant::now();
+        let Some(i) = self
+            .reach
+            .relays
+            .iter()
+            .position(|r| r.peer == Some(relay_peer))
+        else {
+            return;
+        };
+        let relay = &mut self.reach.relays[i];
+        let too_soon = relay.renewed_at.is_some_and(|t| now < t + RENEWAL_EVERY);
+        relay.renewed_at = Some(now);
+        if let (true, Some(id)) = (too_soon, relay.listener) {
+            tracing::warn!(relay = %relay_peer, "relay renews its reservation too often; dropping it");
+            relay.reserved_at = None;
+            self.swarm.remove_listener(id);
+        }
+    }
+
+    /// Whether a new listen address may be used: a relay listener's is counted, and past
+    /// [`MAX_RELAY_ADDRS`] the listener is removed; a relayed address at another place than the
+    /// configured relay's is listened on but neither announced nor reported.
+    pub(super) fn relay_address_ok(&mut self, listener: ListenerId, addr: &Multiaddr) -> bool {
+        let Some(relay) = self
+            .reach
+            .relays
+            .iter_mut()
+            .find(|r| r.listener == Some(listener))
+        else {
+            return true;
+        };
+        relay.addrs_seen += 1;
+        if relay.addrs_seen > MAX_RELAY_ADDRS {
+            tracing::warn!(relay = %relay.circuit, "relay hands out too many addresses; dropping it");
+            relay.reserved_at = None;
+            self.swarm.remove_listener(listener);
+            return false;
+        }
+        self.reach.announces(addr)
     }
 
     /// Notes how a new connection was made. A direct connection to a peer connected only
@@ -376,10 +496,19 @@ impl EventLoop {
             .filter(|(_, (at, _))| *at <= now)
             .map(|(p, _)| *p)
             .collect();
+        self.reach
+            .relayed_until
+            .retain(|_, t| t.elapsed() < RELAYED_LATELY);
         for peer in due {
-            if self.reach.connection(&peer) != Some(Connection::Relayed) {
-                self.reach.punch_again.remove(&peer);
-                continue;
+            match self.reach.connection(&peer) {
+                Some(Connection::Relayed) => {}
+                // Not connected now: the next relayed connection tries again by itself, and
+                // the backoff holds for the one after.
+                None => continue,
+                Some(_) => {
+                    self.reach.punch_again.remove(&peer);
+                    continue;
+                }
             }
             tracing::info!(%peer, "closing the relayed connection to try a hole punch again");
             for relayed in self.reach.relayed(&peer) {
@@ -403,15 +532,27 @@ impl EventLoop {
             .retain(|_, t| t.elapsed() < RELAYED_LATELY);
     }
 
-    /// The members changed: the relay (if this node serves one) admits only the new set, and
-    /// reservations refused so far are asked for again at once (a relay refuses a node that is
-    /// not yet its member, as a joiner is until its admission spreads).
+    /// The members changed: the relay (if this node serves one) admits only the new set,
+    /// AutoNAT asks only members, and reservations refused so far are asked for again soon (a
+    /// relay refuses a node that is not yet its member, as a joiner is until its admission
+    /// spreads), at most every [`RESERVE_AGAIN_EVERY`] per relay, the backoff kept.
     pub(super) fn share_members(&mut self, members: &HashSet<PeerId>) {
-        *self
-            .reach
-            .members
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = members.clone();
+        let old = std::mem::replace(
+            &mut *self
+                .reach
+                .members
+                .write()
+                .unwrap_or_else(PoisonError::into_inner),
+            members.clone(),
+        );
+        if let Some(autonat) = self.swarm.behaviour_mut().autonat.as_mut() {
+            for gone in old.difference(members) {
+                autonat.remove_server(gone);
+            }
+            for new in members.difference(&old) {
+                autonat.add_server(*new, None);
+            }
+        }
         let now = Instant::now();
         for relay in self
             .reach
@@ -419,8 +560,10 @@ impl EventLoop {
             .iter_mut()
             .filter(|r| r.listener.is_none())
         {
-            relay.retry_at = Some(now);
-            relay.delay = RELAY_RETRY_MIN;
+            let soonest = relay
+                .tried_at
+                .map_or(now, |t| now.max(t + RESERVE_AGAIN_EVERY));
+            relay.retry_at = Some(relay.retry_at.map_or(soonest, |at| at.min(soonest)));
         }
     }
 
@@ -447,7 +590,9 @@ impl EventLoop {
                 renewal,
                 ..
             } => {
-                if !renewal {
+                if renewal {
+                    self.on_renewed(relay_peer_id);
+                } else {
                     tracing::info!(relay = %relay_peer_id, "relay reservation accepted");
                     self.on_reserved(relay_peer_id);
                 }
@@ -568,6 +713,19 @@ mod tests {
         assert_eq!(reach.connection(&peer), Some(Connection::HolePunched));
         assert_eq!(reach.relayed(&peer), vec![ConnectionId::new_unchecked(1)]);
         assert_eq!(reach.connection(&PeerId::random()), None);
+    }
+
+    #[test]
+    fn only_a_configured_relays_own_address_is_announced() {
+        let relay =
+            "/ip4/203.0.113.5/tcp/7071/p2p/12D3KooWEzi8M8oWoAB5nMBfCNTcwd3HhY8BLU3E6igutByv9tq4";
+        let reach = Reach::new(&[relay.parse().unwrap()], false);
+        let me = "12D3KooWGyyXDYqfE9PJ8Ttujk2wAPjGAGTZSk8sRuY5RzmCrkdF";
+        let at = |a: &str| -> Multiaddr { a.parse().unwrap() };
+        assert!(reach.announces(&at("/ip4/192.168.10.2/tcp/7071")));
+        assert!(reach.announces(&at(&format!("{relay}/p2p-circuit/p2p/{me}"))));
+        let elsewhere = relay.replace("203.0.113.5", "198.51.100.66");
+        assert!(!reach.announces(&at(&format!("{elsewhere}/p2p-circuit/p2p/{me}"))));
     }
 
     #[test]

@@ -61,6 +61,7 @@ impl EventLoop {
             }
             SwarmEvent::ExpiredListenAddr { address, .. } => {
                 tracing::info!(%address, "no longer listening");
+                self.swarm.remove_external_address(&address);
             }
             SwarmEvent::ListenerError { listener_id, error } => {
                 tracing::warn!(?listener_id, %error, "listener error");
@@ -123,6 +124,9 @@ impl EventLoop {
 
     fn on_new_listen_addr(&mut self, listener: ListenerId, addr: Multiaddr) {
         let local = *self.swarm.local_peer_id();
+        if !self.relay_address_ok(listener, &addr) {
+            return;
+        }
         self.announce_if_relay(&addr);
         let addr = addr.with_p2p(local).unwrap_or_else(|a| a);
         tracing::info!(%addr, "listening");
