@@ -3,7 +3,8 @@
 //! ```text
 //! cargo bench --bench mesh                              # full run: ~1.5 min on 2 cores + build
 //! FOGMESH_BENCH_QUICK=1 cargo bench --bench mesh        # every size shrunk 10x
-//! FOGMESH_BENCH_ONLY=latency cargo bench --bench mesh   # one part: latency, reconnect or catchup
+//! FOGMESH_BENCH_ONLY=latency cargo bench --bench mesh   # one part: latency, reconnect, catchup or fanout
+//! FOGMESH_BENCH_FANOUT=5,20,50 cargo bench --bench mesh  # the mesh sizes of part 4 (default 5,20)
 //! ```
 //!
 //! Every node runs in this process, on 127.0.0.1 over TCP, mDNS off, each in a temporary home.
@@ -30,6 +31,12 @@
 //! 3. Reconnect when in sync: B's mesh is restarted (same port, node kept open); transport bytes
 //!    from connect until the first catch-up round (both sides' Hello) is complete, at a short
 //!    history (3a) and at the catch-up's long one (3b).
+//!
+//! 4. Fan-out by mesh size (today's direct push: the writer sends each envelope itself to every
+//!    member it is connected to): node 0 of a mesh of N nodes publishes single-record batches;
+//!    write-to-visible at a receiver and at all, the writer's push bytes per record against the
+//!    envelope's size, and a receiver's transport bytes per record, at each N of
+//!    `FOGMESH_BENCH_FANOUT`.
 //!
 //! Unless said otherwise the dataset is shared with the other nodes and sealed (the default for a
 //! shared dataset: XChaCha20-Poly1305 under an epoch key wrapped for each reader's node).
@@ -96,8 +103,10 @@ struct Sizes {
     short_history: usize,
     /// Single-record publishes timed on the pair that holds the catch-up's records.
     late_latency: usize,
-    /// `FOGMESH_BENCH_ONLY`: run one figure (`latency`, `reconnect` or `catchup`), e.g. to profile.
+    /// `FOGMESH_BENCH_ONLY`: run one figure (`latency`, `reconnect`, `catchup` or `fanout`).
     only: Option<String>,
+    /// `FOGMESH_BENCH_FANOUT`: the mesh sizes of the fan-out part.
+    fanout: Vec<usize>,
 }
 
 impl Sizes {
@@ -113,6 +122,10 @@ impl Sizes {
             short_history: 1_000 / div,
             late_latency: 50,
             only: std::env::var("FOGMESH_BENCH_ONLY").ok(),
+            fanout: std::env::var("FOGMESH_BENCH_FANOUT")
+                .ok()
+                .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+                .unwrap_or_else(|| vec![5, 20]),
         }
     }
 }
@@ -1239,6 +1252,54 @@ fn one_change(full: &Automerge, actor: automerge::ActorId) -> Result<(Duration, 
 
 // ---------------------------------------------------------------------------------------------
 
+/// An organization name for node `i` of a large mesh.
+fn org_name(i: usize) -> &'static str {
+    Box::leak(format!("org{i:03}").into_boxed_str())
+}
+
+/// The mean size of `m`'s own envelopes of `ds`, in bytes (encoded, as pushed).
+fn mean_envelope_bytes(m: &Member, ds: &DatasetId) -> Result<f64> {
+    let envs = own_envelopes(m, ds)?;
+    let total: usize = envs.iter().map(|e| e.encode().len()).sum();
+    Ok(total as f64 / envs.len().max(1) as f64)
+}
+
+/// Part 4 at one mesh size: node 0 of `n` publishes `count` single-record batches.
+async fn fanout(s: &Sizes, n: usize, seed: u8) -> Result<()> {
+    let orgs: Vec<&'static str> = (0..n).map(org_name).collect();
+    let setup = Instant::now();
+    let (nodes, ds) = spawn_mesh(&orgs, seed, "flu-fanout", None).await?;
+    let setup = setup.elapsed();
+    let receivers: Vec<&Member> = nodes.iter().skip(1).collect();
+    let before: Vec<Traffic> = receivers.iter().map(|m| m.meter.traffic()).collect();
+    let count = (s.latency / 5).max(20);
+    let l = publish_and_watch(&nodes[0], &receivers, &ds, 10, count, "fan").await?;
+    let received: u64 = receivers
+        .iter()
+        .zip(&before)
+        .map(|(m, b)| m.meter.traffic().since(b).inbound)
+        .sum();
+    let envelope = mean_envelope_bytes(&nodes[0], &ds)?;
+    println!(
+        "  {n:>3} nodes (mesh set up in {:.1} s): visible at a receiver {}",
+        setup.as_secs_f64(),
+        l.per_receiver.line()
+    );
+    println!("      visible at all {}: {}", n - 1, l.everywhere.line());
+    println!(
+        "      writer push frames per record {:.0} B = {:.1} x the envelope ({envelope:.0} B); \
+         a receiver's inbound transport bytes per record {:.0} B; lost {}",
+        l.push_bytes_per_record,
+        l.push_bytes_per_record / envelope.max(1.0),
+        received as f64 / (receivers.len() * (count + 10)).max(1) as f64,
+        l.lost
+    );
+    for m in nodes {
+        m.shutdown().await;
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let sizes = Sizes::from_env();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -1484,6 +1545,16 @@ async fn run(s: Sizes) -> Result<()> {
         match &long {
             Some((_, r)) => print_reconnect(r),
             None => println!("  skipped: the catch-up did not complete"),
+        }
+        println!();
+    }
+    if only.is_none_or(|o| o == "fanout") {
+        println!(
+            "4. fan-out by mesh size, today's direct push (the writer sends each envelope to \
+             every member), single-record batches from node 0, sealed"
+        );
+        for n in &s.fanout {
+            fanout(&s, *n, 100).await?;
         }
         println!();
     }

@@ -416,13 +416,17 @@ impl EventLoop {
     }
 
     /// `addrs` in the form dials take, without relayed addresses through a relay that is not a
-    /// member (a hostile member could otherwise send this node to any stranger).
+    /// member (a hostile member could otherwise send this node to any stranger), and with one
+    /// relayed address per relay (identify hands out one per relay address; dialed at once,
+    /// each would open its own circuit, and the extra connections are refused at the per-peer
+    /// limit after spending the relay's circuits).
     pub(super) fn dialable(&self, peer: PeerId, addrs: Vec<Multiaddr>) -> Vec<Multiaddr> {
-        let through_member = |a: &Multiaddr| match circuit_relay(a) {
-            Some(relay) => self.table.is_member(&relay),
+        let mut relays = HashSet::new();
+        let keep = |a: &Multiaddr| match circuit_relay(a) {
+            Some(relay) => self.table.is_member(&relay) && relays.insert(relay),
             None => true,
         };
-        qualified(peer, addrs.into_iter().filter(through_member).collect())
+        qualified(peer, addrs.into_iter().filter(keep).collect())
     }
 
     fn dial_peer(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {

@@ -29,6 +29,10 @@ const PUNCH_RETRY_MAX: Duration = Duration::from_secs(600);
 /// A direct connection this soon after the last relayed one to its peer closed is a hole
 /// punch's.
 const RELAYED_LATELY: Duration = Duration::from_secs(5);
+/// Wait before the first reservation after the start.
+const FIRST_RESERVATION: Duration = Duration::from_millis(500);
+/// Longest wait of a reservation for a QUIC connection to its relay.
+const QUIC_WAIT: Duration = Duration::from_secs(3);
 /// Wait between two tries of a QUIC connection to a relay connected over TCP alone.
 const QUIC_RETRY: Duration = Duration::from_secs(30);
 /// A reservation that lasted this long starts the relay's backoff over when it ends; a relay
@@ -177,6 +181,8 @@ struct RelayUse {
     renewed_at: Option<Instant>,
     /// Addresses the current listener reported.
     addrs_seen: usize,
+    /// Until when the reservation waits for a QUIC connection to the relay.
+    quic_wait_until: Option<Instant>,
 }
 
 /// The reach state the event loop keeps.
@@ -211,12 +217,15 @@ impl Reach {
                     peer: super::peers::split_p2p(a).0,
                     circuit: a.clone().with(AddrPart::P2pCircuit),
                     listener: None,
-                    retry_at: Some(now),
+                    // Time for the mesh to hand over the roster's addresses (the relay's QUIC
+                    // one among them) before the first reservation.
+                    retry_at: Some(now + FIRST_RESERVATION),
                     delay: RELAY_RETRY_MIN,
                     tried_at: None,
                     reserved_at: None,
                     renewed_at: None,
                     addrs_seen: 0,
+                    quic_wait_until: None,
                 })
                 .collect(),
             kinds: HashMap::new(),
@@ -288,6 +297,9 @@ impl EventLoop {
                 continue;
             }
             let circuit = relay.circuit.clone();
+            if self.waits_for_quic(i, now) {
+                continue;
+            }
             match self.swarm.listen_on(circuit.clone()) {
                 Ok(id) => {
                     tracing::info!(relay = %circuit, "asking for a relay reservation");
@@ -296,6 +308,7 @@ impl EventLoop {
                     relay.retry_at = None;
                     relay.tried_at = Some(now);
                     relay.addrs_seen = 0;
+                    relay.quic_wait_until = None;
                 }
                 Err(e) => {
                     tracing::warn!(relay = %circuit, error = %e, "relay reservation not started");
@@ -451,36 +464,61 @@ impl EventLoop {
     /// node that restarts within minutes meets its old connection's entry in the NAT's table and
     /// gets a new port), and DCUtR needs it to punch with QUIC.
     pub(super) fn quic_to_relays_due(&mut self, now: Instant) {
-        let relays: Vec<PeerId> = self
-            .reach
-            .relays
-            .iter()
-            .filter(|r| r.listener.is_some())
-            .filter_map(|r| r.peer)
-            .collect();
+        let relays: Vec<PeerId> = self.reach.relays.iter().filter_map(|r| r.peer).collect();
         for relay in relays {
-            let has_quic = self.reach.quic.values().any(|p| *p == relay);
             let tried = self.reach.quic_tried.get(&relay);
-            if has_quic || tried.is_some_and(|t| now < *t + QUIC_RETRY) {
-                continue;
+            if !tried.is_some_and(|t| now < *t + QUIC_RETRY) {
+                self.dial_quic(relay, now);
             }
-            let quic: Vec<Multiaddr> = self
-                .table
-                .addrs(&relay)
-                .into_iter()
-                .filter(|a| a.iter().any(|p| p == AddrPart::QuicV1))
-                .map(|a| a.with_p2p(relay).unwrap_or_else(|a| a))
-                .collect();
-            if quic.is_empty() {
-                continue;
-            }
-            self.reach.quic_tried.insert(relay, now);
-            let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(relay)
-                .condition(libp2p::swarm::dial_opts::PeerCondition::Always)
-                .addresses(quic)
-                .build();
-            if let Err(e) = self.swarm.dial(opts) {
+        }
+    }
+
+    /// Dials `relay` over QUIC if this node knows a QUIC address of it and has no QUIC
+    /// connection to it; whether such a dial is under way or was just started.
+    fn dial_quic(&mut self, relay: PeerId, now: Instant) -> bool {
+        if self.reach.quic.values().any(|p| *p == relay) {
+            return false;
+        }
+        let quic: Vec<Multiaddr> = self
+            .table
+            .addrs(&relay)
+            .into_iter()
+            .filter(|a| a.iter().any(|p| p == AddrPart::QuicV1))
+            .map(|a| a.with_p2p(relay).unwrap_or_else(|a| a))
+            .collect();
+        if quic.is_empty() {
+            return false;
+        }
+        self.reach.quic_tried.insert(relay, now);
+        let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(relay)
+            .condition(libp2p::swarm::dial_opts::PeerCondition::Always)
+            .addresses(quic)
+            .build();
+        match self.swarm.dial(opts) {
+            Ok(()) => true,
+            Err(e) => {
                 tracing::debug!(%relay, error = %e, "QUIC dial of a relay not started");
+                false
+            }
+        }
+    }
+
+    /// Whether relay `i`'s reservation waits (at most [`QUIC_WAIT`]) for a QUIC connection to
+    /// the relay: the relayed connections that follow start hole punches at once, and without
+    /// a QUIC connection out of the NAT this node knows only its TCP mapping, which a NAT
+    /// remaps after a restart (its table still holds the old connection's).
+    fn waits_for_quic(&mut self, i: usize, now: Instant) -> bool {
+        let Some(relay) = self.reach.relays[i].peer else {
+            return false;
+        };
+        match self.reach.relays[i].quic_wait_until {
+            Some(until) => now < until && !self.reach.quic.values().any(|p| *p == relay),
+            None => {
+                let waits = self.dial_quic(relay, now);
+                if waits {
+                    self.reach.relays[i].quic_wait_until = Some(now + QUIC_WAIT);
+                }
+                waits
             }
         }
     }
@@ -656,6 +694,11 @@ impl EventLoop {
                 for relayed in self.reach.relayed(&peer) {
                     self.swarm.close_connection(relayed);
                 }
+            }
+            // One end tries again (the one with the lower peer id): both closing the relayed
+            // connection at once and redialing each other cross their circuits.
+            Err(e) if *self.swarm.local_peer_id() > peer => {
+                tracing::info!(%peer, error = %e, "hole punch failed; staying relayed");
             }
             Err(e) => {
                 let entry = self.reach.punch_again.entry(peer);
