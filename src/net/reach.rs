@@ -467,7 +467,7 @@ impl EventLoop {
         let relays: Vec<PeerId> = self.reach.relays.iter().filter_map(|r| r.peer).collect();
         for relay in relays {
             let tried = self.reach.quic_tried.get(&relay);
-            if !tried.is_some_and(|t| now < *t + QUIC_RETRY) {
+            if tried.is_none_or(|t| now >= *t + QUIC_RETRY) {
                 self.dial_quic(relay, now);
             }
         }
