@@ -12,10 +12,14 @@
 //!   a relayed (`/p2p-circuit`) address through the hospital, and its roster entry carries it;
 //! - pharmacy's shared dataset replicates to agency. Shared datasets are relayed (as ciphertext)
 //!   by every member, so this alone does not prove the circuit: the `connection` the two list for
-//!   each other does, and it must end `hole-punched` (the timeline of what they listed is printed);
+//!   each other does. Agency starts with `hole_punch = false`: both list `relayed`, and a record
+//!   crosses. Restarted with hole punching on, both must list `hole-punched` (the timeline of what
+//!   they listed is printed);
+//! - AutoNAT: the relay reports `public` and both sites `private` (before insurer joins: it shares
+//!   site A's LAN and could dial pharmacy directly);
 //! - a third node (insurer, on site A's LAN) is refused a reservation (the relay holds 2): it
-//!   never listens on a circuit address, and the relay's or its own log says why; pharmacy and
-//!   agency still replicate;
+//!   never listens on a circuit address, and the relay's log refuses it without "not a member"
+//!   (the limit, not the members gate); pharmacy and agency still replicate;
 //! - with the hospital stopped (no relay, no member but the two), a record pharmacy publishes
 //!   still reaches agency: over the punched hole, the only path left.
 //!
