@@ -75,6 +75,7 @@ mod error;
 mod event_loop;
 mod peers;
 mod reach;
+mod reservations;
 mod swarm_events;
 #[cfg(test)]
 mod tests;

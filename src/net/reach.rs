@@ -1,13 +1,13 @@
-//! Reaching members behind NATs with libp2p's own parts: the relays this node reserves a relayed
-//! address on (circuit relay v2 client), the relay it serves to members when configured to (within
-//! limits), what AutoNAT says of this node's reachability, and how each connection was made
-//! (direct, hole-punched by DCUtR from a relayed one, or through a relay).
+//! Reaching members behind NATs with libp2p's own parts: the relay this node serves to members
+//! when configured to (within limits), what AutoNAT says of this node's reachability, how each
+//! connection was made (direct, hole-punched by DCUtR from a relayed one, or through a relay),
+//! and the hole punches' retries. The relays this node reserves an address on are in
+//! `reservations.rs`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use libp2p::core::transport::ListenerId;
 use libp2p::core::ConnectedPoint;
 use libp2p::multiaddr::Protocol as AddrPart;
 use libp2p::swarm::ConnectionId;
@@ -15,12 +15,8 @@ use libp2p::{autonat, dcutr, relay, Multiaddr, PeerId};
 use serde::Serialize;
 
 use super::event_loop::EventLoop;
+use super::reservations::RelayUse;
 
-/// First wait before a relay reservation that failed or closed is tried again; it doubles up to
-/// [`RELAY_RETRY_MAX`].
-const RELAY_RETRY_MIN: Duration = Duration::from_secs(2);
-/// Longest wait between two tries of a relay reservation.
-const RELAY_RETRY_MAX: Duration = Duration::from_secs(60);
 /// First wait after a failed hole punch before the relayed connection is closed, so that the
 /// next relayed connection brings a new attempt; it doubles up to [`PUNCH_RETRY_MAX`].
 const PUNCH_RETRY_MIN: Duration = Duration::from_secs(15);
@@ -29,24 +25,6 @@ const PUNCH_RETRY_MAX: Duration = Duration::from_secs(600);
 /// A direct connection this soon after the last relayed one to its peer closed is a hole
 /// punch's.
 const RELAYED_LATELY: Duration = Duration::from_secs(5);
-/// Wait before the first reservation after the start.
-const FIRST_RESERVATION: Duration = Duration::from_millis(500);
-/// Longest wait of a reservation for a QUIC connection to its relay.
-const QUIC_WAIT: Duration = Duration::from_secs(3);
-/// Wait between two tries of a QUIC connection to a relay connected over TCP alone.
-const QUIC_RETRY: Duration = Duration::from_secs(30);
-/// A reservation that lasted this long starts the relay's backoff over when it ends; a relay
-/// that accepts and drops at once stays backed off.
-const RESERVATION_LASTED: Duration = Duration::from_secs(60);
-/// A relay renewing a reservation sooner than this after the last is dropped (its listener
-/// removed, its backoff kept): each renewal hands this node addresses.
-const RENEWAL_EVERY: Duration = Duration::from_secs(60);
-/// Most addresses one relay listener may report; past it the listener is removed.
-const MAX_RELAY_ADDRS: usize = 16;
-/// Least time between two rounds of dials of every member that is down, after reservations.
-const REDIAL_ALL_EVERY: Duration = Duration::from_secs(30);
-/// Least time between two reservation tries on one relay brought forward by roster changes.
-const RESERVE_AGAIN_EVERY: Duration = Duration::from_secs(10);
 
 /// How a connection to a peer was made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -164,46 +142,31 @@ pub(crate) fn autonat(local: PeerId, serves_relay: bool) -> Option<autonat::Beha
     })
 }
 
-/// A relay this node reserves an address on, and when to try again after a failure.
-#[derive(Debug)]
-struct RelayUse {
-    /// The relay (`None` if its address did not name it; `spawn` refuses those).
-    peer: Option<PeerId>,
-    /// `<relay address>/p2p/<relay>/p2p-circuit`.
-    circuit: Multiaddr,
-    listener: Option<ListenerId>,
-    retry_at: Option<Instant>,
-    delay: Duration,
-    /// When the listener was last asked for.
-    tried_at: Option<Instant>,
-    /// When the current reservation was accepted, and last renewed.
-    reserved_at: Option<Instant>,
-    renewed_at: Option<Instant>,
-    /// Addresses the current listener reported.
-    addrs_seen: usize,
-    /// Until when the reservation waits for a QUIC connection to the relay.
-    quic_wait_until: Option<Instant>,
+/// One established connection: to whom, how it was made, and whether it is direct QUIC.
+#[derive(Debug, Clone, Copy)]
+struct Conn {
+    peer: PeerId,
+    kind: Connection,
+    quic: bool,
 }
 
 /// The reach state the event loop keeps.
 #[derive(Debug)]
 pub(crate) struct Reach {
-    relays: Vec<RelayUse>,
-    kinds: HashMap<ConnectionId, (PeerId, Connection)>,
+    pub(super) relays: Vec<RelayUse>,
+    conns: HashMap<ConnectionId, Conn>,
     /// Members whose hole punch failed: when to try again, and the wait after that.
     punch_again: HashMap<PeerId, (Instant, Duration)>,
     /// When the last relayed connection to a peer closed: a direct connection that follows
     /// closely is the hole punch's, though the other end closed the relayed one first.
     relayed_until: HashMap<PeerId, Instant>,
-    /// Direct QUIC connections, and their peers.
-    quic: HashMap<ConnectionId, PeerId>,
     /// When a QUIC connection to each relay was last tried.
-    quic_tried: HashMap<PeerId, Instant>,
+    pub(super) quic_tried: HashMap<PeerId, Instant>,
     pub(crate) members: Members,
     reachability: Reachability,
     serves_relay: bool,
     /// When every member that is down was last dialed because a reservation was accepted.
-    redialed_all_at: Option<Instant>,
+    pub(super) redialed_all_at: Option<Instant>,
 }
 
 impl Reach {
@@ -211,27 +174,10 @@ impl Reach {
     pub(crate) fn new(relays: &[Multiaddr], serves_relay: bool) -> Self {
         let now = Instant::now();
         Self {
-            relays: relays
-                .iter()
-                .map(|a| RelayUse {
-                    peer: super::peers::split_p2p(a).0,
-                    circuit: a.clone().with(AddrPart::P2pCircuit),
-                    listener: None,
-                    // Time for the mesh to hand over the roster's addresses (the relay's QUIC
-                    // one among them) before the first reservation.
-                    retry_at: Some(now + FIRST_RESERVATION),
-                    delay: RELAY_RETRY_MIN,
-                    tried_at: None,
-                    reserved_at: None,
-                    renewed_at: None,
-                    addrs_seen: 0,
-                    quic_wait_until: None,
-                })
-                .collect(),
-            kinds: HashMap::new(),
+            relays: relays.iter().map(|a| RelayUse::new(a, now)).collect(),
+            conns: HashMap::new(),
             punch_again: HashMap::new(),
             relayed_until: HashMap::new(),
-            quic: HashMap::new(),
             quic_tried: HashMap::new(),
             members: Members::default(),
             // A relay runs no AutoNAT: its operator declares it reachable.
@@ -252,10 +198,10 @@ impl Reach {
     /// How this node is connected to `peer` now: a direct connection before a relayed one.
     pub(crate) fn connection(&self, peer: &PeerId) -> Option<Connection> {
         let kinds = self
-            .kinds
+            .conns
             .values()
-            .filter(|(p, _)| p == peer)
-            .map(|(_, k)| *k);
+            .filter(|c| c.peer == *peer)
+            .map(|c| c.kind);
         kinds.min_by_key(|k| match k {
             Connection::HolePunched => 0,
             Connection::Direct => 1,
@@ -265,166 +211,20 @@ impl Reach {
 
     /// The relayed connections to `peer`.
     fn relayed(&self, peer: &PeerId) -> Vec<ConnectionId> {
-        self.kinds
+        self.conns
             .iter()
-            .filter(|(_, (p, k))| p == peer && *k == Connection::Relayed)
+            .filter(|(_, c)| c.peer == *peer && c.kind == Connection::Relayed)
             .map(|(id, _)| *id)
             .collect()
     }
 
-    /// Whether `listener` is one of the relay reservations.
-    pub(crate) fn is_relay_listener(&self, listener: ListenerId) -> bool {
-        self.relays.iter().any(|r| r.listener == Some(listener))
-    }
-
-    /// Whether this node announces `addr` (a listen address): any direct one, and a relayed one
-    /// only at a configured relay's own address.
-    pub(crate) fn announces(&self, addr: &Multiaddr) -> bool {
-        if !addr.iter().any(|p| p == AddrPart::P2pCircuit) {
-            return true;
-        }
-        let bare = super::peers::split_p2p(addr).1;
-        self.relays.iter().any(|r| r.circuit == bare)
+    /// Whether this node has a direct QUIC connection to `peer`.
+    pub(super) fn has_quic(&self, peer: &PeerId) -> bool {
+        self.conns.values().any(|c| c.peer == *peer && c.quic)
     }
 }
 
 impl EventLoop {
-    /// Listens on each relay's circuit address that is due (the reservation follows).
-    pub(super) fn reserve_due(&mut self, now: Instant) {
-        for i in 0..self.reach.relays.len() {
-            let relay = &self.reach.relays[i];
-            if relay.listener.is_some() || relay.retry_at.is_none_or(|t| t > now) {
-                continue;
-            }
-            let circuit = relay.circuit.clone();
-            if self.waits_for_quic(i, now) {
-                continue;
-            }
-            match self.swarm.listen_on(circuit.clone()) {
-                Ok(id) => {
-                    tracing::info!(relay = %circuit, "asking for a relay reservation");
-                    let relay = &mut self.reach.relays[i];
-                    relay.listener = Some(id);
-                    relay.retry_at = None;
-                    relay.tried_at = Some(now);
-                    relay.addrs_seen = 0;
-                    relay.quic_wait_until = None;
-                }
-                Err(e) => {
-                    tracing::warn!(relay = %circuit, error = %e, "relay reservation not started");
-                    self.relay_failed_at(i, now);
-                }
-            }
-        }
-    }
-
-    /// A relay listener closed (its reservation failed, expired or lost its connection): tries
-    /// again after the relay's backoff.
-    pub(super) fn on_relay_listener_closed(&mut self, listener: ListenerId, reason: &str) {
-        let Some(i) = self
-            .reach
-            .relays
-            .iter()
-            .position(|r| r.listener == Some(listener))
-        else {
-            return;
-        };
-        let relay = &mut self.reach.relays[i];
-        relay.listener = None;
-        if relay
-            .reserved_at
-            .take()
-            .is_some_and(|t| t.elapsed() >= RESERVATION_LASTED)
-        {
-            relay.delay = RELAY_RETRY_MIN;
-        }
-        relay.renewed_at = None;
-        tracing::warn!(
-            relay = %relay.circuit,
-            reason,
-            retry_in_s = relay.delay.as_secs(),
-            "relay reservation lost; will ask again"
-        );
-        self.relay_failed_at(i, Instant::now());
-    }
-
-    fn relay_failed_at(&mut self, i: usize, now: Instant) {
-        let relay = &mut self.reach.relays[i];
-        relay.retry_at = Some(now + relay.delay);
-        relay.delay = (relay.delay * 2).min(RELAY_RETRY_MAX);
-    }
-
-    /// A relay reservation was accepted (its backoff starts over once it has lasted), and
-    /// members that are down are dialed at once (a dial that failed before the reservation may
-    /// pass now), at most every [`REDIAL_ALL_EVERY`].
-    fn on_reserved(&mut self, relay_peer: PeerId) {
-        let now = Instant::now();
-        for relay in self
-            .reach
-            .relays
-            .iter_mut()
-            .filter(|r| r.peer == Some(relay_peer))
-        {
-            relay.reserved_at = Some(now);
-            relay.renewed_at = Some(now);
-        }
-        if self
-            .reach
-            .redialed_all_at
-            .is_some_and(|t| now < t + REDIAL_ALL_EVERY)
-        {
-            return;
-        }
-        self.reach.redialed_all_at = Some(now);
-        for (peer, addrs) in self.table.down_members() {
-            self.dial_beside(peer, addrs);
-        }
-    }
-
-    /// A reservation was renewed: one renewed sooner than [`RENEWAL_EVERY`] after the last is
-    /// dropped, its backoff kept (each renewal hands this node addresses to listen on).
-    fn on_renewed(&mut self, relay_peer: PeerId) {
-        let now = Instant::now();
-        let Some(i) = self
-            .reach
-            .relays
-            .iter()
-            .position(|r| r.peer == Some(relay_peer))
-        else {
-            return;
-        };
-        let relay = &mut self.reach.relays[i];
-        let too_soon = relay.renewed_at.is_some_and(|t| now < t + RENEWAL_EVERY);
-        relay.renewed_at = Some(now);
-        if let (true, Some(id)) = (too_soon, relay.listener) {
-            tracing::warn!(relay = %relay_peer, "relay renews its reservation too often; dropping it");
-            relay.reserved_at = None;
-            self.swarm.remove_listener(id);
-        }
-    }
-
-    /// Whether a new listen address may be used: a relay listener's is counted, and past
-    /// [`MAX_RELAY_ADDRS`] the listener is removed; a relayed address at another place than the
-    /// configured relay's is listened on but neither announced nor reported.
-    pub(super) fn relay_address_ok(&mut self, listener: ListenerId, addr: &Multiaddr) -> bool {
-        let Some(relay) = self
-            .reach
-            .relays
-            .iter_mut()
-            .find(|r| r.listener == Some(listener))
-        else {
-            return true;
-        };
-        relay.addrs_seen += 1;
-        if relay.addrs_seen > MAX_RELAY_ADDRS {
-            tracing::warn!(relay = %relay.circuit, "relay hands out too many addresses; dropping it");
-            relay.reserved_at = None;
-            self.swarm.remove_listener(listener);
-            return false;
-        }
-        self.reach.announces(addr)
-    }
-
     /// Notes how a new connection was made. A direct connection to a peer connected only
     /// through a relay until then is the hole punch's: DCUtR reports it on the side that dialed
     /// it, and this is how the other side knows. The relayed connections then close (requests
@@ -441,84 +241,17 @@ impl EventLoop {
             false if relayed.is_empty() && !lately => Connection::Direct,
             false => Connection::HolePunched,
         };
-        self.reach.kinds.insert(id, (peer, kind));
         let addr = match at {
             ConnectedPoint::Dialer { address, .. } => address,
             ConnectedPoint::Listener { local_addr, .. } => local_addr,
         };
-        if kind != Connection::Relayed && addr.iter().any(|p| p == AddrPart::QuicV1) {
-            self.reach.quic.insert(id, peer);
-        }
+        let quic = kind != Connection::Relayed && addr.iter().any(|p| p == AddrPart::QuicV1);
+        self.reach.conns.insert(id, Conn { peer, kind, quic });
         if kind == Connection::HolePunched {
             tracing::info!(%peer, "direct connection while relayed: hole punched");
             self.reach.punch_again.remove(&peer);
             for relayed in relayed {
                 self.swarm.close_connection(relayed);
-            }
-        }
-    }
-
-    /// Opens a QUIC connection to each relay this node reaches over TCP alone. The relay tells
-    /// this node where it sees it, per connection: over QUIC, that is the NAT's UDP mapping of
-    /// the QUIC listener, which stays the same for every destination (a TCP mapping may not: a
-    /// node that restarts within minutes meets its old connection's entry in the NAT's table and
-    /// gets a new port), and DCUtR needs it to punch with QUIC.
-    pub(super) fn quic_to_relays_due(&mut self, now: Instant) {
-        let relays: Vec<PeerId> = self.reach.relays.iter().filter_map(|r| r.peer).collect();
-        for relay in relays {
-            let tried = self.reach.quic_tried.get(&relay);
-            if tried.is_none_or(|t| now >= *t + QUIC_RETRY) {
-                self.dial_quic(relay, now);
-            }
-        }
-    }
-
-    /// Dials `relay` over QUIC if this node knows a QUIC address of it and has no QUIC
-    /// connection to it; whether such a dial is under way or was just started.
-    fn dial_quic(&mut self, relay: PeerId, now: Instant) -> bool {
-        if self.reach.quic.values().any(|p| *p == relay) {
-            return false;
-        }
-        let quic: Vec<Multiaddr> = self
-            .table
-            .addrs(&relay)
-            .into_iter()
-            .filter(|a| a.iter().any(|p| p == AddrPart::QuicV1))
-            .map(|a| a.with_p2p(relay).unwrap_or_else(|a| a))
-            .collect();
-        if quic.is_empty() {
-            return false;
-        }
-        self.reach.quic_tried.insert(relay, now);
-        let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(relay)
-            .condition(libp2p::swarm::dial_opts::PeerCondition::Always)
-            .addresses(quic)
-            .build();
-        match self.swarm.dial(opts) {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::debug!(%relay, error = %e, "QUIC dial of a relay not started");
-                false
-            }
-        }
-    }
-
-    /// Whether relay `i`'s reservation waits (at most [`QUIC_WAIT`]) for a QUIC connection to
-    /// the relay: the relayed connections that follow start hole punches at once, and without
-    /// a QUIC connection out of the NAT this node knows only its TCP mapping, which a NAT
-    /// remaps after a restart (its table still holds the old connection's).
-    fn waits_for_quic(&mut self, i: usize, now: Instant) -> bool {
-        let Some(relay) = self.reach.relays[i].peer else {
-            return false;
-        };
-        match self.reach.relays[i].quic_wait_until {
-            Some(until) => now < until && !self.reach.quic.values().any(|p| *p == relay),
-            None => {
-                let waits = self.dial_quic(relay, now);
-                if waits {
-                    self.reach.relays[i].quic_wait_until = Some(now + QUIC_WAIT);
-                }
-                waits
             }
         }
     }
@@ -561,8 +294,13 @@ impl EventLoop {
 
     /// Forgets a closed connection.
     pub(super) fn forget_connection(&mut self, id: ConnectionId) {
-        self.reach.quic.remove(&id);
-        if let Some((peer, Connection::Relayed)) = self.reach.kinds.remove(&id) {
+        let closed = self.reach.conns.remove(&id);
+        if let Some(Conn {
+            peer,
+            kind: Connection::Relayed,
+            ..
+        }) = closed
+        {
             self.reach.relayed_until.insert(peer, Instant::now());
         }
         self.reach
@@ -571,9 +309,7 @@ impl EventLoop {
     }
 
     /// The members changed: the relay (if this node serves one) admits only the new set,
-    /// AutoNAT asks only members, and reservations refused so far are asked for again soon (a
-    /// relay refuses a node that is not yet its member, as a joiner is until its admission
-    /// spreads), at most every [`RESERVE_AGAIN_EVERY`] per relay, the backoff kept.
+    /// AutoNAT asks only members, and refused reservations are asked for again soon.
     pub(super) fn share_members(&mut self, members: &HashSet<PeerId>) {
         let old = std::mem::replace(
             &mut *self
@@ -591,18 +327,7 @@ impl EventLoop {
                 autonat.add_server(*new, None);
             }
         }
-        let now = Instant::now();
-        for relay in self
-            .reach
-            .relays
-            .iter_mut()
-            .filter(|r| r.listener.is_none())
-        {
-            let soonest = relay
-                .tried_at
-                .map_or(now, |t| now.max(t + RESERVE_AGAIN_EVERY));
-            relay.retry_at = Some(relay.retry_at.map_or(soonest, |at| at.min(soonest)));
-        }
+        self.reserve_again_soon(Instant::now());
     }
 
     /// A listen address of a node that serves as a relay is announced as reachable (the relay
@@ -618,29 +343,6 @@ impl EventLoop {
         });
         if self.reach.serves_relay && routable {
             self.swarm.add_external_address(addr.clone());
-        }
-    }
-
-    pub(super) fn on_relay_client(&mut self, event: relay::client::Event) {
-        match event {
-            relay::client::Event::ReservationReqAccepted {
-                relay_peer_id,
-                renewal,
-                ..
-            } => {
-                if renewal {
-                    self.on_renewed(relay_peer_id);
-                } else {
-                    tracing::info!(relay = %relay_peer_id, "relay reservation accepted");
-                    self.on_reserved(relay_peer_id);
-                }
-            }
-            relay::client::Event::OutboundCircuitEstablished { relay_peer_id, .. } => {
-                tracing::debug!(relay = %relay_peer_id, "circuit through a relay opened");
-            }
-            relay::client::Event::InboundCircuitEstablished { src_peer_id, .. } => {
-                tracing::debug!(peer = %src_peer_id, "a member reached this node through a relay");
-            }
         }
     }
 
@@ -689,7 +391,9 @@ impl EventLoop {
         match event.result {
             Ok(id) => {
                 tracing::debug!(%peer, "DCUtR reports its direct connection");
-                self.reach.kinds.insert(id, (peer, Connection::HolePunched));
+                if let Some(c) = self.reach.conns.get_mut(&id) {
+                    c.kind = Connection::HolePunched;
+                }
                 self.reach.punch_again.remove(&peer);
                 for relayed in self.reach.relayed(&peer) {
                     self.swarm.close_connection(relayed);
@@ -745,13 +449,18 @@ mod tests {
         let peer = PeerId::random();
         let mut reach = Reach::new(&[], false);
         assert_eq!(reach.connection(&peer), None);
+        let conn = |kind| Conn {
+            peer,
+            kind,
+            quic: false,
+        };
         reach
-            .kinds
-            .insert(ConnectionId::new_unchecked(1), (peer, Connection::Relayed));
+            .conns
+            .insert(ConnectionId::new_unchecked(1), conn(Connection::Relayed));
         assert_eq!(reach.connection(&peer), Some(Connection::Relayed));
-        reach.kinds.insert(
+        reach.conns.insert(
             ConnectionId::new_unchecked(2),
-            (peer, Connection::HolePunched),
+            conn(Connection::HolePunched),
         );
         assert_eq!(reach.connection(&peer), Some(Connection::HolePunched));
         assert_eq!(reach.relayed(&peer), vec![ConnectionId::new_unchecked(1)]);
