@@ -41,6 +41,14 @@ async fn metrics_show_members_peers_what_is_held_and_what_moved() {
         view(pharmacy, &ds).len() == 42
     })
     .await;
+    // The records may reach the pharmacy through the hospital before the two joiners have
+    // connected to each other: the connections are what `fogmesh_peers_up` counts.
+    for m in [hospital, pharmacy] {
+        wait_for("every other member connected", || async {
+            sample(&scrape(m).await, "fogmesh_peers_up") == Some(2.0)
+        })
+        .await;
+    }
 
     let h = scrape(hospital).await;
     let p = scrape(pharmacy).await;
