@@ -44,6 +44,8 @@
 #[path = "common/mod.rs"]
 #[allow(dead_code)] // each benchmark uses part of it
 mod common;
+#[path = "mesh/plot.rs"]
+mod plot;
 use common::stats::{ms, thousands, Dist};
 use common::wait::wait_for;
 
@@ -61,7 +63,7 @@ use tokio::sync::mpsc;
 
 use fogmesh::access::seal;
 use fogmesh::apps::App;
-use fogmesh::config::Config;
+use fogmesh::config::{Config, PushMode};
 use fogmesh::dataset::{Priority, Retention, Spec, Visibility};
 use fogmesh::envelope::Envelope;
 use fogmesh::identity::Identity;
@@ -80,6 +82,10 @@ const TARGET_P99: Duration = Duration::from_millis(10);
 const TARGET_SEAL_P50: Duration = Duration::from_micros(500);
 /// Catch-up targets.
 const TARGET_CATCHUP: Duration = Duration::from_secs(2);
+/// Part 4: the writer's push bytes per record over the envelope, with trees, at every size.
+const TARGET_WRITER_X: f64 = 4.0;
+/// Part 4: write-to-visible p99 at every receiver of a 50-node mesh, with trees.
+const TARGET_FANOUT_P99: Duration = Duration::from_millis(50);
 const TARGET_WIRE_RATIO: f64 = 1.10;
 /// Reconnect target, bytes both ways.
 const TARGET_RECONNECT: u64 = 4 * 1024;
@@ -167,14 +173,20 @@ fn batch(records: Vec<Input>) -> Batch {
 // ---------------------------------------------------------------------------------------------
 // Nodes
 
-fn node_config(org: &str, port: u16) -> Config {
+fn node_config(org: &str, port: u16, push: PushMode) -> Config {
     Config {
         org: org.into(),
         mesh: "bench-mesh".into(),
         listen: vec![format!("/ip4/127.0.0.1/tcp/{port}")],
         mdns: false,
+        push,
         ..Config::default()
     }
+}
+
+/// How every node pushes but the direct writer of part 4.
+fn default_push() -> PushMode {
+    Config::default().push
 }
 
 /// A port that was free a moment ago, so that a restarted mesh listens where its peers knew it.
@@ -189,6 +201,8 @@ struct Member {
     /// Identity seed (`Identity::from_seed([seed; 32])`).
     seed: u8,
     port: u16,
+    /// `Config::push`: along trees, or to every member.
+    push: PushMode,
     node: Node,
     admin: App,
     mesh: Option<Mesh>,
@@ -199,19 +213,24 @@ struct Member {
 
 impl Member {
     async fn new(org: &'static str, seed: u8) -> Result<Self> {
+        Self::with_push(org, seed, default_push()).await
+    }
+
+    async fn with_push(org: &'static str, seed: u8, push: PushMode) -> Result<Self> {
         let dir = tempfile::tempdir().context("tempdir")?;
         let port = free_port()?;
         let id = Identity::from_seed([seed; 32]);
         let peer = id.peer_id()?;
-        home::init_with(dir.path(), node_config(org, port), id)
+        home::init_with(dir.path(), node_config(org, port, push), id)
             .await
             .context("init")?;
-        let node = Node::open_home(dir.path(), node_config(org, port)).context("open")?;
+        let node = Node::open_home(dir.path(), node_config(org, port, push)).context("open")?;
         let admin = node.authenticate(&home::admin_token(dir.path())?)?;
         let mut m = Self {
             org,
             seed,
             port,
+            push,
             node,
             admin,
             mesh: None,
@@ -232,7 +251,7 @@ impl Member {
         let meter = Meter::new();
         let cfg = net::Config {
             meter: Some(meter.clone()),
-            ..mesh::net_config(&node_config(self.org, self.port))?
+            ..mesh::net_config(&node_config(self.org, self.port, self.push))?
         };
         let mesh = Mesh::start(self.node.clone(), cfg).await?;
         let listen = mesh.status().await?.listen;
@@ -304,7 +323,18 @@ async fn spawn_mesh(
     dataset: &str,
     encrypted: Option<bool>,
 ) -> Result<(Vec<Member>, DatasetId)> {
-    let first = Member::new(orgs[0], seed).await?;
+    spawn_mesh_with(orgs, seed, dataset, encrypted, default_push()).await
+}
+
+/// [`spawn_mesh`] with the first member's `Config::push` set.
+async fn spawn_mesh_with(
+    orgs: &[&'static str],
+    seed: u8,
+    dataset: &str,
+    encrypted: Option<bool>,
+    first_push: PushMode,
+) -> Result<(Vec<Member>, DatasetId)> {
+    let first = Member::with_push(orgs[0], seed, first_push).await?;
     let meta = first
         .node
         .create_dataset(&first.admin, shared_spec(dataset, &orgs[1..], encrypted))
@@ -462,6 +492,10 @@ struct Latency {
     after_publish: Dist,
     lost: usize,
     push_bytes_per_record: f64,
+    /// The writer's traffic over the timed records (after the warm-up).
+    writer: Traffic,
+    /// Each receiver's traffic over the timed records.
+    received: Vec<Traffic>,
     /// Receiver-side cost alone: `Node::apply_envelopes` (durable) of each single-record envelope
     /// on a node without a mesh, p50 over the first and the last tenth, and overall.
     apply: Option<((Duration, Duration), Dist)>,
@@ -513,9 +547,11 @@ async fn publish_and_watch(
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut lost = 0;
     let mut push_before = None;
+    let mut receivers_before = Vec::new();
     for k in 0..warmup + count {
         if k == warmup {
             push_before = Some(src.meter.traffic());
+            receivers_before = receivers.iter().map(|m| m.meter.traffic()).collect();
         }
         let id = format!("{tag}-{k}");
         let rec = record(k as u64, Some(id.clone()), &mut rng);
@@ -545,7 +581,15 @@ async fn publish_and_watch(
         }
         per_receiver.extend(got);
     }
-    let pushed = push_before.map_or(0, |b| src.meter.traffic().since(&b).push.bytes());
+    let writer = push_before
+        .map(|b| src.meter.traffic().since(&b))
+        .unwrap_or_default();
+    let pushed = writer.push.bytes();
+    let received = receivers
+        .iter()
+        .zip(&receivers_before)
+        .map(|(m, b)| m.meter.traffic().since(b))
+        .collect();
     for t in subs {
         t.abort();
     }
@@ -557,6 +601,8 @@ async fn publish_and_watch(
         after_publish: Dist::new(after_publish),
         lost,
         push_bytes_per_record: pushed as f64 / count.max(1) as f64,
+        writer,
+        received,
         apply: None,
     })
 }
@@ -622,7 +668,7 @@ async fn apply_pages(
     let sealed = meta.encrypted;
     let want = src.records(ds);
     let dir = tempfile::tempdir()?;
-    let cfg = node_config(receiver.org, 0);
+    let cfg = node_config(receiver.org, 0, default_push());
     let id = Identity::from_seed([receiver.seed; 32]);
     ensure!(
         id.author() == receiver.node.identity().author(),
@@ -1264,43 +1310,181 @@ fn mean_envelope_bytes(m: &Member, ds: &DatasetId) -> Result<f64> {
     Ok(total as f64 / envs.len().max(1) as f64)
 }
 
-/// Part 4 at one mesh size: node 0 of `n` publishes `count` single-record batches.
-async fn fanout(s: &Sizes, n: usize, seed: u8) -> Result<()> {
+/// One way of pushing at one mesh size, as part 4 measured it.
+#[derive(Debug, Clone)]
+struct FanoutRow {
+    nodes: usize,
+    /// `direct` or `tree`.
+    how: &'static str,
+    p50: Duration,
+    p99: Duration,
+    /// The writer's push frame bytes sent per record, over the envelope.
+    writer_x: f64,
+    /// A receiver's push frame bytes in (envelopes, acknowledgements) per record, mean over the
+    /// receivers.
+    received: f64,
+    /// Most a single receiver took in per record.
+    received_max: f64,
+}
+
+/// Part 4 at one mesh size: node 0 pushes directly (`push = "direct"`), node 1 along trees (the
+/// default); each owns a dataset shared with all and publishes `count` single-record batches, in
+/// turn, while every other node watches.
+async fn fanout(s: &Sizes, n: usize, seed: u8) -> Result<Vec<FanoutRow>> {
     let orgs: Vec<&'static str> = (0..n).map(org_name).collect();
     let setup = Instant::now();
-    let (nodes, ds) = spawn_mesh(&orgs, seed, "flu-fanout", None).await?;
-    let setup = setup.elapsed();
-    let receivers: Vec<&Member> = nodes.iter().skip(1).collect();
-    let before: Vec<Traffic> = receivers.iter().map(|m| m.meter.traffic()).collect();
-    let count = (s.latency / 5).max(20);
-    let l = publish_and_watch(&nodes[0], &receivers, &ds, 10, count, "fan").await?;
-    let received: u64 = receivers
+    let (nodes, direct) =
+        spawn_mesh_with(&orgs, seed, "flu-direct", None, PushMode::Direct).await?;
+    let readers: Vec<&str> = orgs
         .iter()
-        .zip(&before)
-        .map(|(m, b)| m.meter.traffic().since(b).inbound)
-        .sum();
-    let envelope = mean_envelope_bytes(&nodes[0], &ds)?;
+        .copied()
+        .filter(|o| *o != nodes[1].org)
+        .collect();
+    let tree = nodes[1]
+        .node
+        .create_dataset(&nodes[1].admin, shared_spec("flu-tree", &readers, None))
+        .await?
+        .id;
+    for m in &nodes {
+        let tree = &tree;
+        wait_for("the tree dataset and its key everywhere", SETUP, || async move {
+            m.holds(tree) && m.node.stored_keys(tree).is_ok_and(|k| !k.is_empty())
+        })
+        .await?;
+    }
     println!(
-        "  {n:>3} nodes (mesh set up in {:.1} s): visible at a receiver {}",
-        setup.as_secs_f64(),
-        l.per_receiver.line()
+        "  {n:>3} nodes (mesh set up in {:.1} s)",
+        setup.elapsed().as_secs_f64()
     );
-    println!("      visible at all {}: {}", n - 1, l.everywhere.line());
-    println!(
-        "      writer push frames per record {:.0} B = {:.1} x the envelope ({envelope:.0} B); \
-         a receiver's inbound transport bytes per record {:.0} B; lost {}",
-        l.push_bytes_per_record,
-        l.push_bytes_per_record / envelope.max(1.0),
-        received as f64 / (receivers.len() * (count + 10)).max(1) as f64,
-        l.lost
-    );
+    let count = (s.latency / 5).max(20);
+    let mut rows = Vec::new();
+    for (writer, ds, how) in [(0, &direct, "direct"), (1, &tree, "tree")] {
+        let receivers: Vec<&Member> = nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != writer)
+            .map(|(_, m)| m)
+            .collect();
+        // Warm-up long enough that the writer has pushed to every member: the first push of an
+        // epoch to each carries the dataset's description and access state once.
+        let warmup = 10 + 2 * n;
+        let l = publish_and_watch(&nodes[writer], &receivers, ds, warmup, count, how).await?;
+        let records = count as f64;
+        let per_node: Vec<f64> = l
+            .received
+            .iter()
+            .map(|t| t.push.bytes_in as f64 / records)
+            .collect();
+        let transport_in: f64 = l
+            .received
+            .iter()
+            .map(|t| t.inbound as f64 / records)
+            .sum::<f64>()
+            / l.received.len().max(1) as f64;
+        let sent = &l.writer;
+        let envelope = mean_envelope_bytes(&nodes[writer], ds)?;
+        let sum = |f: &dyn Fn(&fogmesh::metrics::Metrics) -> u64| -> u64 {
+            nodes.iter().map(|m| f(m.node.metrics())).sum()
+        };
+        println!(
+            "      {how:<6} (cumulative, all nodes) pushes {} failed {} forwarded {} not forwarded {}",
+            sum(&|m| m.pushes.get()),
+            sum(&|m| m.push_failures.get()),
+            sum(&|m| m.envelopes_forwarded.get()),
+            sum(&|m| m.forwards_dropped.get()),
+        );
+        let row = FanoutRow {
+            nodes: n,
+            how,
+            p50: l.everywhere.p50(),
+            p99: l.everywhere.p99(),
+            writer_x: sent.push.bytes_out as f64 / records / envelope.max(1.0),
+            received: per_node.iter().sum::<f64>() / per_node.len().max(1) as f64,
+            received_max: per_node.iter().copied().fold(0.0, f64::max),
+        };
+        println!(
+            "      {how:<6} visible at a receiver {}",
+            l.per_receiver.line()
+        );
+        println!(
+            "      {how:<6} visible at all {}: {}",
+            n - 1,
+            l.everywhere.line()
+        );
+        println!(
+            "      {how:<6} writer push frames sent per record {:.0} B = {:.2} x the envelope \
+             ({envelope:.0} B), all its transport bytes out {:.0} B; a receiver's push frames in \
+             per record {:.0} B (most {:.0} B), all its transport bytes in {:.0} B; lost {}",
+            sent.push.bytes_out as f64 / records,
+            row.writer_x,
+            sent.outbound as f64 / records,
+            row.received,
+            row.received_max,
+            transport_in,
+            l.lost
+        );
+        rows.push(row);
+    }
     for m in nodes {
         m.shutdown().await;
     }
-    Ok(())
+    Ok(rows)
+}
+
+/// Part 4's table, with the targets of the tree: the writer's push bytes at most
+/// [`TARGET_WRITER_X`] x the envelope at every size, p99 at 50 nodes at most [`TARGET_FANOUT_P99`],
+/// and a receiver's inbound bytes per record flat in the mesh size (within 25% of the smallest
+/// mesh's).
+fn print_fanout(rows: &[FanoutRow]) {
+    println!(
+        "  nodes  push    p50 all   p99 all   writer bytes/envelope  receiver push B/record (most)"
+    );
+    for r in rows {
+        println!(
+            "  {:>5}  {:<6}  {:>8}  {:>8}  {:>21.2}  {:>10.0} ({:.0})",
+            r.nodes,
+            r.how,
+            ms(r.p50),
+            ms(r.p99),
+            r.writer_x,
+            r.received,
+            r.received_max
+        );
+    }
+    let trees: Vec<&FanoutRow> = rows.iter().filter(|r| r.how == "tree").collect();
+    if let (Some(small), Some(large)) = (trees.first(), trees.last()) {
+        let writer = trees.iter().all(|r| r.writer_x <= TARGET_WRITER_X);
+        println!(
+            "  tree: writer bytes <= {TARGET_WRITER_X} x the envelope at every size: {}",
+            verdict(writer)
+        );
+        let flat = large.received <= small.received * 1.25;
+        println!(
+            "  tree: receiver bytes per record {:.0} B at {} nodes, {:.0} B at {}: flat {}",
+            small.received,
+            small.nodes,
+            large.received,
+            large.nodes,
+            verdict(flat)
+        );
+    }
+    if let Some(r) = trees.iter().find(|r| r.nodes == 50) {
+        println!(
+            "  tree: p99 at 50 nodes {} (target {}): {}",
+            ms(r.p99),
+            ms(TARGET_FANOUT_P99),
+            verdict(r.p99 <= TARGET_FANOUT_P99)
+        );
+    }
 }
 
 fn main() -> Result<()> {
+    if std::env::var("RUST_LOG").is_ok() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let sizes = Sizes::from_env();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -1550,11 +1734,22 @@ async fn run(s: Sizes) -> Result<()> {
     }
     if only.is_none_or(|o| o == "fanout") {
         println!(
-            "4. fan-out by mesh size, today's direct push (the writer sends each envelope to \
-             every member), single-record batches from node 0, sealed"
+            "4. fan-out by mesh size: direct push (node 0, push = \"direct\": the writer sends \
+             each envelope to every member) beside trees (node 1, push = \"tree\", fan-out {}), \
+             single-record batches, sealed, in turn on one mesh",
+            fogmesh::mesh::tree::FANOUT
         );
+        let mut rows = Vec::new();
         for n in &s.fanout {
-            fanout(&s, *n, 100).await?;
+            rows.extend(fanout(&s, *n, 100).await?);
+        }
+        print_fanout(&rows);
+        if let Ok(dir) = std::env::var("FOGMESH_BENCH_PLOT") {
+            for (file, svg) in plot::fanout(&rows) {
+                let path = std::path::Path::new(&dir).join(file);
+                std::fs::write(&path, svg).with_context(|| format!("{}", path.display()))?;
+                println!("  plot written to {}", path.display());
+            }
         }
         println!();
     }

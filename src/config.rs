@@ -87,8 +87,32 @@ pub struct Config {
     pub relays: Vec<String>,
     /// Turn relayed connections into direct ones by hole punching (DCUtR) where the NATs allow.
     pub hole_punch: bool,
+    /// How this node pushes the envelopes it writes: along trees that members pass them on
+    /// through (see `mesh::tree`), or to every member itself.
+    pub push: PushMode,
     /// Whether, and within which limits, this node relays for other members.
     pub relay: RelayServer,
+}
+
+/// How a node pushes the envelopes it writes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PushMode {
+    /// Along a tree per envelope: the writer sends `mesh::tree::FANOUT` copies, members pass
+    /// them on, each member receives one.
+    #[default]
+    Tree,
+    /// To every connected member, by the writer alone (nothing is passed on).
+    Direct,
+}
+
+impl PushMode {
+    fn name(self) -> &'static str {
+        match self {
+            PushMode::Tree => "tree",
+            PushMode::Direct => "direct",
+        }
+    }
 }
 
 /// The `[relay]` table: serving as a relay for members (circuit relay v2).
@@ -182,6 +206,7 @@ impl Default for Config {
             max_datasets_per_member: 10_000,
             relays: Vec::new(),
             hole_punch: true,
+            push: PushMode::Tree,
             relay: RelayServer::default(),
         }
     }
@@ -314,6 +339,10 @@ impl Config {
              # Turn a relayed connection into a direct one by hole punching (DCUtR) where both\n\
              # NATs allow; off, relayed connections stay relayed. Default: {dpunch}\n\
              hole_punch = {punch}\n\n\
+             # How this node pushes what it writes: \"tree\" (each envelope travels along a tree\n\
+             # of members who pass it on: the writer sends {k} copies whatever the mesh size) or\n\
+             # \"direct\" (the writer sends one to every member). Default: \"{dpush}\"\n\
+             push = \"{push}\"\n\n\
              # Relaying for other members (only members may reserve or open circuits). Turn it on\n\
              # only on a node whose listen addresses members can reach.\n\
              [relay]\n\
@@ -352,6 +381,9 @@ impl Config {
             relays = list(&self.relays),
             dpunch = d.hole_punch,
             punch = self.hole_punch,
+            k = crate::mesh::tree::FANOUT,
+            dpush = d.push.name(),
+            push = self.push.name(),
             dserve = d.relay.serve,
             serve = self.relay.serve,
             dres = d.relay.max_reservations,
@@ -382,6 +414,7 @@ mod tests {
                     .into(),
             ],
             hole_punch: false,
+            push: PushMode::Direct,
             relay: RelayServer {
                 serve: true,
                 max_reservations: 3,
@@ -408,6 +441,7 @@ mod tests {
             "max_datasets_per_member",
             "relays",
             "hole_punch",
+            "push",
             "serve",
             "max_reservations",
             "max_circuits",

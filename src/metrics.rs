@@ -154,6 +154,13 @@ pub struct Instruments {
     pub pushes: Counter,
     /// Pushes that failed (catch-up repairs what they missed).
     pub push_failures: Counter,
+    /// Envelopes received by push and passed on to the next members of their trees.
+    pub envelopes_forwarded: Counter,
+    /// Pushes of envelopes written elsewhere, passed on (counted in `pushes` too).
+    pub pushes_forwarded: Counter,
+    /// Envelopes not passed on because the queue of envelopes to pass on was full (catch-up
+    /// brings them to the members that miss them).
+    pub forwards_dropped: Counter,
     /// Envelopes from members new here (pushed or fetched).
     pub envelopes_received: Counter,
     /// Pages of envelopes served to members catching up.
@@ -332,6 +339,21 @@ impl Instruments {
             "push_failures",
             "Pushes that failed (catch-up repairs them)",
             self.push_failures.clone(),
+        );
+        r.register(
+            "envelopes_forwarded",
+            "Envelopes received by push and passed on to the next members of their trees",
+            self.envelopes_forwarded.clone(),
+        );
+        r.register(
+            "pushes_forwarded",
+            "Pushes of envelopes written elsewhere, passed on (counted in pushes too)",
+            self.pushes_forwarded.clone(),
+        );
+        r.register(
+            "forwards_dropped",
+            "Envelopes not passed on because the queue was full (catch-up repairs them)",
+            self.forwards_dropped.clone(),
         );
         r.register(
             "envelopes_received",

@@ -377,6 +377,7 @@ fn main() {
                     access: vec![("hospital/flu".into(), bundle(&[&g2], &[&w2]))],
                     envelopes: vec![ByteBuf::from(envs[0].encode())],
                     evidence: vec![ByteBuf::from(ev.encode())],
+                    tree: true,
                 }),
             ),
         ),

@@ -71,8 +71,9 @@ impl Mesh {
                 access: Vec::new(),
                 envelopes: Vec::new(),
                 evidence: vec![bytes.clone()],
+                tree: false,
             };
-            self.spawn_push(peer, push).await;
+            self.spawn_push(peer, push, None, true).await;
         }
     }
 
@@ -80,6 +81,9 @@ impl Mesh {
     /// would change nothing). Evidence that does not check is the peer's bad input.
     pub(crate) async fn take_pushed_evidence(&self, list: &[ByteBuf]) -> MeshResult<()> {
         proto::cap("push evidence", list.len(), MAX_EVIDENCE)?;
+        if list.is_empty() {
+            return Ok(());
+        }
         let list = list.to_vec();
         let lowest = tokio::task::spawn_blocking(move || lowest_forks(&list))
             .await

@@ -17,12 +17,16 @@
 //! | [`proto`] | the messages on the wire (CBOR), with caps |
 //! | `state` | the mesh's mutable state and its persistence |
 //! | `serve` | answers to peers' requests |
-//! | `sync` | outbound catch-up and push |
+//! | `sync` | outbound catch-up |
+//! | `fanout` | push: this node's envelopes to the first members of their trees, and received ones on to the next |
+//! | [`tree`] | the tree one envelope travels along |
 //! | [`query`] | federated aggregates and pushed-down searches: asking owners, answering as owner |
 
 pub mod catalog;
 pub mod error;
+mod fanout;
 pub mod forks;
+mod gaps;
 pub mod govern;
 pub mod invite;
 mod join;
@@ -33,10 +37,12 @@ pub mod proto;
 pub mod query;
 pub mod roster;
 mod rotate;
+mod seen;
 mod serve;
 pub mod shape;
 mod state;
 mod sync;
+pub mod tree;
 
 pub use error::{MeshError, MeshResult};
 
@@ -117,6 +123,14 @@ pub(crate) struct Inner {
     tasks: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
     /// Held while the consequences of a roster change are applied (`refresh_members`).
     pub(crate) refreshing: tokio::sync::Mutex<()>,
+    /// Envelopes to pass on along their trees (see `fanout`).
+    pub(crate) forwards: mpsc::Sender<fanout::Spread>,
+    /// Gaps pushes revealed, repaired by catch-up if still open after a grace.
+    pub(crate) gaps: gaps::Gaps,
+    /// Envelopes passed on lately (each is passed on once).
+    pub(crate) passed: seen::Seen,
+    /// Bytes of envelopes waiting to be passed on.
+    pub(crate) queued: fanout::Queued,
 }
 
 impl Mesh {
@@ -125,6 +139,7 @@ impl Mesh {
         let keypair = node.identity().libp2p_keypair()?;
         let (net, events) = net::spawn(keypair, config).map_err(net_err)?;
         let state = State::load_or_found(&node).await?;
+        let (forwards, forward_rx) = fanout::forward_queue();
         let mesh = Self {
             inner: Arc::new(Inner {
                 node,
@@ -135,6 +150,10 @@ impl Mesh {
                 peer_pushes: std::sync::Mutex::default(),
                 tasks: std::sync::Mutex::new(Vec::new()),
                 refreshing: tokio::sync::Mutex::new(()),
+                forwards,
+                gaps: gaps::Gaps::default(),
+                passed: seen::Seen::default(),
+                queued: fanout::Queued::default(),
             }),
         };
         mesh.apply_own_rotations().await?;
@@ -143,6 +162,7 @@ impl Mesh {
         let tasks = vec![
             tokio::spawn(mesh.clone().run_events(events)).abort_handle(),
             tokio::spawn(mesh.clone().run_outbox()).abort_handle(),
+            tokio::spawn(mesh.clone().run_forwards(forward_rx)).abort_handle(),
             tokio::spawn(mesh.clone().run_access()).abort_handle(),
             tokio::spawn(mesh.clone().run_forks()).abort_handle(),
             tokio::spawn(mesh.clone().run_periodic()).abort_handle(),
@@ -216,7 +236,10 @@ impl Mesh {
         loop {
             tokio::select! {
                 _ = full.tick() => self.sync_all().await,
-                _ = retry.tick() => self.retry_dirty().await,
+                _ = retry.tick() => {
+                    self.repair_gaps();
+                    self.retry_dirty().await
+                }
             }
         }
     }
@@ -275,7 +298,11 @@ impl Mesh {
     }
 
     pub(crate) fn org_of(&self, peer: &PeerId) -> Option<String> {
-        self.inner.state.org_of(&peer.to_string())
+        let seats = self.inner.state.seats();
+        seats
+            .iter()
+            .find(|m| m.peer == *peer)
+            .map(|m| m.org.clone())
     }
 
     pub(crate) fn count_bad(&self, peer: &PeerId, detail: &str) {

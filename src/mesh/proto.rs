@@ -154,6 +154,24 @@ pub struct Push {
     /// [`super::forks::MAX_EVIDENCE`].
     #[serde(default)]
     pub evidence: Vec<serde_bytes::ByteBuf>,
+    /// The envelope travels along its tree (see [`super::tree`]): the receiver passes it on to
+    /// its children there. Only a push of one envelope is passed on. False (and pushes of
+    /// earlier versions): passed on to no one.
+    #[serde(default)]
+    pub tree: bool,
+}
+
+impl Push {
+    /// A push of one encoded envelope alone, to be passed on along its tree when `tree`.
+    pub fn of(envelope: serde_bytes::ByteBuf, tree: bool) -> Self {
+        Self {
+            catalog: Vec::new(),
+            access: Vec::new(),
+            envelopes: vec![envelope],
+            evidence: Vec::new(),
+            tree,
+        }
+    }
 }
 
 /// The receiver's answer to a push.
@@ -289,9 +307,11 @@ mod tests {
             access: vec![],
             envelopes: vec![serde_bytes::ByteBuf::from(vec![1, 2, 3])],
             evidence: vec![],
+            tree: true,
         };
         let back: Push = decode("push", &encode(&push)).expect("decodes");
         assert_eq!(back.envelopes[0].as_ref(), &[1, 2, 3]);
+        assert!(back.tree);
         for garbage in [&b""[..], b"\xff\xff", b"\x9f\x01"] {
             assert!(decode::<SyncRequest>("sync", garbage).is_err());
         }

@@ -223,9 +223,15 @@ impl Mesh {
         self.adopt_all(push.catalog).await;
         self.merge_access(&push.access).await?;
         self.take_pushed_evidence(&push.evidence).await?;
-        let accepted = self.apply_encoded(peer, &push.envelopes).await?;
+        let envs = decoded(&push.envelopes)?;
+        // Passed on before it is applied here: each hop of the tree costs a check of the
+        // signature and the author's authority, not an apply.
+        let pass = self.passable(push.tree, &push.envelopes, &envs).await;
+        self.forward(pass);
+        let fresh = self.apply_decoded(peer, envs).await?;
+        self.watch_gaps(peer, &fresh);
         Ok(PushAck {
-            accepted: accepted as u32,
+            accepted: fresh.len() as u32,
         })
     }
 
@@ -262,27 +268,36 @@ impl Mesh {
         Ok(fresh)
     }
 
-    /// Decodes, verifies and applies envelopes; returns how many were new. Envelopes of datasets
+    /// Decodes, verifies and applies envelopes; returns those that were new. Envelopes of datasets
     /// this node does not hold are skipped (catch-up brings them once the description arrives).
     /// `from` is the peer the envelopes came from: it is blamed only for envelopes it wrote.
     pub(crate) async fn apply_encoded(
         &self,
         from: PeerId,
         encoded: &[ByteBuf],
-    ) -> MeshResult<usize> {
+    ) -> MeshResult<Vec<Envelope>> {
+        self.apply_decoded(from, decoded(encoded)?).await
+    }
+
+    /// [`Self::apply_encoded`] of envelopes already decoded.
+    pub(crate) async fn apply_decoded(
+        &self,
+        from: PeerId,
+        envelopes: Vec<Envelope>,
+    ) -> MeshResult<Vec<Envelope>> {
         let sender = self
             .inner
             .state
-            .roster()
-            .by_peer(&from.to_string())
-            .and_then(|m| m.author_id());
+            .seats()
+            .iter()
+            .find(|m| m.peer == from)
+            .map(|m| m.author);
         let mut by_ds: std::collections::BTreeMap<DatasetId, Vec<Envelope>> = Default::default();
-        for bytes in encoded {
+        for env in envelopes {
             // Signatures are checked by the node, off the async threads.
-            let env = Envelope::decode(bytes)?;
             by_ds.entry(env.dataset.clone()).or_default().push(env);
         }
-        let mut new = 0;
+        let mut new = Vec::new();
         for (id, envs) in by_ds {
             if self.held_meta(&id).is_none() {
                 // Its description has not arrived: catch up with the sender soon, which brings
@@ -292,11 +307,12 @@ impl Mesh {
             }
             let node = &self.inner.node;
             let (count, started) = (envs.len(), std::time::Instant::now());
-            let (n, invalid) = node.apply_envelopes_checked(&id, envs).await?;
+            let (fresh, invalid) = node.apply_envelopes_checked(&id, envs).await?;
             let ms = started.elapsed().as_millis() as u64;
+            let n = fresh.len();
             tracing::debug!(%from, dataset = %id, count, new = n, ms, "envelopes applied");
             node.metrics().envelopes_received.inc_by(n as u64);
-            new += n;
+            new.extend(fresh);
             // Bad input only when the sender wrote the bad envelope itself: a relay cannot
             // check what it holds without the key.
             if let Some(sender) = sender {
@@ -368,6 +384,14 @@ impl Mesh {
     pub(crate) fn held_meta(&self, id: &DatasetId) -> Option<crate::dataset::Meta> {
         self.inner.node.replica(id).map(|(m, _)| m)
     }
+}
+
+/// Decodes encoded envelopes (signatures unchecked); one that does not decode refuses them all.
+pub(crate) fn decoded(encoded: &[ByteBuf]) -> MeshResult<Vec<Envelope>> {
+    Ok(encoded
+        .iter()
+        .map(|b| Envelope::decode(b))
+        .collect::<Result<_, _>>()?)
 }
 
 /// Decodes a peer's frontier.

@@ -3,7 +3,7 @@
 //! in the node's store.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use libp2p::PeerId;
 use serde::Serialize;
@@ -37,8 +37,31 @@ pub struct Progress {
     pub missing: u64,
 }
 
+/// A current member as fan-out needs it: who it is on the wire, its organization and its key.
+#[derive(Debug, Clone)]
+pub(crate) struct Seat {
+    pub(crate) peer: PeerId,
+    pub(crate) org: String,
+    pub(crate) author: crate::identity::AuthorId,
+}
+
+fn seats_of(roster: &Roster) -> Arc<[Seat]> {
+    roster
+        .iter()
+        .filter_map(|m| {
+            Some(Seat {
+                peer: m.peer_id.parse().ok()?,
+                author: m.author_id()?,
+                org: m.org,
+            })
+        })
+        .collect()
+}
+
 struct Inner {
     roster: Roster,
+    /// The roster's current members, kept with it.
+    seats: Arc<[Seat]>,
     catalog: BTreeMap<DatasetId, SignedMeta>,
     announced: HashMap<PeerId, HashMap<DatasetId, u64>>,
     progress: BTreeMap<(String, String), Progress>,
@@ -82,6 +105,7 @@ impl State {
         };
         let catalog = load_catalog(node).await?;
         let inner = Inner {
+            seats: seats_of(&roster),
             roster,
             catalog: catalog
                 .into_iter()
@@ -100,11 +124,6 @@ impl State {
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The organization of the member with this peer id, without copying the roster.
-    pub(crate) fn org_of(&self, peer: &str) -> Option<String> {
-        self.lock().roster.by_peer(peer).map(|m| m.org)
     }
 
     /// The organization of the removed member with this peer id, without copying the roster.
@@ -127,6 +146,11 @@ impl State {
         self.lock().served.get(peer).is_some_and(|t| *t >= since)
     }
 
+    /// The current members (no copy of the roster).
+    pub(crate) fn seats(&self) -> Arc<[Seat]> {
+        self.lock().seats.clone()
+    }
+
     /// A copy of the roster.
     pub(crate) fn roster(&self) -> Roster {
         self.lock().roster.clone()
@@ -145,7 +169,9 @@ impl State {
         let out = f(&mut roster);
         if roster.digest() != before {
             node.save_state(ROSTER_KEY, &roster).await?;
-            self.lock().roster = roster;
+            let mut st = self.lock();
+            st.seats = seats_of(&roster);
+            st.roster = roster;
         }
         Ok(out)
     }

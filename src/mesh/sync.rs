@@ -1,20 +1,15 @@
-//! Outbound replication: eager push of this node's envelopes to entitled members, and catch-up
-//! with one member (Hello, then the missing ranges fetched page by page).
-
-use std::sync::Arc;
+//! Catch-up with one member: Hello, then the missing ranges fetched page by page.
 
 use libp2p::PeerId;
 use serde_bytes::ByteBuf;
-use tokio::sync::broadcast::error::RecvError;
 
 use crate::envelope::Envelope;
 use crate::net::{Frame, Protocol};
 use crate::version::Frontier;
 
-use super::catalog;
 use super::error::{MeshError, MeshResult};
 use super::plan::{self, Catchup, Page, Range};
-use super::proto::{self, Push, PushAck, SyncRequest, SyncResponse};
+use super::proto::{self, SyncRequest, SyncResponse};
 use super::serve::frontier;
 use super::Mesh;
 
@@ -22,148 +17,6 @@ use super::Mesh;
 const HELLO_ROUNDS: usize = 3;
 
 impl Mesh {
-    /// Pushes every envelope this node writes, as it becomes durable.
-    pub(crate) async fn run_outbox(self) {
-        let mut rx = self.inner.node.subscribe_envelopes();
-        loop {
-            match rx.recv().await {
-                Ok(env) => self.push_out(env).await,
-                Err(RecvError::Lagged(n)) => {
-                    tracing::warn!(
-                        missed = n,
-                        "push queue lagged; catching up with every member"
-                    );
-                    self.sync_all().await;
-                }
-                Err(RecvError::Closed) => return,
-            }
-        }
-    }
-
-    async fn push_out(&self, env: Arc<Envelope>) {
-        let Some(meta) = self.held_meta(&env.dataset) else {
-            return;
-        };
-        let Ok(peers) = self.inner.net.peers().await else {
-            return;
-        };
-        let encoded = ByteBuf::from(env.encode());
-        for p in peers.into_iter().filter(|p| p.up && p.member) {
-            let Ok(peer) = p.peer.parse::<PeerId>() else {
-                continue;
-            };
-            match self.org_of(&peer) {
-                Some(org) if catalog::entitled(&meta, &org) => {}
-                _ => continue,
-            }
-            let (describe, access) = self.inner.state.announce(peer, &meta.id, env.epoch);
-            let catalog = match describe {
-                true => self.signed(&meta).into_iter().collect(),
-                false => Vec::new(),
-            };
-            let access = match access {
-                true => self.inner.node.access_bundle(&meta.id),
-                false => None,
-            };
-            let access = access
-                .map(|b| (meta.id.to_string(), b))
-                .into_iter()
-                .collect();
-            let push = Push {
-                catalog,
-                access,
-                envelopes: vec![encoded.clone()],
-                evidence: Vec::new(),
-            };
-            self.spawn_push(peer, push).await;
-        }
-    }
-
-    /// Pushes every change of a held dataset's access state (grants, wrapped keys) to the
-    /// connected members.
-    pub(crate) async fn run_access(self) {
-        let mut rx = self.inner.node.subscribe_access();
-        loop {
-            match rx.recv().await {
-                Ok(id) => self.push_access(&id).await,
-                Err(RecvError::Lagged(_)) => self.sync_all().await,
-                Err(RecvError::Closed) => return,
-            }
-        }
-    }
-
-    async fn push_access(&self, id: &crate::naming::DatasetId) {
-        let (Some(meta), Some(bundle)) = (self.held_meta(id), self.inner.node.access_bundle(id))
-        else {
-            return;
-        };
-        let Ok(peers) = self.inner.net.peers().await else {
-            return;
-        };
-        for p in peers.into_iter().filter(|p| p.up && p.member) {
-            let Ok(peer) = p.peer.parse::<PeerId>() else {
-                continue;
-            };
-            if !self
-                .org_of(&peer)
-                .is_some_and(|org| catalog::entitled(&meta, &org))
-            {
-                continue;
-            }
-            let push = Push {
-                catalog: self.signed(&meta).into_iter().collect(),
-                access: vec![(id.to_string(), bundle.clone())],
-                envelopes: vec![],
-                evidence: Vec::new(),
-            };
-            self.spawn_push(peer, push).await;
-        }
-    }
-
-    /// The semaphore bounding pushes in flight to `peer`.
-    fn peer_slots(&self, peer: PeerId) -> Arc<tokio::sync::Semaphore> {
-        let mut map = self
-            .inner
-            .peer_pushes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        map.entry(peer)
-            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(super::PEER_PUSH_CAP)))
-            .clone()
-    }
-
-    pub(super) async fn spawn_push(&self, peer: PeerId, push: Push) {
-        let slots = self.peer_slots(peer);
-        let (Ok(permit), Ok(slot)) = (
-            self.inner.pushes.clone().acquire_owned().await,
-            slots.acquire_owned().await,
-        ) else {
-            return;
-        };
-        let net = self.inner.net.clone();
-        let state_mesh = self.clone();
-        tokio::spawn(async move {
-            let metrics = state_mesh.inner.node.metrics();
-            metrics.pushes.inc();
-            let answer = net
-                .request(peer, Protocol::Push, Frame(proto::encode(&push)))
-                .await;
-            match answer.map(|f| proto::decode::<PushAck>("push ack", &f.0)) {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "bad push ack"),
-                Err(e) => {
-                    metrics.push_failures.inc();
-                    // It may have restarted without the description; send it again next time,
-                    // and catch it up as soon as it answers again.
-                    state_mesh.inner.state.forget_peer(&peer);
-                    state_mesh.inner.state.mark_dirty(peer);
-                    tracing::debug!(%peer, error = %e, "push failed; catch-up will cover it");
-                }
-            }
-            drop((permit, slot));
-        });
-    }
-
     /// Catches up with `peer` (one catch-up per peer at a time).
     pub(crate) async fn sync_with(self, peer: PeerId) {
         if !self.inner.state.begin_sync(peer) {

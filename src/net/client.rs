@@ -68,14 +68,21 @@ pub struct Client {
     local: PeerId,
     commands: mpsc::Sender<Command>,
     meter: Meter,
+    connected: super::peers::Connected,
 }
 
 impl Client {
-    pub(crate) fn new(local: PeerId, commands: mpsc::Sender<Command>, meter: Meter) -> Self {
+    pub(crate) fn new(
+        local: PeerId,
+        commands: mpsc::Sender<Command>,
+        meter: Meter,
+        connected: super::peers::Connected,
+    ) -> Self {
         Self {
             local,
             commands,
             meter,
+            connected,
         }
     }
 
@@ -175,6 +182,12 @@ impl Client {
     /// Every member and every connected peer.
     pub async fn peers(&self) -> Result<Vec<PeerInfo>, Error> {
         self.call(|reply| Command::Peers { reply }).await
+    }
+
+    /// The peers connected now (members or not), read without asking the event loop: for
+    /// decisions taken per message, where [`Self::peers`] would cost a round trip each.
+    pub fn connected(&self) -> std::sync::Arc<std::collections::HashSet<PeerId>> {
+        self.connected.now()
     }
 
     /// Whether members can dial this node, as AutoNAT last found.

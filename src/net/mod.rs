@@ -321,9 +321,10 @@ pub fn spawn(keypair: Keypair, config: Config) -> Result<(Client, mpsc::Receiver
     let (event_tx, event_rx) = mpsc::channel(EVENTS_CAP);
     let local = *swarm.local_peer_id();
     let mut event_loop = event_loop::EventLoop::new(swarm, command_rx, event_tx, &config, reach);
+    let connected = event_loop.table.connected_set();
     event_loop.start(listeners, bootstrap.into_iter().chain(relays).collect());
     runtime.spawn(event_loop.run());
-    Ok((Client::new(local, command_tx, meter), event_rx))
+    Ok((Client::new(local, command_tx, meter, connected), event_rx))
 }
 
 /// Splits each bootstrap address into its peer and the address without `/p2p`.

@@ -2,6 +2,7 @@
 //! misbehaved, and when to redial. Pure: every method takes the time it runs at.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use libp2p::multiaddr::Protocol as AddrPart;
@@ -119,6 +120,30 @@ pub(crate) struct PeerTable {
     local: PeerId,
     members: HashSet<PeerId>,
     entries: HashMap<PeerId, Entry>,
+    connected: Connected,
+}
+
+/// The peers connected now, kept by the event loop and read by every [`super::Client`] without
+/// a round trip to the loop.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Connected(Arc<RwLock<Arc<HashSet<PeerId>>>>);
+
+impl Connected {
+    /// The peers connected now.
+    pub(crate) fn now(&self) -> Arc<HashSet<PeerId>> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set(&self, peer: PeerId, up: bool) {
+        let mut guard = self.0.write().unwrap_or_else(|e| e.into_inner());
+        if guard.contains(&peer) != up {
+            let set = Arc::make_mut(&mut guard);
+            match up {
+                true => set.insert(peer),
+                false => set.remove(&peer),
+            };
+        }
+    }
 }
 
 impl PeerTable {
@@ -128,7 +153,13 @@ impl PeerTable {
             local,
             members: HashSet::new(),
             entries: HashMap::new(),
+            connected: Connected::default(),
         }
+    }
+
+    /// The set of connected peers this table keeps up to date.
+    pub(crate) fn connected_set(&self) -> Connected {
+        self.connected.clone()
     }
 
     /// Replaces the roster; members not connected are due for a dial at once.
@@ -170,6 +201,7 @@ impl PeerTable {
 
     /// The first connection to `peer` was established (`dialed` is the address, if we dialed).
     pub(crate) fn connected(&mut self, peer: PeerId, dialed: Option<Multiaddr>, now: Instant) {
+        self.connected.set(peer, true);
         let entry = self.entry(peer);
         entry.connected_since = Some(now);
         entry.last_seen = Some(now);
@@ -181,6 +213,7 @@ impl PeerTable {
 
     /// The last connection to `peer` closed; a member is scheduled for redial.
     pub(crate) fn disconnected(&mut self, peer: PeerId, now: Instant) {
+        self.connected.set(peer, false);
         let member = self.is_member(&peer);
         let Some(entry) = self.entries.get_mut(&peer) else {
             return;

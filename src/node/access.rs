@@ -425,19 +425,65 @@ impl Node {
     /// Keeps the envelopes whose author may write them (the owner, or a member organization
     /// with write authority for that epoch); counts and logs the others.
     pub(crate) fn authorized(&self, ds: &Dataset, envs: Vec<Envelope>) -> Vec<Envelope> {
-        let set = lock(&ds.access);
-        let horizon = hlc::wall_millis().saturating_add(MAX_CLOCK_SKEW_MS);
-        let dir = self.directory();
         // An epoch the owner never made would be waited for for ever (and block snapshots);
         // one made since reaches this node with the access state (a writer's push carries it
         // when its epoch is new to the receiver), and the envelope comes again in catch-up: not
         // refused as a forgery, only set aside for now.
-        let newest = set.epoch();
+        let newest = lock(&ds.access).epoch();
         let (early, envs): (Vec<_>, Vec<_>) = envs.into_iter().partition(|e| e.epoch > newest);
         if let Some(e) = early.first() {
             tracing::debug!(dataset = %ds.meta.id, count = early.len(), epoch = e.epoch, newest, "envelopes of an epoch this node does not know yet set aside until catch-up");
         }
-        let (ok, refused): (Vec<_>, Vec<_>) = envs.into_iter().partition(|env| {
+        let (ok, refused): (Vec<_>, Vec<_>) = {
+            let may = self.authority(ds);
+            envs.into_iter().partition(|env| may(env))
+        };
+        for env in &refused {
+            tracing::warn!(dataset = %ds.meta.id, author = %env.author, seq = env.seq, epoch = env.epoch, "envelope refused: no write authority, or dated more than an hour ahead");
+            let m = &self.inner.metrics.envelopes_rejected;
+            m.inc_by("dataset", &ds.meta.id.to_string(), 1);
+        }
+        self.audit_refused_envelopes(&ds.meta.id, &refused);
+        ok
+    }
+
+    /// Whether an envelope received by push may be passed on before it is applied here: its
+    /// dataset is held, its epoch known, no fork of its author kept, it is not held here yet and
+    /// is within the changes this node would hold back for its author, and its author may write
+    /// it (as [`Self::authorized`] judges, with nothing counted or logged). Its signature is the
+    /// caller's to check.
+    pub(crate) fn may_pass_on(&self, env: &Envelope) -> bool {
+        let Some(ds) = self.held(&env.dataset) else {
+            return false;
+        };
+        if env.epoch > lock(&ds.access).epoch() || self.fork_of(&env.dataset, &env.author).is_some()
+        {
+            return false;
+        }
+        let held = ds.version_vector().get(&env.author);
+        let ahead = held.saturating_add(super::MAX_HELD_PER_AUTHOR as u64);
+        if env.seq <= held || env.seq > ahead {
+            return false;
+        }
+        let stored = self
+            .inner
+            .store
+            .has_envelope(&env.dataset, &env.author, env.seq);
+        if stored.unwrap_or(true) {
+            return false;
+        }
+        let may = self.authority(&ds);
+        may(env)
+    }
+
+    /// The rule of write authority for `ds` as it stands: the owner, or a member organization
+    /// with write authority for the envelope's epoch, never dated more than the clock skew
+    /// ahead, never by a key its organization rotated away before the envelope's time.
+    fn authority<'a>(&'a self, ds: &'a Dataset) -> impl Fn(&Envelope) -> bool + 'a {
+        let set = lock(&ds.access);
+        let horizon = hlc::wall_millis().saturating_add(MAX_CLOCK_SKEW_MS);
+        let dir = self.directory();
+        move |env: &Envelope| {
             let millis = hlc::Timestamp(env.hlc).millis();
             // A time far ahead would drag every clock forward and break grant expiry checks.
             if millis > horizon {
@@ -453,15 +499,7 @@ impl Node {
                 first_key: m.first_key(),
             };
             m.org == ds.meta.id.owner() || set.may_write(writer, env.epoch, env.seq, millis)
-        });
-        drop((set, dir));
-        for env in &refused {
-            tracing::warn!(dataset = %ds.meta.id, author = %env.author, seq = env.seq, epoch = env.epoch, "envelope refused: no write authority, or dated more than an hour ahead");
-            let m = &self.inner.metrics.envelopes_rejected;
-            m.inc_by("dataset", &ds.meta.id.to_string(), 1);
         }
-        self.audit_refused_envelopes(&ds.meta.id, &refused);
-        ok
     }
 
     /// Whether `caller` may do `action` on `ds`, and the name prefix it is limited to. Datasets

@@ -18,8 +18,8 @@ use super::dataset::{Dataset, Event, State};
 /// What applying a group of remote envelopes did.
 #[derive(Debug, Default)]
 pub(crate) struct Applied {
-    /// Envelopes that were new to this node.
-    pub(crate) new: usize,
+    /// Envelopes that were new to this node, now stored.
+    pub(crate) fresh: Vec<Envelope>,
     /// Record events for subscribers.
     pub(crate) events: Vec<Event>,
     /// A snapshot is due.
@@ -116,7 +116,7 @@ impl Dataset {
             st.reread(&applied.touched)
         };
         Ok(Applied {
-            new: fresh.len(),
+            fresh,
             events,
             snapshot_due: st.since_snapshot >= snapshot_every,
             invalid,
@@ -389,17 +389,18 @@ impl super::Node {
         id: &crate::naming::DatasetId,
         envs: Vec<Envelope>,
     ) -> Result<usize> {
-        Ok(self.apply_envelopes_checked(id, envs).await?.0)
+        Ok(self.apply_envelopes_checked(id, envs).await?.0.len())
     }
 
-    /// Like [`Self::apply_envelopes`], and also names the authors of envelopes dropped for not
-    /// opening or carrying a change that is not theirs (counted as refused). Every signature is
-    /// checked first, off the async threads: one that fails refuses the whole group.
+    /// Like [`Self::apply_envelopes`], but returns the envelopes that were new (stored now), and
+    /// names the authors of envelopes dropped for not opening or carrying a change that is not
+    /// theirs (counted as refused). Every signature is checked first, off the async threads: one
+    /// that fails refuses the whole group.
     pub async fn apply_envelopes_checked(
         &self,
         id: &crate::naming::DatasetId,
         envs: Vec<Envelope>,
-    ) -> Result<(usize, Vec<AuthorId>)> {
+    ) -> Result<(Vec<Envelope>, Vec<AuthorId>)> {
         let ds = self
             .held(id)
             .ok_or_else(|| Error::NotFound(format!("dataset {id} not held here")))?;
@@ -409,13 +410,13 @@ impl super::Node {
             .map_err(|e| Error::Internal(e.to_string()))??;
         let envs = self.authorized(&ds, envs);
         if envs.is_empty() {
-            return Ok((0, unchained));
+            return Ok((Vec::new(), unchained));
         }
         let (mut applied, _) = self
             .store_and_settle(&ds, move |node, ds| {
                 let i = &node.inner;
                 let applied = ds.apply_remote(&i.store, envs, i.config.snapshot_every)?;
-                let stored = applied.new > 0;
+                let stored = !applied.fresh.is_empty();
                 Ok((applied, stored))
             })
             .await?;
@@ -431,18 +432,18 @@ impl super::Node {
             let m = &self.inner.metrics.envelopes_rejected;
             m.inc_by("dataset", &id.to_string(), n);
         }
-        if applied.new == 0 {
-            return Ok((0, applied.invalid));
+        if applied.fresh.is_empty() {
+            return Ok((Vec::new(), applied.invalid));
         }
         self.inner
             .metrics
             .envelopes_stored
-            .inc_by(applied.new as u64);
+            .inc_by(applied.fresh.len() as u64);
         ds.publish_events(applied.events);
         if applied.snapshot_due {
             self.snapshot_in_background(ds);
         }
-        Ok((applied.new, applied.invalid))
+        Ok((applied.fresh, applied.invalid))
     }
 
     /// Encoded envelopes of `author` in dataset `id` with sequence in `(after, upto]`, at most

@@ -80,7 +80,7 @@ async fn an_envelope_of_the_codec_before_chains_is_refused() {
         .apply_envelopes_checked(&ds, vec![y2])
         .await
         .expect("apply");
-    assert_eq!(n, 0, "an unchained envelope was taken");
+    assert!(n.is_empty(), "an unchained envelope was taken");
     assert_eq!(invalid, vec![owner.author()], "its author is not named");
 }
 

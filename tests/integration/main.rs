@@ -4,6 +4,7 @@ mod access;
 mod audit;
 mod common;
 mod equivocation;
+mod fanout;
 mod federated;
 mod flows;
 mod governance;

@@ -145,7 +145,7 @@ where
 }
 
 /// Polls `cond` until it holds; fails after `limit`.
-async fn wait_within<F, Fut>(what: &str, limit: Duration, mut cond: F)
+pub(crate) async fn wait_within<F, Fut>(what: &str, limit: Duration, mut cond: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,

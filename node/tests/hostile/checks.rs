@@ -167,6 +167,7 @@ pub(crate) fn push_envelope(c: &RawClient, env: &fogmesh::envelope::Envelope) ->
         access: vec![],
         envelopes: vec![serde_bytes::ByteBuf::from(env.encode())],
         evidence: vec![],
+        tree: false,
     };
     let ack: PushAck = c
         .request(Proto::Push, frame(&proto::encode(&push)))

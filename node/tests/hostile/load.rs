@@ -104,6 +104,7 @@ fn a_hundred_concurrent_heavy_pushes_keep_memory_bounded_and_the_api_answering()
         access: relayed_access(&c, "hospital/flu")?,
         envelopes: envelopes(&key, &ds)?,
         evidence: vec![],
+        tree: false,
     };
     let bytes = frame(&proto::encode(&push));
     eprintln!(

@@ -286,6 +286,7 @@ fn a_member_sending_garbage_is_counted_disconnected_and_the_node_stays_bounded()
         access: vec![],
         envelopes: vec![serde_bytes::ByteBuf::from(env.encode())],
         evidence: vec![],
+        tree: false,
     };
     bad(
         &node,
@@ -311,6 +312,7 @@ fn a_member_sending_garbage_is_counted_disconnected_and_the_node_stays_bounded()
         access: vec![],
         envelopes: vec![serde_bytes::ByteBuf::from(env.encode())],
         evidence: vec![],
+        tree: false,
     };
     bad(
         &node,
@@ -424,6 +426,7 @@ fn a_change_claiming_the_owners_actor_is_refused_and_breaks_nothing() -> Result<
         access: vec![],
         envelopes: vec![serde_bytes::ByteBuf::from(env.encode())],
         evidence: vec![],
+        tree: false,
     };
     let answer = c.request(Proto::Push, frame(&proto::encode(&push)));
     eprintln!("answer to the forged push: {answer:?}");

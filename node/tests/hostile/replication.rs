@@ -87,6 +87,7 @@ fn a_dataset_description_nested_too_deeply_is_refused_alone() -> Result<()> {
         access: vec![],
         envelopes: vec![],
         evidence: vec![],
+        tree: false,
     };
     let ack: PushAck = c
         .request(Proto::Push, frame(&proto::encode(&push)))

@@ -1,0 +1,442 @@
+//! Push: each envelope this node writes goes to the first members of its tree
+//! ([`super::tree`]), each envelope it receives by push goes on to the next ones, and changes of
+//! access state go to every member. A push that fails, or finds its member busy, is taken over:
+//! the envelope goes to that member's children instead, and the member is caught up with when it
+//! answers again. Whatever a push misses, catch-up brings ([`super::gaps`] notices what a push
+//! left out).
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use libp2p::PeerId;
+use serde_bytes::ByteBuf;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::mpsc;
+
+use crate::config::PushMode;
+use crate::envelope::Envelope;
+use crate::naming::DatasetId;
+use crate::net::{Frame, Protocol};
+
+use super::catalog;
+use super::gaps::Gap;
+use super::proto::{self, Push, PushAck};
+use super::tree::{Tree, FANOUT};
+use super::Mesh;
+
+/// Envelopes waiting to be passed on; past it they are dropped (counted) and catch-up brings
+/// them to the members that miss them.
+pub(crate) const FORWARD_QUEUE: usize = 4096;
+/// Bytes of envelopes waiting to be passed on, at most.
+pub(crate) const FORWARD_BYTES: usize = 64 * 1024 * 1024;
+/// Larger envelopes (a large batch) do not travel along trees: the writer pushes them to every
+/// member, so no member passes on more than this per envelope.
+pub(crate) const PASS_MAX_BYTES: usize = 256 * 1024;
+/// Envelopes written longer ago than this are not passed on: a member replaying old envelopes
+/// cannot make the others pass them along again once they are forgotten (see `super::seen`).
+pub(crate) const PASS_WINDOW_MS: u64 = 10 * 60 * 1000;
+
+/// One envelope to pass on along its tree.
+pub(crate) struct Spread {
+    env: Arc<Envelope>,
+    /// Its digest (the seed of its tree), or zeros for a flat tree.
+    digest: [u8; 32],
+    /// Along a tree (`FANOUT`), or flat (the writer to every member).
+    tree: bool,
+    /// Written by this node.
+    own: bool,
+    /// To whom: `None` for this node's children in the tree; `Some` for the children of a
+    /// member a push to which failed.
+    to: Option<Vec<PeerId>>,
+    /// Bytes it holds of the queue's budget, given back once it is sent.
+    queued: usize,
+}
+
+/// The queue of envelopes to pass on, and the task that drains it.
+pub(crate) fn forward_queue() -> (mpsc::Sender<Spread>, mpsc::Receiver<Spread>) {
+    mpsc::channel(FORWARD_QUEUE)
+}
+
+/// Bytes of envelopes queued to be passed on.
+#[derive(Default)]
+pub(crate) struct Queued(AtomicUsize);
+
+impl Queued {
+    fn take(&self, n: usize) -> bool {
+        self.0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                (q + n <= FORWARD_BYTES).then_some(q + n)
+            })
+            .is_ok()
+    }
+
+    fn give(&self, n: usize) {
+        self.0.fetch_sub(n, Ordering::AcqRel);
+    }
+}
+
+impl Mesh {
+    /// Pushes every envelope this node writes, as it becomes durable.
+    pub(crate) async fn run_outbox(self) {
+        let mut rx = self.inner.node.subscribe_envelopes();
+        let mode = self.inner.node.config().push;
+        loop {
+            match rx.recv().await {
+                Ok(env) => {
+                    let tree = mode == PushMode::Tree && env.encode().len() <= PASS_MAX_BYTES;
+                    let digest = if tree { env.digest() } else { [0; 32] };
+                    // Its own envelope pushed back to it is not passed on again.
+                    self.inner.passed.first(digest);
+                    let s = Spread {
+                        env,
+                        digest,
+                        tree,
+                        own: true,
+                        to: None,
+                        queued: 0,
+                    };
+                    self.spread(s).await
+                }
+                Err(RecvError::Lagged(n)) => {
+                    tracing::warn!(
+                        missed = n,
+                        "push queue lagged; catching up with every member"
+                    );
+                    self.sync_all().await;
+                }
+                Err(RecvError::Closed) => return,
+            }
+        }
+    }
+
+    /// Passes on the envelopes queued by [`Self::forward`] and by failed pushes.
+    pub(crate) async fn run_forwards(self, mut rx: mpsc::Receiver<Spread>) {
+        while let Some(s) = rx.recv().await {
+            let queued = s.queued;
+            self.spread(s).await;
+            self.inner.queued.give(queued);
+        }
+    }
+
+    /// Queues `s` to be passed on, within the queue's count and bytes; false when it is full
+    /// (counted: catch-up brings the envelope instead).
+    fn enqueue(&self, mut s: Spread) -> bool {
+        let size = s.env.payload.len();
+        let queued = self.inner.queued.take(size);
+        if queued {
+            s.queued = size;
+            if self.inner.forwards.try_send(s).is_ok() {
+                return true;
+            }
+            self.inner.queued.give(size);
+        }
+        self.inner.node.metrics().forwards_dropped.inc();
+        false
+    }
+
+    /// Queues the envelope of a push to be passed on along its tree (see [`Self::passable`]).
+    pub(crate) fn forward(&self, pass: Option<(Envelope, [u8; 32])>) {
+        let Some((env, digest)) = pass else {
+            return;
+        };
+        let s = Spread {
+            env: Arc::new(env),
+            digest,
+            tree: true,
+            own: false,
+            to: None,
+            queued: 0,
+        };
+        match self.enqueue(s) {
+            true => {
+                self.inner.node.metrics().envelopes_forwarded.inc();
+            }
+            // Not passed on after all: a takeover may bring it again.
+            false => self.inner.passed.forget(&digest),
+        }
+    }
+
+    /// The envelope of a push (`tree`: it asks for passing on; `encoded` and `envs`: what it
+    /// carries) with its digest, if it is to be passed on now, before it is applied here: the
+    /// push asks for it and carries this one envelope, at most
+    /// [`PASS_MAX_BYTES`], written in the last [`PASS_WINDOW_MS`], which the node would take
+    /// (see `Node::may_pass_on`), signed by its author (checked off the async threads), and not
+    /// passed on before. An envelope with a bad signature is never remembered as passed, so a
+    /// forged copy cannot stop the real one.
+    pub(crate) async fn passable(
+        &self,
+        tree: bool,
+        encoded: &[ByteBuf],
+        envs: &[Envelope],
+    ) -> Option<(Envelope, [u8; 32])> {
+        let ([bytes], [env]) = (encoded, envs) else {
+            return None;
+        };
+        let since = crate::hlc::wall_millis().saturating_sub(PASS_WINDOW_MS);
+        let recent = crate::hlc::Timestamp(env.hlc).millis() >= since;
+        if !tree || bytes.len() > PASS_MAX_BYTES || !recent {
+            return None;
+        }
+        if !self.inner.node.may_pass_on(env) {
+            return None;
+        }
+        let env = env.clone();
+        let checked = tokio::task::spawn_blocking(move || {
+            let digest = env.digest();
+            env.verify().is_ok().then_some((env, digest))
+        })
+        .await
+        .ok()
+        .flatten()?;
+        self.inner.passed.first(checked.1).then_some(checked)
+    }
+
+    /// Notes, for the envelopes a push from `from` brought, the authors whose earlier envelopes
+    /// are still missing here (see [`super::gaps`]).
+    pub(crate) fn watch_gaps(&self, from: PeerId, fresh: &[Envelope]) {
+        let now = Instant::now();
+        let seats = self.inner.state.seats();
+        let mut vv: Option<(DatasetId, crate::version::VersionVector)> = None;
+        for env in fresh {
+            if vv.as_ref().is_none_or(|(id, _)| *id != env.dataset) {
+                vv = self
+                    .inner
+                    .node
+                    .replica(&env.dataset)
+                    .map(|(m, v)| (m.id, v));
+            }
+            let Some((_, v)) = &vv else { continue };
+            if v.get(&env.author) < env.seq {
+                let gap = Gap {
+                    dataset: env.dataset.clone(),
+                    author: env.author,
+                    seq: env.seq,
+                    from,
+                    writer: seats
+                        .iter()
+                        .find(|m| m.author == env.author)
+                        .map(|m| m.peer),
+                };
+                self.inner.gaps.note(gap, now);
+            }
+        }
+    }
+
+    /// Catches up with the pushers, and the writers, of gaps still open after their grace.
+    pub(crate) fn repair_gaps(&self) {
+        for gap in self.inner.gaps.due(Instant::now()) {
+            let held = self.inner.node.replica(&gap.dataset);
+            if held.is_some_and(|(_, v)| v.get(&gap.author) < gap.seq) {
+                tracing::debug!(dataset = %gap.dataset, author = %gap.author, seq = gap.seq, from = %gap.from, "a push left a gap; catching up");
+                self.inner.state.mark_dirty(gap.from);
+                if let Some(writer) = gap.writer {
+                    self.inner.state.mark_dirty(writer);
+                }
+            }
+        }
+    }
+
+    /// Sends `s.env` to the members it is for, each connected one once; the children of one that
+    /// is down, or (when passing on) busy, are sent to instead.
+    async fn spread(&self, s: Spread) {
+        let Some(meta) = self.held_meta(&s.env.dataset) else {
+            return;
+        };
+        let me = self.inner.net.local_peer_id();
+        let seats = self.inner.state.seats();
+        let writer = match s.own {
+            true => me,
+            false => match seats.iter().find(|m| m.author == s.env.author) {
+                Some(m) => m.peer,
+                // Its author left the roster (or wrote with a key since rotated away): nothing
+                // of it is passed on; catch-up brings it.
+                None => return,
+            },
+        };
+        let entitled = seats
+            .iter()
+            .filter(|m| catalog::entitled(&meta, &m.org))
+            .map(|m| m.peer);
+        let k = if s.tree { FANOUT } else { 0 };
+        let tree = Tree::new(writer, entitled, &s.digest, k);
+        let mut next: VecDeque<PeerId> = match &s.to {
+            Some(to) => to.iter().copied().collect(),
+            None => tree.children(&me).iter().copied().collect(),
+        };
+        if next.is_empty() {
+            return;
+        }
+        let up = self.inner.net.connected();
+        let encoded = ByteBuf::from(s.env.encode());
+        let mut seen = HashSet::new();
+        while let Some(peer) = next.pop_front() {
+            if peer == me || !seen.insert(peer) {
+                continue;
+            }
+            let children = tree.children(&peer);
+            if !up.contains(&peer) {
+                next.extend(children);
+                continue;
+            }
+            let push = match s.own {
+                true => self.push_of(peer, &meta, s.env.epoch, encoded.clone(), s.tree),
+                false => Push::of(encoded.clone(), true),
+            };
+            let fallback = (!children.is_empty()).then(|| Spread {
+                env: s.env.clone(),
+                digest: s.digest,
+                tree: s.tree,
+                own: s.own,
+                to: Some(children.to_vec()),
+                queued: 0,
+            });
+            // This node's own pushes wait for a slot; passing on never does: a member that does
+            // not answer must not stall what everyone else's envelopes owe to the others.
+            let sent = self.spawn_push(peer, push, fallback, s.own).await;
+            if !sent {
+                self.inner.state.mark_dirty(peer);
+                next.extend(children);
+            } else if !s.own {
+                self.inner.node.metrics().pushes_forwarded.inc();
+            }
+        }
+    }
+
+    /// A push of one encoded envelope of this node's to `peer`, with the dataset's description
+    /// and access state when `peer` has not been sent them (or not for this epoch). Members
+    /// passing an envelope on send it alone: the writer announces its datasets to every member
+    /// (here, and when access changes), and a member that lacks a description catches up with
+    /// the sender. Were every member to announce to every other, each pair would carry the
+    /// access state (which grows with the mesh) once: cubic in the mesh size.
+    fn push_of(
+        &self,
+        peer: PeerId,
+        meta: &crate::dataset::Meta,
+        epoch: u64,
+        encoded: ByteBuf,
+        tree: bool,
+    ) -> Push {
+        let (describe, access) = self.inner.state.announce(peer, &meta.id, epoch);
+        let catalog = match describe {
+            true => self.signed(meta).into_iter().collect(),
+            false => Vec::new(),
+        };
+        let access = match access {
+            true => self.inner.node.access_bundle(&meta.id),
+            false => None,
+        };
+        Push {
+            catalog,
+            access: access
+                .map(|b| (meta.id.to_string(), b))
+                .into_iter()
+                .collect(),
+            ..Push::of(encoded, tree)
+        }
+    }
+
+    /// Pushes every change of a held dataset's access state (grants, wrapped keys) to the
+    /// connected members.
+    pub(crate) async fn run_access(self) {
+        let mut rx = self.inner.node.subscribe_access();
+        loop {
+            match rx.recv().await {
+                Ok(id) => self.push_access(&id).await,
+                Err(RecvError::Lagged(_)) => self.sync_all().await,
+                Err(RecvError::Closed) => return,
+            }
+        }
+    }
+
+    async fn push_access(&self, id: &DatasetId) {
+        let (Some(meta), Some(bundle)) = (self.held_meta(id), self.inner.node.access_bundle(id))
+        else {
+            return;
+        };
+        let Ok(peers) = self.inner.net.peers().await else {
+            return;
+        };
+        for p in peers.into_iter().filter(|p| p.up && p.member) {
+            let Ok(peer) = p.peer.parse::<PeerId>() else {
+                continue;
+            };
+            if !self
+                .org_of(&peer)
+                .is_some_and(|org| catalog::entitled(&meta, &org))
+            {
+                continue;
+            }
+            let push = Push {
+                catalog: self.signed(&meta).into_iter().collect(),
+                access: vec![(id.to_string(), bundle.clone())],
+                envelopes: vec![],
+                evidence: Vec::new(),
+                tree: false,
+            };
+            self.spawn_push(peer, push, None, true).await;
+        }
+    }
+
+    /// The semaphore bounding pushes in flight to `peer`.
+    fn peer_slots(&self, peer: PeerId) -> Arc<tokio::sync::Semaphore> {
+        let mut map = self
+            .inner
+            .peer_pushes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        map.entry(peer)
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(super::PEER_PUSH_CAP)))
+            .clone()
+    }
+
+    /// Sends `push` to `peer` in a task of its own once a slot is free (with `wait`; without,
+    /// only if one is free now: returns false when none is). If the push fails, `fallback` (the
+    /// envelope for the members `peer` would have passed it to) is queued.
+    pub(super) async fn spawn_push(
+        &self,
+        peer: PeerId,
+        push: Push,
+        fallback: Option<Spread>,
+        wait: bool,
+    ) -> bool {
+        let (pushes, slots) = (self.inner.pushes.clone(), self.peer_slots(peer));
+        let permits = match wait {
+            true => (pushes.acquire_owned().await, slots.acquire_owned().await),
+            false => match (pushes.try_acquire_owned(), slots.try_acquire_owned()) {
+                (Ok(p), Ok(s)) => (Ok(p), Ok(s)),
+                _ => return false,
+            },
+        };
+        let (Ok(permit), Ok(slot)) = permits else {
+            return false;
+        };
+        let mesh = self.clone();
+        tokio::spawn(async move {
+            let metrics = mesh.inner.node.metrics();
+            metrics.pushes.inc();
+            let answer = mesh
+                .inner
+                .net
+                .request(peer, Protocol::Push, Frame(proto::encode(&push)))
+                .await;
+            drop((permit, slot));
+            let failed = match answer.map(|f| proto::decode::<PushAck>("push ack", &f.0)) {
+                Ok(Ok(_)) => return,
+                Ok(Err(e)) => e.to_string(),
+                Err(e) => e.to_string(),
+            };
+            metrics.push_failures.inc();
+            // It may have restarted without the description; send it again next time, and
+            // catch it up as soon as it answers again.
+            mesh.inner.state.forget_peer(&peer);
+            mesh.inner.state.mark_dirty(peer);
+            tracing::debug!(%peer, error = %failed, "push failed; catch-up will cover it");
+            if let Some(f) = fallback {
+                mesh.enqueue(f);
+            }
+        });
+        true
+    }
+}
