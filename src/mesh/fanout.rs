@@ -41,6 +41,8 @@ pub(crate) const PASS_WINDOW_MS: u64 = 10 * 60 * 1000;
 /// One envelope to pass on along its tree.
 pub(crate) struct Spread {
     env: Arc<Envelope>,
+    /// The envelope as it travels, encoded once (by the writer, or as the push brought it).
+    encoded: Arc<ByteBuf>,
     /// Its digest (the seed of its tree), or zeros for a flat tree.
     digest: [u8; 32],
     /// Along a tree (`FANOUT`), or flat (the writer to every member).
@@ -85,12 +87,16 @@ impl Mesh {
         loop {
             match rx.recv().await {
                 Ok(env) => {
-                    let tree = mode == PushMode::Tree && env.encode().len() <= PASS_MAX_BYTES;
+                    let encoded = Arc::new(ByteBuf::from(env.encode()));
+                    let tree = mode == PushMode::Tree && encoded.len() <= PASS_MAX_BYTES;
                     let digest = if tree { env.digest() } else { [0; 32] };
-                    // Its own envelope pushed back to it is not passed on again.
-                    self.inner.passed.first(digest);
+                    if tree {
+                        // Its own envelope pushed back to it is not passed on again.
+                        self.inner.passed.first(digest);
+                    }
                     let s = Spread {
                         env,
+                        encoded,
                         digest,
                         tree,
                         own: true,
@@ -137,18 +143,11 @@ impl Mesh {
     }
 
     /// Queues the envelope of a push to be passed on along its tree (see [`Self::passable`]).
-    pub(crate) fn forward(&self, pass: Option<(Envelope, [u8; 32])>) {
-        let Some((env, digest)) = pass else {
+    pub(crate) fn forward(&self, pass: Option<Spread>) {
+        let Some(s) = pass else {
             return;
         };
-        let s = Spread {
-            env: Arc::new(env),
-            digest,
-            tree: true,
-            own: false,
-            to: None,
-            queued: 0,
-        };
+        let digest = s.digest;
         match self.enqueue(s) {
             true => {
                 self.inner.node.metrics().envelopes_forwarded.inc();
@@ -159,7 +158,7 @@ impl Mesh {
     }
 
     /// The envelope of a push (`tree`: it asks for passing on; `encoded` and `envs`: what it
-    /// carries) with its digest, if it is to be passed on now, before it is applied here: the
+    /// carries), ready to be passed on, if it is to be passed on now, before it is applied here: the
     /// push asks for it and carries this one envelope, at most
     /// [`PASS_MAX_BYTES`], written in the last [`PASS_WINDOW_MS`], which the node would take
     /// (see `Node::may_pass_on`), signed by its author (checked off the async threads), and not
@@ -170,7 +169,7 @@ impl Mesh {
         tree: bool,
         encoded: &[ByteBuf],
         envs: &[Envelope],
-    ) -> Option<(Envelope, [u8; 32])> {
+    ) -> Option<Spread> {
         let ([bytes], [env]) = (encoded, envs) else {
             return None;
         };
@@ -190,7 +189,16 @@ impl Mesh {
         .await
         .ok()
         .flatten()?;
-        self.inner.passed.first(checked.1).then_some(checked)
+        let (env, digest) = checked;
+        self.inner.passed.first(digest).then(|| Spread {
+            env: Arc::new(env),
+            encoded: Arc::new(bytes.clone()),
+            digest,
+            tree: true,
+            own: false,
+            to: None,
+            queued: 0,
+        })
     }
 
     /// Notes, for the envelopes a push from `from` brought, the authors whose earlier envelopes
@@ -269,7 +277,6 @@ impl Mesh {
             return;
         }
         let up = self.inner.net.connected();
-        let encoded = ByteBuf::from(s.env.encode());
         let mut seen = HashSet::new();
         while let Some(peer) = next.pop_front() {
             if peer == me || !seen.insert(peer) {
@@ -281,11 +288,12 @@ impl Mesh {
                 continue;
             }
             let push = match s.own {
-                true => self.push_of(peer, &meta, s.env.epoch, encoded.clone(), s.tree),
-                false => Push::of(encoded.clone(), true),
+                true => self.push_of(peer, &meta, s.env.epoch, (*s.encoded).clone(), s.tree),
+                false => Push::of((*s.encoded).clone(), true),
             };
             let fallback = (!children.is_empty()).then(|| Spread {
                 env: s.env.clone(),
+                encoded: s.encoded.clone(),
                 digest: s.digest,
                 tree: s.tree,
                 own: s.own,
