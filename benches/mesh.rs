@@ -688,7 +688,7 @@ async fn apply_pages(
         retired: Vec::new(),
     }])
     .await?;
-    node.adopt_dataset(meta, src_id.author()).await?;
+    node.adopt_dataset((*meta).clone(), src_id.author()).await?;
     if let Some(bundle) = src.node.access_bundle(ds) {
         node.merge_access(ds, &bundle).await?;
     }
@@ -1745,6 +1745,7 @@ async fn run(s: Sizes) -> Result<()> {
         }
         print_fanout(&rows);
         if let Ok(dir) = std::env::var("FOGMESH_BENCH_PLOT") {
+            std::fs::create_dir_all(&dir).with_context(|| dir.clone())?;
             for (file, svg) in plot::fanout(&rows) {
                 let path = std::path::Path::new(&dir).join(file);
                 std::fs::write(&path, svg).with_context(|| format!("{}", path.display()))?;

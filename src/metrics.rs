@@ -161,6 +161,8 @@ pub struct Instruments {
     /// Envelopes not passed on because the queue of envelopes to pass on was full (catch-up
     /// brings them to the members that miss them).
     pub forwards_dropped: Counter,
+    /// Pushes along a tree not answered in time, whose envelope went on to the members below.
+    pub pushes_taken_over: Counter,
     /// Envelopes from members new here (pushed or fetched).
     pub envelopes_received: Counter,
     /// Pages of envelopes served to members catching up.
@@ -354,6 +356,11 @@ impl Instruments {
             "forwards_dropped",
             "Envelopes not passed on because the queue was full (catch-up repairs them)",
             self.forwards_dropped.clone(),
+        );
+        r.register(
+            "pushes_taken_over",
+            "Pushes along a tree not answered within 5 s, whose envelope went on to the members below",
+            self.pushes_taken_over.clone(),
         );
         r.register(
             "envelopes_received",

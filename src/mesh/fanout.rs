@@ -38,6 +38,12 @@ pub(crate) const PASS_MAX_BYTES: usize = 256 * 1024;
 /// cannot make the others pass them along again once they are forgotten (see `super::seen`).
 pub(crate) const PASS_WINDOW_MS: u64 = 10 * 60 * 1000;
 
+/// A push along a tree not answered within this is taken over: the envelope goes to the
+/// members below the one pushed to, as if the push had failed. A push of at most
+/// [`PASS_MAX_BYTES`] takes milliseconds; a member that does not answer (hung, or withholding)
+/// would otherwise hold its subtree back for the whole request timeout.
+pub(crate) const TAKEOVER: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// One envelope to pass on along its tree.
 pub(crate) struct Spread {
     env: Arc<Envelope>,
@@ -213,7 +219,7 @@ impl Mesh {
                     .inner
                     .node
                     .replica(&env.dataset)
-                    .map(|(m, v)| (m.id, v));
+                    .map(|(_, v)| (env.dataset.clone(), v));
             }
             let Some((_, v)) = &vv else { continue };
             if v.get(&env.author) < env.seq {
@@ -247,7 +253,7 @@ impl Mesh {
     }
 
     /// Sends `s.env` to the members it is for, each connected one once; the children of one that
-    /// is down, or (when passing on) busy, are sent to instead.
+    /// is down or busy are sent to instead.
     async fn spread(&self, s: Spread) {
         let Some(meta) = self.held_meta(&s.env.dataset) else {
             return;
@@ -284,9 +290,20 @@ impl Mesh {
             }
             let children = tree.children(&peer);
             if !up.contains(&peer) {
+                // Caught up with once connected (a connection being replaced can look down for
+                // a moment: nothing else would bring it the envelope until a later one).
+                self.inner.state.mark_dirty(peer);
                 next.extend(children);
                 continue;
             }
+            // Never waits for a member's slot: one that holds its pushes unanswered must not
+            // stall what is owed to the others. Taken before the push is built, so nothing is
+            // marked announced to a member that is not sent anything.
+            let Some(slot) = self.slot(peer) else {
+                self.inner.state.mark_dirty(peer);
+                next.extend(children);
+                continue;
+            };
             let push = match s.own {
                 true => self.push_of(peer, &meta, s.env.epoch, (*s.encoded).clone(), s.tree),
                 false => Push::of((*s.encoded).clone(), true),
@@ -300,10 +317,15 @@ impl Mesh {
                 to: Some(children.to_vec()),
                 queued: 0,
             });
-            // This node's own pushes wait for a slot; passing on never does: a member that does
-            // not answer must not stall what everyone else's envelopes owe to the others.
-            let sent = self.spawn_push(peer, push, fallback, s.own).await;
+            // The writer's first pushes may wait for a node-wide slot; the queue of envelopes
+            // to pass on (takeovers of its own pushes among them) never does.
+            let wait = s.own && s.to.is_none();
+            let sent = self.spawn_push(peer, slot, push, fallback, wait).await;
             if !sent {
+                if s.own {
+                    // What the push was to announce (description, access set) goes with the next.
+                    self.inner.state.forget_peer(&peer);
+                }
                 self.inner.state.mark_dirty(peer);
                 next.extend(children);
             } else if !s.own {
@@ -383,12 +405,24 @@ impl Mesh {
                 evidence: Vec::new(),
                 tree: false,
             };
-            self.spawn_push(peer, push, None, true).await;
+            self.push_unless_busy(peer, push).await;
         }
     }
 
-    /// The semaphore bounding pushes in flight to `peer`.
-    fn peer_slots(&self, peer: PeerId) -> Arc<tokio::sync::Semaphore> {
+    /// Sends `push` (no envelope to pass on) to `peer`, or, when [`Self::slot`] finds it busy,
+    /// marks it for a catch-up, which carries the same.
+    pub(super) async fn push_unless_busy(&self, peer: PeerId, push: Push) {
+        match self.slot(peer) {
+            Some(slot) => {
+                self.spawn_push(peer, slot, push, None, true).await;
+            }
+            None => self.inner.state.mark_dirty(peer),
+        }
+    }
+
+    /// One of the [`super::PEER_PUSH_CAP`] pushes that may be in flight to `peer`, if one is
+    /// free.
+    fn slot(&self, peer: PeerId) -> Option<tokio::sync::OwnedSemaphorePermit> {
         let mut map = self
             .inner
             .peer_pushes
@@ -397,38 +431,40 @@ impl Mesh {
         map.entry(peer)
             .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(super::PEER_PUSH_CAP)))
             .clone()
+            .try_acquire_owned()
+            .ok()
     }
 
-    /// Sends `push` to `peer` in a task of its own once a slot is free (with `wait`; without,
-    /// only if one is free now: returns false when none is). If the push fails, `fallback` (the
-    /// envelope for the members `peer` would have passed it to) is queued.
-    pub(super) async fn spawn_push(
+    /// Sends `push` to `peer` in a task of its own, holding `slot` ([`Self::slot`]), once one of
+    /// the node's [`super::PUSH_INFLIGHT_CAP`] is free (with `wait`; without, only if one is
+    /// free now). Returns false when it was not sent. If the push fails or is slow
+    /// ([`TAKEOVER`]), `fallback` (the envelope for the members `peer` would have passed it to)
+    /// is queued.
+    async fn spawn_push(
         &self,
         peer: PeerId,
+        slot: tokio::sync::OwnedSemaphorePermit,
         push: Push,
         fallback: Option<Spread>,
         wait: bool,
     ) -> bool {
-        let (pushes, slots) = (self.inner.pushes.clone(), self.peer_slots(peer));
-        let permits = match wait {
-            true => (pushes.acquire_owned().await, slots.acquire_owned().await),
-            false => match (pushes.try_acquire_owned(), slots.try_acquire_owned()) {
-                (Ok(p), Ok(s)) => (Ok(p), Ok(s)),
-                _ => return false,
-            },
+        let pushes = self.inner.pushes.clone();
+        let permit = match wait {
+            true => pushes.acquire_owned().await.ok(),
+            false => pushes.try_acquire_owned().ok(),
         };
-        let (Ok(permit), Ok(slot)) = permits else {
+        let Some(permit) = permit else {
             return false;
         };
         let mesh = self.clone();
         tokio::spawn(async move {
             let metrics = mesh.inner.node.metrics();
             metrics.pushes.inc();
-            let answer = mesh
+            let request = mesh
                 .inner
                 .net
-                .request(peer, Protocol::Push, Frame(proto::encode(&push)))
-                .await;
+                .request(peer, Protocol::Push, Frame(proto::encode(&push)));
+            let (answer, fallback) = mesh.answer_or_take_over(request, fallback).await;
             drop((permit, slot));
             let failed = match answer.map(|f| proto::decode::<PushAck>("push ack", &f.0)) {
                 Ok(Ok(_)) => return,
@@ -446,5 +482,28 @@ impl Mesh {
             }
         });
         true
+    }
+
+    /// Waits for a push's answer; if it takes longer than [`TAKEOVER`] and the push carries an
+    /// envelope along a tree, the members below `peer` get it now (the answer is still awaited,
+    /// holding the push's slot, so a member that never answers soon counts as busy). Returns the
+    /// answer and the fallback, unless it was used.
+    async fn answer_or_take_over<T>(
+        &self,
+        request: impl std::future::Future<Output = T>,
+        fallback: Option<Spread>,
+    ) -> (T, Option<Spread>) {
+        tokio::pin!(request);
+        let Some(f) = fallback else {
+            return (request.await, None);
+        };
+        match tokio::time::timeout(TAKEOVER, &mut request).await {
+            Ok(answer) => (answer, Some(f)),
+            Err(_) => {
+                self.inner.node.metrics().pushes_taken_over.inc();
+                self.enqueue(f);
+                (request.await, None)
+            }
+        }
     }
 }

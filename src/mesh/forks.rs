@@ -73,7 +73,7 @@ impl Mesh {
                 evidence: vec![bytes.clone()],
                 tree: false,
             };
-            self.spawn_push(peer, push, None, true).await;
+            self.push_unless_busy(peer, push).await;
         }
     }
 

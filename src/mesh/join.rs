@@ -55,7 +55,7 @@ impl Mesh {
         let roster = self.inner.state.roster();
         let invite = Invite {
             founding: roster.founding().unwrap_or_default(),
-            mesh: roster.mesh,
+            mesh: roster.mesh.clone(),
             inviter_org: cfg.org.clone(),
             inviter_peer: self.inner.net.local_peer_id().to_string(),
             addresses: addrs.iter().map(ToString::to_string).collect(),

@@ -94,7 +94,7 @@ impl Mesh {
     /// Signs the rotation with the current key and commits it to disk.
     async fn commit_rotation(&self, begun: &crate::node::Begun) -> Result<Op> {
         let node = &self.inner.node;
-        let mut roster = self.inner.state.roster();
+        let mut roster = super::roster::Roster::clone(&self.inner.state.roster());
         let org = &node.config().org;
         let addresses = roster
             .by_org(org)
@@ -158,7 +158,7 @@ impl Mesh {
     /// one (the node stopped between committing and applying it).
     pub(crate) async fn apply_own_rotations(&self) -> Result<()> {
         let node = &self.inner.node;
-        let mut theirs = self.inner.state.roster();
+        let mut theirs = super::roster::Roster::clone(&self.inner.state.roster());
         let mut missing = 0;
         for bytes in node.rotations() {
             match serde_json::from_slice::<Op>(bytes) {

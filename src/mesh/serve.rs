@@ -16,6 +16,7 @@ use crate::version::Frontier;
 use super::catalog::{self, SignedMeta};
 use super::error::{MeshError, MeshResult};
 use super::proto::{self, JoinRequest, JoinResponse, Push, PushAck, SyncRequest, SyncResponse};
+use super::roster::Roster;
 use super::Mesh;
 
 impl Mesh {
@@ -103,7 +104,9 @@ impl Mesh {
             }
             SyncRequest::Roster => {
                 self.inner.state.note_roster_served(peer);
-                Ok(SyncResponse::Roster(self.inner.state.roster()))
+                Ok(SyncResponse::Roster(Roster::clone(
+                    &self.inner.state.roster(),
+                )))
             }
             SyncRequest::RosterChanged => {
                 // Pulled, not pushed: the peer's roster is fetched in this node's own catch-up,
@@ -134,8 +137,8 @@ impl Mesh {
         access: &[(String, [u8; 32])],
         page: &Page,
     ) -> SyncResponse {
-        let mine = self.inner.state.roster();
-        let roster = (mine.digest() != roster).then_some(mine);
+        let state = &self.inner.state;
+        let roster = (state.roster_digest() != roster).then(|| Roster::clone(&state.roster()));
         let (mut catalog, mut vectors, mut bundles) = (Vec::new(), Vec::new(), Vec::new());
         let mut budget = proto::HELLO_ACCESS_BYTES;
         let node = &self.inner.node;
@@ -381,8 +384,8 @@ impl Mesh {
             .audit(audit::Event::refused(actor, action, detail));
     }
 
-    pub(crate) fn held_meta(&self, id: &DatasetId) -> Option<crate::dataset::Meta> {
-        self.inner.node.replica(id).map(|(m, _)| m)
+    pub(crate) fn held_meta(&self, id: &DatasetId) -> Option<std::sync::Arc<crate::dataset::Meta>> {
+        self.inner.node.meta(id)
     }
 }
 

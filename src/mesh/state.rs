@@ -59,7 +59,11 @@ fn seats_of(roster: &Roster) -> Arc<[Seat]> {
 }
 
 struct Inner {
-    roster: Roster,
+    /// Shared, not cloned, by every reader: a Hello or a push reads it, a roster change
+    /// replaces it.
+    roster: Arc<Roster>,
+    /// The roster's digest, computed once per change (every Hello compares it).
+    roster_digest: [u8; 32],
     /// The roster's current members, kept with it.
     seats: Arc<[Seat]>,
     catalog: BTreeMap<DatasetId, SignedMeta>,
@@ -106,7 +110,8 @@ impl State {
         let catalog = load_catalog(node).await?;
         let inner = Inner {
             seats: seats_of(&roster),
-            roster,
+            roster_digest: roster.digest(),
+            roster: Arc::new(roster),
             catalog: catalog
                 .into_iter()
                 .map(|s| (s.meta.id.clone(), s))
@@ -152,8 +157,14 @@ impl State {
     }
 
     /// A copy of the roster.
-    pub(crate) fn roster(&self) -> Roster {
+    /// The roster as it is now (shared: a change replaces it, so this one never changes).
+    pub(crate) fn roster(&self) -> Arc<Roster> {
         self.lock().roster.clone()
+    }
+
+    /// The digest of [`Self::roster`], computed once per roster change.
+    pub(crate) fn roster_digest(&self) -> [u8; 32] {
+        self.lock().roster_digest
     }
 
     /// Changes the roster with `f` and persists it when its digest changed (durably, before
@@ -164,14 +175,16 @@ impl State {
         f: impl FnOnce(&mut Roster) -> T,
     ) -> Result<T> {
         let _writing = self.1.lock().await;
-        let mut roster = self.roster();
-        let before = roster.digest();
+        let mut roster = Roster::clone(&self.roster());
+        let before = self.roster_digest();
         let out = f(&mut roster);
-        if roster.digest() != before {
+        let digest = roster.digest();
+        if digest != before {
             node.save_state(ROSTER_KEY, &roster).await?;
             let mut st = self.lock();
             st.seats = seats_of(&roster);
-            st.roster = roster;
+            st.roster = Arc::new(roster);
+            st.roster_digest = digest;
         }
         Ok(out)
     }

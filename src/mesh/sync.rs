@@ -91,7 +91,7 @@ impl Mesh {
     async fn hello_page(
         &self,
         peer: PeerId,
-        page: &[(String, crate::dataset::Meta, Frontier)],
+        page: &[(String, std::sync::Arc<crate::dataset::Meta>, Frontier)],
         after: Option<String>,
         more: bool,
         behind: &mut Vec<(String, ByteBuf)>,
@@ -106,7 +106,7 @@ impl Mesh {
             .filter_map(|(id, m, _)| Some((id.clone(), node.access_digest(&m.id)?)))
             .collect();
         let hello = SyncRequest::Hello {
-            roster: self.inner.state.roster().digest(),
+            roster: self.inner.state.roster_digest(),
             datasets,
             access,
             after,
@@ -148,7 +148,7 @@ impl Mesh {
             // cannot carry it themselves.
             self.mark_members_dirty(Some(peer));
         }
-        let mine = state.roster().digest();
+        let mine = state.roster_digest();
         // Once per pair of rosters: two that cannot agree (an item one side refuses) must not
         // make the two nodes ask each other to pull for ever.
         if mine != theirs.digest() && state.first_nudge(peer, mine, theirs.digest()) {
@@ -168,7 +168,7 @@ impl Mesh {
     async fn fetch_missing(&self, peer: PeerId, id: &str, remote: &Frontier) -> MeshResult<()> {
         let ds = crate::naming::DatasetId::parse(id)?;
         let node = &self.inner.node;
-        let Some((_, local)) = node.frontiers().into_iter().find(|(m, _)| m.id == ds) else {
+        let Some(local) = node.frontier(&ds) else {
             return Ok(());
         };
         let fork_of = |a: &crate::identity::AuthorId| node.fork_of(&ds, a);

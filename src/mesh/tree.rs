@@ -23,7 +23,7 @@ pub const FANOUT: u8 = 3;
 
 /// The members of one envelope's tree, in tree order (the writer first).
 #[derive(Debug, Clone)]
-pub(crate) struct Tree {
+pub struct Tree {
     order: Vec<PeerId>,
     k: usize,
 }
@@ -31,7 +31,7 @@ pub(crate) struct Tree {
 impl Tree {
     /// The tree of an envelope written by `writer` with digest `seed`, through `members` (the
     /// writer among them or not; each once), with fan-out `k` ([`FANOUT`]; 0: flat).
-    pub(crate) fn new(
+    pub fn new(
         writer: PeerId,
         members: impl IntoIterator<Item = PeerId>,
         seed: &[u8],
@@ -55,7 +55,7 @@ impl Tree {
     }
 
     /// The members `peer` passes the envelope to (none when `peer` is not in the tree).
-    pub(crate) fn children(&self, peer: &PeerId) -> &[PeerId] {
+    pub fn children(&self, peer: &PeerId) -> &[PeerId] {
         let Some(i) = self.order.iter().position(|p| p == peer) else {
             return &[];
         };

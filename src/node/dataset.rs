@@ -85,7 +85,7 @@ pub(crate) struct State {
 
 /// A dataset held by this node.
 pub struct Dataset {
-    pub(crate) meta: Meta,
+    pub(crate) meta: std::sync::Arc<Meta>,
     /// The owner node's identity key, which signs grants and wrapped keys.
     pub(crate) owner_key: AuthorId,
     /// Grants and wrapped keys (its own lock: never taken while waiting for the state lock).
@@ -135,7 +135,7 @@ impl Dataset {
 
     fn unloaded(meta: Meta, owner_key: AuthorId, access: AccessSet) -> Self {
         Self {
-            meta,
+            meta: std::sync::Arc::new(meta),
             owner_key,
             access: Mutex::new(access),
             state: OnceLock::new(),

@@ -109,7 +109,7 @@ impl Node {
         let loading = !d.is_loaded();
         let (records, envelopes) = if loading { (0, 0) } else { d.stats() };
         DatasetInfo {
-            meta: d.meta.clone(),
+            meta: crate::dataset::Meta::clone(&d.meta),
             records,
             envelopes,
             bytes: d.bytes(&self.inner.store),

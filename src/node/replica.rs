@@ -314,8 +314,24 @@ impl super::Node {
     pub fn replica(
         &self,
         id: &crate::naming::DatasetId,
-    ) -> Option<(crate::dataset::Meta, crate::version::VersionVector)> {
+    ) -> Option<(
+        std::sync::Arc<crate::dataset::Meta>,
+        crate::version::VersionVector,
+    )> {
         self.held(id).map(|d| (d.meta.clone(), d.version_vector()))
+    }
+
+    /// Metadata of dataset `id`, if held (shared, not copied).
+    pub fn meta(
+        &self,
+        id: &crate::naming::DatasetId,
+    ) -> Option<std::sync::Arc<crate::dataset::Meta>> {
+        self.held(id).map(|d| d.meta.clone())
+    }
+
+    /// The frontier of dataset `id` as far as it is on disk, if held.
+    pub fn frontier(&self, id: &crate::naming::DatasetId) -> Option<crate::version::Frontier> {
+        self.held(id).map(|d| d.lock().served())
     }
 
     /// The service priority of dataset `id`, if held.
@@ -325,7 +341,12 @@ impl super::Node {
 
     /// Metadata and frontier (vector and chain tips) of every dataset held, as far as it is on
     /// disk ([`Dataset::settle`]).
-    pub fn frontiers(&self) -> Vec<(crate::dataset::Meta, crate::version::Frontier)> {
+    pub fn frontiers(
+        &self,
+    ) -> Vec<(
+        std::sync::Arc<crate::dataset::Meta>,
+        crate::version::Frontier,
+    )> {
         self.all_datasets()
             .into_iter()
             .map(|d| {
@@ -336,7 +357,12 @@ impl super::Node {
     }
 
     /// Metadata and version vector of every dataset held, private ones included.
-    pub fn replicas(&self) -> Vec<(crate::dataset::Meta, crate::version::VersionVector)> {
+    pub fn replicas(
+        &self,
+    ) -> Vec<(
+        std::sync::Arc<crate::dataset::Meta>,
+        crate::version::VersionVector,
+    )> {
         self.all_datasets()
             .into_iter()
             .map(|d| (d.meta.clone(), d.version_vector()))

@@ -54,7 +54,7 @@ pub(crate) async fn clear_replica() -> (TestNode, TestNode, DatasetId) {
     let ds = h.node.create_dataset(&h.admin, spec).await.expect("ds").id;
     let (meta, _) = h.node.replica(&ds).expect("held");
     p.node
-        .adopt_dataset(meta, h.node.identity().author())
+        .adopt_dataset((*meta).clone(), h.node.identity().author())
         .await
         .expect("adopt");
     let bundle = h.node.access_bundle(&ds).expect("bundle");

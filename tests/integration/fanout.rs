@@ -3,7 +3,7 @@
 //! writes from the five at once; one member stopped in the middle of the burst (its mesh
 //! aborted, with whatever it had queued to pass on) and started again. Checked: every member ends
 //! with every record, the restarted one among them; members passed envelopes on; and no writer
-//! sent a copy to each member (its pushes stay near `fanout` per record).
+//! sent a copy to each member (its pushes stay within twice `fanout` per record).
 //!
 //! CI runs 12 members and 1,000 writes. The full run, 50 members and 10,000 writes:
 //!
@@ -141,13 +141,18 @@ async fn run(n: usize, writes: usize, limit: Duration) {
         forwarded += metrics.pushes_forwarded.get();
         if i < WRITERS {
             let pushes = own(m) - pushes_before[i];
-            // `fanout` copies of each of its own envelopes, and a few more: to the members of
-            // the stopped one's subtrees, and the first push of each dataset to each member.
-            let most = (fanout + 1) * per_writer as u64 + 4 * n as u64;
+            // `fanout` copies of each of its own envelopes, and more: to the members of the
+            // stopped one's subtrees, to the children of a child busy with 32 pushes in flight or
+            // slow to answer (5 s) in the burst (3.2-3.5 per record alone, 4.5 once beside the
+            // other integration tests), and the first push of each dataset to each member. Direct
+            // push would be `n - 1` (11) per record.
+            let most = 2 * fanout * per_writer as u64 + 4 * n as u64;
             println!(
-                "writer {}: {pushes} pushes for {per_writer} records ({:.2} per record)",
+                "writer {}: {pushes} pushes for {per_writer} records ({:.2} per record), \
+                 {} taken over",
                 m.org,
-                pushes as f64 / per_writer as f64
+                pushes as f64 / per_writer as f64,
+                metrics.pushes_taken_over.get()
             );
             assert!(
                 pushes <= most,

@@ -70,7 +70,10 @@ async fn setup() -> (TestNode, TestNode, DatasetId, Vec<Envelope>) {
         .map(|b| Envelope::decode(b).expect("decodes"))
         .collect();
     assert_eq!(envs.len(), 2);
-    p.node.adopt_dataset(meta, owner).await.expect("adopt");
+    p.node
+        .adopt_dataset((*meta).clone(), owner)
+        .await
+        .expect("adopt");
     p.node
         .merge_access(&ds, &before_grant)
         .await

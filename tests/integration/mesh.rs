@@ -502,7 +502,7 @@ async fn adoptions_at_once_stop_at_the_cap() {
     }
     let tries = metas.into_iter().map(|meta| {
         let node = capped.node.clone();
-        tokio::spawn(async move { node.adopt_dataset(meta, key).await })
+        tokio::spawn(async move { node.adopt_dataset((*meta).clone(), key).await })
     });
     let (mut adopted, mut refused) = (0, 0);
     for t in futures::future::join_all(tries).await {

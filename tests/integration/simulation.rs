@@ -163,7 +163,9 @@ impl Sim {
             let key = owner.node.identity().author();
             for other in nodes.iter().enumerate().filter(|(i, _)| *i != w) {
                 let node = &other.1.node;
-                node.adopt_dataset(meta.clone(), key).await.expect("adopt");
+                node.adopt_dataset((*meta).clone(), key)
+                    .await
+                    .expect("adopt");
                 node.merge_access(&ds, &bundle).await.expect("access");
             }
             datasets.push(ds);
@@ -301,7 +303,7 @@ impl Sim {
             .node
             .frontiers()
             .into_iter()
-            .map(|(m, f)| (m.id, f))
+            .map(|(m, f)| (m.id.clone(), f))
             .collect();
         for (meta, local) in self.nodes[a].node.frontiers() {
             let Some(theirs) = remote.get(&meta.id) else {

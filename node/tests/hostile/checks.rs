@@ -148,15 +148,22 @@ pub(crate) fn bad(
     assert_serving(node)
 }
 
-/// `fogmesh_envelopes_rejected_total{dataset="DATASET"}` from `GET /metrics` (0 when absent).
-pub(crate) fn rejected(node: &TestNode, dataset: &str) -> Result<u64> {
+/// The metric `name` (with its labels, if any) from `GET /metrics` (0 when absent).
+pub(crate) fn metric(node: &TestNode, name: &str) -> Result<u64> {
     let text = node.get_text("/metrics")?;
-    let key = format!("fogmesh_envelopes_rejected_total{{dataset=\"{dataset}\"}}");
     Ok(text
         .lines()
-        .find_map(|l| l.strip_prefix(&key))
+        .find_map(|l| l.strip_prefix(name))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0))
+}
+
+/// `fogmesh_envelopes_rejected_total{dataset="DATASET"}` from `GET /metrics` (0 when absent).
+pub(crate) fn rejected(node: &TestNode, dataset: &str) -> Result<u64> {
+    metric(
+        node,
+        &format!("fogmesh_envelopes_rejected_total{{dataset=\"{dataset}\"}}"),
+    )
 }
 
 /// Pushes one envelope; how many the node took as new (an error when it answered nothing).

@@ -18,7 +18,7 @@ use fogmesh::identity::Identity;
 use fogmesh::naming::DatasetId;
 use serde_json::Value;
 
-use crate::checks::{push_envelope, target};
+use crate::checks::{metric, push_envelope, target};
 use crate::common::TestNode;
 use crate::governance::{join, wait};
 use crate::raw::RawClient;
@@ -35,7 +35,7 @@ fn ids(node: &TestNode) -> Result<Vec<String>> {
     Ok(out)
 }
 
-fn upsert(id: &str, v: i64) -> fogmesh::view::doc::Upsert {
+pub(crate) fn upsert(id: &str, v: i64) -> fogmesh::view::doc::Upsert {
     let Value::Object(data) = serde_json::json!({ "v": v }) else {
         unreachable!()
     };
@@ -48,10 +48,10 @@ fn upsert(id: &str, v: i64) -> fogmesh::view::doc::Upsert {
 }
 
 /// Mallory's changes to `hospital/flu`, each sealed after `prev`.
-struct Forger {
-    key: Identity,
-    ds: DatasetId,
-    hlc: u64,
+pub(crate) struct Forger {
+    pub(crate) key: Identity,
+    pub(crate) ds: DatasetId,
+    pub(crate) hlc: u64,
 }
 
 impl Forger {
@@ -80,15 +80,6 @@ fn equivocators(node: &TestNode) -> Result<Vec<Value>> {
     Ok(v["equivocations"].as_array().cloned().unwrap_or_default())
 }
 
-fn metric(node: &TestNode, name: &str) -> Result<u64> {
-    let text = node.get_text("/metrics")?;
-    Ok(text
-        .lines()
-        .find_map(|l| l.strip_prefix(name))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0))
-}
-
 /// Three nodes of one mesh: the hospital owns clear shared `hospital/flu` (record h1, read by
 /// the pharmacy and mallory; mallory may write), and mallory's node is stopped: its key is the
 /// forger's.
@@ -111,15 +102,7 @@ fn scene() -> Result<Scene> {
     hospital
         .cli(&[&create[..], &["--readers", "pharmacy,mallory"]].concat())
         .ok();
-    let grant = [
-        "grant",
-        "hospital/flu",
-        "--to",
-        "mallory/*",
-        "--rights",
-        "read,write",
-    ];
-    hospital.cli(&grant).ok();
+    crate::let_mallory_write(&hospital);
     publish(&hospital, "h1");
     wait("the pharmacy to read h1", Duration::from_secs(30), || {
         Ok(ids(&pharmacy).unwrap_or_default() == ["h1"])
@@ -155,7 +138,7 @@ fn publish(hospital: &TestNode, id: &str) {
 }
 
 /// A raw connection to `node` under the forger's key.
-fn to(forger: &Forger, node: &TestNode) -> Result<RawClient> {
+pub(crate) fn to(forger: &Forger, node: &TestNode) -> Result<RawClient> {
     let (peer, addr) = target(node)?;
     let mut c = RawClient::new(forger.key.libp2p_keypair()?, peer, addr)?;
     c.connect()?;

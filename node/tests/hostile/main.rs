@@ -31,6 +31,7 @@ mod checks;
 #[path = "../common/mod.rs"]
 mod common;
 mod equivocation;
+mod fanout;
 mod governance;
 mod load;
 mod raw;
@@ -170,6 +171,11 @@ fn a_stranger_gets_no_answers_and_is_dropped_after_the_join_window() -> Result<(
 /// so a raw client holding only mallory's identity can forge well-formed changes for it.
 pub(crate) fn share_flu_with_mallory(node: &TestNode, clear: bool) {
     node.create_flu("mallory", if clear { &["--clear"] } else { &[] });
+    let_mallory_write(node);
+}
+
+/// Grants mallory's apps write rights on `hospital/flu`.
+pub(crate) fn let_mallory_write(node: &TestNode) {
     let grant = [
         "grant",
         "hospital/flu",

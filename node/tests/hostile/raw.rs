@@ -179,6 +179,8 @@ impl Answer {
 pub(crate) struct Serving {
     pub(crate) answers: Arc<Mutex<HashMap<Proto, Vec<u8>>>>,
     pub(crate) received: Arc<Mutex<HashMap<Proto, usize>>>,
+    /// Protocols whose requests are neither answered nor refused: their streams stay open.
+    pub(crate) held: Arc<Mutex<std::collections::HashSet<Proto>>>,
 }
 
 pub(crate) enum Cmd {
@@ -205,6 +207,8 @@ pub(crate) async fn drive(
     serving: Serving,
 ) {
     let mut pending: HashMap<(Proto, OutboundRequestId), oneshot::Sender<Answer>> = HashMap::new();
+    // Requests held open on purpose (`RawClient::hold`): dropping a channel would close its stream.
+    let mut unanswered = Vec::new();
     loop {
         tokio::select! {
             cmd = cmds.recv() => match cmd {
@@ -247,6 +251,8 @@ pub(crate) async fn drive(
                             let canned = lock(&serving.answers).get(&proto).cloned();
                             if let Some(bytes) = canned {
                                 let _ = swarm.behaviour_mut().get(proto).send_response(channel, bytes);
+                            } else if lock(&serving.held).contains(&proto) {
+                                unanswered.push(channel);
                             }
                             continue;
                         }
@@ -354,6 +360,12 @@ impl RawClient {
     /// Answers every later request of the node on `proto` with `bytes` (a whole frame).
     pub(crate) fn serve(&self, proto: Proto, bytes: Vec<u8>) {
         lock(&self.serving.answers).insert(proto, bytes);
+    }
+
+    /// Leaves every later request of the node on `proto` unanswered with its stream open, as a
+    /// hung or withholding member would (the node gives up at its request timeout).
+    pub(crate) fn hold(&self, proto: Proto) {
+        lock(&self.serving.held).insert(proto);
     }
 
     /// How many requests the node sent on `proto` so far.

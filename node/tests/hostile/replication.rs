@@ -179,7 +179,7 @@ fn envelope_of(
     )
 }
 
-fn record_ids(node: &TestNode) -> Result<Vec<String>> {
+pub(crate) fn record_ids(node: &TestNode) -> Result<Vec<String>> {
     let v = node.get("/v1/datasets/hospital/flu/records")?;
     Ok(v["records"]
         .as_array()
