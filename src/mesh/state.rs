@@ -156,7 +156,6 @@ impl State {
         self.lock().seats.clone()
     }
 
-    /// A copy of the roster.
     /// The roster as it is now (shared: a change replaces it, so this one never changes).
     pub(crate) fn roster(&self) -> Arc<Roster> {
         self.lock().roster.clone()

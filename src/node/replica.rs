@@ -2,9 +2,12 @@
 //! envelopes to peers that lack them. Signatures and entitlement are checked by the caller (the
 //! mesh); this module stores, applies and keeps the version vector contiguous.
 
+use std::sync::Arc;
+
 use automerge::Change;
 
 use crate::access::EpochKey;
+use crate::dataset::Meta;
 use crate::envelope::Envelope;
 use crate::equivocation::Evidence;
 use crate::error::{Error, Result};
@@ -299,9 +302,7 @@ fn advance_contiguous(
 
 impl super::Node {
     /// Subscribes to the envelopes this node writes, each sent once it is durable.
-    pub fn subscribe_envelopes(
-        &self,
-    ) -> tokio::sync::broadcast::Receiver<std::sync::Arc<Envelope>> {
+    pub fn subscribe_envelopes(&self) -> tokio::sync::broadcast::Receiver<Arc<Envelope>> {
         self.inner.outbox.subscribe()
     }
 
@@ -311,21 +312,12 @@ impl super::Node {
     }
 
     /// Metadata and version vector of dataset `id`, if held (one lookup, no listing).
-    pub fn replica(
-        &self,
-        id: &crate::naming::DatasetId,
-    ) -> Option<(
-        std::sync::Arc<crate::dataset::Meta>,
-        crate::version::VersionVector,
-    )> {
+    pub fn replica(&self, id: &crate::naming::DatasetId) -> Option<(Arc<Meta>, VersionVector)> {
         self.held(id).map(|d| (d.meta.clone(), d.version_vector()))
     }
 
     /// Metadata of dataset `id`, if held (shared, not copied).
-    pub fn meta(
-        &self,
-        id: &crate::naming::DatasetId,
-    ) -> Option<std::sync::Arc<crate::dataset::Meta>> {
+    pub fn meta(&self, id: &crate::naming::DatasetId) -> Option<Arc<Meta>> {
         self.held(id).map(|d| d.meta.clone())
     }
 
@@ -341,12 +333,7 @@ impl super::Node {
 
     /// Metadata and frontier (vector and chain tips) of every dataset held, as far as it is on
     /// disk ([`Dataset::settle`]).
-    pub fn frontiers(
-        &self,
-    ) -> Vec<(
-        std::sync::Arc<crate::dataset::Meta>,
-        crate::version::Frontier,
-    )> {
+    pub fn frontiers(&self) -> Vec<(Arc<Meta>, crate::version::Frontier)> {
         self.all_datasets()
             .into_iter()
             .map(|d| {
@@ -357,12 +344,7 @@ impl super::Node {
     }
 
     /// Metadata and version vector of every dataset held, private ones included.
-    pub fn replicas(
-        &self,
-    ) -> Vec<(
-        std::sync::Arc<crate::dataset::Meta>,
-        crate::version::VersionVector,
-    )> {
+    pub fn replicas(&self) -> Vec<(Arc<Meta>, VersionVector)> {
         self.all_datasets()
             .into_iter()
             .map(|d| (d.meta.clone(), d.version_vector()))
@@ -401,7 +383,7 @@ impl super::Node {
                 return Ok(false);
             }
             let ds = Dataset::create(meta.clone(), &self.inner.identity.author(), owner_key);
-            map.insert(meta.id.clone(), std::sync::Arc::new(ds));
+            map.insert(meta.id.clone(), Arc::new(ds));
         }
         store.durable().await?;
         tracing::info!(dataset = %key, "replica of a remote dataset created");
