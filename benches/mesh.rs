@@ -3,7 +3,7 @@
 //! ```text
 //! cargo bench --bench mesh                              # full run: ~1.5 min on 2 cores + build
 //! FOGMESH_BENCH_QUICK=1 cargo bench --bench mesh        # every size shrunk 10x
-//! FOGMESH_BENCH_ONLY=latency cargo bench --bench mesh   # one part: latency, reconnect, catchup or fanout
+//! FOGMESH_BENCH_ONLY=latency cargo bench --bench mesh   # one part: latency, reconnect, catchup, fanout or priority
 //! FOGMESH_BENCH_FANOUT=5,20,50 cargo bench --bench mesh  # the mesh sizes of part 4 (default 5,20)
 //! ```
 //!
@@ -38,6 +38,10 @@
 //!    envelope's size, and a receiver's transport bytes per record, at each N of
 //!    `FOGMESH_BENCH_FANOUT`.
 //!
+//! 5. Priorities under load: B catches up a low-priority dataset while A writes to a high- and
+//!    a low-priority one; write-to-visible at B of each, beside the same writes when idle
+//!    (`benches/mesh/priority.rs`).
+//!
 //! Unless said otherwise the dataset is shared with the other nodes and sealed (the default for a
 //! shared dataset: XChaCha20-Poly1305 under an epoch key wrapped for each reader's node).
 
@@ -46,6 +50,8 @@
 mod common;
 #[path = "mesh/plot.rs"]
 mod plot;
+#[path = "mesh/priority.rs"]
+mod priority;
 use common::stats::{ms, thousands, Dist};
 use common::wait::wait_for;
 
@@ -109,7 +115,8 @@ struct Sizes {
     short_history: usize,
     /// Single-record publishes timed on the pair that holds the catch-up's records.
     late_latency: usize,
-    /// `FOGMESH_BENCH_ONLY`: run one figure (`latency`, `reconnect`, `catchup` or `fanout`).
+    /// `FOGMESH_BENCH_ONLY`: run one figure (`latency`, `reconnect`, `catchup`, `fanout` or
+    /// `priority`).
     only: Option<String>,
     /// `FOGMESH_BENCH_FANOUT`: the mesh sizes of the fan-out part.
     fanout: Vec<usize>,
@@ -1752,6 +1759,11 @@ async fn run(s: Sizes) -> Result<()> {
                 println!("  plot written to {}", path.display());
             }
         }
+        println!();
+    }
+    if only.is_none_or(|o| o == "priority") {
+        println!("5. priorities under load: a pair, B catching up a low-priority dataset");
+        priority::print(&priority::run(&s).await?);
         println!();
     }
     println!("total bench time {:.1} s", started.elapsed().as_secs_f64());

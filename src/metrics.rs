@@ -163,6 +163,8 @@ pub struct Instruments {
     pub forwards_dropped: Counter,
     /// Pushes along a tree not answered in time, whose envelope went on to the members below.
     pub pushes_taken_over: Counter,
+    /// Catch-up chunks that waited for a live apply of a higher priority to end.
+    pub catchup_yields: Counter,
     /// Envelopes from members new here (pushed or fetched).
     pub envelopes_received: Counter,
     /// Pages of envelopes served to members catching up.
@@ -361,6 +363,11 @@ impl Instruments {
             "pushes_taken_over",
             "Pushes along a tree not answered within 5 s, whose envelope went on to the members below",
             self.pushes_taken_over.clone(),
+        );
+        r.register(
+            "catchup_yields",
+            "Catch-up chunks that waited for a live apply of a higher priority to end",
+            self.catchup_yields.clone(),
         );
         r.register(
             "envelopes_received",

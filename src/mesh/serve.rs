@@ -11,6 +11,7 @@ use crate::envelope::Envelope;
 use crate::identity::AuthorId;
 use crate::naming::DatasetId;
 use crate::net::{Frame, Protocol};
+use crate::node::Delivery;
 use crate::version::Frontier;
 
 use super::catalog::{self, SignedMeta};
@@ -123,7 +124,10 @@ impl Mesh {
                 author,
                 after,
                 upto,
-            } => self.fetch_page(&org, &dataset, &author, (after, upto)),
+            } => {
+                self.fetch_page(&org, &dataset, &author, (after, upto))
+                    .await
+            }
         }
     }
 
@@ -184,7 +188,7 @@ impl Mesh {
         self.inner.state.signed_meta(&meta.id)
     }
 
-    fn fetch_page(
+    async fn fetch_page(
         &self,
         org: &str,
         dataset: &str,
@@ -201,13 +205,12 @@ impl Mesh {
             self.inner.node.audit(ev);
             return Ok(SyncResponse::Refused(reason));
         };
-        let got = self.inner.node.envelopes_between(
-            &meta.id,
-            &author,
-            range,
-            (proto::PAGE_BYTES, proto::MAX_ENVELOPES),
-        );
-        let (envs, more) = got?;
+        let limits = (proto::PAGE_BYTES, proto::MAX_ENVELOPES);
+        let got = self
+            .inner
+            .node
+            .serve_envelopes(&meta.id, &author, range, limits);
+        let (envs, more) = got.await?;
         self.audit_fetch(org, &meta, &author, range.0, envs.len());
         self.inner.node.metrics().pages_served.inc();
         Ok(SyncResponse::Envelopes {
@@ -231,7 +234,7 @@ impl Mesh {
         // signature and the author's authority, not an apply.
         let pass = self.passable(push.tree, &push.envelopes, &envs).await;
         self.forward(pass);
-        let fresh = self.apply_decoded(peer, envs).await?;
+        let fresh = self.apply_decoded(peer, envs, Delivery::Push).await?;
         self.watch_gaps(peer, &fresh);
         Ok(PushAck {
             accepted: fresh.len() as u32,
@@ -278,8 +281,9 @@ impl Mesh {
         &self,
         from: PeerId,
         encoded: &[ByteBuf],
+        delivery: Delivery,
     ) -> MeshResult<Vec<Envelope>> {
-        self.apply_decoded(from, decoded(encoded)?).await
+        self.apply_decoded(from, decoded(encoded)?, delivery).await
     }
 
     /// [`Self::apply_encoded`] of envelopes already decoded.
@@ -287,6 +291,7 @@ impl Mesh {
         &self,
         from: PeerId,
         envelopes: Vec<Envelope>,
+        delivery: Delivery,
     ) -> MeshResult<Vec<Envelope>> {
         let sender = self
             .inner
@@ -310,7 +315,7 @@ impl Mesh {
             }
             let node = &self.inner.node;
             let (count, started) = (envs.len(), std::time::Instant::now());
-            let (fresh, invalid) = node.apply_envelopes_checked(&id, envs).await?;
+            let (fresh, invalid) = node.apply_envelopes_checked(&id, envs, delivery).await?;
             let ms = started.elapsed().as_millis() as u64;
             let n = fresh.len();
             tracing::debug!(%from, dataset = %id, count, new = n, ms, "envelopes applied");

@@ -5,6 +5,7 @@ use serde_bytes::ByteBuf;
 
 use crate::envelope::Envelope;
 use crate::net::{Frame, Protocol};
+use crate::node::Delivery;
 use crate::version::Frontier;
 
 use super::error::{MeshError, MeshResult};
@@ -190,7 +191,10 @@ impl Mesh {
                     None => Ok(None),
                 }
             };
-            let (applied, fetched) = tokio::join!(self.apply_encoded(peer, &envelopes), fetch_next);
+            let (applied, fetched) = tokio::join!(
+                self.apply_encoded(peer, &envelopes, Delivery::CatchUp),
+                fetch_next
+            );
             applied?;
             let (fetched_n, missing) = plan.progress();
             self.inner.state.set_progress(super::Progress {

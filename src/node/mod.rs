@@ -4,6 +4,7 @@
 mod access;
 mod apps;
 mod audit;
+mod background;
 mod dataset;
 mod disk;
 mod flow;
@@ -11,6 +12,9 @@ mod forks;
 mod grants;
 pub mod home;
 mod info;
+mod lanes;
+#[cfg(test)]
+mod lanes_tests;
 mod load;
 mod observe;
 mod quarantine;
@@ -50,6 +54,7 @@ pub use disk::{DISK_CHECK, SPACE_TO_RESTART};
 pub use forks::Equivocation;
 pub use grants::{parse_ttl, GrantRequest, GrantView, MAX_GRANT_TTL_MS};
 pub use info::{DatasetInfo, Info};
+pub use lanes::Delivery;
 pub use load::Loading;
 pub use quarantine::{MAX_HELD_BYTES_PER_AUTHOR, MAX_HELD_PER_AUTHOR, MAX_HELD_PER_DATASET};
 pub use retention::SWEEP_EVERY as RETENTION_SWEEP;
@@ -61,6 +66,15 @@ pub use view::{
 
 /// Local envelopes buffered for the mesh before it is told it lagged.
 pub const OUTBOX_CAP: usize = 1024;
+
+/// Which threads run a dataset's blocking work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Worker {
+    /// The runtime's blocking pool, at normal priority.
+    Blocking,
+    /// The bulk threads, at lower priority ([`background`]).
+    Bulk,
+}
 
 struct Inner {
     config: Config,
@@ -79,6 +93,10 @@ struct Inner {
     /// datasets loaded starts so.
     started: std::sync::atomic::AtomicBool,
     metrics: Metrics,
+    /// Live applies under way per priority, which catch-ups make way for.
+    lanes: lanes::Lanes,
+    /// Threads of lower priority for catch-up applies below `high`.
+    background: background::Background,
     /// Envelopes written here, once durable, for the mesh to push.
     outbox: broadcast::Sender<Arc<Envelope>>,
     /// Member nodes' keys, kept by the mesh.
@@ -178,6 +196,7 @@ impl Node {
         let apps = apps::Registry::load(&store)?;
         let peer_id = identity.peer_id()?.to_string();
         let total = datasets.len();
+        let metrics = Metrics::new();
         let inner = Inner {
             config,
             identity,
@@ -189,7 +208,9 @@ impl Node {
             loaded: std::sync::atomic::AtomicUsize::new(0),
             load_stopped: std::sync::atomic::AtomicBool::new(false),
             started: std::sync::atomic::AtomicBool::new(false),
-            metrics: Metrics::new(),
+            lanes: lanes::Lanes::new(metrics.catchup_yields.clone()),
+            metrics,
+            background: background::Background::spawn(),
             outbox: broadcast::channel(OUTBOX_CAP).0,
             directory: RwLock::default(),
             access_changes: broadcast::channel(OUTBOX_CAP).0,
@@ -338,7 +359,7 @@ impl Node {
         let _signing = self.signing().await?;
         let hlc = self.inner.clock.tick().0;
         let (written, took) = self
-            .store_and_settle(&ds, move |node, ds| {
+            .store_and_settle(&ds, Worker::Blocking, move |node, ds| {
                 let i = &node.inner;
                 let written =
                     ds.write_local(&i.identity, &i.store, hlc, batch, i.config.snapshot_every)?;
@@ -366,17 +387,17 @@ impl Node {
     /// if it did, waits for a flush that covers it and tells peers of it ([`Dataset::settle`]);
     /// returns what `store` gave and the flush's duration. All in one task of its own: a caller
     /// that goes away (a client that disconnects) must not leave a stored change untold.
+    /// `worker` says which threads run `store`.
     async fn store_and_settle<T: Send + 'static>(
         &self,
         ds: &Arc<Dataset>,
+        worker: Worker,
         store: impl FnOnce(&Node, &Dataset) -> Result<(T, bool)> + Send + 'static,
     ) -> Result<(T, Option<std::time::Duration>)> {
         let (node, ds) = (self.clone(), ds.clone());
         let task = tokio::spawn(async move {
             let (n, d) = (node.clone(), ds.clone());
-            let (out, stored) = tokio::task::spawn_blocking(move || store(&n, &d))
-                .await
-                .map_err(|e| Error::Internal(e.to_string()))??;
+            let (out, stored) = node.run_on(worker, move || store(&n, &d)).await??;
             if !stored {
                 return Ok((out, None));
             }
@@ -386,6 +407,20 @@ impl Node {
             Ok((out, Some(took)))
         });
         task.await.map_err(|e| Error::Internal(e.to_string()))?
+    }
+
+    /// Runs blocking `f` on `worker`'s threads and returns what it gave.
+    async fn run_on<T: Send + 'static>(
+        &self,
+        worker: Worker,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T> {
+        match worker {
+            Worker::Blocking => tokio::task::spawn_blocking(f)
+                .await
+                .map_err(|e| Error::Internal(e.to_string())),
+            Worker::Bulk => self.inner.background.run(f).await,
+        }
     }
 
     fn snapshot_in_background(&self, ds: Arc<Dataset>) {

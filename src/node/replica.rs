@@ -7,7 +7,7 @@ use std::sync::Arc;
 use automerge::Change;
 
 use crate::access::EpochKey;
-use crate::dataset::Meta;
+use crate::dataset::{Meta, Priority};
 use crate::envelope::Envelope;
 use crate::equivocation::Evidence;
 use crate::error::{Error, Result};
@@ -17,6 +17,8 @@ use crate::version::VersionVector;
 use crate::view::doc;
 
 use super::dataset::{Dataset, Event, State};
+use super::lanes::Delivery;
+use super::Worker;
 
 /// What applying a group of remote envelopes did.
 #[derive(Debug, Default)]
@@ -397,38 +399,57 @@ impl super::Node {
         id: &crate::naming::DatasetId,
         envs: Vec<Envelope>,
     ) -> Result<usize> {
-        Ok(self.apply_envelopes_checked(id, envs).await?.0.len())
+        let checked = self.apply_envelopes_checked(id, envs, Delivery::CatchUp);
+        Ok(checked.await?.0.len())
     }
 
     /// Like [`Self::apply_envelopes`], but returns the envelopes that were new (stored now), and
     /// names the authors of envelopes dropped for not opening or carrying a change that is not
     /// theirs (counted as refused). Every signature is checked first, off the async threads: one
-    /// that fails refuses the whole group.
+    /// that fails refuses the whole group. `delivery` puts the apply in its dataset's priority
+    /// lane.
     pub async fn apply_envelopes_checked(
         &self,
         id: &crate::naming::DatasetId,
         envs: Vec<Envelope>,
+        delivery: Delivery,
     ) -> Result<(Vec<Envelope>, Vec<AuthorId>)> {
         let ds = self
             .held(id)
             .ok_or_else(|| Error::NotFound(format!("dataset {id} not held here")))?;
+        // A catch-up below high priority runs on the bulk threads, which the kernel lets live
+        // work preempt.
+        let bulk = delivery == Delivery::CatchUp && ds.meta.priority < Priority::High;
+        let worker = if bulk { Worker::Bulk } else { Worker::Blocking };
         self.inner.store.writable()?;
-        let (envs, unchained) = tokio::task::spawn_blocking(move || verified(envs))
-            .await
-            .map_err(|e| Error::Internal(e.to_string()))??;
+        let (envs, unchained) = self.run_on(worker, move || verified(envs)).await??;
         let envs = self.authorized(&ds, envs);
         if envs.is_empty() {
             return Ok((Vec::new(), unchained));
         }
-        let (mut applied, _) = self
-            .store_and_settle(&ds, move |node, ds| {
-                let i = &node.inner;
-                let applied = ds.apply_remote(&i.store, envs, i.config.snapshot_every)?;
+        // Counted only once verified and authorized: a member's bad pushes hold no lane busy.
+        let lanes = &self.inner.lanes;
+        let _live = (delivery == Delivery::Push).then(|| lanes.live(ds.meta.priority));
+        let (count, started) = (envs.len(), std::time::Instant::now());
+        let (mut applied, flush) = self
+            .store_and_settle(&ds, worker, move |node, ds| {
+                let (store, every) = (&node.inner.store, node.inner.config.snapshot_every);
+                let applied = match delivery {
+                    Delivery::Push => ds.apply_remote(store, envs, every)?,
+                    Delivery::CatchUp => {
+                        ds.apply_in_chunks(store, &node.inner.lanes, envs, every)?
+                    }
+                };
                 let stored = !applied.fresh.is_empty();
                 Ok((applied, stored))
             })
             .await?;
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+        tracing::debug!(dataset = %id, ?delivery, count, total_ms = ms(started.elapsed()), flush_ms = flush.map(ms), "envelopes applied");
         applied.invalid.extend(unchained);
+        // Before the evidence: a fork found in a later chunk of a catch-up removes records an
+        // earlier chunk showed, and the removals must follow those events, not precede them.
+        ds.publish_events(std::mem::take(&mut applied.events));
         for ev in std::mem::take(&mut applied.evidence) {
             // The envelopes are stored: a failure here must not fail their apply.
             if let Err(e) = self.take_evidence(ev).await {
@@ -447,11 +468,33 @@ impl super::Node {
             .metrics
             .envelopes_stored
             .inc_by(applied.fresh.len() as u64);
-        ds.publish_events(applied.events);
         if applied.snapshot_due {
             self.snapshot_in_background(ds);
         }
         Ok((applied.fresh, applied.invalid))
+    }
+
+    /// [`Self::envelopes_between`] read for a member catching up: on the bulk threads for a
+    /// dataset below `high` priority, so that serving a catch-up (4 MiB pages) does not hold up
+    /// this node's live work.
+    pub async fn serve_envelopes(
+        &self,
+        id: &crate::naming::DatasetId,
+        author: &AuthorId,
+        range: (u64, u64),
+        limits: (usize, usize),
+    ) -> Result<(Vec<Vec<u8>>, bool)> {
+        let urgent = self.meta(id).is_none_or(|m| m.priority == Priority::High);
+        let worker = if urgent {
+            Worker::Blocking
+        } else {
+            Worker::Bulk
+        };
+        let (node, id, author) = (self.clone(), id.clone(), *author);
+        self.run_on(worker, move || {
+            node.envelopes_between(&id, &author, range, limits)
+        })
+        .await?
     }
 
     /// Encoded envelopes of `author` in dataset `id` with sequence in `(after, upto]`, at most

@@ -77,7 +77,7 @@ async fn an_envelope_of_the_codec_before_chains_is_refused() {
     );
     let (n, invalid) = p
         .node
-        .apply_envelopes_checked(&ds, vec![y2])
+        .apply_envelopes_checked(&ds, vec![y2], fogmesh::node::Delivery::Push)
         .await
         .expect("apply");
     assert!(n.is_empty(), "an unchained envelope was taken");
