@@ -105,7 +105,8 @@ fuzz_target!(
             }
         }
         let mut doc = Doc::from_automerge(base().clone().with_actor(automerge::ActorId::from(&ACTOR[..])));
-        let refused: Vec<usize> = doc.refused(&changes, true).into_iter().map(|(i, _)| i).collect();
+        let (refused, expanded) = doc.refused(&changes, true);
+        let refused: Vec<usize> = refused.into_iter().map(|(i, _)| i).collect();
         let ok: Vec<Change> = changes
             .into_iter()
             .enumerate()
@@ -116,7 +117,7 @@ fuzz_target!(
             return;
         }
         let result = if mode & 1 == 0 {
-            doc.apply(ok).map(|_| ())
+            doc.apply_judged(ok, expanded).map(|_| ())
         } else {
             doc.apply_all(ok)
         };

@@ -1,7 +1,7 @@
 //! One dataset at run time: its Automerge document, the records materialized from it, its version
 //! vector, and its live event channel. All CRDT work happens here, on blocking threads.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
@@ -536,12 +536,27 @@ impl State {
         events
     }
 
-    /// Re-reads the given records from the document after remote changes: upserts for those
-    /// present, deletes for those that were held and are gone.
-    pub(super) fn reread(&mut self, ids: &[String]) -> Vec<Event> {
+    /// Re-reads the given records from the document after remote changes (those `built` from
+    /// the changes that created them are taken as built): upserts for those present, deletes
+    /// for those that were held and are gone.
+    pub(super) fn reread(
+        &mut self,
+        ids: &[String],
+        mut built: HashMap<String, Record>,
+    ) -> Vec<Event> {
         let mut events = Vec::with_capacity(ids.len());
-        for (id, read) in ids.iter().zip(self.doc.read_many(ids)) {
-            match read {
+        let unbuilt: Vec<String> = ids
+            .iter()
+            .filter(|id| !built.contains_key(*id))
+            .cloned()
+            .collect();
+        let mut read = self.doc.read_many(&unbuilt).into_iter();
+        for id in ids {
+            let record = match built.remove(id) {
+                Some(r) => Some(r),
+                None => read.next().flatten(),
+            };
+            match record {
                 Some(r) => {
                     self.records.insert(id.clone(), r.clone());
                     events.push(Event::Upsert { record: r });

@@ -34,10 +34,10 @@ impl Dataset {
         st: &State,
         batch: &mut Vec<(Envelope, Option<Change>)>,
         invalid: &mut Vec<AuthorId>,
-    ) -> Result<()> {
+    ) -> Result<doc::Expanded> {
         let idx: Vec<usize> = (0..batch.len()).filter(|i| batch[*i].1.is_some()).collect();
         let changes: Vec<Change> = idx.iter().filter_map(|i| batch[*i].1.clone()).collect();
-        let refused = st.doc.refused(&changes, true);
+        let (refused, expanded) = st.doc.refused(&changes, true);
         let mut drop: Vec<usize> = Vec::new();
         for (k, why) in refused {
             let i = idx[k];
@@ -51,7 +51,7 @@ impl Dataset {
             i += 1;
             !drop.contains(&(i - 1))
         });
-        Ok(())
+        Ok(expanded)
     }
 
     /// Drops (unstored, to be fetched again later) the changes of `batch` that would wait for
@@ -248,7 +248,11 @@ impl State {
                         continue;
                     }
                     progress = true;
-                    let refused = !state.doc.refused(std::slice::from_ref(&c), true).is_empty();
+                    let refused = !state
+                        .doc
+                        .refused(std::slice::from_ref(&c), true)
+                        .0
+                        .is_empty();
                     let (why, poisoned) = if refused {
                         ("the guard refuses it".to_owned(), false)
                     } else {

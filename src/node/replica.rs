@@ -52,7 +52,7 @@ impl Dataset {
         }
         let (mut invalid, mut evidence) = (Vec::new(), Vec::new());
         let mut batch = self.opened(store, &mut st, envs, &mut invalid, &mut evidence)?;
-        self.refuse_unsafe(store, &st, &mut batch, &mut invalid)?;
+        let expanded = self.refuse_unsafe(store, &st, &mut batch, &mut invalid)?;
         self.bound_held_back(&st, &mut batch);
         let new = batch.len();
         if new == 0 {
@@ -67,7 +67,7 @@ impl Dataset {
         let applied = if changes.is_empty() {
             doc::Applied::default()
         } else {
-            match st.doc.apply(changes) {
+            match st.doc.apply_judged(changes, expanded) {
                 Ok(a) => a,
                 Err(why) => {
                     tracing::error!(dataset = %self.meta.id, %why, "a remote change failed: rebuilding the document and finding the change");
@@ -118,7 +118,7 @@ impl Dataset {
             // compare everything once.
             st.rematerialize()
         } else {
-            st.reread(&applied.touched)
+            st.reread(&applied.touched, applied.built)
         };
         Ok(Applied {
             fresh,
@@ -226,7 +226,7 @@ impl Dataset {
         if let Some(e) = bad {
             tracing::warn!(dataset = %self.meta.id, error = %e, "a stored envelope does not open");
         }
-        let refused = st.doc.refused(&changes, true);
+        let (refused, _) = st.doc.refused(&changes, true);
         if refused.is_empty() {
             match st.doc.apply_all(changes) {
                 Err(why) => {

@@ -25,8 +25,9 @@ use automerge::{hydrate, ActorId, Automerge, ChangeHash, ObjId, ObjType, ReadDoc
 use serde_json::{Map, Value as Json};
 
 use super::amjson::{from_record_map, new_record, put_json};
+use super::built;
 use super::guard;
-pub use super::guard::{decode_change, load};
+pub use super::guard::{decode_change, load, Expanded};
 use super::lineage::Lineage;
 use super::touched;
 use super::waiting::Waiting;
@@ -103,7 +104,7 @@ pub struct Upsert {
 }
 
 /// What applying remote changes did.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default, PartialEq)]
 pub struct Applied {
     /// Ids of the records the given changes touch (created, updated or deleted).
     pub touched: Vec<String>,
@@ -117,6 +118,9 @@ pub struct Applied {
     /// Changes that waited for dependencies and that the guard refuses now that their history
     /// is at hand: not applied, to be quarantined.
     pub refused: Vec<Refused>,
+    /// Records of `touched` read from the changes that created them (see `built`), by id: the
+    /// caller need not read them from the document.
+    pub built: HashMap<String, Record>,
 }
 
 /// A change the guard refused, by author and sequence.
@@ -133,8 +137,6 @@ pub struct Refused {
 /// The prefix of every page key; record ids never contain `.`, so no id looks like a page.
 const PAGE_PREFIX: &str = "p.";
 
-/// Changes applied at once from which decoding spreads over threads.
-const PARALLEL_CHANGES: usize = 16;
 /// Records read at once from which they are read page by page, on several threads.
 const PARALLEL_READS: usize = 256;
 /// Pages read at once from which reading spreads over threads.
@@ -262,7 +264,17 @@ impl Doc {
     /// again when it is let through, and reported in [`Applied::refused`] if refused. After an
     /// error, the document is to be rebuilt from the store (what waited may be lost from it).
     pub fn apply(&mut self, changes: Vec<automerge::Change>) -> Result<Applied, Error> {
-        self.apply_with(changes, false)
+        self.apply_with(changes, Expanded::default(), false)
+    }
+
+    /// [`Doc::apply`] of changes the guard judged ([`Doc::refused`]), with the operations it
+    /// decoded then, so that each change is decoded once.
+    pub fn apply_judged(
+        &mut self,
+        changes: Vec<automerge::Change>,
+        expanded: Expanded,
+    ) -> Result<Applied, Error> {
+        self.apply_with(changes, expanded, false)
     }
 
     /// [`Doc::apply`], handing Automerge one change at a time, so that a change that breaks the
@@ -270,36 +282,49 @@ impl Doc {
     /// for finding the culprit after a batch failed. After an error of either, the document is to
     /// be rebuilt from the store (what waited may be lost from it).
     pub fn apply_stepwise(&mut self, changes: Vec<automerge::Change>) -> Result<Applied, Error> {
-        self.apply_with(changes, true)
+        self.apply_with(changes, Expanded::default(), true)
     }
 
     fn apply_with(
         &mut self,
         changes: Vec<automerge::Change>,
+        mut expanded: Expanded,
         stepwise: bool,
     ) -> Result<Applied, Error> {
         self.ensure_indexed();
-        let (ready, refused) = self.take_ready(changes);
-        // Copies (of the compact form), to name the records of what applied.
-        let copies = ready.clone();
-        if stepwise {
+        let (ready, refused) = self.take_ready(changes, &mut expanded);
+        // Each change as the guard decoded it, to find the records it touches (a read, spread
+        // over threads when a catch-up chunk brings large changes) and build those it created.
+        let copies: Vec<_> = ready
+            .iter()
+            .map(|c| (c.clone(), expanded.take(c)))
+            .collect();
+        let decoded: Vec<_> = copies.iter().filter_map(|(_, e)| e.as_ref()).collect();
+        let spread = guard::spread(&ready);
+        let scan = |am: &Automerge| {
+            crate::parallel::map(&decoded, spread, |c| {
+                (touched::scan(am, c), built::records(c))
+            })
+        };
+        let found = if stepwise {
             for c in ready {
                 let (actor, seq) = (c.actor_id().clone(), c.seq());
                 guard::apply(&mut self.am, vec![c])
                     .map_err(|e| Error::BrokeOn(actor, seq, Box::new(e)))?;
             }
+            scan(&self.am)
         } else {
-            guard::apply(&mut self.am, ready)?;
-        }
+            // The faithfulness check of a large batch runs beside the scan.
+            guard::apply_then(&mut self.am, ready, spread == guard::SPREAD_ANY, scan)?
+        };
+        let missed = decoded.len() < copies.len();
+        let copies: Vec<_> = copies.into_iter().map(|(c, _)| c).collect();
         self.lineage.applied(&copies);
-        let mut everything = self.legacy_released();
-        // Decoding each change, and finding the records it touches (a read), spread over threads
-        // when a catch-up page brings many changes.
-        let decoded = crate::parallel::map(&copies, PARALLEL_CHANGES, |c| c.decode());
-        let am = &self.am;
-        let found = crate::parallel::map(&decoded, PARALLEL_CHANGES, |c| touched::scan(am, c));
+        let mut everything = self.legacy_released() || missed;
         let mut ids = BTreeSet::new();
-        for t in found {
+        let mut touches: HashMap<String, usize> = HashMap::new();
+        let mut candidates = Vec::new();
+        for (t, b) in found {
             for (id, page) in t.placed {
                 place(&mut self.pages, id, page.into());
             }
@@ -307,18 +332,56 @@ impl Doc {
                 self.prune(id);
             }
             everything |= t.rescan;
+            for id in &t.records {
+                *touches.entry(id.clone()).or_default() += 1;
+            }
             ids.extend(t.records);
+            candidates.extend(b);
         }
         if everything {
             // Changes not decoded here applied, or pages went: index everything again.
             self.reindex();
         }
+        let built = match everything {
+            true => HashMap::new(),
+            false => self.keep_built(candidates, &touches),
+        };
         Ok(Applied {
             touched: ids.into_iter().collect(),
             waiting: self.waiting.any(),
             everything,
             refused,
+            built,
         })
+    }
+
+    /// Of the records built from changes, those the document shows as built: touched by their
+    /// creating change alone in the batch, held in no greater page, and in the page object
+    /// that change made (a page key made twice shows one object). In a debug build each is
+    /// compared with the document.
+    fn keep_built(
+        &self,
+        candidates: Vec<built::Built>,
+        touches: &HashMap<String, usize>,
+    ) -> HashMap<String, Record> {
+        let mut made: HashMap<String, bool> = HashMap::new();
+        let mut out = HashMap::new();
+        for b in candidates {
+            let alone = touches.get(&b.id) == Some(&1);
+            let last = self.pages.get(&b.id).and_then(|p| p.last());
+            if !alone || last.map(|p| &**p) != Some(b.page.as_str()) {
+                continue;
+            }
+            let ours = *made.entry(b.page_obj.clone()).or_insert_with(|| {
+                let shown = self.am.get(ROOT, b.page.as_str());
+                matches!(shown, Ok(Some((_, obj))) if obj.to_string() == b.page_obj)
+            });
+            if ours {
+                debug_assert_eq!(self.read(&b.id).as_ref(), Some(&b.record), "built differs");
+                out.insert(b.id, b.record);
+            }
+        }
+        out
     }
 
     /// Applies changes without finding what they touch or keeping the index (rebuilt once, before
@@ -355,6 +418,7 @@ impl Doc {
     fn take_ready(
         &mut self,
         changes: Vec<automerge::Change>,
+        expanded: &mut Expanded,
     ) -> (Vec<automerge::Change>, Vec<Refused>) {
         let ready = self.waiting.take_ready(&self.am, changes);
         let mut changes = ready.changes;
@@ -363,10 +427,9 @@ impl Doc {
             return (changes, refused);
         }
         loop {
-            let bad: HashMap<usize, Error> =
-                guard::refused(&self.am, &self.lineage, &changes, false)
-                    .into_iter()
-                    .collect();
+            let (bad, more) = guard::refused(&self.am, &self.lineage, &changes, false);
+            let bad: HashMap<usize, Error> = bad.into_iter().collect();
+            expanded.absorb(more);
             if bad.is_empty() {
                 return (changes, refused);
             }
@@ -408,8 +471,12 @@ impl Doc {
     /// unfaithfully ([`guard::refused`]). With `ready_only`, a change whose dependencies are not
     /// all in the document or the batch is judged only on what it is alone (its history may
     /// make an object it names; Automerge holds it back). Returns the index and reason of each
-    /// refused change.
-    pub fn refused(&self, batch: &[automerge::Change], ready_only: bool) -> Vec<(usize, Error)> {
+    /// refused change, and the expanded operations of the others, for [`Doc::apply`].
+    pub fn refused(
+        &self,
+        batch: &[automerge::Change],
+        ready_only: bool,
+    ) -> (Vec<(usize, Error)>, Expanded) {
         guard::refused(&self.am, &self.lineage, batch, ready_only)
     }
 
@@ -584,4 +651,4 @@ fn update<T: Transactable>(tx: &mut T, rec: &ObjId, u: &Upsert) -> Result<(), Er
 
 #[cfg(test)]
 #[path = "doc_tests.rs"]
-mod tests;
+pub(super) mod tests;

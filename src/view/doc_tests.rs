@@ -4,7 +4,8 @@
 use super::*;
 use serde_json::json;
 
-fn up(id: &str, data: Json) -> Upsert {
+/// A record of ward 3 at time 5 with `data`.
+pub(in crate::view) fn up(id: &str, data: Json) -> Upsert {
     let Json::Object(data) = data else {
         panic!("object")
     };
@@ -424,7 +425,7 @@ fn a_change_on_an_object_the_document_lacks_is_refused_before_automerge_sees_it(
     victim
         .write(&[up("v1", json!({"x": 1}))], &[])
         .expect("write");
-    let refused = victim.refused(std::slice::from_ref(&bad), true);
+    let refused = victim.refused(std::slice::from_ref(&bad), true).0;
     assert!(
         matches!(refused.as_slice(), [(0, Error::MissingObject(_))]),
         "{refused:?}"
@@ -443,7 +444,7 @@ fn a_change_on_an_object_the_document_lacks_is_refused_before_automerge_sees_it(
         .into_iter()
         .map(|b| automerge::Change::from_bytes(b).expect("decodes"))
         .collect();
-    assert!(victim.refused(&pair, true).is_empty());
+    assert!(victim.refused(&pair, true).0.is_empty());
     victim.apply(pair).expect("applies");
     assert_eq!(victim.read("r1").expect("r1").data["a"], json!(2));
 }
@@ -463,7 +464,7 @@ fn a_change_whose_history_is_not_all_at_hand_is_not_judged() {
     let mut victim = Doc::new(&[1; 32]);
     let early = vec![c3, c2];
     assert!(
-        victim.refused(&early, true).is_empty(),
+        victim.refused(&early, true).0.is_empty(),
         "a change waiting for its history was refused"
     );
     victim.apply(early).expect("waits");
@@ -586,7 +587,7 @@ fn undeclared_actor_pair(dep_actor: &[u8], actor: &[u8]) -> (automerge::Change, 
 fn a_change_naming_an_undeclared_actor_is_refused_without_a_panic() {
     let (dep, bad) = change_with_undeclared_actor_and_dep();
     let mut victim = Doc::new(&[1; 32]);
-    let refused = victim.refused(std::slice::from_ref(&bad), false);
+    let refused = victim.refused(std::slice::from_ref(&bad), false).0;
     assert!(
         matches!(refused.as_slice(), [(0, Error::Undecodable)]),
         "{refused:?}"

@@ -18,14 +18,41 @@ use super::lineage::{Batch, Lineage};
 /// [`Error::Panicked`]; a change held unfaithfully is [`Error::Unfaithful`], naming it. After
 /// either, the document is unusable: its owner rebuilds it from the store.
 pub(super) fn apply(am: &mut Automerge, changes: Vec<Change>) -> Result<(), Error> {
+    apply_then(am, changes, false, |_| ())
+}
+
+/// [`apply`], then `then` over the document once it is checked. With `beside` (a large batch),
+/// `then` runs on this thread while the check runs on another: its result counts only if the
+/// check passes, and a panic in it is raised again only then.
+pub(super) fn apply_then<T: Send>(
+    am: &mut Automerge,
+    changes: Vec<Change>,
+    beside: bool,
+    then: impl FnOnce(&Automerge) -> T,
+) -> Result<T, Error> {
     let before = am.get_heads();
     let applied = match catch_unwind(AssertUnwindSafe(|| am.apply_changes(changes))) {
         Ok(r) => r,
         Err(panic) => return Err(Error::Panicked(panic_text(&*panic))),
     };
-    // Checked on an error too: the changes before the refused one applied.
-    faithful(am, &before)?;
-    Ok(applied?)
+    let am = &*am;
+    if !beside {
+        // Checked on an error too: the changes before the refused one applied.
+        faithful(am, &before)?;
+        applied?;
+        return Ok(then(am));
+    }
+    let (checked, out) = std::thread::scope(|s| {
+        let check = s.spawn(|| faithful(am, &before));
+        let out = catch_unwind(AssertUnwindSafe(|| then(am)));
+        let checked = check
+            .join()
+            .unwrap_or_else(|panic| Err(Error::Panicked(panic_text(&*panic))));
+        (checked, out)
+    });
+    checked?;
+    applied?;
+    Ok(out.unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
 }
 
 /// Checks that every change the document took after `before` is rebuilt from its operations
@@ -80,11 +107,59 @@ pub fn decode_change(bytes: Vec<u8>) -> Result<Change, Error> {
     }
 }
 
-/// The changes of `batch` to refuse before Automerge sees them, by index, with the reason: one
-/// that does not decode (Automerge 0.12 panics decoding operations that name an actor the change
-/// does not declare), one whose bytes are not Automerge's own encoding of its operations (it
-/// would apply, and a saved document would not load), and one that names an object neither
-/// `am` nor a change of the batch makes (Automerge 0.12 panics on it).
+/// Changes with their operations expanded once (Automerge's legacy form), by hash: what the
+/// guard judges, used again after the apply to find the records each change touches.
+#[derive(Default)]
+pub struct Expanded(HashMap<ChangeHash, ExpandedChange>);
+
+impl Expanded {
+    /// The expanded form of `change`, taken out, or decoded now if it is not here.
+    pub(super) fn take(&mut self, change: &Change) -> Option<ExpandedChange> {
+        self.0
+            .remove(&change.hash())
+            .or_else(|| catch_unwind(AssertUnwindSafe(|| change.decode())).ok())
+    }
+
+    /// Adds what `other` holds.
+    pub(super) fn absorb(&mut self, other: Expanded) {
+        self.0.extend(other.0);
+    }
+}
+
+/// What the guard finds of one change without the document: its expanded operations (if they
+/// decode) and the reason to refuse it alone, if any.
+struct Alone {
+    ops: Option<ExpandedChange>,
+    refused: Option<Error>,
+}
+
+/// Judges one change on what it is alone: one that does not decode (Automerge 0.12 panics
+/// decoding operations that name an actor the change does not declare), one whose bytes are
+/// not Automerge's own encoding of its operations (it would apply, and a saved document would
+/// not load), and one with an operation no fogmesh document holds.
+fn alone(change: &Change) -> Alone {
+    let Ok(ops) = catch_unwind(AssertUnwindSafe(|| change.decode())) else {
+        return Alone {
+            ops: None,
+            refused: Some(Error::Undecodable),
+        };
+    };
+    let refused = if !canonical(&ops, change.hash()) {
+        Some(Error::NotCanonical)
+    } else {
+        foreign_operation(&ops).map(Error::Foreign)
+    };
+    Alone {
+        ops: Some(ops),
+        refused,
+    }
+}
+
+/// The changes of `batch` to refuse before Automerge sees them, by index, with the reason, and
+/// the expanded operations of those let through. Refused: one refused alone ([`alone`]; judged
+/// on several threads for a large batch), one whose operation counters do not follow its
+/// dependencies', and one that names an object neither `am` nor a change of the batch makes
+/// (Automerge 0.12 panics on it).
 /// A change whose history is at hand is also refused if that history lacks its author's
 /// previous change ([`Lineage`]).
 /// With `ready_only`, the object test is left out for a change whose dependencies are not all in
@@ -94,11 +169,11 @@ pub(super) fn refused(
     lineage: &Lineage,
     batch: &[Change],
     ready_only: bool,
-) -> Vec<(usize, Error)> {
-    let decoded: Vec<Option<ExpandedChange>> = batch
-        .iter()
-        .map(|c| catch_unwind(AssertUnwindSafe(|| c.decode())).ok())
-        .collect();
+) -> (Vec<(usize, Error)>, Expanded) {
+    let (decoded, mut alone): (Vec<_>, Vec<_>) = crate::parallel::map(batch, spread(batch), alone)
+        .into_iter()
+        .map(|a| (a.ops, a.refused))
+        .unzip();
     let by_hash: HashMap<ChangeHash, usize> = batch
         .iter()
         .enumerate()
@@ -116,12 +191,8 @@ pub(super) fn refused(
             out.push((i, Error::Undecodable));
             continue;
         };
-        if !canonical(change, batch[i].hash()) {
-            out.push((i, Error::NotCanonical));
-            continue;
-        }
-        if let Some(what) = foreign_operation(change) {
-            out.push((i, Error::Foreign(what)));
+        if let Some(why) = alone[i].take() {
+            out.push((i, why));
             continue;
         }
         if let Some(why) = counters_go_back(am, change, &decoded, &by_hash, batch, i) {
@@ -141,7 +212,29 @@ pub(super) fn refused(
             out.push((i, Error::MissingObject(obj)));
         }
     }
-    out
+    let gone: HashSet<usize> = out.iter().map(|(i, _)| *i).collect();
+    let kept = (decoded.into_iter().zip(batch).enumerate())
+        .filter(|(i, _)| !gone.contains(i))
+        .filter_map(|(_, (ops, c))| Some((c.hash(), ops?)));
+    (out, Expanded(kept.collect()))
+}
+
+/// What [`spread`] gives for a batch of large changes: any two spread.
+pub(super) const SPREAD_ANY: usize = 2;
+
+/// Changes in a batch from which judging or scanning them spreads over threads: any two when
+/// they are large (a catch-up chunk holds a few changes of up to 64 KiB each), else many.
+pub(super) fn spread(batch: &[Change]) -> usize {
+    /// Bytes of changes worth a thread of their own.
+    const PARALLEL_BYTES: usize = 64 * 1024;
+    /// Small changes worth spreading.
+    const PARALLEL_CHANGES: usize = 16;
+    let bytes: usize = batch.iter().map(|c| c.raw_bytes().len()).sum();
+    if bytes >= 2 * PARALLEL_BYTES {
+        SPREAD_ANY
+    } else {
+        PARALLEL_CHANGES
+    }
 }
 
 /// An operation no fogmesh document holds (records are maps, lists and scalars): text marks,

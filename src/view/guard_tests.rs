@@ -65,11 +65,8 @@ fn guarded(input: &[u8]) -> (Doc, bool) {
     let (mode, changes) = changes_of(input);
     assert!(!changes.is_empty(), "the reproducer holds a change");
     let mut doc = base();
-    let refused: Vec<usize> = doc
-        .refused(&changes, true)
-        .into_iter()
-        .map(|(i, _)| i)
-        .collect();
+    let (refused, expanded) = doc.refused(&changes, true);
+    let refused: Vec<usize> = refused.into_iter().map(|(i, _)| i).collect();
     let ok: Vec<Change> = (0..changes.len())
         .filter(|i| !refused.contains(i))
         .map(|i| changes[i].clone())
@@ -79,7 +76,7 @@ fn guarded(input: &[u8]) -> (Doc, bool) {
         return (doc, stopped);
     }
     let result = if mode & 1 == 0 {
-        doc.apply(ok).map(|_| ())
+        doc.apply_judged(ok, expanded).map(|_| ())
     } else {
         doc.apply_all(ok)
     };
@@ -179,6 +176,7 @@ fn changes_no_fogmesh_node_makes_are_refused() {
     assert!(
         victim
             .refused(&[first.clone(), second.clone()], true)
+            .0
             .is_empty(),
         "honest"
     );
@@ -187,7 +185,7 @@ fn changes_no_fogmesh_node_makes_are_refused() {
     let mut back = second.decode();
     back.start_op = std::num::NonZeroU64::new(1).expect("non-zero");
     let back = Change::from(back);
-    let refused = victim.refused(&[first.clone(), back], true);
+    let refused = victim.refused(&[first.clone(), back], true).0;
     assert!(
         matches!(refused.as_slice(), [(1, Error::Foreign(_))]),
         "{refused:?}"
@@ -202,7 +200,7 @@ fn changes_no_fogmesh_node_makes_are_refused() {
     text.splice_text(&obj, 0, 0, "hello").expect("splice");
     text.commit();
     let change = text.document().get_last_local_change().expect("a change");
-    let refused = victim.refused(&[change], true);
+    let refused = victim.refused(&[change], true).0;
     assert!(
         matches!(refused.as_slice(), [(0, Error::Foreign(_))]),
         "{refused:?}"
@@ -260,7 +258,10 @@ fn a_change_that_waited_is_judged_when_let_through_and_refused_alone() {
 
     let mut victim = Doc::new(&[5; 32]);
     assert!(
-        victim.refused(std::slice::from_ref(&bad), true).is_empty(),
+        victim
+            .refused(std::slice::from_ref(&bad), true)
+            .0
+            .is_empty(),
         "its history is not at hand yet: judged alone it passes"
     );
     assert!(victim.apply(vec![bad]).expect("waits").waiting);
@@ -332,14 +333,14 @@ fn a_change_whose_history_skips_its_authors_previous_change_is_refused_everywher
     holds_two
         .apply(vec![c[0].clone(), c[1].clone()])
         .expect("applies");
-    let refused = holds_two.refused(std::slice::from_ref(&third), true);
+    let refused = holds_two.refused(std::slice::from_ref(&third), true).0;
     assert!(skips(&refused), "{refused:?}");
 
     let mut holds_one = Doc::new(&[6; 32]);
     holds_one.apply(vec![c[0].clone()]).expect("applies");
-    let refused = holds_one.refused(std::slice::from_ref(&third), true);
+    let refused = holds_one.refused(std::slice::from_ref(&third), true).0;
     assert!(skips(&refused), "{refused:?}");
-    let refused = holds_one.refused(&[c[1].clone(), third.clone()], true);
+    let refused = holds_one.refused(&[c[1].clone(), third.clone()], true).0;
     assert!(
         matches!(refused.as_slice(), [(1, Error::SkipsPrevious(2))]),
         "{refused:?}"
@@ -347,7 +348,10 @@ fn a_change_whose_history_skips_its_authors_previous_change_is_refused_everywher
 
     // One that held it back, its history not at hand, refuses it when that history comes.
     let mut held = Doc::new(&[4; 32]);
-    assert!(held.refused(std::slice::from_ref(&third), true).is_empty());
+    assert!(held
+        .refused(std::slice::from_ref(&third), true)
+        .0
+        .is_empty());
     assert!(held.apply(vec![third]).expect("waits").waiting);
     let applied = held.apply(vec![c[0].clone()]).expect("applies");
     let [refused] = applied.refused.as_slice() else {
@@ -386,7 +390,7 @@ fn a_change_whose_history_skips_its_authors_previous_change_is_refused_everywher
         .apply_changes([c[0].clone(), c[1].clone(), between.clone(), honest.clone()])
         .expect("applies");
     Automerge::load(&plain.save()).expect("and loads");
-    let refused = holds_one.refused(&[c[1].clone(), between, honest], true);
+    let refused = holds_one.refused(&[c[1].clone(), between, honest], true).0;
     assert!(refused.is_empty(), "{refused:?}");
 }
 
@@ -407,6 +411,7 @@ fn applied_step_by_step_the_change_that_breaks_the_document_is_named() {
     victim.apply(vec![first]).expect("applies");
     assert!(victim
         .refused(std::slice::from_ref(&again), false)
+        .0
         .is_empty());
     assert!(victim.apply(vec![again]).expect("waits").waiting);
     match victim.apply_stepwise(vec![honest]) {
@@ -417,5 +422,30 @@ fn applied_step_by_step_the_change_that_breaks_the_document_is_named() {
             panic!("Automerge took a second change 1: the test shows nothing ({applied:?})")
         }
         Err(e) => panic!("{e}"),
+    }
+}
+
+/// Applied with no judging first, each breaking reproducer is caught by the check after the
+/// apply, whether what follows the apply runs after the check or beside it (a large batch).
+#[test]
+fn the_check_after_the_apply_catches_the_same_whether_run_beside_or_before() {
+    for (name, input) in BREAKING {
+        let (_, changes) = changes_of(input);
+        let outcome = |beside: bool| {
+            let mut am = Automerge::load(BASE).expect("the base document loads");
+            let ran = std::sync::atomic::AtomicBool::new(false);
+            let r = super::apply_then(&mut am, changes.clone(), beside, |_| {
+                ran.store(true, std::sync::atomic::Ordering::Relaxed);
+                7
+            });
+            (r.map_err(|e| e.to_string()), ran.into_inner())
+        };
+        let (before, beside) = (outcome(false), outcome(true));
+        assert_eq!(before.0, beside.0, "{name}");
+        assert!(
+            before.0.is_err(),
+            "{name}: applied unjudged, it was not caught"
+        );
+        assert!(!before.1, "{name}: what follows ran after a failed check");
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod aggregate;
 pub mod amjson;
+mod built;
 pub mod condition;
 pub mod doc;
 pub mod flow;

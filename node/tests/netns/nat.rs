@@ -72,8 +72,14 @@ const SPREAD: Duration = Duration::from_secs(30);
 const CIRCUIT_WITHIN: Duration = Duration::from_secs(90);
 /// How long records may take to reach agency.
 const REPLICATE_WITHIN: Duration = Duration::from_secs(60);
-/// How long the connection between pharmacy and agency may take to end hole-punched.
-const PUNCH_WITHIN: Duration = Duration::from_secs(60);
+/// How long the connection between pharmacy and agency may take to end hole-punched: a first
+/// DCUtR round that fails (3 dial attempts 10 s apart, about 30 s), the 15 s a node waits before
+/// closing the relayed connection to try again, and a second round, with room to spare. A round
+/// fails when an end offers only candidates the NATs do not map (right after a restart a node
+/// may know only the ephemeral port its first TCP connection to the relay left from); the
+/// nodes must then recover by trying again, and the test waits for that rather than failing
+/// on the first round.
+const PUNCH_WITHIN: Duration = Duration::from_secs(120);
 /// How long insurer is watched not getting a circuit address, at least.
 const REFUSAL_WATCH: Duration = Duration::from_secs(15);
 /// How long the relay may take to log a refusal of insurer's reservation once insurer is a
@@ -184,10 +190,11 @@ fn scenario(t0: Instant, dir: &Path) -> Result<()> {
 
     replicate(t0, &mut sum, &pharmacy, &agency)?;
     relayed_only(t0, &mut sum, &pharmacy, &agency)?;
+    let marks = [pharmacy.log().len(), agency.log().len()];
     agency.stop()?;
     edit_config(&agency, |c| c.hole_punch = true)?;
     agency.start()?;
-    let timeline = hole_punch(t0, &mut sum, [&pharmacy, &agency], &hospital)?;
+    let timeline = hole_punch(t0, &mut sum, [&pharmacy, &agency], marks, &hospital)?;
     await_reachability(
         t0,
         &mut sum,
@@ -272,11 +279,15 @@ fn relayed_only(t0: Instant, sum: &mut Summary, a: &NsNode, b: &NsNode) -> Resul
 }
 
 /// Polls what pharmacy and agency list as their connection to each other until both list
-/// `hole-punched`; the timeline of what they listed.
+/// `hole-punched`; the timeline of what they listed. `marks` are the lengths of the pair's logs
+/// before agency's restart: the punch rounds logged since (each with the candidates the other
+/// end offered) are printed, and on a failure also the dials that reached the wrong peer (this
+/// node itself through a peer's loopback address, or the relay) and the connections lost.
 fn hole_punch(
     t0: Instant,
     sum: &mut Summary,
     pair: [&NsNode; 2],
+    marks: [usize; 2],
     relay: &NsNode,
 ) -> Result<String> {
     let start = Instant::now();
@@ -304,21 +315,23 @@ fn hole_punch(
             .all(|c| matches!(c, Some(Some(c)) if c == "hole-punched")))
     })?;
     let timeline = timeline.join(", ");
-    if done.is_none() {
-        let logs: Vec<String> = [pair[0], pair[1], relay]
+    let since_restart = |needles: &[&str], max: usize| -> String {
+        let logs: Vec<String> = pair
             .iter()
-            .map(|n| {
-                format!(
-                    "--- {}:\n{}",
-                    n.org,
-                    grep(n, &["dcutr", "hole", "relay"], 0, 40)
-                )
-            })
+            .zip(marks)
+            .map(|(n, mark)| format!("--- {}:\n{}", n.org, grep(n, needles, mark, max)))
             .collect();
+        logs.join("\n")
+    };
+    let rounds = ["hole-punch as", "hole punch"];
+    if done.is_none() {
+        let lost = ["unexpected peer id", "peer down", "reservation"];
         bail!(
             "pharmacy and agency did not end hole-punched within {PUNCH_WITHIN:?} (timeline: \
-             {timeline}); logs:\n{}",
-            logs.join("\n")
+             {timeline}); their logs since agency's restart:\n{}\n--- {} (relay):\n{}",
+            since_restart(&[&rounds[..], &lost[..]].concat(), 60),
+            relay.org,
+            grep(relay, &["circuit", "reservation"], 0, 20)
         );
     }
     if !timeline.contains("relayed") {
@@ -327,6 +340,13 @@ fn hole_punch(
             "no relayed connection seen between two polls: the hole was punched before",
         );
     }
+    say(
+        t0,
+        format!(
+            "punch rounds since agency's restart:\n{}",
+            since_restart(&rounds, 12)
+        ),
+    );
     sum.mark(
         t0,
         format!(
