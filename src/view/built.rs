@@ -63,6 +63,9 @@ pub(super) fn records(c: &ExpandedChange) -> Vec<Built> {
                 }
                 continue;
             }
+            // An operation on an object the change makes only later: Automerge applies it, and
+            // no writer makes one; building from operations in order would leave it out.
+            ObjectId::Id(id) if id.1 == c.actor_id && id.0 >= counter => return Vec::new(),
             ObjectId::Id(id) if id.1 == c.actor_id => id.0,
             ObjectId::Id(_) => continue,
         };

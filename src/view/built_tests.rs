@@ -1,8 +1,11 @@
 //! Records built from the changes that created them match what the document shows, and only
 //! those a change created whole, alone, in its own page are built.
 
+use std::num::NonZeroU64;
+
+use automerge::legacy::{ElementId, Key, ObjectId, Op, OpId, OpType, SortedVec};
 use automerge::transaction::Transactable;
-use automerge::{Automerge, Change, ObjType, ROOT};
+use automerge::{ActorId, Automerge, Change, ExpandedChange, ObjType, ScalarValue, ROOT};
 use serde_json::json;
 
 use crate::view::doc::tests::up;
@@ -90,4 +93,95 @@ fn a_page_key_made_twice_keeps_only_the_page_the_document_shows() {
     assert_eq!(applied.touched, vec!["r1".to_string()]);
     assert!(applied.built.is_empty(), "{:?}", applied.built);
     assert_eq!(reader.read("r1").expect("shown").data["v"], json!("from b"));
+}
+
+fn op(obj: ObjectId, key: &str, action: OpType) -> Op {
+    Op {
+        action,
+        obj,
+        key: Key::Map(key.into()),
+        pred: SortedVec::new(),
+        insert: false,
+    }
+}
+
+fn on(counter: u64, a: &ActorId) -> ObjectId {
+    ObjectId::Id(OpId(counter, a.clone()))
+}
+
+fn put(v: &str) -> OpType {
+    OpType::Put(ScalarValue::Str(v.into()))
+}
+
+fn insert_first(list: ObjectId, v: &str) -> Op {
+    Op {
+        key: Key::Seq(ElementId::Head),
+        insert: true,
+        ..op(list, "", put(v))
+    }
+}
+
+/// A change of `a` made of `ops`, numbered from 1, encoded as Automerge encodes it.
+fn crafted(a: &ActorId, ops: Vec<Op>) -> Change {
+    Change::from(ExpandedChange {
+        operations: ops,
+        actor_id: a.clone(),
+        hash: None,
+        seq: 1,
+        start_op: NonZeroU64::MIN,
+        time: 0,
+        message: None,
+        deps: vec![],
+        extra_bytes: vec![],
+        author: None,
+    })
+}
+
+/// Record `r1` in page `p.0X`: 1 page, 2 record, 3 name, 4 time, 5 data.
+fn record_ops(a: &ActorId) -> Vec<Op> {
+    vec![
+        op(ObjectId::Root, "p.0X", OpType::Make(ObjType::Map)),
+        op(on(1, a), "r1", OpType::Make(ObjType::Map)),
+        op(on(2, a), "name", put("d7/ward-3")),
+        op(on(2, a), "time", OpType::Put(ScalarValue::Uint(5))),
+        op(on(2, a), "data", OpType::Make(ObjType::Map)),
+    ]
+}
+
+/// Judged and applied as the live path does; every record built must read the same.
+fn applied_agrees(change: Change) -> usize {
+    let mut doc = Doc::new(&[9; 32]);
+    let batch = vec![change];
+    let (refused, expanded) = doc.refused(&batch, true);
+    assert!(refused.is_empty(), "{refused:?}");
+    let applied = doc.apply_judged(batch, expanded).expect("apply");
+    for (id, built) in &applied.built {
+        assert_eq!(doc.read(id).as_ref(), Some(built), "{id}");
+    }
+    applied.built.len()
+}
+
+/// Found by an attacker review: an operation on an object the change makes later applies, and
+/// a record built from the operations in order would lack it.
+#[test]
+fn a_change_writing_into_an_object_it_makes_later_is_read_not_built() {
+    let a = ActorId::from(&[1u8; 32][..]);
+    let mut plain = record_ops(&a);
+    plain.push(op(on(5, &a), "v", put("x")));
+    assert_eq!(applied_agrees(crafted(&a, plain)), 1, "the plain shape is built");
+
+    // 3 writes into the data map, which 5 makes.
+    let mut early_key = record_ops(&a);
+    early_key[2] = op(on(5, &a), "hidden", put("sneaky"));
+    early_key.push(op(on(2, &a), "name", put("d7/ward-3")));
+    assert!(super::records(&crafted(&a, early_key.clone()).decode()).is_empty());
+    assert_eq!(applied_agrees(crafted(&a, early_key)), 0);
+
+    // 6 inserts into the list that 8 makes.
+    let mut early_item = record_ops(&a);
+    early_item.push(insert_first(on(8, &a), "early"));
+    early_item.push(op(on(5, &a), "v", put("x")));
+    early_item.push(op(on(5, &a), "l", OpType::Make(ObjType::List)));
+    early_item.push(insert_first(on(8, &a), "first"));
+    assert_eq!(applied_agrees(crafted(&a, early_item)), 0);
 }
