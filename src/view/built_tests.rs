@@ -168,7 +168,11 @@ fn a_change_writing_into_an_object_it_makes_later_is_read_not_built() {
     let a = ActorId::from(&[1u8; 32][..]);
     let mut plain = record_ops(&a);
     plain.push(op(on(5, &a), "v", put("x")));
-    assert_eq!(applied_agrees(crafted(&a, plain)), 1, "the plain shape is built");
+    assert_eq!(
+        applied_agrees(crafted(&a, plain)),
+        1,
+        "the plain shape is built"
+    );
 
     // 3 writes into the data map, which 5 makes.
     let mut early_key = record_ops(&a);
