@@ -295,11 +295,9 @@ impl Doc {
         let (ready, refused) = self.take_ready(changes, &mut expanded);
         // Each change as the guard decoded it, to find the records it touches (a read, spread
         // over threads when a catch-up chunk brings large changes) and build those it created.
-        let copies: Vec<_> = ready
-            .iter()
-            .map(|c| (c.clone(), expanded.take(c)))
-            .collect();
-        let decoded: Vec<_> = copies.iter().filter_map(|(_, e)| e.as_ref()).collect();
+        let copies = ready.clone();
+        let expanded: Vec<_> = ready.iter().map(|c| expanded.take(c)).collect();
+        let decoded: Vec<_> = expanded.iter().flatten().collect();
         let spread = guard::spread(&ready);
         let scan = |am: &Automerge| {
             crate::parallel::map(&decoded, spread, |c| {
@@ -318,7 +316,6 @@ impl Doc {
             guard::apply_then(&mut self.am, ready, spread == guard::SPREAD_ANY, scan)?
         };
         let missed = decoded.len() < copies.len();
-        let copies: Vec<_> = copies.into_iter().map(|(c, _)| c).collect();
         self.lineage.applied(&copies);
         let mut everything = self.legacy_released() || missed;
         let mut ids = BTreeSet::new();
@@ -342,9 +339,10 @@ impl Doc {
             // Changes not decoded here applied, or pages went: index everything again.
             self.reindex();
         }
-        let built = match everything {
-            true => HashMap::new(),
-            false => self.keep_built(candidates, &touches),
+        let built = if everything {
+            HashMap::new()
+        } else {
+            self.keep_built(candidates, &touches)
         };
         Ok(Applied {
             touched: ids.into_iter().collect(),

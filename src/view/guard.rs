@@ -115,15 +115,19 @@ pub struct Expanded(HashMap<ChangeHash, ExpandedChange>);
 impl Expanded {
     /// The expanded form of `change`, taken out, or decoded now if it is not here.
     pub(super) fn take(&mut self, change: &Change) -> Option<ExpandedChange> {
-        self.0
-            .remove(&change.hash())
-            .or_else(|| catch_unwind(AssertUnwindSafe(|| change.decode())).ok())
+        self.0.remove(&change.hash()).or_else(|| expand(change))
     }
 
     /// Adds what `other` holds.
     pub(super) fn absorb(&mut self, other: Expanded) {
         self.0.extend(other.0);
     }
+}
+
+/// The operations of `change` expanded; `None` if Automerge fails decoding them (it panics on
+/// operations that name an actor the change does not declare).
+fn expand(change: &Change) -> Option<ExpandedChange> {
+    catch_unwind(AssertUnwindSafe(|| change.decode())).ok()
 }
 
 /// What the guard finds of one change without the document: its expanded operations (if they
@@ -138,7 +142,7 @@ struct Alone {
 /// not Automerge's own encoding of its operations (it would apply, and a saved document would
 /// not load), and one with an operation no fogmesh document holds.
 fn alone(change: &Change) -> Alone {
-    let Ok(ops) = catch_unwind(AssertUnwindSafe(|| change.decode())) else {
+    let Some(ops) = expand(change) else {
         return Alone {
             ops: None,
             refused: Some(Error::Undecodable),
