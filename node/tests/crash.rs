@@ -89,8 +89,9 @@ struct Cycle {
     publishing: Duration,
 }
 
-/// One cycle: publish, kill at `kill_after`, restart, check that no acknowledged record is lost.
-fn cycle(node: &mut TestNode, c: usize, kill_after: Duration) -> Result<Cycle> {
+/// One cycle: publish, kill (once `kill.0` batches are acknowledged, `kill.1` later; never with
+/// `None`), restart, check that no acknowledged record is lost.
+fn cycle(node: &mut TestNode, c: usize, kill: Option<(usize, Duration)>) -> Result<Cycle> {
     let acked: Acked = Arc::default();
     let done = Arc::new(AtomicBool::new(false));
     let writer = {
@@ -99,10 +100,12 @@ fn cycle(node: &mut TestNode, c: usize, kill_after: Duration) -> Result<Cycle> {
         thread::spawn(move || publisher(url, token, c, acked, done))
     };
     let began = Instant::now();
-    let deadline = began + kill_after;
-    while Instant::now() < deadline && !done.load(Ordering::Acquire) {
+    let (batches, then) = kill.unwrap_or((usize::MAX, Duration::ZERO));
+    let acked_batches = || acked.lock().expect("acked lock").len() / BATCH;
+    while acked_batches() < batches && !done.load(Ordering::Acquire) {
         thread::sleep(Duration::from_millis(1));
     }
+    thread::sleep(then);
     let publishing = began.elapsed();
     let mid_write = !done.load(Ordering::Acquire);
     node.kill();
@@ -137,20 +140,27 @@ fn no_acknowledged_record_is_lost_when_the_node_is_killed() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let mut node = TestNode::init(&dir.path().join("h"), "hospital")?;
     node.post("/v1/datasets", &json!({"name": "crash"}))?;
-    // Cycle 0 runs to completion and times the publishing; later kills land uniformly within it.
-    let first = cycle(&mut node, 0, Duration::from_secs(3600))?;
+    // Cycle 0 runs to completion and times the publishing. A later cycle is killed after a random
+    // number of acknowledged batches, a random part of one batch's time later: within the
+    // next batch's request, whatever the machine's speed at the moment (a kill timed from the
+    // start of a cycle landed after its end on a machine that had become faster).
+    let first = cycle(&mut node, 0, None)?;
     ensure!(
         first.acked.len() == RECORDS,
         "an uninterrupted cycle acknowledged {} records",
         first.acked.len()
     );
     let full = first.publishing;
+    let per_batch = full / u32::try_from(RECORDS / BATCH)?;
     let mut rng = rand::thread_rng();
     let mut all = vec![first.acked];
     let (mut mid, cycles) = (0, cycles());
     for c in 1..=cycles {
-        let kill_after = full.mul_f64(rng.gen_range(0.0..1.0));
-        let done = cycle(&mut node, c, kill_after)?;
+        let kill = (
+            rng.gen_range(0..RECORDS / BATCH),
+            per_batch.mul_f64(rng.gen_range(0.0..1.0)),
+        );
+        let done = cycle(&mut node, c, Some(kill))?;
         mid += usize::from(done.mid_write);
         all.push(done.acked);
     }

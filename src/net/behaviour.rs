@@ -1,16 +1,18 @@
 //! The composed libp2p behaviour and the swarm built around it.
 
+use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::upgrade;
 use libp2p::core::Transport;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{
-    autonat, connection_limits, dcutr, identify, identity::Keypair, mdns, noise, ping, relay,
+    autonat, connection_limits, dcutr, identify, identity::Keypair, mdns, noise, ping, quic, relay,
     request_response, tcp, yamux, Swarm,
 };
 
 use super::candidates::Candidates;
 use super::codec::{Budget, FrameCodec};
+use super::not_self::NotSelf;
 use super::reach::{self, Members};
 use super::traffic::Meter;
 use super::{Config, Error, Protocol, REQUEST_TIMEOUT};
@@ -125,10 +127,10 @@ fn frames(protocol: Protocol, meter: &Meter) -> FrameBehaviour {
     )
 }
 
-/// Builds the swarm: TCP and QUIC, Noise, yamux, DNS, circuits through relays, and
-/// [`Behaviour`]. Every TCP socket is wrapped so that its bytes count into `meter` (what
-/// `SwarmBuilder::with_tcp` builds, plus that wrapper); QUIC comes first so that it is tried for
-/// QUIC addresses, TCP for the others. `members` is what the relay server (if any) admits.
+/// Builds the swarm: QUIC and TCP (each socket of which counts its bytes into `meter`), Noise,
+/// yamux, DNS, circuits through relays, and [`Behaviour`]. QUIC comes first so that it is tried
+/// for QUIC addresses, TCP for the others; neither dials this node's own listen addresses
+/// ([`NotSelf`]). `members` is what the relay server (if any) admits.
 pub(crate) fn build_swarm(
     keypair: Keypair,
     config: &Config,
@@ -137,6 +139,7 @@ pub(crate) fn build_swarm(
 ) -> Result<Swarm<Behaviour>, Error> {
     let idle_timeout = config.idle_timeout;
     let noise = noise::Config::new(&keypair).map_err(|e| Error::Build(format!("noise: {e}")))?;
+    let quic = quic::tokio::Transport::new(quic::Config::new(&keypair));
     let meter_for_frames = meter.clone();
     let meter = meter.clone();
     let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
@@ -145,10 +148,14 @@ pub(crate) fn build_swarm(
         .authenticate(noise)
         .multiplex(yamux::Config::default())
         .timeout(REQUEST_TIMEOUT);
+    let direct = NotSelf::new(
+        quic.map(|(peer, conn), _| (peer, StreamMuxerBox::new(conn)))
+            .or_transport(tcp.map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer))))
+            .map(|either, _| either.into_inner()),
+    );
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
-        .with_quic()
-        .with_other_transport(|_| tcp)
+        .with_other_transport(|_| direct)
         .map_err(|never| match never {})?
         .with_dns()
         .map_err(|e| Error::Build(format!("dns: {e}")))?

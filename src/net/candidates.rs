@@ -40,6 +40,12 @@ fn transport(addr: &Multiaddr) -> Option<(bool, u16)> {
 /// The addresses at `observed`'s IP of the listeners of the other transport, if the NAT kept
 /// the port of `observed`'s own listener.
 pub(crate) fn siblings(observed: &Multiaddr, listening: &[Multiaddr]) -> Vec<Multiaddr> {
+    // Seen through a relay, the address is the relay's, whose ports say nothing of this node's
+    // NAT (and where every node listens on one port, they would make the relay's own address
+    // a candidate of this node's: a punch dial there reaches the relay and is given up).
+    if observed.iter().any(|p| p == AddrPart::P2pCircuit) {
+        return Vec::new();
+    }
     let ip = match observed.iter().next() {
         Some(ip @ (AddrPart::Ip4(_) | AddrPart::Ip6(_))) => ip,
         _ => return Vec::new(),
@@ -181,6 +187,7 @@ mod tests {
             "/ip4/203.0.113.7/tcp/40001",
             "/dns4/example.org/tcp/7071",
             "/ip4/203.0.113.7/udp/7071",
+            "/ip4/203.0.113.5/tcp/7071/p2p/12D3KooWEzi8M8oWoAB5nMBfCNTcwd3HhY8BLU3E6igutByv9tq4/p2p-circuit",
         ] {
             assert!(
                 siblings(&observed.parse().unwrap(), &listening).is_empty(),

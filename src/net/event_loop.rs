@@ -33,6 +33,13 @@ const PENDING_REQUESTS_CAP: usize = 4096;
 const LISTEN_WAITERS_CAP: usize = 64;
 /// Least time between two dials of one peer beside the dial under way.
 const BESIDE_EVERY: Duration = Duration::from_secs(10);
+/// Longest time the first dials wait for the listeners to report.
+const LISTENERS_WITHIN: Duration = Duration::from_secs(1);
+/// Most [`Command::Dial`] addresses held until the listeners report; more are dialed at once.
+const HELD_DIALS_CAP: usize = 64;
+
+/// Where the outcome of a [`Command::Dial`] goes.
+type DialReply = oneshot::Sender<Result<(), Error>>;
 
 /// Resolves with the local id of an inbound request and the reply, if one was sent in time.
 type ReplyFuture = BoxFuture<'static, (u64, Option<Frame>)>;
@@ -62,13 +69,27 @@ pub(crate) struct EventLoop {
     replies: FuturesUnordered<ReplyFuture>,
     next_inbound: u64,
     /// Listeners from spawn that have not reported an address yet.
-    pub(super) pending_listeners: HashSet<ListenerId>,
+    pending_listeners: HashSet<ListenerId>,
     listen_waiters: Vec<oneshot::Sender<Vec<Multiaddr>>>,
     dropped_events: u64,
     /// Relays, relayed connections and reachability.
     pub(super) reach: Reach,
     /// When each peer was last dialed beside a dial under way, at relayed addresses or not.
     beside: HashMap<(PeerId, bool), Instant>,
+    /// Dials waiting for the listeners, until they report.
+    held: Option<Held>,
+}
+
+/// Until the listeners report (at most [`LISTENERS_WITHIN`] after the start), no dial leaves: a
+/// TCP dial leaves from a listener's port once there is one, the port a NAT in front of this
+/// node most likely keeps and other members are told of; before, it leaves from an ephemeral
+/// port, and a hole punch offers that.
+struct Held {
+    until: Instant,
+    /// The bootstrap members and relays.
+    bootstrap: Vec<(PeerId, Multiaddr)>,
+    /// Addresses [`Command::Dial`] asked for meanwhile, each answered once dialed.
+    dials: Vec<(Multiaddr, DialReply)>,
 }
 
 impl EventLoop {
@@ -97,18 +118,47 @@ impl EventLoop {
             dropped_events: 0,
             reach,
             beside: HashMap::new(),
+            held: None,
         }
     }
 
-    /// Notes the listeners to wait for, adds and dials the bootstrap members and relays, and
-    /// asks the relays for reservations.
+    /// Notes the listeners to wait for and adds the bootstrap members and relays; once the
+    /// listeners report, dials those and asks the relays for reservations.
     pub(crate) fn start(&mut self, listeners: Vec<ListenerId>, members: Vec<(PeerId, Multiaddr)>) {
         self.pending_listeners = listeners.into_iter().collect();
         for (peer, addr) in &members {
             self.remember(*peer, addr.clone());
-            self.dial_peer(*peer, vec![addr.clone()]);
         }
-        self.reserve_due(Instant::now());
+        let now = Instant::now();
+        self.held = Some(Held {
+            until: now + LISTENERS_WITHIN,
+            bootstrap: members,
+            dials: Vec::new(),
+        });
+        self.release_dials(now);
+        self.reserve_due(now);
+    }
+
+    /// Whether dials still wait for the listeners (see [`Held`]).
+    pub(super) fn dials_held(&self) -> bool {
+        self.held.is_some()
+    }
+
+    /// Lets the first dials leave once every listener has reported, or the wait is over (called
+    /// from the housekeeping tick, which then dials the members due and asks for reservations).
+    pub(super) fn release_dials(&mut self, now: Instant) {
+        match &self.held {
+            Some(h) if self.pending_listeners.is_empty() || h.until <= now => {}
+            _ => return,
+        }
+        if let Some(held) = self.held.take() {
+            for (peer, addr) in held.bootstrap {
+                self.dial_peer(peer, vec![addr]);
+            }
+            for (addr, reply) in held.dials {
+                let _ = reply.send(self.on_dial(addr));
+            }
+        }
     }
 
     /// Runs until shutdown or until every [`super::Client`] is dropped; then drops the swarm.
@@ -151,9 +201,12 @@ impl EventLoop {
                 frame,
                 reply,
             } => self.on_request(peer, protocol, frame, reply),
-            Command::Dial { addr, reply } => {
-                let _ = reply.send(self.on_dial(addr));
-            }
+            Command::Dial { addr, reply } => match &mut self.held {
+                Some(held) if held.dials.len() < HELD_DIALS_CAP => held.dials.push((addr, reply)),
+                _ => {
+                    let _ = reply.send(self.on_dial(addr));
+                }
+            },
             // A new member, or a new address of a member that is down, is due for a dial at
             // once: dial now rather than at the next tick, up to HOUSEKEEPING_INTERVAL later (a
             // restarted node would otherwise wait that long for its first catch-up).
@@ -282,8 +335,12 @@ impl EventLoop {
         }
     }
 
-    /// Answers parked `listen_addrs` calls once every listener has reported.
-    pub(super) fn flush_listen_waiters(&mut self) {
+    /// A listener from the start reported (or closed): once every one has, parked
+    /// `listen_addrs` calls are answered. The first dials leave at the next housekeeping tick: a
+    /// listener on every interface reports one address at a time, loopback's often first, and a
+    /// TCP dial leaves from the listen port only once an address of its kind has been reported.
+    pub(super) fn listener_reported(&mut self, listener: ListenerId) {
+        self.pending_listeners.remove(&listener);
         if self.pending_listeners.is_empty() {
             let addrs = self.listen_addrs();
             for waiter in self.listen_waiters.drain(..) {
@@ -362,6 +419,7 @@ impl EventLoop {
                 tracing::warn!(%peer, reason = "not on the roster after the join window", "disconnecting");
             }
         }
+        self.release_dials(now);
         self.redial_due(now);
         self.reserve_due(now);
         self.punch_again_due(now);
@@ -370,6 +428,9 @@ impl EventLoop {
 
     /// Dials every member that is down and due for an attempt.
     fn redial_due(&mut self, now: Instant) {
+        if self.dials_held() {
+            return;
+        }
         for (peer, addrs) in self.table.due_redials(now) {
             tracing::debug!(%peer, addrs = addrs.len(), "redialing member");
             self.dial_peer(peer, addrs);
@@ -391,6 +452,9 @@ impl EventLoop {
     /// relayed address must not wait for a dial of private ones to time out), so that address
     /// churn cannot stack dials.
     pub(super) fn dial_beside(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        if self.dials_held() {
+            return;
+        }
         let now = Instant::now();
         self.beside.retain(|_, t| now < *t + BESIDE_EVERY);
         let (relayed, direct): (Vec<_>, Vec<_>) =

@@ -73,6 +73,7 @@ mod codec;
 pub use codec::Held;
 mod error;
 mod event_loop;
+mod not_self;
 mod peers;
 mod reach;
 mod reservations;

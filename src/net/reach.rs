@@ -142,6 +142,17 @@ pub(crate) fn autonat(local: PeerId, serves_relay: bool) -> Option<autonat::Beha
     })
 }
 
+/// Whether this end tries a failed hole punch again. Only one end may: both closing the relayed
+/// connection at once and redialing each other cross their circuits. The end whose punch dials
+/// all failed ("Giving up after N dial attempts") is the only one that hears of it (the other
+/// end dials once and is told nothing), so it retries whatever the ids; of the other failures
+/// (a DCUtR stream that broke, which both ends may see), the end with the lower peer id retries.
+fn retries(local: &PeerId, peer: &PeerId, error: &dcutr::Error) -> bool {
+    // dcutr's error kinds are private; its text ("Failed to hole-punch connection: Giving up
+    // after 3 dial attempts") is all that tells them apart.
+    local < peer || error.to_string().contains("Giving up after")
+}
+
 /// One established connection: to whom, how it was made, and whether it is direct QUIC.
 #[derive(Debug, Clone, Copy)]
 struct Conn {
@@ -399,9 +410,7 @@ impl EventLoop {
                     self.swarm.close_connection(relayed);
                 }
             }
-            // One end tries again (the one with the lower peer id): both closing the relayed
-            // connection at once and redialing each other cross their circuits.
-            Err(e) if *self.swarm.local_peer_id() > peer => {
+            Err(e) if !retries(self.swarm.local_peer_id(), &peer, &e) => {
                 tracing::info!(%peer, error = %e, "hole punch failed; staying relayed");
             }
             Err(e) => {

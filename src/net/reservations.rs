@@ -104,6 +104,9 @@ impl Reach {
 impl EventLoop {
     /// Listens on each relay's circuit address that is due (the reservation follows).
     pub(super) fn reserve_due(&mut self, now: Instant) {
+        if self.dials_held() {
+            return;
+        }
         for i in 0..self.reach.relays.len() {
             let relay = &self.reach.relays[i];
             if relay.listener.is_some() || relay.retry_at.is_none_or(|t| t > now) {
@@ -235,6 +238,9 @@ impl EventLoop {
     /// node that restarts within minutes meets its old connection's entry in the NAT's table and
     /// gets a new port), and DCUtR needs it to punch with QUIC.
     pub(super) fn quic_to_relays_due(&mut self, now: Instant) {
+        if self.dials_held() {
+            return;
+        }
         let relays: Vec<PeerId> = self.reach.relays.iter().filter_map(|r| r.peer).collect();
         for relay in relays {
             let tried = self.reach.quic_tried.get(&relay);

@@ -56,8 +56,7 @@ impl EventLoop {
                     return;
                 }
                 tracing::warn!(?listener_id, ?reason, "listener closed");
-                self.pending_listeners.remove(&listener_id);
-                self.flush_listen_waiters();
+                self.listener_reported(listener_id);
             }
             SwarmEvent::ExpiredListenAddr { address, .. } => {
                 tracing::info!(%address, "no longer listening");
@@ -131,8 +130,7 @@ impl EventLoop {
         let addr = addr.with_p2p(local).unwrap_or_else(|a| a);
         tracing::info!(%addr, "listening");
         self.emit(Event::Listening { addr });
-        self.pending_listeners.remove(&listener);
-        self.flush_listen_waiters();
+        self.listener_reported(listener);
     }
 
     fn on_behaviour(&mut self, event: BehaviourEvent) {

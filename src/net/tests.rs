@@ -514,3 +514,51 @@ async fn a_member_reached_through_a_relay_is_then_hole_punched_and_strangers_get
         node.client.shutdown().await;
     }
 }
+
+/// The TCP port of `addr`.
+fn tcp_port(addr: &Multiaddr) -> Option<u16> {
+    addr.iter().find_map(|p| match p {
+        AddrPart::Tcp(port) => Some(port),
+        _ => None,
+    })
+}
+
+#[tokio::test]
+async fn the_first_dial_leaves_from_the_listen_port() {
+    // A NAT in front of a node most likely keeps the port a connection leaves from: from the
+    // listen port, members learn an address that takes them back to the node (and a hole
+    // punch offers it); from an ephemeral port, they learn nothing of use. Listening on every
+    // interface, as members do, the listener reports its addresses only once it has polled
+    // the interfaces, and a dial that leaves before that leaves from an ephemeral port.
+    let tcp_only = || Config {
+        listen: vec!["/ip4/0.0.0.0/tcp/0".parse().unwrap()],
+        ..test_config()
+    };
+    let mut a = start(30, tcp_only());
+    let b_id = Keypair::ed25519_from_bytes([31; 32])
+        .unwrap()
+        .public()
+        .to_peer_id();
+    a.set_members(&[b_id]).await;
+    let b = start(
+        31,
+        Config {
+            bootstrap: vec![a.tcp_addr().await],
+            ..tcp_only()
+        },
+    );
+    let from = a
+        .next(|e| match e {
+            Event::PeerUp { peer, addr } if peer == b_id => Some(addr),
+            _ => None,
+        })
+        .await;
+    let listening = b.tcp_addr().await;
+    assert_eq!(
+        tcp_port(&from),
+        tcp_port(&listening),
+        "{from} vs {listening}"
+    );
+    a.client.shutdown().await;
+    b.client.shutdown().await;
+}

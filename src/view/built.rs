@@ -179,4 +179,4 @@ fn build(nodes: &HashMap<u64, Node>, at: u64, depth: usize) -> Option<hydrate::V
 
 #[cfg(test)]
 #[path = "built_tests.rs"]
-mod tests;
+pub(super) mod tests;

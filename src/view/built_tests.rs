@@ -95,7 +95,7 @@ fn a_page_key_made_twice_keeps_only_the_page_the_document_shows() {
     assert_eq!(reader.read("r1").expect("shown").data["v"], json!("from b"));
 }
 
-fn op(obj: ObjectId, key: &str, action: OpType) -> Op {
+pub(in crate::view) fn op(obj: ObjectId, key: &str, action: OpType) -> Op {
     Op {
         action,
         obj,
@@ -105,11 +105,11 @@ fn op(obj: ObjectId, key: &str, action: OpType) -> Op {
     }
 }
 
-fn on(counter: u64, a: &ActorId) -> ObjectId {
+pub(in crate::view) fn on(counter: u64, a: &ActorId) -> ObjectId {
     ObjectId::Id(OpId(counter, a.clone()))
 }
 
-fn put(v: &str) -> OpType {
+pub(in crate::view) fn put(v: &str) -> OpType {
     OpType::Put(ScalarValue::Str(v.into()))
 }
 
@@ -122,7 +122,7 @@ fn insert_first(list: ObjectId, v: &str) -> Op {
 }
 
 /// A change of `a` made of `ops`, numbered from 1, encoded as Automerge encodes it.
-fn crafted(a: &ActorId, ops: Vec<Op>) -> Change {
+pub(in crate::view) fn crafted(a: &ActorId, ops: Vec<Op>) -> Change {
     Change::from(ExpandedChange {
         operations: ops,
         actor_id: a.clone(),

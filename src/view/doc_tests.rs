@@ -296,6 +296,35 @@ fn a_change_that_removes_a_whole_page_says_everything_changed() {
 }
 
 #[test]
+fn a_page_made_again_at_a_key_that_holds_one_says_everything_changed() {
+    // A crafted change makes a page at a key already used without naming the first page: the
+    // document shows one of the two whatever the order they arrive in, and the view follows it.
+    let mut owner = Doc::new(&[1; 32]);
+    let base = owner.write(&[up("r1", json!({"v": 1}))], &[]).expect("w");
+    let page = owner.automerge().keys(ROOT).next().expect("a page");
+    let mut foreign = Automerge::new().with_actor(ActorId::from([9u8; 32].as_slice()));
+    let mut tx = foreign.transaction();
+    tx.put_object(ROOT, page.as_str(), ObjType::Map)
+        .expect("put");
+    let (hash, _) = tx.commit();
+    let over = foreign
+        .get_change_by_hash(&hash.expect("hash"))
+        .map(|c| c.raw_bytes().to_vec());
+    let (mut a, mut b) = (Doc::new(&[2; 32]), Doc::new(&[3; 32]));
+    a.apply(change(base.clone())).expect("apply");
+    assert!(a.apply(change(over.clone())).expect("apply").everything);
+    b.apply(change(over)).expect("apply");
+    assert!(b.apply(change(base)).expect("apply").everything);
+    for doc in [&mut a, &mut b] {
+        let loaded = Doc::load(&doc.automerge().save(), &[4; 32]).expect("load");
+        // The crafted (empty) page shows: its author's id is the greater.
+        assert!(loaded.ids().is_empty() && loaded.read("r1").is_none());
+        assert_eq!(doc.ids(), loaded.ids());
+        assert!(doc.read("r1").is_none() && doc.read_all().is_empty());
+    }
+}
+
+#[test]
 fn many_records_mixing_whole_pages_and_single_reads_read_as_one_by_one() {
     let mut a = Doc::new(&[1; 32]);
     let batch = |from: usize, n: usize| -> Vec<Upsert> {

@@ -8,8 +8,10 @@
 use std::collections::{HashMap, HashSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use automerge::{ActorId, Automerge, Change, ChangeHash, ExpandedChange};
+use automerge::legacy::{Key, ObjectId, OpId, OpType};
+use automerge::{ActorId, Automerge, Change, ChangeHash, ExpandedChange, ObjType};
 
+use super::claim;
 use super::doc::Error;
 use super::lineage::{Batch, Lineage};
 
@@ -95,8 +97,15 @@ pub fn load(bytes: &[u8]) -> Result<Automerge, Error> {
 
 /// Parses a change from a peer's bytes. Automerge 0.12 panics on some crafted bytes (an
 /// unchecked integer conversion) instead of refusing them: such bytes are refused like any
-/// other that is not a change.
+/// other that is not a change. So are bytes that claim more than Automerge should be asked to
+/// inflate or walk ([`claim::check`]).
 pub fn decode_change(bytes: Vec<u8>) -> Result<Change, Error> {
+    claim::check(&bytes).map_err(|e| Error::NotAChange(e.to_string()))?;
+    parse_caught(bytes)
+}
+
+/// `Change::from_bytes`, with a panic inside it caught and refused.
+fn parse_caught(bytes: Vec<u8>) -> Result<Change, Error> {
     match catch_unwind(|| Change::from_bytes(bytes)) {
         Ok(Ok(change)) => Ok(change),
         Ok(Err(e)) => Err(Error::NotAChange(e.to_string())),
@@ -162,8 +171,8 @@ fn alone(change: &Change) -> Alone {
 /// The changes of `batch` to refuse before Automerge sees them, by index, with the reason, and
 /// the expanded operations of those let through. Refused: one refused alone ([`alone`]; judged
 /// on several threads for a large batch), one whose operation counters do not follow its
-/// dependencies', and one that names an object neither `am` nor a change of the batch makes
-/// (Automerge 0.12 panics on it).
+/// dependencies', and one with an operation on an object neither `am` nor a change of the batch
+/// makes (Automerge 0.12 panics on it) or whose key does not fit its object ([`object_fault`]).
 /// A change whose history is at hand is also refused if that history lacks its author's
 /// previous change ([`Lineage`]).
 /// With `ready_only`, the object test is left out for a change whose dependencies are not all in
@@ -188,8 +197,8 @@ pub(super) fn refused(
         ready[i] = true;
     }
     let mut out = Vec::new();
-    let mut made = None;
     let mut lines = None;
+    let mut placed = Vec::new();
     for (i, change) in decoded.iter().enumerate() {
         let Some(change) = change else {
             out.push((i, Error::Undecodable));
@@ -211,10 +220,23 @@ pub(super) fn refused(
             out.push((i, Error::SkipsPrevious(batch[i].seq() - 1)));
             continue;
         }
-        let made = made.get_or_insert_with(|| made_in_batch(&decoded));
-        if let Some(obj) = missing_object(am, change, made) {
-            out.push((i, Error::MissingObject(obj)));
+        placed.push(i);
+    }
+    // Objects last, against what the changes not refused make: a refused change does not vouch
+    // for an object's type.
+    if !placed.is_empty() {
+        let gone: HashSet<usize> = out.iter().map(|(i, _)| *i).collect();
+        let made = made_in_batch(
+            (decoded.iter().enumerate())
+                .filter(|(i, _)| !gone.contains(i))
+                .filter_map(|(_, c)| c.as_ref()),
+        );
+        for i in placed {
+            if let Some(why) = decoded[i].as_ref().and_then(|c| object_fault(am, c, &made)) {
+                out.push((i, why));
+            }
         }
+        out.sort_by_key(|(i, _)| *i);
     }
     let gone: HashSet<usize> = out.iter().map(|(i, _)| *i).collect();
     let kept = (decoded.into_iter().zip(batch).enumerate())
@@ -246,7 +268,6 @@ pub(super) fn spread(batch: &[Change]) -> usize {
 /// when it loads a saved document (a mark end without its start passes an apply), so they are
 /// refused whole.
 fn foreign_operation(change: &ExpandedChange) -> Option<String> {
-    use automerge::legacy::OpType;
     change.operations.iter().find_map(|op| match &op.action {
         OpType::Make(automerge::ObjType::Map | automerge::ObjType::List) | OpType::Delete => None,
         OpType::Put(automerge::ScalarValue::Counter(_)) => Some("a counter".into()),
@@ -288,32 +309,73 @@ fn canonical(change: &ExpandedChange, hash: ChangeHash) -> bool {
     .unwrap_or(false)
 }
 
-/// The first object `change` operates on that neither `am` holds nor `made` lists.
-fn missing_object(
-    am: &Automerge,
-    change: &ExpandedChange,
-    made: &HashSet<(u64, ActorId)>,
-) -> Option<String> {
-    change.operations.iter().find_map(|op| {
-        let automerge::legacy::ObjectId::Id(id) = &op.obj else {
-            return None;
+/// The first fault of `change`'s operations against their objects: an object neither `am` holds
+/// nor `made` lists ([`Error::MissingObject`]), or a key that does not fit its object (a list
+/// position in a map, a map key or an insert in a list's place; Automerge applies these, and
+/// they would show as odd keys).
+fn object_fault(am: &Automerge, change: &ExpandedChange, made: &Made) -> Option<Error> {
+    let mut kinds: HashMap<&OpId, ObjType> = HashMap::new();
+    for op in &change.operations {
+        let kind = match &op.obj {
+            ObjectId::Root => ObjType::Map,
+            ObjectId::Id(id) => match kinds.get(id) {
+                Some(kind) => *kind,
+                None => match kind_of(am, id, made) {
+                    Ok(kind) => *kinds.entry(id).or_insert(kind),
+                    Err(why) => return Some(why),
+                },
+            },
         };
-        let name = format!("{}@{}", id.counter(), id.actor().to_hex_string());
-        let known = made.contains(&(id.counter(), id.actor().clone())) || am.import(&name).is_ok();
-        (!known).then_some(name)
-    })
+        let fits = match (kind, &op.key) {
+            (ObjType::Map | ObjType::Table, Key::Map(_)) => !op.insert,
+            (ObjType::List | ObjType::Text, Key::Seq(_)) => true,
+            _ => false,
+        };
+        if !fits {
+            let key = match &op.key {
+                Key::Map(_) if op.insert => "an insert at a map key",
+                Key::Map(_) => "a map key",
+                Key::Seq(_) => "a list position",
+            };
+            return Some(Error::Foreign(format!("{key} on a {kind:?} object")));
+        }
+    }
+    None
 }
 
-/// Objects made by the changes of a batch, as (counter, actor). (Not only by a change's own
-/// history: that costs time in the square of a chain's length. A change naming an object made
-/// by a change of the batch it does not follow makes Automerge fail inside, which the apply
-/// catches, and is then found and quarantined alone.)
-fn made_in_batch(decoded: &[Option<ExpandedChange>]) -> HashSet<(u64, ActorId)> {
-    let mut made = HashSet::new();
-    for c in decoded.iter().flatten() {
+/// The type of object `id`: as `am` holds it, else as the batch makes it. An object neither
+/// holds is missing; one the batch makes more than once (an operation id used twice, which only
+/// a crafted change does) has no type to trust.
+fn kind_of(am: &Automerge, id: &OpId, made: &Made) -> Result<ObjType, Error> {
+    let name = format!("{}@{}", id.counter(), id.actor().to_hex_string());
+    if let Ok((_, kind)) = am.import(&name) {
+        return Ok(kind);
+    }
+    match made.get(&(id.counter(), id.actor().clone())) {
+        Some(Some(kind)) => Ok(*kind),
+        Some(None) => Err(Error::Foreign(format!(
+            "object {name} made twice in the batch"
+        ))),
+        None => Err(Error::MissingObject(name)),
+    }
+}
+
+/// Objects made by the changes of a batch, by (counter, actor): their type, or `None` for an
+/// id made more than once.
+type Made = HashMap<(u64, ActorId), Option<ObjType>>;
+
+/// The objects `changes` of a batch make. (Not only by a change's own history: that costs time
+/// in the square of a chain's length. A change naming an object made by a change of the batch
+/// it does not follow makes Automerge fail inside, which the apply catches, and is then found
+/// and quarantined alone.)
+fn made_in_batch<'a>(changes: impl Iterator<Item = &'a ExpandedChange>) -> Made {
+    let mut made = Made::new();
+    for c in changes {
         for (k, op) in c.operations.iter().enumerate() {
-            if matches!(op.action, automerge::legacy::OpType::Make(_)) {
-                made.insert((c.start_op.get() + k as u64, c.actor_id.clone()));
+            if let OpType::Make(kind) = op.action {
+                made.entry((c.start_op.get() + k as u64, c.actor_id.clone()))
+                    .and_modify(|twice| *twice = None)
+                    .or_insert(Some(kind));
             }
         }
     }

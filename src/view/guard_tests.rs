@@ -115,14 +115,18 @@ fn bytes_automerge_panics_on_are_refused_as_not_a_change() {
     let mut panicking = 0;
     for bytes in candidates {
         let raw = catch_unwind(|| Change::from_bytes(bytes.clone()).is_ok());
+        let caught = catch_unwind(|| super::parse_caught(bytes.clone()));
+        let caught = caught.expect("a panic inside Automerge is caught");
         let guarded = catch_unwind(|| decode_change(bytes));
         let guarded = guarded.expect("decode_change never panics");
         if raw.is_err() {
             panicking += 1;
             assert!(
-                matches!(&guarded, Err(Error::NotAChange(why)) if why.contains("automerge failed")),
-                "{guarded:?}"
+                matches!(&caught, Err(Error::NotAChange(why)) if why.contains("automerge failed")),
+                "{caught:?}"
             );
+            // Refused, here by the count of what the bytes claim, before Automerge parses them.
+            assert!(matches!(guarded, Err(Error::NotAChange(_))), "{guarded:?}");
         }
     }
     // If an Automerge upgrade stops panicking on it, this reproducer no longer tests the guard.
@@ -448,4 +452,114 @@ fn the_check_after_the_apply_catches_the_same_whether_run_beside_or_before() {
         );
         assert!(!before.1, "{name}: what follows ran after a failed check");
     }
+}
+
+#[test]
+fn an_operation_whose_key_does_not_fit_its_object_is_refused_alone() {
+    use crate::view::built::tests::{crafted, on, op, put};
+    use automerge::legacy::{ElementId, Key, ObjectId, Op, OpType};
+    use automerge::{ActorId, ObjType};
+
+    let a = ActorId::from([7u8; 32].as_slice());
+    let at_head = |op: Op| Op {
+        key: Key::Seq(ElementId::Head),
+        insert: true,
+        ..op
+    };
+    let make = |key: &str, kind| op(ObjectId::Root, key, OpType::Make(kind));
+    let cases = [
+        (
+            "a list position in the root",
+            vec![at_head(op(ObjectId::Root, "", put("x")))],
+        ),
+        (
+            "a list position in a map",
+            vec![
+                make("p.0X", ObjType::Map),
+                at_head(op(on(1, &a), "", put("x"))),
+            ],
+        ),
+        (
+            "a map key in a list",
+            vec![make("p.0X", ObjType::List), op(on(1, &a), "k", put("x"))],
+        ),
+        (
+            "an insert at a map key",
+            vec![Op {
+                insert: true,
+                ..op(ObjectId::Root, "p.0Y", put("x"))
+            }],
+        ),
+    ];
+    for (what, ops) in cases {
+        let doc = Doc::new(&[1; 32]);
+        let (refused, _) = doc.refused(&[crafted(&a, ops)], false);
+        assert_eq!(refused.len(), 1, "{what}");
+        let why = refused[0].1.to_string();
+        assert!(why.contains("on a"), "{what}: {why}");
+    }
+    // The same shapes where they fit apply.
+    let fitting = vec![
+        make("p.0X", ObjType::List),
+        at_head(op(on(1, &a), "", put("x"))),
+        make("p.0Y", ObjType::Map),
+        op(on(3, &a), "k", put("x")),
+    ];
+    let mut doc = Doc::new(&[1; 32]);
+    let fitting = vec![crafted(&a, fitting)];
+    assert!(doc.refused(&fitting, false).0.is_empty());
+    doc.apply(fitting).expect("apply");
+    assert_eq!(doc.automerge().get_heads().len(), 1);
+}
+
+#[test]
+fn a_refused_change_of_the_batch_does_not_vouch_for_an_objects_type() {
+    use crate::view::built::tests::{crafted, on, op, put};
+    use automerge::legacy::{ElementId, Key, ObjectId, Op, OpType};
+    use automerge::{ActorId, ExpandedChange, ObjType};
+    use std::num::NonZeroU64;
+
+    let (a, b) = (
+        ActorId::from([7u8; 32].as_slice()),
+        ActorId::from([8u8; 32].as_slice()),
+    );
+    // 1@a is a map in the document.
+    let first = crafted(
+        &a,
+        vec![op(ObjectId::Root, "p.0X", OpType::Make(ObjType::Map))],
+    );
+    let mut doc = Doc::new(&[1; 32]);
+    doc.apply(vec![first.clone()]).expect("apply");
+    let after = |actor: &ActorId, seq, start, ops| {
+        Change::from(ExpandedChange {
+            operations: ops,
+            actor_id: actor.clone(),
+            hash: None,
+            seq,
+            start_op: NonZeroU64::new(start).expect("start"),
+            time: 0,
+            message: None,
+            deps: vec![first.hash()],
+            extra_bytes: vec![],
+            author: None,
+        })
+    };
+    // A decoy numbered from 1 again (refused: its counters go back) makes 1@a a list...
+    let decoy = after(
+        &a,
+        2,
+        1,
+        vec![op(ObjectId::Root, "p.0Z", OpType::Make(ObjType::List))],
+    );
+    // ...for a change that inserts into 1@a as if it were one.
+    let insert = Op {
+        key: Key::Seq(ElementId::Head),
+        insert: true,
+        ..op(on(1, &a), "", put("x"))
+    };
+    let culprit = after(&b, 1, 2, vec![insert]);
+    let (refused, _) = doc.refused(&[decoy, culprit], false);
+    let why: Vec<(usize, String)> = refused.iter().map(|(i, e)| (*i, e.to_string())).collect();
+    assert_eq!(why.len(), 2, "{why:?}");
+    assert!(why[1].0 == 1 && why[1].1.contains("on a Map"), "{why:?}");
 }

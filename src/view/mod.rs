@@ -3,6 +3,7 @@
 pub mod aggregate;
 pub mod amjson;
 mod built;
+mod claim;
 pub mod condition;
 pub mod doc;
 pub mod flow;

@@ -22,8 +22,8 @@ pub(super) struct Touch {
     pub placed: Vec<(String, String)>,
     /// Ids of the records the change deleted from a page.
     pub removed: Vec<String>,
-    /// The change deleted or replaced a page, which honest writers never do: records other than
-    /// those named may have changed.
+    /// The change deleted or replaced a page, or made one at a key that holds one, which honest
+    /// writers never do: records other than those named may have changed.
     pub rescan: bool,
 }
 
@@ -56,6 +56,7 @@ pub(super) fn scan(doc: &Automerge, c: &ExpandedChange) -> Touch {
                     match (is_page_key(k), is_make && op.pred.is_empty()) {
                         (true, true) => {
                             made.insert(counter, Place::Page(k.to_string()));
+                            t.rescan |= made_twice(doc, k);
                         }
                         (true, false) => t.rescan = true,
                         (false, _) => {}
@@ -92,6 +93,13 @@ pub(super) fn scan(doc: &Automerge, c: &ExpandedChange) -> Touch {
         }
     }
     t
+}
+
+/// Whether root key `page` holds more than one page object: made again by a change that did not
+/// know the first (page keys are fresh ULIDs, so only a crafted change does this, in either
+/// order of arrival). The document shows one of them, and the other's records are hidden.
+fn made_twice(doc: &Automerge, page: &str) -> bool {
+    doc.get_all(ROOT, page).is_ok_and(|values| values.len() > 1)
 }
 
 /// The index of record `id` in `t.records`, added if absent.

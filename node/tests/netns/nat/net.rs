@@ -142,6 +142,20 @@ impl NatNet {
         Ok(())
     }
 
+    /// Blocks (or unblocks) what each router forwards to the other's public address: hole
+    /// punches between the sites fail while the relay still carries their traffic.
+    pub(crate) fn block_sites(&self, block: bool) -> Result<()> {
+        let op = if block { "-I" } else { "-D" };
+        for (router, other) in [("ra", 3), ("rb", 2)] {
+            let to = self.public(other);
+            let rule = [
+                "iptables", op, "FORWARD", "-o", "wan0", "-d", &to, "-j", "DROP",
+            ];
+            ns_ok(&self.ns(router), &rule)?;
+        }
+        Ok(())
+    }
+
     /// Packets router `router`'s MASQUERADE rule has rewritten.
     fn masqueraded(&self, router: &str) -> Result<u64> {
         let r = self.ns(router);
