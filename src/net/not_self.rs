@@ -54,16 +54,17 @@ impl<T> NotSelf<T> {
     }
 }
 
-/// `addr` without a trailing `/p2p/<peer>`, and with any loopback address as `127.0.0.1` (or
-/// `::1`): a listener on every interface answers at `127.0.0.2` or `::ffff:127.0.0.1` too.
+/// `addr` without a trailing `/p2p/<peer>`, an IPv4-mapped IPv6 address as IPv4, and any
+/// loopback address as `127.0.0.1` (or `::1`): a listener on every interface answers at
+/// `127.0.0.2`, `::ffff:127.0.0.1` or `::ffff:192.168.1.10` too.
 fn normal(addr: &Multiaddr) -> Multiaddr {
     let loopback_v4 = |ip: std::net::Ipv4Addr| ip.is_loopback().then_some(Ipv4Addr::LOCALHOST);
     addr.iter()
         .filter(|p| !matches!(p, AddrPart::P2p(_)))
         .map(|p| match p {
             AddrPart::Ip4(ip) => AddrPart::Ip4(loopback_v4(ip).unwrap_or(ip)),
-            AddrPart::Ip6(ip) => match ip.to_ipv4_mapped().and_then(loopback_v4) {
-                Some(v4) => AddrPart::Ip4(v4),
+            AddrPart::Ip6(ip) => match ip.to_ipv4_mapped() {
+                Some(v4) => AddrPart::Ip4(loopback_v4(v4).unwrap_or(v4)),
                 None if ip.is_loopback() => AddrPart::Ip6(Ipv6Addr::LOCALHOST),
                 None => AddrPart::Ip6(ip),
             },
@@ -162,6 +163,10 @@ mod tests {
         ] {
             assert_eq!(at(&same), own, "{same}");
         }
+        assert_eq!(
+            at("/ip6/::ffff:192.168.1.10/tcp/7071"),
+            at("/ip4/192.168.1.10/tcp/7071")
+        );
         let v6: Multiaddr = "/ip6/::1/udp/7071/quic-v1".parse().unwrap();
         assert_eq!(at("/ip6/::1/udp/7071/quic-v1"), v6);
         for other in [

@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::record::{Input, Record, BATCH_MAX_RECORDS};
 use crate::store::Table;
 use crate::view::aggregate::GroupKey;
+use crate::view::doc;
 use crate::view::flow::{Flow, FlowSpec, Targets, MAX_FLOWS};
 
 use super::dataset::{Dataset, Event};
@@ -230,16 +231,7 @@ impl Node {
                 .collect();
             (ups, dels)
         });
-        for chunk in ups.chunks(BATCH_MAX_RECORDS) {
-            self.write(
-                tgt.clone(),
-                Batch {
-                    records: chunk.to_vec(),
-                    delete: vec![],
-                },
-            )
-            .await?;
-        }
+        self.flow_upsert(tgt, ups).await?;
         for chunk in dels.chunks(BATCH_MAX_RECORDS) {
             self.write(
                 tgt.clone(),
@@ -249,6 +241,33 @@ impl Node {
                 },
             )
             .await?;
+        }
+        Ok(())
+    }
+
+    /// Writes `records` to `tgt` in batches of at most [`BATCH_MAX_RECORDS`]; a batch whose
+    /// change would hold more operations than members take is written in halves (one record
+    /// always fits: its data is capped).
+    async fn flow_upsert(&self, tgt: &Arc<Dataset>, records: Vec<Input>) -> Result<()> {
+        let mut todo: Vec<Vec<Input>> = records
+            .chunks(BATCH_MAX_RECORDS)
+            .rev()
+            .map(<[Input]>::to_vec)
+            .collect();
+        while let Some(chunk) = todo.pop() {
+            let batch = Batch {
+                records: chunk.clone(),
+                delete: vec![],
+            };
+            match self.write(tgt.clone(), batch).await {
+                Err(Error::Doc(doc::Error::TooManyOps(_))) if chunk.len() > 1 => {
+                    let (first, rest) = chunk.split_at(chunk.len() / 2);
+                    todo.extend([rest.to_vec(), first.to_vec()]);
+                }
+                done => {
+                    done?;
+                }
+            }
         }
         Ok(())
     }

@@ -133,7 +133,8 @@ impl Dataset {
     /// sealed under a key this node lacks). One that does not open, or carries a change that is
     /// not its author's, is dropped alone and its author reported. One that conflicts with its
     /// author's history held here yields evidence of equivocation and is dropped; so are the
-    /// envelopes of an author from its fork on.
+    /// envelopes of an author from its fork on. Once the changes taken claim
+    /// [`doc::BATCH_OPS`] operations together, the rest of the batch is left for catch-up.
     fn opened(
         &self,
         store: &Store,
@@ -144,6 +145,7 @@ impl Dataset {
     ) -> Result<Vec<(Envelope, Option<Change>)>> {
         let mut accepted = super::forks::Accepted::new();
         let mut out = Vec::with_capacity(envs.len());
+        let mut claimed = 0u64;
         for env in envs {
             let key = (env.author, env.seq);
             let forked = |st: &State| st.forks.get(&env.author).is_some_and(|s| env.seq >= *s);
@@ -171,7 +173,16 @@ impl Dataset {
                 continue;
             }
             let change = match st.open_payload(&self.meta, &env) {
-                Ok(Some(plain)) => change_of(&env, plain).map(Some),
+                Ok(Some(plain)) => {
+                    let ops = doc::claimed(&plain);
+                    if !doc::joins_batch(claimed, ops) {
+                        // The rest waits: not stored, so catch-up asks for it again.
+                        tracing::debug!(dataset = %self.meta.id, claimed, "batch at its operations budget; the rest is fetched again");
+                        break;
+                    }
+                    claimed = claimed.saturating_add(ops);
+                    change_of(&env, plain).map(Some)
+                }
                 Ok(None) => Ok(None),
                 Err(e) => Err(Error::Invalid(format!(
                     "envelope {} #{}: {e}",

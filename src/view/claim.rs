@@ -9,6 +9,10 @@
 /// Most operations one change may hold: one per byte of the largest API request body (an honest
 /// write needs at least two bytes of JSON per operation, `0,` or `[]`; 8 Mi operations).
 pub const MAX_CHANGE_OPS: u64 = crate::config::MAX_BODY_BYTES as u64;
+/// Operations the changes of one batch (one apply) may claim together; the first change of a
+/// batch is taken whatever it claims (up to [`MAX_CHANGE_OPS`]), and the changes past the budget
+/// wait for a later batch. Bounds the memory and time one batch costs before it is judged.
+pub const BATCH_OPS: u64 = 1 << 20;
 
 /// The chunk's first bytes.
 const MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
@@ -17,6 +21,12 @@ const CHANGE: u8 = 1;
 /// The id of the action column, which holds one entry per operation: Automerge walks a
 /// change's operations until it ends (a column spec is its id, a DEFLATE bit and a type).
 const ACTION_COLUMN: u64 = 4;
+/// The specs of the predecessors' actor and counter columns, which hold one entry per
+/// predecessor: Automerge reads as many as each operation's count (its own column) claims,
+/// until they end.
+const PRED_COLUMNS: [u64; 2] = [0x71, 0x73];
+/// The column spec's DEFLATE bit.
+const DEFLATE: u64 = 0x08;
 
 /// Why a change's bytes were refused before Automerge saw them.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -33,7 +43,8 @@ pub enum Refusal {
 }
 
 /// Refuses `bytes` unless they are one uncompressed change chunk claiming at most
-/// [`MAX_CHANGE_OPS`] operations (what they claim otherwise is for Automerge to judge).
+/// [`MAX_CHANGE_OPS`] operations and as many predecessors (an honest operation names one, or a
+/// few where values conflict; what the bytes claim otherwise is for Automerge to judge).
 pub fn check(bytes: &[u8]) -> Result<(), Refusal> {
     match ops(bytes)? {
         n if n > MAX_CHANGE_OPS => Err(Refusal::TooManyOps(n)),
@@ -41,8 +52,20 @@ pub fn check(bytes: &[u8]) -> Result<(), Refusal> {
     }
 }
 
-/// The operations an uncompressed change chunk claims (counted up to just past
-/// [`MAX_CHANGE_OPS`]).
+/// What a batch's budget counts of `bytes`: the operations they claim (0 for bytes that are
+/// not a change: [`check`] refuses those).
+pub fn claimed(bytes: &[u8]) -> u64 {
+    ops(bytes).unwrap_or(0)
+}
+
+/// Whether a change claiming `next` operations joins a batch whose changes claim `taken`
+/// together: the first always does, the others within [`BATCH_OPS`].
+pub fn joins_batch(taken: u64, next: u64) -> bool {
+    taken == 0 || taken.saturating_add(next) <= BATCH_OPS
+}
+
+/// The most entries an uncompressed change chunk claims in its action column or in one of its
+/// predecessor columns (counted up to just past [`MAX_CHANGE_OPS`]).
 fn ops(bytes: &[u8]) -> Result<u64, Refusal> {
     let mut r = Reader { bytes, at: 0 };
     if r.take(4)? != MAGIC {
@@ -71,7 +94,7 @@ fn ops(bytes: &[u8]) -> Result<u64, Refusal> {
         let end = before
             .checked_add(len)
             .ok_or(Refusal::Malformed("column lengths"))?;
-        if spec >> 4 == ACTION_COLUMN {
+        if spec >> 4 == ACTION_COLUMN || PRED_COLUMNS.contains(&(spec & !DEFLATE)) {
             actions.push(before..end);
         }
         before = end;

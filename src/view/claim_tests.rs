@@ -36,37 +36,98 @@ fn the_count_off_the_bytes_is_automerges_own() {
     assert_eq!(ops(&bytes), Ok(500));
 }
 
-/// A change chunk of actor `[1]` whose action column is `column` (Automerge would still check
-/// the checksum, which is left zero: the count comes first).
-fn claiming(column: &[u8]) -> Vec<u8> {
-    let mut data = vec![0, 1, 1, 1, 1, 0, 0, 0, 1, 0x42];
-    data.push(u8::try_from(column.len()).expect("short column"));
-    data.extend(column);
+fn uleb(mut n: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            return out;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+/// A positive count as a signed LEB128 (a zero byte ends it where the last one's sign bit is
+/// set).
+fn sleb(n: u64) -> Vec<u8> {
+    let mut out = uleb(n);
+    if out.last().is_some_and(|b| b & 0x40 != 0) {
+        let last = out.len() - 1;
+        out[last] |= 0x80;
+        out.push(0);
+    }
+    out
+}
+
+/// A change chunk of actor `[1]`, sequence 1, numbered from 1, holding `columns` (spec, data);
+/// its checksum is left zero (Automerge 0.12 does not check it, and the count comes first).
+fn chunk(columns: &[(u8, Vec<u8>)]) -> Vec<u8> {
+    let mut data = vec![0, 1, 1, 1, 1, 0, 0, 0];
+    data.extend(uleb(columns.len() as u64));
+    for (spec, column) in columns {
+        data.push(*spec);
+        data.extend(uleb(column.len() as u64));
+    }
+    for (_, column) in columns {
+        data.extend(column);
+    }
     let mut bytes = vec![0x85, 0x6f, 0x4a, 0x83, 0, 0, 0, 0, 1];
-    bytes.push(u8::try_from(data.len()).expect("short chunk"));
+    bytes.extend(uleb(data.len() as u64));
     bytes.extend(data);
     bytes
 }
 
+/// `n` operations `ROOT.k = null`, each column one run: a few dozen bytes whatever `n`.
+fn nulls(n: u64) -> Vec<u8> {
+    let run = |value: &[u8]| [sleb(n), value.to_vec()].concat();
+    chunk(&[
+        (0x15, run(&[1, b'k'])), // key: the string "k"
+        (0x34, uleb(n)),         // insert: n times false
+        (0x42, run(&[1])),       // action: set
+        (0x56, run(&[0])),       // value: null
+        (0x70, run(&[0])),       // predecessors: none
+    ])
+}
+
+/// A change whose action column is `column` alone.
+fn claiming(column: &[u8]) -> Vec<u8> {
+    chunk(&[(0x42, column.to_vec())])
+}
+
 #[test]
 fn a_change_claiming_billions_of_operations_is_refused_at_once() {
-    // One run of 2^40 equal actions: six bytes.
-    let run = [0x80, 0x80, 0x80, 0x80, 0x80, 0x20, 1];
-    let bytes = claiming(&run);
-    assert_eq!(ops(&bytes), Ok(1 << 40));
-    // Refused before Automerge would walk them (which would not end in this test's lifetime).
-    let refused = decode_change(bytes).expect_err("refused");
+    // The shape is one Automerge walks operation by operation...
+    let small = automerge::Change::from_bytes(nulls(1000)).expect("Automerge parses it");
+    assert_eq!(small.len(), 1000);
+    assert_eq!(ops(&nulls(1000)), Ok(1000));
+    assert!(decode_change(nulls(1000)).is_ok());
+    // ...and 2^40 of them take 64 bytes: refused before Automerge would walk them (which would
+    // not end in this test's lifetime).
+    let bomb = nulls(1 << 40);
+    assert!(bomb.len() <= 64, "{} bytes", bomb.len());
+    assert_eq!(ops(&bomb), Ok(1 << 40));
+    let refused = decode_change(bomb).expect_err("refused");
     assert!(refused.to_string().contains("operations"), "{refused}");
-    // Literal and null runs count too; one past the cap is refused.
+    // Literal and null runs count too; the cap is taken, one past it refused.
     assert_eq!(ops(&claiming(&[0x7e, 5, 6, 0, 3])), Ok(5));
-    let cap = [0x80, 0x80, 0x80, 0x04, 1]; // 4 << 21 = 8 Mi
-    assert_eq!(ops(&claiming(&cap)), Ok(MAX_CHANGE_OPS));
+    let cap = [sleb(MAX_CHANGE_OPS), vec![1]].concat();
     assert!(check(&claiming(&cap)).is_ok());
-    let over = [0x81, 0x80, 0x80, 0x04, 1];
+    let over = [sleb(MAX_CHANGE_OPS + 1), vec![1]].concat();
     assert_eq!(
         check(&claiming(&over)),
         Err(Refusal::TooManyOps(MAX_CHANGE_OPS + 1))
     );
+}
+
+#[test]
+fn one_operation_claiming_billions_of_predecessors_is_refused() {
+    // One action, and predecessor actor and counter columns of 2^40 entries each: Automerge
+    // would push 2^40 predecessors for that one operation.
+    let run = [sleb(1 << 40), vec![0]].concat();
+    let bytes = chunk(&[(0x42, vec![1, 1]), (0x71, run.clone()), (0x73, run)]);
+    assert_eq!(check(&bytes), Err(Refusal::TooManyOps(1 << 40)));
 }
 
 #[test]
@@ -84,4 +145,19 @@ fn compressed_and_truncated_chunks_are_refused() {
         assert!(check(&bytes[..cut]).is_err(), "cut at {cut}");
     }
     assert!(check(&bytes).is_ok());
+}
+
+#[test]
+fn a_batch_takes_its_first_change_whatever_it_claims_and_the_others_within_the_budget() {
+    assert!(joins_batch(0, MAX_CHANGE_OPS));
+    assert!(joins_batch(BATCH_OPS - 10, 10));
+    assert!(!joins_batch(BATCH_OPS - 10, 11));
+    assert!(!joins_batch(1, u64::MAX));
+    // A batch of equal changes stops where the next one would pass the budget.
+    let (mut taken, mut joined) = (0, 0);
+    while joins_batch(taken, 300_000) {
+        taken += 300_000;
+        joined += 1;
+    }
+    assert_eq!(joined, 3);
 }

@@ -26,6 +26,7 @@ use serde_json::{Map, Value as Json};
 
 use super::amjson::{from_record_map, new_record, put_json};
 use super::built;
+pub use super::claim::{claimed, joins_batch, BATCH_OPS, MAX_CHANGE_OPS};
 use super::guard;
 pub use super::guard::{decode_change, load, Expanded};
 use super::lineage::Lineage;
@@ -67,6 +68,10 @@ pub enum Error {
     /// write them again, so a saved document would not load: it must be rebuilt from the store.
     #[error("{} change(s) applied unfaithfully (first: {}); the document is rebuilt from the store", .0.len(), .0.first().map(|(a, s)| format!("{a} #{s}")).unwrap_or_default())]
     Unfaithful(Vec<(ActorId, u64)>),
+    /// A write would make a change of this many operations, more than other members take
+    /// (they refuse a change past 8 Mi operations before parsing it): nothing was written.
+    #[error("the write would make a change of {0} operations; a change holds at most {max}: write fewer records at once", max = super::claim::MAX_CHANGE_OPS)]
+    TooManyOps(u64),
     /// Applying the change (actor, sequence) alone failed (see [`Doc::apply_stepwise`]): the
     /// change to quarantine; the document is to be rebuilt.
     #[error("change #{1} of {0} broke the document: {2}")]
@@ -164,6 +169,8 @@ pub struct Doc {
     /// Changes were applied without keeping the index (see [`Doc::apply_all`]): it is rebuilt
     /// before the next write, apply or [`Doc::read_all`].
     unindexed: bool,
+    /// Most operations a local write may make (see [`Error::TooManyOps`]).
+    max_ops: u64,
 }
 
 impl Doc {
@@ -186,9 +193,20 @@ impl Doc {
             am,
             pages: HashMap::new(),
             unindexed: false,
+            max_ops: super::claim::MAX_CHANGE_OPS,
         };
         doc.reindex();
         doc
+    }
+
+    /// This document, with local writes capped at `max` operations (tests: the real cap takes
+    /// millions of operations to reach).
+    #[cfg(test)]
+    pub(crate) fn with_max_ops(self, max: u64) -> Self {
+        Self {
+            max_ops: max,
+            ..self
+        }
     }
 
     /// The Automerge document (to save it, or to clone it for a snapshot).
@@ -215,7 +233,9 @@ impl Doc {
     }
 
     /// Applies upserts and deletes as one change; returns its bytes, or `None` if nothing
-    /// changed. New records go to one new page; existing ones are updated where they live.
+    /// changed. New records go to one new page; existing ones are updated where they live. A
+    /// change of more operations than other members take ([`Error::TooManyOps`]) is not made:
+    /// the caller writes fewer records at once.
     pub fn write(&mut self, ups: &[Upsert], deletes: &[String]) -> Result<Option<Vec<u8>>, Error> {
         self.ensure_indexed();
         let page: PageKey = format!("{PAGE_PREFIX}{}", ulid::Ulid::new()).into();
@@ -242,6 +262,11 @@ impl Doc {
                     tx.delete(&obj, id.as_str())?;
                 }
             }
+        }
+        let ops = tx.pending_ops() as u64;
+        if ops > self.max_ops {
+            tx.rollback();
+            return Err(Error::TooManyOps(ops));
         }
         let (hash, _) = tx.commit();
         let change = hash.and_then(|h| self.am.get_change_by_hash(&h));

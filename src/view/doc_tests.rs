@@ -624,3 +624,22 @@ fn a_change_naming_an_undeclared_actor_is_refused_without_a_panic() {
     victim.apply_all(vec![dep]).expect("its dependency applies");
     assert!(victim.apply_all(vec![bad]).is_err());
 }
+
+#[test]
+fn a_write_of_more_operations_than_members_take_is_not_made() {
+    let mut doc = Doc::new(&[1; 32]).with_max_ops(100);
+    doc.write(&[up("a", json!({"n": 1}))], &[]).expect("small");
+    let heads = doc.automerge().get_heads();
+    let big = up("b", json!({"list": vec![0; 200]}));
+    match doc.write(&[big.clone(), up("c", json!({}))], &[]) {
+        Err(Error::TooManyOps(n)) => assert!(n > 200, "{n}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(doc.automerge().get_heads(), heads, "nothing written");
+    assert_eq!(doc.ids(), ["a"]);
+    // The same records in smaller writes go in.
+    let mut doc = doc.with_max_ops(1000);
+    doc.write(&[big], &[]).expect("alone");
+    doc.write(&[up("c", json!({}))], &[]).expect("alone");
+    assert_eq!(doc.ids(), ["a", "b", "c"]);
+}

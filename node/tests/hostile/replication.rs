@@ -15,6 +15,9 @@
 //!   holds it back, then that change: Automerge fails when the second lets the first through;
 //!   the document is rebuilt, the held-back change quarantined and the innocent one kept. The
 //!   node keeps serving, a quarantined change is refused when it comes again, the node restarts.
+//! - `a_change_claiming_billions_of_operations_is_refused_and_the_next_one_taken`: a 64-byte
+//!   change claiming 2^40 operations (every column one run) is refused before Automerge walks
+//!   them, and mallory's honest change pushed next is taken at once.
 
 use anyhow::{ensure, Context, Result};
 use fogmesh::dataset::{Meta, Priority, Retention, Visibility};
@@ -331,6 +334,42 @@ fn changes_that_would_break_automerge_are_quarantined_and_the_node_keeps_serving
     drop(c);
     let ids = write_and_restart(&mut hospital)?;
     ensure!(ids.len() == 3, "after a restart: {ids:?}");
+    Ok(())
+}
+
+#[test]
+fn a_change_claiming_billions_of_operations_is_refused_and_the_next_one_taken() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (hospital, key, ds, c) = mallory_writes_flu(dir.path())?;
+    // 2^40 operations `ROOT.k = null` in 64 bytes: each column one run (R: 2^40 as LEB128).
+    // Automerge 0.12 would walk them one by one, holding the dataset (`view::claim`'s tests
+    // show it parses the same shape with 1,000).
+    const R: [u8; 6] = [0x80, 0x80, 0x80, 0x80, 0x80, 0x20];
+    let mut data = vec![0, 1, 1, 1, 1, 0, 0, 0, 5];
+    data.extend([0x15, 8, 0x34, 6, 0x42, 7, 0x56, 7, 0x70, 7]);
+    for value in [&[1, b'k'][..], &[], &[1], &[0], &[0]] {
+        data.extend(R);
+        data.extend(value);
+    }
+    let mut bomb = vec![0x85, 0x6f, 0x4a, 0x83, 0, 0, 0, 0, 1];
+    bomb.push(u8::try_from(data.len())?);
+    bomb.extend(data);
+    let hlc = fogmesh::hlc::wall_millis() << 16;
+    let env = Envelope::seal(&key, ds.clone(), 1, 0, hlc, GENESIS, bomb);
+    ensure!(push_envelope(&c, &env).is_err(), "the bomb was taken");
+    // Refused alone and at once: mallory's honest change at the same place is taken next (a
+    // node walking the bomb would hold the dataset, and this push would time out).
+    let mut doc = fogmesh::view::doc::Doc::new(key.author().as_bytes());
+    let bytes = doc.write(&[upsert("m1", 1)], &[])?.context("a change")?;
+    let first = automerge::Change::from_bytes(bytes)?;
+    let taken = push_envelope(&c, &envelope_of(&key, &ds, &first, GENESIS));
+    ensure!(
+        taken.as_ref().is_ok_and(|n| *n == 1),
+        "the honest change after the bomb: {taken:?}\n{}",
+        hospital.log_tail()
+    );
+    let ids = record_ids(&hospital)?;
+    ensure!(ids.contains(&"m1".to_owned()), "records: {ids:?}");
     Ok(())
 }
 
