@@ -50,6 +50,8 @@ impl From<Error> for ApiError {
         let (status, code) = match &e {
             // The request is well formed; the node's own admin app cannot take it.
             App(crate::apps::Error::AdminApp { .. }) => (StatusCode::CONFLICT, "conflict"),
+            // A batch whose change members would refuse: the client writes fewer at once.
+            Doc(crate::view::doc::Error::TooManyOps(_)) => (StatusCode::BAD_REQUEST, "bad_request"),
             Name(_) | Record(_) | Query(_) | Dataset(_) | App(_) | Invalid(_) => {
                 (StatusCode::BAD_REQUEST, "bad_request")
             }

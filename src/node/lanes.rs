@@ -159,8 +159,9 @@ pub enum Delivery {
 
 impl Dataset {
     /// [`Self::apply_remote`] in chunks of at most [`CHUNK_BYTES`], making way before each
-    /// chunk after the first for live applies of a higher priority. A chunk that fails after
-    /// others applied ends the batch without failing it: what it left is fetched again.
+    /// chunk after the first for live applies of a higher priority. What a chunk hands back
+    /// (past its operations budget) is applied next, as a chunk of its own. A chunk that fails
+    /// after others applied ends the batch without failing it: what it left is fetched again.
     /// Blocking (called on a blocking thread of the runtime).
     pub(super) fn apply_in_chunks(
         &self,
@@ -171,13 +172,22 @@ impl Dataset {
     ) -> Result<Applied> {
         let runtime = tokio::runtime::Handle::current();
         let mut all = Applied::default();
-        for (i, chunk) in chunks(envs).into_iter().enumerate() {
+        let mut todo: std::collections::VecDeque<Vec<Envelope>> = chunks(envs).into();
+        let mut i = 0;
+        while let Some(chunk) = todo.pop_front() {
             if i > 0 {
                 runtime.block_on(lanes.make_way(self.meta.priority));
             }
+            i += 1;
             match self.apply_remote(store, chunk, snapshot_every) {
-                Ok(a) => all.absorb(a),
-                Err(e) if i == 0 => return Err(e),
+                Ok(mut a) => {
+                    let left = std::mem::take(&mut a.left);
+                    if !left.is_empty() {
+                        todo.push_front(left);
+                    }
+                    all.absorb(a);
+                }
+                Err(e) if i == 1 => return Err(e),
                 Err(e) => {
                     tracing::warn!(dataset = %self.meta.id, error = %e, "catch-up chunk not applied; fetched again later");
                     break;

@@ -25,6 +25,10 @@ pub const MAX_HELD_PER_AUTHOR: usize = 1_000;
 pub const MAX_HELD_BYTES_PER_AUTHOR: usize = 16 * 1024 * 1024;
 /// Changes held back in one dataset, all authors together.
 pub const MAX_HELD_PER_DATASET: usize = 10_000;
+/// Operations of the changes held back in one dataset, all authors together: released at once,
+/// they are judged and applied in one batch, which this bounds with the batch's own budget
+/// ([`doc::BATCH_OPS`]).
+pub const MAX_HELD_OPS_PER_DATASET: u64 = doc::BATCH_OPS;
 
 impl Dataset {
     /// Quarantines the changes of `batch` the document's guard refuses (see [`doc::Doc::refused`]).
@@ -55,7 +59,8 @@ impl Dataset {
     }
 
     /// Drops (unstored, to be fetched again later) the changes of `batch` that would wait for
-    /// dependencies past what one author, or the dataset, may have waiting.
+    /// dependencies past what one author, or the dataset, may have waiting (in changes, bytes,
+    /// and operations).
     pub(super) fn bound_held_back(&self, st: &State, batch: &mut Vec<(Envelope, Option<Change>)>) {
         let hashes: std::collections::HashSet<automerge::ChangeHash> = batch
             .iter()
@@ -64,6 +69,7 @@ impl Dataset {
         let mut added: std::collections::HashMap<AuthorId, (usize, usize)> =
             std::collections::HashMap::new();
         let mut total = None;
+        let mut ops = None;
         let mut dropped = 0;
         batch.retain(|(env, c)| {
             let Some(c) = c else { return true };
@@ -81,13 +87,16 @@ impl Dataset {
                 (n, bytes)
             });
             let all = total.get_or_insert(0);
+            let all_ops = ops.get_or_insert_with(|| st.doc.held_ops());
             let fits = mine.0 < MAX_HELD_PER_AUTHOR
                 && mine.1 + c.raw_bytes().len() <= MAX_HELD_BYTES_PER_AUTHOR
-                && *all < MAX_HELD_PER_DATASET;
+                && *all < MAX_HELD_PER_DATASET
+                && *all_ops + c.len() as u64 <= MAX_HELD_OPS_PER_DATASET;
             if fits {
                 mine.0 += 1;
                 mine.1 += c.raw_bytes().len();
                 *all += 1;
+                *all_ops += c.len() as u64;
             } else {
                 dropped += 1;
             }

@@ -33,6 +33,9 @@ pub(crate) struct Applied {
     pub(crate) invalid: Vec<AuthorId>,
     /// Evidence of equivocation found in the batch.
     pub(crate) evidence: Vec<Evidence>,
+    /// Envelopes not taken: the changes before them claimed the batch's operations budget
+    /// ([`doc::BATCH_OPS`]). Neither stored nor judged: to apply next, else fetched again.
+    pub(crate) left: Vec<Envelope>,
 }
 
 impl Dataset {
@@ -50,8 +53,9 @@ impl Dataset {
         if st.failed {
             return Err(crate::error::Unavailable::StorageFailed(self.meta.id.clone()).into());
         }
-        let (mut invalid, mut evidence) = (Vec::new(), Vec::new());
-        let mut batch = self.opened(store, &mut st, envs, &mut invalid, &mut evidence)?;
+        let (mut invalid, mut evidence, mut left) = (Vec::new(), Vec::new(), Vec::new());
+        let found = (&mut invalid, &mut evidence, &mut left);
+        let mut batch = self.opened(store, &mut st, envs, found)?;
         let expanded = self.refuse_unsafe(store, &st, &mut batch, &mut invalid)?;
         self.bound_held_back(&st, &mut batch);
         let new = batch.len();
@@ -59,6 +63,7 @@ impl Dataset {
             return Ok(Applied {
                 invalid,
                 evidence,
+                left,
                 ..Applied::default()
             });
         }
@@ -126,6 +131,7 @@ impl Dataset {
             snapshot_due: st.since_snapshot >= snapshot_every,
             invalid,
             evidence,
+            left,
         })
     }
 
@@ -134,19 +140,21 @@ impl Dataset {
     /// not its author's, is dropped alone and its author reported. One that conflicts with its
     /// author's history held here yields evidence of equivocation and is dropped; so are the
     /// envelopes of an author from its fork on. Once the changes taken claim
-    /// [`doc::BATCH_OPS`] operations together, the rest of the batch is left for catch-up.
+    /// [`doc::BATCH_OPS`] operations together, the rest of the batch is handed back untouched
+    /// (`found.2`). Invalid authors and evidence go to `found.0` and `found.1`.
     fn opened(
         &self,
         store: &Store,
         st: &mut State,
         envs: Vec<Envelope>,
-        invalid: &mut Vec<AuthorId>,
-        evidence: &mut Vec<Evidence>,
+        found: (&mut Vec<AuthorId>, &mut Vec<Evidence>, &mut Vec<Envelope>),
     ) -> Result<Vec<(Envelope, Option<Change>)>> {
+        let (invalid, evidence, left) = found;
         let mut accepted = super::forks::Accepted::new();
         let mut out = Vec::with_capacity(envs.len());
         let mut claimed = 0u64;
-        for env in envs {
+        let mut envs = envs.into_iter();
+        while let Some(env) = envs.next() {
             let key = (env.author, env.seq);
             let forked = |st: &State| st.forks.get(&env.author).is_some_and(|s| env.seq >= *s);
             if env.dataset != self.meta.id || forked(st) {
@@ -176,8 +184,9 @@ impl Dataset {
                 Ok(Some(plain)) => {
                     let ops = doc::claimed(&plain);
                     if !doc::joins_batch(claimed, ops) {
-                        // The rest waits: not stored, so catch-up asks for it again.
-                        tracing::debug!(dataset = %self.meta.id, claimed, "batch at its operations budget; the rest is fetched again");
+                        tracing::debug!(dataset = %self.meta.id, claimed, "batch at its operations budget; the rest is handed back");
+                        left.push(env);
+                        left.extend(envs);
                         break;
                     }
                     claimed = claimed.saturating_add(ops);

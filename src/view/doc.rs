@@ -68,9 +68,10 @@ pub enum Error {
     /// write them again, so a saved document would not load: it must be rebuilt from the store.
     #[error("{} change(s) applied unfaithfully (first: {}); the document is rebuilt from the store", .0.len(), .0.first().map(|(a, s)| format!("{a} #{s}")).unwrap_or_default())]
     Unfaithful(Vec<(ActorId, u64)>),
-    /// A write would make a change of this many operations, more than other members take
-    /// (they refuse a change past 8 Mi operations before parsing it): nothing was written.
-    #[error("the write would make a change of {0} operations; a change holds at most {max}: write fewer records at once", max = super::claim::MAX_CHANGE_OPS)]
+    /// A write would make a change of this many operations, past half of what other members
+    /// take (they refuse a change past 8 Mi operations, or predecessors, before parsing it):
+    /// nothing was written.
+    #[error("the write would make a change of {0} operations; a write makes at most {max}: write fewer records at once", max = super::claim::MAX_CHANGE_OPS / 2)]
     TooManyOps(u64),
     /// Applying the change (actor, sequence) alone failed (see [`Doc::apply_stepwise`]): the
     /// change to quarantine; the document is to be rebuilt.
@@ -169,7 +170,9 @@ pub struct Doc {
     /// Changes were applied without keeping the index (see [`Doc::apply_all`]): it is rebuilt
     /// before the next write, apply or [`Doc::read_all`].
     unindexed: bool,
-    /// Most operations a local write may make (see [`Error::TooManyOps`]).
+    /// Most operations a local write may make (see [`Error::TooManyOps`]): half of what members
+    /// take, leaving room for predecessors, which they count too (an update of a conflicted
+    /// key names each value it replaces).
     max_ops: u64,
 }
 
@@ -193,7 +196,7 @@ impl Doc {
             am,
             pages: HashMap::new(),
             unindexed: false,
-            max_ops: super::claim::MAX_CHANGE_OPS,
+            max_ops: super::claim::MAX_CHANGE_OPS / 2,
         };
         doc.reindex();
         doc
@@ -477,6 +480,12 @@ impl Doc {
     /// Changes of `actor` held back for dependencies (count, bytes), and all held back.
     pub fn held_by(&self, actor: &ActorId) -> (usize, usize, usize) {
         self.waiting.held_by(actor)
+    }
+
+    /// The operations of all the changes held back for dependencies: released together, they
+    /// are judged and applied in one batch.
+    pub fn held_ops(&self) -> u64 {
+        self.waiting.held_ops()
     }
 
     /// Per actor, the lowest sequence of its changes held back for dependencies (a saved

@@ -47,6 +47,11 @@ impl Waiting {
         (n, bytes, self.held.len())
     }
 
+    /// The operations of the changes that wait, all together.
+    pub fn held_ops(&self) -> u64 {
+        self.held.values().map(|c| c.len() as u64).sum()
+    }
+
     /// Whether changes wait.
     pub fn any(&self) -> bool {
         !self.held.is_empty() || !self.legacy.is_empty()

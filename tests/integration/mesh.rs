@@ -317,6 +317,15 @@ fn merged(v: &[(String, serde_json::Value)]) -> bool {
         .is_some_and(|(_, d)| d["beds"] == 4 && d["icu"] == 1 && d["cases"] == 0)
 }
 
+/// Stops `down`; its organization and home, to open it again.
+async fn stop(down: Member) -> (&'static str, tempfile::TempDir) {
+    let (org, dir) = (down.org, down.dir);
+    down.mesh.shutdown().await;
+    down.node.shutdown().await.expect("shutdown");
+    drop((down.node, down.mesh, down.admin));
+    (org, dir)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_stopped_during_writes_catches_up_after_restart() {
     let mut nodes = spawn_mesh(3).await;
@@ -331,11 +340,7 @@ async fn a_node_stopped_during_writes_catches_up_after_restart() {
     .await;
 
     // Stop the pharmacy, keep writing, restart it.
-    let down = nodes.remove(1);
-    let (org, dir) = (down.org, down.dir);
-    down.mesh.shutdown().await;
-    down.node.shutdown().await.expect("shutdown");
-    drop((down.node, down.mesh, down.admin));
+    let (org, dir) = stop(nodes.remove(1)).await;
     let h = &nodes[0];
     for b in 0..30 {
         publish(h, ds, batch("while-down", b * 100, 100)).await;
@@ -346,6 +351,41 @@ async fn a_node_stopped_during_writes_catches_up_after_restart() {
     })
     .await;
     assert_eq!(view(back, ds), view(&nodes[0], ds));
+}
+
+/// A catch-up page of changes dense in operations (each about 30,000, run-length encoded in a
+/// few hundred bytes) passes one apply's operations budget, and the catch-up still completes
+/// within 25 s. (It also completes with what the budget hands back dropped instead of applied
+/// next: a retry fetches it again within the time. This test guards against a budget that
+/// stalls dense data, not that path alone.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_catch_up_past_one_applys_operations_budget_completes() {
+    let mut nodes = spawn_mesh(2).await;
+    let ds = shared(&nodes[0], "dense", &["pharmacy"]).await;
+    let ds = &ds;
+    let (org, dir) = stop(nodes.remove(1)).await;
+    let h = &nodes[0];
+    // 40 changes of about 30,000 operations: 1.2 M, past the budget of 1 Mi.
+    for i in 0..40 {
+        let record = Input {
+            id: Some(format!("dense-{i}")),
+            name: "district-1/dense".into(),
+            data: json!({ "zeros": vec![0; 30_000] }),
+            time: None,
+        };
+        let b = Batch {
+            records: vec![record],
+            delete: vec![],
+        };
+        publish(h, ds, b).await;
+    }
+    let back = &open(dir, org).await;
+    wait_within(
+        "the dense catch-up",
+        Duration::from_secs(25),
+        || async move { view(back, ds).len() == 40 },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -519,15 +559,9 @@ async fn adoptions_at_once_stop_at_the_cap() {
     assert_eq!(capped.node.replicas().len(), 3, "more than the cap adopted");
 }
 
-/// Changes that wait for a dependency nobody sent are bounded per author: past 1,000, the rest
-/// of an author's such changes are dropped unstored (fetched again later), so one member cannot
-/// make another hold an unbounded backlog in memory.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn changes_waiting_for_a_dependency_are_bounded_per_author() {
-    use fogmesh::envelope::Envelope;
-    let nodes = spawn_mesh(2).await;
-    let (owner, other) = (&nodes[0], &nodes[1]);
-    let mut spec = shared_spec("cases", &[]);
+/// An unencrypted dataset `name` of `owner`'s, shared with every member, once `other` holds it.
+async fn plain_dataset(owner: &Member, other: &Member, name: &str) -> DatasetId {
+    let mut spec = shared_spec(name, &[]);
     spec.encrypted = Some(false);
     let ds = owner
         .node
@@ -540,36 +574,101 @@ async fn changes_waiting_for_a_dependency_are_bounded_per_author() {
         other.node.replica(&ds).is_some()
     })
     .await;
-    let id = Identity::from_seed(owner.seed);
+    ds
+}
+
+/// `id`'s change writing record `r` with `data`, decoded.
+fn change_of(id: &Identity, data: serde_json::Value) -> automerge::ExpandedChange {
     let mut doc = fogmesh::view::doc::Doc::new(id.author().as_bytes());
-    let mut up = fogmesh::view::doc::Upsert {
+    let serde_json::Value::Object(data) = data else {
+        panic!("data is an object")
+    };
+    let up = fogmesh::view::doc::Upsert {
         id: "r".into(),
         name: "ward/r".into(),
         time: 1,
-        data: serde_json::Map::new(),
+        data,
     };
-    up.data.insert("v".into(), json!(1));
-    let base = doc.write(&[up], &[]).expect("write").expect("change");
-    let base = automerge::Change::from_bytes(base)
+    let bytes = doc.write(&[up], &[]).expect("write").expect("change");
+    automerge::Change::from_bytes(bytes)
         .expect("change")
-        .decode();
+        .decode()
+}
+
+/// Envelopes 1..=n of `id` in `ds`, each carrying `base` numbered anew and depending on a
+/// change nobody sent.
+fn waiting(
+    id: &Identity,
+    ds: &DatasetId,
+    base: &automerge::ExpandedChange,
+    n: u64,
+) -> Vec<fogmesh::envelope::Envelope> {
     let hlc = fogmesh::hlc::wall_millis() << 16;
     let mut prev = fogmesh::envelope::GENESIS;
-    let envs: Vec<Envelope> = (1..=1_100u64)
+    (1..=n)
         .map(|seq| {
             let mut c = base.clone();
             c.seq = seq;
             c.deps = vec![automerge::ChangeHash([seq as u8; 32])];
             let c = automerge::Change::from(c);
-            let env = Envelope::seal(&id, ds.clone(), seq, 0, hlc, prev, c.raw_bytes().to_vec());
+            let env = fogmesh::envelope::Envelope::seal(
+                id,
+                ds.clone(),
+                seq,
+                0,
+                hlc,
+                prev,
+                c.raw_bytes().to_vec(),
+            );
             prev = env.digest();
             env
         })
-        .collect();
+        .collect()
+}
+
+/// Changes that wait for a dependency nobody sent are bounded per author: past 1,000, the rest
+/// of an author's such changes are dropped unstored (fetched again later), so one member cannot
+/// make another hold an unbounded backlog in memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn changes_waiting_for_a_dependency_are_bounded_per_author() {
+    let nodes = spawn_mesh(2).await;
+    let (owner, other) = (&nodes[0], &nodes[1]);
+    let ds = plain_dataset(owner, other, "cases").await;
+    let id = Identity::from_seed(owner.seed);
+    let envs = waiting(&id, &ds, &change_of(&id, json!({"v": 1})), 1_100);
     let kept = other.node.apply_envelopes(&ds, envs).await.expect("apply");
     assert_eq!(
         kept,
         fogmesh::node::MAX_HELD_PER_AUTHOR,
         "held back past the bound"
     );
+}
+
+/// Changes that wait for a dependency are bounded in operations too, across authors: released
+/// together they are judged in one batch, so what waits stays within one batch's budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn changes_waiting_for_a_dependency_are_bounded_in_operations() {
+    let nodes = spawn_mesh(2).await;
+    let (owner, other) = (&nodes[0], &nodes[1]);
+    let ds = plain_dataset(owner, other, "dense").await;
+    let id = Identity::from_seed(owner.seed);
+    // About 30,000 operations in one change, a few hundred bytes run-length encoded.
+    let base = change_of(&id, json!({"zeros": vec![0; 30_000]}));
+    let per_change = base.operations.len() as u64;
+    let mut envs = waiting(&id, &ds, &base, 40);
+    let second = envs.split_off(20);
+    // Two batches of 20, each within a batch's budget; together past what may wait.
+    let fit = (fogmesh::view::doc::BATCH_OPS / per_change) as usize;
+    assert!(
+        (21..40).contains(&fit),
+        "{per_change} operations per change"
+    );
+    let kept = other.node.apply_envelopes(&ds, envs).await.expect("apply");
+    assert_eq!(kept, 20);
+    let kept = other
+        .node
+        .apply_envelopes(&ds, second)
+        .await
+        .expect("apply");
+    assert_eq!(kept, fit - 20, "held back past the bound in operations");
 }
