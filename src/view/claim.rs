@@ -71,7 +71,7 @@ fn ops(bytes: &[u8]) -> Result<u64, Refusal> {
     if r.take(4)? != MAGIC {
         return Err(Refusal::Malformed("no magic bytes"));
     }
-    r.take(4)?; // checksum, which Automerge checks
+    r.take(4)?; // checksum (Automerge 0.12 does not check it either)
     let kind = r.take(1)?[0];
     if kind != CHANGE {
         return Err(Refusal::NotARawChange(kind));
